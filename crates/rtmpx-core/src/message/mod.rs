@@ -1,0 +1,1 @@
+//! RTMP messages on top of the chunk stream.

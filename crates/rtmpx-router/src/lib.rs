@@ -1,0 +1,1 @@
+//! Routing: streams keyed by app/stream, one publisher, many players.
