@@ -1,0 +1,166 @@
+//! What both roles share once the handshake is done: the byte buffers, the RTMPE cipher, the
+//! chunk codec and acknowledgement bookkeeping.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::amf::{encode_amf0, Amf0Value};
+use crate::chunk::{ChunkDecoder, ChunkEncoder, ChunkLimits, RawMessage};
+use crate::handshake::Rc4Pair;
+use crate::message::{type_id, BandwidthLimit, Command, UserControl};
+use crate::Result;
+
+use super::csid;
+
+pub(crate) struct Link {
+    /// Received bytes not yet parsed (already decrypted).
+    pub input: BytesMut,
+    /// Bytes to send; `output[..plain_from]` is already encrypted (RTMPE) or ready.
+    output: BytesMut,
+    sealed: usize,
+    pub cipher: Option<Rc4Pair>,
+    pub decoder: ChunkDecoder,
+    pub encoder: ChunkEncoder,
+    /// Reused for message bodies we build (commands, control), so sending allocates nothing.
+    scratch: BytesMut,
+    pub bytes_received: u64,
+    last_ack: u64,
+    /// The peer's Window Acknowledgement Size: we acknowledge every this many bytes.
+    pub ack_window: u32,
+}
+
+impl Link {
+    pub fn new(limits: ChunkLimits) -> Self {
+        Link {
+            input: BytesMut::with_capacity(8 * 1024),
+            output: BytesMut::with_capacity(8 * 1024),
+            sealed: 0,
+            cipher: None,
+            decoder: ChunkDecoder::new(limits),
+            encoder: ChunkEncoder::new(),
+            scratch: BytesMut::with_capacity(512),
+            bytes_received: 0,
+            last_ack: 0,
+            ack_window: 2_500_000,
+        }
+    }
+
+    /// Appends received bytes, decrypting them when the session is RTMPE.
+    pub fn receive(&mut self, data: &[u8]) {
+        self.bytes_received += data.len() as u64;
+        let start = self.input.len();
+        self.input.extend_from_slice(data);
+        if let Some(cipher) = &mut self.cipher {
+            cipher.decrypt(&mut self.input[start..]);
+        }
+    }
+
+    /// Installs the RTMPE cipher; bytes already buffered after the handshake are decrypted.
+    pub fn start_cipher(&mut self, mut cipher: Rc4Pair) {
+        cipher.decrypt(&mut self.input[..]);
+        self.sealed = self.output.len(); // the handshake itself goes out in clear
+        self.cipher = Some(cipher);
+    }
+
+    pub fn next_message(&mut self) -> Result<Option<RawMessage>> {
+        self.decoder.decode(&mut self.input)
+    }
+
+    /// Sends an Acknowledgement when the peer's window has been passed.
+    pub fn acknowledge_if_due(&mut self) {
+        if self.ack_window > 0 && self.bytes_received - self.last_ack >= u64::from(self.ack_window) {
+            self.last_ack = self.bytes_received;
+            let seq = (self.bytes_received & 0xFFFF_FFFF) as u32;
+            self.send_control(type_id::ACKNOWLEDGEMENT, &seq.to_be_bytes());
+        }
+    }
+
+    pub fn raw_output(&mut self) -> &mut BytesMut {
+        &mut self.output
+    }
+
+    /// The input and output buffers at once, for the handshake (which reads one, writes the other).
+    pub fn buffers(&mut self) -> (&mut BytesMut, &mut BytesMut) {
+        (&mut self.input, &mut self.output)
+    }
+
+    pub fn has_output(&self) -> bool {
+        !self.output.is_empty()
+    }
+
+    /// Everything queued for the peer, encrypted if needed.
+    pub fn take_output(&mut self) -> Option<Bytes> {
+        if self.output.is_empty() {
+            return None;
+        }
+        if let Some(cipher) = &mut self.cipher {
+            cipher.encrypt(&mut self.output[self.sealed..]);
+        }
+        self.sealed = 0;
+        Some(self.output.split().freeze())
+    }
+
+    pub fn send_message(&mut self, csid: u32, timestamp: u32, type_id: u8, stream_id: u32, payload: &[u8]) {
+        self.encoder.encode(csid, timestamp, type_id, stream_id, payload, &mut self.output);
+    }
+
+    fn send_scratch(&mut self, csid: u32, type_id: u8, stream_id: u32) {
+        let body = self.scratch.split();
+        self.encoder.encode(csid, 0, type_id, stream_id, &body, &mut self.output);
+        self.scratch.unsplit(body);
+        self.scratch.clear();
+    }
+
+    pub fn send_control(&mut self, type_id: u8, payload: &[u8]) {
+        self.encoder.encode(csid::CONTROL, 0, type_id, 0, payload, &mut self.output);
+    }
+
+    pub fn send_user_control(&mut self, event: UserControl) {
+        event.encode(&mut self.scratch);
+        self.send_scratch(csid::CONTROL, type_id::USER_CONTROL, 0);
+    }
+
+    pub fn send_window_ack_size(&mut self, size: u32) {
+        self.send_control(type_id::WINDOW_ACK_SIZE, &size.to_be_bytes());
+    }
+
+    pub fn send_peer_bandwidth(&mut self, size: u32, limit: BandwidthLimit) {
+        let mut body = [0u8; 5];
+        body[..4].copy_from_slice(&size.to_be_bytes());
+        body[4] = limit.to_byte();
+        self.send_control(type_id::SET_PEER_BANDWIDTH, &body);
+    }
+
+    /// Sends Set Chunk Size and switches the encoder after it.
+    pub fn send_chunk_size(&mut self, size: u32) {
+        self.send_control(type_id::SET_CHUNK_SIZE, &size.to_be_bytes());
+        self.encoder.set_chunk_size(size);
+    }
+
+    pub fn send_command(&mut self, csid: u32, stream_id: u32, command: &Command) {
+        command.encode(&mut self.scratch);
+        self.send_scratch(csid, type_id::COMMAND_AMF0, stream_id);
+    }
+
+    /// Sends a command built from values without constructing a [`Command`].
+    pub fn send_values(&mut self, csid: u32, type_id: u8, stream_id: u32, values: &[Amf0Value]) {
+        for v in values {
+            encode_amf0(v, &mut self.scratch);
+        }
+        self.send_scratch(csid, type_id, stream_id);
+    }
+
+    /// `onStatus` on a message stream.
+    pub fn send_status(&mut self, stream_id: u32, level: &str, code: &str, description: &str) {
+        let info = Amf0Value::object([
+            ("level", Amf0Value::from(level)),
+            ("code", Amf0Value::from(code)),
+            ("description", Amf0Value::from(description)),
+        ]);
+        self.send_values(
+            csid::STREAM_COMMAND,
+            type_id::COMMAND_AMF0,
+            stream_id,
+            &["onStatus".into(), 0.0.into(), Amf0Value::Null, info],
+        );
+    }
+}

@@ -1,0 +1,697 @@
+//! The server role: accepts connect/publish/play, reports them as events, and sends what
+//! real clients wait for once the caller (router, auth) has decided.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use rand::RngCore;
+
+use crate::amf::{Amf0Value, AmfLimits, Properties};
+use crate::chunk::{ChunkLimits, RawMessage};
+use crate::handshake::{EncryptionPolicy, HandshakeOutcome, HandshakeVersion, ServerHandshake};
+use crate::message::{self, read_u32_payload, type_id, BandwidthLimit, Command, UserControl};
+use crate::{Error, Result};
+
+use super::link::Link;
+use super::{csid, Media, MediaKind, StatusLevel};
+
+/// Server-side settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Our outgoing chunk size (sent right after connect).
+    pub chunk_size: u32,
+    /// Window Acknowledgement Size we announce (the peer acks every this many bytes).
+    pub window_ack_size: u32,
+    /// Set Peer Bandwidth we announce.
+    pub peer_bandwidth: u32,
+    pub chunk_limits: ChunkLimits,
+    pub amf_limits: AmfLimits,
+    pub encryption: EncryptionPolicy,
+    /// Most message streams (createStream) per connection.
+    pub max_streams: u32,
+    /// `fmsVer` in the connect result.
+    pub server_version: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            chunk_size: 4096,
+            window_ack_size: 5_000_000,
+            peer_bandwidth: 5_000_000,
+            chunk_limits: ChunkLimits::default(),
+            amf_limits: AmfLimits::default(),
+            encryption: EncryptionPolicy::Allow,
+            max_streams: 16,
+            server_version: "FMS/3,5,7,7009".into(),
+        }
+    }
+}
+
+/// `connect` as the client sent it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectRequest {
+    pub app: String,
+    pub tc_url: Option<String>,
+    pub flash_ver: Option<String>,
+    pub swf_url: Option<String>,
+    pub page_url: Option<String>,
+    pub object_encoding: f64,
+    /// The whole command object, for anything else (auth callbacks forward it).
+    pub properties: Properties,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishMode {
+    Live,
+    Record,
+    Append,
+}
+
+/// What the server session reports. Connect, publish and play wait for a decision:
+/// `accept_connect`/`reject_connect`, `accept_publish`/`reject_publish`, `accept_play`/`reject_play`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerEvent {
+    HandshakeComplete {
+        requested: HandshakeVersion,
+        version: HandshakeVersion,
+        digest: bool,
+    },
+    ConnectRequested(ConnectRequest),
+    PublishRequested {
+        stream_id: u32,
+        stream_name: String,
+        mode: PublishMode,
+    },
+    PlayRequested {
+        stream_id: u32,
+        stream_name: String,
+        start: f64,
+        duration: f64,
+        reset: bool,
+    },
+    /// Audio, video or metadata from a publishing stream.
+    Media(Media),
+    /// The client stopped publishing or playing on this stream (deleteStream, closeStream,
+    /// FCUnpublish).
+    StreamClosed {
+        stream_id: u32,
+    },
+    /// `pause` on a playing stream; live playback resumes at the next keyframe.
+    PauseChanged {
+        stream_id: u32,
+        paused: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum StreamState {
+    Idle,
+    PublishPending { transaction_id: f64 },
+    Publishing,
+    PlayPending { transaction_id: f64 },
+    Playing,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct MessageStream {
+    id: u32,
+    state: StreamState,
+    receive_audio: bool,
+    receive_video: bool,
+    paused: bool,
+    /// After unpause or receiveVideo(true): hold video until a keyframe so decoding restarts.
+    wait_keyframe: bool,
+}
+
+enum Phase {
+    Handshake(Box<ServerHandshake>),
+    AwaitConnect,
+    ConnectPending { transaction_id: f64, object_encoding: f64 },
+    Connected,
+    Closed,
+}
+
+/// One server-side RTMP connection.
+pub struct ServerSession {
+    config: ServerConfig,
+    phase: Phase,
+    link: Link,
+    events: VecDeque<ServerEvent>,
+    streams: Vec<MessageStream>,
+    next_stream_id: u32,
+    outcome: Option<HandshakeOutcome>,
+}
+
+impl ServerSession {
+    /// A session waiting for C0/C1. Randomness for the handshake comes from `rng`.
+    pub fn new(config: ServerConfig, rng: &mut dyn RngCore) -> Self {
+        let handshake = ServerHandshake::new(config.encryption, rng);
+        let link = Link::new(config.chunk_limits);
+        ServerSession {
+            config,
+            phase: Phase::Handshake(Box::new(handshake)),
+            link,
+            events: VecDeque::new(),
+            streams: Vec::new(),
+            next_stream_id: 1,
+            outcome: None,
+        }
+    }
+
+    /// Feeds received bytes. An error means the connection must be closed (after sending
+    /// whatever [`poll_transmit`](Self::poll_transmit) still returns).
+    pub fn handle_input(&mut self, data: &[u8]) -> Result<()> {
+        if matches!(self.phase, Phase::Closed) {
+            return Err(Error::Closed);
+        }
+        self.link.receive(data);
+        let result = self.process();
+        if result.is_err() {
+            self.phase = Phase::Closed;
+        }
+        result
+    }
+
+    fn process(&mut self) -> Result<()> {
+        if let Phase::Handshake(handshake) = &mut self.phase {
+            let (input, output) = self.link.buffers();
+            let Some(outcome) = handshake.handle_input(input, output)? else {
+                return Ok(());
+            };
+            self.events.push_back(ServerEvent::HandshakeComplete {
+                requested: outcome.requested,
+                version: outcome.version,
+                digest: outcome.digest,
+            });
+            self.phase = Phase::AwaitConnect;
+            let mut outcome = outcome;
+            if let Some(cipher) = outcome.cipher.take() {
+                self.link.start_cipher(cipher);
+            }
+            self.outcome = Some(outcome);
+        }
+        while let Some(msg) = self.link.next_message()? {
+            self.handle_message(msg)?;
+        }
+        self.link.acknowledge_if_due();
+        Ok(())
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<ServerEvent> {
+        self.events.pop_front()
+    }
+
+    /// Bytes to send to the client, if any (encrypted under RTMPE).
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        self.link.take_output()
+    }
+
+    pub fn has_transmit(&self) -> bool {
+        self.link.has_output()
+    }
+
+    /// The handshake's outcome (version, digest, signature check) once it completed.
+    pub fn handshake(&self) -> Option<&HandshakeOutcome> {
+        self.outcome.as_ref()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        matches!(self.phase, Phase::Closed)
+    }
+
+    /// Bytes received so far (what Acknowledgements count).
+    pub fn bytes_received(&self) -> u64 {
+        self.link.bytes_received
+    }
+
+    fn stream_mut(&mut self, stream_id: u32) -> Option<&mut MessageStream> {
+        self.streams.iter_mut().find(|s| s.id == stream_id)
+    }
+
+    fn handle_message(&mut self, msg: RawMessage) -> Result<()> {
+        match msg.type_id {
+            type_id::SET_CHUNK_SIZE | type_id::ABORT | type_id::ACKNOWLEDGEMENT => Ok(()),
+            type_id::WINDOW_ACK_SIZE => {
+                self.link.ack_window = read_u32_payload(&msg.payload, "window acknowledgement size")?;
+                Ok(())
+            }
+            type_id::SET_PEER_BANDWIDTH => Ok(()),
+            type_id::USER_CONTROL => {
+                if let UserControl::PingRequest(t) = UserControl::parse(&msg.payload)? {
+                    self.link.send_user_control(UserControl::PingResponse(t));
+                }
+                Ok(())
+            }
+            type_id::AUDIO => self.media_in(msg.stream_id, MediaKind::Audio, msg.timestamp, msg.payload),
+            type_id::VIDEO => self.media_in(msg.stream_id, MediaKind::Video, msg.timestamp, msg.payload),
+            type_id::DATA_AMF0 | type_id::DATA_AMF3 => {
+                let body = if msg.type_id == type_id::DATA_AMF3 && msg.payload.first() == Some(&0) {
+                    msg.payload.slice(1..)
+                } else {
+                    msg.payload
+                };
+                let body = message::strip_set_data_frame(&body).unwrap_or(body);
+                self.media_in(msg.stream_id, MediaKind::Data, msg.timestamp, body)
+            }
+            type_id::COMMAND_AMF0 | type_id::COMMAND_AMF3 => {
+                let command = Command::parse(
+                    &msg.payload,
+                    msg.type_id == type_id::COMMAND_AMF3,
+                    self.config.amf_limits,
+                )?;
+                self.handle_command(msg.stream_id, command)
+            }
+            type_id::AGGREGATE => {
+                for part in message::split_aggregate(msg.timestamp, msg.payload)? {
+                    let kind = match part.type_id {
+                        type_id::AUDIO => MediaKind::Audio,
+                        type_id::VIDEO => MediaKind::Video,
+                        type_id::DATA_AMF0 => MediaKind::Data,
+                        _ => continue,
+                    };
+                    self.media_in(msg.stream_id, kind, part.timestamp, part.payload)?;
+                }
+                Ok(())
+            }
+            // Shared objects are a Flash-era feature nobody streams with: ignored.
+            type_id::SHARED_OBJECT_AMF0 | type_id::SHARED_OBJECT_AMF3 => Ok(()),
+            _ => Ok(()),
+        }
+    }
+
+    fn media_in(&mut self, stream_id: u32, kind: MediaKind, timestamp: u32, payload: Bytes) -> Result<()> {
+        match self.streams.iter().find(|s| s.id == stream_id).map(|s| s.state) {
+            Some(StreamState::Publishing) => {
+                self.events.push_back(ServerEvent::Media(Media { stream_id, kind, timestamp, payload }));
+                Ok(())
+            }
+            // Data messages before publish are harmless (some encoders send them early).
+            _ if kind == MediaKind::Data => Ok(()),
+            _ => Err(Error::Protocol(format!("media on stream {stream_id}, which is not publishing"))),
+        }
+    }
+
+    fn handle_command(&mut self, stream_id: u32, cmd: Command) -> Result<()> {
+        match (&self.phase, cmd.name.as_str()) {
+            (Phase::AwaitConnect, "connect") => self.on_connect(cmd),
+            (Phase::AwaitConnect | Phase::ConnectPending { .. }, _) => {
+                Err(Error::Protocol(format!("`{}` before connect completed", cmd.name)))
+            }
+            (Phase::Connected, "connect") => Err(Error::Protocol("second connect".into())),
+            (Phase::Connected, _) => self.on_stream_command(stream_id, cmd),
+            _ => Ok(()),
+        }
+    }
+
+    fn on_connect(&mut self, cmd: Command) -> Result<()> {
+        let props = cmd.object.properties().cloned().unwrap_or_default();
+        let text =
+            |key: &str| props.iter().find(|(k, _)| k == key).and_then(|(_, v)| v.as_str()).map(str::to_owned);
+        let object_encoding =
+            props.iter().find(|(k, _)| k == "objectEncoding").and_then(|(_, v)| v.as_f64()).unwrap_or(0.0);
+        let request = ConnectRequest {
+            app: text("app").unwrap_or_default(),
+            tc_url: text("tcUrl"),
+            flash_ver: text("flashVer"),
+            swf_url: text("swfUrl"),
+            page_url: text("pageUrl"),
+            object_encoding,
+            properties: props,
+        };
+        self.phase = Phase::ConnectPending { transaction_id: cmd.transaction_id, object_encoding };
+        self.events.push_back(ServerEvent::ConnectRequested(request));
+        Ok(())
+    }
+
+    /// Accepts the pending `connect`: window/bandwidth/chunk size, then `_result`.
+    pub fn accept_connect(&mut self) -> Result<()> {
+        let Phase::ConnectPending { transaction_id, object_encoding } = self.phase else {
+            return Err(Error::Protocol("accept_connect without a pending connect".into()));
+        };
+        self.link.send_window_ack_size(self.config.window_ack_size);
+        self.link.send_peer_bandwidth(self.config.peer_bandwidth, BandwidthLimit::Dynamic);
+        self.link.send_chunk_size(self.config.chunk_size);
+        let properties = Amf0Value::object([
+            ("fmsVer", Amf0Value::from(self.config.server_version.as_str())),
+            ("capabilities", 31.0.into()),
+            ("mode", 1.0.into()),
+        ]);
+        let info = Amf0Value::object([
+            ("level", Amf0Value::from("status")),
+            ("code", "NetConnection.Connect.Success".into()),
+            ("description", "Connection succeeded.".into()),
+            ("objectEncoding", object_encoding.into()),
+        ]);
+        self.link.send_command(
+            csid::COMMAND,
+            0,
+            &Command::new("_result", transaction_id, properties, vec![info]),
+        );
+        self.phase = Phase::Connected;
+        Ok(())
+    }
+
+    /// Rejects the pending `connect` with `NetConnection.Connect.Rejected`; close after sending.
+    pub fn reject_connect(&mut self, description: &str) -> Result<()> {
+        let Phase::ConnectPending { transaction_id, .. } = self.phase else {
+            return Err(Error::Protocol("reject_connect without a pending connect".into()));
+        };
+        let info = Amf0Value::object([
+            ("level", Amf0Value::from("error")),
+            ("code", "NetConnection.Connect.Rejected".into()),
+            ("description", description.into()),
+        ]);
+        self.link.send_command(
+            csid::COMMAND,
+            0,
+            &Command::new("_error", transaction_id, Amf0Value::Null, vec![info]),
+        );
+        self.phase = Phase::Closed;
+        Ok(())
+    }
+
+    fn send_result(&mut self, transaction_id: f64, args: Vec<Amf0Value>) {
+        if transaction_id > 0.0 {
+            self.link.send_command(
+                csid::COMMAND,
+                0,
+                &Command::new("_result", transaction_id, Amf0Value::Null, args),
+            );
+        }
+    }
+
+    fn on_stream_command(&mut self, stream_id: u32, cmd: Command) -> Result<()> {
+        let name_arg = |i: usize| cmd.arg(i).and_then(Amf0Value::as_str).unwrap_or_default().to_owned();
+        match cmd.name.as_str() {
+            "createStream" => {
+                if self.streams.len() as u32 >= self.config.max_streams {
+                    return Err(Error::limit(
+                        "message streams",
+                        self.streams.len() + 1,
+                        self.config.max_streams,
+                    ));
+                }
+                let id = self.next_stream_id;
+                self.next_stream_id += 1;
+                self.streams.push(MessageStream {
+                    id,
+                    state: StreamState::Idle,
+                    receive_audio: true,
+                    receive_video: true,
+                    paused: false,
+                    wait_keyframe: false,
+                });
+                self.send_result(cmd.transaction_id, vec![f64::from(id).into()]);
+            }
+            "releaseStream" => self.send_result(cmd.transaction_id, vec![Amf0Value::Undefined]),
+            "FCPublish" => {
+                let name = name_arg(0);
+                let info = Amf0Value::object([
+                    ("code", Amf0Value::from("NetStream.Publish.Start")),
+                    ("description", name.into()),
+                ]);
+                self.link.send_values(
+                    csid::COMMAND,
+                    type_id::COMMAND_AMF0,
+                    0,
+                    &["onFCPublish".into(), 0.0.into(), Amf0Value::Null, info],
+                );
+                self.send_result(cmd.transaction_id, vec![Amf0Value::Undefined]);
+            }
+            "FCUnpublish" => {
+                let name = name_arg(0);
+                let info = Amf0Value::object([
+                    ("code", Amf0Value::from("NetStream.Unpublish.Success")),
+                    ("description", name.into()),
+                ]);
+                self.link.send_values(
+                    csid::COMMAND,
+                    type_id::COMMAND_AMF0,
+                    0,
+                    &["onFCUnpublish".into(), 0.0.into(), Amf0Value::Null, info],
+                );
+                self.send_result(cmd.transaction_id, vec![Amf0Value::Undefined]);
+                let publishing: Vec<u32> = self
+                    .streams
+                    .iter()
+                    .filter(|s| s.state == StreamState::Publishing)
+                    .map(|s| s.id)
+                    .collect();
+                for id in publishing {
+                    self.close_stream(id, true);
+                }
+            }
+            "FCSubscribe" | "FCUnsubscribe" => {
+                self.send_result(cmd.transaction_id, vec![Amf0Value::Undefined])
+            }
+            "getStreamLength" => self.send_result(cmd.transaction_id, vec![0.0.into()]),
+            "_checkbw" => self.send_result(cmd.transaction_id, vec![Amf0Value::Undefined]),
+            "publish" => {
+                let stream_name = name_arg(0);
+                let mode = match cmd.arg(1).and_then(Amf0Value::as_str) {
+                    Some("record") => PublishMode::Record,
+                    Some("append") => PublishMode::Append,
+                    _ => PublishMode::Live,
+                };
+                let stream = self.idle_stream(stream_id, "publish")?;
+                stream.state = StreamState::PublishPending { transaction_id: cmd.transaction_id };
+                self.events.push_back(ServerEvent::PublishRequested { stream_id, stream_name, mode });
+            }
+            "play" | "play2" => {
+                let (stream_name, start, duration, reset) = if cmd.name == "play2" {
+                    let params = cmd.arg(0);
+                    let name = params.and_then(|p| p.get("streamName")).and_then(Amf0Value::as_str);
+                    let start = params.and_then(|p| p.get("start")).and_then(Amf0Value::as_f64);
+                    (name.unwrap_or_default().to_owned(), start.unwrap_or(-2.0), -1.0, true)
+                } else {
+                    let start = cmd.arg(1).and_then(Amf0Value::as_f64).unwrap_or(-2.0);
+                    let duration = cmd.arg(2).and_then(Amf0Value::as_f64).unwrap_or(-1.0);
+                    let reset = cmd.arg(3).map(|v| v.as_bool().unwrap_or(v.as_f64().unwrap_or(1.0) != 0.0));
+                    (name_arg(0), start, duration, reset.unwrap_or(true))
+                };
+                let stream = self.idle_stream(stream_id, "play")?;
+                stream.state = StreamState::PlayPending { transaction_id: cmd.transaction_id };
+                self.events.push_back(ServerEvent::PlayRequested {
+                    stream_id,
+                    stream_name,
+                    start,
+                    duration,
+                    reset,
+                });
+            }
+            "deleteStream" => {
+                let id = cmd.arg(0).and_then(Amf0Value::as_f64).unwrap_or(f64::from(stream_id)) as u32;
+                self.close_stream(id, false);
+                self.streams.retain(|s| s.id != id);
+            }
+            "closeStream" => self.close_stream(stream_id, true),
+            "receiveAudio" | "receiveVideo" => {
+                let on = cmd.arg(0).and_then(Amf0Value::as_bool).unwrap_or(true);
+                let video = cmd.name == "receiveVideo";
+                if let Some(s) = self.stream_mut(stream_id) {
+                    if video {
+                        s.wait_keyframe |= on && !s.receive_video;
+                        s.receive_video = on;
+                    } else {
+                        s.receive_audio = on;
+                    }
+                }
+            }
+            "pause" | "pauseRaw" => {
+                let paused = cmd.arg(0).and_then(Amf0Value::as_bool).unwrap_or(true);
+                let Some(s) = self.stream_mut(stream_id) else { return Ok(()) };
+                if s.state != StreamState::Playing || s.paused == paused {
+                    return Ok(());
+                }
+                s.paused = paused;
+                s.wait_keyframe |= !paused;
+                let code = if paused { "NetStream.Pause.Notify" } else { "NetStream.Unpause.Notify" };
+                self.link.send_status(
+                    stream_id,
+                    "status",
+                    code,
+                    if paused { "Paused." } else { "Unpaused." },
+                );
+                self.events.push_back(ServerEvent::PauseChanged { stream_id, paused });
+            }
+            // Unknown calls: answer so a client waiting on the transaction does not hang.
+            _ => {
+                if cmd.transaction_id > 0.0 {
+                    let info = Amf0Value::object([
+                        ("level", Amf0Value::from("error")),
+                        ("code", "NetConnection.Call.Failed".into()),
+                        ("description", format!("Method not found ({}).", cmd.name).into()),
+                    ]);
+                    self.link.send_command(
+                        csid::COMMAND,
+                        0,
+                        &Command::new("_error", cmd.transaction_id, Amf0Value::Null, vec![info]),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn idle_stream(&mut self, stream_id: u32, what: &str) -> Result<&mut MessageStream> {
+        match self.streams.iter_mut().find(|s| s.id == stream_id) {
+            Some(s) if s.state == StreamState::Idle => Ok(s),
+            Some(_) => Err(Error::Protocol(format!("{what} on stream {stream_id}, which is busy"))),
+            None => Err(Error::Protocol(format!("{what} on stream {stream_id}, which was never created"))),
+        }
+    }
+
+    fn close_stream(&mut self, stream_id: u32, send_status: bool) {
+        let Some(s) = self.stream_mut(stream_id) else { return };
+        let was = s.state;
+        s.state = StreamState::Idle;
+        s.paused = false;
+        match was {
+            StreamState::Idle => return,
+            StreamState::Publishing if send_status => {
+                self.link.send_status(
+                    stream_id,
+                    "status",
+                    "NetStream.Unpublish.Success",
+                    "Stopped publishing.",
+                );
+            }
+            _ => {}
+        }
+        self.events.push_back(ServerEvent::StreamClosed { stream_id });
+    }
+
+    fn pending(&mut self, stream_id: u32, publish: bool) -> Result<(&mut MessageStream, f64)> {
+        let s = self
+            .streams
+            .iter_mut()
+            .find(|s| s.id == stream_id)
+            .ok_or_else(|| Error::Protocol(format!("no stream {stream_id}")))?;
+        match (s.state, publish) {
+            (StreamState::PublishPending { transaction_id }, true)
+            | (StreamState::PlayPending { transaction_id }, false) => Ok((s, transaction_id)),
+            _ => Err(Error::Protocol(format!("no pending request on stream {stream_id}"))),
+        }
+    }
+
+    /// Accepts a pending `publish`: `NetStream.Publish.Start`.
+    pub fn accept_publish(&mut self, stream_id: u32) -> Result<()> {
+        let (s, _) = self.pending(stream_id, true)?;
+        s.state = StreamState::Publishing;
+        self.link.send_user_control(UserControl::StreamBegin(stream_id));
+        self.link.send_status(stream_id, "status", "NetStream.Publish.Start", "Start publishing.");
+        Ok(())
+    }
+
+    /// Rejects a pending `publish` with an error status such as `NetStream.Publish.BadName`.
+    pub fn reject_publish(&mut self, stream_id: u32, code: &str, description: &str) -> Result<()> {
+        let (s, _) = self.pending(stream_id, true)?;
+        s.state = StreamState::Idle;
+        self.link.send_status(stream_id, StatusLevel::Error.as_str(), code, description);
+        Ok(())
+    }
+
+    /// Accepts a pending `play`: StreamBegin, `Play.Reset`, `Play.Start`, `|RtmpSampleAccess`,
+    /// `Data.Start`. Media follows through [`send_media`](Self::send_media).
+    pub fn accept_play(&mut self, stream_id: u32, stream_name: &str) -> Result<()> {
+        let (s, _) = self.pending(stream_id, false)?;
+        s.state = StreamState::Playing;
+        self.link.send_user_control(UserControl::StreamBegin(stream_id));
+        self.link.send_status(
+            stream_id,
+            "status",
+            "NetStream.Play.Reset",
+            &format!("Playing and resetting {stream_name}."),
+        );
+        self.link.send_status(
+            stream_id,
+            "status",
+            "NetStream.Play.Start",
+            &format!("Started playing {stream_name}."),
+        );
+        self.link.send_values(
+            csid::STREAM_COMMAND,
+            type_id::DATA_AMF0,
+            stream_id,
+            &["|RtmpSampleAccess".into(), true.into(), true.into()],
+        );
+        let info = Amf0Value::object([("code", Amf0Value::from("NetStream.Data.Start"))]);
+        self.link.send_values(
+            csid::STREAM_COMMAND,
+            type_id::DATA_AMF0,
+            stream_id,
+            &["onStatus".into(), info],
+        );
+        Ok(())
+    }
+
+    /// Rejects a pending `play` (e.g. `NetStream.Play.StreamNotFound`, `NetStream.Play.Failed`).
+    pub fn reject_play(&mut self, stream_id: u32, code: &str, description: &str) -> Result<()> {
+        let (s, _) = self.pending(stream_id, false)?;
+        s.state = StreamState::Idle;
+        self.link.send_status(stream_id, StatusLevel::Error.as_str(), code, description);
+        Ok(())
+    }
+
+    /// A publisher arrived for a stream this client is playing (after it waited).
+    pub fn notify_publish(&mut self, stream_id: u32) {
+        self.link.send_user_control(UserControl::StreamBegin(stream_id));
+        self.link.send_status(
+            stream_id,
+            "status",
+            "NetStream.Play.PublishNotify",
+            "Stream is now published.",
+        );
+    }
+
+    /// The publisher of a stream this client is playing left; the client may wait for the next.
+    pub fn notify_unpublish(&mut self, stream_id: u32) {
+        self.link.send_user_control(UserControl::StreamEof(stream_id));
+        self.link.send_status(
+            stream_id,
+            "status",
+            "NetStream.Play.UnpublishNotify",
+            "Stream was unpublished.",
+        );
+    }
+
+    /// Sends any status to the client (e.g. on shutdown).
+    pub fn send_status(&mut self, stream_id: u32, level: StatusLevel, code: &str, description: &str) {
+        self.link.send_status(stream_id, level.as_str(), code, description);
+    }
+
+    /// Sends one audio/video/data message to a playing stream. Honours pause and
+    /// receiveAudio/receiveVideo; returns whether it was queued.
+    pub fn send_media(&mut self, stream_id: u32, kind: MediaKind, timestamp: u32, payload: &[u8]) -> bool {
+        let Some(s) = self.streams.iter_mut().find(|s| s.id == stream_id) else { return false };
+        if s.state != StreamState::Playing {
+            return false;
+        }
+        let (csid, type_id) = match kind {
+            MediaKind::Audio => {
+                if !s.receive_audio || s.paused {
+                    return false;
+                }
+                (csid::AUDIO, type_id::AUDIO)
+            }
+            MediaKind::Video => {
+                if !s.receive_video || s.paused {
+                    return false;
+                }
+                if s.wait_keyframe {
+                    let info = crate::media::inspect_video(payload);
+                    if !info.keyframe && !info.sequence_header {
+                        return false;
+                    }
+                    s.wait_keyframe = !info.keyframe;
+                }
+                (csid::VIDEO, type_id::VIDEO)
+            }
+            MediaKind::Data => (csid::STREAM_COMMAND, type_id::DATA_AMF0),
+        };
+        self.link.send_message(csid, timestamp, type_id, stream_id, payload);
+        true
+    }
+}

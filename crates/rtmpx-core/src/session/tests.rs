@@ -1,0 +1,182 @@
+//! Client and server sessions talking through memory.
+
+use bytes::Bytes;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use super::*;
+use crate::handshake::HandshakeVersion;
+
+fn rng(seed: u64) -> StdRng {
+    StdRng::seed_from_u64(seed)
+}
+
+/// Moves bytes both ways, feeding the server in pieces of `split` bytes, until both are quiet.
+fn pump(client: &mut ClientSession, server: &mut ServerSession, split: usize) {
+    for _ in 0..64 {
+        let mut moved = false;
+        while let Some(bytes) = client.poll_transmit() {
+            moved = true;
+            for piece in bytes.chunks(split) {
+                server.handle_input(piece).expect("server input");
+            }
+        }
+        while let Some(bytes) = server.poll_transmit() {
+            moved = true;
+            client.handle_input(&bytes).expect("client input");
+        }
+        if !moved {
+            return;
+        }
+    }
+    panic!("sessions never went quiet");
+}
+
+fn server_events(server: &mut ServerSession) -> Vec<ServerEvent> {
+    std::iter::from_fn(|| server.poll_event()).collect()
+}
+
+fn client_events(client: &mut ClientSession) -> Vec<ClientEvent> {
+    std::iter::from_fn(|| client.poll_event()).collect()
+}
+
+fn connected_pair(version: HandshakeVersion, digest: bool, split: usize) -> (ClientSession, ServerSession) {
+    let mut config = ClientConfig::new("live", "rtmp://127.0.0.1/live");
+    config.version = version;
+    config.digest = digest;
+    let mut client = ClientSession::new(config, &mut rng(1));
+    let mut server = ServerSession::new(ServerConfig::default(), &mut rng(2));
+    pump(&mut client, &mut server, split);
+    let events = server_events(&mut server);
+    assert!(
+        matches!(events[0], ServerEvent::HandshakeComplete { version: v, .. } if v == version),
+        "{events:?}"
+    );
+    let ServerEvent::ConnectRequested(request) = &events[1] else { panic!("{events:?}") };
+    assert_eq!(request.app, "live");
+    assert_eq!(request.tc_url.as_deref(), Some("rtmp://127.0.0.1/live"));
+    server.accept_connect().unwrap();
+    pump(&mut client, &mut server, split);
+    assert!(client.is_connected());
+    assert!(client_events(&mut client).contains(&ClientEvent::Connected));
+    (client, server)
+}
+
+fn publish_and_play_through(version: HandshakeVersion, digest: bool, split: usize) {
+    let (mut publisher, mut server) = connected_pair(version, digest, split);
+    publisher.publish("cam?key=1");
+    pump(&mut publisher, &mut server, split);
+    let events = server_events(&mut server);
+    let Some(ServerEvent::PublishRequested { stream_id, stream_name, mode }) = events.last().cloned() else {
+        panic!("{events:?}")
+    };
+    assert_eq!(stream_name, "cam?key=1");
+    assert_eq!(mode, PublishMode::Live);
+    server.accept_publish(stream_id).unwrap();
+    pump(&mut publisher, &mut server, split);
+    assert!(client_events(&mut publisher).contains(&ClientEvent::PublishStarted { stream_id }));
+
+    let metadata = Bytes::from_static(b"\x02\x00\x0aonMetaData\x08\x00\x00\x00\x00\x00\x00\x09");
+    let frame = Bytes::from(vec![0x17u8; 10_000]);
+    publisher.send_media(stream_id, MediaKind::Data, 0, &metadata);
+    publisher.send_media(stream_id, MediaKind::Video, 40, &frame);
+    publisher.send_media(stream_id, MediaKind::Audio, 0x0100_0000, b"\xaf\x01\x21");
+    pump(&mut publisher, &mut server, split);
+    let media: Vec<Media> = server_events(&mut server)
+        .into_iter()
+        .filter_map(|e| if let ServerEvent::Media(m) = e { Some(m) } else { None })
+        .collect();
+    assert_eq!(media.len(), 3);
+    assert_eq!((media[0].kind, &media[0].payload), (MediaKind::Data, &metadata), "@setDataFrame is stripped");
+    assert_eq!((media[1].timestamp, media[1].payload.len()), (40, 10_000));
+    assert_eq!(media[2].timestamp, 0x0100_0000, "extended timestamp survives");
+
+    // A player on a second connection gets what the server sends it.
+    let (mut player, mut server2) = connected_pair(version, digest, split);
+    player.play("cam");
+    pump(&mut player, &mut server2, split);
+    let Some(ServerEvent::PlayRequested { stream_id: play_id, stream_name, .. }) =
+        server_events(&mut server2).pop()
+    else {
+        panic!()
+    };
+    assert_eq!(stream_name, "cam");
+    server2.accept_play(play_id, "cam").unwrap();
+    for m in &media {
+        assert!(server2.send_media(play_id, m.kind, m.timestamp, &m.payload));
+    }
+    pump(&mut player, &mut server2, split);
+    let events = client_events(&mut player);
+    assert!(events.contains(&ClientEvent::PlayStarted { stream_id: play_id }), "{events:?}");
+    let received: Vec<&Media> =
+        events.iter().filter_map(|e| if let ClientEvent::Media(m) = e { Some(m) } else { None }).collect();
+    assert_eq!(received.len(), 3, "{events:?}");
+    assert_eq!(received[1].payload, frame);
+    assert_eq!(received[2].timestamp, 0x0100_0000);
+}
+
+#[test]
+fn plain_digest_publish_and_play() {
+    publish_and_play_through(HandshakeVersion::Plain, true, usize::MAX);
+}
+
+#[test]
+fn plain_simple_handshake_in_small_pieces() {
+    publish_and_play_through(HandshakeVersion::Plain, false, 7);
+}
+
+#[test]
+fn rtmpe_sessions_publish_and_play() {
+    for version in [HandshakeVersion::Rtmpe, HandshakeVersion::RtmpeXtea, HandshakeVersion::RtmpeBlowfish] {
+        publish_and_play_through(version, true, 1000);
+    }
+}
+
+#[test]
+fn rejected_connect_reaches_the_client() {
+    let mut client = ClientSession::new(ClientConfig::new("live", "rtmp://h/live"), &mut rng(3));
+    let mut server = ServerSession::new(ServerConfig::default(), &mut rng(4));
+    pump(&mut client, &mut server, usize::MAX);
+    server_events(&mut server);
+    server.reject_connect("no such app").unwrap();
+    pump(&mut client, &mut server, usize::MAX);
+    let events = client_events(&mut client);
+    assert!(events.iter().any(|e| matches!(e, ClientEvent::Rejected { code, description }
+        if code == "NetConnection.Connect.Rejected" && description == "no such app")));
+    assert!(server.is_closed());
+}
+
+#[test]
+fn rejected_publish_is_an_error_status() {
+    let (mut client, mut server) = connected_pair(HandshakeVersion::Plain, true, usize::MAX);
+    client.publish("taken");
+    pump(&mut client, &mut server, usize::MAX);
+    let Some(ServerEvent::PublishRequested { stream_id, .. }) = server_events(&mut server).pop() else {
+        panic!()
+    };
+    server.reject_publish(stream_id, "NetStream.Publish.BadName", "already publishing").unwrap();
+    pump(&mut client, &mut server, usize::MAX);
+    assert!(client_events(&mut client)
+        .iter()
+        .any(|e| matches!(e, ClientEvent::Rejected { code, .. } if code == "NetStream.Publish.BadName")));
+}
+
+#[test]
+fn media_before_publish_closes_the_session() {
+    let (mut client, mut server) = connected_pair(HandshakeVersion::Plain, true, usize::MAX);
+    client.send_media(1, MediaKind::Video, 0, b"\x17\x01\x00\x00\x00");
+    let bytes = client.poll_transmit().unwrap();
+    let err = server.handle_input(&bytes).unwrap_err();
+    assert!(matches!(err, crate::Error::Protocol(_)), "{err}");
+    assert!(server.is_closed());
+    assert_eq!(server.handle_input(b"x"), Err(crate::Error::Closed));
+}
+
+#[test]
+fn garbage_after_handshake_is_an_error_not_a_panic() {
+    let mut client = ClientSession::new(ClientConfig::new("live", "rtmp://h/live"), &mut rng(5));
+    let mut server = ServerSession::new(ServerConfig::default(), &mut rng(6));
+    pump(&mut client, &mut server, usize::MAX);
+    // A type-1 header on a chunk stream with no previous header.
+    assert!(server.handle_input(&[0x45, 0, 0, 0, 0, 0, 4, 20, 1, 2, 3, 4]).is_err());
+}
