@@ -83,6 +83,10 @@ impl Link {
         (&mut self.input, &mut self.output)
     }
 
+    pub fn output_len(&self) -> usize {
+        self.output.len()
+    }
+
     pub fn has_output(&self) -> bool {
         !self.output.is_empty()
     }

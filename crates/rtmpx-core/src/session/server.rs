@@ -212,6 +212,11 @@ impl ServerSession {
         self.link.has_output()
     }
 
+    /// Bytes queued and not yet taken by [`poll_transmit`](Self::poll_transmit).
+    pub fn pending_output(&self) -> usize {
+        self.link.output_len()
+    }
+
     /// The handshake's outcome (version, digest, signature check) once it completed.
     pub fn handshake(&self) -> Option<&HandshakeOutcome> {
         self.outcome.as_ref()

@@ -1,0 +1,252 @@
+//! Configuration: TOML with serde, validated before anything starts.
+//!
+//! `config/rtmpx.toml` documents every key; [`DEFAULT_CONFIG`] is what runs with no file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// The configuration used when no file is given (also `config/default.toml`).
+pub const DEFAULT_CONFIG: &str = include_str!("../../../config/default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(rename = "listener", default)]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(rename = "app", default)]
+    pub apps: Vec<AppConfig>,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Outgoing chunk size sent to every client after connect.
+    pub chunk_size: u32,
+    /// Cache the last GOP so players start at once.
+    pub gop_cache: bool,
+    /// How long shutdown waits for sessions to close.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection { chunk_size: 4096, gop_cache: true, shutdown_grace_secs: 5 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Rtmp,
+}
+
+impl Proto {
+    pub fn scheme(self) -> &'static str {
+        match self {
+            Proto::Rtmp => "rtmp",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub proto: Proto,
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    pub name: String,
+    #[serde(default = "yes")]
+    pub publish: bool,
+    #[serde(default = "yes")]
+    pub play: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// Largest Set Chunk Size accepted from a client.
+    pub max_chunk_size: u32,
+    /// Largest RTMP message accepted.
+    pub max_message_size: u32,
+    /// Most chunk stream ids with state per connection.
+    pub max_chunk_streams: usize,
+    /// Deepest AMF nesting accepted.
+    pub max_amf_depth: usize,
+    /// Bytes of media queued for one player before it drops to the next keyframe.
+    pub player_queue_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 20_000,
+            max_connections_per_ip: 1_000,
+            max_chunk_size: 1 << 24,
+            max_message_size: 8 << 20,
+            max_chunk_streams: 64,
+            max_amf_depth: 32,
+            player_queue_bytes: 8 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// From accept to a completed handshake and connect.
+    pub handshake_secs: u64,
+    /// A publisher (or a connection that neither plays nor publishes) that sends nothing.
+    pub idle_secs: u64,
+    /// A write that makes no progress (the peer stopped reading).
+    pub write_secs: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts { handshake_secs: 10, idle_secs: 60, write_secs: 30 }
+    }
+}
+
+impl Timeouts {
+    pub fn handshake(&self) -> Duration {
+        Duration::from_secs(self.handshake_secs)
+    }
+    pub fn idle(&self) -> Duration {
+        Duration::from_secs(self.idle_secs)
+    }
+    pub fn write(&self) -> Duration {
+        Duration::from_secs(self.write_secs)
+    }
+}
+
+impl Config {
+    /// Parses and validates TOML text; `origin` names it in messages.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
+        let config: Config =
+            toml::from_str(text).map_err(|e| Error::Config { origin: origin.to_owned(), message: e.to_string() })?;
+        config.validate().map_err(|message| Error::Config { origin: origin.to_owned(), message })?;
+        Ok(config)
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Io { context: format!("reading {}", path.display()), source: e })?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    pub fn embedded_default() -> Self {
+        Self::from_toml(DEFAULT_CONFIG, "embedded default config").expect("the embedded default config is valid")
+    }
+
+    /// Loads `path`, or the embedded default when `None`.
+    pub fn load_or_default(path: Option<&PathBuf>) -> Result<Self> {
+        match path {
+            Some(p) => Self::load(p),
+            None => Ok(Self::embedded_default()),
+        }
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        if self.listeners.is_empty() {
+            return Err("no [[listener]] configured: add one, e.g. proto = \"rtmp\", addr = \"0.0.0.0:1935\"".into());
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            if self.listeners[..i].iter().any(|o| o.addr == l.addr) {
+                return Err(format!("listener[{i}].addr: {} is used by another listener", l.addr));
+            }
+        }
+        if self.apps.is_empty() {
+            return Err("no [[app]] configured: add one, e.g. name = \"live\"".into());
+        }
+        for (i, app) in self.apps.iter().enumerate() {
+            if app.name.is_empty() || app.name.contains(['/', '?', ' ']) {
+                return Err(format!("app[{i}].name: {:?} must be non-empty without '/', '?' or spaces", app.name));
+            }
+            if self.apps[..i].iter().any(|o| o.name == app.name) {
+                return Err(format!("app[{i}].name: {:?} is defined twice", app.name));
+            }
+        }
+        let s = &self.server;
+        if !(128..=65_536).contains(&s.chunk_size) {
+            return Err(format!("server.chunk_size: {} is outside 128..=65536", s.chunk_size));
+        }
+        let l = &self.limits;
+        if !(128..=0x7FFF_FFFF).contains(&l.max_chunk_size) {
+            return Err(format!("limits.max_chunk_size: {} is outside 128..=2147483647", l.max_chunk_size));
+        }
+        if !(1024..=0xFF_FFFF).contains(&l.max_message_size) {
+            return Err(format!("limits.max_message_size: {} is outside 1024..=16777215", l.max_message_size));
+        }
+        if !(4..=65_599).contains(&l.max_chunk_streams) {
+            return Err(format!("limits.max_chunk_streams: {} is outside 4..=65599", l.max_chunk_streams));
+        }
+        if !(2..=256).contains(&l.max_amf_depth) {
+            return Err(format!("limits.max_amf_depth: {} is outside 2..=256", l.max_amf_depth));
+        }
+        if l.player_queue_bytes < 64 * 1024 {
+            return Err(format!("limits.player_queue_bytes: {} is below 65536", l.player_queue_bytes));
+        }
+        if l.max_connections == 0 || l.max_connections_per_ip == 0 {
+            return Err("limits.max_connections and limits.max_connections_per_ip must be at least 1".into());
+        }
+        let t = &self.timeouts;
+        if t.handshake_secs == 0 || t.idle_secs == 0 || t.write_secs == 0 {
+            return Err("timeouts.*_secs must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn app(&self, name: &str) -> Option<&AppConfig> {
+        self.apps.iter().find(|a| a.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::embedded_default();
+        assert_eq!(c.listeners[0].proto, Proto::Rtmp);
+        assert!(c.app("live").is_some());
+    }
+
+    #[test]
+    fn documented_example_is_valid() {
+        Config::from_toml(include_str!("../../../config/rtmpx.toml"), "rtmpx.toml").unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = |text: &str| Config::from_toml(text, "t").unwrap_err().to_string();
+        let base = "[[listener]]\nproto = \"rtmp\"\naddr = \"127.0.0.1:1935\"\n[[app]]\nname = \"live\"\n";
+        assert!(err(&format!("{base}[server]\nchunk_size = 1\n")).contains("server.chunk_size"));
+        assert!(err(&format!("{base}[limits]\nmax_chunk_streams = 1\n")).contains("limits.max_chunk_streams"));
+        assert!(err(&format!("{base}[server]\nbogus = 1\n")).contains("bogus"));
+        assert!(err("[[app]]\nname = \"live\"\n").contains("no [[listener]]"));
+        assert!(err(&base.replace("rtmp\"", "ftp\"")).contains("ftp"));
+        assert!(err(&format!("{base}[[listener]]\nproto = \"rtmp\"\naddr = \"127.0.0.1:1935\"\n")).contains("used by another"));
+        assert!(err(&base.replace("127.0.0.1:1935", "nonsense")).contains("addr"));
+    }
+}

@@ -1,0 +1,27 @@
+//! The gateway's one error type.
+
+use std::io;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid configuration ({origin}): {message}")]
+    Config { origin: String, message: String },
+
+    #[error("{context}: {source}")]
+    Io { context: String, source: io::Error },
+
+    #[error(transparent)]
+    Rtmp(#[from] rtmpx_core::Error),
+
+    #[error("timed out: {0}")]
+    Timeout(&'static str),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
+        let context = context.into();
+        move |source| Error::Io { context, source }
+    }
+}

@@ -1,0 +1,208 @@
+//! The running gateway: shared state, listeners, connection limits and shutdown.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rtmpx_router::{Router, RouterConfig};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use crate::config::{Config, ListenerConfig, Proto};
+use crate::error::{Error, Result};
+use crate::session::{self, Transport};
+
+/// State every session and listener shares.
+pub struct Shared {
+    pub router: Router,
+    config: Mutex<Arc<Config>>,
+    next_id: AtomicU64,
+    shutdown: watch::Receiver<bool>,
+    connections: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl Shared {
+    pub fn config(&self) -> Arc<Config> {
+        self.config.lock().expect("config lock").clone()
+    }
+
+    pub fn next_session_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.clone()
+    }
+
+    /// Counts a new connection against the limits; `None` when a limit is hit.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Admission> {
+        let limits = self.config().limits.clone();
+        let total = self.connections.fetch_add(1, Ordering::AcqRel) + 1;
+        if total > limits.max_connections {
+            self.connections.fetch_sub(1, Ordering::AcqRel);
+            warn!(%ip, limit = limits.max_connections, "connection refused: max_connections reached");
+            return None;
+        }
+        let mut per_ip = self.per_ip.lock().expect("per-ip lock");
+        let count = per_ip.entry(ip).or_insert(0);
+        if *count >= limits.max_connections_per_ip {
+            drop(per_ip);
+            self.connections.fetch_sub(1, Ordering::AcqRel);
+            warn!(%ip, limit = limits.max_connections_per_ip, "connection refused: max_connections_per_ip reached");
+            return None;
+        }
+        *count += 1;
+        Some(Admission { shared: self.clone(), ip })
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+}
+
+/// Releases a connection's place in the limits when the session ends.
+struct Admission {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.shared.connections.fetch_sub(1, Ordering::AcqRel);
+        let mut per_ip = self.shared.per_ip.lock().expect("per-ip lock");
+        if let Some(count) = per_ip.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+fn router_config(config: &Config) -> RouterConfig {
+    RouterConfig {
+        player_queue_bytes: config.limits.player_queue_bytes,
+        gop_cache: config.server.gop_cache,
+        ..RouterConfig::default()
+    }
+}
+
+/// Binds every listener, prints where to publish and play, and serves until SIGINT/SIGTERM.
+pub async fn serve(config: Config) -> Result<()> {
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let config = Arc::new(config);
+    let shared = Arc::new(Shared {
+        router: Router::new(router_config(&config)),
+        config: Mutex::new(config.clone()),
+        next_id: AtomicU64::new(1),
+        shutdown: shutdown_rx,
+        connections: AtomicUsize::new(0),
+        per_ip: Mutex::new(HashMap::new()),
+    });
+
+    let mut listeners = Vec::new();
+    for lc in &config.listeners {
+        let listener =
+            TcpListener::bind(lc.addr).await.map_err(Error::io(format!("binding {} listener on {}", lc.proto.scheme(), lc.addr)))?;
+        let local = listener.local_addr().map_err(Error::io("reading the bound address"))?;
+        announce(lc, local, &config);
+        listeners.push((lc.clone(), listener));
+    }
+    info!("rtmpx ready");
+
+    let mut sessions = JoinSet::new();
+    let mut accept_tasks = JoinSet::new();
+    let (session_tx, mut session_rx) = tokio::sync::mpsc::unbounded_channel::<(TcpStream, SocketAddr, Proto)>();
+    for (lc, listener) in listeners {
+        let tx = session_tx.clone();
+        let mut stop = shared.shutdown_signal();
+        accept_tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, peer)) => {
+                            let _ = stream.set_nodelay(true);
+                            if tx.send((stream, peer, lc.proto)).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            // Out of file descriptors and the like: back off instead of spinning.
+                            warn!(addr = %lc.addr, "accept failed: {e}");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    drop(session_tx);
+
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            _ = &mut signal => break,
+            Some((stream, peer, proto)) = session_rx.recv() => {
+                let Some(admission) = shared.admit(peer.ip()) else { continue };
+                let shared = shared.clone();
+                sessions.spawn(async move {
+                    let _admission = admission;
+                    match proto {
+                        Proto::Rtmp => session::run(stream, peer, Transport::Tcp, shared).await,
+                    }
+                });
+            }
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+        }
+    }
+
+    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    info!(sessions = sessions.len(), "shutting down: closing listeners and telling clients");
+    let _ = shutdown_tx.send(true);
+    accept_tasks.shutdown().await;
+    let drained = tokio::time::timeout(grace, async { while sessions.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        warn!(left = sessions.len(), "grace period over: dropping remaining sessions");
+        sessions.shutdown().await;
+    }
+    info!("rtmpx stopped");
+    Ok(())
+}
+
+fn announce(lc: &ListenerConfig, local: SocketAddr, config: &Config) {
+    let host = if local.ip().is_unspecified() { "127.0.0.1".to_string() } else { local.ip().to_string() };
+    let host = if local.is_ipv6() && !local.ip().is_unspecified() { format!("[{host}]") } else { host };
+    for app in &config.apps {
+        let url = format!("{}://{}:{}/{}/<stream>", lc.proto.scheme(), host, local.port(), app.name);
+        let what = match (app.publish, app.play) {
+            (true, true) => "publish and play",
+            (true, false) => "publish",
+            (false, true) => "play",
+            (false, false) => "nothing (app disabled)",
+        };
+        info!("{} listener on {local}: {what} at {url}", lc.proto.scheme());
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

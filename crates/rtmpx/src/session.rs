@@ -1,0 +1,377 @@
+//! Drives one server-side RTMP session over any byte stream (TCP, TLS, HTTP tunnel) and
+//! connects it to the router. Transports only hand over a duplex stream and a variant name.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use rtmpx_core::session::{MediaKind, ServerConfig, ServerEvent, ServerSession, StatusLevel};
+use rtmpx_router::{Frame, FrameKind, Player, PlayerEvent, Publisher, RouterError, SessionInfo, StreamKey};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::{sleep_until, timeout};
+use tracing::{debug, info, warn};
+
+use crate::error::{Error, Result};
+use crate::server::Shared;
+
+/// Bytes of player output gathered before one write: fewer, larger writes.
+const WRITE_BATCH: usize = 64 * 1024;
+const READ_BUFFER: usize = 16 * 1024;
+
+/// The transport a session arrived on, before RTMPE is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+}
+
+impl Transport {
+    /// The variant name for logs and metrics, given whether the handshake was RTMPE.
+    pub fn variant(self, encrypted: bool) -> &'static str {
+        match (self, encrypted) {
+            (Transport::Tcp, false) => "rtmp",
+            (Transport::Tcp, true) => "rtmpe",
+        }
+    }
+}
+
+struct Playing {
+    stream_id: u32,
+    player: Player,
+}
+
+struct Publishing {
+    stream_id: u32,
+    publisher: Publisher,
+}
+
+/// Everything about one connection that outlives a single event.
+struct Connection {
+    id: u64,
+    peer: SocketAddr,
+    transport: Transport,
+    encrypted: bool,
+    app: Option<String>,
+    stream_name: Option<String>,
+    role: &'static str,
+    publishing: Option<Publishing>,
+    playing: Option<Playing>,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+impl Connection {
+    fn variant(&self) -> &'static str {
+        self.transport.variant(self.encrypted)
+    }
+
+    fn info(&self) -> SessionInfo {
+        SessionInfo { id: self.id, peer: self.peer.to_string(), variant: self.variant() }
+    }
+}
+
+fn server_config(shared: &Shared) -> ServerConfig {
+    let config = shared.config();
+    let mut sc = ServerConfig { chunk_size: config.server.chunk_size, ..ServerConfig::default() };
+    sc.chunk_limits.max_chunk_size = config.limits.max_chunk_size;
+    sc.chunk_limits.max_message_size = config.limits.max_message_size;
+    sc.chunk_limits.max_chunk_streams = config.limits.max_chunk_streams;
+    sc.chunk_limits.max_buffered_bytes = (config.limits.max_message_size as usize).saturating_mul(2);
+    sc.amf_limits.max_depth = config.limits.max_amf_depth;
+    sc
+}
+
+/// Runs a session to its end and logs one line about it.
+pub async fn run<S>(stream: S, peer: SocketAddr, transport: Transport, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let started = Instant::now();
+    let mut conn = Connection {
+        id: shared.next_session_id(),
+        peer,
+        transport,
+        encrypted: false,
+        app: None,
+        stream_name: None,
+        role: "none",
+        publishing: None,
+        playing: None,
+        bytes_in: 0,
+        bytes_out: 0,
+    };
+    debug!(session = conn.id, %peer, "session opened");
+    let result = drive(stream, &mut conn, &shared).await;
+    let reason = match &result {
+        Ok(()) => "closed".to_string(),
+        Err(e) => e.to_string(),
+    };
+    let app_stream = match (&conn.app, &conn.stream_name) {
+        (Some(a), Some(s)) => format!("{a}/{s}"),
+        (Some(a), None) => a.clone(),
+        _ => "-".into(),
+    };
+    let line = format!(
+        "session {} closed: peer={} variant={} stream={} role={} in={}B out={}B duration={:.1}s reason={}",
+        conn.id,
+        conn.peer,
+        conn.variant(),
+        app_stream,
+        conn.role,
+        conn.bytes_in,
+        conn.bytes_out,
+        started.elapsed().as_secs_f64(),
+        reason
+    );
+    if result.is_ok() {
+        info!("{line}");
+    } else {
+        warn!("{line}");
+    }
+}
+
+async fn drive<S>(mut stream: S, conn: &mut Connection, shared: &Shared) -> Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let timeouts = shared.config().timeouts.clone();
+    let mut session = ServerSession::new(server_config(shared), &mut StdRng::from_entropy());
+    let mut shutdown = shared.shutdown_signal();
+    let mut buf = BytesMut::zeroed(READ_BUFFER);
+    let handshake_deadline = tokio::time::Instant::now() + timeouts.handshake();
+    let mut connected = false;
+    let mut last_read = tokio::time::Instant::now();
+
+    loop {
+        flush(&mut stream, &mut session, conn, timeouts.write()).await?;
+        if session.is_closed() {
+            return Ok(());
+        }
+        let deadline = if !connected {
+            Some(handshake_deadline)
+        } else if conn.playing.is_some() && conn.publishing.is_none() {
+            // Players may send nothing for a long time; their writes are bounded instead.
+            None
+        } else {
+            Some(last_read + timeouts.idle())
+        };
+        tokio::select! {
+            _ = shutdown.changed() => {
+                say_goodbye(&mut session, conn);
+                let _ = flush(&mut stream, &mut session, conn, timeouts.write()).await;
+                return Ok(());
+            }
+            read = stream.read(&mut buf[..]) => {
+                let n = read.map_err(Error::io("reading from the client"))?;
+                if n == 0 {
+                    return Ok(());
+                }
+                conn.bytes_in += n as u64;
+                last_read = tokio::time::Instant::now();
+                let input = session.handle_input(&buf[..n]);
+                // Whatever the session produced before an error (e.g. a reject) still goes out.
+                while let Some(event) = session.poll_event() {
+                    handle_event(event, &mut session, conn, shared, &mut connected);
+                }
+                if let Err(e) = input {
+                    let _ = flush(&mut stream, &mut session, conn, timeouts.write()).await;
+                    return Err(e.into());
+                }
+            }
+            event = next_player_event(&mut conn.playing) => {
+                if let Some(event) = event {
+                    deliver(event, &mut session, conn);
+                    // Batch what else is already queued into the same write.
+                    while session_output_small(&session) {
+                        let Some(event) = conn.playing.as_mut().and_then(|p| p.player.try_recv()) else { break };
+                        deliver(event, &mut session, conn);
+                    }
+                }
+            }
+            _ = sleep_until_opt(deadline) => {
+                return Err(Error::Timeout(if connected { "no data from the client" } else { "handshake and connect" }));
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn session_output_small(session: &ServerSession) -> bool {
+    session.pending_output() < WRITE_BATCH
+}
+
+async fn next_player_event(playing: &mut Option<Playing>) -> Option<PlayerEvent> {
+    match playing {
+        Some(p) => p.player.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn flush<S>(
+    stream: &mut S,
+    session: &mut ServerSession,
+    conn: &mut Connection,
+    write_timeout: std::time::Duration,
+) -> Result<()>
+where
+    S: AsyncWrite + Unpin,
+{
+    let mut wrote = false;
+    while let Some(bytes) = session.poll_transmit() {
+        conn.bytes_out += bytes.len() as u64;
+        timeout(write_timeout, stream.write_all(&bytes))
+            .await
+            .map_err(|_| Error::Timeout("the client stopped reading"))?
+            .map_err(Error::io("writing to the client"))?;
+        wrote = true;
+    }
+    if wrote {
+        timeout(write_timeout, stream.flush())
+            .await
+            .map_err(|_| Error::Timeout("the client stopped reading"))?
+            .map_err(Error::io("flushing to the client"))?;
+    }
+    Ok(())
+}
+
+fn deliver(event: PlayerEvent, session: &mut ServerSession, conn: &mut Connection) {
+    let Some(playing) = &conn.playing else { return };
+    let stream_id = playing.stream_id;
+    match event {
+        PlayerEvent::PublishStarted => session.notify_publish(stream_id),
+        PlayerEvent::Unpublished => session.notify_unpublish(stream_id),
+        PlayerEvent::Frame(frame) => {
+            let kind = match frame.kind {
+                FrameKind::Audio => MediaKind::Audio,
+                FrameKind::Video => MediaKind::Video,
+                FrameKind::Metadata => MediaKind::Data,
+            };
+            session.send_media(stream_id, kind, frame.timestamp, &frame.payload);
+        }
+    }
+}
+
+fn handle_event(
+    event: ServerEvent,
+    session: &mut ServerSession,
+    conn: &mut Connection,
+    shared: &Shared,
+    connected: &mut bool,
+) {
+    match event {
+        ServerEvent::HandshakeComplete { requested, version, digest } => {
+            conn.encrypted = version.is_encrypted();
+            debug!(session = conn.id, ?requested, ?version, digest, "handshake complete");
+        }
+        ServerEvent::ConnectRequested(request) => {
+            let app = normalize_app(&request.app);
+            let known = shared.config().app(&app).is_some();
+            debug!(session = conn.id, app, tc_url = ?request.tc_url, flash_ver = ?request.flash_ver, "connect");
+            if known {
+                conn.app = Some(app);
+                *connected = true;
+                let _ = session.accept_connect();
+            } else {
+                warn!(session = conn.id, peer = %conn.peer, app, "connect rejected: unknown application");
+                let _ = session.reject_connect(&format!("Application '{app}' does not exist."));
+            }
+        }
+        ServerEvent::PublishRequested { stream_id, stream_name, .. } => on_publish(stream_id, &stream_name, session, conn, shared),
+        ServerEvent::PlayRequested { stream_id, stream_name, .. } => on_play(stream_id, &stream_name, session, conn, shared),
+        ServerEvent::Media(media) => {
+            if let Some(p) = &conn.publishing {
+                if p.stream_id == media.stream_id {
+                    let frame = match media.kind {
+                        MediaKind::Audio => Frame::audio(media.timestamp, media.payload),
+                        MediaKind::Video => Frame::video(media.timestamp, media.payload),
+                        MediaKind::Data => Frame::metadata(media.timestamp, media.payload),
+                    };
+                    p.publisher.send(frame);
+                }
+            }
+        }
+        ServerEvent::StreamClosed { stream_id } => {
+            if conn.publishing.as_ref().is_some_and(|p| p.stream_id == stream_id) {
+                conn.publishing = None;
+                debug!(session = conn.id, "unpublished");
+            }
+            if conn.playing.as_ref().is_some_and(|p| p.stream_id == stream_id) {
+                conn.playing = None;
+            }
+        }
+        ServerEvent::PauseChanged { .. } => {}
+    }
+}
+
+/// `live`, `live/`, `/live` and `live?token` all name the app `live`.
+fn normalize_app(app: &str) -> String {
+    let app = app.split('?').next().unwrap_or_default();
+    app.trim_matches('/').to_owned()
+}
+
+fn on_publish(stream_id: u32, stream_name: &str, session: &mut ServerSession, conn: &mut Connection, shared: &Shared) {
+    let app = conn.app.clone().unwrap_or_default();
+    let allowed = shared.config().app(&app).is_some_and(|a| a.publish);
+    if !allowed || conn.publishing.is_some() || stream_name.is_empty() {
+        let why = if !allowed { "publishing is not allowed here" } else { "bad stream name or already publishing" };
+        warn!(session = conn.id, peer = %conn.peer, app, stream = stream_name, "publish rejected: {why}");
+        let _ = session.reject_publish(stream_id, "NetStream.Publish.BadName", why);
+        return;
+    }
+    let key = StreamKey::new(&app, stream_name);
+    match shared.router.publish(key.clone(), conn.info()) {
+        Ok(publisher) => {
+            let _ = session.accept_publish(stream_id);
+            conn.role = "publisher";
+            conn.stream_name = Some(key.name.clone());
+            conn.publishing = Some(Publishing { stream_id, publisher });
+            info!(session = conn.id, peer = %conn.peer, variant = conn.variant(), stream = %key, "publishing");
+        }
+        Err(RouterError::AlreadyPublishing) => {
+            warn!(session = conn.id, peer = %conn.peer, stream = %key, "publish rejected: stream is already published");
+            let _ = session.reject_publish(stream_id, "NetStream.Publish.BadName", "Stream is already published.");
+        }
+    }
+}
+
+fn on_play(stream_id: u32, stream_name: &str, session: &mut ServerSession, conn: &mut Connection, shared: &Shared) {
+    let app = conn.app.clone().unwrap_or_default();
+    let allowed = shared.config().app(&app).is_some_and(|a| a.play);
+    if !allowed || conn.playing.is_some() || stream_name.is_empty() {
+        let why = if !allowed { "playing is not allowed here" } else { "bad stream name or already playing" };
+        warn!(session = conn.id, peer = %conn.peer, app, stream = stream_name, "play rejected: {why}");
+        let _ = session.reject_play(stream_id, "NetStream.Play.Failed", why);
+        return;
+    }
+    let key = StreamKey::new(&app, stream_name);
+    let mut player = shared.router.play(key.clone(), conn.info());
+    let _ = session.accept_play(stream_id, &key.name);
+    conn.role = "player";
+    conn.stream_name = Some(key.name.clone());
+    // A live stream announces itself at once and needs no PublishNotify; anything else that
+    // is already queued is delivered as usual.
+    let first = player.try_recv();
+    conn.playing = Some(Playing { stream_id, player });
+    match first {
+        Some(PlayerEvent::PublishStarted) | None => {}
+        Some(event) => deliver(event, session, conn),
+    }
+    info!(session = conn.id, peer = %conn.peer, variant = conn.variant(), stream = %key, "playing");
+}
+
+fn say_goodbye(session: &mut ServerSession, conn: &Connection) {
+    if let Some(p) = &conn.playing {
+        session.notify_unpublish(p.stream_id);
+    }
+    if let Some(p) = &conn.publishing {
+        session.send_status(p.stream_id, StatusLevel::Status, "NetStream.Unpublish.Success", "Server is shutting down.");
+    }
+}
