@@ -15,6 +15,7 @@
 pub mod amf;
 pub mod chunk;
 pub mod error;
+pub mod fuzzing;
 pub mod handshake;
 pub mod media;
 pub mod message;
