@@ -1,0 +1,97 @@
+//! Per-player timestamp rebasing: each player's timeline starts at 0 and never goes backwards,
+//! across late joins, drops and publisher changes.
+
+use crate::FrameKind;
+
+fn kind_index(kind: FrameKind) -> usize {
+    match kind {
+        FrameKind::Audio => 0,
+        FrameKind::Video => 1,
+        FrameKind::Metadata => 2,
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Rebaser {
+    /// delivered = source + offset; `None` until the current publish's first media frame.
+    offset: Option<i64>,
+    last_per_kind: [u32; 3],
+    /// Highest media timestamp delivered so far (all publishes).
+    max_media: Option<u32>,
+}
+
+impl Rebaser {
+    /// A new publisher: its timestamps restart, so the next media frame sets a new offset.
+    pub(crate) fn publish_started(&mut self) {
+        self.offset = None;
+    }
+
+    /// Maps a source timestamp. `media` is false for metadata and sequence headers, which do not
+    /// set the base (before it exists they get the kind's last timestamp, 0 at first).
+    pub(crate) fn map(&mut self, kind: FrameKind, media: bool, timestamp: u32) -> u32 {
+        if media && self.offset.is_none() {
+            let target = self.max_media.map_or(0, |max| i64::from(max) + 1);
+            self.offset = Some(target - i64::from(timestamp));
+        }
+        let shifted = self.offset.map_or(0, |offset| i64::from(timestamp) + offset);
+        let clamped = u32::try_from(shifted.clamp(0, i64::from(u32::MAX))).unwrap_or(u32::MAX);
+        let slot = &mut self.last_per_kind[kind_index(kind)];
+        let delivered = clamped.max(*slot);
+        *slot = delivered;
+        if media {
+            self.max_media = Some(self.max_media.map_or(delivered, |max| max.max(delivered)));
+        }
+        delivered
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use FrameKind::{Audio, Metadata, Video};
+
+    #[test]
+    fn first_media_frame_is_zero_and_headers_before_it_are_zero() {
+        let mut rebaser = Rebaser::default();
+        assert_eq!(rebaser.map(Metadata, false, 5000), 0);
+        assert_eq!(rebaser.map(Video, false, 5000), 0);
+        assert_eq!(rebaser.map(Video, true, 10_000), 0);
+        assert_eq!(rebaser.map(Audio, true, 10_023), 23);
+        assert_eq!(rebaser.map(Video, true, 10_040), 40);
+        // Behind the base: clamped to 0, then to the last audio timestamp (never backwards).
+        assert_eq!(rebaser.map(Audio, true, 9_990), 23);
+    }
+
+    #[test]
+    fn never_below_zero_never_backwards() {
+        let mut rebaser = Rebaser::default();
+        assert_eq!(rebaser.map(Video, true, 1000), 0);
+        assert_eq!(rebaser.map(Audio, true, 990), 0);
+        assert_eq!(rebaser.map(Video, true, 1100), 100);
+        assert_eq!(rebaser.map(Video, true, 1050), 100);
+        assert_eq!(rebaser.map(Video, true, 1200), 200);
+    }
+
+    #[test]
+    fn new_publisher_continues_after_last_timestamp() {
+        let mut rebaser = Rebaser::default();
+        rebaser.map(Video, true, 0);
+        rebaser.map(Audio, true, 2000);
+        assert_eq!(rebaser.map(Video, true, 1960), 1960);
+        rebaser.publish_started();
+        // Headers of the new publisher: not backwards for their kind.
+        assert_eq!(rebaser.map(Video, false, 0), 1960);
+        assert_eq!(rebaser.map(Audio, false, 0), 2000);
+        assert_eq!(rebaser.map(Video, true, 0), 2001);
+        assert_eq!(rebaser.map(Audio, true, 21), 2022);
+    }
+
+    #[test]
+    fn large_timestamps_saturate() {
+        let mut rebaser = Rebaser::default();
+        rebaser.map(Video, true, 0);
+        assert_eq!(rebaser.map(Video, true, u32::MAX), u32::MAX);
+        rebaser.publish_started();
+        assert_eq!(rebaser.map(Video, true, 7), u32::MAX);
+    }
+}
