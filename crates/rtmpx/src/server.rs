@@ -59,10 +59,6 @@ impl Shared {
         *count += 1;
         Some(Admission { shared: self.clone(), ip })
     }
-
-    pub fn connection_count(&self) -> usize {
-        self.connections.load(Ordering::Relaxed)
-    }
 }
 
 /// Releases a connection's place in the limits when the session ends.
