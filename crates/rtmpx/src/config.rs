@@ -26,6 +26,8 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub timeouts: Timeouts,
+    #[serde(default)]
+    pub tls: TlsSection,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -49,13 +51,20 @@ impl Default for ServerSection {
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
     Rtmp,
+    Rtmps,
 }
 
 impl Proto {
     pub fn scheme(self) -> &'static str {
         match self {
             Proto::Rtmp => "rtmp",
+            Proto::Rtmps => "rtmps",
         }
+    }
+
+    /// Whether connections on this listener start with a TLS handshake.
+    pub fn is_tls(self) -> bool {
+        matches!(self, Proto::Rtmps)
     }
 }
 
@@ -64,6 +73,49 @@ impl Proto {
 pub struct ListenerConfig {
     pub proto: Proto,
     pub addr: SocketAddr,
+    /// TLS listeners: certificates chosen by SNI, the first for clients without SNI. Empty means
+    /// the generated development certificate in `tls.cert_dir`.
+    #[serde(default)]
+    pub tls: Vec<CertPaths>,
+}
+
+/// A PEM certificate chain (leaf first) and its PEM private key (PKCS#8, PKCS#1 or SEC1).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertPaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// Where the self-signed development certificate lives (generated when missing).
+    pub cert_dir: PathBuf,
+    /// Names the development certificate covers besides localhost, 127.0.0.1 and ::1.
+    pub hosts: Vec<String>,
+    /// From TCP accept to a finished TLS handshake.
+    pub handshake_timeout_secs: u64,
+    /// TLS 1.3 session tickets sent after each handshake. 0 keeps librtmp clients (rtmpdump)
+    /// working: they fail on any record that carries no application data.
+    pub tls13_session_tickets: usize,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        TlsSection {
+            cert_dir: PathBuf::from("certs"),
+            hosts: vec!["localhost".into()],
+            handshake_timeout_secs: 10,
+            tls13_session_tickets: 0,
+        }
+    }
+}
+
+impl TlsSection {
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_secs)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -143,19 +195,21 @@ impl Timeouts {
 impl Config {
     /// Parses and validates TOML text; `origin` names it in messages.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
-        let config: Config =
-            toml::from_str(text).map_err(|e| Error::Config { origin: origin.to_owned(), message: e.to_string() })?;
+        let config: Config = toml::from_str(text)
+            .map_err(|e| Error::Config { origin: origin.to_owned(), message: e.to_string() })?;
         config.validate().map_err(|message| Error::Config { origin: origin.to_owned(), message })?;
         Ok(config)
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Io { context: format!("reading {}", path.display()), source: e })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Io { context: format!("reading {}", path.display()), source: e })?;
         Self::from_toml(&text, &path.display().to_string())
     }
 
     pub fn embedded_default() -> Self {
-        Self::from_toml(DEFAULT_CONFIG, "embedded default config").expect("the embedded default config is valid")
+        Self::from_toml(DEFAULT_CONFIG, "embedded default config")
+            .expect("the embedded default config is valid")
     }
 
     /// Loads `path`, or the embedded default when `None`.
@@ -168,11 +222,19 @@ impl Config {
 
     fn validate(&self) -> std::result::Result<(), String> {
         if self.listeners.is_empty() {
-            return Err("no [[listener]] configured: add one, e.g. proto = \"rtmp\", addr = \"0.0.0.0:1935\"".into());
+            return Err(
+                "no [[listener]] configured: add one, e.g. proto = \"rtmp\", addr = \"0.0.0.0:1935\"".into(),
+            );
         }
         for (i, l) in self.listeners.iter().enumerate() {
-            if self.listeners[..i].iter().any(|o| o.addr == l.addr) {
+            // Port 0 asks the system for a free port each time, so it may repeat.
+            if l.addr.port() != 0 && self.listeners[..i].iter().any(|o| o.addr == l.addr) {
                 return Err(format!("listener[{i}].addr: {} is used by another listener", l.addr));
+            }
+            if !l.tls.is_empty() && !l.proto.is_tls() {
+                return Err(format!(
+                    "listener[{i}].tls: only TLS listeners (proto = \"rtmps\") take certificates"
+                ));
             }
         }
         if self.apps.is_empty() {
@@ -180,7 +242,10 @@ impl Config {
         }
         for (i, app) in self.apps.iter().enumerate() {
             if app.name.is_empty() || app.name.contains(['/', '?', ' ']) {
-                return Err(format!("app[{i}].name: {:?} must be non-empty without '/', '?' or spaces", app.name));
+                return Err(format!(
+                    "app[{i}].name: {:?} must be non-empty without '/', '?' or spaces",
+                    app.name
+                ));
             }
             if self.apps[..i].iter().any(|o| o.name == app.name) {
                 return Err(format!("app[{i}].name: {:?} is defined twice", app.name));
@@ -195,7 +260,10 @@ impl Config {
             return Err(format!("limits.max_chunk_size: {} is outside 128..=2147483647", l.max_chunk_size));
         }
         if !(1024..=0xFF_FFFF).contains(&l.max_message_size) {
-            return Err(format!("limits.max_message_size: {} is outside 1024..=16777215", l.max_message_size));
+            return Err(format!(
+                "limits.max_message_size: {} is outside 1024..=16777215",
+                l.max_message_size
+            ));
         }
         if !(4..=65_599).contains(&l.max_chunk_streams) {
             return Err(format!("limits.max_chunk_streams: {} is outside 4..=65599", l.max_chunk_streams));
@@ -212,6 +280,18 @@ impl Config {
         let t = &self.timeouts;
         if t.handshake_secs == 0 || t.idle_secs == 0 || t.write_secs == 0 {
             return Err("timeouts.*_secs must be at least 1".into());
+        }
+        let tls = &self.tls;
+        if tls.handshake_timeout_secs == 0 {
+            return Err("tls.handshake_timeout_secs must be at least 1".into());
+        }
+        if tls.tls13_session_tickets > 16 {
+            return Err(format!("tls.tls13_session_tickets: {} is above 16", tls.tls13_session_tickets));
+        }
+        if let Some(bad) =
+            tls.hosts.iter().find(|h| h.is_empty() || h.contains(|c: char| c.is_whitespace() || c == '/'))
+        {
+            return Err(format!("tls.hosts: {bad:?} is not a host name"));
         }
         Ok(())
     }
@@ -246,7 +326,30 @@ mod tests {
         assert!(err(&format!("{base}[server]\nbogus = 1\n")).contains("bogus"));
         assert!(err("[[app]]\nname = \"live\"\n").contains("no [[listener]]"));
         assert!(err(&base.replace("rtmp\"", "ftp\"")).contains("ftp"));
-        assert!(err(&format!("{base}[[listener]]\nproto = \"rtmp\"\naddr = \"127.0.0.1:1935\"\n")).contains("used by another"));
+        assert!(err(&format!("{base}[[listener]]\nproto = \"rtmp\"\naddr = \"127.0.0.1:1935\"\n"))
+            .contains("used by another"));
         assert!(err(&base.replace("127.0.0.1:1935", "nonsense")).contains("addr"));
+        let plain_with_cert =
+            base.replace("1935\"\n", "1935\"\ntls = [{ cert = \"c.pem\", key = \"k.pem\" }]\n");
+        assert!(err(&plain_with_cert).contains("listener[0].tls"));
+        assert!(
+            err(&format!("{base}[tls]\nhandshake_timeout_secs = 0\n")).contains("tls.handshake_timeout_secs")
+        );
+        assert!(err(&format!("{base}[tls]\nhosts = [\"a b\"]\n")).contains("tls.hosts"));
+    }
+
+    #[test]
+    fn rtmps_listener_with_certificates() {
+        let text = "[[listener]]\nproto = \"rtmps\"\naddr = \"127.0.0.1:443\"\n\
+                    tls = [{ cert = \"a.pem\", key = \"a.key\" }, { cert = \"b.pem\", key = \"b.key\" }]\n\
+                    [[app]]\nname = \"live\"\n[tls]\ncert_dir = \"/tmp/x\"\nhandshake_timeout_secs = 3\n";
+        let c = Config::from_toml(text, "t").unwrap();
+        assert_eq!(c.listeners[0].proto, Proto::Rtmps);
+        assert_eq!(c.listeners[0].tls.len(), 2);
+        assert_eq!(c.listeners[0].tls[1].key, PathBuf::from("b.key"));
+        assert_eq!(c.tls.cert_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.tls.handshake_timeout(), Duration::from_secs(3));
+        assert_eq!(c.tls.hosts, ["localhost"]);
+        assert_eq!(c.tls.tls13_session_tickets, 0);
     }
 }

@@ -15,6 +15,7 @@ use tracing::{info, warn};
 use crate::config::{Config, ListenerConfig, Proto};
 use crate::error::{Error, Result};
 use crate::session::{self, Transport};
+use crate::tls::{self, TlsAcceptor};
 
 /// State every session and listener shares.
 pub struct Shared {
@@ -89,6 +90,7 @@ fn router_config(config: &Config) -> RouterConfig {
 }
 
 /// Binds every listener, prints where to publish and play, and serves until SIGINT/SIGTERM.
+/// SIGHUP reloads the TLS certificates.
 pub async fn serve(config: Config) -> Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let config = Arc::new(config);
@@ -101,20 +103,26 @@ pub async fn serve(config: Config) -> Result<()> {
         per_ip: Mutex::new(HashMap::new()),
     });
 
+    let listener_tls = tls::listener_acceptors(&config)?;
+    let mut hangup = Hangup::new()?;
     let mut listeners = Vec::new();
-    for lc in &config.listeners {
-        let listener =
-            TcpListener::bind(lc.addr).await.map_err(Error::io(format!("binding {} listener on {}", lc.proto.scheme(), lc.addr)))?;
+    for (lc, tls) in config.listeners.iter().zip(listener_tls.acceptors) {
+        let listener = TcpListener::bind(lc.addr).await.map_err(Error::io(format!(
+            "binding {} listener on {}",
+            lc.proto.scheme(),
+            lc.addr
+        )))?;
         let local = listener.local_addr().map_err(Error::io("reading the bound address"))?;
         announce(lc, local, &config);
-        listeners.push((lc.clone(), listener));
+        listeners.push((lc.clone(), listener, tls));
     }
     info!("rtmpx ready");
 
     let mut sessions = JoinSet::new();
     let mut accept_tasks = JoinSet::new();
-    let (session_tx, mut session_rx) = tokio::sync::mpsc::unbounded_channel::<(TcpStream, SocketAddr, Proto)>();
-    for (lc, listener) in listeners {
+    let (session_tx, mut session_rx) =
+        tokio::sync::mpsc::unbounded_channel::<(TcpStream, SocketAddr, Proto, Option<TlsAcceptor>)>();
+    for (lc, listener, tls) in listeners {
         let tx = session_tx.clone();
         let mut stop = shared.shutdown_signal();
         accept_tasks.spawn(async move {
@@ -124,7 +132,7 @@ pub async fn serve(config: Config) -> Result<()> {
                     accepted = listener.accept() => match accepted {
                         Ok((stream, peer)) => {
                             let _ = stream.set_nodelay(true);
-                            if tx.send((stream, peer, lc.proto)).is_err() {
+                            if tx.send((stream, peer, lc.proto, tls.clone())).is_err() {
                                 return;
                             }
                         }
@@ -145,13 +153,21 @@ pub async fn serve(config: Config) -> Result<()> {
     loop {
         tokio::select! {
             _ = &mut signal => break,
-            Some((stream, peer, proto)) = session_rx.recv() => {
+            _ = hangup.recv() => tls::reload_all(&listener_tls.stores),
+            Some((stream, peer, proto, tls)) = session_rx.recv() => {
                 let Some(admission) = shared.admit(peer.ip()) else { continue };
                 let shared = shared.clone();
                 sessions.spawn(async move {
                     let _admission = admission;
                     match proto {
                         Proto::Rtmp => session::run(stream, peer, Transport::Tcp, shared).await,
+                        Proto::Rtmps => {
+                            let tls = tls.expect("TLS listeners have an acceptor");
+                            match tls.accept(stream, peer).await {
+                                Ok(stream) => session::run(stream, peer, Transport::Tls, shared).await,
+                                Err(e) => warn!(%peer, "{e}"),
+                            }
+                        }
                     }
                 });
             }
@@ -187,11 +203,36 @@ fn announce(lc: &ListenerConfig, local: SocketAddr, config: &Config) {
     }
 }
 
+/// SIGHUP, which asks for the certificates to be read again (never fires off Unix).
+struct Hangup {
+    #[cfg(unix)]
+    signal: tokio::signal::unix::Signal,
+}
+
+impl Hangup {
+    fn new() -> Result<Self> {
+        Ok(Hangup {
+            #[cfg(unix)]
+            signal: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map_err(Error::io("installing the SIGHUP handler"))?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        if self.signal.recv().await.is_some() {
+            return;
+        }
+        std::future::pending::<()>().await
+    }
+}
+
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

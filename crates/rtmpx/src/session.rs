@@ -25,6 +25,7 @@ const READ_BUFFER: usize = 16 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
     Tcp,
+    Tls,
 }
 
 impl Transport {
@@ -33,6 +34,8 @@ impl Transport {
         match (self, encrypted) {
             (Transport::Tcp, false) => "rtmp",
             (Transport::Tcp, true) => "rtmpe",
+            // RTMPE inside TLS is not a variant of its own.
+            (Transport::Tls, _) => "rtmps",
         }
     }
 }
@@ -284,8 +287,12 @@ fn handle_event(
                 let _ = session.reject_connect(&format!("Application '{app}' does not exist."));
             }
         }
-        ServerEvent::PublishRequested { stream_id, stream_name, .. } => on_publish(stream_id, &stream_name, session, conn, shared),
-        ServerEvent::PlayRequested { stream_id, stream_name, .. } => on_play(stream_id, &stream_name, session, conn, shared),
+        ServerEvent::PublishRequested { stream_id, stream_name, .. } => {
+            on_publish(stream_id, &stream_name, session, conn, shared)
+        }
+        ServerEvent::PlayRequested { stream_id, stream_name, .. } => {
+            on_play(stream_id, &stream_name, session, conn, shared)
+        }
         ServerEvent::Media(media) => {
             if let Some(p) = &conn.publishing {
                 if p.stream_id == media.stream_id {
@@ -317,11 +324,18 @@ fn normalize_app(app: &str) -> String {
     app.trim_matches('/').to_owned()
 }
 
-fn on_publish(stream_id: u32, stream_name: &str, session: &mut ServerSession, conn: &mut Connection, shared: &Shared) {
+fn on_publish(
+    stream_id: u32,
+    stream_name: &str,
+    session: &mut ServerSession,
+    conn: &mut Connection,
+    shared: &Shared,
+) {
     let app = conn.app.clone().unwrap_or_default();
     let allowed = shared.config().app(&app).is_some_and(|a| a.publish);
     if !allowed || conn.publishing.is_some() || stream_name.is_empty() {
-        let why = if !allowed { "publishing is not allowed here" } else { "bad stream name or already publishing" };
+        let why =
+            if !allowed { "publishing is not allowed here" } else { "bad stream name or already publishing" };
         warn!(session = conn.id, peer = %conn.peer, app, stream = stream_name, "publish rejected: {why}");
         let _ = session.reject_publish(stream_id, "NetStream.Publish.BadName", why);
         return;
@@ -337,12 +351,22 @@ fn on_publish(stream_id: u32, stream_name: &str, session: &mut ServerSession, co
         }
         Err(RouterError::AlreadyPublishing) => {
             warn!(session = conn.id, peer = %conn.peer, stream = %key, "publish rejected: stream is already published");
-            let _ = session.reject_publish(stream_id, "NetStream.Publish.BadName", "Stream is already published.");
+            let _ = session.reject_publish(
+                stream_id,
+                "NetStream.Publish.BadName",
+                "Stream is already published.",
+            );
         }
     }
 }
 
-fn on_play(stream_id: u32, stream_name: &str, session: &mut ServerSession, conn: &mut Connection, shared: &Shared) {
+fn on_play(
+    stream_id: u32,
+    stream_name: &str,
+    session: &mut ServerSession,
+    conn: &mut Connection,
+    shared: &Shared,
+) {
     let app = conn.app.clone().unwrap_or_default();
     let allowed = shared.config().app(&app).is_some_and(|a| a.play);
     if !allowed || conn.playing.is_some() || stream_name.is_empty() {
@@ -372,6 +396,11 @@ fn say_goodbye(session: &mut ServerSession, conn: &Connection) {
         session.notify_unpublish(p.stream_id);
     }
     if let Some(p) = &conn.publishing {
-        session.send_status(p.stream_id, StatusLevel::Status, "NetStream.Unpublish.Success", "Server is shutting down.");
+        session.send_status(
+            p.stream_id,
+            StatusLevel::Status,
+            "NetStream.Unpublish.Success",
+            "Server is shutting down.",
+        );
     }
 }
