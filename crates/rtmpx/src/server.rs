@@ -103,8 +103,11 @@ pub async fn serve(config: Config) -> Result<()> {
 
     let mut listeners = Vec::new();
     for lc in &config.listeners {
-        let listener =
-            TcpListener::bind(lc.addr).await.map_err(Error::io(format!("binding {} listener on {}", lc.proto.scheme(), lc.addr)))?;
+        let listener = TcpListener::bind(lc.addr).await.map_err(Error::io(format!(
+            "binding {} listener on {}",
+            lc.proto.scheme(),
+            lc.addr
+        )))?;
         let local = listener.local_addr().map_err(Error::io("reading the bound address"))?;
         announce(lc, local, &config);
         listeners.push((lc.clone(), listener));
@@ -113,7 +116,8 @@ pub async fn serve(config: Config) -> Result<()> {
 
     let mut sessions = JoinSet::new();
     let mut accept_tasks = JoinSet::new();
-    let (session_tx, mut session_rx) = tokio::sync::mpsc::unbounded_channel::<(TcpStream, SocketAddr, Proto)>();
+    let (session_tx, mut session_rx) =
+        tokio::sync::mpsc::unbounded_channel::<(TcpStream, SocketAddr, Proto)>();
     for (lc, listener) in listeners {
         let tx = session_tx.clone();
         let mut stop = shared.shutdown_signal();
@@ -191,7 +195,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -104,6 +104,20 @@ where
     };
     debug!(session = conn.id, %peer, "session opened");
     let result = drive(stream, &mut conn, &shared).await;
+    // A peer that resets or vanishes after a normal session is a normal close for logs.
+    let result = match result {
+        Err(Error::Io { source, .. })
+            if matches!(
+                source.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            ) && conn.role != "none" =>
+        {
+            Ok(())
+        }
+        other => other,
+    };
     let reason = match &result {
         Ok(()) => "closed".to_string(),
         Err(e) => e.to_string(),
@@ -284,8 +298,12 @@ fn handle_event(
                 let _ = session.reject_connect(&format!("Application '{app}' does not exist."));
             }
         }
-        ServerEvent::PublishRequested { stream_id, stream_name, .. } => on_publish(stream_id, &stream_name, session, conn, shared),
-        ServerEvent::PlayRequested { stream_id, stream_name, .. } => on_play(stream_id, &stream_name, session, conn, shared),
+        ServerEvent::PublishRequested { stream_id, stream_name, .. } => {
+            on_publish(stream_id, &stream_name, session, conn, shared)
+        }
+        ServerEvent::PlayRequested { stream_id, stream_name, .. } => {
+            on_play(stream_id, &stream_name, session, conn, shared)
+        }
         ServerEvent::Media(media) => {
             if let Some(p) = &conn.publishing {
                 if p.stream_id == media.stream_id {
@@ -317,11 +335,18 @@ fn normalize_app(app: &str) -> String {
     app.trim_matches('/').to_owned()
 }
 
-fn on_publish(stream_id: u32, stream_name: &str, session: &mut ServerSession, conn: &mut Connection, shared: &Shared) {
+fn on_publish(
+    stream_id: u32,
+    stream_name: &str,
+    session: &mut ServerSession,
+    conn: &mut Connection,
+    shared: &Shared,
+) {
     let app = conn.app.clone().unwrap_or_default();
     let allowed = shared.config().app(&app).is_some_and(|a| a.publish);
     if !allowed || conn.publishing.is_some() || stream_name.is_empty() {
-        let why = if !allowed { "publishing is not allowed here" } else { "bad stream name or already publishing" };
+        let why =
+            if !allowed { "publishing is not allowed here" } else { "bad stream name or already publishing" };
         warn!(session = conn.id, peer = %conn.peer, app, stream = stream_name, "publish rejected: {why}");
         let _ = session.reject_publish(stream_id, "NetStream.Publish.BadName", why);
         return;
@@ -337,12 +362,22 @@ fn on_publish(stream_id: u32, stream_name: &str, session: &mut ServerSession, co
         }
         Err(RouterError::AlreadyPublishing) => {
             warn!(session = conn.id, peer = %conn.peer, stream = %key, "publish rejected: stream is already published");
-            let _ = session.reject_publish(stream_id, "NetStream.Publish.BadName", "Stream is already published.");
+            let _ = session.reject_publish(
+                stream_id,
+                "NetStream.Publish.BadName",
+                "Stream is already published.",
+            );
         }
     }
 }
 
-fn on_play(stream_id: u32, stream_name: &str, session: &mut ServerSession, conn: &mut Connection, shared: &Shared) {
+fn on_play(
+    stream_id: u32,
+    stream_name: &str,
+    session: &mut ServerSession,
+    conn: &mut Connection,
+    shared: &Shared,
+) {
     let app = conn.app.clone().unwrap_or_default();
     let allowed = shared.config().app(&app).is_some_and(|a| a.play);
     if !allowed || conn.playing.is_some() || stream_name.is_empty() {
@@ -372,6 +407,11 @@ fn say_goodbye(session: &mut ServerSession, conn: &Connection) {
         session.notify_unpublish(p.stream_id);
     }
     if let Some(p) = &conn.publishing {
-        session.send_status(p.stream_id, StatusLevel::Status, "NetStream.Unpublish.Success", "Server is shutting down.");
+        session.send_status(
+            p.stream_id,
+            StatusLevel::Status,
+            "NetStream.Unpublish.Success",
+            "Server is shutting down.",
+        );
     }
 }
