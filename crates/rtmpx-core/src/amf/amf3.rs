@@ -463,12 +463,7 @@ impl<'a> Amf3Decoder<'a> {
         }
     }
 
-    fn read_xml(
-        &mut self,
-        start: usize,
-        depth: usize,
-        wrap: fn(String) -> Amf3Value,
-    ) -> Result<Amf3Value> {
+    fn read_xml(&mut self, start: usize, depth: usize, wrap: fn(String) -> Amf3Value) -> Result<Amf3Value> {
         match self.read_header()? {
             Header::Reference(index) => self.resolve(index, start, depth),
             Header::Inline(len) => {
@@ -498,8 +493,7 @@ impl<'a> Amf3Decoder<'a> {
 
     /// An object reference: decode the referenced bytes again, in place of the reference.
     fn resolve(&mut self, index: usize, at: usize, depth: usize) -> Result<Amf3Value> {
-        let slot =
-            self.objects.get(index).ok_or(Error::amf("AMF3 object reference out of range", at))?;
+        let slot = self.objects.get(index).ok_or(Error::amf("AMF3 object reference out of range", at))?;
         if !slot.complete {
             return Err(Error::amf("AMF3 object refers to itself or an enclosing object (a cycle)", at));
         }
