@@ -660,5 +660,22 @@ mod tests {
         fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
             crate::amf::fuzz_decode(&bytes);
         }
+
+        /// Damaged valid encodings reach deeper than random bytes do.
+        #[test]
+        fn mutated_encodings_never_panic(
+            value in amf0_value(),
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let mut bytes = enc(&value);
+            for (at, byte) in edits {
+                let at = at.index(bytes.len());
+                bytes[at] = byte;
+            }
+            crate::amf::fuzz_decode(&bytes);
+            let cut = cut.index(bytes.len() + 1);
+            crate::amf::fuzz_decode(&bytes[..cut]);
+        }
     }
 }
