@@ -184,14 +184,17 @@ where
                 }
                 conn.bytes_in += n as u64;
                 last_read = tokio::time::Instant::now();
-                let input = session.handle_input(&buf[..n]);
-                // Whatever the session produced before an error (e.g. a reject) still goes out.
+                let mut outcome = session.handle_input(&buf[..n]).map_err(Error::from);
                 while let Some(event) = session.poll_event() {
-                    handle_event(event, &mut session, conn, shared, &mut connected);
+                    if let Err(e) = handle_event(event, &mut session, conn, shared, &mut connected) {
+                        outcome = Err(e);
+                        break;
+                    }
                 }
-                if let Err(e) = input {
+                if let Err(e) = outcome {
+                    // Whatever the session produced before the error (e.g. a reject) still goes out.
                     let _ = flush(&mut stream, &mut session, conn, timeouts.write()).await;
-                    return Err(e.into());
+                    return Err(e);
                 }
             }
             event = next_player_event(&mut conn.playing) => {
@@ -279,7 +282,7 @@ fn handle_event(
     conn: &mut Connection,
     shared: &Shared,
     connected: &mut bool,
-) {
+) -> Result<()> {
     match event {
         ServerEvent::HandshakeComplete { requested, version, digest } => {
             conn.encrypted = version.is_encrypted();
@@ -292,17 +295,17 @@ fn handle_event(
             if known {
                 conn.app = Some(app);
                 *connected = true;
-                let _ = session.accept_connect();
+                session.accept_connect()?;
             } else {
                 warn!(session = conn.id, peer = %conn.peer, app, "connect rejected: unknown application");
-                let _ = session.reject_connect(&format!("Application '{app}' does not exist."));
+                session.reject_connect(&format!("Application '{app}' does not exist."))?;
             }
         }
         ServerEvent::PublishRequested { stream_id, stream_name, .. } => {
-            on_publish(stream_id, &stream_name, session, conn, shared)
+            on_publish(stream_id, &stream_name, session, conn, shared)?
         }
         ServerEvent::PlayRequested { stream_id, stream_name, .. } => {
-            on_play(stream_id, &stream_name, session, conn, shared)
+            on_play(stream_id, &stream_name, session, conn, shared)?
         }
         ServerEvent::Media(media) => {
             if let Some(p) = &conn.publishing {
@@ -327,6 +330,7 @@ fn handle_event(
         }
         ServerEvent::PauseChanged { .. } => {}
     }
+    Ok(())
 }
 
 /// `live`, `live/`, `/live` and `live?token` all name the app `live`.
@@ -341,20 +345,20 @@ fn on_publish(
     session: &mut ServerSession,
     conn: &mut Connection,
     shared: &Shared,
-) {
+) -> Result<()> {
     let app = conn.app.clone().unwrap_or_default();
     let allowed = shared.config().app(&app).is_some_and(|a| a.publish);
     if !allowed || conn.publishing.is_some() || stream_name.is_empty() {
         let why =
             if !allowed { "publishing is not allowed here" } else { "bad stream name or already publishing" };
         warn!(session = conn.id, peer = %conn.peer, app, stream = stream_name, "publish rejected: {why}");
-        let _ = session.reject_publish(stream_id, "NetStream.Publish.BadName", why);
-        return;
+        session.reject_publish(stream_id, "NetStream.Publish.BadName", why)?;
+        return Ok(());
     }
     let key = StreamKey::new(&app, stream_name);
     match shared.router.publish(key.clone(), conn.info()) {
         Ok(publisher) => {
-            let _ = session.accept_publish(stream_id);
+            session.accept_publish(stream_id)?;
             conn.role = "publisher";
             conn.stream_name = Some(key.name.clone());
             conn.publishing = Some(Publishing { stream_id, publisher });
@@ -362,13 +366,10 @@ fn on_publish(
         }
         Err(RouterError::AlreadyPublishing) => {
             warn!(session = conn.id, peer = %conn.peer, stream = %key, "publish rejected: stream is already published");
-            let _ = session.reject_publish(
-                stream_id,
-                "NetStream.Publish.BadName",
-                "Stream is already published.",
-            );
+            session.reject_publish(stream_id, "NetStream.Publish.BadName", "Stream is already published.")?;
         }
     }
+    Ok(())
 }
 
 fn on_play(
@@ -377,18 +378,18 @@ fn on_play(
     session: &mut ServerSession,
     conn: &mut Connection,
     shared: &Shared,
-) {
+) -> Result<()> {
     let app = conn.app.clone().unwrap_or_default();
     let allowed = shared.config().app(&app).is_some_and(|a| a.play);
     if !allowed || conn.playing.is_some() || stream_name.is_empty() {
         let why = if !allowed { "playing is not allowed here" } else { "bad stream name or already playing" };
         warn!(session = conn.id, peer = %conn.peer, app, stream = stream_name, "play rejected: {why}");
-        let _ = session.reject_play(stream_id, "NetStream.Play.Failed", why);
-        return;
+        session.reject_play(stream_id, "NetStream.Play.Failed", why)?;
+        return Ok(());
     }
     let key = StreamKey::new(&app, stream_name);
     let mut player = shared.router.play(key.clone(), conn.info());
-    let _ = session.accept_play(stream_id, &key.name);
+    session.accept_play(stream_id, &key.name)?;
     conn.role = "player";
     conn.stream_name = Some(key.name.clone());
     // A live stream announces itself at once and needs no PublishNotify; anything else that
@@ -400,6 +401,7 @@ fn on_play(
         Some(event) => deliver(event, session, conn),
     }
     info!(session = conn.id, peer = %conn.peer, variant = conn.variant(), stream = %key, "playing");
+    Ok(())
 }
 
 fn say_goodbye(session: &mut ServerSession, conn: &Connection) {
