@@ -8,6 +8,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+use rtmpx_core::handshake::EncryptionPolicy;
 use rtmpx_core::session::{MediaKind, ServerConfig, ServerEvent, ServerSession, StatusLevel};
 use rtmpx_router::{Frame, FrameKind, Player, PlayerEvent, Publisher, RouterError, SessionInfo, StreamKey};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -34,6 +35,20 @@ impl Transport {
             (Transport::Tcp, false) => "rtmp",
             (Transport::Tcp, true) => "rtmpe",
         }
+    }
+}
+
+/// Where a session came from: its transport and what its listener allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub transport: Transport,
+    /// Whether RTMPE is allowed, required or forbidden on this listener.
+    pub encryption: EncryptionPolicy,
+}
+
+impl From<Transport> for Origin {
+    fn from(transport: Transport) -> Self {
+        Origin { transport, encryption: EncryptionPolicy::Allow }
     }
 }
 
@@ -72,9 +87,9 @@ impl Connection {
     }
 }
 
-fn server_config(shared: &Shared) -> ServerConfig {
+fn server_config(shared: &Shared, encryption: EncryptionPolicy) -> ServerConfig {
     let config = shared.config();
-    let mut sc = ServerConfig { chunk_size: config.server.chunk_size, ..ServerConfig::default() };
+    let mut sc = ServerConfig { chunk_size: config.server.chunk_size, encryption, ..ServerConfig::default() };
     sc.chunk_limits.max_chunk_size = config.limits.max_chunk_size;
     sc.chunk_limits.max_message_size = config.limits.max_message_size;
     sc.chunk_limits.max_chunk_streams = config.limits.max_chunk_streams;
@@ -84,10 +99,11 @@ fn server_config(shared: &Shared) -> ServerConfig {
 }
 
 /// Runs a session to its end and logs one line about it.
-pub async fn run<S>(stream: S, peer: SocketAddr, transport: Transport, shared: Arc<Shared>)
+pub async fn run<S>(stream: S, peer: SocketAddr, origin: impl Into<Origin>, shared: Arc<Shared>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    let Origin { transport, encryption } = origin.into();
     let started = Instant::now();
     let mut conn = Connection {
         id: shared.next_session_id(),
@@ -103,7 +119,7 @@ where
         bytes_out: 0,
     };
     debug!(session = conn.id, %peer, "session opened");
-    let result = drive(stream, &mut conn, &shared).await;
+    let result = drive(stream, &mut conn, encryption, &shared).await;
     // A peer that resets or vanishes after a normal session is a normal close for logs.
     let result = match result {
         Err(Error::Io { source, .. })
@@ -146,12 +162,17 @@ where
     }
 }
 
-async fn drive<S>(mut stream: S, conn: &mut Connection, shared: &Shared) -> Result<()>
+async fn drive<S>(
+    mut stream: S,
+    conn: &mut Connection,
+    encryption: EncryptionPolicy,
+    shared: &Shared,
+) -> Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let timeouts = shared.config().timeouts.clone();
-    let mut session = ServerSession::new(server_config(shared), &mut StdRng::from_entropy());
+    let mut session = ServerSession::new(server_config(shared, encryption), &mut StdRng::from_entropy());
     let mut shutdown = shared.shutdown_signal();
     let mut buf = BytesMut::zeroed(READ_BUFFER);
     let handshake_deadline = tokio::time::Instant::now() + timeouts.handshake();
