@@ -73,6 +73,9 @@ impl Proto {
 pub struct ListenerConfig {
     pub proto: Proto,
     pub addr: SocketAddr,
+    /// RTMPE on this listener: "allow" (default), "require" or "forbid".
+    #[serde(default)]
+    pub encryption: Encryption,
     /// TLS listeners: certificates chosen by SNI, the first for clients without SNI. Empty means
     /// the generated development certificate in `tls.cert_dir`.
     #[serde(default)]
@@ -87,34 +90,24 @@ pub struct CertPaths {
     pub key: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TlsSection {
-    /// Where the self-signed development certificate lives (generated when missing).
-    pub cert_dir: PathBuf,
-    /// Names the development certificate covers besides localhost, 127.0.0.1 and ::1.
-    pub hosts: Vec<String>,
-    /// From TCP accept to a finished TLS handshake.
-    pub handshake_timeout_secs: u64,
-    /// TLS 1.3 session tickets sent after each handshake. 0 keeps librtmp clients (rtmpdump)
-    /// working: they fail on any record that carries no application data.
-    pub tls13_session_tickets: usize,
+/// Whether a listener accepts RTMPE (the C0 version byte 6/8/9) besides plain RTMP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encryption {
+    #[default]
+    Allow,
+    Require,
+    Forbid,
 }
 
-impl Default for TlsSection {
-    fn default() -> Self {
-        TlsSection {
-            cert_dir: PathBuf::from("certs"),
-            hosts: vec!["localhost".into()],
-            handshake_timeout_secs: 10,
-            tls13_session_tickets: 0,
+impl Encryption {
+    pub fn policy(self) -> rtmpx_core::handshake::EncryptionPolicy {
+        use rtmpx_core::handshake::EncryptionPolicy;
+        match self {
+            Encryption::Allow => EncryptionPolicy::Allow,
+            Encryption::Require => EncryptionPolicy::Require,
+            Encryption::Forbid => EncryptionPolicy::Forbid,
         }
-    }
-}
-
-impl TlsSection {
-    pub fn handshake_timeout(&self) -> Duration {
-        Duration::from_secs(self.handshake_timeout_secs)
     }
 }
 
@@ -189,6 +182,37 @@ impl Timeouts {
     }
     pub fn write(&self) -> Duration {
         Duration::from_secs(self.write_secs)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// Where the self-signed development certificate lives (generated when missing).
+    pub cert_dir: PathBuf,
+    /// Names the development certificate covers besides localhost, 127.0.0.1 and ::1.
+    pub hosts: Vec<String>,
+    /// From TCP accept to a finished TLS handshake.
+    pub handshake_timeout_secs: u64,
+    /// TLS 1.3 session tickets sent after each handshake. 0 keeps librtmp clients (rtmpdump)
+    /// working: they fail on any record that carries no application data.
+    pub tls13_session_tickets: usize,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        TlsSection {
+            cert_dir: PathBuf::from("certs"),
+            hosts: vec!["localhost".into()],
+            handshake_timeout_secs: 10,
+            tls13_session_tickets: 0,
+        }
+    }
+}
+
+impl TlsSection {
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_secs)
     }
 }
 

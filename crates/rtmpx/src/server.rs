@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use crate::config::{Config, ListenerConfig, Proto};
 use crate::error::{Error, Result};
-use crate::session::{self, Transport};
+use crate::session::{self, Origin, Transport};
 use crate::tls::{self, TlsAcceptor};
 
 /// State every session and listener shares.
@@ -120,8 +120,7 @@ pub async fn serve(config: Config) -> Result<()> {
 
     let mut sessions = JoinSet::new();
     let mut accept_tasks = JoinSet::new();
-    let (session_tx, mut session_rx) =
-        tokio::sync::mpsc::unbounded_channel::<(TcpStream, SocketAddr, Proto, Option<TlsAcceptor>)>();
+    let (session_tx, mut session_rx) = tokio::sync::mpsc::unbounded_channel::<Accepted>();
     for (lc, listener, tls) in listeners {
         let tx = session_tx.clone();
         let mut stop = shared.shutdown_signal();
@@ -132,7 +131,7 @@ pub async fn serve(config: Config) -> Result<()> {
                     accepted = listener.accept() => match accepted {
                         Ok((stream, peer)) => {
                             let _ = stream.set_nodelay(true);
-                            if tx.send((stream, peer, lc.proto, tls.clone())).is_err() {
+                            if tx.send((stream, peer, lc.clone(), tls.clone())).is_err() {
                                 return;
                             }
                         }
@@ -154,17 +153,24 @@ pub async fn serve(config: Config) -> Result<()> {
         tokio::select! {
             _ = &mut signal => break,
             _ = hangup.recv() => tls::reload_all(&listener_tls.stores),
-            Some((stream, peer, proto, tls)) = session_rx.recv() => {
+            Some((stream, peer, listener, tls)) = session_rx.recv() => {
                 let Some(admission) = shared.admit(peer.ip()) else { continue };
                 let shared = shared.clone();
                 sessions.spawn(async move {
                     let _admission = admission;
-                    match proto {
-                        Proto::Rtmp => session::run(stream, peer, Transport::Tcp, shared).await,
+                    match listener.proto {
+                        Proto::Rtmp => {
+                            let origin = Origin { transport: Transport::Tcp, encryption: listener.encryption.policy() };
+                            session::run(stream, peer, origin, shared).await
+                        }
                         Proto::Rtmps => {
                             let tls = tls.expect("TLS listeners have an acceptor");
                             match tls.accept(stream, peer).await {
-                                Ok(stream) => session::run(stream, peer, Transport::Tls, shared).await,
+                                Ok(stream) => {
+                                    let encryption = listener.encryption.policy();
+                                    let origin = Origin { transport: Transport::Tls, encryption };
+                                    session::run(stream, peer, origin, shared).await
+                                }
                                 Err(e) => warn!(%peer, "{e}"),
                             }
                         }
@@ -202,6 +208,9 @@ fn announce(lc: &ListenerConfig, local: SocketAddr, config: &Config) {
         info!("{} listener on {local}: {what} at {url}", lc.proto.scheme());
     }
 }
+
+/// A connection on its way from its listener to a session task.
+type Accepted = (TcpStream, SocketAddr, ListenerConfig, Option<TlsAcceptor>);
 
 /// SIGHUP, which asks for the certificates to be read again (never fires off Unix).
 struct Hangup {
