@@ -483,13 +483,29 @@ pub(crate) mod tests {
         assert!(err.contains("p256.key") && err.contains("does not fit"), "{err}");
     }
 
-    pub(crate) fn tempdir(name: &str) -> std::path::PathBuf {
+    /// A fresh directory, removed when dropped.
+    pub(crate) struct TempDir(std::path::PathBuf);
+
+    impl std::ops::Deref for TempDir {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    pub(crate) fn tempdir(name: &str) -> TempDir {
         let dir = std::env::temp_dir().join(format!(
             "rtmpx-tls-{name}-{}-{}",
             std::process::id(),
             rand::random::<u32>()
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        dir
+        TempDir(dir)
     }
 }
