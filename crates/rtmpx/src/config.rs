@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::auth::cidr::IpNet;
 use crate::error::{Error, Result};
 
 /// The configuration used when no file is given (also `config/default.toml`).
@@ -119,10 +120,70 @@ pub struct AppConfig {
     pub publish: bool,
     #[serde(default = "yes")]
     pub play: bool,
+    // Authorisation (see `crate::auth` and config/rtmpx.toml).
+    /// Publishing needs one of these keys: as `?key=K` on the stream name, or as the name itself.
+    #[serde(default)]
+    pub publish_keys: Vec<String>,
+    /// Playing needs one of these keys, presented the same way.
+    #[serde(default)]
+    pub play_keys: Vec<String>,
+    /// Signed expiring tokens in the stream name's query.
+    #[serde(default)]
+    pub token: Option<TokenConfig>,
+    #[serde(default)]
+    pub allow_publish: Vec<IpNet>,
+    #[serde(default)]
+    pub deny_publish: Vec<IpNet>,
+    #[serde(default)]
+    pub allow_play: Vec<IpNet>,
+    #[serde(default)]
+    pub deny_play: Vec<IpNet>,
+    /// nginx-rtmp compatible HTTP callbacks (http:// URLs).
+    #[serde(default)]
+    pub on_connect: Option<String>,
+    #[serde(default)]
+    pub on_publish: Option<String>,
+    #[serde(default)]
+    pub on_play: Option<String>,
+    #[serde(default)]
+    pub on_done: Option<String>,
+    #[serde(default)]
+    pub on_publish_done: Option<String>,
+    #[serde(default)]
+    pub on_play_done: Option<String>,
+    /// How long a callback may take; no answer in time denies.
+    #[serde(default = "default_callback_timeout_ms")]
+    pub callback_timeout_ms: u64,
+    /// Overrides `limits.max_publishers_per_app` for this app.
+    #[serde(default)]
+    pub max_publishers: Option<usize>,
+    /// Overrides `limits.max_players_per_stream` for this app.
+    #[serde(default)]
+    pub max_players_per_stream: Option<usize>,
+}
+
+/// `[app.token]`: `?expires=UNIX&token=HEX(HMAC-SHA256(secret, "app/stream/expires"))`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub secret: String,
+    /// Whether publishing needs a token.
+    #[serde(default = "yes")]
+    pub publish: bool,
+    /// Whether playing needs a token.
+    #[serde(default = "yes")]
+    pub play: bool,
+    /// Refuse tokens that expire further ahead than this (unlimited when unset).
+    #[serde(default)]
+    pub max_ttl_secs: Option<u64>,
 }
 
 fn yes() -> bool {
     true
+}
+
+fn default_callback_timeout_ms() -> u64 {
+    5000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -140,6 +201,10 @@ pub struct Limits {
     pub max_amf_depth: usize,
     /// Bytes of media queued for one player before it drops to the next keyframe.
     pub player_queue_bytes: usize,
+    /// Streams being published at once in one app.
+    pub max_publishers_per_app: usize,
+    /// Players of one stream at once.
+    pub max_players_per_stream: usize,
 }
 
 impl Default for Limits {
@@ -152,6 +217,8 @@ impl Default for Limits {
             max_chunk_streams: 64,
             max_amf_depth: 32,
             player_queue_bytes: 8 << 20,
+            max_publishers_per_app: 1_000,
+            max_players_per_stream: 10_000,
         }
     }
 }
@@ -274,6 +341,7 @@ impl Config {
             if self.apps[..i].iter().any(|o| o.name == app.name) {
                 return Err(format!("app[{i}].name: {:?} is defined twice", app.name));
             }
+            validate_app_auth(i, app)?;
         }
         let s = &self.server;
         if !(128..=65_536).contains(&s.chunk_size) {
@@ -297,6 +365,11 @@ impl Config {
         }
         if l.player_queue_bytes < 64 * 1024 {
             return Err(format!("limits.player_queue_bytes: {} is below 65536", l.player_queue_bytes));
+        }
+        if l.max_publishers_per_app == 0 || l.max_players_per_stream == 0 {
+            return Err(
+                "limits.max_publishers_per_app and limits.max_players_per_stream must be at least 1".into()
+            );
         }
         if l.max_connections == 0 || l.max_connections_per_ip == 0 {
             return Err("limits.max_connections and limits.max_connections_per_ip must be at least 1".into());
@@ -323,6 +396,47 @@ impl Config {
     pub fn app(&self, name: &str) -> Option<&AppConfig> {
         self.apps.iter().find(|a| a.name == name)
     }
+}
+
+fn validate_app_auth(i: usize, app: &AppConfig) -> std::result::Result<(), String> {
+    for (field, keys) in [("publish_keys", &app.publish_keys), ("play_keys", &app.play_keys)] {
+        if let Some(bad) = keys.iter().find(|k| k.is_empty() || k.contains(['?', '&', '/', ' '])) {
+            return Err(format!(
+                "app[{i}].{field}: {bad:?} must be non-empty without '?', '&', '/' or spaces"
+            ));
+        }
+    }
+    if let Some(token) = &app.token {
+        if token.secret.len() < 16 {
+            return Err(format!("app[{i}].token.secret: use at least 16 characters"));
+        }
+    }
+    let callbacks = [
+        ("on_connect", &app.on_connect),
+        ("on_publish", &app.on_publish),
+        ("on_play", &app.on_play),
+        ("on_done", &app.on_done),
+        ("on_publish_done", &app.on_publish_done),
+        ("on_play_done", &app.on_play_done),
+    ];
+    for (field, url) in callbacks {
+        let Some(url) = url else { continue };
+        let valid = url.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("http://"))
+            && url.parse::<hyper::Uri>().is_ok_and(|u| u.host().is_some_and(|h| !h.is_empty()));
+        if !valid {
+            return Err(format!("app[{i}].{field}: {url:?} is not an http:// URL (https is not supported)"));
+        }
+    }
+    if !(100..=60_000).contains(&app.callback_timeout_ms) {
+        return Err(format!(
+            "app[{i}].callback_timeout_ms: {} is outside 100..=60000",
+            app.callback_timeout_ms
+        ));
+    }
+    if app.max_publishers == Some(0) || app.max_players_per_stream == Some(0) {
+        return Err(format!("app[{i}].max_publishers and max_players_per_stream must be at least 1"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -21,6 +21,10 @@ pub enum Error {
 
     #[error("TLS handshake failed: {0}")]
     TlsHandshake(String),
+
+    /// Authorisation or a limit refused connect/publish/play; the client was told, then closed.
+    #[error("denied: {0}")]
+    Denied(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

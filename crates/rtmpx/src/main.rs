@@ -1,8 +1,6 @@
 //! `rtmpx`: the gateway binary.
 
-mod config;
 mod devcert;
-mod error;
 mod server;
 mod session;
 mod tls;
@@ -13,6 +11,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
+// Configuration and authorisation live in the library target (fuzzed and tested there).
+use rtmpx::{auth, config, error};
 
 #[derive(Parser)]
 #[command(

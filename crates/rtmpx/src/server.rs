@@ -25,6 +25,8 @@ pub struct Shared {
     shutdown: watch::Receiver<bool>,
     connections: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Publish/play authorisation and per-app/per-stream limits.
+    pub auth: crate::auth::Gate,
 }
 
 impl Shared {
@@ -101,6 +103,7 @@ pub async fn serve(config: Config) -> Result<()> {
         shutdown: shutdown_rx,
         connections: AtomicUsize::new(0),
         per_ip: Mutex::new(HashMap::new()),
+        auth: crate::auth::Gate::new(),
     });
 
     let listener_tls = tls::listener_acceptors(&config)?;

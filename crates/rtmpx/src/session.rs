@@ -8,7 +8,7 @@ use std::time::Instant;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rtmpx_core::handshake::EncryptionPolicy;
-use rtmpx_core::session::{MediaKind, ServerConfig, ServerEvent, ServerSession, StatusLevel};
+use rtmpx_core::session::{MediaKind, PublishMode, ServerConfig, ServerEvent, ServerSession, StatusLevel};
 use rtmpx_router::{Frame, FrameKind, Player, PlayerEvent, Publisher, RouterError, SessionInfo, StreamKey};
 use std::cell::RefCell;
 use std::future::poll_fn;
@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{sleep_until, timeout};
 use tracing::{debug, info, warn};
 
+use crate::auth;
 use crate::error::{Error, Result};
 use crate::server::Shared;
 
@@ -89,11 +90,14 @@ impl From<Transport> for Origin {
 struct Playing {
     stream_id: u32,
     player: Player,
+    /// Holds the player's limit slot; dropping it sends `on_done` when configured.
+    _grant: auth::Grant,
 }
 
 struct Publishing {
     stream_id: u32,
     publisher: Publisher,
+    _grant: auth::Grant,
 }
 
 /// Everything about one connection that outlives a single event.
@@ -103,6 +107,8 @@ struct Connection {
     transport: Transport,
     encrypted: bool,
     app: Option<String>,
+    /// Who connected, as `connect` was accepted (for publish/play decisions and callbacks).
+    client: Option<auth::Client>,
     stream_name: Option<String>,
     role: &'static str,
     publishing: Option<Publishing>,
@@ -145,6 +151,7 @@ where
         transport,
         encrypted: false,
         app: None,
+        client: None,
         stream_name: None,
         role: "none",
         publishing: None,
@@ -240,7 +247,9 @@ where
                 last_read = tokio::time::Instant::now();
                 let mut outcome = verdict.map_err(Error::from);
                 while let Some(event) = session.poll_event() {
-                    if let Err(e) = handle_event(event, &mut session, conn, shared, &mut connected) {
+                    // Connect/publish/play decisions may wait for an HTTP callback; meanwhile nothing
+                    // is read, and the session holds what the client pipelined.
+                    if let Err(e) = handle_event(event, &mut session, conn, shared, &mut connected).await {
                         outcome = Err(e);
                         break;
                     }
@@ -330,7 +339,7 @@ fn deliver(event: PlayerEvent, session: &mut ServerSession, conn: &mut Connectio
     }
 }
 
-fn handle_event(
+async fn handle_event(
     event: ServerEvent,
     session: &mut ServerSession,
     conn: &mut Connection,
@@ -343,23 +352,27 @@ fn handle_event(
             debug!(session = conn.id, ?requested, ?version, digest, "handshake complete");
         }
         ServerEvent::ConnectRequested(request) => {
-            let app = normalize_app(&request.app);
-            let known = shared.config().app(&app).is_some();
-            debug!(session = conn.id, app, tc_url = ?request.tc_url, flash_ver = ?request.flash_ver, "connect");
-            if known {
-                conn.app = Some(app);
-                *connected = true;
-                session.accept_connect()?;
-            } else {
-                warn!(session = conn.id, peer = %conn.peer, app, "connect rejected: unknown application");
-                session.reject_connect(&format!("Application '{app}' does not exist."))?;
+            debug!(session = conn.id, app = request.app, tc_url = ?request.tc_url, flash_ver = ?request.flash_ver, "connect");
+            let config = shared.config();
+            match shared.auth.connect(&config, conn.id, conn.peer, &request).await {
+                Ok(client) => {
+                    conn.app = Some(client.app.clone());
+                    conn.client = Some(client);
+                    *connected = true;
+                    session.accept_connect()?;
+                }
+                Err(denial) => {
+                    warn!(session = conn.id, peer = %conn.peer, app = request.app, "connect rejected: {}", denial.reason);
+                    session.reject_connect(&denial.reason)?;
+                    return Err(Error::Denied(denial.reason));
+                }
             }
         }
-        ServerEvent::PublishRequested { stream_id, stream_name, .. } => {
-            on_publish(stream_id, &stream_name, session, conn, shared)?
+        ServerEvent::PublishRequested { stream_id, stream_name, mode } => {
+            on_publish(stream_id, &stream_name, mode, session, conn, shared).await?
         }
-        ServerEvent::PlayRequested { stream_id, stream_name, .. } => {
-            on_play(stream_id, &stream_name, session, conn, shared)?
+        ServerEvent::PlayRequested { stream_id, stream_name, start, duration, reset } => {
+            on_play(stream_id, &stream_name, (start, duration, reset), session, conn, shared).await?
         }
         ServerEvent::Media(media) => {
             if let Some(p) = &conn.publishing {
@@ -387,38 +400,39 @@ fn handle_event(
     Ok(())
 }
 
-/// `live`, `live/`, `/live` and `live?token` all name the app `live`.
-fn normalize_app(app: &str) -> String {
-    let app = app.split('?').next().unwrap_or_default();
-    app.trim_matches('/').to_owned()
-}
-
-fn on_publish(
+async fn on_publish(
     stream_id: u32,
     stream_name: &str,
+    mode: PublishMode,
     session: &mut ServerSession,
     conn: &mut Connection,
     shared: &Shared,
 ) -> Result<()> {
     let app = conn.app.clone().unwrap_or_default();
-    let allowed = shared.config().app(&app).is_some_and(|a| a.publish);
-    if !allowed || conn.publishing.is_some() || stream_name.is_empty() {
-        let why =
-            if !allowed { "publishing is not allowed here" } else { "bad stream name or already publishing" };
-        warn!(session = conn.id, peer = %conn.peer, app, stream = stream_name, "publish rejected: {why}");
-        session.reject_publish(stream_id, "NetStream.Publish.BadName", why)?;
+    if conn.publishing.is_some() {
+        warn!(session = conn.id, peer = %conn.peer, app, stream = stream_name, "publish rejected: already publishing");
+        session.reject_publish(stream_id, "NetStream.Publish.BadName", "Already publishing.")?;
         return Ok(());
     }
-    let key = StreamKey::new(&app, stream_name);
+    let config = shared.config();
+    let Some(client) = conn.client.as_ref() else {
+        return Err(Error::Denied("publish before connect".into()));
+    };
+    let grant = match shared.auth.publish(&config, client, stream_name, mode).await {
+        Ok(grant) => grant,
+        Err(denial) => return deny(session, conn, stream_id, true, stream_name, denial),
+    };
+    let key = StreamKey::new(&app, &grant.name);
     match shared.router.publish(key.clone(), conn.info()) {
         Ok(publisher) => {
             session.accept_publish(stream_id)?;
             conn.role = "publisher";
             conn.stream_name = Some(key.name.clone());
-            conn.publishing = Some(Publishing { stream_id, publisher });
+            conn.publishing = Some(Publishing { stream_id, publisher, _grant: grant });
             info!(session = conn.id, peer = %conn.peer, variant = conn.variant(), stream = %key, "publishing");
         }
         Err(RouterError::AlreadyPublishing) => {
+            grant.cancel();
             warn!(session = conn.id, peer = %conn.peer, stream = %key, "publish rejected: stream is already published");
             session.reject_publish(stream_id, "NetStream.Publish.BadName", "Stream is already published.")?;
         }
@@ -426,22 +440,27 @@ fn on_publish(
     Ok(())
 }
 
-fn on_play(
+async fn on_play(
     stream_id: u32,
     stream_name: &str,
+    (start, duration, reset): (f64, f64, bool),
     session: &mut ServerSession,
     conn: &mut Connection,
     shared: &Shared,
 ) -> Result<()> {
     let app = conn.app.clone().unwrap_or_default();
-    let allowed = shared.config().app(&app).is_some_and(|a| a.play);
-    if !allowed || conn.playing.is_some() || stream_name.is_empty() {
-        let why = if !allowed { "playing is not allowed here" } else { "bad stream name or already playing" };
-        warn!(session = conn.id, peer = %conn.peer, app, stream = stream_name, "play rejected: {why}");
-        session.reject_play(stream_id, "NetStream.Play.Failed", why)?;
+    if conn.playing.is_some() {
+        warn!(session = conn.id, peer = %conn.peer, app, stream = stream_name, "play rejected: already playing");
+        session.reject_play(stream_id, "NetStream.Play.Failed", "Already playing.")?;
         return Ok(());
     }
-    let key = StreamKey::new(&app, stream_name);
+    let config = shared.config();
+    let Some(client) = conn.client.as_ref() else { return Err(Error::Denied("play before connect".into())) };
+    let grant = match shared.auth.play(&config, client, stream_name, start, duration, reset).await {
+        Ok(grant) => grant,
+        Err(denial) => return deny(session, conn, stream_id, false, stream_name, denial),
+    };
+    let key = StreamKey::new(&app, &grant.name);
     let mut player = shared.router.play(key.clone(), conn.info());
     session.accept_play(stream_id, &key.name)?;
     conn.role = "player";
@@ -449,13 +468,34 @@ fn on_play(
     // A live stream announces itself at once and needs no PublishNotify; anything else that
     // is already queued is delivered as usual.
     let first = player.try_recv();
-    conn.playing = Some(Playing { stream_id, player });
+    conn.playing = Some(Playing { stream_id, player, _grant: grant });
     match first {
         Some(PlayerEvent::PublishStarted) | None => {}
         Some(event) => deliver(event, session, conn),
     }
     info!(session = conn.id, peer = %conn.peer, variant = conn.variant(), stream = %key, "playing");
     Ok(())
+}
+
+/// Tells the client why (`onStatus` error), logs the reason, and ends the session: a client
+/// guessing keys or tokens pays a new connection and handshake per attempt.
+fn deny(
+    session: &mut ServerSession,
+    conn: &Connection,
+    stream_id: u32,
+    publish: bool,
+    stream_name: &str,
+    denial: auth::Denial,
+) -> Result<()> {
+    let (what, name) = (if publish { "publish" } else { "play" }, auth::query::split_name(stream_name).0);
+    let app = conn.app.as_deref().unwrap_or("-");
+    warn!(session = conn.id, peer = %conn.peer, variant = conn.variant(), stream = %format!("{app}/{name}"), code = denial.code, "{what} denied: {}", denial.reason);
+    if publish {
+        session.reject_publish(stream_id, denial.code, &denial.reason)?;
+    } else {
+        session.reject_play(stream_id, denial.code, &denial.reason)?;
+    }
+    Err(Error::Denied(denial.reason))
 }
 
 fn say_goodbye(session: &mut ServerSession, conn: &Connection) {
