@@ -1041,6 +1041,7 @@ pub fn flv_tags(path: &Path) -> Vec<FlvTag> {
 pub fn assert_good_recording(label: &str, path: &Path, min_video: usize, min_audio: usize) -> ProbeReport {
     let report = probe(path);
     let s = report.summary();
+    eprintln!("[e2e] {label}: {s}");
     assert_eq!(report.video_codec.as_deref(), Some("h264"), "{label}: {s}");
     assert_eq!(report.audio_codec.as_deref(), Some("aac"), "{label}: {s}");
     assert_eq!((report.width, report.height), (Some(320), Some(240)), "{label}: {s}");
