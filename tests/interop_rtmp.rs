@@ -481,3 +481,16 @@ fn chunk_helpers_encode_headers_as_the_spec_says() {
     assert_eq!(long.len(), 12 + CHUNK_SIZE + 1 + 1);
     assert_eq!(long[12 + CHUNK_SIZE], 0xC3);
 }
+
+#[test]
+fn sigterm_stops_the_gateway_and_closes_its_clients() {
+    let _serial = exclusive();
+    let mut gw = Gateway::start_default();
+    let mut player = RawClient::connect(gw.addr("rtmp"), "live", None);
+    player.play("nothing-yet");
+    gw.signal("TERM");
+    let status = gw.wait_exit(Duration::from_secs(15));
+    assert!(status.is_some_and(|s| s.success()), "rtmpx did not exit cleanly on SIGTERM: {status:?}");
+    assert!(gw.logs().contains("rtmpx stopped"), "log:\n{}", gw.logs());
+    player.wait_closed(Duration::from_secs(1)).expect("the player's connection is closed");
+}
