@@ -498,7 +498,7 @@ fn deny(
 ) -> Result<()> {
     let (what, name) = (if publish { "publish" } else { "play" }, auth::query::split_name(stream_name).0);
     let app = conn.app.as_deref().unwrap_or("-");
-    warn!(session = conn.id, peer = %conn.peer, variant = conn.variant(), stream = %format!("{app}/{name}"), code = denial.code, "{what} denied: {}", denial.reason);
+    warn!(session = conn.id, peer = %conn.peer, variant = %conn.variant(), stream = %format!("{app}/{name}"), code = %denial.code, "{what} denied: {}", denial.reason);
     if publish {
         session.reject_publish(stream_id, denial.code, &denial.reason)?;
     } else {
