@@ -18,7 +18,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
-use rtmp_client::{attempt, tcp, tls, Intent, Outcome, Wire};
+use rtmp_client::{attempt, tcp, tls, Conn, Intent, Outcome, Wire};
 use rtmpx_core::handshake::HandshakeVersion;
 use rtmpx_e2e::{
     assert_good_recording, exclusive, publish_testsrc, python3_with_librtmp, record_ffmpeg, require_tool,
@@ -256,7 +256,7 @@ impl Transport {
         }
     }
 
-    fn try_with(&self, gw: &Gateway, app: &str, intent: Intent) -> (Outcome, Box<dyn Wire>) {
+    fn try_with(&self, gw: &Gateway, app: &str, intent: Intent) -> (Outcome, Conn) {
         let tc_url = format!("{}://{}/{app}", self.listener, gw.addr(self.listener));
         attempt(self.open(gw), self.version, app, &tc_url, intent, Duration::from_secs(15))
     }

@@ -97,16 +97,65 @@ pub enum Outcome {
     Closed(String),
 }
 
+/// A client session on a socket, after [`attempt`].
+pub struct Conn {
+    pub session: ClientSession,
+    pub wire: Box<dyn Wire>,
+    /// The stream id of a started publish or play.
+    pub stream_id: Option<u32>,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    /// Writes what the session has queued; false once the socket failed.
+    pub fn flush(&mut self) -> bool {
+        while let Some(bytes) = self.session.poll_transmit() {
+            if self.wire.write_all(&bytes).and_then(|_| self.wire.flush()).is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Reads and handles what arrives for about `duration`; returns the events, or `Err` with
+    /// the events so far when the connection ended.
+    pub fn pump(&mut self, duration: Duration) -> Result<Vec<ClientEvent>, Vec<ClientEvent>> {
+        let deadline = Instant::now() + duration;
+        let mut events = Vec::new();
+        loop {
+            if !self.flush() {
+                return Err(events);
+            }
+            match self.wire.read(&mut self.buf) {
+                Ok(0) => return Err(events),
+                Ok(n) => {
+                    if self.session.handle_input(&self.buf[..n]).is_err() {
+                        return Err(events);
+                    }
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(_) => return Err(events),
+            }
+            while let Some(event) = self.session.poll_event() {
+                events.push(event);
+            }
+            if Instant::now() >= deadline {
+                return Ok(events);
+            }
+        }
+    }
+}
+
 /// Connects over `wire` with `version` to `app`, does `intent`, and reports how it went.
 /// `tc_url` is what the client claims (the gateway forwards it to callbacks).
 pub fn attempt(
-    mut wire: Box<dyn Wire>,
+    wire: Box<dyn Wire>,
     version: HandshakeVersion,
     app: &str,
     tc_url: &str,
     intent: Intent,
     limit: Duration,
-) -> (Outcome, Box<dyn Wire>) {
+) -> (Outcome, Conn) {
     let mut config = ClientConfig::new(app, tc_url);
     config.version = version;
     let mut session = ClientSession::new(config, &mut rand::thread_rng());
@@ -115,40 +164,39 @@ pub fn attempt(
         Intent::Play(name) => session.play(name),
         Intent::Connect => {}
     }
+    let mut conn = Conn { session, wire, stream_id: None, buf: vec![0u8; 64 * 1024] };
     let deadline = Instant::now() + limit;
-    let mut buf = vec![0u8; 64 * 1024];
     loop {
-        while let Some(bytes) = session.poll_transmit() {
-            if let Err(e) = wire.write_all(&bytes).and_then(|_| wire.flush()) {
-                return (Outcome::Closed(format!("write: {e}")), wire);
-            }
+        if !conn.flush() {
+            return (Outcome::Closed("write failed".into()), conn);
         }
-        while let Some(event) = session.poll_event() {
+        while let Some(event) = conn.session.poll_event() {
             match event {
                 ClientEvent::Rejected { code, description } => {
-                    return (Outcome::Rejected { code, description }, wire)
+                    return (Outcome::Rejected { code, description }, conn)
                 }
-                ClientEvent::PublishStarted { .. } | ClientEvent::PlayStarted { .. } => {
-                    return (Outcome::Started, wire)
+                ClientEvent::PublishStarted { stream_id } | ClientEvent::PlayStarted { stream_id } => {
+                    conn.stream_id = Some(stream_id);
+                    return (Outcome::Started, conn);
                 }
                 ClientEvent::Connected if matches!(intent, Intent::Connect) => {
-                    return (Outcome::Started, wire)
+                    return (Outcome::Started, conn)
                 }
                 _ => {}
             }
         }
         if Instant::now() > deadline {
-            return (Outcome::Closed("deadline".into()), wire);
+            return (Outcome::Closed("deadline".into()), conn);
         }
-        match wire.read(&mut buf) {
-            Ok(0) => return (Outcome::Closed("end of stream".into()), wire),
+        match conn.wire.read(&mut conn.buf) {
+            Ok(0) => return (Outcome::Closed("end of stream".into()), conn),
             Ok(n) => {
-                if let Err(e) = session.handle_input(&buf[..n]) {
-                    return (Outcome::Closed(format!("client session: {e}")), wire);
+                if let Err(e) = conn.session.handle_input(&conn.buf[..n]) {
+                    return (Outcome::Closed(format!("client session: {e}")), conn);
                 }
             }
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(e) => return (Outcome::Closed(format!("read: {e}")), wire),
+            Err(e) => return (Outcome::Closed(format!("read: {e}")), conn),
         }
     }
 }
