@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,8 +13,12 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
+use crate::admin;
 use crate::config::{Config, ListenerConfig, Proto};
 use crate::error::{Error, Result};
+use crate::metrics::{Denial, HandshakeFailure, Metrics};
+use crate::registry::Registry;
+use crate::reload::Reloader;
 use crate::session::{self, Origin, Transport};
 use crate::tls::{self, TlsAcceptor};
 
@@ -25,11 +30,20 @@ pub struct Shared {
     shutdown: watch::Receiver<bool>,
     connections: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Counters for `/metrics` (ops).
+    pub metrics: Metrics,
+    /// Live sessions for the admin API (ops).
+    pub sessions: Registry,
 }
 
 impl Shared {
     pub fn config(&self) -> Arc<Config> {
         self.config.lock().expect("config lock").clone()
+    }
+
+    /// Swaps in a validated configuration (reload); sessions read it at their next decision.
+    pub fn replace_config(&self, config: Arc<Config>) {
+        *self.config.lock().expect("config lock") = config;
     }
 
     pub fn next_session_id(&self) -> u64 {
@@ -46,6 +60,7 @@ impl Shared {
         let total = self.connections.fetch_add(1, Ordering::AcqRel) + 1;
         if total > limits.max_connections {
             self.connections.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.denied(Denial::ConnectionLimit);
             warn!(%ip, limit = limits.max_connections, "connection refused: max_connections reached");
             return None;
         }
@@ -54,6 +69,7 @@ impl Shared {
         if *count >= limits.max_connections_per_ip {
             drop(per_ip);
             self.connections.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.denied(Denial::ConnectionLimit);
             warn!(%ip, limit = limits.max_connections_per_ip, "connection refused: max_connections_per_ip reached");
             return None;
         }
@@ -81,7 +97,7 @@ impl Drop for Admission {
     }
 }
 
-fn router_config(config: &Config) -> RouterConfig {
+pub fn router_config(config: &Config) -> RouterConfig {
     RouterConfig {
         player_queue_bytes: config.limits.player_queue_bytes,
         gop_cache: config.server.gop_cache,
@@ -89,9 +105,9 @@ fn router_config(config: &Config) -> RouterConfig {
     }
 }
 
-/// Binds every listener, prints where to publish and play, and serves until SIGINT/SIGTERM.
-/// SIGHUP reloads the TLS certificates.
-pub async fn serve(config: Config) -> Result<()> {
+/// Binds every listener, prints where to publish and play, and serves until SIGINT/SIGTERM,
+/// then drains (see [`crate::drain`]). SIGHUP reloads `config_path` and the TLS certificates.
+pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let config = Arc::new(config);
     let shared = Arc::new(Shared {
@@ -101,6 +117,8 @@ pub async fn serve(config: Config) -> Result<()> {
         shutdown: shutdown_rx,
         connections: AtomicUsize::new(0),
         per_ip: Mutex::new(HashMap::new()),
+        metrics: Metrics::default(),
+        sessions: Registry::default(),
     });
 
     let listener_tls = tls::listener_acceptors(&config)?;
@@ -115,6 +133,15 @@ pub async fn serve(config: Config) -> Result<()> {
         let local = listener.local_addr().map_err(Error::io("reading the bound address"))?;
         announce(lc, local, &config);
         listeners.push((lc.clone(), listener, tls));
+    }
+    let reloader = Arc::new(Reloader::new(shared.clone(), config_path, listener_tls.stores.clone()));
+    let mut background = JoinSet::new();
+    background.spawn(admin::sample_bitrates(shared.clone()));
+    if let Some(settings) = &config.admin {
+        let server = admin::start(settings, shared.clone(), reloader.clone()).await?;
+        background.spawn(async move {
+            let _ = server.await;
+        });
     }
     info!("rtmpx ready");
 
@@ -152,7 +179,11 @@ pub async fn serve(config: Config) -> Result<()> {
     loop {
         tokio::select! {
             _ = &mut signal => break,
-            _ = hangup.recv() => tls::reload_all(&listener_tls.stores),
+            _ = hangup.recv() => {
+                let reloader = reloader.clone();
+                // A failed reload is logged and keeps the running configuration.
+                let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+            }
             Some((stream, peer, listener, tls)) = session_rx.recv() => {
                 let Some(admission) = shared.admit(peer.ip()) else { continue };
                 let shared = shared.clone();
@@ -171,7 +202,10 @@ pub async fn serve(config: Config) -> Result<()> {
                                     let origin = Origin { transport: Transport::Tls, encryption };
                                     session::run(stream, peer, origin, shared).await
                                 }
-                                Err(e) => warn!(%peer, "{e}"),
+                                Err(e) => {
+                                    shared.metrics.handshake_failed(HandshakeFailure::Tls);
+                                    warn!(%peer, "{e}")
+                                }
                             }
                         }
                     }
@@ -181,15 +215,9 @@ pub async fn serve(config: Config) -> Result<()> {
         }
     }
 
-    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
-    info!(sessions = sessions.len(), "shutting down: closing listeners and telling clients");
-    let _ = shutdown_tx.send(true);
-    accept_tasks.shutdown().await;
-    let drained = tokio::time::timeout(grace, async { while sessions.join_next().await.is_some() {} }).await;
-    if drained.is_err() {
-        warn!(left = sessions.len(), "grace period over: dropping remaining sessions");
-        sessions.shutdown().await;
-    }
+    drop(session_rx);
+    crate::drain::drain(&shared, &mut sessions, accept_tasks, &shutdown_tx).await;
+    background.shutdown().await;
     info!("rtmpx stopped");
     Ok(())
 }
@@ -236,7 +264,7 @@ impl Hangup {
     }
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
