@@ -4,6 +4,7 @@ mod config;
 mod error;
 mod server;
 mod session;
+mod tunnel;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

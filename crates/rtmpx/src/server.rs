@@ -15,6 +15,7 @@ use tracing::{info, warn};
 use crate::config::{Config, ListenerConfig, Proto};
 use crate::error::{Error, Result};
 use crate::session::{self, Transport};
+use crate::tunnel::{self, SessionTable};
 
 /// State every session and listener shares.
 pub struct Shared {
@@ -24,6 +25,8 @@ pub struct Shared {
     shutdown: watch::Receiver<bool>,
     connections: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// RTMPT/RTMPTS sessions of every listener.
+    pub tunnels: SessionTable,
 }
 
 impl Shared {
@@ -103,6 +106,7 @@ pub async fn serve(config: Config) -> Result<()> {
         shutdown: shutdown_rx,
         connections: AtomicUsize::new(0),
         per_ip: Mutex::new(HashMap::new()),
+        tunnels: SessionTable::new(),
     });
 
     let mut listeners = Vec::new();
@@ -143,6 +147,7 @@ pub async fn serve(config: Config) -> Result<()> {
         });
     }
     drop(session_tx);
+    accept_tasks.spawn(tunnel::reap_idle_sessions(shared.clone()));
 
     let signal = shutdown_signal();
     tokio::pin!(signal);
@@ -155,7 +160,8 @@ pub async fn serve(config: Config) -> Result<()> {
                 sessions.spawn(async move {
                     let _admission = admission;
                     match proto {
-                        Proto::Rtmp => session::run(stream, peer, Transport::Tcp, shared).await,
+                        Proto::Rtmp => tunnel::serve_sniffed(stream, peer, Transport::Tcp, Transport::Http, shared).await,
+                        Proto::Rtmpt => tunnel::serve_http(stream, peer, Transport::Http, shared).await,
                     }
                 });
             }
@@ -188,6 +194,9 @@ fn announce(lc: &ListenerConfig, local: SocketAddr, config: &Config) {
             (false, false) => "nothing (app disabled)",
         };
         info!("{} listener on {local}: {what} at {url}", lc.proto.scheme());
+    }
+    if lc.proto == Proto::Rtmp {
+        info!("rtmp listener on {local}: also serves rtmpt (HTTP requests) on the same port");
     }
 }
 

@@ -25,6 +25,10 @@ const READ_BUFFER: usize = 16 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
     Tcp,
+    /// RTMPT: the HTTP tunnel over plain TCP.
+    Http,
+    /// RTMPTS: the HTTP tunnel over TLS.
+    HttpTls,
 }
 
 impl Transport {
@@ -33,6 +37,11 @@ impl Transport {
         match (self, encrypted) {
             (Transport::Tcp, false) => "rtmp",
             (Transport::Tcp, true) => "rtmpe",
+            (Transport::Http, false) => "rtmpt",
+            (Transport::Http, true) => "rtmpte",
+            (Transport::HttpTls, false) => "rtmpts",
+            // RTMPE inside an HTTPS tunnel has no name of its own.
+            (Transport::HttpTls, true) => "rtmpts+rtmpe",
         }
     }
 }
