@@ -24,7 +24,8 @@ pub fn server_handshake(data: &[u8]) {
 /// A server session past a real handshake and connect, then arbitrary chunk-stream bytes:
 /// reaches the command state machine, AMF and media paths.
 pub fn server_session(data: &[u8]) {
-    let mut client = ClientSession::new(ClientConfig::new("live", "rtmp://fuzz/live"), &mut StdRng::seed_from_u64(1));
+    let mut client =
+        ClientSession::new(ClientConfig::new("live", "rtmp://fuzz/live"), &mut StdRng::seed_from_u64(1));
     let mut server = ServerSession::new(ServerConfig::default(), &mut StdRng::seed_from_u64(2));
     for _ in 0..8 {
         if let Some(bytes) = client.poll_transmit() {
@@ -70,7 +71,8 @@ mod tests {
     #[test]
     fn fuzz_targets_survive_a_smoke_run() {
         let mut rng = StdRng::seed_from_u64(0xF022);
-        let mut client = ClientSession::new(ClientConfig::new("live", "rtmp://fuzz/live"), &mut StdRng::seed_from_u64(7));
+        let mut client =
+            ClientSession::new(ClientConfig::new("live", "rtmp://fuzz/live"), &mut StdRng::seed_from_u64(7));
         client.publish("s");
         let seed: Vec<u8> = client.poll_transmit().unwrap().to_vec();
         for round in 0..300 {

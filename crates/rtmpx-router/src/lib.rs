@@ -319,10 +319,10 @@ impl Router {
         let token = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let stream = self.with_stream(&key, |stream, state| {
             if let Some(active) = &state.publisher {
-                tracing::info!(stream = %key, session = session.id, live = active.session.id, "publish refused: already publishing");
+                tracing::debug!(stream = %key, session = session.id, live = active.session.id, "publish refused: already publishing");
                 return Err(RouterError::AlreadyPublishing);
             }
-            tracing::info!(stream = %key, session = session.id, peer = %session.peer, variant = session.variant, "publish");
+            tracing::debug!(stream = %key, session = session.id, peer = %session.peer, variant = session.variant, "publish");
             state.publisher = Some(ActivePublisher { token, session, config });
             state.cache = Cache::default();
             state.bytes_in = 0;
@@ -344,7 +344,7 @@ impl Router {
             Arc::new(PlayerShared { id, queue: Mutex::new(PlayerQueue::new(limit)), notify: Notify::new() });
         let stream = self.with_stream(&key, |stream, state| {
             let live = state.publisher.is_some();
-            tracing::info!(stream = %key, session = session.id, peer = %session.peer, variant = session.variant, live, "play");
+            tracing::debug!(stream = %key, session = session.id, peer = %session.peer, variant = session.variant, live, "play");
             if live {
                 let mut queue = lock(&shared.queue);
                 queue.push_publish_started();
@@ -445,7 +445,7 @@ impl Drop for Publisher {
         if state.publisher.as_ref().is_none_or(|active| active.token != self.token) {
             return;
         }
-        tracing::info!(stream = %self.key, "unpublish");
+        tracing::debug!(stream = %self.key, "unpublish");
         state.publisher = None;
         state.cache = Cache::default();
         for player in &state.players {

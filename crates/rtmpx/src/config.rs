@@ -70,6 +70,30 @@ impl Proto {
 pub struct ListenerConfig {
     pub proto: Proto,
     pub addr: SocketAddr,
+    /// RTMPE on this listener: "allow" (default), "require" or "forbid".
+    #[serde(default)]
+    pub encryption: Encryption,
+}
+
+/// Whether a listener accepts RTMPE (the C0 version byte 6/8/9) besides plain RTMP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encryption {
+    #[default]
+    Allow,
+    Require,
+    Forbid,
+}
+
+impl Encryption {
+    pub fn policy(self) -> rtmpx_core::handshake::EncryptionPolicy {
+        use rtmpx_core::handshake::EncryptionPolicy;
+        match self {
+            Encryption::Allow => EncryptionPolicy::Allow,
+            Encryption::Require => EncryptionPolicy::Require,
+            Encryption::Forbid => EncryptionPolicy::Forbid,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -186,19 +210,21 @@ impl RtmptSection {
 impl Config {
     /// Parses and validates TOML text; `origin` names it in messages.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
-        let config: Config =
-            toml::from_str(text).map_err(|e| Error::Config { origin: origin.to_owned(), message: e.to_string() })?;
+        let config: Config = toml::from_str(text)
+            .map_err(|e| Error::Config { origin: origin.to_owned(), message: e.to_string() })?;
         config.validate().map_err(|message| Error::Config { origin: origin.to_owned(), message })?;
         Ok(config)
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Io { context: format!("reading {}", path.display()), source: e })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Io { context: format!("reading {}", path.display()), source: e })?;
         Self::from_toml(&text, &path.display().to_string())
     }
 
     pub fn embedded_default() -> Self {
-        Self::from_toml(DEFAULT_CONFIG, "embedded default config").expect("the embedded default config is valid")
+        Self::from_toml(DEFAULT_CONFIG, "embedded default config")
+            .expect("the embedded default config is valid")
     }
 
     /// Loads `path`, or the embedded default when `None`.
@@ -211,7 +237,9 @@ impl Config {
 
     fn validate(&self) -> std::result::Result<(), String> {
         if self.listeners.is_empty() {
-            return Err("no [[listener]] configured: add one, e.g. proto = \"rtmp\", addr = \"0.0.0.0:1935\"".into());
+            return Err(
+                "no [[listener]] configured: add one, e.g. proto = \"rtmp\", addr = \"0.0.0.0:1935\"".into(),
+            );
         }
         for (i, l) in self.listeners.iter().enumerate() {
             if self.listeners[..i].iter().any(|o| o.addr == l.addr) {
@@ -223,7 +251,10 @@ impl Config {
         }
         for (i, app) in self.apps.iter().enumerate() {
             if app.name.is_empty() || app.name.contains(['/', '?', ' ']) {
-                return Err(format!("app[{i}].name: {:?} must be non-empty without '/', '?' or spaces", app.name));
+                return Err(format!(
+                    "app[{i}].name: {:?} must be non-empty without '/', '?' or spaces",
+                    app.name
+                ));
             }
             if self.apps[..i].iter().any(|o| o.name == app.name) {
                 return Err(format!("app[{i}].name: {:?} is defined twice", app.name));
@@ -238,7 +269,10 @@ impl Config {
             return Err(format!("limits.max_chunk_size: {} is outside 128..=2147483647", l.max_chunk_size));
         }
         if !(1024..=0xFF_FFFF).contains(&l.max_message_size) {
-            return Err(format!("limits.max_message_size: {} is outside 1024..=16777215", l.max_message_size));
+            return Err(format!(
+                "limits.max_message_size: {} is outside 1024..=16777215",
+                l.max_message_size
+            ));
         }
         if !(4..=65_599).contains(&l.max_chunk_streams) {
             return Err(format!("limits.max_chunk_streams: {} is outside 4..=65599", l.max_chunk_streams));
@@ -299,7 +333,8 @@ mod tests {
         assert!(err(&format!("{base}[server]\nbogus = 1\n")).contains("bogus"));
         assert!(err("[[app]]\nname = \"live\"\n").contains("no [[listener]]"));
         assert!(err(&base.replace("rtmp\"", "ftp\"")).contains("ftp"));
-        assert!(err(&format!("{base}[[listener]]\nproto = \"rtmp\"\naddr = \"127.0.0.1:1935\"\n")).contains("used by another"));
+        assert!(err(&format!("{base}[[listener]]\nproto = \"rtmp\"\naddr = \"127.0.0.1:1935\"\n"))
+            .contains("used by another"));
         assert!(err(&base.replace("127.0.0.1:1935", "nonsense")).contains("addr"));
         assert!(err(&format!("{base}[rtmpt]\nmax_request_body = 10\n")).contains("rtmpt.max_request_body"));
         assert!(err(&format!("{base}[rtmpt]\nidle_timeout_secs = 0\n")).contains("rtmpt.idle_timeout_secs"));

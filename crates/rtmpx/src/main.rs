@@ -14,7 +14,11 @@ use clap::{Parser, Subcommand};
 use crate::config::Config;
 
 #[derive(Parser)]
-#[command(name = "rtmpx", version, about = "RTMP gateway: RTMP, RTMPS, RTMPT, RTMPTS, RTMPE, RTMPTE into one router")]
+#[command(
+    name = "rtmpx",
+    version,
+    about = "RTMP gateway: RTMP, RTMPS, RTMPT, RTMPTS, RTMPE, RTMPTE into one router"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -45,7 +49,8 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+            let runtime =
+                tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
             match runtime.block_on(server::serve(config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -74,5 +79,6 @@ fn main() -> ExitCode {
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).init();
 }

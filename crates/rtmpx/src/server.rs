@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use crate::config::{Config, ListenerConfig, Proto};
 use crate::error::{Error, Result};
-use crate::session::{self, Transport};
+use crate::session::{Origin, Transport};
 use crate::tunnel::{self, SessionTable};
 
 /// State every session and listener shares.
@@ -62,10 +62,6 @@ impl Shared {
         *count += 1;
         Some(Admission { shared: self.clone(), ip })
     }
-
-    pub fn connection_count(&self) -> usize {
-        self.connections.load(Ordering::Relaxed)
-    }
 }
 
 /// Releases a connection's place in the limits when the session ends.
@@ -111,8 +107,11 @@ pub async fn serve(config: Config) -> Result<()> {
 
     let mut listeners = Vec::new();
     for lc in &config.listeners {
-        let listener =
-            TcpListener::bind(lc.addr).await.map_err(Error::io(format!("binding {} listener on {}", lc.proto.scheme(), lc.addr)))?;
+        let listener = TcpListener::bind(lc.addr).await.map_err(Error::io(format!(
+            "binding {} listener on {}",
+            lc.proto.scheme(),
+            lc.addr
+        )))?;
         let local = listener.local_addr().map_err(Error::io("reading the bound address"))?;
         announce(lc, local, &config);
         listeners.push((lc.clone(), listener));
@@ -121,7 +120,8 @@ pub async fn serve(config: Config) -> Result<()> {
 
     let mut sessions = JoinSet::new();
     let mut accept_tasks = JoinSet::new();
-    let (session_tx, mut session_rx) = tokio::sync::mpsc::unbounded_channel::<(TcpStream, SocketAddr, Proto)>();
+    let (session_tx, mut session_rx) =
+        tokio::sync::mpsc::unbounded_channel::<(TcpStream, SocketAddr, ListenerConfig)>();
     for (lc, listener) in listeners {
         let tx = session_tx.clone();
         let mut stop = shared.shutdown_signal();
@@ -132,7 +132,7 @@ pub async fn serve(config: Config) -> Result<()> {
                     accepted = listener.accept() => match accepted {
                         Ok((stream, peer)) => {
                             let _ = stream.set_nodelay(true);
-                            if tx.send((stream, peer, lc.proto)).is_err() {
+                            if tx.send((stream, peer, lc.clone())).is_err() {
                                 return;
                             }
                         }
@@ -154,14 +154,18 @@ pub async fn serve(config: Config) -> Result<()> {
     loop {
         tokio::select! {
             _ = &mut signal => break,
-            Some((stream, peer, proto)) = session_rx.recv() => {
+            Some((stream, peer, listener)) = session_rx.recv() => {
                 let Some(admission) = shared.admit(peer.ip()) else { continue };
                 let shared = shared.clone();
                 sessions.spawn(async move {
                     let _admission = admission;
-                    match proto {
-                        Proto::Rtmp => tunnel::serve_sniffed(stream, peer, Transport::Tcp, Transport::Http, shared).await,
-                        Proto::Rtmpt => tunnel::serve_http(stream, peer, Transport::Http, shared).await,
+                    let encryption = listener.encryption.policy();
+                    let origin = |transport| Origin { transport, encryption };
+                    match listener.proto {
+                        Proto::Rtmp => {
+                            tunnel::serve_sniffed(stream, peer, origin(Transport::Tcp), origin(Transport::Http), shared).await
+                        }
+                        Proto::Rtmpt => tunnel::serve_http(stream, peer, origin(Transport::Http), shared).await,
                     }
                 });
             }
@@ -204,7 +208,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

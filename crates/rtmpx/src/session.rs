@@ -8,6 +8,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+use rtmpx_core::handshake::EncryptionPolicy;
 use rtmpx_core::session::{MediaKind, ServerConfig, ServerEvent, ServerSession, StatusLevel};
 use rtmpx_router::{Frame, FrameKind, Player, PlayerEvent, Publisher, RouterError, SessionInfo, StreamKey};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -28,6 +29,7 @@ pub enum Transport {
     /// RTMPT: the HTTP tunnel over plain TCP.
     Http,
     /// RTMPTS: the HTTP tunnel over TLS.
+    #[allow(dead_code)] // constructed by the TLS listeners
     HttpTls,
 }
 
@@ -43,6 +45,20 @@ impl Transport {
             // RTMPE inside an HTTPS tunnel has no name of its own.
             (Transport::HttpTls, true) => "rtmpts+rtmpe",
         }
+    }
+}
+
+/// Where a session came from: its transport and what its listener allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub transport: Transport,
+    /// Whether RTMPE is allowed, required or forbidden on this listener.
+    pub encryption: EncryptionPolicy,
+}
+
+impl From<Transport> for Origin {
+    fn from(transport: Transport) -> Self {
+        Origin { transport, encryption: EncryptionPolicy::Allow }
     }
 }
 
@@ -81,9 +97,9 @@ impl Connection {
     }
 }
 
-fn server_config(shared: &Shared) -> ServerConfig {
+fn server_config(shared: &Shared, encryption: EncryptionPolicy) -> ServerConfig {
     let config = shared.config();
-    let mut sc = ServerConfig { chunk_size: config.server.chunk_size, ..ServerConfig::default() };
+    let mut sc = ServerConfig { chunk_size: config.server.chunk_size, encryption, ..ServerConfig::default() };
     sc.chunk_limits.max_chunk_size = config.limits.max_chunk_size;
     sc.chunk_limits.max_message_size = config.limits.max_message_size;
     sc.chunk_limits.max_chunk_streams = config.limits.max_chunk_streams;
@@ -93,10 +109,11 @@ fn server_config(shared: &Shared) -> ServerConfig {
 }
 
 /// Runs a session to its end and logs one line about it.
-pub async fn run<S>(stream: S, peer: SocketAddr, transport: Transport, shared: Arc<Shared>)
+pub async fn run<S>(stream: S, peer: SocketAddr, origin: impl Into<Origin>, shared: Arc<Shared>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    let Origin { transport, encryption } = origin.into();
     let started = Instant::now();
     let mut conn = Connection {
         id: shared.next_session_id(),
@@ -112,7 +129,21 @@ where
         bytes_out: 0,
     };
     debug!(session = conn.id, %peer, "session opened");
-    let result = drive(stream, &mut conn, &shared).await;
+    let result = drive(stream, &mut conn, encryption, &shared).await;
+    // A peer that resets or vanishes after a normal session is a normal close for logs.
+    let result = match result {
+        Err(Error::Io { source, .. })
+            if matches!(
+                source.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            ) && conn.role != "none" =>
+        {
+            Ok(())
+        }
+        other => other,
+    };
     let reason = match &result {
         Ok(()) => "closed".to_string(),
         Err(e) => e.to_string(),
@@ -141,12 +172,17 @@ where
     }
 }
 
-async fn drive<S>(mut stream: S, conn: &mut Connection, shared: &Shared) -> Result<()>
+async fn drive<S>(
+    mut stream: S,
+    conn: &mut Connection,
+    encryption: EncryptionPolicy,
+    shared: &Shared,
+) -> Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let timeouts = shared.config().timeouts.clone();
-    let mut session = ServerSession::new(server_config(shared), &mut StdRng::from_entropy());
+    let mut session = ServerSession::new(server_config(shared, encryption), &mut StdRng::from_entropy());
     let mut shutdown = shared.shutdown_signal();
     let mut buf = BytesMut::zeroed(READ_BUFFER);
     let handshake_deadline = tokio::time::Instant::now() + timeouts.handshake();
@@ -179,14 +215,17 @@ where
                 }
                 conn.bytes_in += n as u64;
                 last_read = tokio::time::Instant::now();
-                let input = session.handle_input(&buf[..n]);
-                // Whatever the session produced before an error (e.g. a reject) still goes out.
+                let mut outcome = session.handle_input(&buf[..n]).map_err(Error::from);
                 while let Some(event) = session.poll_event() {
-                    handle_event(event, &mut session, conn, shared, &mut connected);
+                    if let Err(e) = handle_event(event, &mut session, conn, shared, &mut connected) {
+                        outcome = Err(e);
+                        break;
+                    }
                 }
-                if let Err(e) = input {
+                if let Err(e) = outcome {
+                    // Whatever the session produced before the error (e.g. a reject) still goes out.
                     let _ = flush(&mut stream, &mut session, conn, timeouts.write()).await;
-                    return Err(e.into());
+                    return Err(e);
                 }
             }
             event = next_player_event(&mut conn.playing) => {
@@ -274,7 +313,7 @@ fn handle_event(
     conn: &mut Connection,
     shared: &Shared,
     connected: &mut bool,
-) {
+) -> Result<()> {
     match event {
         ServerEvent::HandshakeComplete { requested, version, digest } => {
             conn.encrypted = version.is_encrypted();
@@ -287,14 +326,18 @@ fn handle_event(
             if known {
                 conn.app = Some(app);
                 *connected = true;
-                let _ = session.accept_connect();
+                session.accept_connect()?;
             } else {
                 warn!(session = conn.id, peer = %conn.peer, app, "connect rejected: unknown application");
-                let _ = session.reject_connect(&format!("Application '{app}' does not exist."));
+                session.reject_connect(&format!("Application '{app}' does not exist."))?;
             }
         }
-        ServerEvent::PublishRequested { stream_id, stream_name, .. } => on_publish(stream_id, &stream_name, session, conn, shared),
-        ServerEvent::PlayRequested { stream_id, stream_name, .. } => on_play(stream_id, &stream_name, session, conn, shared),
+        ServerEvent::PublishRequested { stream_id, stream_name, .. } => {
+            on_publish(stream_id, &stream_name, session, conn, shared)?
+        }
+        ServerEvent::PlayRequested { stream_id, stream_name, .. } => {
+            on_play(stream_id, &stream_name, session, conn, shared)?
+        }
         ServerEvent::Media(media) => {
             if let Some(p) = &conn.publishing {
                 if p.stream_id == media.stream_id {
@@ -318,6 +361,7 @@ fn handle_event(
         }
         ServerEvent::PauseChanged { .. } => {}
     }
+    Ok(())
 }
 
 /// `live`, `live/`, `/live` and `live?token` all name the app `live`.
@@ -326,19 +370,26 @@ fn normalize_app(app: &str) -> String {
     app.trim_matches('/').to_owned()
 }
 
-fn on_publish(stream_id: u32, stream_name: &str, session: &mut ServerSession, conn: &mut Connection, shared: &Shared) {
+fn on_publish(
+    stream_id: u32,
+    stream_name: &str,
+    session: &mut ServerSession,
+    conn: &mut Connection,
+    shared: &Shared,
+) -> Result<()> {
     let app = conn.app.clone().unwrap_or_default();
     let allowed = shared.config().app(&app).is_some_and(|a| a.publish);
     if !allowed || conn.publishing.is_some() || stream_name.is_empty() {
-        let why = if !allowed { "publishing is not allowed here" } else { "bad stream name or already publishing" };
+        let why =
+            if !allowed { "publishing is not allowed here" } else { "bad stream name or already publishing" };
         warn!(session = conn.id, peer = %conn.peer, app, stream = stream_name, "publish rejected: {why}");
-        let _ = session.reject_publish(stream_id, "NetStream.Publish.BadName", why);
-        return;
+        session.reject_publish(stream_id, "NetStream.Publish.BadName", why)?;
+        return Ok(());
     }
     let key = StreamKey::new(&app, stream_name);
     match shared.router.publish(key.clone(), conn.info()) {
         Ok(publisher) => {
-            let _ = session.accept_publish(stream_id);
+            session.accept_publish(stream_id)?;
             conn.role = "publisher";
             conn.stream_name = Some(key.name.clone());
             conn.publishing = Some(Publishing { stream_id, publisher });
@@ -346,23 +397,30 @@ fn on_publish(stream_id: u32, stream_name: &str, session: &mut ServerSession, co
         }
         Err(RouterError::AlreadyPublishing) => {
             warn!(session = conn.id, peer = %conn.peer, stream = %key, "publish rejected: stream is already published");
-            let _ = session.reject_publish(stream_id, "NetStream.Publish.BadName", "Stream is already published.");
+            session.reject_publish(stream_id, "NetStream.Publish.BadName", "Stream is already published.")?;
         }
     }
+    Ok(())
 }
 
-fn on_play(stream_id: u32, stream_name: &str, session: &mut ServerSession, conn: &mut Connection, shared: &Shared) {
+fn on_play(
+    stream_id: u32,
+    stream_name: &str,
+    session: &mut ServerSession,
+    conn: &mut Connection,
+    shared: &Shared,
+) -> Result<()> {
     let app = conn.app.clone().unwrap_or_default();
     let allowed = shared.config().app(&app).is_some_and(|a| a.play);
     if !allowed || conn.playing.is_some() || stream_name.is_empty() {
         let why = if !allowed { "playing is not allowed here" } else { "bad stream name or already playing" };
         warn!(session = conn.id, peer = %conn.peer, app, stream = stream_name, "play rejected: {why}");
-        let _ = session.reject_play(stream_id, "NetStream.Play.Failed", why);
-        return;
+        session.reject_play(stream_id, "NetStream.Play.Failed", why)?;
+        return Ok(());
     }
     let key = StreamKey::new(&app, stream_name);
     let mut player = shared.router.play(key.clone(), conn.info());
-    let _ = session.accept_play(stream_id, &key.name);
+    session.accept_play(stream_id, &key.name)?;
     conn.role = "player";
     conn.stream_name = Some(key.name.clone());
     // A live stream announces itself at once and needs no PublishNotify; anything else that
@@ -374,6 +432,7 @@ fn on_play(stream_id: u32, stream_name: &str, session: &mut ServerSession, conn:
         Some(event) => deliver(event, session, conn),
     }
     info!(session = conn.id, peer = %conn.peer, variant = conn.variant(), stream = %key, "playing");
+    Ok(())
 }
 
 fn say_goodbye(session: &mut ServerSession, conn: &Connection) {
@@ -381,6 +440,11 @@ fn say_goodbye(session: &mut ServerSession, conn: &Connection) {
         session.notify_unpublish(p.stream_id);
     }
     if let Some(p) = &conn.publishing {
-        session.send_status(p.stream_id, StatusLevel::Status, "NetStream.Unpublish.Success", "Server is shutting down.");
+        session.send_status(
+            p.stream_id,
+            StatusLevel::Status,
+            "NetStream.Unpublish.Success",
+            "Server is shutting down.",
+        );
     }
 }

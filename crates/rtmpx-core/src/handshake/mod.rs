@@ -4,10 +4,22 @@
 //! (version bytes 6, 8, 9): Diffie-Hellman keys in the digest handshake, RC4 on every byte after.
 // CONTRACT (implemented by the handshake work): keep these public signatures.
 
-use bytes::BytesMut;
+mod digest;
+mod rtmpe;
+mod signature;
+#[cfg(test)]
+mod tests;
+
+use bytes::{BufMut, BytesMut};
 use rand::RngCore;
 
-use crate::Result;
+use crate::{Error, Result};
+use digest::{
+    ct_eq, embed_digest, find_digest, signature_key, Block, DigestScheme, DIGEST_LEN, FMS_DIGEST_KEY,
+    FP_DIGEST_KEY, GENUINE_FMS_KEY, GENUINE_FP_KEY, SIGNED_LEN,
+};
+use rtmpe::{rc4_keys, DhKeyPair};
+pub use rtmpe::{Rc4Stream, DH_KEY_LEN, RC4_KEY_LEN};
 
 /// Size of C1, C2, S1 and S2.
 pub const HANDSHAKE_SIZE: usize = 1536;
@@ -62,21 +74,45 @@ pub enum EncryptionPolicy {
     Forbid,
 }
 
+/// Version bytes of our S1 in the digest handshake (any non-zero value tells the client we sign).
+pub const SERVER_VERSION: [u8; 4] = [4, 5, 0, 1];
+/// Version bytes of our C1 in the plain digest handshake (what librtmp sends in that mode).
+pub const CLIENT_VERSION_DIGEST: [u8; 4] = [10, 0, 45, 2];
+/// Version bytes of our C1 for RTMPE types 8 and 9 (librtmp's FP10 mode; a librtmp server
+/// answers 0x06 with 0x08 when it sees the 128).
+pub const CLIENT_VERSION_RTMPE: [u8; 4] = [128, 0, 3, 2];
+/// Version bytes of our C1 for RTMPE type 6 (librtmp's FP9 mode), so servers keep type 6.
+pub const CLIENT_VERSION_RTMPE6: [u8; 4] = [9, 0, 124, 2];
+
+/// Bytes of a C1/S1 after the time and version fields.
+const RANDOM_LEN: usize = HANDSHAKE_SIZE - 8;
+
 /// The two RC4 streams of an RTMPE session, already advanced past the discarded prefix.
 pub struct Rc4Pair {
-    _private: (),
+    outgoing: Rc4Stream,
+    incoming: Rc4Stream,
 }
 
 impl Rc4Pair {
+    /// The pair keyed with the two derived keys, each stream advanced past its first 1536 bytes
+    /// (the state a finished handshake hands over).
+    pub fn from_keys(out_key: &[u8; RC4_KEY_LEN], in_key: &[u8; RC4_KEY_LEN]) -> Self {
+        Rc4Pair { outgoing: Rc4Stream::new(out_key), incoming: Rc4Stream::new(in_key) }
+    }
+
     /// Encrypts bytes we send, in place.
     pub fn encrypt(&mut self, data: &mut [u8]) {
-        let _ = data;
-        todo!()
+        self.outgoing.apply(data);
     }
+
     /// Decrypts bytes we received, in place.
     pub fn decrypt(&mut self, data: &mut [u8]) {
-        let _ = data;
-        todo!()
+        self.incoming.apply(data);
+    }
+
+    /// (encryptor, decryptor), for transports that read and write from different tasks.
+    pub fn split(self) -> (Rc4Stream, Rc4Stream) {
+        (self.outgoing, self.incoming)
     }
 }
 
@@ -101,56 +137,475 @@ pub struct HandshakeOutcome {
     pub cipher: Option<Rc4Pair>,
 }
 
+/// The randomness one side needs, drawn up front so a seeded rng makes a run exact.
+struct Randomness {
+    hello: Box<[u8; RANDOM_LEN]>,
+    response: Box<[u8; SIGNED_LEN]>,
+    dh_private: [u8; DH_KEY_LEN],
+}
+
+impl Randomness {
+    fn draw(rng: &mut dyn RngCore) -> Self {
+        let mut hello = Box::new([0u8; RANDOM_LEN]);
+        let mut response = Box::new([0u8; SIGNED_LEN]);
+        let mut dh_private = [0u8; DH_KEY_LEN];
+        rng.fill_bytes(&mut hello[..]);
+        rng.fill_bytes(&mut response[..]);
+        rng.fill_bytes(&mut dh_private);
+        Randomness { hello, response, dh_private }
+    }
+}
+
+/// How our C1/S1 is signed: the digest scheme and, under RTMPE, our DH public key.
+struct Signing<'a> {
+    scheme: DigestScheme,
+    digest_key: &'a [u8],
+    dh_public: Option<&'a [u8; DH_KEY_LEN]>,
+}
+
+/// Builds a C1/S1: time 0 (we keep no clock), version, random; when signed, the DH key goes in
+/// first and the digest is computed over the result. Returns the block and its digest.
+fn hello_block(
+    version: [u8; 4],
+    random: &[u8; RANDOM_LEN],
+    signing: Option<Signing<'_>>,
+) -> (Box<Block>, Option<[u8; DIGEST_LEN]>) {
+    let mut block = Box::new([0u8; HANDSHAKE_SIZE]);
+    block[4..8].copy_from_slice(&version);
+    block[8..].copy_from_slice(random);
+    let digest = signing.map(|signing| {
+        if let Some(public) = signing.dh_public {
+            let offset = signing.scheme.dh_key_offset(&block);
+            block[offset..offset + DH_KEY_LEN].copy_from_slice(public);
+        }
+        embed_digest(&mut block, signing.scheme, signing.digest_key)
+    });
+    (block, digest)
+}
+
+/// The signature a C2/S2 must end with: HMAC(key, first 1504 bytes), transformed for types 8/9.
+fn response_signature(block: &Block, key: &[u8; DIGEST_LEN], version: HandshakeVersion) -> [u8; DIGEST_LEN] {
+    let mut sig = digest::signature(key, block);
+    signature::transform_signature(version, &mut sig, key);
+    sig
+}
+
+/// Builds a signed C2/S2 from 1504 filler bytes.
+fn response_block(
+    filler: &[u8; SIGNED_LEN],
+    key: &[u8; DIGEST_LEN],
+    version: HandshakeVersion,
+) -> Box<Block> {
+    let mut block = Box::new([0u8; HANDSHAKE_SIZE]);
+    block[..SIGNED_LEN].copy_from_slice(filler);
+    let sig = response_signature(&block, key, version);
+    block[SIGNED_LEN..].copy_from_slice(&sig);
+    block
+}
+
+fn signature_matches(block: &Block, key: &[u8; DIGEST_LEN], version: HandshakeVersion) -> bool {
+    ct_eq(&response_signature(block, key, version), &block[SIGNED_LEN..])
+}
+
+/// The DH public key a C1/S1 carries at the position paired with its digest scheme.
+fn peer_dh_key(block: &Block, scheme: DigestScheme) -> &[u8; DH_KEY_LEN] {
+    let offset = scheme.dh_key_offset(block);
+    block[offset..offset + DH_KEY_LEN].try_into().expect("offset + 128 stays inside the block")
+}
+
+fn as_block(bytes: &[u8]) -> &Block {
+    bytes.try_into().expect("caller split exactly HANDSHAKE_SIZE bytes")
+}
+
+/// How the peer's second message (C2 or S2) is checked.
+enum ResponseCheck {
+    /// Simple handshake: nothing to check.
+    Simple,
+    /// Digest handshake: the signature under this key; a mismatch fails the handshake if `fatal`.
+    Signed { key: [u8; DIGEST_LEN], fatal: bool },
+}
+
+/// Everything decided once the first message is in; finishes when the second arrives.
+struct Pending {
+    requested: HandshakeVersion,
+    version: HandshakeVersion,
+    check: ResponseCheck,
+    cipher: Option<Rc4Pair>,
+}
+
+impl Pending {
+    fn finish(self, response: &Block) -> Result<HandshakeOutcome> {
+        let (digest, peer_signature_ok) = match self.check {
+            ResponseCheck::Simple => (false, true),
+            ResponseCheck::Signed { key, fatal } => {
+                let ok = signature_matches(response, &key, self.version);
+                if !ok && fatal {
+                    return Err(Error::Handshake("peer's handshake signature does not match"));
+                }
+                (true, ok)
+            }
+        };
+        Ok(HandshakeOutcome {
+            requested: self.requested,
+            version: self.version,
+            digest,
+            peer_signature_ok,
+            cipher: self.cipher,
+        })
+    }
+}
+
+enum ServerState {
+    AwaitC0C1,
+    AwaitC2(Box<Pending>),
+    Done,
+    Failed,
+}
+
 /// Server side: reads C0/C1/C2, writes S0/S1/S2.
 pub struct ServerHandshake {
-    _private: (),
+    policy: EncryptionPolicy,
+    random: Randomness,
+    state: ServerState,
 }
 
 impl ServerHandshake {
     /// All randomness (S1, the DH private key) is drawn from `rng` here, so tests can be exact.
     pub fn new(policy: EncryptionPolicy, rng: &mut dyn RngCore) -> Self {
-        let _ = (policy, rng);
-        todo!()
+        ServerHandshake { policy, random: Randomness::draw(rng), state: ServerState::AwaitC0C1 }
     }
 
     /// Consumes handshake bytes from the front of `input` (bytes after C2 stay there: they are
     /// the first chunks, encrypted under RTMPE) and appends what to send to `out`. Returns the
-    /// outcome once C2 has been read.
+    /// outcome once C2 has been read. Incomplete messages are left in `input` until the rest
+    /// arrives. After an error or the outcome, further calls fail.
     pub fn handle_input(
         &mut self,
         input: &mut BytesMut,
         out: &mut BytesMut,
     ) -> Result<Option<HandshakeOutcome>> {
-        let _ = (input, out);
-        todo!()
+        let result = self.advance(input, out);
+        if result.is_err() {
+            self.state = ServerState::Failed;
+        }
+        result
     }
+
+    fn advance(&mut self, input: &mut BytesMut, out: &mut BytesMut) -> Result<Option<HandshakeOutcome>> {
+        loop {
+            match &self.state {
+                ServerState::AwaitC0C1 => {
+                    // Judge C0 on its own so a wrong protocol fails before 1536 more bytes.
+                    let Some(&c0) = input.first() else { return Ok(None) };
+                    let requested = self.accept_version(c0)?;
+                    if input.len() < 1 + HANDSHAKE_SIZE {
+                        return Ok(None);
+                    }
+                    let c0c1 = input.split_to(1 + HANDSHAKE_SIZE);
+                    let pending = self.answer_c1(requested, as_block(&c0c1[1..]), out)?;
+                    self.state = ServerState::AwaitC2(Box::new(pending));
+                }
+                ServerState::AwaitC2(_) => {
+                    if input.len() < HANDSHAKE_SIZE {
+                        return Ok(None);
+                    }
+                    let c2 = input.split_to(HANDSHAKE_SIZE);
+                    let ServerState::AwaitC2(pending) = std::mem::replace(&mut self.state, ServerState::Done)
+                    else {
+                        unreachable!("matched above")
+                    };
+                    return pending.finish(as_block(&c2)).map(Some);
+                }
+                ServerState::Done => return Err(Error::Handshake("handshake already complete")),
+                ServerState::Failed => return Err(Error::Handshake("handshake already failed")),
+            }
+        }
+    }
+
+    fn accept_version(&self, c0: u8) -> Result<HandshakeVersion> {
+        let requested = HandshakeVersion::from_byte(c0).ok_or(Error::Handshake("unknown C0 version"))?;
+        match (self.policy, requested.is_encrypted()) {
+            (EncryptionPolicy::Require, false) => Err(Error::Handshake("plain RTMP refused: RTMPE required")),
+            (EncryptionPolicy::Forbid, true) => Err(Error::Handshake("RTMPE refused by policy")),
+            _ => Ok(requested),
+        }
+    }
+
+    /// Writes S0/S1/S2 for this C1 and says how C2 will be checked.
+    fn answer_c1(&mut self, requested: HandshakeVersion, c1: &Block, out: &mut BytesMut) -> Result<Pending> {
+        let wants_digest = requested.is_encrypted() || c1[4..8] != [0; 4];
+        let found = if wants_digest { find_digest(c1, FP_DIGEST_KEY, DigestScheme::A) } else { None };
+        let Some((scheme, c1_digest)) = found else {
+            if requested.is_encrypted() {
+                return Err(Error::Handshake("RTMPE C1 carries no valid digest"));
+            }
+            // Simple handshake, also the fallback for a C1 whose digest does not check out.
+            let (s1, _) = hello_block([0; 4], &self.random.hello, None);
+            out.reserve(1 + 2 * HANDSHAKE_SIZE);
+            out.put_u8(HandshakeVersion::Plain.to_byte());
+            out.extend_from_slice(&s1[..]);
+            out.extend_from_slice(c1);
+            return Ok(Pending {
+                requested,
+                version: HandshakeVersion::Plain,
+                check: ResponseCheck::Simple,
+                cipher: None,
+            });
+        };
+
+        let version = answer_version(requested, c1);
+        let (dh, peer_public) = if requested.is_encrypted() {
+            (Some(DhKeyPair::from_random_bytes(self.random.dh_private)), Some(peer_dh_key(c1, scheme)))
+        } else {
+            (None, None)
+        };
+        // Our S1 uses the scheme the client used, so a client trying only its own scheme finds it.
+        let signing =
+            Signing { scheme, digest_key: FMS_DIGEST_KEY, dh_public: dh.as_ref().map(DhKeyPair::public_key) };
+        let (s1, s1_digest) = hello_block(SERVER_VERSION, &self.random.hello, Some(signing));
+        let s1_digest = s1_digest.expect("signed S1 has a digest");
+
+        let cipher = match (&dh, peer_public) {
+            (Some(dh), Some(peer_public)) => {
+                let secret = dh.shared_secret(peer_public)?;
+                let (out_key, in_key) = rc4_keys(&secret, dh.public_key(), peer_public);
+                Some(Rc4Pair::from_keys(&out_key, &in_key))
+            }
+            _ => None,
+        };
+
+        let s2 = response_block(&self.random.response, &signature_key(&GENUINE_FMS_KEY, &c1_digest), version);
+        out.reserve(1 + 2 * HANDSHAKE_SIZE);
+        out.put_u8(version.to_byte());
+        out.extend_from_slice(&s1[..]);
+        out.extend_from_slice(&s2[..]);
+        Ok(Pending {
+            requested,
+            version,
+            check: ResponseCheck::Signed {
+                key: signature_key(&GENUINE_FP_KEY, &s1_digest),
+                fatal: version.is_encrypted(),
+            },
+            cipher,
+        })
+    }
+}
+
+/// The server's S0 for a C0 whose C1 digest checked out. Like librtmp's server, a 0x06 request
+/// from a client whose C1 version starts with 128 (librtmp's FP10 mode) gets 0x08; otherwise
+/// the requested type is kept (a client that asked 0x06 may not know 0x08).
+fn answer_version(requested: HandshakeVersion, c1: &Block) -> HandshakeVersion {
+    match requested {
+        HandshakeVersion::Rtmpe if c1[4] == 128 => HandshakeVersion::RtmpeXtea,
+        other => other,
+    }
+}
+
+struct Sent {
+    /// Scheme and digest of our C1 (digest handshake only).
+    c1_digest: Option<(DigestScheme, [u8; DIGEST_LEN])>,
+    dh: Option<DhKeyPair>,
+}
+
+enum ClientState {
+    Idle,
+    AwaitS0S1(Box<Sent>),
+    AwaitS2(Box<Pending>),
+    Done,
+    Failed,
 }
 
 /// Client side: writes C0/C1, reads S0/S1/S2, writes C2.
 pub struct ClientHandshake {
-    _private: (),
+    requested: HandshakeVersion,
+    /// C1 version bytes and digest scheme.
+    hello_version: ([u8; 4], DigestScheme),
+    digest: bool,
+    random: Randomness,
+    state: ClientState,
 }
 
 impl ClientHandshake {
     /// `digest` selects the digest handshake for plain RTMP (RTMPE always uses it).
     pub fn new(version: HandshakeVersion, digest: bool, rng: &mut dyn RngCore) -> Self {
-        let _ = (version, digest, rng);
-        todo!()
+        // librtmp's pairings: FP10 (128.x, scheme B) for types 8/9, FP9 (9.x, scheme A) for 0x06
+        // so that a librtmp-style server keeps type 6, and 10.x with scheme A for plain digest.
+        let hello_version = match version {
+            HandshakeVersion::Plain => (CLIENT_VERSION_DIGEST, DigestScheme::A),
+            HandshakeVersion::Rtmpe => (CLIENT_VERSION_RTMPE6, DigestScheme::A),
+            HandshakeVersion::RtmpeXtea | HandshakeVersion::RtmpeBlowfish => {
+                (CLIENT_VERSION_RTMPE, DigestScheme::B)
+            }
+        };
+        ClientHandshake {
+            requested: version,
+            hello_version,
+            digest: digest || version.is_encrypted(),
+            random: Randomness::draw(rng),
+            state: ClientState::Idle,
+        }
     }
 
-    /// Appends C0 and C1 to `out`.
+    /// Appends C0 and C1 to `out`. Later calls do nothing.
     pub fn start(&mut self, out: &mut BytesMut) {
-        let _ = out;
-        todo!()
+        if !matches!(self.state, ClientState::Idle) {
+            return;
+        }
+        let encrypted = self.requested.is_encrypted();
+        let dh = encrypted.then(|| DhKeyPair::from_random_bytes(self.random.dh_private));
+        let (version, scheme) = self.hello_version;
+        let (c1, c1_digest) = if self.digest {
+            let signing = Signing {
+                scheme,
+                digest_key: FP_DIGEST_KEY,
+                dh_public: dh.as_ref().map(DhKeyPair::public_key),
+            };
+            let (c1, digest) = hello_block(version, &self.random.hello, Some(signing));
+            (c1, digest.map(|d| (scheme, d)))
+        } else {
+            (hello_block([0; 4], &self.random.hello, None).0, None)
+        };
+        out.reserve(1 + HANDSHAKE_SIZE);
+        out.put_u8(self.requested.to_byte());
+        out.extend_from_slice(&c1[..]);
+        self.state = ClientState::AwaitS0S1(Box::new(Sent { c1_digest, dh }));
     }
 
-    /// Consumes S0/S1/S2 from `input`, appends C2 to `out`, returns the outcome when done.
+    /// Consumes S0/S1/S2 from `input`, appends C2 to `out`, returns the outcome when done. C2 is
+    /// written as soon as S1 is in; bytes after S2 stay in `input`. Fails if `start` was not
+    /// called, and after an error or the outcome.
     pub fn handle_input(
         &mut self,
         input: &mut BytesMut,
         out: &mut BytesMut,
     ) -> Result<Option<HandshakeOutcome>> {
-        let _ = (input, out);
-        todo!()
+        let result = self.advance(input, out);
+        if result.is_err() {
+            self.state = ClientState::Failed;
+        }
+        result
+    }
+
+    fn advance(&mut self, input: &mut BytesMut, out: &mut BytesMut) -> Result<Option<HandshakeOutcome>> {
+        loop {
+            match &self.state {
+                ClientState::Idle => return Err(Error::Handshake("client handshake not started")),
+                ClientState::AwaitS0S1(_) => {
+                    let Some(&s0) = input.first() else { return Ok(None) };
+                    let version = self.accept_version(s0)?;
+                    if input.len() < 1 + HANDSHAKE_SIZE {
+                        return Ok(None);
+                    }
+                    let s0s1 = input.split_to(1 + HANDSHAKE_SIZE);
+                    let ClientState::AwaitS0S1(sent) =
+                        std::mem::replace(&mut self.state, ClientState::Failed)
+                    else {
+                        unreachable!("matched above")
+                    };
+                    let pending = self.answer_s1(version, &sent, as_block(&s0s1[1..]), out)?;
+                    self.state = ClientState::AwaitS2(Box::new(pending));
+                }
+                ClientState::AwaitS2(_) => {
+                    if input.len() < HANDSHAKE_SIZE {
+                        return Ok(None);
+                    }
+                    let s2 = input.split_to(HANDSHAKE_SIZE);
+                    let ClientState::AwaitS2(pending) = std::mem::replace(&mut self.state, ClientState::Done)
+                    else {
+                        unreachable!("matched above")
+                    };
+                    return pending.finish(as_block(&s2)).map(Some);
+                }
+                ClientState::Done => return Err(Error::Handshake("handshake already complete")),
+                ClientState::Failed => return Err(Error::Handshake("handshake already failed")),
+            }
+        }
+    }
+
+    /// A server may answer an RTMPE request with another RTMPE type (0x06 → 0x08): follow it.
+    fn accept_version(&self, s0: u8) -> Result<HandshakeVersion> {
+        let version = HandshakeVersion::from_byte(s0).ok_or(Error::Handshake("unknown S0 version"))?;
+        if version.is_encrypted() != self.requested.is_encrypted() {
+            return Err(Error::Handshake("server answered with the other protocol (plain vs RTMPE)"));
+        }
+        Ok(version)
+    }
+
+    /// Writes C2 for this S1 and says how S2 will be checked.
+    fn answer_s1(
+        &self,
+        version: HandshakeVersion,
+        sent: &Sent,
+        s1: &Block,
+        out: &mut BytesMut,
+    ) -> Result<Pending> {
+        let encrypted = version.is_encrypted();
+        let server_digest = match sent.c1_digest {
+            // A server that zeroes its version bytes declines the digest handshake.
+            Some((scheme, _)) if encrypted || s1[4..8] != [0; 4] => find_digest(s1, FMS_DIGEST_KEY, scheme),
+            _ => None,
+        };
+        let (Some((scheme, s1_digest)), Some((_, c1_digest))) = (server_digest, sent.c1_digest) else {
+            if encrypted {
+                return Err(Error::Handshake("RTMPE S1 carries no valid digest"));
+            }
+            // Simple handshake (asked for, or the server did not sign): C2 echoes S1.
+            out.extend_from_slice(s1);
+            return Ok(Pending {
+                requested: self.requested,
+                version,
+                check: ResponseCheck::Simple,
+                cipher: None,
+            });
+        };
+
+        let cipher = match &sent.dh {
+            Some(dh) => {
+                let server_public = peer_dh_key(s1, scheme);
+                let secret = dh.shared_secret(server_public)?;
+                let (out_key, in_key) = rc4_keys(&secret, dh.public_key(), server_public);
+                Some(Rc4Pair::from_keys(&out_key, &in_key))
+            }
+            None => None,
+        };
+        let c2 = response_block(&self.random.response, &signature_key(&GENUINE_FP_KEY, &s1_digest), version);
+        out.extend_from_slice(&c2[..]);
+        Ok(Pending {
+            requested: self.requested,
+            version,
+            check: ResponseCheck::Signed {
+                key: signature_key(&GENUINE_FMS_KEY, &c1_digest),
+                fatal: encrypted,
+            },
+            cipher,
+        })
+    }
+}
+
+/// Fuzz entry: feeds `data` to a server handshake (fixed-seed rng) in pieces whose sizes come
+/// from the data itself, then decrypts whatever follows a completed RTMPE handshake.
+#[doc(hidden)]
+pub fn fuzz_server_handshake(data: &[u8]) {
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+    let mut server = ServerHandshake::new(EncryptionPolicy::Allow, &mut rng);
+    let (piece, data) = match data.split_first() {
+        Some((&first, rest)) => (usize::from(first).max(1), rest),
+        None => return,
+    };
+    let mut input = BytesMut::new();
+    let mut out = BytesMut::new();
+    for part in data.chunks(piece) {
+        input.extend_from_slice(part);
+        match server.handle_input(&mut input, &mut out) {
+            Ok(None) => {}
+            Ok(Some(mut outcome)) => {
+                if let Some(cipher) = outcome.cipher.as_mut() {
+                    cipher.decrypt(&mut input);
+                }
+                return;
+            }
+            Err(_) => return,
+        }
     }
 }

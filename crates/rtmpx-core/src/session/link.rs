@@ -1,7 +1,7 @@
 //! What both roles share once the handshake is done: the byte buffers, the RTMPE cipher, the
 //! chunk codec and acknowledgement bookkeeping.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
 use crate::amf::{encode_amf0, Amf0Value};
 use crate::chunk::{ChunkDecoder, ChunkEncoder, ChunkLimits, RawMessage};

@@ -17,13 +17,13 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::timeout;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::pipe::{pipe, PipeEnd};
 use super::table::{OpenRefused, SessionId, TableLimits, TunnelIo};
 use crate::config::RtmptSection;
 use crate::server::Shared;
-use crate::session::{self, Transport};
+use crate::session::{self, Origin};
 
 /// Bytes buffered in each direction between the tunnel and its gateway session. A player that
 /// polls slowly fills the pipe; the session's writes then wait and its router queue drops to
@@ -44,17 +44,17 @@ const POLLING_STEPS: [u8; 6] = [0x01, 0x03, 0x05, 0x09, 0x11, 0x21];
 struct Ctx {
     shared: Arc<Shared>,
     peer: SocketAddr,
-    transport: Transport,
+    origin: Origin,
 }
 
 /// Serves RTMPT requests on one HTTP/1.1 connection until the client closes it or shutdown.
-pub async fn serve_connection<S>(io: S, peer: SocketAddr, transport: Transport, shared: Arc<Shared>)
+pub async fn serve_connection<S>(io: S, peer: SocketAddr, origin: Origin, shared: Arc<Shared>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let request_timeout = shared.config().rtmpt.request_timeout();
     let mut shutdown = shared.shutdown_signal();
-    let ctx = Arc::new(Ctx { shared, peer, transport });
+    let ctx = Arc::new(Ctx { shared, peer, origin });
     let service = service_fn(move |request| {
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(handle(request, &ctx).await) }
@@ -187,7 +187,7 @@ fn open(ctx: &Ctx, limits: &RtmptSection) -> Response<Full<Bytes>> {
     let (gateway_end, tunnel_end) = pipe(PIPE_CAPACITY);
     let table_limits =
         TableLimits { max_sessions: limits.max_sessions, max_sessions_per_ip: limits.max_sessions_per_ip };
-    let session = match ctx.shared.tunnels.open(ctx.peer.ip(), ctx.transport, tunnel_end, table_limits) {
+    let session = match ctx.shared.tunnels.open(ctx.peer.ip(), ctx.origin.transport, tunnel_end, table_limits) {
         Ok(session) => session,
         Err(refused) => {
             let why = match refused {
@@ -199,14 +199,14 @@ fn open(ctx: &Ctx, limits: &RtmptSection) -> Response<Full<Bytes>> {
         }
     };
     debug!(peer = %ctx.peer, id = ?session.id, "rtmpt session opened");
-    tokio::spawn(session::run(gateway_end, ctx.peer, ctx.transport, ctx.shared.clone()));
+    tokio::spawn(session::run(gateway_end, ctx.peer, ctx.origin, ctx.shared.clone()));
     // Exactly one trailing byte: librtmp drops the last byte of this body, ffmpeg trims white space.
     fcs(Bytes::from(format!("{}\n", session.id)))
 }
 
 async fn session_request(ctx: &Ctx, command: Command, id: SessionId, seq: u64, body: Bytes) -> Response<Full<Bytes>> {
     let tunnels = &ctx.shared.tunnels;
-    let Some(session) = tunnels.touch(id, ctx.transport) else {
+    let Some(session) = tunnels.touch(id, ctx.origin.transport) else {
         return empty(StatusCode::NOT_FOUND);
     };
     let mut io = session.io.lock().await;

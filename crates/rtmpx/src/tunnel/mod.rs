@@ -22,16 +22,16 @@ pub use http::serve_connection as serve_http;
 pub use table::SessionTable;
 
 use crate::server::Shared;
-use crate::session::{self, Transport};
+use crate::session::{self, Origin};
 
 /// Serves a connection on a port that carries RTMP and RTMPT: RTMP bytes go to the session driver
-/// as `rtmp_transport`, an HTTP request to the tunnel as `http_transport`. Used by the `rtmp`
-/// listener (`Tcp`/`Http`) and, inside TLS, by the `rtmps` listener (`Tls`/`HttpTls`).
+/// as `rtmp`, an HTTP request to the tunnel as `http`. Used by the `rtmp` listener (transports
+/// `Tcp`/`Http`) and, inside TLS, by the `rtmps` listener (`Tls`/`HttpTls`).
 pub async fn serve_sniffed<S>(
     stream: S,
     peer: SocketAddr,
-    rtmp_transport: Transport,
-    http_transport: Transport,
+    rtmp: Origin,
+    http: Origin,
     shared: Arc<Shared>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -44,8 +44,8 @@ pub async fn serve_sniffed<S>(
         Err(_) => return debug!(%peer, "no first byte within the handshake timeout"),
     };
     match stream {
-        (sniff::FirstByte::Http, stream) => serve_http(stream, peer, http_transport, shared).await,
-        (sniff::FirstByte::Rtmp, stream) => session::run(stream, peer, rtmp_transport, shared).await,
+        (sniff::FirstByte::Http, stream) => serve_http(stream, peer, http, shared).await,
+        (sniff::FirstByte::Rtmp, stream) => session::run(stream, peer, rtmp, shared).await,
     }
 }
 

@@ -138,6 +138,7 @@ impl PipeEnd {
     }
 
     /// Bytes waiting to be read at this end.
+    #[cfg(test)]
     pub fn readable(&self) -> usize {
         lock(&self.rx).buf.len()
     }
