@@ -242,7 +242,8 @@ impl Config {
             );
         }
         for (i, l) in self.listeners.iter().enumerate() {
-            if self.listeners[..i].iter().any(|o| o.addr == l.addr) {
+            // Port 0 asks the system for a free port: several listeners may do that.
+            if l.addr.port() != 0 && self.listeners[..i].iter().any(|o| o.addr == l.addr) {
                 return Err(format!("listener[{i}].addr: {} is used by another listener", l.addr));
             }
         }
