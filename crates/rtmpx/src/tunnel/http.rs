@@ -1,8 +1,8 @@
 //! The RTMPT request handler: `open`, `send`, `idle`, `close` over HTTP/1.1 keep-alive (hyper).
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::future::poll_fn;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -187,7 +187,8 @@ fn open(ctx: &Ctx, limits: &RtmptSection) -> Response<Full<Bytes>> {
     let (gateway_end, tunnel_end) = pipe(PIPE_CAPACITY);
     let table_limits =
         TableLimits { max_sessions: limits.max_sessions, max_sessions_per_ip: limits.max_sessions_per_ip };
-    let session = match ctx.shared.tunnels.open(ctx.peer.ip(), ctx.origin.transport, tunnel_end, table_limits) {
+    let session = match ctx.shared.tunnels.open(ctx.peer.ip(), ctx.origin.transport, tunnel_end, table_limits)
+    {
         Ok(session) => session,
         Err(refused) => {
             let why = match refused {
@@ -204,7 +205,13 @@ fn open(ctx: &Ctx, limits: &RtmptSection) -> Response<Full<Bytes>> {
     fcs(Bytes::from(format!("{}\n", session.id)))
 }
 
-async fn session_request(ctx: &Ctx, command: Command, id: SessionId, seq: u64, body: Bytes) -> Response<Full<Bytes>> {
+async fn session_request(
+    ctx: &Ctx,
+    command: Command,
+    id: SessionId,
+    seq: u64,
+    body: Bytes,
+) -> Response<Full<Bytes>> {
     let tunnels = &ctx.shared.tunnels;
     let Some(session) = tunnels.touch(id, ctx.origin.transport) else {
         return empty(StatusCode::NOT_FOUND);
@@ -294,7 +301,12 @@ fn room(out: &BytesMut) -> usize {
 
 /// Reads into `out` until `until` completes, the response is full or `limit` passes. Returns
 /// whether the session has ended.
-async fn read_until(pipe: &PipeEnd, out: &mut BytesMut, until: impl Future<Output = ()>, limit: Duration) -> bool {
+async fn read_until(
+    pipe: &PipeEnd,
+    out: &mut BytesMut,
+    until: impl Future<Output = ()>,
+    limit: Duration,
+) -> bool {
     tokio::pin!(until);
     let deadline = tokio::time::sleep(limit);
     tokio::pin!(deadline);

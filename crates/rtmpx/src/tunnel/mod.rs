@@ -27,13 +27,8 @@ use crate::session::{self, Origin};
 /// Serves a connection on a port that carries RTMP and RTMPT: RTMP bytes go to the session driver
 /// as `rtmp`, an HTTP request to the tunnel as `http`. Used by the `rtmp` listener (transports
 /// `Tcp`/`Http`) and, inside TLS, by the `rtmps` listener (`Tls`/`HttpTls`).
-pub async fn serve_sniffed<S>(
-    stream: S,
-    peer: SocketAddr,
-    rtmp: Origin,
-    http: Origin,
-    shared: Arc<Shared>,
-) where
+pub async fn serve_sniffed<S>(stream: S, peer: SocketAddr, rtmp: Origin, http: Origin, shared: Arc<Shared>)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let wait = shared.config().timeouts.handshake();

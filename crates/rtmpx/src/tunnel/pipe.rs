@@ -224,9 +224,7 @@ mod tests {
     async fn parked_means_consumed_and_waiting() {
         let (mut client, mut gateway) = pipe(64);
         client.write_all(b"ping").await.unwrap();
-        let parked = |end: &PipeEnd| {
-            end.poll_peer_parked(&mut Context::from_waker(Waker::noop())).is_ready()
-        };
+        let parked = |end: &PipeEnd| end.poll_peer_parked(&mut Context::from_waker(Waker::noop())).is_ready();
         assert!(!parked(&client), "the gateway has not read yet");
         let echo = tokio::spawn(async move {
             let mut buf = [0u8; 4];
@@ -242,5 +240,4 @@ mod tests {
         drop(client);
         echo.await.unwrap();
     }
-
 }

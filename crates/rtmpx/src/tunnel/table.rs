@@ -204,7 +204,8 @@ impl SessionTable {
         let mut removed = 0;
         for id in stale {
             // Checked again under the shard lock: a request may have arrived meanwhile.
-            let still_stale = self.sessions.remove_if(&id, |_, s| s.last_seen_ms.load(Ordering::Relaxed) < cutoff);
+            let still_stale =
+                self.sessions.remove_if(&id, |_, s| s.last_seen_ms.load(Ordering::Relaxed) < cutoff);
             if let Some((_, session)) = still_stale {
                 self.release(session.ip);
                 removed += 1;
@@ -259,9 +260,15 @@ mod tests {
         let table = SessionTable::new();
         let a = table.open(ip(1), Transport::Http, pipe(), LIMITS).unwrap();
         table.open(ip(1), Transport::Http, pipe(), LIMITS).unwrap();
-        assert_eq!(table.open(ip(1), Transport::Http, pipe(), LIMITS).err(), Some(OpenRefused::TooManyForAddress));
+        assert_eq!(
+            table.open(ip(1), Transport::Http, pipe(), LIMITS).err(),
+            Some(OpenRefused::TooManyForAddress)
+        );
         table.open(ip(2), Transport::Http, pipe(), LIMITS).unwrap();
-        assert_eq!(table.open(ip(3), Transport::Http, pipe(), LIMITS).err(), Some(OpenRefused::TooManySessions));
+        assert_eq!(
+            table.open(ip(3), Transport::Http, pipe(), LIMITS).err(),
+            Some(OpenRefused::TooManySessions)
+        );
         assert_eq!(table.len(), 3);
         assert!(table.remove(a.id).is_some());
         assert!(table.remove(a.id).is_none(), "removing twice releases once");
