@@ -5,13 +5,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::BytesMut;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rtmpx_core::handshake::EncryptionPolicy;
 use rtmpx_core::session::{MediaKind, ServerConfig, ServerEvent, ServerSession, StatusLevel};
 use rtmpx_router::{Frame, FrameKind, Player, PlayerEvent, Publisher, RouterError, SessionInfo, StreamKey};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{sleep_until, timeout};
 use tracing::{debug, info, warn};
 
@@ -21,6 +24,34 @@ use crate::server::Shared;
 /// Bytes of player output gathered before one write: fewer, larger writes.
 const WRITE_BATCH: usize = 64 * 1024;
 const READ_BUFFER: usize = 16 * 1024;
+
+thread_local! {
+    /// Reads land here and go straight into the session, so an idle connection holds no read
+    /// buffer of its own (memory per idle player is a target).
+    static READ_SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_BUFFER].into_boxed_slice());
+}
+
+/// Reads what the stream has into the thread's scratch buffer and feeds it to the session.
+/// Returns the bytes read (0 at end of stream) and the session's verdict on them.
+fn poll_read_into<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    session: &mut ServerSession,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<(usize, rtmpx_core::Result<()>)>> {
+    READ_SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        let mut buf = ReadBuf::new(&mut scratch[..]);
+        match Pin::new(stream).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) => {
+                let data = buf.filled();
+                let verdict = if data.is_empty() { Ok(()) } else { session.handle_input(data) };
+                Poll::Ready(Ok((data.len(), verdict)))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+}
 
 /// The transport a session arrived on, before RTMPE is known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,7 +215,6 @@ where
     let timeouts = shared.config().timeouts.clone();
     let mut session = ServerSession::new(server_config(shared, encryption), &mut StdRng::from_entropy());
     let mut shutdown = shared.shutdown_signal();
-    let mut buf = BytesMut::zeroed(READ_BUFFER);
     let handshake_deadline = tokio::time::Instant::now() + timeouts.handshake();
     let mut connected = false;
     let mut last_read = tokio::time::Instant::now();
@@ -208,14 +238,14 @@ where
                 let _ = flush(&mut stream, &mut session, conn, timeouts.write()).await;
                 return Ok(());
             }
-            read = stream.read(&mut buf[..]) => {
-                let n = read.map_err(Error::io("reading from the client"))?;
+            read = poll_fn(|cx| poll_read_into(&mut stream, &mut session, cx)) => {
+                let (n, verdict) = read.map_err(Error::io("reading from the client"))?;
                 if n == 0 {
                     return Ok(());
                 }
                 conn.bytes_in += n as u64;
                 last_read = tokio::time::Instant::now();
-                let mut outcome = session.handle_input(&buf[..n]).map_err(Error::from);
+                let mut outcome = verdict.map_err(Error::from);
                 while let Some(event) = session.poll_event() {
                     if let Err(e) = handle_event(event, &mut session, conn, shared, &mut connected) {
                         outcome = Err(e);

@@ -185,6 +185,7 @@ impl ServerSession {
                 digest: outcome.digest,
             });
             self.phase = Phase::AwaitConnect;
+            self.link.release_handshake_buffer();
             let mut outcome = outcome;
             if let Some(cipher) = outcome.cipher.take() {
                 self.link.start_cipher(cipher);
