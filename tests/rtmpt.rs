@@ -291,6 +291,17 @@ fn rtmpdump_plays_over_rtmpt_what_rtmp_publishes() {
     assert!(gw.log().contains("variant=rtmpt stream=live/d role=player"), "{}", gw.log());
 }
 
+/// RTMPE inside the tunnel (RTMPTE): the core does RTMPE, the tunnel only carries bytes.
+#[test]
+fn rtmpdump_plays_over_rtmpte() {
+    let _one = exclusive();
+    let gw = Gateway::start(BASE_CONFIG);
+    let publish_url = format!("rtmp://{}/live/e", gw.addr("rtmp"));
+    let play_url = format!("rtmpte://{}/live/e", gw.addr("rtmpt"));
+    publish_and_play(&publish_url, &play_url, play_rtmpdump, &gw);
+    assert!(gw.log().contains("variant=\"rtmpte\" stream=live/e"), "{}", gw.log());
+}
+
 /// The `rtmp` port also serves RTMPT (it tells HTTP from RTMP by the first byte): an RTMPT
 /// publisher on it is played over plain RTMP from the same port.
 #[test]
@@ -369,18 +380,19 @@ struct Reply {
 impl Http {
     fn connect(addr: &str) -> Http {
         let stream = TcpStream::connect(addr).unwrap();
+        stream.set_nodelay(true).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         Http { stream: BufReader::new(stream) }
     }
 
     fn post(&mut self, path: &str, body: &[u8]) -> Reply {
-        let head = format!(
+        let mut request = format!(
             "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-fcs\r\nContent-Length: {}\r\n\r\n",
             body.len()
-        );
-        let stream = self.stream.get_mut();
-        stream.write_all(head.as_bytes()).unwrap();
-        stream.write_all(body).unwrap();
+        )
+        .into_bytes();
+        request.extend_from_slice(body);
+        self.stream.get_mut().write_all(&request).unwrap();
         let mut head = String::new();
         loop {
             let mut line = String::new();
