@@ -125,7 +125,8 @@ impl Gateway {
     fn start(config: &str) -> Gateway {
         let dir = TempDir::new("gw");
         let path = dir.file("rtmpx.toml");
-        std::fs::write(&path, config).unwrap();
+        // `$DIR` in a config names this gateway's temporary directory (e.g. for certificates).
+        std::fs::write(&path, config.replace("$DIR", &dir.0.display().to_string())).unwrap();
         let proc = Proc::spawn(
             Command::new(rtmpx_binary()).arg("serve").arg("--config").arg(&path).env("NO_COLOR", "1"),
         );
@@ -289,6 +290,81 @@ fn rtmpdump_plays_over_rtmpt_what_rtmp_publishes() {
     let play_url = format!("rtmpt://{}/live/d", gw.addr("rtmpt"));
     publish_and_play(&publish_url, &play_url, play_rtmpdump, &gw);
     assert!(gw.log().contains("variant=rtmpt stream=live/d role=player"), "{}", gw.log());
+}
+
+const TLS_CONFIG: &str = r#"
+[[listener]]
+proto = "rtmps"
+addr = "127.0.0.1:0"
+
+[[listener]]
+proto = "rtmpts"
+addr = "127.0.0.1:0"
+
+[[app]]
+name = "live"
+
+[tls]
+cert_dir = "$DIR/certs"
+"#;
+
+/// RTMPTS: the tunnel over TLS, on an `rtmpts` listener and inside the `rtmps` listener's TLS
+/// (port sharing). ffmpeg publishes and plays; rtmpdump plays. ffmpeg and rtmpdump do not verify
+/// certificates by default, so the development certificate does.
+#[test]
+fn rtmpts_with_ffmpeg_and_rtmpdump_on_its_own_port_and_the_rtmps_port() {
+    let _one = exclusive();
+    let gw = Gateway::start(TLS_CONFIG);
+    let dedicated = format!("rtmpts://{}/live", gw.addr("rtmpts"));
+    let shared_port = format!("rtmpts://{}/live", gw.addr("rtmps"));
+    publish_and_play(&format!("{dedicated}/a"), &format!("{shared_port}/a"), play_ffmpeg, &gw);
+    let log = gw.log();
+    assert!(log.contains("variant=rtmpts stream=live/a role=publisher"), "{log}");
+    assert!(log.contains("variant=\"rtmpts\" stream=live/a"), "{log}");
+    publish_and_play(&format!("{shared_port}/b"), &format!("{dedicated}/b"), play_rtmpdump, &gw);
+    assert_eq!(gw.log().matches("variant=\"rtmpts\" stream=live/b").count(), 2, "{}", gw.log());
+}
+
+/// Session ids do not cross from HTTPS to plain HTTP or back.
+#[test]
+fn rtmpts_ids_do_not_work_over_plain_http() {
+    let config = format!("{TLS_CONFIG}\n[[listener]]\nproto = \"rtmpt\"\naddr = \"127.0.0.1:0\"\n");
+    let gw = Gateway::start(&config);
+    let mut plain = Http::connect(&gw.addr("rtmpt"));
+    let plain_id = plain.open();
+    let tls_id = https_open(&gw.addr("rtmpts"));
+    assert_eq!(plain.post(&format!("/idle/{tls_id}/0"), &[0]).status, 404, "an RTMPTS id over plain HTTP");
+    assert_eq!(plain.post(&format!("/idle/{plain_id}/0"), &[0]).status, 200);
+}
+
+/// Opens an RTMPTS session with openssl's client (no TLS crate in the tests) and returns its id.
+fn https_open(addr: &str) -> String {
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-quiet", "-connect", addr])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("running openssl s_client");
+    let request = "POST /open/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 1\r\n\r\n\0";
+    child.stdin.as_mut().unwrap().write_all(request.as_bytes()).unwrap();
+    let mut reply = String::new();
+    let started = Instant::now();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while started.elapsed() < Duration::from_secs(10) && stdout.read_line(&mut line).unwrap_or(0) > 0 {
+        reply.push_str(&line);
+        if line.trim().len() == 32 {
+            break;
+        }
+        line.clear();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(reply.starts_with("HTTP/1.1 200 "), "{reply}");
+    let id = reply.lines().last().unwrap().trim().to_owned();
+    assert!(id.len() == 32 && id.bytes().all(|c| c.is_ascii_hexdigit()), "{reply}");
+    id
 }
 
 /// RTMPE inside the tunnel (RTMPTE): the core does RTMPE, the tunnel only carries bytes.

@@ -28,6 +28,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     #[serde(default)]
     pub rtmpt: RtmptSection,
+    #[serde(default)]
+    pub tls: TlsSection,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -54,6 +56,10 @@ pub enum Proto {
     Rtmp,
     /// RTMPT: RTMP tunnelled in HTTP POST requests.
     Rtmpt,
+    /// RTMPS: RTMP inside TLS; an HTTP request inside the TLS is served as RTMPTS.
+    Rtmps,
+    /// RTMPTS: RTMPT inside TLS (HTTPS).
+    Rtmpts,
 }
 
 impl Proto {
@@ -61,7 +67,14 @@ impl Proto {
         match self {
             Proto::Rtmp => "rtmp",
             Proto::Rtmpt => "rtmpt",
+            Proto::Rtmps => "rtmps",
+            Proto::Rtmpts => "rtmpts",
         }
+    }
+
+    /// Whether connections on this listener start with a TLS handshake.
+    pub fn is_tls(self) -> bool {
+        matches!(self, Proto::Rtmps | Proto::Rtmpts)
     }
 }
 
@@ -73,6 +86,18 @@ pub struct ListenerConfig {
     /// RTMPE on this listener: "allow" (default), "require" or "forbid".
     #[serde(default)]
     pub encryption: Encryption,
+    /// TLS listeners: certificates chosen by SNI, the first for clients without SNI. Empty means
+    /// the generated development certificate in `tls.cert_dir`.
+    #[serde(default)]
+    pub tls: Vec<CertPaths>,
+}
+
+/// A PEM certificate chain (leaf first) and its PEM private key (PKCS#8, PKCS#1 or SEC1).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertPaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// Whether a listener accepts RTMPE (the C0 version byte 6/8/9) besides plain RTMP.
@@ -198,12 +223,43 @@ impl Default for RtmptSection {
     }
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// Where the self-signed development certificate lives (generated when missing).
+    pub cert_dir: PathBuf,
+    /// Names the development certificate covers besides localhost, 127.0.0.1 and ::1.
+    pub hosts: Vec<String>,
+    /// From TCP accept to a finished TLS handshake.
+    pub handshake_timeout_secs: u64,
+    /// TLS 1.3 session tickets sent after each handshake. 0 keeps librtmp clients (rtmpdump)
+    /// working: they fail on any record that carries no application data.
+    pub tls13_session_tickets: usize,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        TlsSection {
+            cert_dir: PathBuf::from("certs"),
+            hosts: vec!["localhost".into()],
+            handshake_timeout_secs: 10,
+            tls13_session_tickets: 0,
+        }
+    }
+}
+
 impl RtmptSection {
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs)
     }
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
+    }
+}
+
+impl TlsSection {
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_secs)
     }
 }
 
@@ -242,9 +298,14 @@ impl Config {
             );
         }
         for (i, l) in self.listeners.iter().enumerate() {
-            // Port 0 asks the system for a free port: several listeners may do that.
+            // Port 0 asks the system for a free port each time, so it may repeat.
             if l.addr.port() != 0 && self.listeners[..i].iter().any(|o| o.addr == l.addr) {
                 return Err(format!("listener[{i}].addr: {} is used by another listener", l.addr));
+            }
+            if !l.tls.is_empty() && !l.proto.is_tls() {
+                return Err(format!(
+                    "listener[{i}].tls: only TLS listeners (proto = \"rtmps\") take certificates"
+                ));
             }
         }
         if self.apps.is_empty() {
@@ -301,6 +362,18 @@ impl Config {
         if !(4096..=64 << 20).contains(&r.max_request_body) {
             return Err(format!("rtmpt.max_request_body: {} is outside 4096..=67108864", r.max_request_body));
         }
+        let tls = &self.tls;
+        if tls.handshake_timeout_secs == 0 {
+            return Err("tls.handshake_timeout_secs must be at least 1".into());
+        }
+        if tls.tls13_session_tickets > 16 {
+            return Err(format!("tls.tls13_session_tickets: {} is above 16", tls.tls13_session_tickets));
+        }
+        if let Some(bad) =
+            tls.hosts.iter().find(|h| h.is_empty() || h.contains(|c: char| c.is_whitespace() || c == '/'))
+        {
+            return Err(format!("tls.hosts: {bad:?} is not a host name"));
+        }
         Ok(())
     }
 
@@ -339,6 +412,28 @@ mod tests {
         assert!(err(&base.replace("127.0.0.1:1935", "nonsense")).contains("addr"));
         assert!(err(&format!("{base}[rtmpt]\nmax_request_body = 10\n")).contains("rtmpt.max_request_body"));
         assert!(err(&format!("{base}[rtmpt]\nidle_timeout_secs = 0\n")).contains("rtmpt.idle_timeout_secs"));
+        let plain_with_cert =
+            base.replace("1935\"\n", "1935\"\ntls = [{ cert = \"c.pem\", key = \"k.pem\" }]\n");
+        assert!(err(&plain_with_cert).contains("listener[0].tls"));
+        assert!(
+            err(&format!("{base}[tls]\nhandshake_timeout_secs = 0\n")).contains("tls.handshake_timeout_secs")
+        );
+        assert!(err(&format!("{base}[tls]\nhosts = [\"a b\"]\n")).contains("tls.hosts"));
+    }
+
+    #[test]
+    fn rtmps_listener_with_certificates() {
+        let text = "[[listener]]\nproto = \"rtmps\"\naddr = \"127.0.0.1:443\"\n\
+                    tls = [{ cert = \"a.pem\", key = \"a.key\" }, { cert = \"b.pem\", key = \"b.key\" }]\n\
+                    [[app]]\nname = \"live\"\n[tls]\ncert_dir = \"/tmp/x\"\nhandshake_timeout_secs = 3\n";
+        let c = Config::from_toml(text, "t").unwrap();
+        assert_eq!(c.listeners[0].proto, Proto::Rtmps);
+        assert_eq!(c.listeners[0].tls.len(), 2);
+        assert_eq!(c.listeners[0].tls[1].key, PathBuf::from("b.key"));
+        assert_eq!(c.tls.cert_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.tls.handshake_timeout(), Duration::from_secs(3));
+        assert_eq!(c.tls.hosts, ["localhost"]);
+        assert_eq!(c.tls.tls13_session_tickets, 0);
     }
 
     #[test]
@@ -350,5 +445,12 @@ mod tests {
         assert_eq!(c.rtmpt.idle_timeout(), Duration::from_secs(2));
         assert_eq!(c.rtmpt.max_sessions_per_ip, 5);
         assert_eq!(c.rtmpt.max_sessions, 10_000);
+        let tls = text
+            .replace("\"rtmpt\"", "\"rtmpts\"")
+            .replace("0\"\n", "0\"\ntls = [{ cert = \"c\", key = \"k\" }]\n");
+        let c = Config::from_toml(&tls, "t").unwrap();
+        assert_eq!(c.listeners[0].proto, Proto::Rtmpts);
+        assert!(c.listeners[0].proto.is_tls());
+        assert_eq!(c.listeners[0].tls.len(), 1);
     }
 }

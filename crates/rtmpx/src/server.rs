@@ -15,6 +15,7 @@ use tracing::{info, warn};
 use crate::config::{Config, ListenerConfig, Proto};
 use crate::error::{Error, Result};
 use crate::session::{Origin, Transport};
+use crate::tls::{self, TlsAcceptor};
 use crate::tunnel::{self, SessionTable};
 
 /// State every session and listener shares.
@@ -92,6 +93,7 @@ fn router_config(config: &Config) -> RouterConfig {
 }
 
 /// Binds every listener, prints where to publish and play, and serves until SIGINT/SIGTERM.
+/// SIGHUP reloads the TLS certificates.
 pub async fn serve(config: Config) -> Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let config = Arc::new(config);
@@ -105,8 +107,10 @@ pub async fn serve(config: Config) -> Result<()> {
         tunnels: SessionTable::new(),
     });
 
+    let listener_tls = tls::listener_acceptors(&config)?;
+    let mut hangup = Hangup::new()?;
     let mut listeners = Vec::new();
-    for lc in &config.listeners {
+    for (lc, tls) in config.listeners.iter().zip(listener_tls.acceptors) {
         let listener = TcpListener::bind(lc.addr).await.map_err(Error::io(format!(
             "binding {} listener on {}",
             lc.proto.scheme(),
@@ -114,15 +118,14 @@ pub async fn serve(config: Config) -> Result<()> {
         )))?;
         let local = listener.local_addr().map_err(Error::io("reading the bound address"))?;
         announce(lc, local, &config);
-        listeners.push((lc.clone(), listener));
+        listeners.push((lc.clone(), listener, tls));
     }
     info!("rtmpx ready");
 
     let mut sessions = JoinSet::new();
     let mut accept_tasks = JoinSet::new();
-    let (session_tx, mut session_rx) =
-        tokio::sync::mpsc::unbounded_channel::<(TcpStream, SocketAddr, ListenerConfig)>();
-    for (lc, listener) in listeners {
+    let (session_tx, mut session_rx) = tokio::sync::mpsc::unbounded_channel::<Accepted>();
+    for (lc, listener, tls) in listeners {
         let tx = session_tx.clone();
         let mut stop = shared.shutdown_signal();
         accept_tasks.spawn(async move {
@@ -132,7 +135,7 @@ pub async fn serve(config: Config) -> Result<()> {
                     accepted = listener.accept() => match accepted {
                         Ok((stream, peer)) => {
                             let _ = stream.set_nodelay(true);
-                            if tx.send((stream, peer, lc.clone())).is_err() {
+                            if tx.send((stream, peer, lc.clone(), tls.clone())).is_err() {
                                 return;
                             }
                         }
@@ -154,7 +157,8 @@ pub async fn serve(config: Config) -> Result<()> {
     loop {
         tokio::select! {
             _ = &mut signal => break,
-            Some((stream, peer, listener)) = session_rx.recv() => {
+            _ = hangup.recv() => tls::reload_all(&listener_tls.stores),
+            Some((stream, peer, listener, tls)) = session_rx.recv() => {
                 let Some(admission) = shared.admit(peer.ip()) else { continue };
                 let shared = shared.clone();
                 sessions.spawn(async move {
@@ -166,6 +170,17 @@ pub async fn serve(config: Config) -> Result<()> {
                             tunnel::serve_sniffed(stream, peer, origin(Transport::Tcp), origin(Transport::Http), shared).await
                         }
                         Proto::Rtmpt => tunnel::serve_http(stream, peer, origin(Transport::Http), shared).await,
+                        Proto::Rtmps | Proto::Rtmpts => {
+                            let tls = tls.expect("TLS listeners have an acceptor");
+                            match tls.accept(stream, peer).await {
+                                Ok(stream) if listener.proto == Proto::Rtmps => {
+                                    let (rtmp, http) = (origin(Transport::Tls), origin(Transport::HttpTls));
+                                    tunnel::serve_sniffed(stream, peer, rtmp, http, shared).await
+                                }
+                                Ok(stream) => tunnel::serve_http(stream, peer, origin(Transport::HttpTls), shared).await,
+                                Err(e) => warn!(%peer, "{e}"),
+                            }
+                        }
                     }
                 });
             }
@@ -199,8 +214,39 @@ fn announce(lc: &ListenerConfig, local: SocketAddr, config: &Config) {
         };
         info!("{} listener on {local}: {what} at {url}", lc.proto.scheme());
     }
-    if lc.proto == Proto::Rtmp {
-        info!("rtmp listener on {local}: also serves rtmpt (HTTP requests) on the same port");
+    if matches!(lc.proto, Proto::Rtmp | Proto::Rtmps) {
+        let tunnel = if lc.proto == Proto::Rtmp { "rtmpt" } else { "rtmpts" };
+        info!(
+            "{} listener on {local}: also serves {tunnel} (HTTP requests) on the same port",
+            lc.proto.scheme()
+        );
+    }
+}
+
+/// A connection on its way from its listener to a session task.
+type Accepted = (TcpStream, SocketAddr, ListenerConfig, Option<TlsAcceptor>);
+
+/// SIGHUP, which asks for the certificates to be read again (never fires off Unix).
+struct Hangup {
+    #[cfg(unix)]
+    signal: tokio::signal::unix::Signal,
+}
+
+impl Hangup {
+    fn new() -> Result<Self> {
+        Ok(Hangup {
+            #[cfg(unix)]
+            signal: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map_err(Error::io("installing the SIGHUP handler"))?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        if self.signal.recv().await.is_some() {
+            return;
+        }
+        std::future::pending::<()>().await
     }
 }
 

@@ -57,10 +57,10 @@ fn poll_read_into<S: AsyncRead + Unpin>(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
     Tcp,
+    Tls,
     /// RTMPT: the HTTP tunnel over plain TCP.
     Http,
     /// RTMPTS: the HTTP tunnel over TLS.
-    #[allow(dead_code)] // constructed by the TLS listeners
     HttpTls,
 }
 
@@ -70,11 +70,12 @@ impl Transport {
         match (self, encrypted) {
             (Transport::Tcp, false) => "rtmp",
             (Transport::Tcp, true) => "rtmpe",
+            // RTMPE inside TLS is not a variant of its own.
+            (Transport::Tls, _) => "rtmps",
             (Transport::Http, false) => "rtmpt",
             (Transport::Http, true) => "rtmpte",
-            (Transport::HttpTls, false) => "rtmpts",
-            // RTMPE inside an HTTPS tunnel has no name of its own.
-            (Transport::HttpTls, true) => "rtmpts+rtmpe",
+            // RTMPE inside TLS is not a variant of its own.
+            (Transport::HttpTls, _) => "rtmpts",
         }
     }
 }
