@@ -289,7 +289,8 @@ fn rtmpdump_plays_over_rtmpt_what_rtmp_publishes() {
     let publish_url = format!("rtmp://{}/live/d", gw.addr("rtmp"));
     let play_url = format!("rtmpt://{}/live/d", gw.addr("rtmpt"));
     publish_and_play(&publish_url, &play_url, play_rtmpdump, &gw);
-    assert!(gw.log().contains("variant=rtmpt stream=live/d role=player"), "{}", gw.log());
+    // librtmp's last requests may be lost as it hangs up at once: look at the start, not the end.
+    assert!(gw.log().contains("variant=\"rtmpt\" stream=live/d"), "{}", gw.log());
 }
 
 const TLS_CONFIG: &str = r#"
