@@ -110,6 +110,8 @@ struct Connection {
     peer: SocketAddr,
     transport: Transport,
     encrypted: bool,
+    /// "simple", "digest" or "rtmpe-6>8" (type the client asked for > type in force).
+    handshake: String,
     app: Option<String>,
     stream_name: Option<String>,
     role: &'static str,
@@ -152,6 +154,7 @@ where
         peer,
         transport,
         encrypted: false,
+        handshake: "-".into(),
         app: None,
         stream_name: None,
         role: "none",
@@ -186,10 +189,11 @@ where
         _ => "-".into(),
     };
     let line = format!(
-        "session {} closed: peer={} variant={} stream={} role={} in={}B out={}B duration={:.1}s reason={}",
+        "session {} closed: peer={} variant={} handshake={} stream={} role={} in={}B out={}B duration={:.1}s reason={}",
         conn.id,
         conn.peer,
         conn.variant(),
+        conn.handshake,
         app_stream,
         conn.role,
         conn.bytes_in,
@@ -348,6 +352,11 @@ fn handle_event(
     match event {
         ServerEvent::HandshakeComplete { requested, version, digest } => {
             conn.encrypted = version.is_encrypted();
+            conn.handshake = match (version.is_encrypted(), digest) {
+                (true, _) => format!("rtmpe-{}>{}", requested.to_byte(), version.to_byte()),
+                (false, true) => "digest".into(),
+                (false, false) => "simple".into(),
+            };
             debug!(session = conn.id, ?requested, ?version, digest, "handshake complete");
         }
         ServerEvent::ConnectRequested(request) => {
