@@ -415,7 +415,7 @@ fn through_an_nginx_reverse_proxy() {
     let dir = TempDir::new("nginx");
     let port = free_port();
     let conf = format!(
-        "daemon off;\nworker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\n\
+        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\n\
          events {{ worker_connections 256; }}\n\
          http {{\n  access_log {dir}/access.log;\n  client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n\
            fastcgi_temp_path {dir}/fastcgi;\n  uwsgi_temp_path {dir}/uwsgi;\n  scgi_temp_path {dir}/scgi;\n\
@@ -425,6 +425,7 @@ fn through_an_nginx_reverse_proxy() {
         upstream = gw.addr("rtmpt"),
     );
     std::fs::write(dir.file("nginx.conf"), conf).unwrap();
+    // One process (master_process off), so killing it at the end leaves no orphaned worker.
     let nginx =
         Proc::spawn(Command::new("nginx").arg("-c").arg(dir.file("nginx.conf")).arg("-p").arg(&dir.0));
     let started = Instant::now();
