@@ -215,31 +215,38 @@ fn metrics_and_api_follow_a_live_multi_variant_session() {
     let mut rtmpe_player =
         record_rtmpdump(&gw.url("rtmp", "live", "multi").replace("rtmp://", "rtmpe://"), &rtmpe_file, 40.0);
     let mut rtmps_player = record_ffmpeg(&gw.url("rtmps", "live", "multi"), &dir.file("rtmps.flv"), 30.0);
+    // RTMPT on the rtmp port (it tells HTTP from RTMP by the first byte).
+    let rtmpt_url = gw.url("rtmp", "live", "multi").replace("rtmp://", "rtmpt://");
+    let mut rtmpt_player = record_ffmpeg(&rtmpt_url, &dir.file("rtmpt.flv"), 30.0);
 
     let all_flowing = wait_until(Duration::from_secs(20), || {
         let s = sessions_of(admin);
         let roles = s.iter().filter(|s| s["role"] != "none").count();
-        (roles == 3 && s.iter().all(|s| s["bytes_out"].as_u64() > Some(20_000) || s["role"] == "publisher"))
+        (roles == 4 && s.iter().all(|s| s["bytes_out"].as_u64() > Some(20_000) || s["role"] == "publisher"))
             .then_some(())
     });
-    assert!(all_flowing.is_some(), "three sessions with media did not show up: {:#?}", sessions_of(admin));
+    assert!(all_flowing.is_some(), "four sessions with media did not show up: {:#?}", sessions_of(admin));
     // Let the bitrate window fill a little.
     thread::sleep(Duration::from_secs(3));
     let sessions = sessions_of(admin);
     let m = metrics(admin);
 
     // Counts by variant and role.
-    assert_eq!(sessions.len(), 3, "{sessions:#?}");
+    assert_eq!(sessions.len(), 4, "{sessions:#?}");
     assert_eq!(sessions_gauge(&m, "rtmp", "publisher"), 1);
     assert_eq!(sessions_gauge(&m, "rtmps", "player"), 1);
     assert_eq!(sessions_gauge(&m, "rtmpe", "player"), 1);
+    assert_eq!(sessions_gauge(&m, "rtmpt", "player"), 1);
     assert_eq!(sessions_gauge(&m, "rtmp", "player"), 0);
     assert_eq!(sessions_gauge(&m, "rtmps", "publisher"), 0);
     assert_eq!(sample(&m, "rtmpx_sessions_opened_total{variant=\"rtmpe\"}"), 1);
     assert_eq!(sample(&m, "rtmpx_streams"), 1);
     assert_eq!(sample(&m, "rtmpx_publishers"), 1);
-    assert_eq!(sample(&m, "rtmpx_players"), 2);
-    assert_eq!(sample(&m, "rtmpx_stream_players{app=\"live\",stream=\"multi\"}"), 2);
+    assert_eq!(sample(&m, "rtmpx_players"), 3);
+    assert_eq!(sample(&m, "rtmpx_stream_players{app=\"live\",stream=\"multi\"}"), 3);
+    assert_eq!(sample(&m, "rtmpx_rtmpt_sessions"), 1);
+    // ffmpeg polls several times a second while it plays.
+    assert!(sample(&m, "rtmpx_rtmpt_polls_total") > 10, "{m}");
 
     // The JSON sessions.
     let publisher_json = find_session(&sessions, "rtmp", "publisher");
@@ -254,7 +261,7 @@ fn metrics_and_api_follow_a_live_multi_variant_session() {
     // testsrc 320x240 with x264 ultrafast + 64k AAC: a few hundred kb/s.
     let publish_rate = publisher_json["bitrate_in_bps"].as_u64().unwrap();
     assert!((60_000..5_000_000).contains(&publish_rate), "publisher bitrate {publish_rate}");
-    for variant in ["rtmps", "rtmpe"] {
+    for variant in ["rtmps", "rtmpe", "rtmpt"] {
         let player = find_session(&sessions, variant, "player");
         let rate = player["bitrate_out_bps"].as_u64().unwrap();
         assert!(
@@ -272,8 +279,8 @@ fn metrics_and_api_follow_a_live_multi_variant_session() {
     let stream = &streams.as_array().unwrap()[0];
     assert_eq!(stream["app"], "live");
     assert_eq!(stream["stream"], "multi");
-    assert_eq!(stream["players"], 2);
-    assert_eq!(stream["player_variants"], serde_json::json!({ "rtmpe": 1, "rtmps": 1 }));
+    assert_eq!(stream["players"], 3);
+    assert_eq!(stream["player_variants"], serde_json::json!({ "rtmpe": 1, "rtmps": 1, "rtmpt": 1 }));
     assert_eq!(stream["publisher"]["variant"], "rtmp");
     assert_eq!(stream["publisher"]["session"], publisher_json["id"]);
     assert!(stream["media_bytes_in"].as_u64().unwrap() > 10_000);
@@ -289,7 +296,7 @@ fn metrics_and_api_follow_a_live_multi_variant_session() {
         (!s.iter().any(|s| s["id"] == rtmps_id)).then_some(s)
     })
     .expect("the kicked session is still listed");
-    assert_eq!(gone.len(), 2, "{gone:#?}");
+    assert_eq!(gone.len(), 3, "{gone:#?}");
     assert!(gw
         .wait_for_log_line(
             &["closed", "variant=rtmps", "kicked through the admin API"],
@@ -310,6 +317,7 @@ fn metrics_and_api_follow_a_live_multi_variant_session() {
     assert!(status.success(), "{}", publisher.describe());
     thread::sleep(Duration::from_secs(1));
     rtmpe_player.stop();
+    rtmpt_player.stop();
     assert!(
         wait_until(Duration::from_secs(10), || sessions_of(admin).is_empty().then_some(())).is_some(),
         "sessions left: {:#?}",

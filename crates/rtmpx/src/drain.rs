@@ -51,7 +51,7 @@ pub async fn drain(
     accept_tasks.shutdown().await;
     let grace = Duration::from_secs(shared.config().server.shutdown_grace_secs);
     info!(
-        sessions = sessions.len(),
+        sessions = shared.sessions.entries().len(),
         "draining: listeners closed; publishers and players of live streams may go on for up to {}s \
          (send the signal again to stop at once)",
         grace.as_secs()
@@ -60,27 +60,33 @@ pub async fn drain(
     let again = shutdown_signal();
     tokio::pin!(again);
     let mut check = tokio::time::interval(CHECK_EVERY);
-    while !sessions.is_empty() {
+    // Sessions are in the registry; RTMPT sessions run outside `sessions` (their HTTP
+    // connections are in it, and close once the shutdown signal goes out).
+    while !shared.sessions.is_empty() {
         tokio::select! {
             _ = check.tick() => {
                 close_idle_sessions(shared);
             }
-            Some(_) = sessions.join_next() => {}
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
             _ = tokio::time::sleep_until(deadline) => {
-                warn!(left = sessions.len(), "grace period over: closing the remaining sessions");
+                warn!(left = shared.sessions.entries().len(), "grace period over: closing the remaining sessions");
                 break;
             }
             _ = &mut again => {
-                warn!(left = sessions.len(), "second signal: closing the remaining sessions now");
+                warn!(left = shared.sessions.entries().len(), "second signal: closing the remaining sessions now");
                 break;
             }
         }
     }
     let _ = shutdown.send(true);
-    let goodbyes =
-        tokio::time::timeout(GOODBYE_TIME, async { while sessions.join_next().await.is_some() {} });
+    let goodbyes = tokio::time::timeout(GOODBYE_TIME, async {
+        while sessions.join_next().await.is_some() {}
+        while !shared.sessions.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
     if goodbyes.await.is_err() {
-        warn!(left = sessions.len(), "dropping sessions that did not close in time");
+        warn!(left = sessions.len(), "dropping connections that did not close in time");
         sessions.shutdown().await;
     }
 }

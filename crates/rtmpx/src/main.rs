@@ -11,6 +11,7 @@ mod reload;
 mod server;
 mod session;
 mod tls;
+mod tunnel;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -157,8 +157,7 @@ impl Metrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// One RTMPT request (`/idle`, `/send`...) answered.
-    #[allow(dead_code)] // called by the RTMPT tunnel
+    /// One RTMPT request (`/idle`, `/send`, `/close`) for a session.
     pub fn rtmpt_poll(&self) {
         self.rtmpt_polls.fetch_add(1, Ordering::Relaxed);
     }
@@ -213,14 +212,10 @@ pub fn render(shared: &Shared) -> String {
     let mut live_in = [0u64; 6];
     let mut live_out = [0u64; 6];
     let mut live_dropped = 0u64;
-    let mut tunnels = 0u64;
     for entry in shared.sessions.entries() {
         let state = entry.state();
         let v = variant_index(state.variant);
         live_sessions[v][state.role as usize] += 1;
-        if matches!(VARIANTS[v], "rtmpt" | "rtmpts" | "rtmpte") {
-            tunnels += 1;
-        }
         if state.handshake_done {
             live_in[v] += entry.bytes_in();
             live_out[v] += entry.bytes_out();
@@ -312,9 +307,15 @@ pub fn render(shared: &Shared) -> String {
     for (relay, state) in m.relays.lock().unwrap_or_else(|e| e.into_inner()).iter() {
         out.sample("rtmpx_relay_state", &[("relay", relay), ("state", state)], 1);
     }
-    out.header("rtmpx_rtmpt_sessions", "gauge", "Open RTMPT, RTMPTS and RTMPTE sessions.");
-    out.sample("rtmpx_rtmpt_sessions", &[], tunnels);
-    out.header("rtmpx_rtmpt_polls_total", "counter", "RTMPT requests answered.");
+    out.header("rtmpx_rtmpt_sessions", "gauge", "Open RTMPT and RTMPTS tunnel sessions.");
+    out.sample("rtmpx_rtmpt_sessions", &[], shared.tunnels.len() as u64);
+    out.header(
+        "rtmpx_rtmpt_sessions_expired_total",
+        "counter",
+        "Tunnel sessions closed for going without requests.",
+    );
+    out.sample("rtmpx_rtmpt_sessions_expired_total", &[], shared.tunnels.expired_total());
+    out.header("rtmpx_rtmpt_polls_total", "counter", "RTMPT requests (send, idle, close) for open sessions.");
     out.sample("rtmpx_rtmpt_polls_total", &[], get(&m.rtmpt_polls));
     out.header("rtmpx_admin_kicks_total", "counter", "Sessions closed through the admin API.");
     out.sample("rtmpx_admin_kicks_total", &[], get(&m.kicks));

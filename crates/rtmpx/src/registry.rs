@@ -40,6 +40,10 @@ impl Registry {
         all
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
     /// Asks a session to close, saying `why` in its log line; false when there is no such session.
     pub fn kick(&self, id: u64, why: &'static str) -> bool {
         match self.get(id) {

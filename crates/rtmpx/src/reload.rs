@@ -130,9 +130,12 @@ impl Reloader {
             *running = table;
         }
         for store in &self.stores {
-            if let Err(e) = store.reload() {
-                error!("TLS certificate reload failed, keeping the certificates in use: {e}");
-                report.certificate_errors.push(e.to_string());
+            match store.reload() {
+                Ok(()) => info!(fingerprints = ?store.fingerprints(), "TLS certificates reloaded"),
+                Err(e) => {
+                    error!("TLS certificate reload failed, keeping the certificates in use: {e}");
+                    report.certificate_errors.push(e.to_string());
+                }
             }
             report.certificates.extend(store.fingerprints());
         }

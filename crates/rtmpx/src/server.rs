@@ -19,8 +19,9 @@ use crate::error::{Error, Result};
 use crate::metrics::{Denial, HandshakeFailure, Metrics};
 use crate::registry::Registry;
 use crate::reload::Reloader;
-use crate::session::{self, Origin, Transport};
+use crate::session::{Origin, Transport};
 use crate::tls::{self, TlsAcceptor};
+use crate::tunnel::{self, SessionTable};
 
 /// State every session and listener shares.
 pub struct Shared {
@@ -30,6 +31,8 @@ pub struct Shared {
     shutdown: watch::Receiver<bool>,
     connections: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// RTMPT/RTMPTS sessions of every listener.
+    pub tunnels: SessionTable,
     /// Counters for `/metrics` (ops).
     pub metrics: Metrics,
     /// Live sessions for the admin API (ops).
@@ -117,6 +120,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         shutdown: shutdown_rx,
         connections: AtomicUsize::new(0),
         per_ip: Mutex::new(HashMap::new()),
+        tunnels: SessionTable::new(),
         metrics: Metrics::default(),
         sessions: Registry::default(),
     });
@@ -173,6 +177,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         });
     }
     drop(session_tx);
+    accept_tasks.spawn(tunnel::reap_idle_sessions(shared.clone()));
 
     let signal = shutdown_signal();
     tokio::pin!(signal);
@@ -189,19 +194,21 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
                 let shared = shared.clone();
                 sessions.spawn(async move {
                     let _admission = admission;
+                    let encryption = listener.encryption.policy();
+                    let origin = |transport| Origin { transport, encryption };
                     match listener.proto {
                         Proto::Rtmp => {
-                            let origin = Origin { transport: Transport::Tcp, encryption: listener.encryption.policy() };
-                            session::run(stream, peer, origin, shared).await
+                            tunnel::serve_sniffed(stream, peer, origin(Transport::Tcp), origin(Transport::Http), shared).await
                         }
-                        Proto::Rtmps => {
+                        Proto::Rtmpt => tunnel::serve_http(stream, peer, origin(Transport::Http), shared).await,
+                        Proto::Rtmps | Proto::Rtmpts => {
                             let tls = tls.expect("TLS listeners have an acceptor");
                             match tls.accept(stream, peer).await {
-                                Ok(stream) => {
-                                    let encryption = listener.encryption.policy();
-                                    let origin = Origin { transport: Transport::Tls, encryption };
-                                    session::run(stream, peer, origin, shared).await
+                                Ok(stream) if listener.proto == Proto::Rtmps => {
+                                    let (rtmp, http) = (origin(Transport::Tls), origin(Transport::HttpTls));
+                                    tunnel::serve_sniffed(stream, peer, rtmp, http, shared).await
                                 }
+                                Ok(stream) => tunnel::serve_http(stream, peer, origin(Transport::HttpTls), shared).await,
                                 Err(e) => {
                                     shared.metrics.handshake_failed(HandshakeFailure::Tls);
                                     warn!(%peer, "{e}")
@@ -234,6 +241,13 @@ fn announce(lc: &ListenerConfig, local: SocketAddr, config: &Config) {
             (false, false) => "nothing (app disabled)",
         };
         info!("{} listener on {local}: {what} at {url}", lc.proto.scheme());
+    }
+    if matches!(lc.proto, Proto::Rtmp | Proto::Rtmps) {
+        let tunnel = if lc.proto == Proto::Rtmp { "rtmpt" } else { "rtmpts" };
+        info!(
+            "{} listener on {local}: also serves {tunnel} (HTTP requests) on the same port",
+            lc.proto.scheme()
+        );
     }
 }
 

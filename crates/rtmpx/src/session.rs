@@ -60,6 +60,10 @@ fn poll_read_into<S: AsyncRead + Unpin>(
 pub enum Transport {
     Tcp,
     Tls,
+    /// RTMPT: the HTTP tunnel over plain TCP.
+    Http,
+    /// RTMPTS: the HTTP tunnel over TLS.
+    HttpTls,
 }
 
 impl Transport {
@@ -70,6 +74,10 @@ impl Transport {
             (Transport::Tcp, true) => "rtmpe",
             // RTMPE inside TLS is not a variant of its own.
             (Transport::Tls, _) => "rtmps",
+            (Transport::Http, false) => "rtmpt",
+            (Transport::Http, true) => "rtmpte",
+            // RTMPE inside TLS is not a variant of its own.
+            (Transport::HttpTls, _) => "rtmpts",
         }
     }
 }
