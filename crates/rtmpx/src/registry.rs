@@ -233,3 +233,91 @@ impl Drop for SessionGuard {
         self.shared.metrics.session_closed(variant, e.bytes_in(), e.bytes_out(), e.dropped_frames());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn shared() -> (Arc<Shared>, tokio::sync::watch::Sender<bool>) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        (Arc::new(Shared::new(Arc::new(Config::embedded_default()), rx)), tx)
+    }
+
+    #[test]
+    fn a_guard_registers_its_session_and_moves_its_bytes_into_the_totals_on_drop() {
+        let (shared, _tx) = shared();
+        let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let guard = SessionGuard::open(&shared, 7, peer, "rtmp");
+        guard.entry().add_in(1000);
+        guard.entry().add_out(500);
+        guard.entry().set_app("live");
+        guard.entry().set_role(Role::Player, "s");
+        // Before the handshake the bytes count under no variant yet (it may become rtmpe).
+        assert!(crate::metrics::render(&shared).contains("rtmpx_bytes_in_total{variant=\"rtmpe\"} 0"));
+        guard.handshake_complete("rtmpe");
+        let text = crate::metrics::render(&shared);
+        assert!(text.contains("rtmpx_sessions{variant=\"rtmpe\",role=\"player\"} 1"), "{text}");
+        assert!(text.contains("rtmpx_bytes_in_total{variant=\"rtmpe\"} 1000"), "{text}");
+        let state = shared.sessions.get(7).unwrap().state();
+        assert_eq!((state.app.as_deref(), state.stream.as_deref()), (Some("live"), Some("s")));
+        guard.entry().add_out(250);
+        drop(guard);
+        assert!(shared.sessions.get(7).is_none());
+        let text = crate::metrics::render(&shared);
+        assert!(text.contains("rtmpx_sessions{variant=\"rtmpe\",role=\"player\"} 0"), "{text}");
+        assert!(text.contains("rtmpx_bytes_out_total{variant=\"rtmpe\"} 750"), "{text}");
+        assert!(text.contains("rtmpx_sessions_opened_total{variant=\"rtmpe\"} 1"), "{text}");
+    }
+
+    #[test]
+    fn sessions_that_never_finish_the_handshake_count_as_failures() {
+        let (shared, _tx) = shared();
+        let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        for (id, result) in [
+            (1, Err(Error::Timeout("handshake and connect"))),
+            (2, Ok(())),
+            (3, Err(Error::Kicked("gateway shutting down"))),
+        ] {
+            let guard = SessionGuard::open(&shared, id, peer, "rtmp");
+            guard.finish(&result);
+        }
+        let text = crate::metrics::render(&shared);
+        assert!(text.contains("rtmpx_handshake_failures_total{reason=\"timeout\"} 1"), "{text}");
+        assert!(text.contains("rtmpx_handshake_failures_total{reason=\"closed\"} 1"), "{text}");
+        assert!(text.contains("rtmpx_handshake_failures_total{reason=\"protocol\"} 0"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_kick_wakes_the_session_with_its_reason() {
+        let (shared, _tx) = shared();
+        let guard = SessionGuard::open(&shared, 9, "127.0.0.1:1".parse().unwrap(), "rtmp");
+        assert!(shared.sessions.kick(9, "kicked through the admin API"));
+        assert!(!shared.sessions.kick(10, "nobody"));
+        let why = tokio::time::timeout(Duration::from_secs(1), guard.entry().kicked()).await.unwrap();
+        assert_eq!(why, "kicked through the admin API");
+    }
+
+    #[test]
+    fn bitrates_cover_the_window() {
+        let (shared, _tx) = shared();
+        let guard = SessionGuard::open(&shared, 1, "127.0.0.1:1".parse().unwrap(), "rtmp");
+        let entry = guard.entry();
+        // Samples 12 s, 8 s and 4 s ago: the window starts at the oldest one within reach.
+        let now = Instant::now();
+        {
+            let mut rates = entry.rates.lock().unwrap();
+            rates.push_back((now - Duration::from_secs(12), 0, 0));
+            rates.push_back((now - Duration::from_secs(8), 0, 0));
+            rates.push_back((now - Duration::from_secs(4), 10_000, 0));
+        }
+        entry.add_in(20_000);
+        let (bps_in, bps_out) = entry.bitrates();
+        // 20,000 bytes over 12 s.
+        assert!((13_000..=13_700).contains(&bps_in), "{bps_in}");
+        assert_eq!(bps_out, 0);
+        shared.sessions.sample_rates();
+        // The 12 s old sample stays while the next one (8 s) is younger than the window.
+        assert_eq!(entry.rates.lock().unwrap().len(), 4);
+    }
+}

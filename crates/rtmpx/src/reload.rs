@@ -142,3 +142,72 @@ impl Reloader {
         Ok(report)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "[[listener]]\nproto = \"rtmp\"\naddr = \"127.0.0.1:0\"\n[[app]]\nname = \"live\"\n";
+
+    fn setup(text: &str) -> (Arc<Shared>, Reloader, std::path::PathBuf, tokio::sync::watch::Sender<bool>) {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("rtmpx-reload-{}-{n}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let shared = Arc::new(Shared::new(Arc::new(Config::from_toml(text, "t").unwrap()), rx));
+        let reloader = Reloader::new(shared.clone(), Some(path.clone()), Vec::new());
+        (shared, reloader, path, tx)
+    }
+
+    #[test]
+    fn a_valid_file_is_applied_and_the_changed_sections_reported() {
+        let (shared, reloader, path, _tx) = setup(BASE);
+        let changed = format!(
+            "{}\npublish = false\n[limits]\nmax_connections_per_ip = 3\nplayer_queue_bytes = 100000\n",
+            BASE.trim_end()
+        );
+        std::fs::write(&path, changed).unwrap();
+        let report = reloader.reload().unwrap();
+        assert_eq!(report.applied, ["app", "limits"]);
+        assert!(report.restart_needed.is_empty());
+        let config = shared.config();
+        assert!(!config.app("live").unwrap().publish);
+        assert_eq!(config.limits.max_connections_per_ip, 3);
+        assert_eq!(shared.router.config().player_queue_bytes, 100_000);
+        // The same file again changes nothing.
+        assert!(reloader.reload().unwrap().applied.is_empty());
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn an_invalid_file_changes_nothing() {
+        let (shared, reloader, path, _tx) = setup(BASE);
+        std::fs::write(&path, format!("{BASE}[limits]\nmax_amf_depth = 1\n")).unwrap();
+        let err = reloader.reload().unwrap_err().to_string();
+        assert!(err.contains("limits.max_amf_depth"), "{err}");
+        std::fs::write(&path, "[[app]\nname = ").unwrap();
+        assert!(reloader.reload().is_err());
+        assert_eq!(shared.config().limits.max_amf_depth, 32);
+        assert!(shared.config().app("live").unwrap().publish);
+        let metrics = crate::metrics::render(&shared);
+        assert!(metrics.contains("rtmpx_config_reloads_total{result=\"rejected\"} 2"), "{metrics}");
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn listener_changes_wait_for_a_restart() {
+        let (shared, reloader, path, _tx) = setup(BASE);
+        std::fs::write(&path, BASE.replace("127.0.0.1:0", "127.0.0.1:1936") + "[timeouts]\nidle_secs = 5\n")
+            .unwrap();
+        let report = reloader.reload().unwrap();
+        assert_eq!(report.restart_needed, ["listener"]);
+        assert_eq!(report.applied, ["timeouts"]);
+        let config = shared.config();
+        assert_eq!(config.listeners[0].addr.port(), 0, "the running listener stays in the config");
+        assert_eq!(config.timeouts.idle_secs, 5);
+        // Still different from what runs: reported again.
+        assert_eq!(reloader.reload().unwrap().restart_needed, ["listener"]);
+        let _ = std::fs::remove_file(path);
+    }
+}

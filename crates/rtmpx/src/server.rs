@@ -40,6 +40,20 @@ pub struct Shared {
 }
 
 impl Shared {
+    pub fn new(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Shared {
+        Shared {
+            router: Router::new(router_config(&config)),
+            config: Mutex::new(config),
+            next_id: AtomicU64::new(1),
+            shutdown,
+            connections: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+            tunnels: SessionTable::new(),
+            metrics: Metrics::default(),
+            sessions: Registry::default(),
+        }
+    }
+
     pub fn config(&self) -> Arc<Config> {
         self.config.lock().expect("config lock").clone()
     }
@@ -113,17 +127,7 @@ pub fn router_config(config: &Config) -> RouterConfig {
 pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let config = Arc::new(config);
-    let shared = Arc::new(Shared {
-        router: Router::new(router_config(&config)),
-        config: Mutex::new(config.clone()),
-        next_id: AtomicU64::new(1),
-        shutdown: shutdown_rx,
-        connections: AtomicUsize::new(0),
-        per_ip: Mutex::new(HashMap::new()),
-        tunnels: SessionTable::new(),
-        metrics: Metrics::default(),
-        sessions: Registry::default(),
-    });
+    let shared = Arc::new(Shared::new(config.clone(), shutdown_rx));
 
     let listener_tls = tls::listener_acceptors(&config)?;
     let mut hangup = Hangup::new()?;
