@@ -64,6 +64,30 @@ impl Proto {
 pub struct ListenerConfig {
     pub proto: Proto,
     pub addr: SocketAddr,
+    /// RTMPE on this listener: "allow" (default), "require" or "forbid".
+    #[serde(default)]
+    pub encryption: Encryption,
+}
+
+/// Whether a listener accepts RTMPE (the C0 version byte 6/8/9) besides plain RTMP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encryption {
+    #[default]
+    Allow,
+    Require,
+    Forbid,
+}
+
+impl Encryption {
+    pub fn policy(self) -> rtmpx_core::handshake::EncryptionPolicy {
+        use rtmpx_core::handshake::EncryptionPolicy;
+        match self {
+            Encryption::Allow => EncryptionPolicy::Allow,
+            Encryption::Require => EncryptionPolicy::Require,
+            Encryption::Forbid => EncryptionPolicy::Forbid,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use crate::config::{Config, ListenerConfig, Proto};
 use crate::error::{Error, Result};
-use crate::session::{self, Transport};
+use crate::session::{self, Origin, Transport};
 
 /// State every session and listener shares.
 pub struct Shared {
@@ -117,7 +117,7 @@ pub async fn serve(config: Config) -> Result<()> {
     let mut sessions = JoinSet::new();
     let mut accept_tasks = JoinSet::new();
     let (session_tx, mut session_rx) =
-        tokio::sync::mpsc::unbounded_channel::<(TcpStream, SocketAddr, Proto)>();
+        tokio::sync::mpsc::unbounded_channel::<(TcpStream, SocketAddr, ListenerConfig)>();
     for (lc, listener) in listeners {
         let tx = session_tx.clone();
         let mut stop = shared.shutdown_signal();
@@ -128,7 +128,7 @@ pub async fn serve(config: Config) -> Result<()> {
                     accepted = listener.accept() => match accepted {
                         Ok((stream, peer)) => {
                             let _ = stream.set_nodelay(true);
-                            if tx.send((stream, peer, lc.proto)).is_err() {
+                            if tx.send((stream, peer, lc.clone())).is_err() {
                                 return;
                             }
                         }
@@ -149,13 +149,16 @@ pub async fn serve(config: Config) -> Result<()> {
     loop {
         tokio::select! {
             _ = &mut signal => break,
-            Some((stream, peer, proto)) = session_rx.recv() => {
+            Some((stream, peer, listener)) = session_rx.recv() => {
                 let Some(admission) = shared.admit(peer.ip()) else { continue };
                 let shared = shared.clone();
                 sessions.spawn(async move {
                     let _admission = admission;
-                    match proto {
-                        Proto::Rtmp => session::run(stream, peer, Transport::Tcp, shared).await,
+                    match listener.proto {
+                        Proto::Rtmp => {
+                            let origin = Origin { transport: Transport::Tcp, encryption: listener.encryption.policy() };
+                            session::run(stream, peer, origin, shared).await
+                        }
                     }
                 });
             }

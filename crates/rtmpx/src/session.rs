@@ -5,12 +5,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::BytesMut;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+use rtmpx_core::handshake::EncryptionPolicy;
 use rtmpx_core::session::{MediaKind, ServerConfig, ServerEvent, ServerSession, StatusLevel};
 use rtmpx_router::{Frame, FrameKind, Player, PlayerEvent, Publisher, RouterError, SessionInfo, StreamKey};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{sleep_until, timeout};
 use tracing::{debug, info, warn};
 
@@ -20,6 +24,34 @@ use crate::server::Shared;
 /// Bytes of player output gathered before one write: fewer, larger writes.
 const WRITE_BATCH: usize = 64 * 1024;
 const READ_BUFFER: usize = 16 * 1024;
+
+thread_local! {
+    /// Reads land here and go straight into the session, so an idle connection holds no read
+    /// buffer of its own (memory per idle player is a target).
+    static READ_SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_BUFFER].into_boxed_slice());
+}
+
+/// Reads what the stream has into the thread's scratch buffer and feeds it to the session.
+/// Returns the bytes read (0 at end of stream) and the session's verdict on them.
+fn poll_read_into<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    session: &mut ServerSession,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<(usize, rtmpx_core::Result<()>)>> {
+    READ_SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        let mut buf = ReadBuf::new(&mut scratch[..]);
+        match Pin::new(stream).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) => {
+                let data = buf.filled();
+                let verdict = if data.is_empty() { Ok(()) } else { session.handle_input(data) };
+                Poll::Ready(Ok((data.len(), verdict)))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+}
 
 /// The transport a session arrived on, before RTMPE is known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +66,20 @@ impl Transport {
             (Transport::Tcp, false) => "rtmp",
             (Transport::Tcp, true) => "rtmpe",
         }
+    }
+}
+
+/// Where a session came from: its transport and what its listener allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub transport: Transport,
+    /// Whether RTMPE is allowed, required or forbidden on this listener.
+    pub encryption: EncryptionPolicy,
+}
+
+impl From<Transport> for Origin {
+    fn from(transport: Transport) -> Self {
+        Origin { transport, encryption: EncryptionPolicy::Allow }
     }
 }
 
@@ -72,9 +118,9 @@ impl Connection {
     }
 }
 
-fn server_config(shared: &Shared) -> ServerConfig {
+fn server_config(shared: &Shared, encryption: EncryptionPolicy) -> ServerConfig {
     let config = shared.config();
-    let mut sc = ServerConfig { chunk_size: config.server.chunk_size, ..ServerConfig::default() };
+    let mut sc = ServerConfig { chunk_size: config.server.chunk_size, encryption, ..ServerConfig::default() };
     sc.chunk_limits.max_chunk_size = config.limits.max_chunk_size;
     sc.chunk_limits.max_message_size = config.limits.max_message_size;
     sc.chunk_limits.max_chunk_streams = config.limits.max_chunk_streams;
@@ -84,10 +130,11 @@ fn server_config(shared: &Shared) -> ServerConfig {
 }
 
 /// Runs a session to its end and logs one line about it.
-pub async fn run<S>(stream: S, peer: SocketAddr, transport: Transport, shared: Arc<Shared>)
+pub async fn run<S>(stream: S, peer: SocketAddr, origin: impl Into<Origin>, shared: Arc<Shared>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    let Origin { transport, encryption } = origin.into();
     let started = Instant::now();
     let mut conn = Connection {
         id: shared.next_session_id(),
@@ -103,7 +150,7 @@ where
         bytes_out: 0,
     };
     debug!(session = conn.id, %peer, "session opened");
-    let result = drive(stream, &mut conn, &shared).await;
+    let result = drive(stream, &mut conn, encryption, &shared).await;
     // A peer that resets or vanishes after a normal session is a normal close for logs.
     let result = match result {
         Err(Error::Io { source, .. })
@@ -146,14 +193,18 @@ where
     }
 }
 
-async fn drive<S>(mut stream: S, conn: &mut Connection, shared: &Shared) -> Result<()>
+async fn drive<S>(
+    mut stream: S,
+    conn: &mut Connection,
+    encryption: EncryptionPolicy,
+    shared: &Shared,
+) -> Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let timeouts = shared.config().timeouts.clone();
-    let mut session = ServerSession::new(server_config(shared), &mut StdRng::from_entropy());
+    let mut session = ServerSession::new(server_config(shared, encryption), &mut StdRng::from_entropy());
     let mut shutdown = shared.shutdown_signal();
-    let mut buf = BytesMut::zeroed(READ_BUFFER);
     let handshake_deadline = tokio::time::Instant::now() + timeouts.handshake();
     let mut connected = false;
     let mut last_read = tokio::time::Instant::now();
@@ -177,21 +228,24 @@ where
                 let _ = flush(&mut stream, &mut session, conn, timeouts.write()).await;
                 return Ok(());
             }
-            read = stream.read(&mut buf[..]) => {
-                let n = read.map_err(Error::io("reading from the client"))?;
+            read = poll_fn(|cx| poll_read_into(&mut stream, &mut session, cx)) => {
+                let (n, verdict) = read.map_err(Error::io("reading from the client"))?;
                 if n == 0 {
                     return Ok(());
                 }
                 conn.bytes_in += n as u64;
                 last_read = tokio::time::Instant::now();
-                let input = session.handle_input(&buf[..n]);
-                // Whatever the session produced before an error (e.g. a reject) still goes out.
+                let mut outcome = verdict.map_err(Error::from);
                 while let Some(event) = session.poll_event() {
-                    handle_event(event, &mut session, conn, shared, &mut connected);
+                    if let Err(e) = handle_event(event, &mut session, conn, shared, &mut connected) {
+                        outcome = Err(e);
+                        break;
+                    }
                 }
-                if let Err(e) = input {
+                if let Err(e) = outcome {
+                    // Whatever the session produced before the error (e.g. a reject) still goes out.
                     let _ = flush(&mut stream, &mut session, conn, timeouts.write()).await;
-                    return Err(e.into());
+                    return Err(e);
                 }
             }
             event = next_player_event(&mut conn.playing) => {
@@ -279,7 +333,7 @@ fn handle_event(
     conn: &mut Connection,
     shared: &Shared,
     connected: &mut bool,
-) {
+) -> Result<()> {
     match event {
         ServerEvent::HandshakeComplete { requested, version, digest } => {
             conn.encrypted = version.is_encrypted();
@@ -292,17 +346,17 @@ fn handle_event(
             if known {
                 conn.app = Some(app);
                 *connected = true;
-                let _ = session.accept_connect();
+                session.accept_connect()?;
             } else {
                 warn!(session = conn.id, peer = %conn.peer, app, "connect rejected: unknown application");
-                let _ = session.reject_connect(&format!("Application '{app}' does not exist."));
+                session.reject_connect(&format!("Application '{app}' does not exist."))?;
             }
         }
         ServerEvent::PublishRequested { stream_id, stream_name, .. } => {
-            on_publish(stream_id, &stream_name, session, conn, shared)
+            on_publish(stream_id, &stream_name, session, conn, shared)?
         }
         ServerEvent::PlayRequested { stream_id, stream_name, .. } => {
-            on_play(stream_id, &stream_name, session, conn, shared)
+            on_play(stream_id, &stream_name, session, conn, shared)?
         }
         ServerEvent::Media(media) => {
             if let Some(p) = &conn.publishing {
@@ -327,6 +381,7 @@ fn handle_event(
         }
         ServerEvent::PauseChanged { .. } => {}
     }
+    Ok(())
 }
 
 /// `live`, `live/`, `/live` and `live?token` all name the app `live`.
@@ -341,20 +396,20 @@ fn on_publish(
     session: &mut ServerSession,
     conn: &mut Connection,
     shared: &Shared,
-) {
+) -> Result<()> {
     let app = conn.app.clone().unwrap_or_default();
     let allowed = shared.config().app(&app).is_some_and(|a| a.publish);
     if !allowed || conn.publishing.is_some() || stream_name.is_empty() {
         let why =
             if !allowed { "publishing is not allowed here" } else { "bad stream name or already publishing" };
         warn!(session = conn.id, peer = %conn.peer, app, stream = stream_name, "publish rejected: {why}");
-        let _ = session.reject_publish(stream_id, "NetStream.Publish.BadName", why);
-        return;
+        session.reject_publish(stream_id, "NetStream.Publish.BadName", why)?;
+        return Ok(());
     }
     let key = StreamKey::new(&app, stream_name);
     match shared.router.publish(key.clone(), conn.info()) {
         Ok(publisher) => {
-            let _ = session.accept_publish(stream_id);
+            session.accept_publish(stream_id)?;
             conn.role = "publisher";
             conn.stream_name = Some(key.name.clone());
             conn.publishing = Some(Publishing { stream_id, publisher });
@@ -362,13 +417,10 @@ fn on_publish(
         }
         Err(RouterError::AlreadyPublishing) => {
             warn!(session = conn.id, peer = %conn.peer, stream = %key, "publish rejected: stream is already published");
-            let _ = session.reject_publish(
-                stream_id,
-                "NetStream.Publish.BadName",
-                "Stream is already published.",
-            );
+            session.reject_publish(stream_id, "NetStream.Publish.BadName", "Stream is already published.")?;
         }
     }
+    Ok(())
 }
 
 fn on_play(
@@ -377,18 +429,18 @@ fn on_play(
     session: &mut ServerSession,
     conn: &mut Connection,
     shared: &Shared,
-) {
+) -> Result<()> {
     let app = conn.app.clone().unwrap_or_default();
     let allowed = shared.config().app(&app).is_some_and(|a| a.play);
     if !allowed || conn.playing.is_some() || stream_name.is_empty() {
         let why = if !allowed { "playing is not allowed here" } else { "bad stream name or already playing" };
         warn!(session = conn.id, peer = %conn.peer, app, stream = stream_name, "play rejected: {why}");
-        let _ = session.reject_play(stream_id, "NetStream.Play.Failed", why);
-        return;
+        session.reject_play(stream_id, "NetStream.Play.Failed", why)?;
+        return Ok(());
     }
     let key = StreamKey::new(&app, stream_name);
     let mut player = shared.router.play(key.clone(), conn.info());
-    let _ = session.accept_play(stream_id, &key.name);
+    session.accept_play(stream_id, &key.name)?;
     conn.role = "player";
     conn.stream_name = Some(key.name.clone());
     // A live stream announces itself at once and needs no PublishNotify; anything else that
@@ -400,6 +452,7 @@ fn on_play(
         Some(event) => deliver(event, session, conn),
     }
     info!(session = conn.id, peer = %conn.peer, variant = conn.variant(), stream = %key, "playing");
+    Ok(())
 }
 
 fn say_goodbye(session: &mut ServerSession, conn: &Connection) {

@@ -644,3 +644,476 @@ impl<'a> Amf3Decoder<'a> {
         traits
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn enc(value: &Amf3Value) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode(value, &mut out);
+        out
+    }
+
+    fn dec(buf: &[u8]) -> Result<Amf3Value> {
+        dec_with(buf, AmfLimits::default())
+    }
+
+    /// Decodes exactly one value that must use the whole buffer.
+    fn dec_with(buf: &[u8], limits: AmfLimits) -> Result<Amf3Value> {
+        let (value, used) = decode(buf, limits)?;
+        assert_eq!(used, buf.len(), "trailing bytes after {value:?}");
+        Ok(value)
+    }
+
+    fn known(value: Amf3Value, bytes: &[u8]) {
+        assert_eq!(enc(&value), bytes, "encoding of {value:?}");
+        assert_eq!(dec(bytes).unwrap(), value);
+    }
+
+    fn s(text: &str) -> Amf3Value {
+        Amf3Value::String(text.into())
+    }
+
+    fn dense(items: Vec<Amf3Value>) -> Amf3Value {
+        Amf3Value::Array { associative: vec![], dense: items }
+    }
+
+    fn anonymous(pairs: &[(&str, Amf3Value)]) -> Amf3Value {
+        Amf3Value::Object(Amf3Object {
+            class_name: String::new(),
+            sealed: vec![],
+            dynamic: Some(pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()),
+        })
+    }
+
+    fn typed(class_name: &str, sealed: &[(&str, Amf3Value)]) -> Amf3Value {
+        Amf3Value::Object(Amf3Object {
+            class_name: class_name.into(),
+            sealed: sealed.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            dynamic: None,
+        })
+    }
+
+    #[test]
+    fn scalars_known_bytes() {
+        known(Amf3Value::Undefined, b"\x00");
+        known(Amf3Value::Null, b"\x01");
+        known(Amf3Value::Boolean(false), b"\x02");
+        known(Amf3Value::Boolean(true), b"\x03");
+        known(Amf3Value::Double(1.5), b"\x05\x3f\xf8\x00\x00\x00\x00\x00\x00");
+        known(s("abc"), b"\x06\x07abc");
+        known(s(""), b"\x06\x01");
+        known(Amf3Value::XmlDocument("<a/>".into()), b"\x07\x09<a/>");
+        known(Amf3Value::Xml("<a/>".into()), b"\x0b\x09<a/>");
+        known(Amf3Value::Date(1.5), b"\x08\x01\x3f\xf8\x00\x00\x00\x00\x00\x00");
+        known(Amf3Value::ByteArray(vec![1, 2, 3]), b"\x0c\x07\x01\x02\x03");
+    }
+
+    #[test]
+    fn u29_integers_known_bytes() {
+        let cases: &[(i32, &[u8])] = &[
+            (0, b"\x04\x00"),
+            (1, b"\x04\x01"),
+            (127, b"\x04\x7f"),
+            (128, b"\x04\x81\x00"),
+            (16_383, b"\x04\xff\x7f"),
+            (16_384, b"\x04\x81\x80\x00"),
+            (0x1F_FFFF, b"\x04\xff\xff\x7f"),
+            (0x20_0000, b"\x04\x80\xc0\x80\x00"),
+            (INTEGER_MAX, b"\x04\xbf\xff\xff\xff"),
+            (-1, b"\x04\xff\xff\xff\xff"),
+            (INTEGER_MIN, b"\x04\xc0\x80\x80\x00"),
+        ];
+        for (n, bytes) in cases {
+            known(Amf3Value::Integer(*n), bytes);
+        }
+        // Outside 29 bits an integer is written as a double.
+        assert_eq!(enc(&Amf3Value::Integer(1 << 28)), b"\x05\x41\xb0\x00\x00\x00\x00\x00\x00");
+        assert_eq!(dec(b"\x05\x41\xb0\x00\x00\x00\x00\x00\x00").unwrap(), Amf3Value::Double(268_435_456.0));
+        assert!(dec(b"\x04\x80").is_err());
+    }
+
+    #[test]
+    fn containers_known_bytes() {
+        known(dense(vec![Amf3Value::Integer(1), Amf3Value::Integer(2)]), b"\x09\x05\x01\x04\x01\x04\x02");
+        known(
+            Amf3Value::Array { associative: vec![("a".into(), Amf3Value::Null)], dense: vec![] },
+            b"\x09\x01\x03a\x01\x01",
+        );
+        known(anonymous(&[("a", Amf3Value::Integer(1))]), b"\x0a\x0b\x01\x03a\x04\x01\x01");
+        known(typed("Foo", &[("x", Amf3Value::Integer(1))]), b"\x0a\x13\x07Foo\x03x\x04\x01");
+        known(
+            Amf3Value::Object(Amf3Object {
+                class_name: "Foo".into(),
+                sealed: vec![("x".into(), Amf3Value::Null)],
+                dynamic: Some(vec![("y".into(), Amf3Value::Boolean(true))]),
+            }),
+            b"\x0a\x1b\x07Foo\x03x\x01\x03y\x03\x01",
+        );
+        known(
+            Amf3Value::VectorInt { fixed: false, items: vec![1, -1] },
+            b"\x0d\x05\x00\x00\x00\x00\x01\xff\xff\xff\xff",
+        );
+        known(Amf3Value::VectorUint { fixed: true, items: vec![u32::MAX] }, b"\x0e\x03\x01\xff\xff\xff\xff");
+        known(
+            Amf3Value::VectorDouble { fixed: false, items: vec![1.5] },
+            b"\x0f\x03\x00\x3f\xf8\x00\x00\x00\x00\x00\x00",
+        );
+        known(
+            Amf3Value::VectorObject { fixed: false, type_name: "*".into(), items: vec![Amf3Value::Null] },
+            b"\x10\x03\x00\x03*\x01",
+        );
+        known(
+            Amf3Value::Dictionary { weak_keys: false, entries: vec![(Amf3Value::Integer(1), s("a"))] },
+            b"\x11\x03\x00\x04\x01\x06\x03a",
+        );
+    }
+
+    #[test]
+    fn string_references() {
+        // Encoder and decoder agree: the second "abc" is string reference 0.
+        known(dense(vec![s("abc"), s("abc")]), b"\x09\x05\x01\x06\x07abc\x06\x00");
+        // Keys share the table with values.
+        known(
+            dense(vec![
+                anonymous(&[("a", Amf3Value::Integer(1))]),
+                anonymous(&[("a", Amf3Value::Integer(2))]),
+            ]),
+            b"\x09\x05\x01\x0a\x0b\x01\x03a\x04\x01\x01\x0a\x0b\x01\x00\x04\x02\x01",
+        );
+        // The empty string is never in the table: reference 0 is "abc".
+        known(dense(vec![s(""), s("abc"), s("abc")]), b"\x09\x07\x01\x06\x01\x06\x07abc\x06\x00");
+        assert!(matches!(dec(b"\x06\x00"), Err(Error::Amf { offset: 1, .. })));
+        // Tables live as long as the decoder.
+        let mut d = Amf3Decoder::new(b"\x06\x07abc\x06\x00", AmfLimits::default());
+        assert_eq!(d.next_value().unwrap(), s("abc"));
+        assert_eq!(d.next_value().unwrap(), s("abc"));
+        assert_eq!(d.position(), 7);
+    }
+
+    #[test]
+    fn object_references_resolve_to_copies() {
+        let obj = anonymous(&[("a", Amf3Value::Integer(1))]);
+        // Array is object 0, the inner object is object 1.
+        let bytes = b"\x09\x05\x01\x0a\x0b\x01\x03a\x04\x01\x01\x0a\x02";
+        assert_eq!(dec(bytes).unwrap(), dense(vec![obj.clone(), obj]));
+        // Dates, byte arrays and XML go through the object table too.
+        let date = b"\x09\x05\x01\x08\x01\x3f\xf8\x00\x00\x00\x00\x00\x00\x08\x02";
+        assert_eq!(dec(date).unwrap(), dense(vec![Amf3Value::Date(1.5), Amf3Value::Date(1.5)]));
+        let bytes_ref = b"\x09\x05\x01\x0c\x07\x01\x02\x03\x0c\x02";
+        let byte_array = Amf3Value::ByteArray(vec![1, 2, 3]);
+        assert_eq!(dec(bytes_ref).unwrap(), dense(vec![byte_array.clone(), byte_array]));
+        let xml_ref = b"\x09\x05\x01\x0b\x03x\x0b\x02";
+        assert_eq!(
+            dec(xml_ref).unwrap(),
+            dense(vec![Amf3Value::Xml("x".into()), Amf3Value::Xml("x".into())])
+        );
+        assert!(matches!(dec(b"\x0a\x02"), Err(Error::Amf { .. })));
+    }
+
+    #[test]
+    fn trait_references() {
+        let bytes = b"\x09\x05\x01\x0a\x13\x07Foo\x03x\x04\x01\x0a\x01\x04\x02";
+        assert_eq!(
+            dec(bytes).unwrap(),
+            dense(vec![
+                typed("Foo", &[("x", Amf3Value::Integer(1))]),
+                typed("Foo", &[("x", Amf3Value::Integer(2))])
+            ])
+        );
+        assert!(matches!(dec(b"\x0a\x05"), Err(Error::Amf { .. })));
+    }
+
+    #[test]
+    fn resolving_a_reference_leaves_the_tables_alone() {
+        // Foo{x:1}; ref to it; Bar{y:2} (inline traits 1); Bar{y:3} by trait ref 1; ref object 3;
+        // string ref 3 ("y"). Had the copy re-registered Foo's strings, traits or object, every
+        // later index would point at the wrong entry.
+        let bytes = [
+            &b"\x09\x0d\x01"[..],
+            b"\x0a\x13\x07Foo\x03x\x04\x01",
+            b"\x0a\x02",
+            b"\x0a\x13\x07Bar\x03y\x04\x02",
+            b"\x0a\x05\x04\x03",
+            b"\x0a\x06",
+            b"\x06\x06",
+        ]
+        .concat();
+        let foo = typed("Foo", &[("x", Amf3Value::Integer(1))]);
+        let bar3 = typed("Bar", &[("y", Amf3Value::Integer(3))]);
+        assert_eq!(
+            dec(&bytes).unwrap(),
+            dense(vec![
+                foo.clone(),
+                foo,
+                typed("Bar", &[("y", Amf3Value::Integer(2))]),
+                bar3.clone(),
+                bar3,
+                s("y")
+            ])
+        );
+    }
+
+    #[test]
+    fn self_reference_is_an_error() {
+        // Object 0 has a member referring to object 0.
+        let err = dec(b"\x0a\x0b\x01\x03a\x0a\x00\x01").unwrap_err();
+        assert!(matches!(err, Error::Amf { reason, .. } if reason.contains("cycle")));
+        // An array holding itself.
+        assert!(dec(b"\x09\x03\x01\x09\x00").is_err());
+    }
+
+    #[test]
+    fn reference_copies_are_charged_to_the_budget() {
+        // Object 1: an array of 1,000 integers; then an array of 1,000 references to it.
+        let mut bomb = b"\x09\x05\x01".to_vec();
+        encode_len_header(0x09, 1000, &mut bomb);
+        bomb.push(0x01);
+        bomb.extend(b"\x04\x01".repeat(1000));
+        encode_len_header(0x09, 1000, &mut bomb);
+        bomb.push(0x01);
+        bomb.extend(b"\x09\x02".repeat(1000));
+        assert!(bomb.len() < 10_000);
+        assert!(matches!(dec(&bomb), Err(Error::LimitExceeded { what: "AMF value count", .. })));
+
+        // A few references fit.
+        let mut few = b"\x09\x07\x01\x09\x07\x01\x04\x01\x04\x02\x04\x03".to_vec();
+        few.extend(b"\x09\x02\x09\x02");
+        let inner = dense(vec![Amf3Value::Integer(1), Amf3Value::Integer(2), Amf3Value::Integer(3)]);
+        assert_eq!(dec(&few).unwrap(), dense(vec![inner.clone(), inner.clone(), inner]));
+    }
+
+    #[test]
+    fn string_and_trait_reference_copies_are_charged_by_size() {
+        let long = "z".repeat(100_000);
+        let mut strings = Vec::new();
+        encode_len_header(0x09, 1001, &mut strings);
+        strings.push(0x01);
+        encode(&s(&long), &mut strings);
+        strings.extend(b"\x06\x00".repeat(1000));
+        assert!(matches!(dec(&strings), Err(Error::LimitExceeded { what: "AMF value count", .. })));
+
+        // A trait whose one member name is 100 kB, then 1,000 objects using it by reference.
+        let mut traits = Vec::new();
+        encode_len_header(0x09, 1001, &mut traits);
+        traits.extend(b"\x01\x0a\x13\x01");
+        put_inline_bytes(long.as_bytes(), &mut traits);
+        traits.push(0x01);
+        traits.extend(b"\x0a\x01\x01".repeat(1000));
+        assert!(matches!(dec(&traits), Err(Error::LimitExceeded { what: "AMF value count", .. })));
+    }
+
+    #[test]
+    fn references_obey_the_depth_limit() {
+        // [A, [ref A]] where A = [[null]]: the copy of A sits one level deeper than A.
+        let bytes = b"\x09\x05\x01\x09\x03\x01\x09\x03\x01\x01\x09\x03\x01\x09\x02";
+        let limits = |max_depth| AmfLimits { max_depth, ..AmfLimits::default() };
+        assert_eq!(dec_with(bytes, limits(4)).unwrap_err(), Error::limit("AMF nesting depth", 5, 4));
+        let a = dense(vec![dense(vec![Amf3Value::Null])]);
+        assert_eq!(dec_with(bytes, limits(5)).unwrap(), dense(vec![a.clone(), dense(vec![a])]));
+    }
+
+    #[test]
+    fn depth_bombs_are_refused_for_every_container() {
+        let mut wrapper = vec![0x0a, 0x07];
+        put_inline_bytes(b"flex.messaging.io.ArrayCollection", &mut wrapper);
+        let bombs: [(&str, Vec<u8>); 5] = [
+            ("array", b"\x09\x03\x01".repeat(10_000)),
+            ("object", b"\x0a\x0b\x01\x03a".repeat(10_000)),
+            ("dictionary", b"\x11\x03\x00\x01".repeat(10_000)),
+            ("vector", b"\x10\x03\x00\x01".repeat(10_000)),
+            ("externalizable", wrapper.repeat(10_000)),
+        ];
+        let lax = AmfLimits { max_depth: usize::MAX, max_values: usize::MAX, max_string_len: usize::MAX };
+        for (name, bomb) in bombs {
+            assert_eq!(dec(&bomb).unwrap_err(), Error::limit("AMF nesting depth", 33, 32), "{name}");
+            let err = dec_with(&bomb, lax).unwrap_err();
+            assert_eq!(err, Error::limit("AMF nesting depth", 129, 128), "{name}");
+        }
+    }
+
+    /// Writes `marker` and an inline U29 length/count header.
+    fn encode_len_header(marker: u8, len: usize, out: &mut Vec<u8>) {
+        out.push(marker);
+        put_inline_len(len, out);
+    }
+
+    #[test]
+    fn huge_count_and_length_fields_fail_before_allocating() {
+        let max = MAX_INLINE_LEN;
+        let mut cases = Vec::new();
+        for (marker, tail) in [
+            (0x09, &b"\x01\x01"[..]),
+            (0x0d, b"\x00"),
+            (0x0e, b"\x00"),
+            (0x0f, b"\x00"),
+            (0x10, b"\x00\x01"),
+            (0x11, b"\x00\x01"),
+            (0x0c, b""),
+            (0x06, b"abc"),
+            (0x07, b""),
+            (0x0b, b""),
+        ] {
+            let mut bytes = Vec::new();
+            encode_len_header(marker, max, &mut bytes);
+            bytes.extend_from_slice(tail);
+            cases.push(bytes);
+        }
+        let mut sealed = vec![0x0a];
+        put_u29(((MAX_SEALED_COUNT as u32) << 4) | 0b0011, &mut sealed);
+        sealed.extend(b"\x01\x03a");
+        cases.push(sealed);
+        for bytes in cases {
+            assert!(dec(&bytes).is_err(), "{bytes:02x?}");
+        }
+        let limits = AmfLimits { max_string_len: 2, ..AmfLimits::default() };
+        assert_eq!(dec_with(b"\x06\x07abc", limits).unwrap_err(), Error::limit("AMF string length", 3, 2));
+    }
+
+    #[test]
+    fn externalizable_wrappers_and_others() {
+        let mut bytes = vec![0x0a, 0x07];
+        put_inline_bytes(b"flex.messaging.io.ArrayCollection", &mut bytes);
+        bytes.extend(b"\x09\x05\x01\x04\x01\x04\x02");
+        let collection = typed(
+            "flex.messaging.io.ArrayCollection",
+            &[("source", dense(vec![Amf3Value::Integer(1), Amf3Value::Integer(2)]))],
+        );
+        known(collection.clone(), &bytes);
+        // A second one by trait reference: traits index 0, U29 0b01.
+        let mut two = b"\x09\x05\x01".to_vec();
+        two.extend(&bytes);
+        two.extend(b"\x0a\x01\x01");
+        assert_eq!(
+            dec(&two).unwrap(),
+            dense(vec![
+                collection,
+                typed("flex.messaging.io.ArrayCollection", &[("source", Amf3Value::Null)])
+            ])
+        );
+
+        let mut private = vec![0x0a, 0x07];
+        put_inline_bytes(b"com.example.Thing", &mut private);
+        private.extend(b"\x01");
+        let err = dec(&private).unwrap_err();
+        assert!(matches!(err, Error::Amf { reason, offset: 1 } if reason.contains("externalizable")));
+    }
+
+    #[test]
+    fn invalid_utf8_is_decoded_lossily() {
+        assert_eq!(dec(b"\x06\x09caf\xe9").unwrap(), s("caf\u{FFFD}"));
+    }
+
+    #[test]
+    fn unknown_marker_and_truncation_are_errors() {
+        assert!(matches!(dec(b"\x12"), Err(Error::Amf { offset: 0, .. })));
+        let full = enc(&typed("Foo", &[("x", Amf3Value::Double(2.0)), ("y", s("text"))]));
+        for len in 0..full.len() {
+            assert!(decode(&full[..len], AmfLimits::default()).is_err(), "prefix of {len} bytes");
+        }
+    }
+
+    #[test]
+    fn value_helpers() {
+        let obj = Amf3Value::Object(Amf3Object {
+            class_name: String::new(),
+            sealed: vec![("a".into(), Amf3Value::Integer(1))],
+            dynamic: Some(vec![("b".into(), Amf3Value::Double(2.5))]),
+        });
+        assert_eq!(obj.get("a").and_then(Amf3Value::as_f64), Some(1.0));
+        assert_eq!(obj.get("b").and_then(Amf3Value::as_f64), Some(2.5));
+        assert_eq!(obj.get("c"), None);
+        assert_eq!(s("x").as_str(), Some("x"));
+    }
+
+    fn number() -> impl Strategy<Value = f64> {
+        any::<f64>().prop_filter("NaN never compares equal", |n| !n.is_nan())
+    }
+
+    fn key() -> BoxedStrategy<String> {
+        prop_oneof!["[a-z]{1,3}", any::<String>().prop_filter("empty ends a list", |k| !k.is_empty())].boxed()
+    }
+
+    fn amf3_value() -> impl Strategy<Value = Amf3Value> {
+        let leaf = prop_oneof![
+            Just(Amf3Value::Undefined),
+            Just(Amf3Value::Null),
+            any::<bool>().prop_map(Amf3Value::Boolean),
+            (INTEGER_MIN..=INTEGER_MAX).prop_map(Amf3Value::Integer),
+            number().prop_map(Amf3Value::Double),
+            prop_oneof!["[a-c]{0,2}", any::<String>()].prop_map(Amf3Value::String),
+            any::<String>().prop_map(Amf3Value::XmlDocument),
+            any::<String>().prop_map(Amf3Value::Xml),
+            number().prop_map(Amf3Value::Date),
+            prop::collection::vec(any::<u8>(), 0..16).prop_map(Amf3Value::ByteArray),
+            (any::<bool>(), prop::collection::vec(any::<i32>(), 0..6))
+                .prop_map(|(fixed, items)| Amf3Value::VectorInt { fixed, items }),
+            (any::<bool>(), prop::collection::vec(any::<u32>(), 0..6))
+                .prop_map(|(fixed, items)| Amf3Value::VectorUint { fixed, items }),
+            (any::<bool>(), prop::collection::vec(number(), 0..6))
+                .prop_map(|(fixed, items)| Amf3Value::VectorDouble { fixed, items }),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            let pairs = prop::collection::vec((key(), inner.clone()), 0..5);
+            let names = prop_oneof![Just(String::new()), "[A-Z][a-z]{0,3}", any::<String>()];
+            prop_oneof![
+                (pairs.clone(), prop::collection::vec(inner.clone(), 0..5))
+                    .prop_map(|(associative, dense)| Amf3Value::Array { associative, dense }),
+                (names, prop::collection::vec(("[a-c]{0,2}", inner.clone()), 0..4), prop::option::of(pairs))
+                    .prop_map(|(class_name, sealed, dynamic)| Amf3Value::Object(Amf3Object {
+                        class_name,
+                        sealed,
+                        dynamic
+                    })),
+                inner.clone().prop_map(|source| Amf3Value::Object(Amf3Object {
+                    class_name: "flex.messaging.io.ArrayCollection".into(),
+                    sealed: vec![("source".into(), source)],
+                    dynamic: None,
+                })),
+                (any::<bool>(), "[a-z.]{0,6}", prop::collection::vec(inner.clone(), 0..5)).prop_map(
+                    |(fixed, type_name, items)| Amf3Value::VectorObject { fixed, type_name, items }
+                ),
+                (any::<bool>(), prop::collection::vec((inner.clone(), inner), 0..4))
+                    .prop_map(|(weak_keys, entries)| Amf3Value::Dictionary { weak_keys, entries }),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(value in amf3_value()) {
+            let bytes = enc(&value);
+            let (decoded, used) = decode(&bytes, AmfLimits::default()).unwrap();
+            prop_assert_eq!(used, bytes.len());
+            prop_assert_eq!(decoded, value);
+        }
+
+        #[test]
+        fn inside_amf0_round_trip(value in amf3_value()) {
+            let wrapped = crate::amf::Amf0Value::Avmplus(value);
+            let mut bytes = Vec::new();
+            crate::amf::encode_amf0(&wrapped, &mut bytes);
+            prop_assert_eq!(crate::amf::decode_amf0_all(&bytes, AmfLimits::default()).unwrap(), vec![wrapped]);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode(&bytes, AmfLimits::default());
+        }
+
+        #[test]
+        fn mutated_encodings_never_panic(
+            value in amf3_value(),
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+        ) {
+            let mut bytes = enc(&value);
+            for (at, byte) in edits {
+                let at = at.index(bytes.len());
+                bytes[at] = byte;
+            }
+            crate::amf::fuzz_decode(&bytes);
+        }
+    }
+}

@@ -12,8 +12,8 @@ pub use amf3::{decode as decode_amf3, encode as encode_amf3, Amf3Decoder, EXTERN
 use crate::{Error, Result};
 
 /// Nesting beyond this is refused whatever `max_depth` says: the decoders recurse, and this
-/// keeps them well inside a 2 MiB thread stack.
-pub const DEPTH_CEILING: usize = 512;
+/// keeps them inside a 2 MiB thread stack even in debug builds (about 5 KiB per level there).
+pub const DEPTH_CEILING: usize = 128;
 
 /// Values resolved through a reference are copies; each such copy of string or byte data is
 /// charged one extra value per this many bytes, so references cannot multiply memory unboundedly.

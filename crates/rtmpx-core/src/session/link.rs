@@ -31,13 +31,14 @@ pub(crate) struct Link {
 impl Link {
     pub fn new(limits: ChunkLimits) -> Self {
         Link {
-            input: BytesMut::with_capacity(8 * 1024),
-            output: BytesMut::with_capacity(8 * 1024),
+            // Buffers grow with use; an idle connection should cost little memory.
+            input: BytesMut::new(),
+            output: BytesMut::new(),
             sealed: 0,
             cipher: None,
             decoder: ChunkDecoder::new(limits),
             encoder: ChunkEncoder::new(),
-            scratch: BytesMut::with_capacity(512),
+            scratch: BytesMut::new(),
             bytes_received: 0,
             last_ack: 0,
             ack_window: 2_500_000,
@@ -51,6 +52,14 @@ impl Link {
         self.input.extend_from_slice(data);
         if let Some(cipher) = &mut self.cipher {
             cipher.decrypt(&mut self.input[start..]);
+        }
+    }
+
+    /// Drops the handshake-sized input buffer once it is empty: most sessions (players) send
+    /// little after the handshake.
+    pub fn release_handshake_buffer(&mut self) {
+        if self.input.is_empty() {
+            self.input = BytesMut::new();
         }
     }
 

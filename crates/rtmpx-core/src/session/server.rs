@@ -185,17 +185,41 @@ impl ServerSession {
                 digest: outcome.digest,
             });
             self.phase = Phase::AwaitConnect;
+            self.link.release_handshake_buffer();
             let mut outcome = outcome;
             if let Some(cipher) = outcome.cipher.take() {
                 self.link.start_cipher(cipher);
             }
             self.outcome = Some(outcome);
         }
-        while let Some(msg) = self.link.next_message()? {
+        // A client may pipeline commands behind connect/publish/play; they wait in the input
+        // buffer until the caller has decided, so they are seen in the state the decision made.
+        while !self.decision_pending() {
+            let Some(msg) = self.link.next_message()? else { break };
             self.handle_message(msg)?;
         }
         self.link.acknowledge_if_due();
         Ok(())
+    }
+
+    fn decision_pending(&self) -> bool {
+        matches!(self.phase, Phase::ConnectPending { .. })
+            || self.streams.iter().any(|s| {
+                matches!(s.state, StreamState::PublishPending { .. } | StreamState::PlayPending { .. })
+            })
+    }
+
+    /// After a decision: parse what the client sent behind the request. An error here closes
+    /// the session like one from [`handle_input`](Self::handle_input).
+    fn continue_input(&mut self) -> Result<()> {
+        if matches!(self.phase, Phase::Closed | Phase::Handshake(_)) {
+            return Ok(());
+        }
+        let result = self.process();
+        if result.is_err() {
+            self.phase = Phase::Closed;
+        }
+        result
     }
 
     /// The next event, if any.
@@ -330,7 +354,8 @@ impl ServerSession {
         Ok(())
     }
 
-    /// Accepts the pending `connect`: window/bandwidth/chunk size, then `_result`.
+    /// Accepts the pending `connect`: window/bandwidth/chunk size, then `_result`. Commands the
+    /// client sent behind connect are parsed now; an error from them closes the session.
     pub fn accept_connect(&mut self) -> Result<()> {
         let Phase::ConnectPending { transaction_id, object_encoding } = self.phase else {
             return Err(Error::Protocol("accept_connect without a pending connect".into()));
@@ -355,7 +380,7 @@ impl ServerSession {
             &Command::new("_result", transaction_id, properties, vec![info]),
         );
         self.phase = Phase::Connected;
-        Ok(())
+        self.continue_input()
     }
 
     /// Rejects the pending `connect` with `NetConnection.Connect.Rejected`; close after sending.
@@ -587,7 +612,7 @@ impl ServerSession {
         s.state = StreamState::Publishing;
         self.link.send_user_control(UserControl::StreamBegin(stream_id));
         self.link.send_status(stream_id, "status", "NetStream.Publish.Start", "Start publishing.");
-        Ok(())
+        self.continue_input()
     }
 
     /// Rejects a pending `publish` with an error status such as `NetStream.Publish.BadName`.
@@ -595,7 +620,7 @@ impl ServerSession {
         let (s, _) = self.pending(stream_id, true)?;
         s.state = StreamState::Idle;
         self.link.send_status(stream_id, StatusLevel::Error.as_str(), code, description);
-        Ok(())
+        self.continue_input()
     }
 
     /// Accepts a pending `play`: StreamBegin, `Play.Reset`, `Play.Start`, `|RtmpSampleAccess`,
@@ -629,7 +654,7 @@ impl ServerSession {
             stream_id,
             &["onStatus".into(), info],
         );
-        Ok(())
+        self.continue_input()
     }
 
     /// Rejects a pending `play` (e.g. `NetStream.Play.StreamNotFound`, `NetStream.Play.Failed`).
@@ -637,7 +662,7 @@ impl ServerSession {
         let (s, _) = self.pending(stream_id, false)?;
         s.state = StreamState::Idle;
         self.link.send_status(stream_id, StatusLevel::Error.as_str(), code, description);
-        Ok(())
+        self.continue_input()
     }
 
     /// A publisher arrived for a stream this client is playing (after it waited).

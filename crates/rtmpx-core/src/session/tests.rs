@@ -174,9 +174,7 @@ fn media_before_publish_closes_the_session() {
 
 #[test]
 fn garbage_after_handshake_is_an_error_not_a_panic() {
-    let mut client = ClientSession::new(ClientConfig::new("live", "rtmp://h/live"), &mut rng(5));
-    let mut server = ServerSession::new(ServerConfig::default(), &mut rng(6));
-    pump(&mut client, &mut server, usize::MAX);
+    let (_client, mut server) = connected_pair(HandshakeVersion::Plain, true, usize::MAX);
     // A type-1 header on a chunk stream with no previous header.
     assert!(server.handle_input(&[0x45, 0, 0, 0, 0, 0, 4, 20, 1, 2, 3, 4]).is_err());
 }
