@@ -44,7 +44,7 @@ async fn echo_server(listener: TcpListener, log: Arc<Mutex<Log>>) {
                 log.lock().unwrap().bad_headers.push(format!("unexpected path {path}"));
             }
             answered += 1;
-            let close = answered % 7 == 0;
+            let close = answered.is_multiple_of(7);
             let head = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: application/x-fcs\r\nContent-Length: {}\r\n{}\r\n",
                 reply.len(),
@@ -52,7 +52,7 @@ async fn echo_server(listener: TcpListener, log: Arc<Mutex<Log>>) {
             );
             let mut response = head.into_bytes();
             response.extend_from_slice(&reply);
-            if answered % 3 == 0 {
+            if answered.is_multiple_of(3) {
                 for b in &response {
                     if stream.write_all(&[*b]).await.is_err() {
                         return;

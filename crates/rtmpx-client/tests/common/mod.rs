@@ -189,7 +189,7 @@ pub fn frames(count: u32) -> Vec<Frame> {
             out.push(Frame { kind: MediaKind::Audio, timestamp: audio_ts, payload });
             audio_ts += 23;
         }
-        let key = i % 25 == 0;
+        let key = i.is_multiple_of(25);
         let size = if i == 0 { 120_000 } else { 50 + (i as usize * 7919) % 30_000 };
         let mut payload = vec![if key { 0x17 } else { 0x27 }, 0x01, 0, 0, 0];
         payload.extend_from_slice(&i.to_be_bytes());
