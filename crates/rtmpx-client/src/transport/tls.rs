@@ -84,3 +84,34 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ca_file_problems_are_reported() {
+        let dir = std::env::temp_dir().join(format!("rtmpx-client-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = TlsOptions { ca_file: Some(dir.join("missing.pem")), ..TlsOptions::default() };
+        assert!(matches!(client_config(&missing), Err(Error::Tls(_))));
+
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let err = client_config(&TlsOptions { ca_file: Some(empty), ..TlsOptions::default() }).err();
+        assert!(err.is_some_and(|e| e.to_string().contains("no certificates")));
+
+        let ca = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let good = dir.join("ca.pem");
+        std::fs::write(&good, ca.cert.pem()).unwrap();
+        assert!(client_config(&TlsOptions { ca_file: Some(good), ..TlsOptions::default() }).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn default_and_dangerous_configs_build() {
+        assert!(client_config(&TlsOptions::default()).is_ok());
+        let dangerous = TlsOptions { dangerous_accept_any_certificate: true, ..TlsOptions::default() };
+        assert!(client_config(&dangerous).is_ok());
+    }
+}
