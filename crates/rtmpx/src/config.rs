@@ -26,6 +26,8 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub timeouts: Timeouts,
+    #[serde(default)]
+    pub tls: TlsSection,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -49,13 +51,20 @@ impl Default for ServerSection {
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
     Rtmp,
+    Rtmps,
 }
 
 impl Proto {
     pub fn scheme(self) -> &'static str {
         match self {
             Proto::Rtmp => "rtmp",
+            Proto::Rtmps => "rtmps",
         }
+    }
+
+    /// Whether connections on this listener start with a TLS handshake.
+    pub fn is_tls(self) -> bool {
+        matches!(self, Proto::Rtmps)
     }
 }
 
@@ -67,6 +76,18 @@ pub struct ListenerConfig {
     /// RTMPE on this listener: "allow" (default), "require" or "forbid".
     #[serde(default)]
     pub encryption: Encryption,
+    /// TLS listeners: certificates chosen by SNI, the first for clients without SNI. Empty means
+    /// the generated development certificate in `tls.cert_dir`.
+    #[serde(default)]
+    pub tls: Vec<CertPaths>,
+}
+
+/// A PEM certificate chain (leaf first) and its PEM private key (PKCS#8, PKCS#1 or SEC1).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertPaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// Whether a listener accepts RTMPE (the C0 version byte 6/8/9) besides plain RTMP.
@@ -164,6 +185,37 @@ impl Timeouts {
     }
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// Where the self-signed development certificate lives (generated when missing).
+    pub cert_dir: PathBuf,
+    /// Names the development certificate covers besides localhost, 127.0.0.1 and ::1.
+    pub hosts: Vec<String>,
+    /// From TCP accept to a finished TLS handshake.
+    pub handshake_timeout_secs: u64,
+    /// TLS 1.3 session tickets sent after each handshake. 0 keeps librtmp clients (rtmpdump)
+    /// working: they fail on any record that carries no application data.
+    pub tls13_session_tickets: usize,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        TlsSection {
+            cert_dir: PathBuf::from("certs"),
+            hosts: vec!["localhost".into()],
+            handshake_timeout_secs: 10,
+            tls13_session_tickets: 0,
+        }
+    }
+}
+
+impl TlsSection {
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_secs)
+    }
+}
+
 impl Config {
     /// Parses and validates TOML text; `origin` names it in messages.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
@@ -199,8 +251,14 @@ impl Config {
             );
         }
         for (i, l) in self.listeners.iter().enumerate() {
-            if self.listeners[..i].iter().any(|o| o.addr == l.addr) {
+            // Port 0 asks the system for a free port each time, so it may repeat.
+            if l.addr.port() != 0 && self.listeners[..i].iter().any(|o| o.addr == l.addr) {
                 return Err(format!("listener[{i}].addr: {} is used by another listener", l.addr));
+            }
+            if !l.tls.is_empty() && !l.proto.is_tls() {
+                return Err(format!(
+                    "listener[{i}].tls: only TLS listeners (proto = \"rtmps\") take certificates"
+                ));
             }
         }
         if self.apps.is_empty() {
@@ -247,6 +305,18 @@ impl Config {
         if t.handshake_secs == 0 || t.idle_secs == 0 || t.write_secs == 0 {
             return Err("timeouts.*_secs must be at least 1".into());
         }
+        let tls = &self.tls;
+        if tls.handshake_timeout_secs == 0 {
+            return Err("tls.handshake_timeout_secs must be at least 1".into());
+        }
+        if tls.tls13_session_tickets > 16 {
+            return Err(format!("tls.tls13_session_tickets: {} is above 16", tls.tls13_session_tickets));
+        }
+        if let Some(bad) =
+            tls.hosts.iter().find(|h| h.is_empty() || h.contains(|c: char| c.is_whitespace() || c == '/'))
+        {
+            return Err(format!("tls.hosts: {bad:?} is not a host name"));
+        }
         Ok(())
     }
 
@@ -283,5 +353,27 @@ mod tests {
         assert!(err(&format!("{base}[[listener]]\nproto = \"rtmp\"\naddr = \"127.0.0.1:1935\"\n"))
             .contains("used by another"));
         assert!(err(&base.replace("127.0.0.1:1935", "nonsense")).contains("addr"));
+        let plain_with_cert =
+            base.replace("1935\"\n", "1935\"\ntls = [{ cert = \"c.pem\", key = \"k.pem\" }]\n");
+        assert!(err(&plain_with_cert).contains("listener[0].tls"));
+        assert!(
+            err(&format!("{base}[tls]\nhandshake_timeout_secs = 0\n")).contains("tls.handshake_timeout_secs")
+        );
+        assert!(err(&format!("{base}[tls]\nhosts = [\"a b\"]\n")).contains("tls.hosts"));
+    }
+
+    #[test]
+    fn rtmps_listener_with_certificates() {
+        let text = "[[listener]]\nproto = \"rtmps\"\naddr = \"127.0.0.1:443\"\n\
+                    tls = [{ cert = \"a.pem\", key = \"a.key\" }, { cert = \"b.pem\", key = \"b.key\" }]\n\
+                    [[app]]\nname = \"live\"\n[tls]\ncert_dir = \"/tmp/x\"\nhandshake_timeout_secs = 3\n";
+        let c = Config::from_toml(text, "t").unwrap();
+        assert_eq!(c.listeners[0].proto, Proto::Rtmps);
+        assert_eq!(c.listeners[0].tls.len(), 2);
+        assert_eq!(c.listeners[0].tls[1].key, PathBuf::from("b.key"));
+        assert_eq!(c.tls.cert_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.tls.handshake_timeout(), Duration::from_secs(3));
+        assert_eq!(c.tls.hosts, ["localhost"]);
+        assert_eq!(c.tls.tls13_session_tickets, 0);
     }
 }

@@ -15,6 +15,12 @@ pub enum Error {
 
     #[error("timed out: {0}")]
     Timeout(&'static str),
+
+    #[error("certificate {path}: {message}")]
+    Certificate { path: String, message: String },
+
+    #[error("TLS handshake failed: {0}")]
+    TlsHandshake(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

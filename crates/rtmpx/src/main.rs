@@ -1,9 +1,11 @@
 //! `rtmpx`: the gateway binary.
 
 mod config;
+mod devcert;
 mod error;
 mod server;
 mod session;
+mod tls;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +36,15 @@ enum Command {
     CheckConfig { file: PathBuf },
     /// Print the embedded default configuration.
     DefaultConfig,
+    /// Make a self-signed development certificate (and its local CA) for RTMPS.
+    Cert {
+        /// A name the certificate covers besides localhost, 127.0.0.1 and ::1 (repeatable).
+        #[arg(long = "host", value_name = "NAME")]
+        hosts: Vec<String>,
+        /// Where to write ca.pem, ca.key, cert.pem and key.pem (an existing CA there is reused).
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -72,6 +83,24 @@ fn main() -> ExitCode {
             print!("{}", config::DEFAULT_CONFIG);
             ExitCode::SUCCESS
         }
+        Command::Cert { hosts, dir } => match devcert::generate(&dir, &hosts) {
+            Ok(files) => {
+                println!("certificate: {}", files.cert.display());
+                println!("key:         {}", files.key.display());
+                println!("local CA:    {}", files.ca_cert.display());
+                println!("names:       {}", devcert::names(&hosts).join(", "));
+                eprintln!(
+                    "warning: this is a self-signed development certificate; players must skip verification \
+                     or trust {} (never use it in production)",
+                    files.ca_cert.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("rtmpx: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

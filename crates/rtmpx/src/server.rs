@@ -15,6 +15,7 @@ use tracing::{info, warn};
 use crate::config::{Config, ListenerConfig, Proto};
 use crate::error::{Error, Result};
 use crate::session::{self, Origin, Transport};
+use crate::tls::{self, TlsAcceptor};
 
 /// State every session and listener shares.
 pub struct Shared {
@@ -89,6 +90,7 @@ fn router_config(config: &Config) -> RouterConfig {
 }
 
 /// Binds every listener, prints where to publish and play, and serves until SIGINT/SIGTERM.
+/// SIGHUP reloads the TLS certificates.
 pub async fn serve(config: Config) -> Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let config = Arc::new(config);
@@ -101,8 +103,10 @@ pub async fn serve(config: Config) -> Result<()> {
         per_ip: Mutex::new(HashMap::new()),
     });
 
+    let listener_tls = tls::listener_acceptors(&config)?;
+    let mut hangup = Hangup::new()?;
     let mut listeners = Vec::new();
-    for lc in &config.listeners {
+    for (lc, tls) in config.listeners.iter().zip(listener_tls.acceptors) {
         let listener = TcpListener::bind(lc.addr).await.map_err(Error::io(format!(
             "binding {} listener on {}",
             lc.proto.scheme(),
@@ -110,15 +114,14 @@ pub async fn serve(config: Config) -> Result<()> {
         )))?;
         let local = listener.local_addr().map_err(Error::io("reading the bound address"))?;
         announce(lc, local, &config);
-        listeners.push((lc.clone(), listener));
+        listeners.push((lc.clone(), listener, tls));
     }
     info!("rtmpx ready");
 
     let mut sessions = JoinSet::new();
     let mut accept_tasks = JoinSet::new();
-    let (session_tx, mut session_rx) =
-        tokio::sync::mpsc::unbounded_channel::<(TcpStream, SocketAddr, ListenerConfig)>();
-    for (lc, listener) in listeners {
+    let (session_tx, mut session_rx) = tokio::sync::mpsc::unbounded_channel::<Accepted>();
+    for (lc, listener, tls) in listeners {
         let tx = session_tx.clone();
         let mut stop = shared.shutdown_signal();
         accept_tasks.spawn(async move {
@@ -128,7 +131,7 @@ pub async fn serve(config: Config) -> Result<()> {
                     accepted = listener.accept() => match accepted {
                         Ok((stream, peer)) => {
                             let _ = stream.set_nodelay(true);
-                            if tx.send((stream, peer, lc.clone())).is_err() {
+                            if tx.send((stream, peer, lc.clone(), tls.clone())).is_err() {
                                 return;
                             }
                         }
@@ -149,7 +152,8 @@ pub async fn serve(config: Config) -> Result<()> {
     loop {
         tokio::select! {
             _ = &mut signal => break,
-            Some((stream, peer, listener)) = session_rx.recv() => {
+            _ = hangup.recv() => tls::reload_all(&listener_tls.stores),
+            Some((stream, peer, listener, tls)) = session_rx.recv() => {
                 let Some(admission) = shared.admit(peer.ip()) else { continue };
                 let shared = shared.clone();
                 sessions.spawn(async move {
@@ -158,6 +162,17 @@ pub async fn serve(config: Config) -> Result<()> {
                         Proto::Rtmp => {
                             let origin = Origin { transport: Transport::Tcp, encryption: listener.encryption.policy() };
                             session::run(stream, peer, origin, shared).await
+                        }
+                        Proto::Rtmps => {
+                            let tls = tls.expect("TLS listeners have an acceptor");
+                            match tls.accept(stream, peer).await {
+                                Ok(stream) => {
+                                    let encryption = listener.encryption.policy();
+                                    let origin = Origin { transport: Transport::Tls, encryption };
+                                    session::run(stream, peer, origin, shared).await
+                                }
+                                Err(e) => warn!(%peer, "{e}"),
+                            }
                         }
                     }
                 });
@@ -191,6 +206,33 @@ fn announce(lc: &ListenerConfig, local: SocketAddr, config: &Config) {
             (false, false) => "nothing (app disabled)",
         };
         info!("{} listener on {local}: {what} at {url}", lc.proto.scheme());
+    }
+}
+
+/// A connection on its way from its listener to a session task.
+type Accepted = (TcpStream, SocketAddr, ListenerConfig, Option<TlsAcceptor>);
+
+/// SIGHUP, which asks for the certificates to be read again (never fires off Unix).
+struct Hangup {
+    #[cfg(unix)]
+    signal: tokio::signal::unix::Signal,
+}
+
+impl Hangup {
+    fn new() -> Result<Self> {
+        Ok(Hangup {
+            #[cfg(unix)]
+            signal: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map_err(Error::io("installing the SIGHUP handler"))?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        if self.signal.recv().await.is_some() {
+            return;
+        }
+        std::future::pending::<()>().await
     }
 }
 

@@ -57,6 +57,7 @@ fn poll_read_into<S: AsyncRead + Unpin>(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
     Tcp,
+    Tls,
 }
 
 impl Transport {
@@ -65,6 +66,8 @@ impl Transport {
         match (self, encrypted) {
             (Transport::Tcp, false) => "rtmp",
             (Transport::Tcp, true) => "rtmpe",
+            // RTMPE inside TLS is not a variant of its own.
+            (Transport::Tls, _) => "rtmps",
         }
     }
 }

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The one test command: installs the clients the end-to-end tests drive (when missing), then
+# checks formatting, runs clippy and every test of the workspace (unit, property and e2e).
+#
+# The e2e tests (tests/*.rs of the root package) start rtmpx, nginx-rtmp, ffmpeg and rtmpdump.
+# Heavy ones take a process-wide lock (rtmpx_e2e::exclusive), and cargo runs test binaries one
+# after another, so at most one heavy test runs at a time without slowing the unit tests down.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
+command -v ffprobe >/dev/null 2>&1 || missing+=(ffmpeg)
+command -v rtmpdump >/dev/null 2>&1 || missing+=(rtmpdump)
+/usr/bin/python3 -c 'import librtmp' >/dev/null 2>&1 || missing+=(python3-librtmp)
+{ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; } || missing+=(nginx-light)
+[ -f /usr/lib/nginx/modules/ngx_rtmp_module.so ] || missing+=(libnginx-mod-rtmp)
+
+if [ ${#missing[@]} -gt 0 ]; then
+    mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+    echo "test.sh: installing ${missing[*]}" >&2
+    sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    "${sudo[@]}" apt-get update
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo test --workspace
