@@ -1,14 +1,16 @@
-//! The RTMPT client transport against a scripted tunnel server that echoes what it receives.
-//! It checks the wire format (paths, sequence numbers, headers), keep-alive, responses split
-//! into single bytes, reconnecting after `Connection: close`, and the final `/close`.
+//! The RTMPT client transport against a scripted tunnel server that echoes what it receives,
+//! over plain HTTP (rtmpt) and HTTPS (rtmpts). It checks the wire format (paths, sequence
+//! numbers, headers), keep-alive, responses split into single bytes, reconnecting after
+//! `Connection: close`, and the final `/close`.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rtmpx_client::transport;
 use rtmpx_client::{ClientOptions, RtmpUrl};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 #[derive(Default)]
 struct Log {
@@ -19,11 +21,18 @@ struct Log {
 
 /// Serves one echo tunnel: every 7th response closes the connection, every 3rd is written one
 /// byte at a time.
-async fn echo_server(listener: TcpListener, log: Arc<Mutex<Log>>) {
+async fn echo_server(listener: TcpListener, tls: Option<TlsAcceptor>, log: Arc<Mutex<Log>>) {
     let pending = Arc::new(Mutex::new(Vec::<u8>::new()));
     let mut answered = 0usize;
     for conn in 0.. {
-        let Ok((mut stream, _)) = listener.accept().await else { return };
+        let Ok((tcp, _)) = listener.accept().await else { return };
+        let mut stream: Box<dyn Duplex> = match &tls {
+            None => Box::new(tcp),
+            Some(acceptor) => match acceptor.accept(tcp).await {
+                Ok(s) => Box::new(s),
+                Err(_) => return,
+            },
+        };
         let mut buf = Vec::new();
         loop {
             let Some((path, body)) = read_request(&mut stream, &mut buf, &log).await else { break };
@@ -61,15 +70,20 @@ async fn echo_server(listener: TcpListener, log: Arc<Mutex<Log>>) {
             } else if stream.write_all(&response).await.is_err() {
                 return;
             }
+            let _ = stream.flush().await;
             if close || path.starts_with("/close/") {
+                let _ = stream.shutdown().await;
                 break;
             }
         }
     }
 }
 
+trait Duplex: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Duplex for T {}
+
 async fn read_request(
-    stream: &mut TcpStream,
+    stream: &mut Box<dyn Duplex>,
     buf: &mut Vec<u8>,
     log: &Mutex<Log>,
 ) -> Option<(String, Vec<u8>)> {
@@ -102,7 +116,7 @@ async fn read_request(
     }
 }
 
-async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
+async fn read_more(stream: &mut Box<dyn Duplex>, buf: &mut Vec<u8>) -> Option<()> {
     let mut chunk = [0u8; 4096];
     match stream.read(&mut chunk).await {
         Ok(0) | Err(_) => None,
@@ -113,15 +127,15 @@ async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tunnel_carries_bytes_both_ways_and_closes() {
+/// Echoes 300 KB through the tunnel, idles, closes, then checks what the server saw.
+async fn echo_through_tunnel(scheme: &str, tls: Option<TlsAcceptor>, opts: ClientOptions) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let log = Arc::new(Mutex::new(Log::default()));
-    let server = tokio::spawn(echo_server(listener, log.clone()));
+    let server = tokio::spawn(echo_server(listener, tls, log.clone()));
 
-    let url = RtmpUrl::parse(&format!("rtmpt://127.0.0.1:{port}/live/s")).unwrap();
-    let mut stream = transport::open(&url, &ClientOptions::default()).await.expect("open tunnel");
+    let url = RtmpUrl::parse(&format!("{scheme}://localhost:{port}/live/s")).unwrap();
+    let mut stream = transport::open(&url, &opts).await.expect("open tunnel");
     let data: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     let (mut reader, mut writer) = tokio::io::split(&mut stream);
     let write = async {
@@ -168,6 +182,32 @@ async fn tunnel_carries_bytes_both_ways_and_closes() {
     let connections = log.requests.last().unwrap().0 + 1;
     assert!(connections >= log.requests.len() / 7, "{connections} connections");
     server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtmpt_carries_bytes_both_ways_and_closes() {
+    echo_through_tunnel("rtmpt", None, ClientOptions::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtmpts_carries_bytes_both_ways_and_closes() {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("cert.pem");
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .unwrap();
+    let opts = ClientOptions {
+        tls: rtmpx_client::TlsOptions { ca_file: Some(ca), ..Default::default() },
+        ..Default::default()
+    };
+    echo_through_tunnel("rtmpts", Some(TlsAcceptor::from(Arc::new(config))), opts).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
