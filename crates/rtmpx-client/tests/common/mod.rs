@@ -14,8 +14,12 @@ use rtmpx_core::amf::{encode_amf0, Amf0Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-/// Builds the gateway binary once per test process (cargo's lock serialises parallel builds).
+/// Builds the gateway binary once per test process (cargo's lock serialises parallel builds),
+/// unless `RTMPX_BIN` names one to use.
 fn gateway_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("RTMPX_BIN") {
+        return PathBuf::from(path);
+    }
     static BUILT: Mutex<Option<PathBuf>> = Mutex::new(None);
     let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(path) = built.as_ref() {
