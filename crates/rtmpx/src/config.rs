@@ -27,6 +27,8 @@ pub struct Config {
     #[serde(default)]
     pub timeouts: Timeouts,
     #[serde(default)]
+    pub rtmpt: RtmptSection,
+    #[serde(default)]
     pub tls: TlsSection,
 }
 
@@ -50,21 +52,29 @@ impl Default for ServerSection {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
+    /// RTMP; an HTTP request arriving here is served as RTMPT on the same port.
     Rtmp,
+    /// RTMPT: RTMP tunnelled in HTTP POST requests.
+    Rtmpt,
+    /// RTMPS: RTMP inside TLS; an HTTP request inside the TLS is served as RTMPTS.
     Rtmps,
+    /// RTMPTS: RTMPT inside TLS (HTTPS).
+    Rtmpts,
 }
 
 impl Proto {
     pub fn scheme(self) -> &'static str {
         match self {
             Proto::Rtmp => "rtmp",
+            Proto::Rtmpt => "rtmpt",
             Proto::Rtmps => "rtmps",
+            Proto::Rtmpts => "rtmpts",
         }
     }
 
     /// Whether connections on this listener start with a TLS handshake.
     pub fn is_tls(self) -> bool {
-        matches!(self, Proto::Rtmps)
+        matches!(self, Proto::Rtmps | Proto::Rtmpts)
     }
 }
 
@@ -185,6 +195,34 @@ impl Timeouts {
     }
 }
 
+/// RTMPT/RTMPTS (HTTP tunnel) sessions, on `rtmpt` listeners and on `rtmp` ports that see HTTP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RtmptSection {
+    /// A tunnel session with no request for this long is closed (the client vanished).
+    pub idle_timeout_secs: u64,
+    /// Open tunnel sessions in total.
+    pub max_sessions: usize,
+    /// Open tunnel sessions per client address (the proxy's address behind a reverse proxy).
+    pub max_sessions_per_ip: usize,
+    /// Largest request body accepted (one `send` of client bytes).
+    pub max_request_body: usize,
+    /// Reading one request's headers and body, and waiting between keep-alive requests.
+    pub request_timeout_secs: u64,
+}
+
+impl Default for RtmptSection {
+    fn default() -> Self {
+        RtmptSection {
+            idle_timeout_secs: 30,
+            max_sessions: 10_000,
+            max_sessions_per_ip: 200,
+            max_request_body: 1 << 20,
+            request_timeout_secs: 30,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsSection {
@@ -207,6 +245,15 @@ impl Default for TlsSection {
             handshake_timeout_secs: 10,
             tls13_session_tickets: 0,
         }
+    }
+}
+
+impl RtmptSection {
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
     }
 }
 
@@ -305,6 +352,16 @@ impl Config {
         if t.handshake_secs == 0 || t.idle_secs == 0 || t.write_secs == 0 {
             return Err("timeouts.*_secs must be at least 1".into());
         }
+        let r = &self.rtmpt;
+        if r.idle_timeout_secs == 0 || r.request_timeout_secs == 0 {
+            return Err("rtmpt.idle_timeout_secs and rtmpt.request_timeout_secs must be at least 1".into());
+        }
+        if r.max_sessions == 0 || r.max_sessions_per_ip == 0 {
+            return Err("rtmpt.max_sessions and rtmpt.max_sessions_per_ip must be at least 1".into());
+        }
+        if !(4096..=64 << 20).contains(&r.max_request_body) {
+            return Err(format!("rtmpt.max_request_body: {} is outside 4096..=67108864", r.max_request_body));
+        }
         let tls = &self.tls;
         if tls.handshake_timeout_secs == 0 {
             return Err("tls.handshake_timeout_secs must be at least 1".into());
@@ -353,6 +410,8 @@ mod tests {
         assert!(err(&format!("{base}[[listener]]\nproto = \"rtmp\"\naddr = \"127.0.0.1:1935\"\n"))
             .contains("used by another"));
         assert!(err(&base.replace("127.0.0.1:1935", "nonsense")).contains("addr"));
+        assert!(err(&format!("{base}[rtmpt]\nmax_request_body = 10\n")).contains("rtmpt.max_request_body"));
+        assert!(err(&format!("{base}[rtmpt]\nidle_timeout_secs = 0\n")).contains("rtmpt.idle_timeout_secs"));
         let plain_with_cert =
             base.replace("1935\"\n", "1935\"\ntls = [{ cert = \"c.pem\", key = \"k.pem\" }]\n");
         assert!(err(&plain_with_cert).contains("listener[0].tls"));
@@ -375,5 +434,23 @@ mod tests {
         assert_eq!(c.tls.handshake_timeout(), Duration::from_secs(3));
         assert_eq!(c.tls.hosts, ["localhost"]);
         assert_eq!(c.tls.tls13_session_tickets, 0);
+    }
+
+    #[test]
+    fn rtmpt_listener_and_section_parse() {
+        let text = "[[listener]]\nproto = \"rtmpt\"\naddr = \"127.0.0.1:0\"\n[[app]]\nname = \"live\"\n\
+                    [rtmpt]\nidle_timeout_secs = 2\nmax_sessions_per_ip = 5\n";
+        let c = Config::from_toml(text, "t").unwrap();
+        assert_eq!(c.listeners[0].proto, Proto::Rtmpt);
+        assert_eq!(c.rtmpt.idle_timeout(), Duration::from_secs(2));
+        assert_eq!(c.rtmpt.max_sessions_per_ip, 5);
+        assert_eq!(c.rtmpt.max_sessions, 10_000);
+        let tls = text
+            .replace("\"rtmpt\"", "\"rtmpts\"")
+            .replace("0\"\n", "0\"\ntls = [{ cert = \"c\", key = \"k\" }]\n");
+        let c = Config::from_toml(&tls, "t").unwrap();
+        assert_eq!(c.listeners[0].proto, Proto::Rtmpts);
+        assert!(c.listeners[0].proto.is_tls());
+        assert_eq!(c.listeners[0].tls.len(), 1);
     }
 }

@@ -6,6 +6,7 @@ mod error;
 mod server;
 mod session;
 mod tls;
+mod tunnel;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

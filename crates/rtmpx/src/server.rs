@@ -14,8 +14,9 @@ use tracing::{info, warn};
 
 use crate::config::{Config, ListenerConfig, Proto};
 use crate::error::{Error, Result};
-use crate::session::{self, Origin, Transport};
+use crate::session::{Origin, Transport};
 use crate::tls::{self, TlsAcceptor};
+use crate::tunnel::{self, SessionTable};
 
 /// State every session and listener shares.
 pub struct Shared {
@@ -25,6 +26,8 @@ pub struct Shared {
     shutdown: watch::Receiver<bool>,
     connections: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// RTMPT/RTMPTS sessions of every listener.
+    pub tunnels: SessionTable,
 }
 
 impl Shared {
@@ -101,6 +104,7 @@ pub async fn serve(config: Config) -> Result<()> {
         shutdown: shutdown_rx,
         connections: AtomicUsize::new(0),
         per_ip: Mutex::new(HashMap::new()),
+        tunnels: SessionTable::new(),
     });
 
     let listener_tls = tls::listener_acceptors(&config)?;
@@ -146,6 +150,7 @@ pub async fn serve(config: Config) -> Result<()> {
         });
     }
     drop(session_tx);
+    accept_tasks.spawn(tunnel::reap_idle_sessions(shared.clone()));
 
     let signal = shutdown_signal();
     tokio::pin!(signal);
@@ -158,19 +163,21 @@ pub async fn serve(config: Config) -> Result<()> {
                 let shared = shared.clone();
                 sessions.spawn(async move {
                     let _admission = admission;
+                    let encryption = listener.encryption.policy();
+                    let origin = |transport| Origin { transport, encryption };
                     match listener.proto {
                         Proto::Rtmp => {
-                            let origin = Origin { transport: Transport::Tcp, encryption: listener.encryption.policy() };
-                            session::run(stream, peer, origin, shared).await
+                            tunnel::serve_sniffed(stream, peer, origin(Transport::Tcp), origin(Transport::Http), shared).await
                         }
-                        Proto::Rtmps => {
+                        Proto::Rtmpt => tunnel::serve_http(stream, peer, origin(Transport::Http), shared).await,
+                        Proto::Rtmps | Proto::Rtmpts => {
                             let tls = tls.expect("TLS listeners have an acceptor");
                             match tls.accept(stream, peer).await {
-                                Ok(stream) => {
-                                    let encryption = listener.encryption.policy();
-                                    let origin = Origin { transport: Transport::Tls, encryption };
-                                    session::run(stream, peer, origin, shared).await
+                                Ok(stream) if listener.proto == Proto::Rtmps => {
+                                    let (rtmp, http) = (origin(Transport::Tls), origin(Transport::HttpTls));
+                                    tunnel::serve_sniffed(stream, peer, rtmp, http, shared).await
                                 }
+                                Ok(stream) => tunnel::serve_http(stream, peer, origin(Transport::HttpTls), shared).await,
                                 Err(e) => warn!(%peer, "{e}"),
                             }
                         }
@@ -206,6 +213,13 @@ fn announce(lc: &ListenerConfig, local: SocketAddr, config: &Config) {
             (false, false) => "nothing (app disabled)",
         };
         info!("{} listener on {local}: {what} at {url}", lc.proto.scheme());
+    }
+    if matches!(lc.proto, Proto::Rtmp | Proto::Rtmps) {
+        let tunnel = if lc.proto == Proto::Rtmp { "rtmpt" } else { "rtmpts" };
+        info!(
+            "{} listener on {local}: also serves {tunnel} (HTTP requests) on the same port",
+            lc.proto.scheme()
+        );
     }
 }
 

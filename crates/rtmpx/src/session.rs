@@ -58,6 +58,10 @@ fn poll_read_into<S: AsyncRead + Unpin>(
 pub enum Transport {
     Tcp,
     Tls,
+    /// RTMPT: the HTTP tunnel over plain TCP.
+    Http,
+    /// RTMPTS: the HTTP tunnel over TLS.
+    HttpTls,
 }
 
 impl Transport {
@@ -68,6 +72,10 @@ impl Transport {
             (Transport::Tcp, true) => "rtmpe",
             // RTMPE inside TLS is not a variant of its own.
             (Transport::Tls, _) => "rtmps",
+            (Transport::Http, false) => "rtmpt",
+            (Transport::Http, true) => "rtmpte",
+            // RTMPE inside TLS is not a variant of its own.
+            (Transport::HttpTls, _) => "rtmpts",
         }
     }
 }
@@ -102,6 +110,8 @@ struct Connection {
     peer: SocketAddr,
     transport: Transport,
     encrypted: bool,
+    /// "simple", "digest" or "rtmpe-6>8" (type the client asked for > type in force).
+    handshake: String,
     app: Option<String>,
     stream_name: Option<String>,
     role: &'static str,
@@ -144,6 +154,7 @@ where
         peer,
         transport,
         encrypted: false,
+        handshake: "-".into(),
         app: None,
         stream_name: None,
         role: "none",
@@ -178,10 +189,11 @@ where
         _ => "-".into(),
     };
     let line = format!(
-        "session {} closed: peer={} variant={} stream={} role={} in={}B out={}B duration={:.1}s reason={}",
+        "session {} closed: peer={} variant={} handshake={} stream={} role={} in={}B out={}B duration={:.1}s reason={}",
         conn.id,
         conn.peer,
         conn.variant(),
+        conn.handshake,
         app_stream,
         conn.role,
         conn.bytes_in,
@@ -340,6 +352,11 @@ fn handle_event(
     match event {
         ServerEvent::HandshakeComplete { requested, version, digest } => {
             conn.encrypted = version.is_encrypted();
+            conn.handshake = match (version.is_encrypted(), digest) {
+                (true, _) => format!("rtmpe-{}>{}", requested.to_byte(), version.to_byte()),
+                (false, true) => "digest".into(),
+                (false, false) => "simple".into(),
+            };
             debug!(session = conn.id, ?requested, ?version, digest, "handshake complete");
         }
         ServerEvent::ConnectRequested(request) => {
