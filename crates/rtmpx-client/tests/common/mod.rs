@@ -27,6 +27,19 @@ fn gateway_binary() -> PathBuf {
     }
     let mut cmd = std::process::Command::new(env!("CARGO"));
     cmd.args(["build", "--quiet", "-p", "rtmpx", "--bin", "rtmpx"]).current_dir(env!("CARGO_MANIFEST_DIR"));
+    // Variables cargo sets for this test process would reach build scripts (ring's) and make
+    // every later plain `cargo build` redo them: build as a shell would.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let set_by_cargo = ["CARGO_MANIFEST_", "CARGO_PKG_", "CARGO_BIN_", "CARGO_CRATE_NAME"]
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+            || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "CARGO_RUSTC_CURRENT_DIR", "OUT_DIR"]
+                .contains(&name.as_ref());
+        if set_by_cargo {
+            cmd.env_remove(name.as_ref());
+        }
+    }
     if !cfg!(debug_assertions) {
         cmd.arg("--release");
     }
