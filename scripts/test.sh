@@ -30,4 +30,7 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The end-to-end suites drive the real binary: build it once, outside any test process.
+cargo build -p rtmpx --bin rtmpx
+export RTMPX_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/rtmpx"
 cargo test --workspace
