@@ -558,6 +558,11 @@ impl Gateway {
         self.child.id()
     }
 
+    /// The configuration file the gateway runs with: rewrite it and send SIGHUP to reload.
+    pub fn config_path(&self) -> PathBuf {
+        self._dir.file("rtmpx.toml")
+    }
+
     /// Current resident set size in KiB.
     pub fn rss_kib(&self) -> u64 {
         rss_kib_of(self.pid())

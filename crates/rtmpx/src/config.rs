@@ -28,7 +28,11 @@ pub struct Config {
     #[serde(default)]
     pub timeouts: Timeouts,
     #[serde(default)]
+    pub rtmpt: RtmptSection,
+    #[serde(default)]
     pub tls: TlsSection,
+    /// The admin HTTP listener (metrics, JSON API, status page); off without `[admin]`.
+    pub admin: Option<AdminSection>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -38,34 +42,42 @@ pub struct ServerSection {
     pub chunk_size: u32,
     /// Cache the last GOP so players start at once.
     pub gop_cache: bool,
-    /// How long shutdown waits for sessions to close.
+    /// On SIGTERM/SIGINT: how long publishers and players may go on after the listeners close.
     pub shutdown_grace_secs: u64,
 }
 
 impl Default for ServerSection {
     fn default() -> Self {
-        ServerSection { chunk_size: 4096, gop_cache: true, shutdown_grace_secs: 5 }
+        ServerSection { chunk_size: 4096, gop_cache: true, shutdown_grace_secs: 30 }
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
+    /// RTMP; an HTTP request arriving here is served as RTMPT on the same port.
     Rtmp,
+    /// RTMPT: RTMP tunnelled in HTTP POST requests.
+    Rtmpt,
+    /// RTMPS: RTMP inside TLS; an HTTP request inside the TLS is served as RTMPTS.
     Rtmps,
+    /// RTMPTS: RTMPT inside TLS (HTTPS).
+    Rtmpts,
 }
 
 impl Proto {
     pub fn scheme(self) -> &'static str {
         match self {
             Proto::Rtmp => "rtmp",
+            Proto::Rtmpt => "rtmpt",
             Proto::Rtmps => "rtmps",
+            Proto::Rtmpts => "rtmpts",
         }
     }
 
     /// Whether connections on this listener start with a TLS handshake.
     pub fn is_tls(self) -> bool {
-        matches!(self, Proto::Rtmps)
+        matches!(self, Proto::Rtmps | Proto::Rtmpts)
     }
 }
 
@@ -252,6 +264,34 @@ impl Timeouts {
     }
 }
 
+/// RTMPT/RTMPTS (HTTP tunnel) sessions, on `rtmpt` listeners and on `rtmp` ports that see HTTP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RtmptSection {
+    /// A tunnel session with no request for this long is closed (the client vanished).
+    pub idle_timeout_secs: u64,
+    /// Open tunnel sessions in total.
+    pub max_sessions: usize,
+    /// Open tunnel sessions per client address (the proxy's address behind a reverse proxy).
+    pub max_sessions_per_ip: usize,
+    /// Largest request body accepted (one `send` of client bytes).
+    pub max_request_body: usize,
+    /// Reading one request's headers and body, and waiting between keep-alive requests.
+    pub request_timeout_secs: u64,
+}
+
+impl Default for RtmptSection {
+    fn default() -> Self {
+        RtmptSection {
+            idle_timeout_secs: 30,
+            max_sessions: 10_000,
+            max_sessions_per_ip: 200,
+            max_request_body: 1 << 20,
+            request_timeout_secs: 30,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsSection {
@@ -274,6 +314,15 @@ impl Default for TlsSection {
             handshake_timeout_secs: 10,
             tls13_session_tickets: 0,
         }
+    }
+}
+
+impl RtmptSection {
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
     }
 }
 
@@ -378,12 +427,25 @@ impl Config {
         if t.handshake_secs == 0 || t.idle_secs == 0 || t.write_secs == 0 {
             return Err("timeouts.*_secs must be at least 1".into());
         }
+        let r = &self.rtmpt;
+        if r.idle_timeout_secs == 0 || r.request_timeout_secs == 0 {
+            return Err("rtmpt.idle_timeout_secs and rtmpt.request_timeout_secs must be at least 1".into());
+        }
+        if r.max_sessions == 0 || r.max_sessions_per_ip == 0 {
+            return Err("rtmpt.max_sessions and rtmpt.max_sessions_per_ip must be at least 1".into());
+        }
+        if !(4096..=64 << 20).contains(&r.max_request_body) {
+            return Err(format!("rtmpt.max_request_body: {} is outside 4096..=67108864", r.max_request_body));
+        }
         let tls = &self.tls;
         if tls.handshake_timeout_secs == 0 {
             return Err("tls.handshake_timeout_secs must be at least 1".into());
         }
         if tls.tls13_session_tickets > 16 {
             return Err(format!("tls.tls13_session_tickets: {} is above 16", tls.tls13_session_tickets));
+        }
+        if let Some(admin) = &self.admin {
+            admin.validate()?;
         }
         if let Some(bad) =
             tls.hosts.iter().find(|h| h.is_empty() || h.contains(|c: char| c.is_whitespace() || c == '/'))
@@ -439,6 +501,33 @@ fn validate_app_auth(i: usize, app: &AppConfig) -> std::result::Result<(), Strin
     Ok(())
 }
 
+/// `[admin]` in the configuration (served by the binary's `admin` module).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// Where the admin HTTP server listens. Keep it on localhost or behind a firewall.
+    pub addr: SocketAddr,
+    /// When set, every request must carry `Authorization: Bearer <token>` (or `?token=`).
+    pub token: Option<String>,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection { addr: SocketAddr::from(([127, 0, 0, 1], 8080)), token: None }
+    }
+}
+
+impl AdminSection {
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if let Some(token) = &self.token {
+            if token.len() < 8 || !token.chars().all(|c| c.is_ascii_graphic()) {
+                return Err("admin.token: use at least 8 printable ASCII characters without spaces".into());
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -467,6 +556,8 @@ mod tests {
         assert!(err(&format!("{base}[[listener]]\nproto = \"rtmp\"\naddr = \"127.0.0.1:1935\"\n"))
             .contains("used by another"));
         assert!(err(&base.replace("127.0.0.1:1935", "nonsense")).contains("addr"));
+        assert!(err(&format!("{base}[rtmpt]\nmax_request_body = 10\n")).contains("rtmpt.max_request_body"));
+        assert!(err(&format!("{base}[rtmpt]\nidle_timeout_secs = 0\n")).contains("rtmpt.idle_timeout_secs"));
         let plain_with_cert =
             base.replace("1935\"\n", "1935\"\ntls = [{ cert = \"c.pem\", key = \"k.pem\" }]\n");
         assert!(err(&plain_with_cert).contains("listener[0].tls"));
@@ -489,5 +580,23 @@ mod tests {
         assert_eq!(c.tls.handshake_timeout(), Duration::from_secs(3));
         assert_eq!(c.tls.hosts, ["localhost"]);
         assert_eq!(c.tls.tls13_session_tickets, 0);
+    }
+
+    #[test]
+    fn rtmpt_listener_and_section_parse() {
+        let text = "[[listener]]\nproto = \"rtmpt\"\naddr = \"127.0.0.1:0\"\n[[app]]\nname = \"live\"\n\
+                    [rtmpt]\nidle_timeout_secs = 2\nmax_sessions_per_ip = 5\n";
+        let c = Config::from_toml(text, "t").unwrap();
+        assert_eq!(c.listeners[0].proto, Proto::Rtmpt);
+        assert_eq!(c.rtmpt.idle_timeout(), Duration::from_secs(2));
+        assert_eq!(c.rtmpt.max_sessions_per_ip, 5);
+        assert_eq!(c.rtmpt.max_sessions, 10_000);
+        let tls = text
+            .replace("\"rtmpt\"", "\"rtmpts\"")
+            .replace("0\"\n", "0\"\ntls = [{ cert = \"c\", key = \"k\" }]\n");
+        let c = Config::from_toml(&tls, "t").unwrap();
+        assert_eq!(c.listeners[0].proto, Proto::Rtmpts);
+        assert!(c.listeners[0].proto.is_tls());
+        assert_eq!(c.listeners[0].tls.len(), 1);
     }
 }

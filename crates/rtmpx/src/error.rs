@@ -25,6 +25,10 @@ pub enum Error {
     /// Authorisation or a limit refused connect/publish/play; the client was told, then closed.
     #[error("denied: {0}")]
     Denied(String),
+
+    /// Closed on purpose: by the admin API or because the gateway is draining.
+    #[error("{0}")]
+    Kicked(&'static str),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

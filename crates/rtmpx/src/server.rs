@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,10 +13,15 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
+use crate::admin;
 use crate::config::{Config, ListenerConfig, Proto};
 use crate::error::{Error, Result};
-use crate::session::{self, Origin, Transport};
+use crate::metrics::{Denial, HandshakeFailure, Metrics};
+use crate::registry::Registry;
+use crate::reload::Reloader;
+use crate::session::{Origin, Transport};
 use crate::tls::{self, TlsAcceptor};
+use crate::tunnel::{self, SessionTable};
 
 /// State every session and listener shares.
 pub struct Shared {
@@ -25,13 +31,39 @@ pub struct Shared {
     shutdown: watch::Receiver<bool>,
     connections: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// RTMPT/RTMPTS sessions of every listener.
+    pub tunnels: SessionTable,
+    /// Counters for `/metrics` (ops).
+    pub metrics: Metrics,
+    /// Live sessions for the admin API (ops).
+    pub sessions: Registry,
     /// Publish/play authorisation and per-app/per-stream limits.
     pub auth: crate::auth::Gate,
 }
 
 impl Shared {
+    pub fn new(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Shared {
+        Shared {
+            router: Router::new(router_config(&config)),
+            config: Mutex::new(config),
+            next_id: AtomicU64::new(1),
+            shutdown,
+            connections: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+            tunnels: SessionTable::new(),
+            metrics: Metrics::default(),
+            sessions: Registry::default(),
+            auth: crate::auth::Gate::new(),
+        }
+    }
+
     pub fn config(&self) -> Arc<Config> {
         self.config.lock().expect("config lock").clone()
+    }
+
+    /// Swaps in a validated configuration (reload); sessions read it at their next decision.
+    pub fn replace_config(&self, config: Arc<Config>) {
+        *self.config.lock().expect("config lock") = config;
     }
 
     pub fn next_session_id(&self) -> u64 {
@@ -48,6 +80,7 @@ impl Shared {
         let total = self.connections.fetch_add(1, Ordering::AcqRel) + 1;
         if total > limits.max_connections {
             self.connections.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.denied(Denial::ConnectionLimit);
             warn!(%ip, limit = limits.max_connections, "connection refused: max_connections reached");
             return None;
         }
@@ -56,6 +89,7 @@ impl Shared {
         if *count >= limits.max_connections_per_ip {
             drop(per_ip);
             self.connections.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.denied(Denial::ConnectionLimit);
             warn!(%ip, limit = limits.max_connections_per_ip, "connection refused: max_connections_per_ip reached");
             return None;
         }
@@ -83,7 +117,7 @@ impl Drop for Admission {
     }
 }
 
-fn router_config(config: &Config) -> RouterConfig {
+pub fn router_config(config: &Config) -> RouterConfig {
     RouterConfig {
         player_queue_bytes: config.limits.player_queue_bytes,
         gop_cache: config.server.gop_cache,
@@ -91,20 +125,12 @@ fn router_config(config: &Config) -> RouterConfig {
     }
 }
 
-/// Binds every listener, prints where to publish and play, and serves until SIGINT/SIGTERM.
-/// SIGHUP reloads the TLS certificates.
-pub async fn serve(config: Config) -> Result<()> {
+/// Binds every listener, prints where to publish and play, and serves until SIGINT/SIGTERM,
+/// then drains (see [`crate::drain`]). SIGHUP reloads `config_path` and the TLS certificates.
+pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let config = Arc::new(config);
-    let shared = Arc::new(Shared {
-        router: Router::new(router_config(&config)),
-        config: Mutex::new(config.clone()),
-        next_id: AtomicU64::new(1),
-        shutdown: shutdown_rx,
-        connections: AtomicUsize::new(0),
-        per_ip: Mutex::new(HashMap::new()),
-        auth: crate::auth::Gate::new(),
-    });
+    let shared = Arc::new(Shared::new(config.clone(), shutdown_rx));
 
     let listener_tls = tls::listener_acceptors(&config)?;
     let mut hangup = Hangup::new()?;
@@ -118,6 +144,15 @@ pub async fn serve(config: Config) -> Result<()> {
         let local = listener.local_addr().map_err(Error::io("reading the bound address"))?;
         announce(lc, local, &config);
         listeners.push((lc.clone(), listener, tls));
+    }
+    let reloader = Arc::new(Reloader::new(shared.clone(), config_path, listener_tls.stores.clone()));
+    let mut background = JoinSet::new();
+    background.spawn(admin::sample_bitrates(shared.clone()));
+    if let Some(settings) = &config.admin {
+        let server = admin::start(settings, shared.clone(), reloader.clone()).await?;
+        background.spawn(async move {
+            let _ = server.await;
+        });
     }
     info!("rtmpx ready");
 
@@ -149,32 +184,42 @@ pub async fn serve(config: Config) -> Result<()> {
         });
     }
     drop(session_tx);
+    accept_tasks.spawn(tunnel::reap_idle_sessions(shared.clone()));
 
     let signal = shutdown_signal();
     tokio::pin!(signal);
     loop {
         tokio::select! {
             _ = &mut signal => break,
-            _ = hangup.recv() => tls::reload_all(&listener_tls.stores),
+            _ = hangup.recv() => {
+                let reloader = reloader.clone();
+                // A failed reload is logged and keeps the running configuration.
+                let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+            }
             Some((stream, peer, listener, tls)) = session_rx.recv() => {
                 let Some(admission) = shared.admit(peer.ip()) else { continue };
                 let shared = shared.clone();
                 sessions.spawn(async move {
                     let _admission = admission;
+                    let encryption = listener.encryption.policy();
+                    let origin = |transport| Origin { transport, encryption };
                     match listener.proto {
                         Proto::Rtmp => {
-                            let origin = Origin { transport: Transport::Tcp, encryption: listener.encryption.policy() };
-                            session::run(stream, peer, origin, shared).await
+                            tunnel::serve_sniffed(stream, peer, origin(Transport::Tcp), origin(Transport::Http), shared).await
                         }
-                        Proto::Rtmps => {
+                        Proto::Rtmpt => tunnel::serve_http(stream, peer, origin(Transport::Http), shared).await,
+                        Proto::Rtmps | Proto::Rtmpts => {
                             let tls = tls.expect("TLS listeners have an acceptor");
                             match tls.accept(stream, peer).await {
-                                Ok(stream) => {
-                                    let encryption = listener.encryption.policy();
-                                    let origin = Origin { transport: Transport::Tls, encryption };
-                                    session::run(stream, peer, origin, shared).await
+                                Ok(stream) if listener.proto == Proto::Rtmps => {
+                                    let (rtmp, http) = (origin(Transport::Tls), origin(Transport::HttpTls));
+                                    tunnel::serve_sniffed(stream, peer, rtmp, http, shared).await
                                 }
-                                Err(e) => warn!(%peer, "{e}"),
+                                Ok(stream) => tunnel::serve_http(stream, peer, origin(Transport::HttpTls), shared).await,
+                                Err(e) => {
+                                    shared.metrics.handshake_failed(HandshakeFailure::Tls);
+                                    warn!(%peer, "{e}")
+                                }
                             }
                         }
                     }
@@ -184,15 +229,9 @@ pub async fn serve(config: Config) -> Result<()> {
         }
     }
 
-    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
-    info!(sessions = sessions.len(), "shutting down: closing listeners and telling clients");
-    let _ = shutdown_tx.send(true);
-    accept_tasks.shutdown().await;
-    let drained = tokio::time::timeout(grace, async { while sessions.join_next().await.is_some() {} }).await;
-    if drained.is_err() {
-        warn!(left = sessions.len(), "grace period over: dropping remaining sessions");
-        sessions.shutdown().await;
-    }
+    drop(session_rx);
+    crate::drain::drain(&shared, &mut sessions, accept_tasks, &shutdown_tx).await;
+    background.shutdown().await;
     info!("rtmpx stopped");
     Ok(())
 }
@@ -209,6 +248,13 @@ fn announce(lc: &ListenerConfig, local: SocketAddr, config: &Config) {
             (false, false) => "nothing (app disabled)",
         };
         info!("{} listener on {local}: {what} at {url}", lc.proto.scheme());
+    }
+    if matches!(lc.proto, Proto::Rtmp | Proto::Rtmps) {
+        let tunnel = if lc.proto == Proto::Rtmp { "rtmpt" } else { "rtmpts" };
+        info!(
+            "{} listener on {local}: also serves {tunnel} (HTTP requests) on the same port",
+            lc.proto.scheme()
+        );
     }
 }
 
@@ -239,7 +285,7 @@ impl Hangup {
     }
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -20,6 +20,8 @@ use tracing::{debug, info, warn};
 
 use crate::auth;
 use crate::error::{Error, Result};
+use crate::metrics::{Denial, Role};
+use crate::registry::SessionGuard;
 use crate::server::Shared;
 
 /// Bytes of player output gathered before one write: fewer, larger writes.
@@ -59,6 +61,10 @@ fn poll_read_into<S: AsyncRead + Unpin>(
 pub enum Transport {
     Tcp,
     Tls,
+    /// RTMPT: the HTTP tunnel over plain TCP.
+    Http,
+    /// RTMPTS: the HTTP tunnel over TLS.
+    HttpTls,
 }
 
 impl Transport {
@@ -69,6 +75,10 @@ impl Transport {
             (Transport::Tcp, true) => "rtmpe",
             // RTMPE inside TLS is not a variant of its own.
             (Transport::Tls, _) => "rtmps",
+            (Transport::Http, false) => "rtmpt",
+            (Transport::Http, true) => "rtmpte",
+            // RTMPE inside TLS is not a variant of its own.
+            (Transport::HttpTls, _) => "rtmpts",
         }
     }
 }
@@ -117,6 +127,8 @@ struct Connection {
     playing: Option<Playing>,
     bytes_in: u64,
     bytes_out: u64,
+    /// The session's entry in the admin registry (ops).
+    registry: SessionGuard,
 }
 
 impl Connection {
@@ -147,8 +159,9 @@ where
 {
     let Origin { transport, encryption } = origin.into();
     let started = Instant::now();
+    let id = shared.next_session_id();
     let mut conn = Connection {
-        id: shared.next_session_id(),
+        id,
         peer,
         transport,
         encrypted: false,
@@ -161,6 +174,7 @@ where
         playing: None,
         bytes_in: 0,
         bytes_out: 0,
+        registry: SessionGuard::open(&shared, id, peer, transport.variant(false)),
     };
     debug!(session = conn.id, %peer, "session opened");
     let result = drive(stream, &mut conn, encryption, &shared).await;
@@ -178,6 +192,7 @@ where
         }
         other => other,
     };
+    conn.registry.finish(&result);
     let reason = match &result {
         Ok(()) => "closed".to_string(),
         Err(e) => e.to_string(),
@@ -248,6 +263,7 @@ where
                     return Ok(());
                 }
                 conn.bytes_in += n as u64;
+                conn.registry.entry().add_in(n);
                 last_read = tokio::time::Instant::now();
                 let mut outcome = verdict.map_err(Error::from);
                 while let Some(event) = session.poll_event() {
@@ -272,7 +288,15 @@ where
                         let Some(event) = conn.playing.as_mut().and_then(|p| p.player.try_recv()) else { break };
                         deliver(event, &mut session, conn);
                     }
+                    if let Some(p) = &conn.playing {
+                        conn.registry.entry().set_dropped_frames(p.player.dropped_frames());
+                    }
                 }
+            }
+            why = conn.registry.entry().kicked() => {
+                say_goodbye(&mut session, conn);
+                let _ = flush(&mut stream, &mut session, conn, timeouts.write()).await;
+                return Err(Error::Kicked(why));
             }
             _ = sleep_until_opt(deadline) => {
                 return Err(Error::Timeout(if connected { "no data from the client" } else { "handshake and connect" }));
@@ -311,6 +335,7 @@ where
     let mut wrote = false;
     while let Some(bytes) = session.poll_transmit() {
         conn.bytes_out += bytes.len() as u64;
+        conn.registry.entry().add_out(bytes.len());
         timeout(write_timeout, stream.write_all(&bytes))
             .await
             .map_err(|_| Error::Timeout("the client stopped reading"))?
@@ -353,6 +378,7 @@ async fn handle_event(
     match event {
         ServerEvent::HandshakeComplete { requested, version, digest } => {
             conn.encrypted = version.is_encrypted();
+            conn.registry.handshake_complete(conn.variant());
             conn.handshake = match (version.is_encrypted(), digest) {
                 (true, _) => format!("rtmpe-{}>{}", requested.to_byte(), version.to_byte()),
                 (false, true) => "digest".into(),
@@ -365,6 +391,7 @@ async fn handle_event(
             let config = shared.config();
             match shared.auth.connect(&config, conn.id, conn.peer, &request).await {
                 Ok(client) => {
+                    conn.registry.entry().set_app(&client.app);
                     conn.app = Some(client.app.clone());
                     conn.client = Some(client);
                     *connected = true;
@@ -372,6 +399,7 @@ async fn handle_event(
                 }
                 Err(denial) => {
                     warn!(session = conn.id, peer = %conn.peer, app = request.app, "connect rejected: {}", denial.reason);
+                    shared.metrics.denied(Denial::Connect);
                     session.reject_connect(&denial.reason)?;
                     return Err(Error::Denied(denial.reason));
                 }
@@ -429,13 +457,14 @@ async fn on_publish(
     };
     let grant = match shared.auth.publish(&config, client, stream_name, mode).await {
         Ok(grant) => grant,
-        Err(denial) => return deny(session, conn, stream_id, true, stream_name, denial),
+        Err(denial) => return deny(session, conn, shared, stream_id, true, stream_name, denial),
     };
     let key = StreamKey::new(&app, &grant.name);
     match shared.router.publish(key.clone(), conn.info()) {
         Ok(publisher) => {
             session.accept_publish(stream_id)?;
             conn.role = "publisher";
+            conn.registry.entry().set_role(Role::Publisher, &key.name);
             conn.stream_name = Some(key.name.clone());
             conn.publishing = Some(Publishing { stream_id, publisher, _grant: grant });
             info!(session = conn.id, peer = %conn.peer, variant = conn.variant(), stream = %key, "publishing");
@@ -467,12 +496,13 @@ async fn on_play(
     let Some(client) = conn.client.as_ref() else { return Err(Error::Denied("play before connect".into())) };
     let grant = match shared.auth.play(&config, client, stream_name, start, duration, reset).await {
         Ok(grant) => grant,
-        Err(denial) => return deny(session, conn, stream_id, false, stream_name, denial),
+        Err(denial) => return deny(session, conn, shared, stream_id, false, stream_name, denial),
     };
     let key = StreamKey::new(&app, &grant.name);
     let mut player = shared.router.play(key.clone(), conn.info());
     session.accept_play(stream_id, &key.name)?;
     conn.role = "player";
+    conn.registry.entry().set_role(Role::Player, &key.name);
     conn.stream_name = Some(key.name.clone());
     // A live stream announces itself at once and needs no PublishNotify; anything else that
     // is already queued is delivered as usual.
@@ -491,6 +521,7 @@ async fn on_play(
 fn deny(
     session: &mut ServerSession,
     conn: &Connection,
+    shared: &Shared,
     stream_id: u32,
     publish: bool,
     stream_name: &str,
@@ -500,8 +531,10 @@ fn deny(
     let app = conn.app.as_deref().unwrap_or("-");
     warn!(session = conn.id, peer = %conn.peer, variant = %conn.variant(), stream = %format!("{app}/{name}"), code = %denial.code, "{what} denied: {}", denial.reason);
     if publish {
+        shared.metrics.denied(Denial::Publish);
         session.reject_publish(stream_id, denial.code, &denial.reason)?;
     } else {
+        shared.metrics.denied(Denial::Play);
         session.reject_play(stream_id, denial.code, &denial.reason)?;
     }
     Err(Error::Denied(denial.reason))

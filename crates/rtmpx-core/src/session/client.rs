@@ -137,17 +137,15 @@ impl ClientSession {
 
     fn process(&mut self) -> Result<()> {
         if let Phase::Handshake(handshake) = &mut self.phase {
-            let (input, output) = self.link.buffers();
-            let Some(mut outcome) = handshake.handle_input(input, output)? else {
+            let Some(outcome) =
+                self.link.advance_handshake(|input, output| handshake.handle_input(input, output))?
+            else {
                 return Ok(());
             };
             self.events.push_back(ClientEvent::HandshakeComplete {
                 version: outcome.version,
                 digest: outcome.digest,
             });
-            if let Some(cipher) = outcome.cipher.take() {
-                self.link.start_cipher(cipher);
-            }
             self.outcome = Some(outcome);
             self.send_connect();
         }

@@ -5,7 +5,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::amf::{encode_amf0, Amf0Value};
 use crate::chunk::{ChunkDecoder, ChunkEncoder, ChunkLimits, RawMessage};
-use crate::handshake::Rc4Pair;
+use crate::handshake::{HandshakeOutcome, Rc4Pair};
 use crate::message::{type_id, BandwidthLimit, Command, UserControl};
 use crate::Result;
 
@@ -55,16 +55,25 @@ impl Link {
         }
     }
 
-    /// Drops the handshake-sized input buffer once it is empty: most sessions (players) send
-    /// little after the handshake.
-    pub fn release_handshake_buffer(&mut self) {
+    /// Runs one handshake step (`step` reads the input and writes the output buffer). When the
+    /// handshake completes, installs the RTMPE cipher (bytes already buffered after it are
+    /// decrypted) and drops the handshake-sized input buffer: most sessions send little after it.
+    pub fn advance_handshake(
+        &mut self,
+        step: impl FnOnce(&mut BytesMut, &mut BytesMut) -> Result<Option<HandshakeOutcome>>,
+    ) -> Result<Option<HandshakeOutcome>> {
+        let Some(mut outcome) = step(&mut self.input, &mut self.output)? else { return Ok(None) };
         if self.input.is_empty() {
             self.input = BytesMut::new();
         }
+        if let Some(cipher) = outcome.cipher.take() {
+            self.start_cipher(cipher);
+        }
+        Ok(Some(outcome))
     }
 
     /// Installs the RTMPE cipher; bytes already buffered after the handshake are decrypted.
-    pub fn start_cipher(&mut self, mut cipher: Rc4Pair) {
+    fn start_cipher(&mut self, mut cipher: Rc4Pair) {
         cipher.decrypt(&mut self.input[..]);
         self.sealed = self.output.len(); // the handshake itself goes out in clear
         self.cipher = Some(cipher);
@@ -85,11 +94,6 @@ impl Link {
 
     pub fn raw_output(&mut self) -> &mut BytesMut {
         &mut self.output
-    }
-
-    /// The input and output buffers at once, for the handshake (which reads one, writes the other).
-    pub fn buffers(&mut self) -> (&mut BytesMut, &mut BytesMut) {
-        (&mut self.input, &mut self.output)
     }
 
     pub fn output_len(&self) -> usize {

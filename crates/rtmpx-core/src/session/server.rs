@@ -175,8 +175,9 @@ impl ServerSession {
 
     fn process(&mut self) -> Result<()> {
         if let Phase::Handshake(handshake) = &mut self.phase {
-            let (input, output) = self.link.buffers();
-            let Some(outcome) = handshake.handle_input(input, output)? else {
+            let Some(outcome) =
+                self.link.advance_handshake(|input, output| handshake.handle_input(input, output))?
+            else {
                 return Ok(());
             };
             self.events.push_back(ServerEvent::HandshakeComplete {
@@ -185,11 +186,6 @@ impl ServerSession {
                 digest: outcome.digest,
             });
             self.phase = Phase::AwaitConnect;
-            self.link.release_handshake_buffer();
-            let mut outcome = outcome;
-            if let Some(cipher) = outcome.cipher.take() {
-                self.link.start_cipher(cipher);
-            }
             self.outcome = Some(outcome);
         }
         // A client may pipeline commands behind connect/publish/play; they wait in the input

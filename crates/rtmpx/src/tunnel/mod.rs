@@ -1,0 +1,65 @@
+//! RTMPT and RTMPTS: RTMP tunnelled in HTTP POST requests.
+//!
+//! Each tunnel session is a bounded in-memory duplex pipe ([`pipe`]) whose far end goes to
+//! [`session::run`] like any TCP connection: the core and the router never learn it is HTTP.
+//! [`http`] answers the requests (`/open/1`, `/send`, `/idle`, `/close`), [`table`] holds the
+//! sessions by unguessable id with their limits, and [`sniff`] lets an `rtmp` (or `rtmps`) port
+//! serve RTMPT too by looking at a connection's first byte.
+
+pub mod http;
+pub mod pipe;
+pub mod sniff;
+pub mod table;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::{debug, info};
+
+pub use http::serve_connection as serve_http;
+pub use table::SessionTable;
+
+use crate::server::Shared;
+use crate::session::{self, Origin};
+
+/// Serves a connection on a port that carries RTMP and RTMPT: RTMP bytes go to the session driver
+/// as `rtmp`, an HTTP request to the tunnel as `http`. Used by the `rtmp` listener (transports
+/// `Tcp`/`Http`) and, inside TLS, by the `rtmps` listener (`Tls`/`HttpTls`).
+pub async fn serve_sniffed<S>(stream: S, peer: SocketAddr, rtmp: Origin, http: Origin, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let wait = shared.config().timeouts.handshake();
+    let stream = match tokio::time::timeout(wait, sniff::sniff(stream)).await {
+        Ok(Ok(Some(sniffed))) => sniffed,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => return debug!(%peer, "connection failed before its first byte: {e}"),
+        Err(_) => return debug!(%peer, "no first byte within the handshake timeout"),
+    };
+    match stream {
+        (sniff::FirstByte::Http, stream) => serve_http(stream, peer, http, shared).await,
+        (sniff::FirstByte::Rtmp, stream) => session::run(stream, peer, rtmp, shared).await,
+    }
+}
+
+/// Closes tunnel sessions that went without a request for `rtmpt.idle_timeout_secs` (the
+/// client vanished without `/close`). Runs until the task is dropped.
+pub async fn reap_idle_sessions(shared: Arc<Shared>) {
+    loop {
+        let idle = shared.config().rtmpt.idle_timeout();
+        let period = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        tokio::time::sleep(period).await;
+        let expired = shared.tunnels.expire_idle(idle);
+        if expired > 0 {
+            info!(
+                expired,
+                expired_total = shared.tunnels.expired_total(),
+                open = shared.tunnels.len(),
+                "rtmpt sessions expired after {}s without a request",
+                idle.as_secs()
+            );
+        }
+    }
+}

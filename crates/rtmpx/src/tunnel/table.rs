@@ -1,0 +1,300 @@
+//! The tunnel session table: unguessable ids, limits per address and in total, expiry.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use rand::rngs::OsRng;
+use rand::RngCore;
+
+use super::pipe::PipeEnd;
+use crate::session::Transport;
+
+/// A tunnel session id: 128 bits from the operating system's CSPRNG, written as 32 lowercase hex
+/// digits (clients copy it into URLs, so it stays within [0-9a-f]).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionId([u8; 16]);
+
+impl SessionId {
+    pub fn random() -> Self {
+        let mut bytes = [0u8; 16];
+        OsRng.fill_bytes(&mut bytes);
+        SessionId(bytes)
+    }
+
+    /// Exactly 32 lowercase hex digits; anything else names no session.
+    pub fn parse(text: &str) -> Option<Self> {
+        let text = text.as_bytes();
+        if text.len() != 32 {
+            return None;
+        }
+        let mut bytes = [0u8; 16];
+        for (i, pair) in text.chunks_exact(2).enumerate() {
+            bytes[i] = hex_digit(pair[0])? << 4 | hex_digit(pair[1])?;
+        }
+        Some(SessionId(bytes))
+    }
+}
+
+fn hex_digit(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+/// Ids are credentials: logs show only a prefix.
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:02x}{:02x}…", self.0[0], self.0[1])
+    }
+}
+
+/// The HTTP side of one tunnel session's byte pipe, with its request sequencing state.
+pub struct TunnelIo {
+    /// The tunnel's end of the pipe whose other end the gateway session reads and writes.
+    pub pipe: PipeEnd,
+    /// The sequence number the next request must carry; the first request sets it.
+    pub next_seq: Option<u64>,
+    /// Consecutive polls that returned nothing, for the polling-interval byte.
+    pub empty_polls: u32,
+}
+
+pub struct TunnelSession {
+    pub id: SessionId,
+    pub transport: Transport,
+    pub ip: IpAddr,
+    /// Milliseconds since the table's epoch of the last request.
+    last_seen_ms: AtomicU64,
+    /// One request at a time per session, in arrival order.
+    pub io: tokio::sync::Mutex<TunnelIo>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenRefused {
+    TooManySessions,
+    TooManyForAddress,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct TableLimits {
+    pub max_sessions: usize,
+    pub max_sessions_per_ip: usize,
+}
+
+pub struct SessionTable {
+    sessions: DashMap<SessionId, Arc<TunnelSession>>,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    total: AtomicUsize,
+    expired: AtomicU64,
+    epoch: Instant,
+}
+
+impl Default for SessionTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SessionTable {
+    pub fn new() -> Self {
+        SessionTable {
+            sessions: DashMap::new(),
+            per_ip: Mutex::new(HashMap::new()),
+            total: AtomicUsize::new(0),
+            expired: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Registers a new session around `pipe` (the HTTP side of the session's duplex stream).
+    pub fn open(
+        &self,
+        ip: IpAddr,
+        transport: Transport,
+        pipe: PipeEnd,
+        limits: TableLimits,
+    ) -> Result<Arc<TunnelSession>, OpenRefused> {
+        if self.total.fetch_add(1, Ordering::AcqRel) >= limits.max_sessions {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return Err(OpenRefused::TooManySessions);
+        }
+        {
+            let mut per_ip = self.per_ip.lock().expect("per-ip lock");
+            let count = per_ip.entry(ip).or_insert(0);
+            if *count >= limits.max_sessions_per_ip {
+                drop(per_ip);
+                self.total.fetch_sub(1, Ordering::AcqRel);
+                return Err(OpenRefused::TooManyForAddress);
+            }
+            *count += 1;
+        }
+        let io = TunnelIo { pipe, next_seq: None, empty_polls: 0 };
+        loop {
+            let id = SessionId::random();
+            // A repeated id is a 2^-128 event; still, never hand one out twice.
+            if let dashmap::Entry::Vacant(slot) = self.sessions.entry(id) {
+                let session = Arc::new(TunnelSession {
+                    id,
+                    transport,
+                    ip,
+                    last_seen_ms: AtomicU64::new(self.now_ms()),
+                    io: tokio::sync::Mutex::new(io),
+                });
+                slot.insert(session.clone());
+                return Ok(session);
+            }
+        }
+    }
+
+    /// The live session `id` opened on `transport`, marked as seen now. A session is never
+    /// reachable from the other transport (an RTMPTS id does not work over plain HTTP).
+    pub fn touch(&self, id: SessionId, transport: Transport) -> Option<Arc<TunnelSession>> {
+        let session = self.sessions.get(&id)?.clone();
+        if session.transport != transport {
+            return None;
+        }
+        session.last_seen_ms.store(self.now_ms(), Ordering::Relaxed);
+        Some(session)
+    }
+
+    /// Forgets a session and releases its places in the limits. Dropping the last reference
+    /// closes the pipe, which ends the gateway session.
+    pub fn remove(&self, id: SessionId) -> Option<Arc<TunnelSession>> {
+        let (_, session) = self.sessions.remove(&id)?;
+        self.release(session.ip);
+        Some(session)
+    }
+
+    fn release(&self, ip: IpAddr) {
+        self.total.fetch_sub(1, Ordering::AcqRel);
+        let mut per_ip = self.per_ip.lock().expect("per-ip lock");
+        if let Some(count) = per_ip.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                per_ip.remove(&ip);
+            }
+        }
+    }
+
+    /// Removes sessions without a request for `idle`; returns how many.
+    pub fn expire_idle(&self, idle: Duration) -> usize {
+        let cutoff = self.now_ms().saturating_sub(idle.as_millis() as u64);
+        let stale: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|e| e.value().last_seen_ms.load(Ordering::Relaxed) < cutoff)
+            .map(|e| *e.key())
+            .collect();
+        let mut removed = 0;
+        for id in stale {
+            // Checked again under the shard lock: a request may have arrived meanwhile.
+            let still_stale =
+                self.sessions.remove_if(&id, |_, s| s.last_seen_ms.load(Ordering::Relaxed) < cutoff);
+            if let Some((_, session)) = still_stale {
+                self.release(session.ip);
+                removed += 1;
+            }
+        }
+        self.expired.fetch_add(removed as u64, Ordering::Relaxed);
+        removed
+    }
+
+    pub fn len(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Sessions closed by [`SessionTable::expire_idle`] since start.
+    pub fn expired_total(&self) -> u64 {
+        self.expired.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: TableLimits = TableLimits { max_sessions: 3, max_sessions_per_ip: 2 };
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, last])
+    }
+
+    fn pipe() -> PipeEnd {
+        super::super::pipe::pipe(64).0
+    }
+
+    #[test]
+    fn ids_round_trip_and_reject_anything_else() {
+        let id = SessionId::random();
+        let text = id.to_string();
+        assert_eq!(text.len(), 32);
+        assert!(text.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert!(SessionId::parse(&text) == Some(id));
+        assert_ne!(SessionId::random().to_string(), text);
+        assert!(SessionId::parse("0123456789ABCDEF0123456789abcdef").is_none());
+        assert!(SessionId::parse(&text[..31]).is_none());
+        assert!(SessionId::parse(&format!("{text}0")).is_none());
+        assert!(SessionId::parse("0123456789abcdef0123456789abcdeg").is_none());
+        assert!(SessionId::parse("").is_none());
+        assert_eq!(SessionId::parse("000102030405060708090a0b0c0d0eff").unwrap().0[15], 0xff);
+    }
+
+    #[tokio::test]
+    async fn limits_per_address_and_in_total() {
+        let table = SessionTable::new();
+        let a = table.open(ip(1), Transport::Http, pipe(), LIMITS).unwrap();
+        table.open(ip(1), Transport::Http, pipe(), LIMITS).unwrap();
+        assert_eq!(
+            table.open(ip(1), Transport::Http, pipe(), LIMITS).err(),
+            Some(OpenRefused::TooManyForAddress)
+        );
+        table.open(ip(2), Transport::Http, pipe(), LIMITS).unwrap();
+        assert_eq!(
+            table.open(ip(3), Transport::Http, pipe(), LIMITS).err(),
+            Some(OpenRefused::TooManySessions)
+        );
+        assert_eq!(table.len(), 3);
+        assert!(table.remove(a.id).is_some());
+        assert!(table.remove(a.id).is_none(), "removing twice releases once");
+        assert_eq!(table.len(), 2);
+        table.open(ip(1), Transport::Http, pipe(), LIMITS).unwrap();
+    }
+
+    #[tokio::test]
+    async fn lookup_needs_the_same_transport() {
+        let table = SessionTable::new();
+        let s = table.open(ip(1), Transport::HttpTls, pipe(), LIMITS).unwrap();
+        assert!(table.touch(s.id, Transport::Http).is_none());
+        assert!(table.touch(s.id, Transport::HttpTls).is_some());
+        assert!(table.touch(SessionId::random(), Transport::HttpTls).is_none());
+    }
+
+    #[tokio::test]
+    async fn idle_sessions_expire_and_are_counted() {
+        let table = SessionTable::new();
+        let old = table.open(ip(1), Transport::Http, pipe(), LIMITS).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        let fresh = table.open(ip(1), Transport::Http, pipe(), LIMITS).unwrap();
+        assert_eq!(table.expire_idle(Duration::from_millis(20)), 1);
+        assert!(table.touch(old.id, Transport::Http).is_none());
+        assert!(table.touch(fresh.id, Transport::Http).is_some());
+        assert_eq!(table.expired_total(), 1);
+        assert_eq!(table.len(), 1);
+    }
+}

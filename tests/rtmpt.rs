@@ -1,0 +1,669 @@
+//! End-to-end tests of RTMPT (RTMP tunnelled in HTTP) with real clients: ffmpeg, ffprobe, rtmpdump
+//! and nginx as a reverse proxy, against the real `rtmpx` binary.
+//!
+//! The helpers here are self-contained (the shared harness lives on another branch).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+const PUBLISH_SECS: u32 = 6;
+
+/// ffmpeg and the gateway share two cores: one media test at a time.
+fn exclusive() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn rtmpx_binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "-q", "-p", "rtmpx", "--bin", "rtmpx"])
+                .current_dir(root)
+                .status()
+                .expect("running cargo build -p rtmpx");
+            assert!(status.success(), "cargo build -p rtmpx failed");
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.join("target"));
+            target.join("debug").join("rtmpx")
+        })
+        .clone()
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(label: &str) -> TempDir {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("rtmpx-rtmpt-{label}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed on drop, its output gathered line by line.
+struct Proc {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    fn spawn(cmd: &mut Command) -> Proc {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+        let log = Arc::new(Mutex::new(String::new()));
+        for source in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(source).lines().map_while(Result::ok) {
+                    let mut log = log.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+        }
+        Proc { child, log }
+    }
+
+    fn output(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn wait_for_line(&self, needle: &str, limit: Duration) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if self.output().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The gateway, started on a config whose listeners use port 0.
+struct Gateway {
+    proc: Proc,
+    _dir: TempDir,
+}
+
+impl Gateway {
+    fn start(config: &str) -> Gateway {
+        let dir = TempDir::new("gw");
+        let path = dir.file("rtmpx.toml");
+        // `$DIR` in a config names this gateway's temporary directory (e.g. for certificates).
+        std::fs::write(&path, config.replace("$DIR", &dir.0.display().to_string())).unwrap();
+        let proc = Proc::spawn(
+            Command::new(rtmpx_binary()).arg("serve").arg("--config").arg(&path).env("NO_COLOR", "1"),
+        );
+        assert!(
+            proc.wait_for_line("rtmpx ready", Duration::from_secs(20)),
+            "gateway did not start:\n{}",
+            proc.output()
+        );
+        Gateway { proc, _dir: dir }
+    }
+
+    /// `host:port` of the listener announced as `<scheme> listener`.
+    fn addr(&self, scheme: &str) -> String {
+        let needle = format!(" at {scheme}://");
+        let log = self.proc.output();
+        let line =
+            log.lines().find(|l| l.contains(&needle)).unwrap_or_else(|| panic!("no {scheme} URL in:\n{log}"));
+        let rest = &line[line.find(&needle).unwrap() + needle.len()..];
+        rest[..rest.find('/').unwrap()].to_owned()
+    }
+
+    fn pid(&self) -> u32 {
+        self.proc.child.id()
+    }
+
+    fn log(&self) -> String {
+        self.proc.output()
+    }
+}
+
+const BASE_CONFIG: &str = r#"
+[[listener]]
+proto = "rtmp"
+addr = "127.0.0.1:0"
+
+[[listener]]
+proto = "rtmpt"
+addr = "127.0.0.1:0"
+
+[[app]]
+name = "live"
+"#;
+
+fn publish(url: &str) -> Proc {
+    Proc::spawn(Command::new("ffmpeg").args([
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-re",
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=320x240:rate=25",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=44100",
+        "-t",
+        &PUBLISH_SECS.to_string(),
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-tune",
+        "zerolatency",
+        "-g",
+        "25",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        "-b:a",
+        "64k",
+        "-f",
+        "flv",
+        url,
+    ]))
+}
+
+fn play_ffmpeg(url: &str, out: &Path) -> Proc {
+    Proc::spawn(
+        Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "error", "-i", url, "-c", "copy", "-f", "flv", "-y"])
+            .arg(out),
+    )
+}
+
+fn play_rtmpdump(url: &str, out: &Path) -> Proc {
+    Proc::spawn(Command::new("rtmpdump").args(["-q", "--live", "-r", url, "-o"]).arg(out))
+}
+
+/// Waits for a client to exit on its own (the publisher stops after PUBLISH_SECS).
+fn finish(mut proc: Proc, what: &str, limit: Duration) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = proc.child.try_wait().unwrap() {
+            std::thread::sleep(Duration::from_millis(50));
+            return status;
+        }
+        assert!(started.elapsed() < limit, "{what} did not finish within {limit:?}:\n{}", proc.output());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// (audio, video) packet counts of an FLV file according to ffprobe.
+fn packet_counts(file: &Path) -> (usize, usize) {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-show_entries", "packet=codec_type", "-of", "csv=p=0"])
+        .arg(file)
+        .output()
+        .expect("running ffprobe");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let count = |kind: &str| text.lines().filter(|l| l.trim() == kind).count();
+    (count("audio"), count("video"))
+}
+
+/// Publishes for PUBLISH_SECS to `publish_url` while `player` records `play_url`, then checks
+/// that the recording holds both codecs (the player joins ~1.5 s late: at least half the frames).
+fn publish_and_play(publish_url: &str, play_url: &str, player: fn(&str, &Path) -> Proc, gateway: &Gateway) {
+    let dir = TempDir::new("media");
+    let recording = dir.file("play.flv");
+    let publisher = publish(publish_url);
+    assert!(
+        gateway.proc.wait_for_line("publishing", Duration::from_secs(10)),
+        "publisher did not start:\n{}\n{}",
+        publisher.output(),
+        gateway.log()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let player = player(play_url, &recording);
+    let status = finish(publisher, "publisher", Duration::from_secs(30));
+    assert!(status.success(), "publisher failed: {status}\n{}", gateway.log());
+    let player_log = player.output();
+    finish(player, "player", Duration::from_secs(20));
+    let (audio, video) = packet_counts(&recording);
+    // 6 s at 25 fps and ~43 AAC frames/s; the player missed the first ~0.5–1.5 s.
+    assert!(video >= 75, "video packets: {video}\n{player_log}\n{}", gateway.log());
+    assert!(audio >= 130, "audio packets: {audio}\n{player_log}\n{}", gateway.log());
+    eprintln!("{publish_url} -> {play_url}: {video} video, {audio} audio packets");
+}
+
+/// Waits up to 5 s for a session-closed log line with `variant`, `stream` and `role`.
+fn closed(gw: &Gateway, variant: &str, stream: &str, role: &str) -> bool {
+    let fields = [format!(" variant={variant} "), format!(" stream={stream} "), format!(" role={role} ")];
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        let log = gw.log();
+        if log.lines().any(|l| l.contains(" closed: ") && fields.iter().all(|f| l.contains(f.as_str()))) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+#[test]
+fn ffmpeg_publishes_and_plays_over_rtmpt() {
+    let _one = exclusive();
+    let gw = Gateway::start(BASE_CONFIG);
+    let url = format!("rtmpt://{}/live/t", gw.addr("rtmpt"));
+    publish_and_play(&url, &url, play_ffmpeg, &gw);
+    assert!(closed(&gw, "rtmpt", "live/t", "publisher"), "{}", gw.log());
+    assert!(closed(&gw, "rtmpt", "live/t", "player"), "ffmpeg closes its tunnel session:\n{}", gw.log());
+}
+
+#[test]
+fn rtmpdump_plays_over_rtmpt_what_rtmp_publishes() {
+    let _one = exclusive();
+    let gw = Gateway::start(BASE_CONFIG);
+    let publish_url = format!("rtmp://{}/live/d", gw.addr("rtmp"));
+    let play_url = format!("rtmpt://{}/live/d", gw.addr("rtmpt"));
+    publish_and_play(&publish_url, &play_url, play_rtmpdump, &gw);
+    // librtmp's last requests may be lost as it hangs up at once: look at the start, not the end.
+    assert!(gw.log().contains("variant=\"rtmpt\" stream=live/d"), "{}", gw.log());
+}
+
+const TLS_CONFIG: &str = r#"
+[[listener]]
+proto = "rtmps"
+addr = "127.0.0.1:0"
+
+[[listener]]
+proto = "rtmpts"
+addr = "127.0.0.1:0"
+
+[[app]]
+name = "live"
+
+[tls]
+cert_dir = "$DIR/certs"
+"#;
+
+/// RTMPTS: the tunnel over TLS, on an `rtmpts` listener and inside the `rtmps` listener's TLS
+/// (port sharing). ffmpeg publishes and plays; rtmpdump plays. ffmpeg and rtmpdump do not verify
+/// certificates by default, so the development certificate does.
+#[test]
+fn rtmpts_with_ffmpeg_and_rtmpdump_on_its_own_port_and_the_rtmps_port() {
+    let _one = exclusive();
+    let gw = Gateway::start(TLS_CONFIG);
+    let dedicated = format!("rtmpts://{}/live", gw.addr("rtmpts"));
+    let shared_port = format!("rtmpts://{}/live", gw.addr("rtmps"));
+    publish_and_play(&format!("{dedicated}/a"), &format!("{shared_port}/a"), play_ffmpeg, &gw);
+    assert!(closed(&gw, "rtmpts", "live/a", "publisher"), "{}", gw.log());
+    let log = gw.log();
+    assert!(log.contains("variant=\"rtmpts\" stream=live/a"), "{log}");
+    publish_and_play(&format!("{shared_port}/b"), &format!("{dedicated}/b"), play_rtmpdump, &gw);
+    assert_eq!(gw.log().matches("variant=\"rtmpts\" stream=live/b").count(), 2, "{}", gw.log());
+}
+
+/// Session ids do not cross from HTTPS to plain HTTP or back.
+#[test]
+fn rtmpts_ids_do_not_work_over_plain_http() {
+    let config = format!("{TLS_CONFIG}\n[[listener]]\nproto = \"rtmpt\"\naddr = \"127.0.0.1:0\"\n");
+    let gw = Gateway::start(&config);
+    let mut plain = Http::connect(&gw.addr("rtmpt"));
+    let plain_id = plain.open();
+    let tls_id = https_open(&gw.addr("rtmpts"));
+    assert_eq!(plain.post(&format!("/idle/{tls_id}/0"), &[0]).status, 404, "an RTMPTS id over plain HTTP");
+    assert_eq!(plain.post(&format!("/idle/{plain_id}/0"), &[0]).status, 200);
+}
+
+/// Opens an RTMPTS session with openssl's client (no TLS crate in the tests) and returns its id.
+fn https_open(addr: &str) -> String {
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-quiet", "-connect", addr])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("running openssl s_client");
+    let request = "POST /open/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 1\r\n\r\n\0";
+    child.stdin.as_mut().unwrap().write_all(request.as_bytes()).unwrap();
+    let mut reply = String::new();
+    let started = Instant::now();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while started.elapsed() < Duration::from_secs(10) && stdout.read_line(&mut line).unwrap_or(0) > 0 {
+        reply.push_str(&line);
+        if line.trim().len() == 32 {
+            break;
+        }
+        line.clear();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(reply.starts_with("HTTP/1.1 200 "), "{reply}");
+    let id = reply.lines().last().unwrap().trim().to_owned();
+    assert!(id.len() == 32 && id.bytes().all(|c| c.is_ascii_hexdigit()), "{reply}");
+    id
+}
+
+/// RTMPE inside the tunnel (RTMPTE): the core does RTMPE, the tunnel only carries bytes.
+#[test]
+fn rtmpdump_plays_over_rtmpte() {
+    let _one = exclusive();
+    let gw = Gateway::start(BASE_CONFIG);
+    let publish_url = format!("rtmp://{}/live/e", gw.addr("rtmp"));
+    let play_url = format!("rtmpte://{}/live/e", gw.addr("rtmpt"));
+    publish_and_play(&publish_url, &play_url, play_rtmpdump, &gw);
+    assert!(gw.log().contains("variant=\"rtmpte\" stream=live/e"), "{}", gw.log());
+}
+
+/// The `rtmp` port also serves RTMPT (it tells HTTP from RTMP by the first byte): an RTMPT
+/// publisher on it is played over plain RTMP from the same port.
+#[test]
+fn rtmp_port_serves_rtmpt_too_and_variants_meet() {
+    let _one = exclusive();
+    let gw = Gateway::start(BASE_CONFIG);
+    let shared_port = gw.addr("rtmp");
+    publish_and_play(
+        &format!("rtmpt://{shared_port}/live/s"),
+        &format!("rtmp://{shared_port}/live/s"),
+        play_ffmpeg,
+        &gw,
+    );
+    assert!(closed(&gw, "rtmpt", "live/s", "publisher"), "{}", gw.log());
+    assert!(closed(&gw, "rtmp", "live/s", "player"), "{}", gw.log());
+}
+
+/// nginx as an HTTP reverse proxy in front of the RTMPT listener: ffmpeg publishes through it,
+/// rtmpdump (librtmp's strict response parser) and ffmpeg play through it.
+#[test]
+fn through_an_nginx_reverse_proxy() {
+    let _one = exclusive();
+    let gw = Gateway::start(BASE_CONFIG);
+    let dir = TempDir::new("nginx");
+    let port = free_port();
+    let conf = format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\n\
+         events {{ worker_connections 256; }}\n\
+         http {{\n  access_log {dir}/access.log;\n  client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n\
+           fastcgi_temp_path {dir}/fastcgi;\n  uwsgi_temp_path {dir}/uwsgi;\n  scgi_temp_path {dir}/scgi;\n\
+           server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://{upstream};\n\
+               proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_buffering off;\n    }}\n  }}\n}}\n",
+        dir = dir.0.display(),
+        upstream = gw.addr("rtmpt"),
+    );
+    std::fs::write(dir.file("nginx.conf"), conf).unwrap();
+    // One process (master_process off), so killing it at the end leaves no orphaned worker.
+    let nginx =
+        Proc::spawn(Command::new("nginx").arg("-c").arg(dir.file("nginx.conf")).arg("-p").arg(&dir.0));
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(10), "nginx did not start:\n{}", nginx.output());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = format!("rtmpt://127.0.0.1:{port}/live/n");
+    publish_and_play(&url, &url, play_rtmpdump, &gw);
+    let access = std::fs::read_to_string(dir.file("access.log")).unwrap_or_default();
+    assert!(access.contains("POST /open/1"), "requests went through nginx:\n{access}");
+    assert!(access.contains("POST /send/"), "{access}");
+    // librtmp sends its last `send` and `close` and hangs up at once, so nginx may drop them:
+    // that session ends by idle expiry. Both sessions came in over the tunnel.
+    let log = gw.log();
+    assert!(
+        log.contains("publishing session=1 peer=127.0.0.1")
+            && log.contains("variant=\"rtmpt\" stream=live/n"),
+        "{log}"
+    );
+    assert_eq!(log.matches("variant=\"rtmpt\" stream=live/n").count(), 2, "publisher and player:\n{log}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A minimal HTTP/1.1 keep-alive client for raw tunnel requests.
+struct Http {
+    stream: BufReader<TcpStream>,
+}
+
+struct Reply {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Http {
+    fn connect(addr: &str) -> Http {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_nodelay(true).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Http { stream: BufReader::new(stream) }
+    }
+
+    fn post(&mut self, path: &str, body: &[u8]) -> Reply {
+        let mut request = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-fcs\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(body);
+        self.stream.get_mut().write_all(&request).unwrap();
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            assert!(self.stream.read_line(&mut line).unwrap() > 0, "connection closed; head so far: {head}");
+            if line == "\r\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        let status = head[9..12].parse().unwrap();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .unwrap_or_else(|| panic!("no Title-Case Content-Length in {head}"))
+            .trim()
+            .parse()
+            .unwrap();
+        let mut body = vec![0; length];
+        self.stream.read_exact(&mut body).unwrap();
+        Reply { status, head, body }
+    }
+
+    fn open(&mut self) -> String {
+        let reply = self.post("/open/1", &[0]);
+        assert_eq!(reply.status, 200, "{}", reply.head);
+        let text = String::from_utf8(reply.body).unwrap();
+        let id = text.strip_suffix('\n').expect("the id ends with exactly one newline");
+        assert!(!id.ends_with('\n'));
+        id.to_owned()
+    }
+}
+
+/// C0 + C1 of a plain handshake.
+fn c0c1() -> Vec<u8> {
+    let mut bytes = vec![3u8];
+    bytes.extend((0..1536u32).map(|i| (i * 7) as u8));
+    bytes
+}
+
+#[test]
+fn tunnel_requests_ids_and_sequence_numbers() {
+    let gw = Gateway::start(BASE_CONFIG);
+    let mut http = Http::connect(&gw.addr("rtmpt"));
+
+    // Flash Player's probe gets 404, as from FMS and Red5.
+    assert_eq!(http.post("/fcs/ident2", &[0]).status, 404);
+
+    let id = http.open();
+    assert_eq!(id.len(), 32, "128 bits in hex: {id}");
+    assert!(id.bytes().all(|c| c.is_ascii_hexdigit()), "{id}");
+    assert_ne!(http.open(), id, "every open gets a fresh id");
+
+    // The handshake completes in one round trip: S0 + S1 + S2 after the polling byte.
+    let reply = http.post(&format!("/send/{id}/0"), &c0c1());
+    assert_eq!(reply.status, 200);
+    assert!(reply.head.starts_with("HTTP/1.1 200 "), "librtmp's status-line check: {}", reply.head);
+    assert!(reply.head.contains("Content-Type: application/x-fcs"), "{}", reply.head);
+    assert_eq!(reply.body.len(), 1 + 1 + 1536 + 1536, "polling byte + S0 + S1 + S2");
+    assert_eq!(reply.body[0], 0x01, "data flowed: shortest polling interval");
+    assert_eq!(reply.body[1], 3, "S0");
+
+    // Empty polls raise the polling interval.
+    let mut intervals = Vec::new();
+    for seq in 1..=6 {
+        let reply = http.post(&format!("/idle/{id}/{seq}"), &[0]);
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.body.len(), 1, "nothing to say, only the polling byte");
+        intervals.push(reply.body[0]);
+    }
+    assert_eq!(intervals, [0x03, 0x05, 0x09, 0x11, 0x21, 0x21]);
+
+    // Replays and gaps are rejected; the session goes on.
+    assert_eq!(http.post(&format!("/idle/{id}/6"), &[0]).status, 400, "replayed sequence number");
+    assert_eq!(http.post(&format!("/idle/{id}/9"), &[0]).status, 400, "gap");
+    assert_eq!(http.post(&format!("/idle/{id}/7"), &[0]).status, 200, "the expected number still works");
+
+    // Guessed ids (random, or one digit off) and malformed ones get 404.
+    let mut wrong = id.clone().into_bytes();
+    wrong[31] = if wrong[31] == b'0' { b'1' } else { b'0' };
+    let wrong = String::from_utf8(wrong).unwrap();
+    for path in [
+        format!("/idle/{wrong}/8"),
+        "/idle/00000000000000000000000000000000/8".to_string(),
+        format!("/idle/{}/8", id.to_uppercase()),
+        format!("/idle/{}/8", &id[..31]),
+        format!("/send/{id}x/8"),
+        "/idle/1/8".to_string(),
+    ] {
+        let reply = http.post(&path, &[0]);
+        assert_eq!(reply.status, 404, "{path}");
+        assert!(reply.body.is_empty(), "404s say nothing");
+    }
+
+    // Closed ids cannot be reused, not even with the next sequence number.
+    assert_eq!(http.post(&format!("/close/{id}/8"), &[0]).status, 200);
+    assert_eq!(http.post(&format!("/idle/{id}/9"), &[0]).status, 404);
+    assert_eq!(http.post(&format!("/send/{id}/9"), &c0c1()).status, 404);
+
+    // An id is not tied to the connection that opened it (proxies spread requests), but it is
+    // tied to the listener's transport; a second connection can use a live one.
+    let live = http.open();
+    let mut other = Http::connect(&gw.addr("rtmp"));
+    assert_eq!(
+        other.post(&format!("/idle/{live}/0"), &[0]).status,
+        200,
+        "same transport (HTTP) on the shared port"
+    );
+}
+
+#[test]
+fn limits_on_sessions_and_request_bodies() {
+    let gw = Gateway::start(&format!(
+        "{BASE_CONFIG}\n[rtmpt]\nmax_sessions_per_ip = 2\nmax_request_body = 4096\n"
+    ));
+    let mut http = Http::connect(&gw.addr("rtmpt"));
+    let id = http.open();
+    http.open();
+    assert_eq!(http.post("/open/1", &[0]).status, 503, "third session from one address");
+    assert!(gw.proc.wait_for_line("rtmpt.max_sessions_per_ip", Duration::from_secs(5)), "{}", gw.log());
+    let mut fresh = Http::connect(&gw.addr("rtmpt"));
+    assert_eq!(
+        fresh.post(&format!("/send/{id}/0"), &vec![3u8; 5000]).status,
+        413,
+        "body over max_request_body"
+    );
+    assert_eq!(http.post(&format!("/close/{id}/0"), &[0]).status, 200);
+    http.open();
+}
+
+#[test]
+fn idle_sessions_expire_and_are_counted() {
+    let gw = Gateway::start(&format!("{BASE_CONFIG}\n[rtmpt]\nidle_timeout_secs = 1\n"));
+    let mut http = Http::connect(&gw.addr("rtmpt"));
+    let kept = http.open();
+    let dropped = http.open();
+    // `kept` polls every 300 ms; `dropped` never again.
+    for seq in 0..8 {
+        assert_eq!(http.post(&format!("/idle/{kept}/{seq}"), &[0]).status, 200, "an active session stays");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(http.post(&format!("/idle/{dropped}/0"), &[0]).status, 404, "the idle session was reaped");
+    assert!(gw.proc.wait_for_line("rtmpt sessions expired", Duration::from_secs(2)), "{}", gw.log());
+    assert!(gw.log().contains("expired_total=1"), "{}", gw.log());
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// 1,000 open but idle tunnel sessions (each a live gateway session waiting for its handshake)
+/// stay within 64 KiB each.
+#[test]
+fn a_thousand_idle_sessions_stay_small() {
+    const SESSIONS: usize = 1000;
+    let _one = exclusive();
+    let gw = Gateway::start(&format!(
+        "{BASE_CONFIG}\n[timeouts]\nhandshake_secs = 300\n[rtmpt]\nmax_sessions_per_ip = 2000\nidle_timeout_secs = 300\n"
+    ));
+    let addr = gw.addr("rtmpt");
+    let mut connections: Vec<Http> = (0..4).map(|_| Http::connect(&addr)).collect();
+    // Warm up allocator arenas and runtime threads first.
+    for c in connections.iter_mut() {
+        for _ in 0..20 {
+            let id = c.open();
+            assert_eq!(c.post(&format!("/close/{id}/0"), &[0]).status, 200);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let before = rss_kib(gw.pid());
+    let mut ids = Vec::new();
+    for i in 0..SESSIONS {
+        ids.push(connections[i % 4].open());
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rss_kib(gw.pid());
+    let per_session = (after.saturating_sub(before) * 1024) / SESSIONS as u64;
+    eprintln!(
+        "RSS {before} KiB -> {after} KiB with {SESSIONS} idle tunnel sessions: {per_session} bytes each"
+    );
+    assert!(per_session < 64 * 1024, "{per_session} bytes per idle session");
+    // They are all alive.
+    for (i, id) in ids.iter().enumerate().step_by(97) {
+        assert_eq!(connections[i % 4].post(&format!("/idle/{id}/0"), &[0]).status, 200);
+    }
+}
