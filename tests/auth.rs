@@ -5,7 +5,8 @@
 //!
 //! The raw client (rtmpx-core's client role on a socket) shows exactly which status a denial
 //! sends; ffmpeg (RTMP, RTMPS), python3-librtmp and rtmpdump (RTMPE) show real clients get it.
-//! RTMPT is not in main yet: its denied-publish test is to be added with it.
+//! RTMPT, RTMPTE and RTMPTS go through rtmpx-client's tunnel transport, and through ffmpeg
+//! (rtmpt) and rtmpdump (rtmpte).
 
 mod rtmp_client;
 
@@ -37,8 +38,20 @@ addr = "127.0.0.1:0"
 proto = "rtmps"
 addr = "127.0.0.1:0"
 
+[[listener]]
+proto = "rtmpt"
+addr = "127.0.0.1:0"
+
+[[listener]]
+proto = "rtmpts"
+addr = "127.0.0.1:0"
+
 [tls]
 cert_dir = "$CERTS"
+
+# Tunnel clients that vanish (the test drops them) are noticed after this.
+[rtmpt]
+idle_timeout_secs = 3
 
 [[app]]
 name = "keys"
@@ -575,5 +588,126 @@ fn librtmp_and_rtmpdump_over_rtmpe_with_keys() {
     let (status, out, err) = run_bounded(cmd, Duration::from_secs(20));
     assert!(!status.success(), "rtmpdump played without a key: {out}{err}");
     denial_logged(&gw, "play", "keys/cam", "rtmpe", "stream key not accepted");
+    assert!(publisher.finish().success(), "{}", publisher.describe());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The HTTP tunnel variants, through rtmpx-client.
+
+/// Publishes or plays `url` with rtmpx-client; `Ok` when it started, the code and description
+/// of the refusal otherwise (anything else fails the test).
+fn tunnel_attempt(url: &str, publish: bool) -> Result<(), (String, String)> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let parsed = rtmpx_client::RtmpUrl::parse(url).unwrap();
+        let mut options = rtmpx_client::ClientOptions::default();
+        options.tls.dangerous_accept_any_certificate = true;
+        let mut conn = match rtmpx_client::Connection::connect(&parsed, &options).await {
+            Ok(c) => c,
+            Err(rtmpx_client::Error::Rejected { code, description }) => return Err((code, description)),
+            Err(e) => panic!("{url}: {e}"),
+        };
+        let started =
+            if publish { conn.publish(&parsed.stream).await } else { conn.play(&parsed.stream).await };
+        match started {
+            Ok(_) => {
+                let _ = conn.close().await;
+                Ok(())
+            }
+            Err(rtmpx_client::Error::Rejected { code, description }) => Err((code, description)),
+            Err(e) => panic!("{url}: {e}"),
+        }
+    })
+}
+
+#[track_caller]
+fn assert_tunnel_refused(result: Result<(), (String, String)>, code: &str, reason: &str) {
+    match result {
+        Err((c, d)) => {
+            assert_eq!(c, code);
+            assert!(d.contains(reason), "{d:?} lacks {reason:?}");
+        }
+        Ok(()) => panic!("expected a refusal with {reason:?}"),
+    }
+}
+
+#[test]
+fn every_auth_mode_over_rtmpt_rtmpte_and_rtmpts() {
+    let _serial = exclusive();
+    let dir = TempDir::new("auth-tunnel");
+    let backend = Backend::start();
+    let gw = start(&dir, &backend);
+    let (denied_pub, denied_play) = ("NetStream.Publish.Denied", "NetStream.Play.Failed");
+    for (scheme, listener, variant) in
+        [("rtmpt", "rtmpt", "rtmpt"), ("rtmpte", "rtmpt", "rtmpte"), ("rtmpts", "rtmpts", "rtmpts")]
+    {
+        let url = |app: &str, stream: &str| {
+            gw.url(listener, app, stream).replacen(&format!("{listener}://"), &format!("{scheme}://"), 1)
+        };
+        assert_eq!(tunnel_attempt(&url("keys", &format!("a{scheme}?key=k1")), true), Ok(()), "{scheme}");
+        assert_tunnel_refused(
+            tunnel_attempt(&url("keys", &format!("b{scheme}?key=no")), true),
+            denied_pub,
+            "stream key",
+        );
+        denial_logged(&gw, "publish", &format!("keys/b{scheme}"), variant, "stream key not accepted");
+        assert_tunnel_refused(
+            tunnel_attempt(&url("keys", &format!("a{scheme}")), false),
+            denied_play,
+            "stream key",
+        );
+
+        let stream = format!("t{scheme}");
+        assert_eq!(
+            tunnel_attempt(&url("token", &signed("token", &stream, now() + 60)), true),
+            Ok(()),
+            "{scheme}"
+        );
+        let expired = tunnel_attempt(&url("token", &signed("token", &format!("x{scheme}"), now() - 1)), true);
+        assert_tunnel_refused(expired, denied_pub, "token expired");
+        denial_logged(&gw, "publish", &format!("token/x{scheme}"), variant, "token expired");
+
+        assert_tunnel_refused(
+            tunnel_attempt(&url("ip", &format!("i{scheme}")), true),
+            denied_pub,
+            "deny list",
+        );
+        assert_eq!(tunnel_attempt(&url("ip", &format!("i{scheme}")), false), Ok(()), "{scheme}");
+
+        assert_eq!(tunnel_attempt(&url("hook", &format!("ok{scheme}")), true), Ok(()), "{scheme}");
+        let call = backend.wait_call("/publish", &format!("ok{scheme}"));
+        assert_eq!(call.form["addr"], "127.0.0.1");
+        assert_eq!(call.form["tcurl"], url("hook", "").trim_end_matches('/'));
+        backend.wait_call("/done", &format!("ok{scheme}"));
+        let refused = tunnel_attempt(&url("hook", &format!("bad{scheme}")), true);
+        assert_tunnel_refused(refused, denied_pub, "HTTP 403");
+        denial_logged(&gw, "publish", &format!("hook/bad{scheme}"), variant, "HTTP 403");
+        assert_tunnel_refused(
+            tunnel_attempt(&url("hook", &format!("slow{scheme}")), true),
+            denied_pub,
+            "did not answer",
+        );
+        let connect = tunnel_attempt(&format!("{scheme}://{}/hook?deny=1", gw.addr(listener)), true);
+        assert_tunnel_refused(connect, "NetConnection.Connect.Rejected", "HTTP 403");
+    }
+}
+
+#[test]
+fn ffmpeg_over_rtmpt_and_rtmpdump_over_rtmpte_are_refused() {
+    let _serial = exclusive();
+    require_tool("rtmpdump");
+    let dir = TempDir::new("auth-tunnel-real");
+    let backend = Backend::start();
+    let gw = start(&dir, &backend);
+    ffmpeg_refused(&gw.url("rtmpt", "token", &signed("token", "cam", now() - 1)), "token expired");
+    denial_logged(&gw, "publish", "token/cam", "rtmpt", "token expired");
+    let mut publisher = publish_testsrc(&gw.url("rtmpt", "keys", "cam?key=k2"), 5.0);
+    assert!(gw.wait_for_log_line(&["publishing", "keys/cam", "rtmpt"], Duration::from_secs(15)).is_some());
+    let rtmpte = gw.url("rtmpt", "keys", "cam?key=k1").replacen("rtmpt://", "rtmpte://", 1);
+    let mut cmd = Command::new("rtmpdump");
+    cmd.args(["--live", "-m", "5", "-r", &rtmpte, "-o"]).arg(dir.file("no.flv"));
+    let (status, out, err) = run_bounded(cmd, Duration::from_secs(20));
+    assert!(!status.success(), "rtmpdump played with a publish key: {out}{err}");
+    denial_logged(&gw, "play", "keys/cam", "rtmpte", "stream key not accepted");
     assert!(publisher.finish().success(), "{}", publisher.describe());
 }
