@@ -85,6 +85,18 @@ for path in sorted(glob.glob(os.path.join(ROOT, "crates/rtmpx-core/tests/fixture
     small = [m for m in after_connect if len(m[2]) <= 2048][:24]
     write("server_session", name + "_after_connect", chunked(small))
 
+# RTMPT: open, send the client's handshake and first commands in two requests, idle, close
+# (operation bytes as rtmpx::fuzzing::rtmpt_requests reads them).
+def send_op(body):
+    return bytes([1]) + len(body).to_bytes(2, "big") + body
+
+for path in sorted(glob.glob(os.path.join(ROOT, "crates/rtmpx-core/tests/fixtures/*.bin"))):
+    name = os.path.splitext(os.path.basename(path))[0]
+    data = open(path, "rb").read()
+    ops = bytes([0]) + send_op(data[:1537]) + bytes([2]) + send_op(data[1537:HANDSHAKE + 1500]) + bytes([2, 2, 3])
+    write("rtmpt_requests", name, ops)
+write("rtmpt_requests", "guesses", bytes([0, 5]) + bytes(range(16)) + bytes([4, 11]) + b"fcs/ident2_" + bytes([2 + 12, 3]))
+
 rtmpe = open(os.path.join(SEEDS, "captures", "rtmpdump_rtmpe_c0c1.bin"), "rb").read()
 write("handshake", "rtmpdump_rtmpe_c0c1", b"\xff" + rtmpe)
 write("handshake", "rtmpdump_rtmpe8_c0c1", b"\xff" + bytes([8]) + rtmpe[1:])

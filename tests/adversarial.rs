@@ -6,7 +6,7 @@
 //! admits new sessions, and its resident memory (/proc/PID/status VmRSS) is back near where
 //! it was before the attack.
 //!
-//! RTMPT session-id guessing belongs here once RTMPT is in main.
+//! RTMPT: guessing tunnel session ids (random, near misses, malformed) never reaches a session.
 
 mod rtmp_client;
 
@@ -30,6 +30,10 @@ addr = "127.0.0.1:0"
 
 [[listener]]
 proto = "rtmps"
+addr = "127.0.0.1:0"
+
+[[listener]]
+proto = "rtmpt"
 addr = "127.0.0.1:0"
 
 [tls]
@@ -221,6 +225,7 @@ fn assert_serving(gw: &Gateway) {
 
 fn raw_tcp(addr: SocketAddr) -> TcpStream {
     let s = TcpStream::connect(addr).unwrap();
+    s.set_nodelay(true).unwrap();
     s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
     s
 }
@@ -557,4 +562,107 @@ fn is_closed_stream(s: &mut TcpStream) -> bool {
     let closed = is_closed(s);
     let _ = s.set_nonblocking(false);
     closed
+}
+
+/// One HTTP/1.1 request on a keep-alive connection; returns (status, body).
+fn http_post(conn: &mut TcpStream, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-fcs\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(&[head.as_bytes(), body].concat()).unwrap();
+    let mut data = Vec::new();
+    let mut buf = [0u8; 8192];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&data[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if data.len() >= end + 4 + length {
+                let status = head[9..12].parse().unwrap();
+                return (status, data[end + 4..end + 4 + length].to_vec());
+            }
+        }
+        assert!(Instant::now() < deadline, "no response to {path}");
+        match conn.read(&mut buf) {
+            Ok(0) => panic!("connection closed during {path}"),
+            Ok(n) => data.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => panic!("{path}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn rtmpt_session_ids_cannot_be_guessed() {
+    let _serial = exclusive();
+    let dir = TempDir::new("adv-rtmpt");
+    let gw = start(&dir);
+    let canary = start_canary(&gw, 2000);
+    let baseline = gw.rss_kib();
+    let addr = gw.addr("rtmpt");
+    let mut conn = raw_tcp(addr);
+    let (status, body) = http_post(&mut conn, "/open/1", &[0]);
+    assert_eq!(status, 200);
+    let id = String::from_utf8(body).unwrap().trim().to_owned();
+    assert_eq!(id.len(), 32, "{id:?}");
+    let mut c0c1 = vec![3u8];
+    c0c1.extend_from_slice(&[0u8; 1536]);
+    let (status, body) = http_post(&mut conn, &format!("/send/{id}/0"), &c0c1);
+    assert_eq!(status, 200);
+    assert!(body.len() > 1, "no S0/S1 in the answer");
+
+    let mut guesses: Vec<String> = Vec::new();
+    for _ in 0..1000 {
+        let random: String = (0..16).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+        guesses.push(format!("/send/{random}/1"));
+    }
+    // Near misses: every position changed, and the id in other spellings.
+    for (i, c) in id.char_indices() {
+        let other = if c == '0' { '1' } else { '0' };
+        guesses.push(format!("/idle/{}{other}{}/1", &id[..i], &id[i + 1..]));
+    }
+    for bad in [
+        id.to_uppercase(),
+        id[..31].to_string(),
+        format!("{id}0"),
+        format!("{id}/"),
+        format!("{}g", &id[..31]),
+        format!("../{id}"),
+        String::new(),
+    ] {
+        guesses.push(format!("/send/{bad}/1"));
+    }
+    guesses.push(format!("/send/{id}/-1"));
+    guesses.push(format!("/send/{id}/99999999999999999999999"));
+    guesses.push(format!("/send/{id}/1/extra"));
+    guesses.push(format!("/open/{id}"));
+    guesses.push("/fcs/ident2".into());
+    let mut attacker = raw_tcp(addr);
+    let mut accepted = Vec::new();
+    let mut seq = 1;
+    for (i, path) in guesses.iter().enumerate() {
+        let (status, _) = http_post(&mut attacker, path, &[0]);
+        if status == 200 && !path.starts_with("/open/") {
+            accepted.push(path.clone());
+        }
+        assert_ne!(status, 500, "{path}");
+        if i % 250 == 0 {
+            // The real session keeps working between the guesses, its sequence unbroken.
+            let (status, _) = http_post(&mut conn, &format!("/idle/{id}/{seq}"), &[0]);
+            assert_eq!(status, 200, "the real tunnel session was disturbed");
+            seq += 1;
+        }
+    }
+    assert!(accepted.is_empty(), "guessed paths reached a session: {accepted:?}");
+    let (status, _) = http_post(&mut conn, &format!("/close/{id}/{seq}"), &[0]);
+    assert_eq!(status, 200);
+    let report = canary.finish();
+    assert_canary_unharmed(&report, &gw);
+    assert_serving(&gw);
+    assert_memory_back(&gw, baseline, "rtmpt guessing");
 }

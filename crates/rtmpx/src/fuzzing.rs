@@ -1,5 +1,5 @@
 //! Entry points of the gateway's fuzz targets (`fuzz/fuzz_targets/config.rs`,
-//! `stream_query.rs`), also run by a smoke test here. They must never panic.
+//! `stream_query.rs`, `rtmpt_requests.rs`), also run by a smoke test here. They must never panic.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -39,6 +39,129 @@ pub fn stream_query(data: &[u8]) {
     assert_eq!(back, vec![(name.to_owned(), q.to_owned())]);
 }
 
+/// The configuration the RTMPT harness runs with: small limits so they are reached.
+#[cfg(any(test, feature = "fuzzing"))]
+const RTMPT_CONFIG: &str =
+    "[[listener]]\nproto = \"rtmpt\"\naddr = \"127.0.0.1:0\"\n[[app]]\nname = \"live\"\n\
+                            [rtmpt]\nmax_sessions = 3\nmax_sessions_per_ip = 2\nmax_request_body = 8192\n";
+
+/// RTMPT requests through the real HTTP handler, session table and session driver, over an
+/// in-memory connection with tokio's clock paused (timeouts pass at once). The input is a list
+/// of operations: open, send (with a body), idle, close, an arbitrary path, or a guessed id,
+/// each with a sequence number that is right, repeated, skipped or wild.
+#[cfg(any(test, feature = "fuzzing"))]
+pub fn rtmpt_requests(data: &[u8]) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("runtime");
+    runtime.block_on(rtmpt_exchange(data));
+}
+
+#[cfg(any(test, feature = "fuzzing"))]
+async fn rtmpt_exchange(mut ops: &[u8]) -> Vec<u16> {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use crate::server::Shared;
+    use crate::session::{Origin, Transport};
+
+    fn take<'a>(ops: &mut &'a [u8], n: usize) -> &'a [u8] {
+        let (head, tail) = ops.split_at(n.min(ops.len()));
+        *ops = tail;
+        head
+    }
+
+    let config = Arc::new(Config::from_toml(RTMPT_CONFIG, "fuzz").expect("valid"));
+    let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    let shared = Arc::new(Shared::new(config, shutdown));
+    let (mut client, server) = tokio::io::duplex(1 << 17);
+    let peer = "127.0.0.1:1".parse().expect("address");
+    let origin = Origin::from(Transport::Http);
+    let server = tokio::spawn(crate::tunnel::serve_http(server, peer, origin, shared.clone()));
+    let (mut id, mut seq) = (String::from("00000000000000000000000000000000"), 0u64);
+    let mut response = Vec::new();
+    let mut statuses = Vec::new();
+    while let Some((&op, rest)) = ops.split_first() {
+        ops = rest;
+        let wanted = match op / 6 % 4 {
+            0 => seq,
+            1 => seq.wrapping_sub(1),
+            2 => seq + 1,
+            _ => u64::MAX,
+        };
+        let (path, body, guessed) = match op % 6 {
+            0 => ("/open/1".to_owned(), vec![0], false),
+            1 => {
+                let len = take(&mut ops, 2).iter().fold(0usize, |n, &b| n << 8 | usize::from(b)) % 9000;
+                (format!("/send/{id}/{wanted}"), take(&mut ops, len).to_vec(), false)
+            }
+            2 => (format!("/idle/{id}/{wanted}"), vec![0], false),
+            3 => (format!("/close/{id}/{wanted}"), vec![0], false),
+            4 => {
+                let len = usize::from(take(&mut ops, 1).first().copied().unwrap_or(0));
+                let raw = take(&mut ops, len);
+                // Any path bytes but the ones that end the request line.
+                let path: String =
+                    raw.iter().map(|&b| if b.is_ascii_graphic() { b as char } else { '_' }).collect();
+                (format!("/{path}"), vec![0], false)
+            }
+            _ => {
+                let guess: String = take(&mut ops, 16).iter().map(|b| format!("{b:02x}")).collect();
+                (format!("/send/{guess:0<32}/{wanted}"), vec![3; 8], true)
+            }
+        };
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: fuzz\r\nContent-Type: application/x-fcs\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        if client.write_all(head.as_bytes()).await.is_err() || client.write_all(&body).await.is_err() {
+            break;
+        }
+        // One response: headers, then Content-Length bytes.
+        response.clear();
+        let mut buf = [0u8; 4096];
+        let complete = tokio::time::timeout(Duration::from_secs(120), async {
+            loop {
+                if let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&response[..end]).to_ascii_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if response.len() >= end + 4 + length {
+                        return Some((head, response[end + 4..end + 4 + length].to_vec()));
+                    }
+                }
+                match client.read(&mut buf).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => response.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        let Ok(Some((head, body))) = complete else { break };
+        statuses.push(head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0));
+        let ok = head.starts_with("http/1.1 200");
+        assert!(!(guessed && ok), "a guessed session id was accepted");
+        if ok && path == "/open/1" {
+            id = String::from_utf8_lossy(&body).trim().to_owned();
+            assert_eq!(id.len(), 32, "session ids are 32 hex digits");
+            seq = 0;
+        } else if ok && op % 6 != 0 && op % 6 != 4 {
+            seq = wanted.wrapping_add(1);
+        }
+    }
+    drop(client);
+    let _ = tokio::time::timeout(Duration::from_secs(600), server).await;
+    assert!(shared.tunnels.len() <= 3, "max_sessions is 3");
+    statuses
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,5 +183,26 @@ mod tests {
         }
         config(&[0xff, 0xfe]);
         stream_query(&[0xff, b'?', 0xfe]);
+    }
+
+    #[test]
+    fn rtmpt_smoke() {
+        // open, send a plain C0+C1, idle, a guessed id, an odd path, an out-of-order idle, close.
+        let mut ops = vec![0u8, 1, 0x06, 0x01, 3];
+        ops.extend(std::iter::repeat_n(0u8, 1536));
+        ops.extend([2, 5]);
+        ops.extend([0xAB; 16]);
+        ops.extend([4, 5, b'f', b'c', b's', b'/', b'x', 2 + 12, 3]);
+        let statuses = run(&ops);
+        assert_eq!(statuses, [200, 200, 200, 404, 404, 400, 200], "{statuses:?}");
+        // Opens past max_sessions_per_ip (2), then truncated operations.
+        assert_eq!(run(&[0, 0, 0, 1, 0xff]), [200, 200, 503, 200]);
+        assert!(run(&[]).is_empty());
+    }
+
+    fn run(ops: &[u8]) -> Vec<u16> {
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+        runtime.block_on(rtmpt_exchange(ops))
     }
 }

@@ -219,6 +219,10 @@ impl SessionTable {
         self.total.load(Ordering::Relaxed)
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Sessions closed by [`SessionTable::expire_idle`] since start.
     pub fn expired_total(&self) -> u64 {
         self.expired.load(Ordering::Relaxed)
