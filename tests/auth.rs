@@ -425,6 +425,9 @@ fn every_auth_mode_on_every_transport() {
     }
     // The gateway is still serving, and nothing stayed in the limits.
     assert_eq!(TRANSPORTS[0].outcome(&gw, "keys", publish("final?key=k1")), Outcome::Started);
+    // Keys and tokens in queries never reach the log.
+    let logs = gw.logs();
+    assert!(!logs.contains("key=") && !logs.contains("token=") && !logs.contains("expires="), "{logs}");
 }
 
 #[test]

@@ -200,6 +200,34 @@ mod tests {
         assert!(run(&[]).is_empty());
     }
 
+    /// Every committed seed and every past finding (`fuzz/regressions/<target>/`, where crash
+    /// inputs from `fuzz/artifacts/` go once fixed) through its target's entry point.
+    #[test]
+    fn seeds_and_regressions_replay() {
+        let fuzz = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
+        let targets: [(&str, fn(&[u8])); 7] = [
+            ("chunk_decoder", rtmpx_core::fuzzing::chunk_decoder),
+            ("amf", rtmpx_core::fuzzing::amf),
+            ("handshake", rtmpx_core::fuzzing::server_handshake),
+            ("server_session", rtmpx_core::fuzzing::server_session),
+            ("config", config),
+            ("stream_query", stream_query),
+            ("rtmpt_requests", rtmpt_requests),
+        ];
+        let mut replayed = 0;
+        for (target, entry) in targets {
+            for kind in ["seeds", "regressions"] {
+                let Ok(files) = std::fs::read_dir(fuzz.join(kind).join(target)) else { continue };
+                for file in files {
+                    let path = file.unwrap().path();
+                    entry(&std::fs::read(&path).unwrap());
+                    replayed += 1;
+                }
+            }
+        }
+        assert!(replayed >= 40, "only {replayed} inputs found under {}", fuzz.display());
+    }
+
     fn run(ops: &[u8]) -> Vec<u16> {
         let runtime =
             tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();

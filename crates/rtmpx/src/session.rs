@@ -387,7 +387,10 @@ async fn handle_event(
             debug!(session = conn.id, ?requested, ?version, digest, "handshake complete");
         }
         ServerEvent::ConnectRequested(request) => {
-            debug!(session = conn.id, app = request.app, tc_url = ?request.tc_url, flash_ver = ?request.flash_ver, "connect");
+            // Queries (keys, tokens) stay out of the logs.
+            let app_name = auth::normalize_app(&request.app);
+            let tc_url = request.tc_url.as_deref().map(|u| auth::query::split_name(u).0);
+            debug!(session = conn.id, app = app_name, tc_url = ?tc_url, flash_ver = ?request.flash_ver, "connect");
             let config = shared.config();
             match shared.auth.connect(&config, conn.id, conn.peer, &request).await {
                 Ok(client) => {
@@ -398,7 +401,7 @@ async fn handle_event(
                     session.accept_connect()?;
                 }
                 Err(denial) => {
-                    warn!(session = conn.id, peer = %conn.peer, app = request.app, "connect rejected: {}", denial.reason);
+                    warn!(session = conn.id, peer = %conn.peer, app = app_name, "connect rejected: {}", denial.reason);
                     shared.metrics.denied(Denial::Connect);
                     session.reject_connect(&denial.reason)?;
                     return Err(Error::Denied(denial.reason));
@@ -447,7 +450,8 @@ async fn on_publish(
 ) -> Result<()> {
     let app = conn.app.clone().unwrap_or_default();
     if conn.publishing.is_some() {
-        warn!(session = conn.id, peer = %conn.peer, app, stream = stream_name, "publish rejected: already publishing");
+        let stream = auth::query::split_name(stream_name).0;
+        warn!(session = conn.id, peer = %conn.peer, app, stream, "publish rejected: already publishing");
         session.reject_publish(stream_id, "NetStream.Publish.BadName", "Already publishing.")?;
         return Ok(());
     }
@@ -488,7 +492,8 @@ async fn on_play(
 ) -> Result<()> {
     let app = conn.app.clone().unwrap_or_default();
     if conn.playing.is_some() {
-        warn!(session = conn.id, peer = %conn.peer, app, stream = stream_name, "play rejected: already playing");
+        let stream = auth::query::split_name(stream_name).0;
+        warn!(session = conn.id, peer = %conn.peer, app, stream, "play rejected: already playing");
         session.reject_play(stream_id, "NetStream.Play.Failed", "Already playing.")?;
         return Ok(());
     }
