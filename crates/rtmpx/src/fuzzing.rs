@@ -205,7 +205,8 @@ mod tests {
     #[test]
     fn seeds_and_regressions_replay() {
         let fuzz = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
-        let targets: [(&str, fn(&[u8])); 7] = [
+        type Entry = fn(&[u8]);
+        let targets: [(&str, Entry); 7] = [
             ("chunk_decoder", rtmpx_core::fuzzing::chunk_decoder),
             ("amf", rtmpx_core::fuzzing::amf),
             ("handshake", rtmpx_core::fuzzing::server_handshake),
