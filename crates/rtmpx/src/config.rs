@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::relay::config::{PullConfig, PushConfig, RelaySection};
 
 /// The configuration used when no file is given (also `config/default.toml`).
 pub const DEFAULT_CONFIG: &str = include_str!("../../../config/default.toml");
@@ -30,6 +31,9 @@ pub struct Config {
     pub rtmpt: RtmptSection,
     #[serde(default)]
     pub tls: TlsSection,
+    /// Push/pull relays: upstream TLS trust, backoff, queue bound (see `relay::config`).
+    #[serde(default)]
+    pub relay: RelaySection,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -129,6 +133,12 @@ pub struct AppConfig {
     pub publish: bool,
     #[serde(default = "yes")]
     pub play: bool,
+    /// Upstreams every stream published here is republished to.
+    #[serde(default)]
+    pub push: Vec<PushConfig>,
+    /// Where streams that are not live here are pulled from when a player asks.
+    #[serde(default)]
+    pub pull: Option<PullConfig>,
 }
 
 fn yes() -> bool {
@@ -321,6 +331,7 @@ impl Config {
             if self.apps[..i].iter().any(|o| o.name == app.name) {
                 return Err(format!("app[{i}].name: {:?} is defined twice", app.name));
             }
+            crate::relay::config::validate_app(i, &app.push, app.pull.as_ref())?;
         }
         let s = &self.server;
         if !(128..=65_536).contains(&s.chunk_size) {
@@ -362,6 +373,7 @@ impl Config {
         if !(4096..=64 << 20).contains(&r.max_request_body) {
             return Err(format!("rtmpt.max_request_body: {} is outside 4096..=67108864", r.max_request_body));
         }
+        self.relay.validate()?;
         let tls = &self.tls;
         if tls.handshake_timeout_secs == 0 {
             return Err("tls.handshake_timeout_secs must be at least 1".into());

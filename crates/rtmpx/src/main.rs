@@ -3,6 +3,7 @@
 mod config;
 mod devcert;
 mod error;
+mod relay;
 mod server;
 mod session;
 mod tls;

@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use crate::config::{Config, ListenerConfig, Proto};
 use crate::error::{Error, Result};
+use crate::relay::{RelayManager, RelayState};
 use crate::session::{Origin, Transport};
 use crate::tls::{self, TlsAcceptor};
 use crate::tunnel::{self, SessionTable};
@@ -28,6 +29,8 @@ pub struct Shared {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// RTMPT/RTMPTS sessions of every listener.
     pub tunnels: SessionTable,
+    /// Push and pull relays.
+    pub relays: RelayManager,
 }
 
 impl Shared {
@@ -41,6 +44,12 @@ impl Shared {
 
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown.clone()
+    }
+
+    /// Every running relay (for stats): direction, redacted URL, state, bytes, last error.
+    #[allow(dead_code)] // for the stats API (ops)
+    pub fn relay_states(&self) -> Vec<RelayState> {
+        self.relays.states()
     }
 
     /// Counts a new connection against the limits; `None` when a limit is hit.
@@ -96,6 +105,7 @@ fn router_config(config: &Config) -> RouterConfig {
 /// SIGHUP reloads the TLS certificates.
 pub async fn serve(config: Config) -> Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let relays = RelayManager::new(shutdown_rx.clone());
     let config = Arc::new(config);
     let shared = Arc::new(Shared {
         router: Router::new(router_config(&config)),
@@ -105,6 +115,7 @@ pub async fn serve(config: Config) -> Result<()> {
         connections: AtomicUsize::new(0),
         per_ip: Mutex::new(HashMap::new()),
         tunnels: SessionTable::new(),
+        relays,
     });
 
     let listener_tls = tls::listener_acceptors(&config)?;
