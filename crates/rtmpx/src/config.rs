@@ -434,6 +434,29 @@ mod tests {
     }
 
     #[test]
+    fn relays_parse_and_bad_ones_name_the_key() {
+        let c = Config::from_toml(include_str!("../../../config/rtmpx.toml"), "rtmpx.toml").unwrap();
+        let edge = c.app("edge").expect("the documented example has an edge app");
+        assert_eq!(edge.pull.as_ref().map(|p| p.linger_secs), Some(5));
+        assert_eq!(c.relay.backoff_initial_ms, 500);
+        let base = "[[listener]]\nproto = \"rtmp\"\naddr = \"127.0.0.1:0\"\n[[app]]\nname = \"live\"\n";
+        let c = Config::from_toml(
+            &format!("{base}push = [{{ url = \"rtmps://h/a\", name = \"rename:{{name}}_hd\", streams = \"c*\" }}]\n"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.apps[0].push[0].name.apply("cam"), "cam_hd");
+        let err = |text: &str| Config::from_toml(text, "t").unwrap_err().to_string();
+        assert!(err(&format!("{base}push = [{{ url = \"ftp://h/a\" }}]\n")).contains("app[0].push[0].url"));
+        assert!(
+            err(&format!("{base}push = [{{ url = \"rtmp://h/a\", name = \"bogus\" }}]\n")).contains("bogus")
+        );
+        assert!(err(&format!("{base}pull = {{ url = \"rtmp://h\" }}\n")).contains("app[0].pull.url"));
+        assert!(err(&format!("{base}[relay]\nbackoff_initial_ms = 0\n")).contains("relay.backoff"));
+        assert!(err(&format!("{base}[relay]\nmax_relay_queue_bytes = 1\n")).contains("max_relay_queue_bytes"));
+    }
+
+    #[test]
     fn rtmps_listener_with_certificates() {
         let text = "[[listener]]\nproto = \"rtmps\"\naddr = \"127.0.0.1:443\"\n\
                     tls = [{ cert = \"a.pem\", key = \"a.key\" }, { cert = \"b.pem\", key = \"b.key\" }]\n\
