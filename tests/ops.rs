@@ -366,24 +366,10 @@ fn admin_token_is_required_when_configured() {
 // ---------------------------------------------------------------------------------------------
 // The status page in a real browser
 
-/// Debian's chromium; `None` (skip) only outside CI.
-fn chromium() -> Option<&'static str> {
-    let found = Command::new("chromium").arg("--version").output().is_ok_and(|o| o.status.success());
-    if found {
-        return Some("chromium");
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!(
-            "chromium is missing (CI is set: a missing browser is a failure); scripts/test.sh installs it"
-        );
-    }
-    eprintln!("chromium is missing: skipping the browser test (apt-get install -y chromium)");
-    None
-}
-
 /// The DOM after the page's scripts ran (`--virtual-time-budget` lets its fetches finish).
 fn rendered_dom(url: &str, profile: &Path) -> String {
-    let mut cmd = Command::new(chromium().expect("chromium"));
+    require_tool("chromium");
+    let mut cmd = Command::new("chromium");
     cmd.args([
         "--headless",
         "--no-sandbox",
@@ -405,9 +391,7 @@ fn rendered_dom(url: &str, profile: &Path) -> String {
 #[test]
 fn status_page_lists_the_live_stream_in_a_headless_browser() {
     let _serial = exclusive();
-    if chromium().is_none() {
-        return;
-    }
+    require_tool("chromium");
     let dir = TempDir::new("ops-browser");
     let gw = Gateway::start(&rtmps_config(&dir, "token = \"browser-token-123\""));
     let admin = admin_addr(&gw);
