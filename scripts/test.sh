@@ -15,6 +15,9 @@ command -v rtmpdump >/dev/null 2>&1 || missing+=(rtmpdump)
 /usr/bin/python3 -c 'import librtmp' >/dev/null 2>&1 || missing+=(python3-librtmp)
 { command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; } || missing+=(nginx-light)
 [ -f /usr/lib/nginx/modules/ngx_rtmp_module.so ] || missing+=(libnginx-mod-rtmp)
+# tests/ops.rs: the status page in a headless browser, and docker-compose.yml parsed as YAML.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+/usr/bin/python3 -c 'import yaml' >/dev/null 2>&1 || missing+=(python3-yaml)
 
 if [ ${#missing[@]} -gt 0 ]; then
     mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)

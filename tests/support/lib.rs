@@ -91,6 +91,7 @@ pub fn require_tool(name: &str) {
         "rtmpdump" => Command::new("rtmpdump").arg("--help").output().is_ok(),
         "nginx" => nginx_binary().is_some() && Path::new(NGINX_RTMP_MODULE).exists(),
         "python3-librtmp" => python3_with_librtmp().is_some(),
+        "chromium" => runs(Command::new("chromium").arg("--version")),
         other => panic!("require_tool: unknown tool {other:?}"),
     };
     if ok {
@@ -101,7 +102,7 @@ pub fn require_tool(name: &str) {
     }
     panic!(
         "required tool {name:?} is missing. Run scripts/test.sh, which installs the clients the end-to-end \
-         tests use (Debian: ffmpeg rtmpdump python3-librtmp nginx-light libnginx-mod-rtmp)"
+         tests use (Debian: ffmpeg rtmpdump python3-librtmp nginx-light libnginx-mod-rtmp chromium)"
     );
 }
 
@@ -556,6 +557,11 @@ impl Gateway {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The configuration file the gateway runs with: rewrite it and send SIGHUP to reload.
+    pub fn config_path(&self) -> PathBuf {
+        self._dir.file("rtmpx.toml")
     }
 
     /// Current resident set size in KiB.

@@ -34,6 +34,8 @@ pub struct Config {
     /// Push/pull relays: upstream TLS trust, backoff, queue bound (see `relay::config`).
     #[serde(default)]
     pub relay: RelaySection,
+    /// The admin HTTP listener (metrics, JSON API, status page); off without `[admin]`.
+    pub admin: Option<crate::admin::AdminSection>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -43,13 +45,13 @@ pub struct ServerSection {
     pub chunk_size: u32,
     /// Cache the last GOP so players start at once.
     pub gop_cache: bool,
-    /// How long shutdown waits for sessions to close.
+    /// On SIGTERM/SIGINT: how long publishers and players may go on after the listeners close.
     pub shutdown_grace_secs: u64,
 }
 
 impl Default for ServerSection {
     fn default() -> Self {
-        ServerSection { chunk_size: 4096, gop_cache: true, shutdown_grace_secs: 5 }
+        ServerSection { chunk_size: 4096, gop_cache: true, shutdown_grace_secs: 30 }
     }
 }
 
@@ -380,6 +382,9 @@ impl Config {
         }
         if tls.tls13_session_tickets > 16 {
             return Err(format!("tls.tls13_session_tickets: {} is above 16", tls.tls13_session_tickets));
+        }
+        if let Some(admin) = &self.admin {
+            admin.validate()?;
         }
         if let Some(bad) =
             tls.hosts.iter().find(|h| h.is_empty() || h.contains(|c: char| c.is_whitespace() || c == '/'))

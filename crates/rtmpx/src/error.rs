@@ -21,6 +21,10 @@ pub enum Error {
 
     #[error("TLS handshake failed: {0}")]
     TlsHandshake(String),
+
+    /// Closed on purpose: by the admin API or because the gateway is draining.
+    #[error("{0}")]
+    Kicked(&'static str),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,9 +1,14 @@
 //! `rtmpx`: the gateway binary.
 
+mod admin;
 mod config;
 mod devcert;
+mod drain;
 mod error;
+mod metrics;
+mod registry;
 mod relay;
+mod reload;
 mod server;
 mod session;
 mod tls;
@@ -52,9 +57,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve { config: None }) {
-        Command::Serve { config } => {
+        Command::Serve { config: config_path } => {
             init_logging();
-            let config = match Config::load_or_default(config.as_ref()) {
+            let config = match Config::load_or_default(config_path.as_ref()) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("rtmpx: {e}");
@@ -63,7 +68,7 @@ fn main() -> ExitCode {
             };
             let runtime =
                 tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-            match runtime.block_on(server::serve(config)) {
+            match runtime.block_on(server::serve(config, config_path)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("rtmpx: {e}");

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,9 +13,13 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
+use crate::admin;
 use crate::config::{Config, ListenerConfig, Proto};
 use crate::error::{Error, Result};
+use crate::metrics::{Denial, HandshakeFailure, Metrics};
+use crate::registry::Registry;
 use crate::relay::{RelayManager, RelayState};
+use crate::reload::Reloader;
 use crate::session::{Origin, Transport};
 use crate::tls::{self, TlsAcceptor};
 use crate::tunnel::{self, SessionTable};
@@ -31,11 +36,35 @@ pub struct Shared {
     pub tunnels: SessionTable,
     /// Push and pull relays.
     pub relays: RelayManager,
+    /// Counters for `/metrics` (ops).
+    pub metrics: Metrics,
+    /// Live sessions for the admin API (ops).
+    pub sessions: Registry,
 }
 
 impl Shared {
+    pub fn new(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Shared {
+        Shared {
+            router: Router::new(router_config(&config)),
+            config: Mutex::new(config),
+            next_id: AtomicU64::new(1),
+            shutdown: shutdown.clone(),
+            connections: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+            tunnels: SessionTable::new(),
+            metrics: Metrics::default(),
+            sessions: Registry::default(),
+            relays: RelayManager::new(shutdown),
+        }
+    }
+
     pub fn config(&self) -> Arc<Config> {
         self.config.lock().expect("config lock").clone()
+    }
+
+    /// Swaps in a validated configuration (reload); sessions read it at their next decision.
+    pub fn replace_config(&self, config: Arc<Config>) {
+        *self.config.lock().expect("config lock") = config;
     }
 
     pub fn next_session_id(&self) -> u64 {
@@ -58,6 +87,7 @@ impl Shared {
         let total = self.connections.fetch_add(1, Ordering::AcqRel) + 1;
         if total > limits.max_connections {
             self.connections.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.denied(Denial::ConnectionLimit);
             warn!(%ip, limit = limits.max_connections, "connection refused: max_connections reached");
             return None;
         }
@@ -66,6 +96,7 @@ impl Shared {
         if *count >= limits.max_connections_per_ip {
             drop(per_ip);
             self.connections.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.denied(Denial::ConnectionLimit);
             warn!(%ip, limit = limits.max_connections_per_ip, "connection refused: max_connections_per_ip reached");
             return None;
         }
@@ -93,7 +124,7 @@ impl Drop for Admission {
     }
 }
 
-fn router_config(config: &Config) -> RouterConfig {
+pub fn router_config(config: &Config) -> RouterConfig {
     RouterConfig {
         player_queue_bytes: config.limits.player_queue_bytes,
         gop_cache: config.server.gop_cache,
@@ -101,22 +132,12 @@ fn router_config(config: &Config) -> RouterConfig {
     }
 }
 
-/// Binds every listener, prints where to publish and play, and serves until SIGINT/SIGTERM.
-/// SIGHUP reloads the TLS certificates.
-pub async fn serve(config: Config) -> Result<()> {
+/// Binds every listener, prints where to publish and play, and serves until SIGINT/SIGTERM,
+/// then drains (see [`crate::drain`]). SIGHUP reloads `config_path` and the TLS certificates.
+pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let relays = RelayManager::new(shutdown_rx.clone());
     let config = Arc::new(config);
-    let shared = Arc::new(Shared {
-        router: Router::new(router_config(&config)),
-        config: Mutex::new(config.clone()),
-        next_id: AtomicU64::new(1),
-        shutdown: shutdown_rx,
-        connections: AtomicUsize::new(0),
-        per_ip: Mutex::new(HashMap::new()),
-        tunnels: SessionTable::new(),
-        relays,
-    });
+    let shared = Arc::new(Shared::new(config.clone(), shutdown_rx));
 
     let listener_tls = tls::listener_acceptors(&config)?;
     let mut hangup = Hangup::new()?;
@@ -130,6 +151,15 @@ pub async fn serve(config: Config) -> Result<()> {
         let local = listener.local_addr().map_err(Error::io("reading the bound address"))?;
         announce(lc, local, &config);
         listeners.push((lc.clone(), listener, tls));
+    }
+    let reloader = Arc::new(Reloader::new(shared.clone(), config_path, listener_tls.stores.clone()));
+    let mut background = JoinSet::new();
+    background.spawn(admin::sample_bitrates(shared.clone()));
+    if let Some(settings) = &config.admin {
+        let server = admin::start(settings, shared.clone(), reloader.clone()).await?;
+        background.spawn(async move {
+            let _ = server.await;
+        });
     }
     info!("rtmpx ready");
 
@@ -168,7 +198,11 @@ pub async fn serve(config: Config) -> Result<()> {
     loop {
         tokio::select! {
             _ = &mut signal => break,
-            _ = hangup.recv() => tls::reload_all(&listener_tls.stores),
+            _ = hangup.recv() => {
+                let reloader = reloader.clone();
+                // A failed reload is logged and keeps the running configuration.
+                let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+            }
             Some((stream, peer, listener, tls)) = session_rx.recv() => {
                 let Some(admission) = shared.admit(peer.ip()) else { continue };
                 let shared = shared.clone();
@@ -189,7 +223,10 @@ pub async fn serve(config: Config) -> Result<()> {
                                     tunnel::serve_sniffed(stream, peer, rtmp, http, shared).await
                                 }
                                 Ok(stream) => tunnel::serve_http(stream, peer, origin(Transport::HttpTls), shared).await,
-                                Err(e) => warn!(%peer, "{e}"),
+                                Err(e) => {
+                                    shared.metrics.handshake_failed(HandshakeFailure::Tls);
+                                    warn!(%peer, "{e}")
+                                }
                             }
                         }
                     }
@@ -199,15 +236,9 @@ pub async fn serve(config: Config) -> Result<()> {
         }
     }
 
-    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
-    info!(sessions = sessions.len(), "shutting down: closing listeners and telling clients");
-    let _ = shutdown_tx.send(true);
-    accept_tasks.shutdown().await;
-    let drained = tokio::time::timeout(grace, async { while sessions.join_next().await.is_some() {} }).await;
-    if drained.is_err() {
-        warn!(left = sessions.len(), "grace period over: dropping remaining sessions");
-        sessions.shutdown().await;
-    }
+    drop(session_rx);
+    crate::drain::drain(&shared, &mut sessions, accept_tasks, &shutdown_tx).await;
+    background.shutdown().await;
     info!("rtmpx stopped");
     Ok(())
 }
@@ -261,7 +292,7 @@ impl Hangup {
     }
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -19,6 +19,8 @@ use tokio::time::{sleep_until, timeout};
 use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
+use crate::metrics::{Denial, Role};
+use crate::registry::SessionGuard;
 use crate::server::Shared;
 
 /// Bytes of player output gathered before one write: fewer, larger writes.
@@ -119,6 +121,8 @@ struct Connection {
     playing: Option<Playing>,
     bytes_in: u64,
     bytes_out: u64,
+    /// The session's entry in the admin registry (ops).
+    registry: SessionGuard,
 }
 
 impl Connection {
@@ -149,8 +153,9 @@ where
 {
     let Origin { transport, encryption } = origin.into();
     let started = Instant::now();
+    let id = shared.next_session_id();
     let mut conn = Connection {
-        id: shared.next_session_id(),
+        id,
         peer,
         transport,
         encrypted: false,
@@ -162,6 +167,7 @@ where
         playing: None,
         bytes_in: 0,
         bytes_out: 0,
+        registry: SessionGuard::open(&shared, id, peer, transport.variant(false)),
     };
     debug!(session = conn.id, %peer, "session opened");
     let result = drive(stream, &mut conn, encryption, &shared).await;
@@ -179,6 +185,7 @@ where
         }
         other => other,
     };
+    conn.registry.finish(&result);
     let reason = match &result {
         Ok(()) => "closed".to_string(),
         Err(e) => e.to_string(),
@@ -249,6 +256,7 @@ where
                     return Ok(());
                 }
                 conn.bytes_in += n as u64;
+                conn.registry.entry().add_in(n);
                 last_read = tokio::time::Instant::now();
                 let mut outcome = verdict.map_err(Error::from);
                 while let Some(event) = session.poll_event() {
@@ -271,7 +279,15 @@ where
                         let Some(event) = conn.playing.as_mut().and_then(|p| p.player.try_recv()) else { break };
                         deliver(event, &mut session, conn);
                     }
+                    if let Some(p) = &conn.playing {
+                        conn.registry.entry().set_dropped_frames(p.player.dropped_frames());
+                    }
                 }
+            }
+            why = conn.registry.entry().kicked() => {
+                say_goodbye(&mut session, conn);
+                let _ = flush(&mut stream, &mut session, conn, timeouts.write()).await;
+                return Err(Error::Kicked(why));
             }
             _ = sleep_until_opt(deadline) => {
                 return Err(Error::Timeout(if connected { "no data from the client" } else { "handshake and connect" }));
@@ -310,6 +326,7 @@ where
     let mut wrote = false;
     while let Some(bytes) = session.poll_transmit() {
         conn.bytes_out += bytes.len() as u64;
+        conn.registry.entry().add_out(bytes.len());
         timeout(write_timeout, stream.write_all(&bytes))
             .await
             .map_err(|_| Error::Timeout("the client stopped reading"))?
@@ -352,6 +369,7 @@ fn handle_event(
     match event {
         ServerEvent::HandshakeComplete { requested, version, digest } => {
             conn.encrypted = version.is_encrypted();
+            conn.registry.handshake_complete(conn.variant());
             conn.handshake = match (version.is_encrypted(), digest) {
                 (true, _) => format!("rtmpe-{}>{}", requested.to_byte(), version.to_byte()),
                 (false, true) => "digest".into(),
@@ -364,11 +382,13 @@ fn handle_event(
             let known = shared.config().app(&app).is_some();
             debug!(session = conn.id, app, tc_url = ?request.tc_url, flash_ver = ?request.flash_ver, "connect");
             if known {
+                conn.registry.entry().set_app(&app);
                 conn.app = Some(app);
                 *connected = true;
                 session.accept_connect()?;
             } else {
                 warn!(session = conn.id, peer = %conn.peer, app, "connect rejected: unknown application");
+                shared.metrics.denied(Denial::Connect);
                 session.reject_connect(&format!("Application '{app}' does not exist."))?;
             }
         }
@@ -423,6 +443,9 @@ fn on_publish(
         let why =
             if !allowed { "publishing is not allowed here" } else { "bad stream name or already publishing" };
         warn!(session = conn.id, peer = %conn.peer, app, stream = stream_name, "publish rejected: {why}");
+        if !allowed {
+            shared.metrics.denied(Denial::Publish);
+        }
         session.reject_publish(stream_id, "NetStream.Publish.BadName", why)?;
         return Ok(());
     }
@@ -431,6 +454,7 @@ fn on_publish(
         Ok(publisher) => {
             session.accept_publish(stream_id)?;
             conn.role = "publisher";
+            conn.registry.entry().set_role(Role::Publisher, &key.name);
             conn.stream_name = Some(key.name.clone());
             conn.publishing = Some(Publishing { stream_id, publisher });
             info!(session = conn.id, peer = %conn.peer, variant = conn.variant(), stream = %key, "publishing");
@@ -457,6 +481,9 @@ fn on_play(
     if !allowed || conn.playing.is_some() || stream_name.is_empty() {
         let why = if !allowed { "playing is not allowed here" } else { "bad stream name or already playing" };
         warn!(session = conn.id, peer = %conn.peer, app, stream = stream_name, "play rejected: {why}");
+        if !allowed {
+            shared.metrics.denied(Denial::Play);
+        }
         session.reject_play(stream_id, "NetStream.Play.Failed", why)?;
         return Ok(());
     }
@@ -464,6 +491,7 @@ fn on_play(
     let mut player = shared.router.play(key.clone(), conn.info());
     session.accept_play(stream_id, &key.name)?;
     conn.role = "player";
+    conn.registry.entry().set_role(Role::Player, &key.name);
     conn.stream_name = Some(key.name.clone());
     // A live stream announces itself at once and needs no PublishNotify; anything else that
     // is already queued is delivered as usual.

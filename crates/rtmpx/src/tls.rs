@@ -263,16 +263,6 @@ fn dev_certificate(config: &Config) -> Result<Arc<CertStore>> {
     CertStore::load(vec![files.leaf()])
 }
 
-/// Reloads every store, logging each result; a failed store keeps its old certificates.
-pub fn reload_all(stores: &[Arc<CertStore>]) {
-    for store in stores {
-        match store.reload() {
-            Ok(()) => info!(fingerprints = ?store.fingerprints(), "TLS certificates reloaded"),
-            Err(e) => tracing::error!("TLS certificate reload failed, keeping the certificates in use: {e}"),
-        }
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

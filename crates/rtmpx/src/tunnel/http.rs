@@ -156,6 +156,7 @@ async fn handle(request: Request<Incoming>, ctx: &Ctx) -> Response<Full<Bytes>> 
         None => empty(StatusCode::NOT_FOUND),
         Some(Route::Open) => open(ctx, limits),
         Some(Route::Session { command, id, seq }) => {
+            ctx.shared.metrics.rtmpt_poll();
             match timeout(limits.request_timeout(), session_request(ctx, command, id, seq, body)).await {
                 Ok(response) => response,
                 Err(_) => {

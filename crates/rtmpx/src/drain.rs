@@ -1,0 +1,92 @@
+//! Graceful drain on SIGTERM/SIGINT.
+//!
+//! The listeners close at once (new connections are refused). Publishers go on, and players go
+//! on while their stream is live, for up to `server.shutdown_grace_secs`; sessions with nothing
+//! (left) to do are closed along the way: connections that neither publish nor play, players
+//! whose stream ended, publishers that unpublished. When the grace period ends, or on a second
+//! signal, every remaining session is told goodbye and closed.
+
+use std::time::Duration;
+
+use rtmpx_router::StreamKey;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use crate::metrics::Role;
+use crate::server::{shutdown_signal, Shared};
+
+/// How often idle sessions are looked for while draining.
+const CHECK_EVERY: Duration = Duration::from_millis(250);
+/// How long the goodbyes may take after the grace period.
+const GOODBYE_TIME: Duration = Duration::from_secs(3);
+
+const DRAIN_REASON: &str = "gateway shutting down";
+
+/// Closes sessions that have nothing to finish; returns how many were asked to close.
+fn close_idle_sessions(shared: &Shared) -> usize {
+    let mut closed = 0;
+    for entry in shared.sessions.entries() {
+        let state = entry.state();
+        let busy = match (state.role, &state.app, &state.stream) {
+            (Role::Publisher | Role::Player, Some(app), Some(stream)) => {
+                shared.router.is_live(&StreamKey::new(app, stream))
+            }
+            _ => false,
+        };
+        if !busy {
+            entry.kick(DRAIN_REASON);
+            closed += 1;
+        }
+    }
+    closed
+}
+
+pub async fn drain(
+    shared: &Shared,
+    sessions: &mut JoinSet<()>,
+    mut accept_tasks: JoinSet<()>,
+    shutdown: &watch::Sender<bool>,
+) {
+    accept_tasks.shutdown().await;
+    let grace = Duration::from_secs(shared.config().server.shutdown_grace_secs);
+    info!(
+        sessions = shared.sessions.entries().len(),
+        "draining: listeners closed; publishers and players of live streams may go on for up to {}s \
+         (send the signal again to stop at once)",
+        grace.as_secs()
+    );
+    let deadline = tokio::time::Instant::now() + grace;
+    let again = shutdown_signal();
+    tokio::pin!(again);
+    let mut check = tokio::time::interval(CHECK_EVERY);
+    // Sessions are in the registry; RTMPT sessions run outside `sessions` (their HTTP
+    // connections are in it, and close once the shutdown signal goes out).
+    while !shared.sessions.is_empty() {
+        tokio::select! {
+            _ = check.tick() => {
+                close_idle_sessions(shared);
+            }
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                warn!(left = shared.sessions.entries().len(), "grace period over: closing the remaining sessions");
+                break;
+            }
+            _ = &mut again => {
+                warn!(left = shared.sessions.entries().len(), "second signal: closing the remaining sessions now");
+                break;
+            }
+        }
+    }
+    let _ = shutdown.send(true);
+    let goodbyes = tokio::time::timeout(GOODBYE_TIME, async {
+        while sessions.join_next().await.is_some() {}
+        while !shared.sessions.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    if goodbyes.await.is_err() {
+        warn!(left = sessions.len(), "dropping connections that did not close in time");
+        sessions.shutdown().await;
+    }
+}

@@ -1,0 +1,357 @@
+//! Counters of the gateway, rendered in the Prometheus text format by [`render`].
+//!
+//! Gauges (sessions, streams, players) are read from the session registry and the router at
+//! scrape time, so they can never drift; counters are atomics bumped where things happen.
+//! Bytes by variant = bytes of closed sessions (added at close) + bytes of live sessions whose
+//! variant is known (the RTMPE flag is learnt at the end of the handshake), so each counter only
+//! grows.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::error::Error;
+use crate::server::Shared;
+
+/// Every variant, in the order of the metric arrays.
+pub const VARIANTS: [&str; 6] = ["rtmp", "rtmps", "rtmpt", "rtmpts", "rtmpe", "rtmpte"];
+
+/// Index of a variant name in [`VARIANTS`]. RTMPE inside RTMPTS ("rtmpts+rtmpe") counts as rtmpts.
+pub fn variant_index(name: &str) -> usize {
+    let base = name.split('+').next().unwrap_or(name);
+    VARIANTS.iter().position(|v| *v == base).unwrap_or(0)
+}
+
+/// What a session does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Handshaking, or connected without publishing or playing.
+    None,
+    Publisher,
+    Player,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::None, Role::Publisher, Role::Player];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::None => "none",
+            Role::Publisher => "publisher",
+            Role::Player => "player",
+        }
+    }
+}
+
+/// Why a connection never finished its handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// No handshake (and connect) within `timeouts.handshake_secs`.
+    Timeout,
+    /// The peer closed or reset the connection before finishing it.
+    Closed,
+    /// Bytes that are no RTMP handshake, or an RTMPE handshake the listener forbids.
+    Protocol,
+    /// The TLS handshake of an RTMPS connection failed or timed out.
+    Tls,
+}
+
+impl HandshakeFailure {
+    pub const ALL: [HandshakeFailure; 4] = [
+        HandshakeFailure::Timeout,
+        HandshakeFailure::Closed,
+        HandshakeFailure::Protocol,
+        HandshakeFailure::Tls,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            HandshakeFailure::Timeout => "timeout",
+            HandshakeFailure::Closed => "closed",
+            HandshakeFailure::Protocol => "protocol",
+            HandshakeFailure::Tls => "tls",
+        }
+    }
+
+    /// The reason of a session that ended with `result` before its handshake completed.
+    pub fn of(result: &Result<(), Error>) -> HandshakeFailure {
+        match result {
+            Ok(()) | Err(Error::Io { .. }) => HandshakeFailure::Closed,
+            Err(Error::Timeout(_)) => HandshakeFailure::Timeout,
+            Err(Error::TlsHandshake(_)) => HandshakeFailure::Tls,
+            Err(_) => HandshakeFailure::Protocol,
+        }
+    }
+}
+
+/// What a client was refused by the configured rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denial {
+    /// connect to an application that does not exist (or that the client may not use).
+    Connect,
+    Publish,
+    Play,
+    /// A connection refused by `max_connections` or `max_connections_per_ip`.
+    ConnectionLimit,
+}
+
+impl Denial {
+    pub const ALL: [Denial; 4] = [Denial::Connect, Denial::Publish, Denial::Play, Denial::ConnectionLimit];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Denial::Connect => "connect",
+            Denial::Publish => "publish",
+            Denial::Play => "play",
+            Denial::ConnectionLimit => "connection_limit",
+        }
+    }
+}
+
+/// The gateway's counters. Lives in [`Shared`].
+#[derive(Default)]
+pub struct Metrics {
+    sessions_opened: [AtomicU64; 6],
+    closed_bytes_in: [AtomicU64; 6],
+    closed_bytes_out: [AtomicU64; 6],
+    closed_dropped_frames: AtomicU64,
+    handshake_failures: [AtomicU64; 4],
+    denials: [AtomicU64; 4],
+    kicks: AtomicU64,
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
+    rtmpt_polls: AtomicU64,
+    /// Relay name → state ("connecting", "connected", "retrying"...), set by the relays.
+    relays: Mutex<BTreeMap<String, &'static str>>,
+}
+
+impl Metrics {
+    /// A session's handshake completed and it is now counted as `variant`.
+    pub fn session_opened(&self, variant: &str) {
+        self.sessions_opened[variant_index(variant)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A session ended: its bytes and dropped frames move into the totals.
+    pub fn session_closed(&self, variant: &str, bytes_in: u64, bytes_out: u64, dropped_frames: u64) {
+        let i = variant_index(variant);
+        self.closed_bytes_in[i].fetch_add(bytes_in, Ordering::Relaxed);
+        self.closed_bytes_out[i].fetch_add(bytes_out, Ordering::Relaxed);
+        self.closed_dropped_frames.fetch_add(dropped_frames, Ordering::Relaxed);
+    }
+
+    pub fn handshake_failed(&self, reason: HandshakeFailure) {
+        self.handshake_failures[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn denied(&self, what: Denial) {
+        self.denials[what as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn kicked(&self) {
+        self.kicks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn reloaded(&self, ok: bool) {
+        let counter = if ok { &self.reloads_ok } else { &self.reloads_failed };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One RTMPT request (`/idle`, `/send`, `/close`) for a session.
+    pub fn rtmpt_poll(&self) {
+        self.rtmpt_polls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records a relay's state; `None` forgets the relay.
+    #[allow(dead_code)] // called by the relays
+    pub fn set_relay_state(&self, relay: &str, state: Option<&'static str>) {
+        let mut relays = self.relays.lock().unwrap_or_else(|e| e.into_inner());
+        match state {
+            Some(state) => relays.insert(relay.to_owned(), state),
+            None => relays.remove(relay),
+        };
+    }
+}
+
+fn get(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+/// Escapes a label value (backslash, quote, newline) for the text format.
+fn label(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+struct Out(String);
+
+impl Out {
+    fn header(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                let _ = write!(self.0, "{k}=\"{}\"", label(v));
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+}
+
+/// The Prometheus text exposition (format 0.0.4) of everything the gateway counts.
+pub fn render(shared: &Shared) -> String {
+    let m = &shared.metrics;
+    let mut live_sessions = [[0u64; 3]; 6];
+    let mut live_in = [0u64; 6];
+    let mut live_out = [0u64; 6];
+    let mut live_dropped = 0u64;
+    for entry in shared.sessions.entries() {
+        let state = entry.state();
+        let v = variant_index(state.variant);
+        live_sessions[v][state.role as usize] += 1;
+        if state.handshake_done {
+            live_in[v] += entry.bytes_in();
+            live_out[v] += entry.bytes_out();
+        }
+        live_dropped += entry.dropped_frames();
+    }
+    let streams = shared.router.streams();
+
+    let mut out = Out(String::with_capacity(8 * 1024));
+    out.header("rtmpx_sessions", "gauge", "Open sessions by variant and role.");
+    for (v, variant) in VARIANTS.iter().enumerate() {
+        for role in Role::ALL {
+            out.sample(
+                "rtmpx_sessions",
+                &[("variant", variant), ("role", role.name())],
+                live_sessions[v][role as usize],
+            );
+        }
+    }
+    out.header(
+        "rtmpx_sessions_opened_total",
+        "counter",
+        "Sessions that completed their handshake, by variant.",
+    );
+    for (v, variant) in VARIANTS.iter().enumerate() {
+        out.sample("rtmpx_sessions_opened_total", &[("variant", variant)], get(&m.sessions_opened[v]));
+    }
+    out.header("rtmpx_streams", "gauge", "Streams with a publisher or players.");
+    out.sample("rtmpx_streams", &[], streams.len() as u64);
+    out.header("rtmpx_publishers", "gauge", "Streams with a live publisher.");
+    out.sample("rtmpx_publishers", &[], streams.iter().filter(|s| s.publisher.is_some()).count() as u64);
+    out.header("rtmpx_players", "gauge", "Players subscribed to a stream.");
+    out.sample("rtmpx_players", &[], streams.iter().map(|s| s.players as u64).sum());
+    out.header(
+        "rtmpx_bytes_in_total",
+        "counter",
+        "Bytes received from clients (after TLS/HTTP), by variant.",
+    );
+    for (v, variant) in VARIANTS.iter().enumerate() {
+        out.sample("rtmpx_bytes_in_total", &[("variant", variant)], get(&m.closed_bytes_in[v]) + live_in[v]);
+    }
+    out.header("rtmpx_bytes_out_total", "counter", "Bytes sent to clients (before TLS/HTTP), by variant.");
+    for (v, variant) in VARIANTS.iter().enumerate() {
+        out.sample(
+            "rtmpx_bytes_out_total",
+            &[("variant", variant)],
+            get(&m.closed_bytes_out[v]) + live_out[v],
+        );
+    }
+    out.header(
+        "rtmpx_handshake_failures_total",
+        "counter",
+        "Connections that never finished the handshake, by reason.",
+    );
+    for reason in HandshakeFailure::ALL {
+        out.sample(
+            "rtmpx_handshake_failures_total",
+            &[("reason", reason.name())],
+            get(&m.handshake_failures[reason as usize]),
+        );
+    }
+    out.header(
+        "rtmpx_auth_denials_total",
+        "counter",
+        "Requests refused by the configured rules, by what was asked.",
+    );
+    for what in Denial::ALL {
+        out.sample("rtmpx_auth_denials_total", &[("action", what.name())], get(&m.denials[what as usize]));
+    }
+    out.header("rtmpx_dropped_frames_total", "counter", "Frames skipped for players that could not keep up.");
+    out.sample("rtmpx_dropped_frames_total", &[], get(&m.closed_dropped_frames) + live_dropped);
+    out.header("rtmpx_stream_dropped_frames", "gauge", "Frames skipped for slow players of each stream.");
+    for s in &streams {
+        out.sample(
+            "rtmpx_stream_dropped_frames",
+            &[("app", &s.key.app), ("stream", &s.key.name)],
+            s.dropped_frames,
+        );
+    }
+    out.header("rtmpx_stream_players", "gauge", "Players of each stream.");
+    for s in &streams {
+        out.sample("rtmpx_stream_players", &[("app", &s.key.app), ("stream", &s.key.name)], s.players as u64);
+    }
+    out.header("rtmpx_stream_bytes_in", "gauge", "Media payload bytes from each stream's current publisher.");
+    for s in &streams {
+        out.sample("rtmpx_stream_bytes_in", &[("app", &s.key.app), ("stream", &s.key.name)], s.bytes_in);
+    }
+    out.header("rtmpx_relay_state", "gauge", "Relays by state (1 for the current state).");
+    for (relay, state) in m.relays.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        out.sample("rtmpx_relay_state", &[("relay", relay), ("state", state)], 1);
+    }
+    out.header("rtmpx_rtmpt_sessions", "gauge", "Open RTMPT and RTMPTS tunnel sessions.");
+    out.sample("rtmpx_rtmpt_sessions", &[], shared.tunnels.len() as u64);
+    out.header(
+        "rtmpx_rtmpt_sessions_expired_total",
+        "counter",
+        "Tunnel sessions closed for going without requests.",
+    );
+    out.sample("rtmpx_rtmpt_sessions_expired_total", &[], shared.tunnels.expired_total());
+    out.header("rtmpx_rtmpt_polls_total", "counter", "RTMPT requests (send, idle, close) for open sessions.");
+    out.sample("rtmpx_rtmpt_polls_total", &[], get(&m.rtmpt_polls));
+    out.header("rtmpx_admin_kicks_total", "counter", "Sessions closed through the admin API.");
+    out.sample("rtmpx_admin_kicks_total", &[], get(&m.kicks));
+    out.header("rtmpx_config_reloads_total", "counter", "Configuration reloads by result.");
+    out.sample("rtmpx_config_reloads_total", &[("result", "ok")], get(&m.reloads_ok));
+    out.sample("rtmpx_config_reloads_total", &[("result", "rejected")], get(&m.reloads_failed));
+    out.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variant_names_map_to_their_slot() {
+        assert_eq!(variant_index("rtmp"), 0);
+        assert_eq!(variant_index("rtmps"), 1);
+        assert_eq!(variant_index("rtmpte"), 5);
+        assert_eq!(variant_index("rtmpts+rtmpe"), 3);
+        assert_eq!(VARIANTS[variant_index("rtmpe")], "rtmpe");
+    }
+
+    #[test]
+    fn handshake_failures_are_classified() {
+        use HandshakeFailure as H;
+        assert_eq!(H::of(&Err(Error::Timeout("handshake and connect"))), H::Timeout);
+        assert_eq!(H::of(&Ok(())), H::Closed);
+        assert_eq!(H::of(&Err(Error::Rtmp(rtmpx_core::Error::Handshake("bad version")))), H::Protocol);
+        assert_eq!(H::of(&Err(Error::TlsHandshake("x".into()))), H::Tls);
+    }
+
+    #[test]
+    fn samples_escape_label_values() {
+        let mut out = Out(String::new());
+        out.sample("m", &[("a", "x\"y\\z\n")], 7);
+        out.sample("n", &[], 0);
+        assert_eq!(out.0, "m{a=\"x\\\"y\\\\z\\n\"} 7\nn 0\n");
+    }
+}
