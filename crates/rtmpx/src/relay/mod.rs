@@ -395,6 +395,7 @@ fn stream_url(app_url: &RtmpUrl, name: &str) -> RtmpUrl {
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use rtmpx_router::PlayerEvent;
 
     #[test]
     fn backoff_doubles_to_its_cap_and_resets() {
@@ -505,5 +506,106 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(lock(&manager.inner.pulls).is_empty());
+    }
+
+    /// An upstream that accepts the publish and then never reads again.
+    async fn stalling_upstream(listener: tokio::net::TcpListener) {
+        use rand::SeedableRng;
+        use rtmpx_core::session::{ServerConfig, ServerEvent, ServerSession};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let mut session =
+            ServerSession::new(ServerConfig::default(), &mut rand::rngs::StdRng::from_entropy());
+        let mut buf = vec![0; 16 * 1024];
+        let mut publishing = false;
+        while !publishing {
+            let n = tcp.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the relay hung up before publishing");
+            session.handle_input(&buf[..n]).unwrap();
+            while let Some(event) = session.poll_event() {
+                match event {
+                    ServerEvent::ConnectRequested(_) => session.accept_connect().unwrap(),
+                    ServerEvent::PublishRequested { stream_id, .. } => {
+                        session.accept_publish(stream_id).unwrap();
+                        publishing = true;
+                    }
+                    _ => {}
+                }
+            }
+            while let Some(bytes) = session.poll_transmit() {
+                tcp.write_all(&bytes).await.unwrap();
+            }
+        }
+        // Keep the connection open, unread.
+        std::future::pending::<()>().await;
+        drop(tcp);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_upstream_never_holds_up_the_publisher_or_local_players() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(stalling_upstream(listener));
+        let config = test_config(&format!(
+            "{BASE}[[app]]\nname = \"live\"\npush = [{{ url = \"rtmp://127.0.0.1:{port}/up\" }}]\n\
+             [relay]\nmax_relay_queue_bytes = 65536\nbackoff_initial_ms = 5000\n[timeouts]\nwrite_secs = 1\n"
+        ));
+        let (_tx, rx) = watch::channel(false);
+        let manager = RelayManager::new(rx);
+        let router =
+            Router::new(rtmpx_router::RouterConfig { player_queue_bytes: 64 << 20, ..Default::default() });
+        let key = StreamKey::new("live", "big");
+        let info = SessionInfo { id: 1, peer: "p".into(), variant: "rtmp" };
+        let publisher = router.publish(key.clone(), info.clone()).unwrap();
+        let mut local = router.play(key.clone(), info);
+        manager.start_pushes(&router, &config, &key);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while manager.states().first().map(|s| s.state) != Some(LinkState::Connected) {
+            assert!(Instant::now() < deadline, "{:?}", manager.states());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        // 400 frames of 64 KiB: far more than the socket buffers of the unread connection hold.
+        let payload = |head: [u8; 5]| {
+            let mut body = vec![0x55; 64 * 1024];
+            body[..5].copy_from_slice(&head);
+            Bytes::from(body)
+        };
+        let started = Instant::now();
+        publisher.send(Frame::video(0, Bytes::from_static(&[0x17, 0x00, 0, 0, 0, 1, 0x64, 0, 0x1f])));
+        for i in 0..400u32 {
+            let head = if i % 25 == 0 { [0x17, 1, 0, 0, 0] } else { [0x27, 1, 0, 0, 0] };
+            publisher.send(Frame::video(i * 40, payload(head)));
+            if i % 50 == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let publishing_took = started.elapsed();
+        assert!(publishing_took < Duration::from_secs(2), "the publisher waited: {publishing_took:?}");
+
+        let mut frames = 0;
+        while let Some(event) = local.try_recv() {
+            frames += usize::from(matches!(event, PlayerEvent::Frame(_)));
+        }
+        assert_eq!((frames, local.dropped_frames()), (401, 0), "the local player got everything");
+        let dropped = router.streams()[0].dropped_frames;
+        assert!(dropped > 0, "the relay's bounded queue dropped frames");
+
+        // The relay gives up on the stalled connection after the write timeout and retries.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let state = manager.states().remove(0);
+            if state.state == LinkState::Retrying {
+                assert!(
+                    state.last_error.as_deref().unwrap_or_default().contains("stopped reading"),
+                    "{state:?}"
+                );
+                assert!(state.bytes > 1 << 20, "{state:?}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "{state:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(publisher);
     }
 }
