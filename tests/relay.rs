@@ -6,8 +6,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rtmpx_e2e::{
-    assert_good_recording, exclusive, free_port, publish_testsrc, record_ffmpeg, record_rtmpdump,
-    require_tool, Gateway, NginxRtmp, PacketKind, ProbeReport, TempDir,
+    admin_addr, assert_good_recording, exclusive, free_port, http, publish_testsrc, record_ffmpeg,
+    record_rtmpdump, require_tool, Gateway, NginxRtmp, PacketKind, ProbeReport, TempDir,
 };
 
 const LOG_WAIT: Duration = Duration::from_secs(15);
@@ -52,6 +52,9 @@ push = [{{ url = "rtmp://127.0.0.1:{port}/live", name = "rename:{{name}}_up" }}]
 [relay]
 backoff_initial_ms = 200
 backoff_max_ms = 2000
+
+[admin]
+addr = "127.0.0.1:0"
 "#,
         port = nginx.port()
     ));
@@ -63,7 +66,33 @@ backoff_max_ms = 2000
     let upstream = format!("rtmp://127.0.0.1:{}/live/t_up", nginx.port());
     assert!(connected.contains(&upstream) && connected.contains("reconnects=0"), "{connected}");
 
+    // The relay's state is in the stats API and the metrics, without the stream key.
     thread::sleep(Duration::from_secs(1));
+    let admin = admin_addr(&gw);
+    let relays = http(admin, "GET", "/api/v1/relays", None);
+    assert_eq!(relays.status, 200);
+    let relays: serde_json::Value = serde_json::from_str(&relays.body).expect("JSON");
+    let relay = &relays[0];
+    assert_eq!(
+        (relay["direction"].as_str(), relay["state"].as_str()),
+        (Some("push"), Some("connected")),
+        "{relays}"
+    );
+    assert_eq!((relay["app"].as_str(), relay["stream"].as_str()), (Some("live"), Some("t")), "{relays}");
+    assert!(relay["url"].as_str().is_some_and(|u| u.ends_with("/live/t_up")), "{relays}");
+    let metrics = http(admin, "GET", "/metrics", None).body;
+    let state = metrics
+        .lines()
+        .find(|l| l.starts_with("rtmpx_relay_state{") && l.contains(r#"state="connected""#))
+        .unwrap_or_else(|| panic!("no connected relay in the metrics:\n{metrics}"));
+    assert!(state.ends_with(" 1") && state.contains(r#"direction="push""#), "{state}");
+    let bytes: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("rtmpx_relay_bytes_total{"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .expect("relay bytes in the metrics");
+    assert!(bytes > 10_000, "about a second of 320x240 test video went out: {bytes} bytes");
+
     let out = dir.file("from-nginx.flv");
     let mut recorder = record_ffmpeg(&upstream, &out, 4.0);
     assert!(recorder.finish().success(), "{}", recorder.describe());

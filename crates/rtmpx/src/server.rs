@@ -76,7 +76,6 @@ impl Shared {
     }
 
     /// Every running relay (for stats): direction, redacted URL, state, bytes, last error.
-    #[allow(dead_code)] // for the stats API (ops)
     pub fn relay_states(&self) -> Vec<RelayState> {
         self.relays.states()
     }

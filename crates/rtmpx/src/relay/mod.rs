@@ -49,6 +49,25 @@ pub enum LinkState {
     Retrying,
 }
 
+impl LinkState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkState::Connecting => "connecting",
+            LinkState::Connected => "connected",
+            LinkState::Retrying => "retrying",
+        }
+    }
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Push => "push",
+            Direction::Pull => "pull",
+        }
+    }
+}
+
 /// One relay for stats (JSON-able). The URL never carries a stream key or query.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RelayState {
