@@ -12,7 +12,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rtmpx_e2e::{
-    exclusive, probe, record_ffmpeg, record_rtmpdump, require_tool, run_bounded, Gateway, Proc, TempDir,
+    admin_addr, exclusive, http, probe, record_ffmpeg, record_rtmpdump, require_tool, run_bounded, Gateway,
+    Proc, TempDir,
 };
 use serde_json::Value;
 
@@ -20,38 +21,6 @@ use serde_json::Value;
 // Helpers
 
 /// The admin listener's address, from `admin listener on ADDR: ...`.
-fn admin_addr(gw: &Gateway) -> SocketAddr {
-    let logs = gw.logs();
-    let at =
-        logs.find("admin listener on ").unwrap_or_else(|| panic!("no admin listener announced:\n{logs}"));
-    let rest = &logs[at + "admin listener on ".len()..];
-    rest.split_whitespace().next().unwrap().trim_end_matches(':').parse().unwrap()
-}
-
-struct HttpReply {
-    status: u16,
-    headers: String,
-    body: String,
-}
-
-/// One HTTP/1.1 request with `Connection: close`.
-fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> HttpReply {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connecting to admin");
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).expect("reading the admin reply");
-    let raw = String::from_utf8(raw).expect("UTF-8 reply");
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no header end in {raw:?}"));
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status code");
-    HttpReply { status, headers: head.to_ascii_lowercase(), body: body.to_owned() }
-}
-
 fn get_json(addr: SocketAddr, path: &str) -> Value {
     let reply = http(addr, "GET", path, None);
     assert_eq!(reply.status, 200, "GET {path}: {}", reply.body);
@@ -366,24 +335,10 @@ fn admin_token_is_required_when_configured() {
 // ---------------------------------------------------------------------------------------------
 // The status page in a real browser
 
-/// Debian's chromium; `None` (skip) only outside CI.
-fn chromium() -> Option<&'static str> {
-    let found = Command::new("chromium").arg("--version").output().is_ok_and(|o| o.status.success());
-    if found {
-        return Some("chromium");
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!(
-            "chromium is missing (CI is set: a missing browser is a failure); scripts/test.sh installs it"
-        );
-    }
-    eprintln!("chromium is missing: skipping the browser test (apt-get install -y chromium)");
-    None
-}
-
 /// The DOM after the page's scripts ran (`--virtual-time-budget` lets its fetches finish).
 fn rendered_dom(url: &str, profile: &Path) -> String {
-    let mut cmd = Command::new(chromium().expect("chromium"));
+    require_tool("chromium");
+    let mut cmd = Command::new("chromium");
     cmd.args([
         "--headless",
         "--no-sandbox",
@@ -405,9 +360,7 @@ fn rendered_dom(url: &str, profile: &Path) -> String {
 #[test]
 fn status_page_lists_the_live_stream_in_a_headless_browser() {
     let _serial = exclusive();
-    if chromium().is_none() {
-        return;
-    }
+    require_tool("chromium");
     let dir = TempDir::new("ops-browser");
     let gw = Gateway::start(&rtmps_config(&dir, "token = \"browser-token-123\""));
     let admin = admin_addr(&gw);

@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -91,6 +91,7 @@ pub fn require_tool(name: &str) {
         "rtmpdump" => Command::new("rtmpdump").arg("--help").output().is_ok(),
         "nginx" => nginx_binary().is_some() && Path::new(NGINX_RTMP_MODULE).exists(),
         "python3-librtmp" => python3_with_librtmp().is_some(),
+        "chromium" => runs(Command::new("chromium").arg("--version")),
         other => panic!("require_tool: unknown tool {other:?}"),
     };
     if ok {
@@ -101,7 +102,7 @@ pub fn require_tool(name: &str) {
     }
     panic!(
         "required tool {name:?} is missing. Run scripts/test.sh, which installs the clients the end-to-end \
-         tests use (Debian: ffmpeg rtmpdump python3-librtmp nginx-light libnginx-mod-rtmp)"
+         tests use (Debian: ffmpeg rtmpdump python3-librtmp nginx-light libnginx-mod-rtmp chromium)"
     );
 }
 
@@ -716,6 +717,43 @@ impl Drop for NginxRtmp {
 /// A loopback TCP port that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("binding 127.0.0.1:0").port()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The admin listener
+
+/// The admin listener's address, from the gateway's start-up log.
+pub fn admin_addr(gw: &Gateway) -> SocketAddr {
+    let logs = gw.logs();
+    let at =
+        logs.find("admin listener on ").unwrap_or_else(|| panic!("no admin listener announced:\n{logs}"));
+    let rest = &logs[at + "admin listener on ".len()..];
+    rest.split_whitespace().next().unwrap().trim_end_matches(':').parse().unwrap()
+}
+
+pub struct HttpReply {
+    pub status: u16,
+    /// Lower-cased.
+    pub headers: String,
+    pub body: String,
+}
+
+/// One HTTP/1.1 request with `Connection: close`.
+pub fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> HttpReply {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connecting to admin");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("reading the admin reply");
+    let raw = String::from_utf8(raw).expect("UTF-8 reply");
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no header end in {raw:?}"));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status code");
+    HttpReply { status, headers: head.to_ascii_lowercase(), body: body.to_owned() }
 }
 
 // ---------------------------------------------------------------------------------------------

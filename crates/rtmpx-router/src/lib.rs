@@ -339,6 +339,11 @@ impl Router {
     /// Subscribes to the stream, published or not. A live stream primes the player from its caches.
     pub fn play(&self, key: StreamKey, session: SessionInfo) -> Player {
         let limit = self.config().player_queue_bytes;
+        self.play_with_queue_limit(key, session, limit)
+    }
+
+    /// [`play`](Self::play) with its own queue bound instead of `player_queue_bytes` (relays).
+    pub fn play_with_queue_limit(&self, key: StreamKey, session: SessionInfo, limit: usize) -> Player {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let shared =
             Arc::new(PlayerShared { id, queue: Mutex::new(PlayerQueue::new(limit)), notify: Notify::new() });
@@ -360,6 +365,12 @@ impl Router {
     pub fn is_live(&self, key: &StreamKey) -> bool {
         let stream = lock(&self.inner.streams).get(key).cloned();
         stream.is_some_and(|stream| lock(&stream.state).publisher.is_some())
+    }
+
+    /// Players subscribed to the stream now (0 for an unknown stream).
+    pub fn player_count(&self, key: &StreamKey) -> usize {
+        let stream = lock(&self.inner.streams).get(key).cloned();
+        stream.map_or(0, |stream| lock(&stream.state).players.len())
     }
 
     pub fn streams(&self) -> Vec<StreamSnapshot> {

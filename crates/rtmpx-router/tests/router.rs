@@ -559,3 +559,35 @@ fn new_config_applies_to_new_players() {
     assert_eq!(large.dropped_frames(), 0);
     assert_eq!(large.queued_bytes(), 20 * 500);
 }
+
+#[test]
+fn player_with_own_queue_limit_drops_at_its_bound() {
+    let router = Router::new(RouterConfig::default());
+    let publisher = router.publish(key(), session(1)).unwrap();
+    let mut relay = router.play_with_queue_limit(key(), session(2), 100_000);
+    let mut normal = router.play(key(), session(3));
+    send_headers(&publisher, 0);
+    publisher.send(keyframe(0, 30_000));
+    for i in 1..10 {
+        publisher.send(inter(i * 40, 30_000));
+    }
+    assert!(relay.queued_bytes() <= 100_000, "relay queue {}", relay.queued_bytes());
+    assert!(relay.dropped_frames() > 0);
+    assert_eq!(normal.dropped_frames(), 0, "the default 8 MiB queue holds all");
+    assert!(drain(&mut relay).starts_with(&[Seen::Started, Seen::Meta(0)]));
+    assert_eq!(drain(&mut normal).len(), 1 + 3 + 10);
+}
+
+#[test]
+fn player_count_follows_players() {
+    let router = Router::new(RouterConfig::default());
+    assert_eq!(router.player_count(&key()), 0);
+    let a = router.play(key(), session(1));
+    let b = router.play(key(), session(2));
+    assert_eq!(router.player_count(&key()), 2);
+    drop(a);
+    assert_eq!(router.player_count(&key()), 1);
+    drop(b);
+    assert_eq!(router.player_count(&key()), 0);
+    assert!(router.streams().is_empty());
+}

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::auth::cidr::IpNet;
 use crate::error::{Error, Result};
+use crate::relay::config::{PullConfig, PushConfig, RelaySection};
 
 /// The configuration used when no file is given (also `config/default.toml`).
 pub const DEFAULT_CONFIG: &str = include_str!("../../../config/default.toml");
@@ -31,6 +32,9 @@ pub struct Config {
     pub rtmpt: RtmptSection,
     #[serde(default)]
     pub tls: TlsSection,
+    /// Push/pull relays: upstream TLS trust, backoff, queue bound (see `relay::config`).
+    #[serde(default)]
+    pub relay: RelaySection,
     /// The admin HTTP listener (metrics, JSON API, status page); off without `[admin]`.
     pub admin: Option<AdminSection>,
 }
@@ -172,6 +176,12 @@ pub struct AppConfig {
     /// Overrides `limits.max_players_per_stream` for this app.
     #[serde(default)]
     pub max_players_per_stream: Option<usize>,
+    /// Upstreams every stream published here is republished to.
+    #[serde(default)]
+    pub push: Vec<PushConfig>,
+    /// Where streams that are not live here are pulled from when a player asks.
+    #[serde(default)]
+    pub pull: Option<PullConfig>,
 }
 
 /// `[app.token]`: `?expires=UNIX&token=HEX(HMAC-SHA256(secret, "app/stream/expires"))`.
@@ -391,6 +401,7 @@ impl Config {
                 return Err(format!("app[{i}].name: {:?} is defined twice", app.name));
             }
             validate_app_auth(i, app)?;
+            crate::relay::config::validate_app(i, &app.push, app.pull.as_ref())?;
         }
         let s = &self.server;
         if !(128..=65_536).contains(&s.chunk_size) {
@@ -437,6 +448,7 @@ impl Config {
         if !(4096..=64 << 20).contains(&r.max_request_body) {
             return Err(format!("rtmpt.max_request_body: {} is outside 4096..=67108864", r.max_request_body));
         }
+        self.relay.validate()?;
         let tls = &self.tls;
         if tls.handshake_timeout_secs == 0 {
             return Err("tls.handshake_timeout_secs must be at least 1".into());
@@ -565,6 +577,29 @@ mod tests {
             err(&format!("{base}[tls]\nhandshake_timeout_secs = 0\n")).contains("tls.handshake_timeout_secs")
         );
         assert!(err(&format!("{base}[tls]\nhosts = [\"a b\"]\n")).contains("tls.hosts"));
+    }
+
+    #[test]
+    fn relays_parse_and_bad_ones_name_the_key() {
+        let c = Config::from_toml(include_str!("../../../config/rtmpx.toml"), "rtmpx.toml").unwrap();
+        let edge = c.app("edge").expect("the documented example has an edge app");
+        assert_eq!(edge.pull.as_ref().map(|p| p.linger_secs), Some(5));
+        assert_eq!(c.relay.backoff_initial_ms, 500);
+        let base = "[[listener]]\nproto = \"rtmp\"\naddr = \"127.0.0.1:0\"\n[[app]]\nname = \"live\"\n";
+        let c = Config::from_toml(
+            &format!("{base}push = [{{ url = \"rtmps://h/a\", name = \"rename:{{name}}_hd\", streams = \"c*\" }}]\n"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.apps[0].push[0].name.apply("cam"), "cam_hd");
+        let err = |text: &str| Config::from_toml(text, "t").unwrap_err().to_string();
+        assert!(err(&format!("{base}push = [{{ url = \"ftp://h/a\" }}]\n")).contains("app[0].push[0].url"));
+        assert!(
+            err(&format!("{base}push = [{{ url = \"rtmp://h/a\", name = \"bogus\" }}]\n")).contains("bogus")
+        );
+        assert!(err(&format!("{base}pull = {{ url = \"rtmp://h\" }}\n")).contains("app[0].pull.url"));
+        assert!(err(&format!("{base}[relay]\nbackoff_initial_ms = 0\n")).contains("relay.backoff"));
+        assert!(err(&format!("{base}[relay]\nmax_relay_queue_bytes = 1\n")).contains("max_relay_queue_bytes"));
     }
 
     #[test]

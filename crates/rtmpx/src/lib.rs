@@ -10,6 +10,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod metrics;
 pub mod registry;
+pub mod relay;
 pub mod reload;
 pub mod server;
 pub mod session;

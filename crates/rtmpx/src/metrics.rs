@@ -6,12 +6,11 @@
 //! variant is known (the RTMPE flag is learnt at the end of the handshake), so each counter only
 //! grows.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 
 use crate::error::Error;
+use crate::relay::RelayState;
 use crate::server::Shared;
 
 /// Every variant, in the order of the metric arrays.
@@ -122,8 +121,6 @@ pub struct Metrics {
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     rtmpt_polls: AtomicU64,
-    /// Relay name → state ("connecting", "connected", "retrying"...), set by the relays.
-    relays: Mutex<BTreeMap<String, &'static str>>,
 }
 
 impl Metrics {
@@ -161,16 +158,10 @@ impl Metrics {
     pub fn rtmpt_poll(&self) {
         self.rtmpt_polls.fetch_add(1, Ordering::Relaxed);
     }
+}
 
-    /// Records a relay's state; `None` forgets the relay.
-    #[allow(dead_code)] // called by the relays
-    pub fn set_relay_state(&self, relay: &str, state: Option<&'static str>) {
-        let mut relays = self.relays.lock().unwrap_or_else(|e| e.into_inner());
-        match state {
-            Some(state) => relays.insert(relay.to_owned(), state),
-            None => relays.remove(relay),
-        };
-    }
+fn relay_labels(r: &RelayState) -> [(&'static str, &str); 4] {
+    [("app", &r.app), ("stream", &r.stream), ("direction", r.direction.as_str()), ("url", &r.url)]
 }
 
 fn get(counter: &AtomicU64) -> u64 {
@@ -303,9 +294,19 @@ pub fn render(shared: &Shared) -> String {
     for s in &streams {
         out.sample("rtmpx_stream_bytes_in", &[("app", &s.key.app), ("stream", &s.key.name)], s.bytes_in);
     }
+    let relays = shared.relay_states();
     out.header("rtmpx_relay_state", "gauge", "Relays by state (1 for the current state).");
-    for (relay, state) in m.relays.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-        out.sample("rtmpx_relay_state", &[("relay", relay), ("state", state)], 1);
+    for r in &relays {
+        let labels = relay_labels(r);
+        out.sample("rtmpx_relay_state", &[&labels[..], &[("state", r.state.as_str())]].concat(), 1);
+    }
+    out.header("rtmpx_relay_bytes_total", "counter", "Bytes a relay sent (push) or received (pull).");
+    for r in &relays {
+        out.sample("rtmpx_relay_bytes_total", &relay_labels(r), r.bytes);
+    }
+    out.header("rtmpx_relay_reconnects_total", "counter", "Connections a relay made after its first.");
+    for r in &relays {
+        out.sample("rtmpx_relay_reconnects_total", &relay_labels(r), r.reconnects);
     }
     out.header("rtmpx_rtmpt_sessions", "gauge", "Open RTMPT and RTMPTS tunnel sessions.");
     out.sample("rtmpx_rtmpt_sessions", &[], shared.tunnels.len() as u64);

@@ -18,6 +18,7 @@ use crate::config::{Config, ListenerConfig, Proto};
 use crate::error::{Error, Result};
 use crate::metrics::{Denial, HandshakeFailure, Metrics};
 use crate::registry::Registry;
+use crate::relay::{RelayManager, RelayState};
 use crate::reload::Reloader;
 use crate::session::{Origin, Transport};
 use crate::tls::{self, TlsAcceptor};
@@ -33,6 +34,8 @@ pub struct Shared {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// RTMPT/RTMPTS sessions of every listener.
     pub tunnels: SessionTable,
+    /// Push and pull relays.
+    pub relays: RelayManager,
     /// Counters for `/metrics` (ops).
     pub metrics: Metrics,
     /// Live sessions for the admin API (ops).
@@ -47,13 +50,14 @@ impl Shared {
             router: Router::new(router_config(&config)),
             config: Mutex::new(config),
             next_id: AtomicU64::new(1),
-            shutdown,
+            shutdown: shutdown.clone(),
             connections: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
             tunnels: SessionTable::new(),
             metrics: Metrics::default(),
             sessions: Registry::default(),
             auth: crate::auth::Gate::new(),
+            relays: RelayManager::new(shutdown),
         }
     }
 
@@ -72,6 +76,11 @@ impl Shared {
 
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown.clone()
+    }
+
+    /// Every running relay (for stats): direction, redacted URL, state, bytes, last error.
+    pub fn relay_states(&self) -> Vec<RelayState> {
+        self.relays.states()
     }
 
     /// Counts a new connection against the limits; `None` when a limit is hit.

@@ -472,6 +472,8 @@ async fn on_publish(
             conn.stream_name = Some(key.name.clone());
             conn.publishing = Some(Publishing { stream_id, publisher, _grant: grant });
             info!(session = conn.id, peer = %conn.peer, variant = conn.variant(), stream = %key, "publishing");
+            // Relays: republish to the app's push upstreams (pulled streams never come here).
+            shared.relays.start_pushes(&shared.router, &shared.config(), &key);
         }
         Err(RouterError::AlreadyPublishing) => {
             grant.cancel();
@@ -518,6 +520,8 @@ async fn on_play(
         Some(event) => deliver(event, session, conn),
     }
     info!(session = conn.id, peer = %conn.peer, variant = conn.variant(), stream = %key, "playing");
+    // Relays: a stream that is not live here is pulled from the app's upstream, if it has one.
+    shared.relays.ensure_pull(&shared.router, &shared.config(), &key);
     Ok(())
 }
 
