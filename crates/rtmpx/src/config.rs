@@ -41,11 +41,13 @@ pub struct ServerSection {
     pub gop_cache: bool,
     /// How long shutdown waits for sessions to close.
     pub shutdown_grace_secs: u64,
+    /// Runtime worker threads; 0 means one per core.
+    pub worker_threads: usize,
 }
 
 impl Default for ServerSection {
     fn default() -> Self {
-        ServerSection { chunk_size: 4096, gop_cache: true, shutdown_grace_secs: 5 }
+        ServerSection { chunk_size: 4096, gop_cache: true, shutdown_grace_secs: 5, worker_threads: 0 }
     }
 }
 
@@ -325,6 +327,9 @@ impl Config {
         let s = &self.server;
         if !(128..=65_536).contains(&s.chunk_size) {
             return Err(format!("server.chunk_size: {} is outside 128..=65536", s.chunk_size));
+        }
+        if s.worker_threads > 1024 {
+            return Err(format!("server.worker_threads: {} is outside 0..=1024", s.worker_threads));
         }
         let l = &self.limits;
         if !(128..=0x7FFF_FFFF).contains(&l.max_chunk_size) {
