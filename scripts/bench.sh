@@ -150,8 +150,8 @@ run_case() {
     local window=()
     [[ " ${args[*]} " == *" --duration "* ]] || window+=(--duration "$DURATION")
     [[ " ${args[*]} " == *" --warmup "* ]] || window+=(--warmup "$WARMUP")
-    taskset -c "$TOOL_CPU" "$BENCH" --label "$name" --server-pid "$SPID" --insecure --quiet \
-        "${window[@]}" --json "$OUT/$name.json" "${input[@]}" "${args[@]}" \
+    taskset -c "$TOOL_CPU" "$BENCH" --label "$name" --server-pid "$SPID" --insecure \
+        "${window[@]}" --json "$OUT/$name.json" "${input[@]}" "${args[@]}" 2>"$OUT/$name.progress.log" \
         | tee "$OUT/$name.txt" || echo "bench.sh: $name reported failures (see $OUT/$name.txt)" >&2
     stop_server
 }

@@ -51,6 +51,10 @@ pub struct Args {
     /// servers send only for published streams): for idle-capacity tests without publishers.
     #[arg(long)]
     pub idle: bool,
+    /// Longest wait for the players to connect; the window then starts with those connected
+    /// (the rest keep trying and are reported).
+    #[arg(long, default_value_t = 60.0)]
+    pub ramp_timeout: f64,
     /// Seconds between the last player connecting and the measurement window.
     #[arg(long, default_value_t = 3.0)]
     pub warmup: f64,

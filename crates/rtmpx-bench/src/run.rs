@@ -52,6 +52,7 @@ struct Snapshot {
     tx_bytes: u64,
     tx_frames: u64,
     errors: u64,
+    players_connected: u64,
     server: Option<ProcSample>,
     tool: Option<ProcSample>,
 }
@@ -66,6 +67,7 @@ fn snapshot(ctx: &Ctx) -> Snapshot {
         tx_bytes: s.tx_bytes.load(Relaxed),
         tx_frames: s.tx_frames.load(Relaxed),
         errors: s.errors.load(Relaxed),
+        players_connected: s.players_connected.load(Relaxed),
         server: ctx.args.server_pid.and_then(|pid| sample_process(Some(pid))),
         tool: sample_process(None),
     }
@@ -135,12 +137,24 @@ pub async fn run(args: Args) -> Result<bool, String> {
     // Players ramp up, `connect_concurrency` handshakes at a time.
     let before_players = snapshot(&ctx);
     let gate = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
-    for index in 0..args.players {
-        let permit = Arc::clone(&gate).acquire_owned().await.expect("semaphore open");
-        tokio::spawn(player(Arc::clone(&ctx), index, permit));
+    let ramp = async {
+        for index in 0..args.players {
+            let permit = Arc::clone(&gate).acquire_owned().await.expect("semaphore open");
+            tokio::spawn(player(Arc::clone(&ctx), index, permit));
+        }
+        // Every player has started; wait for the last handshakes.
+        let _all = gate.acquire_many(args.connect_concurrency.max(1) as u32).await.expect("semaphore open");
+    };
+    let ramp_timeout = Duration::from_secs_f64(args.ramp_timeout);
+    let ramp_complete = tokio::time::timeout(ramp_timeout, ramp).await.is_ok();
+    if !ramp_complete {
+        eprintln!(
+            "rtmpx-bench: {} of {} players connected within the {:.0} s ramp timeout; measuring those",
+            ctx.stats.players_connected.load(Relaxed),
+            args.players,
+            ramp_timeout.as_secs_f64()
+        );
     }
-    // Every player has started; wait for the last handshakes.
-    let _all = gate.acquire_many(args.connect_concurrency.max(1) as u32).await.expect("semaphore open");
     let ramped = snapshot(&ctx);
 
     tokio::time::sleep(Duration::from_secs_f64(args.warmup)).await;
@@ -434,6 +448,7 @@ fn summarize(
     let window = secs_between(window_start, window_end).max(1e-3);
     let ramp = secs_between(before_players, ramped).max(1e-3);
     let connected = s.players_connected.load(Relaxed);
+    let window_start_connected = window_start.players_connected;
     let failed = s.players_failed.load(Relaxed);
     let rx = window_end.rx_bytes - window_start.rx_bytes;
     let tx = window_end.tx_bytes - window_start.tx_bytes;
@@ -467,6 +482,7 @@ fn summarize(
         "players": args.players,
         "players_connected": connected,
         "players_failed": failed,
+        "players_connected_at_window_start": window_start_connected,
         "idle": args.idle,
         "input": args.flv.as_ref().map_or("synthetic".to_string(), |p| p.display().to_string()),
         "bitrate_bps": args.bitrate + args.audio_bitrate,
