@@ -43,11 +43,20 @@ pub struct ServerSection {
     pub shutdown_grace_secs: u64,
     /// Runtime worker threads; 0 means one per core.
     pub worker_threads: usize,
+    /// Players' media may wait this long (ms) for more media to share its write: fewer,
+    /// larger writes cost much less CPU per byte. 0 writes every batch at once.
+    pub write_coalesce_ms: u64,
 }
 
 impl Default for ServerSection {
     fn default() -> Self {
-        ServerSection { chunk_size: 4096, gop_cache: true, shutdown_grace_secs: 5, worker_threads: 0 }
+        ServerSection {
+            chunk_size: 4096,
+            gop_cache: true,
+            shutdown_grace_secs: 5,
+            worker_threads: 0,
+            write_coalesce_ms: 0,
+        }
     }
 }
 
@@ -327,6 +336,9 @@ impl Config {
         let s = &self.server;
         if !(128..=65_536).contains(&s.chunk_size) {
             return Err(format!("server.chunk_size: {} is outside 128..=65536", s.chunk_size));
+        }
+        if s.write_coalesce_ms > 1000 {
+            return Err(format!("server.write_coalesce_ms: {} is outside 0..=1000", s.write_coalesce_ms));
         }
         if s.worker_threads > 1024 {
             return Err(format!("server.worker_threads: {} is outside 0..=1024", s.worker_threads));
