@@ -9,7 +9,7 @@
 #
 # Knobs (environment): OUT, DURATION, WARMUP, FANOUT ("200 1000 5000"), IDLE (10000),
 # INGEST (200), VARIANT_PLAYERS (200), HANDSHAKES (500), VARIANTS ("rtmp rtmps rtmpt rtmpe"),
-# SERVERS ("nginx rtmpx"), SCENARIOS ("fanout idle ingest variants handshakes"),
+# SERVERS ("nginx rtmpx"; rtmpx-cN = rtmpx with write_coalesce_ms N), SCENARIOS ("fanout idle ingest variants handshakes"),
 # SERVER_CPU (0), TOOL_CPU (1), FLV (a file to publish instead of synthetic frames).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -65,9 +65,14 @@ wait_port() {
 }
 
 SPID=
-# start_server nginx|rtmpx: sets SPID and the ports RTMP_PORT (rtmpx also RTMPS_PORT, RTMPT_PORT).
+# start_server nginx|rtmpx|rtmpx-cN: sets SPID and the ports RTMP_PORT (rtmpx also RTMPS_PORT,
+# RTMPT_PORT). rtmpx-cN is rtmpx with server.write_coalesce_ms = N.
 start_server() {
-    local kind=$1 dir=$OUT/servers/$2
+    local kind=$1 dir=$OUT/servers/$2 coalesce=0
+    if [[ $kind == rtmpx-c* ]]; then
+        coalesce=${kind#rtmpx-c}
+        kind=rtmpx
+    fi
     mkdir -p "$dir/logs"
     RTMP_PORT=$(free_port)
     case $kind in
@@ -100,6 +105,7 @@ EOF
 [server]
 chunk_size = 4096
 worker_threads = 1
+write_coalesce_ms = $coalesce
 [[listener]]
 proto = "rtmp"
 addr = "127.0.0.1:$RTMP_PORT"

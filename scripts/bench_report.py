@@ -30,6 +30,12 @@ def ratio(a, b):
     return a / b
 
 
+def servers_of(runs, prefix):
+    """Server names in labels PREFIX-<n>-<server>, nginx first."""
+    names = {k.split("-", 2)[2] for k in runs if k.startswith(prefix + "-")}
+    return sorted(names, key=lambda n: (n != "nginx", n))
+
+
 def fanout_table(runs):
     counts = sorted({int(k.split("-")[1]) for k in runs if k.startswith("fanout-")})
     if not counts:
@@ -42,12 +48,12 @@ def fanout_table(runs):
     ]
     for n in counts:
         nginx = runs.get(f"fanout-{n}-nginx")
-        for server in ("nginx", "rtmpx"):
+        for server in servers_of(runs, "fanout"):
             r = runs.get(f"fanout-{n}-{server}")
             if not r:
                 continue
             rel = ""
-            if server == "rtmpx" and nginx:
+            if server != "nginx" and nginx:
                 rel = fmt(ratio(r["server_cpu_secs_per_delivered_gb"], nginx["server_cpu_secs_per_delivered_gb"])) + "×"
             lines.append(
                 f"| {n} ({r['players_connected']} connected) | {server} | {fmt(r['delivered_mbps'], 0)} ({fmt(r['expected_mbps'], 0)}) "
@@ -67,11 +73,11 @@ def idle_table(runs):
         "| server | connected | RSS before → after (KiB) | KiB per idle player | rtmpx / nginx | handshakes/s |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    by_server = {k.rsplit("-", 1)[1]: runs[k] for k in rows}
+    by_server = {k.split("-", 2)[2]: runs[k] for k in rows}
     nginx = by_server.get("nginx")
     for server, r in sorted(by_server.items()):
         rel = ""
-        if server == "rtmpx" and nginx:
+        if server != "nginx" and nginx:
             rel = fmt(ratio(r["server_rss_per_player_kib"], nginx["server_rss_per_player_kib"])) + "×"
         lines.append(
             f"| {server} | {r['players_connected']} | {r['server_rss_before_kib']} → {r['server_rss_after_kib']} "
@@ -90,11 +96,11 @@ def ingest_table(runs):
         "| server | publishers live | ingested Mbit/s | server CPU | CPU s per ingested GB | rtmpx / nginx | late frames (tool) |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    by_server = {k.rsplit("-", 1)[1]: runs[k] for k in rows}
+    by_server = {k.split("-", 2)[2]: runs[k] for k in rows}
     nginx = by_server.get("nginx")
     for server, r in sorted(by_server.items()):
         rel = ""
-        if server == "rtmpx" and nginx:
+        if server != "nginx" and nginx:
             rel = fmt(ratio(r["server_cpu_secs_per_ingested_gb"], nginx["server_cpu_secs_per_ingested_gb"])) + "×"
         lines.append(
             f"| {server} | {r['publishers'] - r['publishers_failed']} | {fmt(r['ingested_mbps'], 0)} | {fmt(r['server_cpu_pct'], 0)} % "
@@ -137,7 +143,8 @@ def svg_plot(runs, path):
     counts = sorted({int(k.split("-")[1]) for k in runs if k.startswith("fanout-")})
     if not counts:
         return False
-    colors = {"nginx": "#d62728", "rtmpx": "#1f77b4"}
+    palette = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e"]
+    colors = {name: palette[i % len(palette)] for i, name in enumerate(servers_of(runs, "fanout"))}
     panels = [
         ("server CPU s per delivered GB", lambda r: r.get("server_cpu_secs_per_delivered_gb"), None),
         ("latency p50 (dashed) / p99 (solid), ms", lambda r: r.get("latency_ms_p99"), lambda r: r.get("latency_ms_p50")),
