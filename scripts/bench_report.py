@@ -4,6 +4,7 @@ fanout.svg (CPU per delivered GB and latency against player count, both servers)
 Standard library only."""
 
 import glob
+import math
 import json
 import os
 import sys
@@ -146,13 +147,14 @@ def svg_plot(runs, path):
     palette = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e"]
     colors = {name: palette[i % len(palette)] for i, name in enumerate(servers_of(runs, "fanout"))}
     panels = [
-        ("server CPU s per delivered GB", lambda r: r.get("server_cpu_secs_per_delivered_gb"), None),
-        ("latency p50 (dashed) / p99 (solid), ms", lambda r: r.get("latency_ms_p99"), lambda r: r.get("latency_ms_p50")),
+        ("server CPU s per delivered GB", lambda r: r.get("server_cpu_secs_per_delivered_gb"), None, False),
+        ("latency p50 (dashed) / p99 (solid), ms, log scale", lambda r: r.get("latency_ms_p99"),
+         lambda r: r.get("latency_ms_p50"), True),
     ]
     width, height, pad = 420, 300, 55
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * width}" height="{height + 30}" font-family="sans-serif" font-size="11">',
              '<rect width="100%" height="100%" fill="white"/>']
-    for index, (title, main, extra) in enumerate(panels):
+    for index, (title, main, extra, log) in enumerate(panels):
         x0 = index * width
         values = []
         for server in colors:
@@ -163,19 +165,31 @@ def svg_plot(runs, path):
                         if f and f(r) is not None:
                             values.append(f(r))
         top = max(values) * 1.15 if values else 1
+        bottom = 0.0
+        if log:
+            positive = [v for v in values if v > 0] or [1.0]
+            bottom = math.floor(math.log10(min(positive)))
+            top = math.ceil(math.log10(max(positive)))
+            if top == bottom:
+                top += 1
+
         def px(i):
             return x0 + pad + (width - pad - 20) * (i / max(1, len(counts) - 1))
+
         def py(v):
-            return 20 + (height - pad) * (1 - v / top)
+            if log:
+                v = math.log10(max(v, 10 ** bottom))
+            return 20 + (height - pad) * (1 - (v - bottom) / (top - bottom))
         parts.append(f'<text x="{x0 + width / 2}" y="14" text-anchor="middle" font-weight="bold">{title}</text>')
-        parts.append(f'<line x1="{x0 + pad}" y1="{py(0)}" x2="{x0 + width - 20}" y2="{py(0)}" stroke="black"/>')
-        parts.append(f'<line x1="{x0 + pad}" y1="20" x2="{x0 + pad}" y2="{py(0)}" stroke="black"/>')
-        for k in range(5):
-            v = top * k / 4
+        axis = height - pad + 20
+        parts.append(f'<line x1="{x0 + pad}" y1="{axis}" x2="{x0 + width - 20}" y2="{axis}" stroke="black"/>')
+        parts.append(f'<line x1="{x0 + pad}" y1="20" x2="{x0 + pad}" y2="{axis}" stroke="black"/>')
+        ticks = [10 ** e for e in range(int(bottom), int(top) + 1)] if log else [top * k / 4 for k in range(5)]
+        for v in ticks:
             parts.append(f'<text x="{x0 + pad - 4}" y="{py(v) + 4}" text-anchor="end">{v:.3g}</text>')
             parts.append(f'<line x1="{x0 + pad}" y1="{py(v)}" x2="{x0 + width - 20}" y2="{py(v)}" stroke="#ddd"/>')
         for i, n in enumerate(counts):
-            parts.append(f'<text x="{px(i)}" y="{py(0) + 15}" text-anchor="middle">{n}</text>')
+            parts.append(f'<text x="{px(i)}" y="{axis + 15}" text-anchor="middle">{n}</text>')
         parts.append(f'<text x="{x0 + width / 2}" y="{height + 10}" text-anchor="middle">players</text>')
         for server, color in colors.items():
             for f, dash in ((main, ""), (extra, ' stroke-dasharray="4,3"')):
