@@ -594,7 +594,7 @@ print("build", gw["build"]["dockerfile"] if isinstance(gw["build"], dict) else g
         out.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')).unwrap_or_default().to_owned()
     };
     let ports = field("ports");
-    for port in ["1935:1935", "443:443", "8080:8080"] {
+    for port in ["1935:1935", "443:443", "80:80", "8080:8080"] {
         assert!(ports.contains(port), "port {port} is not published: {ports}");
     }
     assert!(field("volumes").contains("/etc/rtmpx"), "config not mounted: {out}");
