@@ -451,7 +451,7 @@ fn reload_applies_new_rules_and_keeps_live_sessions() {
     assert!(!status.success(), "publishing was allowed after the reload: {}", refused.describe());
     assert!(gw
         .wait_for_log_line(
-            &["publish rejected: publishing is not allowed here", "new"],
+            &["publish denied: publishing is not allowed in app 'live'", "live/new"],
             Duration::from_secs(5)
         )
         .is_some());

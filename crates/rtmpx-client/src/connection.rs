@@ -105,6 +105,14 @@ impl Connection {
         .await
     }
 
+    /// Sends `play` without waiting for the answer (servers such as nginx-rtmp say
+    /// `NetStream.Play.Start` only once the stream is published); status and media follow from
+    /// `next_event`.
+    pub async fn start_play(&mut self, stream: &str) -> Result<()> {
+        self.session.play(stream);
+        self.write_out().await
+    }
+
     async fn await_start(
         &mut self,
         what: &'static str,

@@ -48,11 +48,22 @@ pub struct ServerSection {
     pub gop_cache: bool,
     /// On SIGTERM/SIGINT: how long publishers and players may go on after the listeners close.
     pub shutdown_grace_secs: u64,
+    /// Runtime worker threads; 0 means one per core.
+    pub worker_threads: usize,
+    /// Players' media may wait this long (ms) for more media to share its write: fewer,
+    /// larger writes cost much less CPU per byte. 0 writes every batch at once.
+    pub write_coalesce_ms: u64,
 }
 
 impl Default for ServerSection {
     fn default() -> Self {
-        ServerSection { chunk_size: 4096, gop_cache: true, shutdown_grace_secs: 30 }
+        ServerSection {
+            chunk_size: 4096,
+            gop_cache: true,
+            shutdown_grace_secs: 30,
+            worker_threads: 0,
+            write_coalesce_ms: 0,
+        }
     }
 }
 
@@ -406,6 +417,12 @@ impl Config {
         let s = &self.server;
         if !(128..=65_536).contains(&s.chunk_size) {
             return Err(format!("server.chunk_size: {} is outside 128..=65536", s.chunk_size));
+        }
+        if s.write_coalesce_ms > 1000 {
+            return Err(format!("server.write_coalesce_ms: {} is outside 0..=1000", s.write_coalesce_ms));
+        }
+        if s.worker_threads > 1024 {
+            return Err(format!("server.worker_threads: {} is outside 0..=1024", s.worker_threads));
         }
         let l = &self.limits;
         if !(128..=0x7FFF_FFFF).contains(&l.max_chunk_size) {

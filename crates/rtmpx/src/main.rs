@@ -27,6 +27,9 @@ enum Command {
     Serve {
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Runtime worker threads (overrides server.worker_threads; 0 = one per core).
+        #[arg(long)]
+        threads: Option<usize>,
     },
     /// Validate a configuration file and say what is wrong.
     CheckConfig { file: PathBuf },
@@ -45,8 +48,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Serve { config: None }) {
-        Command::Serve { config: config_path } => {
+    match cli.command.unwrap_or(Command::Serve { config: None, threads: None }) {
+        Command::Serve { config: config_path, threads } => {
             init_logging();
             let config = match Config::load_or_default(config_path.as_ref()) {
                 Ok(c) => c,
@@ -55,8 +58,14 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let runtime =
-                tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            match threads.unwrap_or(config.server.worker_threads) {
+                0 => {}
+                n => {
+                    builder.worker_threads(n);
+                }
+            }
+            let runtime = builder.enable_all().build().expect("tokio runtime");
             match runtime.block_on(server::serve(config, config_path)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -212,24 +212,30 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
                     let _admission = admission;
                     let encryption = listener.encryption.policy();
                     let origin = |transport| Origin { transport, encryption };
+                    // Each protocol's future is boxed on its own: a task's memory is then what its
+                    // protocol needs, not the largest of them (TLS and HTTP states are big, and
+                    // memory per idle plain-RTMP player is a target).
                     match listener.proto {
                         Proto::Rtmp => {
-                            tunnel::serve_sniffed(stream, peer, origin(Transport::Tcp), origin(Transport::Http), shared).await
+                            Box::pin(tunnel::serve_sniffed(stream, peer, origin(Transport::Tcp), origin(Transport::Http), shared)).await
                         }
-                        Proto::Rtmpt => tunnel::serve_http(stream, peer, origin(Transport::Http), shared).await,
+                        Proto::Rtmpt => Box::pin(tunnel::serve_http(stream, peer, origin(Transport::Http), shared)).await,
                         Proto::Rtmps | Proto::Rtmpts => {
                             let tls = tls.expect("TLS listeners have an acceptor");
-                            match tls.accept(stream, peer).await {
-                                Ok(stream) if listener.proto == Proto::Rtmps => {
-                                    let (rtmp, http) = (origin(Transport::Tls), origin(Transport::HttpTls));
-                                    tunnel::serve_sniffed(stream, peer, rtmp, http, shared).await
+                            Box::pin(async move {
+                                match tls.accept(stream, peer).await {
+                                    Ok(stream) if listener.proto == Proto::Rtmps => {
+                                        let (rtmp, http) = (origin(Transport::Tls), origin(Transport::HttpTls));
+                                        tunnel::serve_sniffed(stream, peer, rtmp, http, shared).await
+                                    }
+                                    Ok(stream) => tunnel::serve_http(stream, peer, origin(Transport::HttpTls), shared).await,
+                                    Err(e) => {
+                                        shared.metrics.handshake_failed(HandshakeFailure::Tls);
+                                        warn!(%peer, "{e}")
+                                    }
                                 }
-                                Ok(stream) => tunnel::serve_http(stream, peer, origin(Transport::HttpTls), shared).await,
-                                Err(e) => {
-                                    shared.metrics.handshake_failed(HandshakeFailure::Tls);
-                                    warn!(%peer, "{e}")
-                                }
-                            }
+                            })
+                            .await
                         }
                     }
                 });

@@ -1,10 +1,13 @@
 //! Drives one server-side RTMP session over any byte stream (TCP, TLS, HTTP tunnel) and
 //! connects it to the router. Transports only hand over a duplex stream and a variant name.
 
+use std::collections::VecDeque;
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::{Buf, Bytes};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rtmpx_core::handshake::EncryptionPolicy;
@@ -27,6 +30,9 @@ use crate::server::Shared;
 /// Bytes of player output gathered before one write: fewer, larger writes.
 const WRITE_BATCH: usize = 64 * 1024;
 const READ_BUFFER: usize = 16 * 1024;
+/// Pieces handed to one vectored write (Linux takes up to 1024 iovecs; 64 cover a 64 KiB batch
+/// of 4 KiB chunks with their headers).
+const MAX_IOVECS: usize = 64;
 
 thread_local! {
     /// Reads land here and go straight into the session, so an idle connection holds no read
@@ -237,11 +243,27 @@ where
     let handshake_deadline = tokio::time::Instant::now() + timeouts.handshake();
     let mut connected = false;
     let mut last_read = tokio::time::Instant::now();
+    // Output pieces not yet written (chunk headers and slices of shared payloads).
+    let mut pending = VecDeque::new();
+    // Streams that take vectored writes get media payloads uncopied (one buffer for all players).
+    let shared_payloads = stream.is_write_vectored();
+    // Set after input from a connection that publishes nothing: once its answers are written,
+    // its buffers go back (an idle player should cost little memory).
+    let mut release_after_flush = false;
+    // Write coalescing: player media held back until this instant (or WRITE_BATCH bytes).
+    let coalesce = std::time::Duration::from_millis(shared.config().server.write_coalesce_ms);
+    let mut hold_until: Option<tokio::time::Instant> = None;
 
     loop {
-        flush(&mut stream, &mut session, conn, timeouts.write()).await?;
+        if hold_until.is_none() {
+            flush(&mut stream, &mut session, conn, &mut pending, timeouts.write()).await?;
+        }
         if session.is_closed() {
             return Ok(());
+        }
+        if std::mem::take(&mut release_after_flush) {
+            session.release_buffers();
+            pending = VecDeque::new();
         }
         let deadline = if !connected {
             Some(handshake_deadline)
@@ -254,10 +276,12 @@ where
         tokio::select! {
             _ = shutdown.changed() => {
                 say_goodbye(&mut session, conn);
-                let _ = flush(&mut stream, &mut session, conn, timeouts.write()).await;
+                let _ = flush(&mut stream, &mut session, conn, &mut pending, timeouts.write()).await;
                 return Ok(());
             }
             read = poll_fn(|cx| poll_read_into(&mut stream, &mut session, cx)) => {
+                // Answers go out at once, with any media held back.
+                hold_until = None;
                 let (n, verdict) = read.map_err(Error::io("reading from the client"))?;
                 if n == 0 {
                     return Ok(());
@@ -265,6 +289,7 @@ where
                 conn.bytes_in += n as u64;
                 conn.registry.entry().add_in(n);
                 last_read = tokio::time::Instant::now();
+                release_after_flush = conn.publishing.is_none();
                 let mut outcome = verdict.map_err(Error::from);
                 while let Some(event) = session.poll_event() {
                     // Connect/publish/play decisions may wait for an HTTP callback; meanwhile nothing
@@ -276,26 +301,34 @@ where
                 }
                 if let Err(e) = outcome {
                     // Whatever the session produced before the error (e.g. a reject) still goes out.
-                    let _ = flush(&mut stream, &mut session, conn, timeouts.write()).await;
+                    let _ = flush(&mut stream, &mut session, conn, &mut pending, timeouts.write()).await;
                     return Err(e);
                 }
             }
             event = next_player_event(&mut conn.playing) => {
                 if let Some(event) = event {
-                    deliver(event, &mut session, conn);
+                    let mut only_frames = deliver(event, &mut session, conn, shared_payloads);
                     // Batch what else is already queued into the same write.
                     while session_output_small(&session) {
                         let Some(event) = conn.playing.as_mut().and_then(|p| p.player.try_recv()) else { break };
-                        deliver(event, &mut session, conn);
+                        only_frames &= deliver(event, &mut session, conn, shared_payloads);
                     }
                     if let Some(p) = &conn.playing {
                         conn.registry.entry().set_dropped_frames(p.player.dropped_frames());
                     }
+                    hold_until = if !coalesce.is_zero() && only_frames && session_output_small(&session) {
+                        hold_until.or_else(|| Some(tokio::time::Instant::now() + coalesce))
+                    } else {
+                        None
+                    };
                 }
+            }
+            _ = sleep_until_opt(hold_until) => {
+                hold_until = None;
             }
             why = conn.registry.entry().kicked() => {
                 say_goodbye(&mut session, conn);
-                let _ = flush(&mut stream, &mut session, conn, timeouts.write()).await;
+                let _ = flush(&mut stream, &mut session, conn, &mut pending, timeouts.write()).await;
                 return Err(Error::Kicked(why));
             }
             _ = sleep_until_opt(deadline) => {
@@ -323,47 +356,101 @@ async fn next_player_event(playing: &mut Option<Playing>) -> Option<PlayerEvent>
     }
 }
 
+/// Writes everything the session has queued: pieces gathered into vectored writes, under one
+/// write timeout for the whole batch.
 async fn flush<S>(
     stream: &mut S,
     session: &mut ServerSession,
     conn: &mut Connection,
+    pending: &mut VecDeque<Bytes>,
     write_timeout: std::time::Duration,
 ) -> Result<()>
 where
     S: AsyncWrite + Unpin,
 {
-    let mut wrote = false;
-    while let Some(bytes) = session.poll_transmit() {
-        conn.bytes_out += bytes.len() as u64;
-        conn.registry.entry().add_out(bytes.len());
-        timeout(write_timeout, stream.write_all(&bytes))
-            .await
-            .map_err(|_| Error::Timeout("the client stopped reading"))?
-            .map_err(Error::io("writing to the client"))?;
-        wrote = true;
+    while let Some(piece) = session.poll_transmit() {
+        conn.bytes_out += piece.len() as u64;
+        conn.registry.entry().add_out(piece.len());
+        pending.push_back(piece);
     }
-    if wrote {
-        timeout(write_timeout, stream.flush())
-            .await
-            .map_err(|_| Error::Timeout("the client stopped reading"))?
-            .map_err(Error::io("flushing to the client"))?;
+    if pending.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    timeout(write_timeout, write_pieces(stream, pending))
+        .await
+        .map_err(|_| Error::Timeout("the client stopped reading"))?
+        .map_err(Error::io("writing to the client"))
 }
 
-fn deliver(event: PlayerEvent, session: &mut ServerSession, conn: &mut Connection) {
-    let Some(playing) = &conn.playing else { return };
+/// Writes and drops every piece of `pending`, up to [`MAX_IOVECS`] per system call. Cancel-safe:
+/// what was written is gone from `pending` at once.
+async fn write_pieces<S>(stream: &mut S, pending: &mut VecDeque<Bytes>) -> std::io::Result<()>
+where
+    S: AsyncWrite + Unpin,
+{
+    while !pending.is_empty() {
+        let written = poll_fn(|cx| {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let count = pending.len().min(MAX_IOVECS);
+            for (slice, piece) in slices.iter_mut().zip(pending.iter()) {
+                *slice = IoSlice::new(piece);
+            }
+            Pin::new(&mut *stream).poll_write_vectored(cx, &slices[..count])
+        })
+        .await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        consume(pending, written);
+    }
+    stream.flush().await
+}
+
+/// Drops the first `n` bytes of the pieces.
+fn consume(pending: &mut VecDeque<Bytes>, mut n: usize) {
+    while n > 0 {
+        let Some(front) = pending.front_mut() else { return };
+        if front.len() <= n {
+            n -= front.len();
+            pending.pop_front();
+        } else {
+            front.advance(n);
+            return;
+        }
+    }
+}
+
+/// Encodes one router event for the player; `shared_payload` sends media payloads uncopied.
+/// Returns whether it was a media frame (which may wait for write coalescing).
+fn deliver(
+    event: PlayerEvent,
+    session: &mut ServerSession,
+    conn: &mut Connection,
+    shared_payload: bool,
+) -> bool {
+    let Some(playing) = &conn.playing else { return false };
     let stream_id = playing.stream_id;
     match event {
-        PlayerEvent::PublishStarted => session.notify_publish(stream_id),
-        PlayerEvent::Unpublished => session.notify_unpublish(stream_id),
+        PlayerEvent::PublishStarted => {
+            session.notify_publish(stream_id);
+            false
+        }
+        PlayerEvent::Unpublished => {
+            session.notify_unpublish(stream_id);
+            false
+        }
         PlayerEvent::Frame(frame) => {
             let kind = match frame.kind {
                 FrameKind::Audio => MediaKind::Audio,
                 FrameKind::Video => MediaKind::Video,
                 FrameKind::Metadata => MediaKind::Data,
             };
-            session.send_media(stream_id, kind, frame.timestamp, &frame.payload);
+            if shared_payload {
+                session.send_media_shared(stream_id, kind, frame.timestamp, &frame.payload);
+            } else {
+                session.send_media(stream_id, kind, frame.timestamp, &frame.payload);
+            }
+            true
         }
     }
 }
@@ -517,7 +604,9 @@ async fn on_play(
     conn.playing = Some(Playing { stream_id, player, _grant: grant });
     match first {
         Some(PlayerEvent::PublishStarted) | None => {}
-        Some(event) => deliver(event, session, conn),
+        Some(event) => {
+            deliver(event, session, conn, false);
+        }
     }
     info!(session = conn.id, peer = %conn.peer, variant = conn.variant(), stream = %key, "playing");
     // Relays: a stream that is not live here is pulled from the app's upstream, if it has one.
@@ -560,5 +649,81 @@ fn say_goodbye(session: &mut ServerSession, conn: &Connection) {
             "NetStream.Unpublish.Success",
             "Server is shutting down.",
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Takes at most `max` bytes per write, vectored or not.
+    struct Trickle {
+        written: Vec<u8>,
+        max: usize,
+        calls: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let n = buf.len().min(self.max);
+            self.written.extend_from_slice(&buf[..n]);
+            self.calls += 1;
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            let mut room = self.max;
+            for buf in bufs {
+                let n = buf.len().min(room);
+                self.written.extend_from_slice(&buf[..n]);
+                room -= n;
+            }
+            self.calls += 1;
+            Poll::Ready(Ok(self.max - room))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn pieces_are_written_in_order_across_partial_writes() {
+        let pieces: Vec<Bytes> =
+            (0..200u32).map(|i| Bytes::from(vec![i as u8; (i % 7 + 1) as usize])).collect();
+        let expected: Vec<u8> = pieces.iter().flat_map(|p| p.iter().copied()).collect();
+        let mut pending: VecDeque<Bytes> = pieces.into_iter().collect();
+        let mut sink = Trickle { written: Vec::new(), max: 5, calls: 0 };
+        write_pieces(&mut sink, &mut pending).await.unwrap();
+        assert!(pending.is_empty());
+        assert_eq!(sink.written, expected);
+        assert_eq!(sink.calls, expected.len().div_ceil(5));
+    }
+
+    #[test]
+    fn consume_splits_a_piece() {
+        let mut pending: VecDeque<Bytes> =
+            [&b"abc"[..], b"defg", b"h"].into_iter().map(Bytes::from_static).collect();
+        consume(&mut pending, 5);
+        assert_eq!(pending, [Bytes::from_static(b"fg"), Bytes::from_static(b"h")]);
+        consume(&mut pending, 3);
+        assert!(pending.is_empty());
+        consume(&mut pending, 1);
     }
 }

@@ -1,7 +1,9 @@
 //! What both roles share once the handshake is done: the byte buffers, the RTMPE cipher, the
 //! chunk codec and acknowledgement bookkeeping.
 
-use bytes::{Bytes, BytesMut};
+use std::collections::VecDeque;
+
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::amf::{encode_amf0, Amf0Value};
 use crate::chunk::{ChunkDecoder, ChunkEncoder, ChunkLimits, RawMessage};
@@ -11,9 +13,20 @@ use crate::Result;
 
 use super::csid;
 
+/// Shared payloads shorter than this are copied: a small copy costs less than an extra piece
+/// (and an iovec) per player.
+const SHARE_MIN_PAYLOAD: usize = 1024;
+/// Headers are written into `output` blocks of at least this size, so splitting header pieces
+/// off it allocates once per block rather than once per header.
+const HEADER_BLOCK: usize = 4096;
+
 pub(crate) struct Link {
     /// Received bytes not yet parsed (already decrypted).
     pub input: BytesMut,
+    /// Finished pieces that go out before `output`, in order: chunk headers split off `output`
+    /// and slices of shared media payloads (zero-copy fan-out, never with RTMPE).
+    pieces: VecDeque<Bytes>,
+    pieces_len: usize,
     /// Bytes to send; `output[..plain_from]` is already encrypted (RTMPE) or ready.
     output: BytesMut,
     sealed: usize,
@@ -33,6 +46,8 @@ impl Link {
         Link {
             // Buffers grow with use; an idle connection should cost little memory.
             input: BytesMut::new(),
+            pieces: VecDeque::new(),
+            pieces_len: 0,
             output: BytesMut::new(),
             sealed: 0,
             cipher: None,
@@ -97,15 +112,19 @@ impl Link {
     }
 
     pub fn output_len(&self) -> usize {
-        self.output.len()
+        self.pieces_len + self.output.len()
     }
 
     pub fn has_output(&self) -> bool {
-        !self.output.is_empty()
+        !self.pieces.is_empty() || !self.output.is_empty()
     }
 
-    /// Everything queued for the peer, encrypted if needed.
+    /// The next piece queued for the peer (encrypted if needed); call until `None`.
     pub fn take_output(&mut self) -> Option<Bytes> {
+        if let Some(piece) = self.pieces.pop_front() {
+            self.pieces_len -= piece.len();
+            return Some(piece);
+        }
         if self.output.is_empty() {
             return None;
         }
@@ -118,6 +137,65 @@ impl Link {
 
     pub fn send_message(&mut self, csid: u32, timestamp: u32, type_id: u8, stream_id: u32, payload: &[u8]) {
         self.encoder.encode(csid, timestamp, type_id, stream_id, payload, &mut self.output);
+    }
+
+    /// Like [`send_message`](Self::send_message), but the payload is not copied: its chunks go
+    /// out as slices of `payload` between header pieces. RTMPE sessions and small payloads copy.
+    pub fn send_message_shared(
+        &mut self,
+        csid: u32,
+        timestamp: u32,
+        type_id: u8,
+        stream_id: u32,
+        payload: &Bytes,
+    ) {
+        if self.cipher.is_some() || payload.len() < SHARE_MIN_PAYLOAD {
+            return self.send_message(csid, timestamp, type_id, stream_id, payload);
+        }
+        let length = payload.len() as u32;
+        self.reserve_header_room();
+        let continuation =
+            self.encoder.begin_message(csid, timestamp, type_id, stream_id, length, &mut self.output);
+        let chunk_size = self.encoder.chunk_size() as usize;
+        let mut at = 0;
+        while at < payload.len() {
+            if at > 0 {
+                self.reserve_header_room();
+                self.output.put_slice(continuation.as_bytes());
+            }
+            let header = self.output.split().freeze();
+            self.push_piece(header);
+            let end = payload.len().min(at + chunk_size);
+            self.push_piece(payload.slice(at..end));
+            at = end;
+        }
+    }
+
+    fn reserve_header_room(&mut self) {
+        if self.output.capacity() - self.output.len() < crate::chunk::header::MAX_CHUNK_HEADER_LEN {
+            self.output.reserve(HEADER_BLOCK);
+        }
+    }
+
+    fn push_piece(&mut self, piece: Bytes) {
+        self.pieces_len += piece.len();
+        self.pieces.push_back(piece);
+    }
+
+    /// Gives back buffer memory while nothing is queued (idle connections).
+    pub fn release_buffers(&mut self) {
+        if self.output.is_empty() && self.output.capacity() > 0 {
+            self.output = BytesMut::new();
+        }
+        if self.input.is_empty() && self.input.capacity() > 0 {
+            self.input = BytesMut::new();
+        }
+        if self.pieces.is_empty() && self.pieces.capacity() > 0 {
+            self.pieces = VecDeque::new();
+        }
+        if self.scratch.is_empty() && self.scratch.capacity() > 0 {
+            self.scratch = BytesMut::new();
+        }
     }
 
     fn send_scratch(&mut self, csid: u32, type_id: u8, stream_id: u32) {

@@ -691,33 +691,60 @@ impl ServerSession {
     /// Sends one audio/video/data message to a playing stream. Honours pause and
     /// receiveAudio/receiveVideo; returns whether it was queued.
     pub fn send_media(&mut self, stream_id: u32, kind: MediaKind, timestamp: u32, payload: &[u8]) -> bool {
-        let Some(s) = self.streams.iter_mut().find(|s| s.id == stream_id) else { return false };
+        let Some((csid, type_id)) = self.media_route(stream_id, kind, payload) else { return false };
+        self.link.send_message(csid, timestamp, type_id, stream_id, payload);
+        true
+    }
+
+    /// [`send_media`](Self::send_media) without copying the payload: what
+    /// [`poll_transmit`](Self::poll_transmit) returns then includes slices of `payload` between
+    /// chunk-header pieces, for vectored writes of one buffer shared by every player. RTMPE
+    /// sessions (each player's own cipher) and small payloads are copied as usual.
+    pub fn send_media_shared(
+        &mut self,
+        stream_id: u32,
+        kind: MediaKind,
+        timestamp: u32,
+        payload: &Bytes,
+    ) -> bool {
+        let Some((csid, type_id)) = self.media_route(stream_id, kind, payload) else { return false };
+        self.link.send_message_shared(csid, timestamp, type_id, stream_id, payload);
+        true
+    }
+
+    /// Gives back buffer memory while no output is pending: for connections that go idle.
+    pub fn release_buffers(&mut self) {
+        self.link.release_buffers();
+    }
+
+    /// The chunk stream and message type for a media message, or `None` when the stream does not
+    /// take it now (not playing, paused, receiveAudio/Video off, waiting for a keyframe).
+    fn media_route(&mut self, stream_id: u32, kind: MediaKind, payload: &[u8]) -> Option<(u32, u8)> {
+        let s = self.streams.iter_mut().find(|s| s.id == stream_id)?;
         if s.state != StreamState::Playing {
-            return false;
+            return None;
         }
-        let (csid, type_id) = match kind {
+        Some(match kind {
             MediaKind::Audio => {
                 if !s.receive_audio || s.paused {
-                    return false;
+                    return None;
                 }
                 (csid::AUDIO, type_id::AUDIO)
             }
             MediaKind::Video => {
                 if !s.receive_video || s.paused {
-                    return false;
+                    return None;
                 }
                 if s.wait_keyframe {
                     let info = crate::media::inspect_video(payload);
                     if !info.keyframe && !info.sequence_header {
-                        return false;
+                        return None;
                     }
                     s.wait_keyframe = !info.keyframe;
                 }
                 (csid::VIDEO, type_id::VIDEO)
             }
             MediaKind::Data => (csid::STREAM_COMMAND, type_id::DATA_AMF0),
-        };
-        self.link.send_message(csid, timestamp, type_id, stream_id, payload);
-        true
+        })
     }
 }

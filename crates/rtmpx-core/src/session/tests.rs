@@ -178,3 +178,117 @@ fn garbage_after_handshake_is_an_error_not_a_panic() {
     // A type-1 header on a chunk stream with no previous header.
     assert!(server.handle_input(&[0x45, 0, 0, 0, 0, 0, 4, 20, 1, 2, 3, 4]).is_err());
 }
+
+/// A player and its server session, playing stream "cam" (server output not yet taken).
+fn playing_server() -> (ClientSession, ServerSession, u32) {
+    let (mut player, mut server) = connected_pair(HandshakeVersion::Plain, true, usize::MAX);
+    player.play("cam");
+    pump(&mut player, &mut server, usize::MAX);
+    let Some(ServerEvent::PlayRequested { stream_id, .. }) = server_events(&mut server).pop() else {
+        panic!()
+    };
+    server.accept_play(stream_id, "cam").unwrap();
+    pump(&mut player, &mut server, usize::MAX);
+    client_events(&mut player);
+    (player, server, stream_id)
+}
+
+fn drain(server: &mut ServerSession) -> (Vec<u8>, usize) {
+    let mut bytes = Vec::new();
+    let mut pieces = 0;
+    while let Some(piece) = server.poll_transmit() {
+        bytes.extend_from_slice(&piece);
+        pieces += 1;
+    }
+    (bytes, pieces)
+}
+
+#[test]
+fn shared_media_is_byte_identical_to_copied_media() {
+    // Two sessions in the same state; one copies payloads, the other shares them.
+    let (_p1, mut copying, id1) = playing_server();
+    let (_p2, mut sharing, id2) = playing_server();
+    drain(&mut copying);
+    drain(&mut sharing);
+    let key = Bytes::from((0..10_000u32).map(|i| i as u8).collect::<Vec<u8>>());
+    let small = Bytes::from_static(b"\xaf\x01\x21\x22");
+    let sends: [(MediaKind, u32, &Bytes); 5] = [
+        (MediaKind::Video, 0, &key),
+        (MediaKind::Audio, 10, &small),
+        (MediaKind::Video, 40, &key),
+        (MediaKind::Video, 80, &key),
+        (MediaKind::Video, 0x0100_0000, &key), // extended timestamp on every chunk
+    ];
+    let mut payload_len = 0;
+    for (kind, ts, payload) in sends {
+        assert!(copying.send_media(id1, kind, ts, payload));
+        assert!(sharing.send_media_shared(id2, kind, ts, payload));
+        payload_len += payload.len();
+    }
+    assert_eq!(copying.pending_output(), sharing.pending_output());
+    let (copied, copied_pieces) = drain(&mut copying);
+    let (shared, shared_pieces) = drain(&mut sharing);
+    assert_eq!(copied, shared);
+    assert!(copied.len() > payload_len);
+    assert_eq!(copied_pieces, 1);
+    // 4 large frames × 3 chunks × (header + slice); the small audio rides in a header piece.
+    assert_eq!(shared_pieces, 24);
+    assert!(!sharing.has_transmit());
+}
+
+#[test]
+fn shared_media_slices_the_payload_without_copying() {
+    let (mut player, mut server, stream_id) = playing_server();
+    drain(&mut server);
+    let frame = Bytes::from(vec![0x17u8; 5_000]);
+    assert!(server.send_media_shared(stream_id, MediaKind::Video, 0, &frame));
+    let pieces: Vec<Bytes> = std::iter::from_fn(|| server.poll_transmit()).collect();
+    let inside = |piece: &Bytes| {
+        let range = frame.as_ptr() as usize..frame.as_ptr() as usize + frame.len();
+        range.contains(&(piece.as_ptr() as usize))
+    };
+    assert_eq!(pieces.iter().filter(|p| inside(p)).map(|p| p.len()).sum::<usize>(), 5_000);
+    // And the player decodes it.
+    for piece in &pieces {
+        player.handle_input(piece).unwrap();
+    }
+    let media: Vec<Media> = client_events(&mut player)
+        .into_iter()
+        .filter_map(|e| if let ClientEvent::Media(m) = e { Some(m) } else { None })
+        .collect();
+    assert_eq!(media.len(), 1);
+    assert_eq!(media[0].payload, frame);
+}
+
+#[test]
+fn rtmpe_sessions_copy_shared_media_and_encrypt_it() {
+    let (mut player, mut server) = connected_pair(HandshakeVersion::Rtmpe, true, usize::MAX);
+    player.play("cam");
+    pump(&mut player, &mut server, usize::MAX);
+    let Some(ServerEvent::PlayRequested { stream_id, .. }) = server_events(&mut server).pop() else {
+        panic!()
+    };
+    server.accept_play(stream_id, "cam").unwrap();
+    let frame = Bytes::from(vec![0x17u8; 9_000]);
+    assert!(server.send_media_shared(stream_id, MediaKind::Video, 0, &frame));
+    let (bytes, pieces) = drain(&mut server);
+    assert_eq!(pieces, 1, "RTMPE output is one encrypted buffer");
+    player.handle_input(&bytes).unwrap();
+    let events = client_events(&mut player);
+    assert!(events.iter().any(|e| matches!(e, ClientEvent::Media(m) if m.payload == frame)), "{events:?}");
+}
+
+#[test]
+fn released_buffers_leave_the_session_working() {
+    let (mut player, mut server, stream_id) = playing_server();
+    drain(&mut server);
+    server.release_buffers();
+    let frame = Bytes::from(vec![0x27u8; 3_000]);
+    assert!(server.send_media_shared(stream_id, MediaKind::Video, 0, &frame));
+    let (bytes, _) = drain(&mut server);
+    server.release_buffers();
+    player.handle_input(&bytes).unwrap();
+    assert!(client_events(&mut player)
+        .iter()
+        .any(|e| matches!(e, ClientEvent::Media(m) if m.payload == frame)));
+}

@@ -38,9 +38,10 @@ where
         Ok(Err(e)) => return debug!(%peer, "connection failed before its first byte: {e}"),
         Err(_) => return debug!(%peer, "no first byte within the handshake timeout"),
     };
+    // Boxed apart: a plain RTMP session's task does not carry the HTTP server's state.
     match stream {
-        (sniff::FirstByte::Http, stream) => serve_http(stream, peer, http, shared).await,
-        (sniff::FirstByte::Rtmp, stream) => session::run(stream, peer, rtmp, shared).await,
+        (sniff::FirstByte::Http, stream) => Box::pin(serve_http(stream, peer, http, shared)).await,
+        (sniff::FirstByte::Rtmp, stream) => Box::pin(session::run(stream, peer, rtmp, shared)).await,
     }
 }
 

@@ -1,0 +1,210 @@
+#!/usr/bin/env bash
+# Benchmarks rtmpx against nginx-rtmp on loopback, same scenarios, one run, ratios at the end.
+#
+# Both servers get one core and one worker: nginx-rtmp `worker_processes 1` (single process),
+# rtmpx `serve --threads 1`. The server is pinned to CPU $SERVER_CPU and the load tool
+# (rtmpx-bench, one runtime thread) to CPU $TOOL_CPU with taskset, so they do not compete.
+# Every scenario starts a fresh server on fresh ports. Server CPU is utime+stime from
+# /proc/PID/stat over the measurement window; memory is VmRSS.
+#
+# Knobs (environment): OUT, DURATION, WARMUP, FANOUT ("200 1000 5000"), IDLE (10000),
+# INGEST (200), VARIANT_PLAYERS (200), HANDSHAKES (500), VARIANTS ("rtmp rtmps rtmpt rtmpe"),
+# SERVERS ("nginx rtmpx"; rtmpx-cN = rtmpx with write_coalesce_ms N), SCENARIOS ("fanout idle ingest variants handshakes"),
+# SERVER_CPU (0), TOOL_CPU (1), FLV (a file to publish instead of synthetic frames).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+OUT=${OUT:-$ROOT/bench-results/$(date +%Y%m%d-%H%M%S)}
+DURATION=${DURATION:-15}
+WARMUP=${WARMUP:-3}
+FANOUT=${FANOUT:-"200 1000 5000"}
+IDLE=${IDLE:-10000}
+INGEST=${INGEST:-200}
+VARIANT_PLAYERS=${VARIANT_PLAYERS:-200}
+HANDSHAKES=${HANDSHAKES:-500}
+VARIANTS=${VARIANTS:-"rtmp rtmps rtmpt rtmpe"}
+SERVERS=${SERVERS:-"nginx rtmpx"}
+SCENARIOS=${SCENARIOS:-"fanout idle ingest variants handshakes"}
+SERVER_CPU=${SERVER_CPU:-0}
+TOOL_CPU=${TOOL_CPU:-1}
+FLV=${FLV:-}
+NGINX_MODULE=/usr/lib/nginx/modules/ngx_rtmp_module.so
+
+command -v nginx >/dev/null || { echo "bench.sh: nginx not found (apt-get install nginx-light libnginx-mod-rtmp)" >&2; exit 1; }
+[ -f "$NGINX_MODULE" ] || { echo "bench.sh: $NGINX_MODULE missing (apt-get install libnginx-mod-rtmp)" >&2; exit 1; }
+
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+cargo build --release -q -p rtmpx -p rtmpx-bench
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+RTMPX=$TARGET/release/rtmpx
+BENCH=$TARGET/release/rtmpx-bench
+ulimit -n "$(ulimit -Hn)"
+
+{
+    echo "date: $(date -Is)"
+    echo "host: $(uname -srm), $(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+    echo "memory: $(free -m | awk '/Mem:/{print $2}') MiB"
+    echo "rtmpx: $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet || echo -dirty)"
+    echo "nginx: $(nginx -v 2>&1 | cut -d/ -f2), libnginx-mod-rtmp $(dpkg-query -W -f='${Version}' libnginx-mod-rtmp 2>/dev/null || echo '?')"
+    echo "server on CPU $SERVER_CPU, load tool on CPU $TOOL_CPU; duration ${DURATION}s, warm-up ${WARMUP}s"
+} | tee "$OUT/machine.txt"
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+wait_port() {
+    for _ in $(seq 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.05
+    done
+    echo "bench.sh: nothing listens on port $1" >&2
+    return 1
+}
+
+SPID=
+# start_server nginx|rtmpx|rtmpx-cN: sets SPID and the ports RTMP_PORT (rtmpx also RTMPS_PORT,
+# RTMPT_PORT). rtmpx-cN is rtmpx with server.write_coalesce_ms = N.
+start_server() {
+    local kind=$1 dir=$OUT/servers/$2 coalesce=0
+    if [[ $kind == rtmpx-c* ]]; then
+        coalesce=${kind#rtmpx-c}
+        kind=rtmpx
+    fi
+    mkdir -p "$dir/logs"
+    RTMP_PORT=$(free_port)
+    case $kind in
+    nginx)
+        cat >"$dir/nginx.conf" <<EOF
+load_module $NGINX_MODULE;
+daemon off;
+master_process off;
+worker_processes 1;
+worker_rlimit_nofile 20000;
+error_log $dir/logs/error.log warn;
+pid $dir/nginx.pid;
+events { worker_connections 20000; }
+rtmp {
+    server {
+        listen 127.0.0.1:$RTMP_PORT;
+        chunk_size 4096;
+        application live { live on; }
+    }
+}
+EOF
+        taskset -c "$SERVER_CPU" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/logs/error.log" \
+            >"$dir/logs/stdout.log" 2>&1 &
+        SPID=$!
+        ;;
+    rtmpx)
+        RTMPS_PORT=$(free_port)
+        RTMPT_PORT=$(free_port)
+        cat >"$dir/rtmpx.toml" <<EOF
+[server]
+chunk_size = 4096
+worker_threads = 1
+write_coalesce_ms = $coalesce
+[[listener]]
+proto = "rtmp"
+addr = "127.0.0.1:$RTMP_PORT"
+[[listener]]
+proto = "rtmps"
+addr = "127.0.0.1:$RTMPS_PORT"
+[[listener]]
+proto = "rtmpt"
+addr = "127.0.0.1:$RTMPT_PORT"
+[[app]]
+name = "live"
+[limits]
+max_connections = 20000
+max_connections_per_ip = 20000
+[rtmpt]
+max_sessions = 20000
+max_sessions_per_ip = 20000
+[tls]
+cert_dir = "$OUT/certs"
+EOF
+        RUST_LOG=warn taskset -c "$SERVER_CPU" "$RTMPX" serve --config "$dir/rtmpx.toml" --threads 1 \
+            >"$dir/logs/stdout.log" 2>&1 &
+        SPID=$!
+        ;;
+    esac
+    wait_port "$RTMP_PORT"
+}
+
+stop_server() {
+    kill "$SPID" 2>/dev/null || true
+    wait "$SPID" 2>/dev/null || true
+}
+
+# run_case NAME SERVER [rtmpx-bench args...]: a fresh server, one load run, its JSON in $OUT.
+run_case() {
+    local name=$1 server=$2
+    shift 2
+    echo "== $name" >&2
+    start_server "$server" "$name"
+    local input=()
+    [ -n "$FLV" ] && input=(--flv "$FLV")
+    local args=("$@")
+    # URLs may name ports as @RTMP@, @RTMPS@, @RTMPT@.
+    args=("${args[@]//@RTMP@/$RTMP_PORT}")
+    args=("${args[@]//@RTMPS@/${RTMPS_PORT:-0}}")
+    args=("${args[@]//@RTMPT@/${RTMPT_PORT:-0}}")
+    # Scenario arguments may set their own window.
+    local window=()
+    [[ " ${args[*]} " == *" --duration "* ]] || window+=(--duration "$DURATION")
+    [[ " ${args[*]} " == *" --warmup "* ]] || window+=(--warmup "$WARMUP")
+    taskset -c "$TOOL_CPU" "$BENCH" --label "$name" --server-pid "$SPID" --insecure \
+        "${window[@]}" --json "$OUT/$name.json" "${input[@]}" "${args[@]}" 2>"$OUT/$name.progress.log" \
+        | tee "$OUT/$name.txt" || echo "bench.sh: $name reported failures (see $OUT/$name.txt)" >&2
+    stop_server
+}
+
+URL=rtmp://127.0.0.1:@RTMP@/live/bench
+for scenario in $SCENARIOS; do
+    case $scenario in
+    fanout)
+        for n in $FANOUT; do
+            for s in $SERVERS; do run_case "fanout-$n-$s" "$s" --url "$URL" --players "$n"; done
+        done
+        ;;
+    idle)
+        for s in $SERVERS; do
+            run_case "idle-$IDLE-$s" "$s" --url "$URL" --idle --publishers 0 --players "$IDLE" \
+                --connect-concurrency 256 --warmup 3 --duration 2
+        done
+        ;;
+    ingest)
+        for s in $SERVERS; do run_case "ingest-$INGEST-$s" "$s" --url "$URL" --publishers "$INGEST"; done
+        ;;
+    variants)
+        for v in $VARIANTS; do
+            case $v in
+            rtmp | rtmpe) port=@RTMP@ ;;
+            rtmps) port=@RTMPS@ ;;
+            rtmpt | rtmpte) port=@RTMPT@ ;;
+            rtmpts) echo "bench.sh: rtmpts needs an rtmpts listener; skipped" >&2; continue ;;
+            esac
+            run_case "variant-$v" rtmpx --url "$URL" --play-url "$v://127.0.0.1:$port/live/bench" \
+                --players "$VARIANT_PLAYERS"
+        done
+        ;;
+    handshakes)
+        for v in $VARIANTS; do
+            case $v in
+            rtmp | rtmpe) port=@RTMP@ ;;
+            rtmps) port=@RTMPS@ ;;
+            rtmpt | rtmpte) port=@RTMPT@ ;;
+            *) continue ;;
+            esac
+            run_case "handshakes-$v" rtmpx --url "$v://127.0.0.1:$port/live/bench" --idle --publishers 0 \
+                --players "$HANDSHAKES" --warmup 0.5 --duration 1
+        done
+        ;;
+    esac
+done
+
+python3 "$ROOT/scripts/bench_report.py" "$OUT" | tee "$OUT/report.md"
+echo "results: $OUT (report.md, fanout.svg, one JSON per case)" >&2
