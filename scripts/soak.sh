@@ -111,11 +111,13 @@ publish() { # variant stream
       -c:a aac -b:a 64k -f flv "$u"
   fi
 }
-play() { # variant stream seconds
+play() { # variant stream seconds tag
   local u; u=$(url "$1" "$2")
   case $1 in
-    rtmpe|rtmpte) spawn "play-$2-$1-$RANDOM" timeout --preserve-status -s INT "$3" rtmpdump -q --live -m 10 -r "$u" -o /dev/null ;;
-    *) spawn "play-$2-$1-$RANDOM" ffmpeg -hide_banner -nostdin -loglevel error -rw_timeout 10000000 -i "$u" -t "$3" -c copy -f null - ;;
+    # rtmpdump's --stop does not end a live recording: stop it with SIGTERM after the time.
+    rtmpe|rtmpte) spawn "play-$2-$4-$1" bash -c 'rtmpdump -q --live -m 10 -r "$1" -o /dev/null & p=$!
+        (sleep "$2"; kill -TERM $p 2>/dev/null) & wait $p' _ "$u" "$3" ;;
+    *) spawn "play-$2-$4-$1" ffmpeg -hide_banner -nostdin -loglevel error -rw_timeout 10000000 -i "$u" -t "$3" -c copy -f null - ;;
   esac
 }
 rss() { awk '/VmRSS/ {print $2}' "/proc/$gw/status"; }
@@ -131,9 +133,10 @@ while [ "$(date +%s)" -lt "$end" ]; do
   round=$((round + 1))
   for v in rtmp rtmps rtmpt rtmpts rtmpe; do publish "$v" "r$round-$v"; done
   for v in rtmp rtmps rtmpt rtmpts rtmpe; do
-    for _ in 1 2; do
+    for i in 1 2; do
       pv=$(printf '%s\n' rtmp rtmps rtmpt rtmpts rtmpe rtmpte | shuf -n 1)
-      ( sleep $((3 + RANDOM % 8)); play "$pv" "r$round-$v" $((5 + RANDOM % (PUBLISH_SECS - 20))) ) &
+      delay=$((3 + RANDOM % 8)) secs=$((5 + RANDOM % (PUBLISH_SECS - 20)))
+      ( sleep "$delay"; play "$pv" "r$round-$v" "$secs" "$i"; wait ) &
       pids+=($!)
     done
   done
@@ -157,16 +160,18 @@ rss_end=$(rss)
 left=$(sessions)
 rtmpt_left=$(curl -s "http://127.0.0.1:$p_admin/metrics" | awk '/^rtmpx_rtmpt_sessions / {print $2}')
 publishers=$(ls "$dir"/clients/pub-*.rc | wc -l)
-players=$(ls "$dir"/clients/play-*.rc | wc -l)
+players=$(ls "$dir"/clients/play-*.log | wc -l)
+unfinished=$(for f in "$dir"/clients/*.log; do [ -f "${f%.log}.rc" ] || echo "$f"; done | wc -l)
 failed_pub=$(grep -L '^0$' "$dir"/clients/pub-*.rc | wc -l)
-# rtmpdump ends with 2 ("incomplete") when interrupted: that is how its players stop.
-failed_play=$(for f in "$dir"/clients/play-*.rc; do rc=$(cat "$f"); case $rc in 0|2|130) ;; *) echo "$f";; esac; done | wc -l)
+# rtmpdump ends with 2 ("incomplete") when stopped by SIGTERM: that is how its players stop.
+failed_play=$(for f in "$dir"/clients/play-*.rc; do rc=$(cat "$f"); case $rc in 0|2|137|143) ;; *) echo "$f";; esac; done | wc -l)
 gw_errors=$(grep -cE ' ERROR |panicked' "$dir/rtmpx.log" || true)
 gw_warns=$(grep -c ' WARN ' "$dir/rtmpx.log" || true)
 opened=$(grep -c 'closed: ' "$dir/rtmpx.log" || true)
 echo
 echo "== soak report (${minutes} min, $round rounds)"
 echo "clients:           $publishers publishers ($failed_pub failed), $players players ($failed_play failed)"
+echo "                   $unfinished without an exit status (killed with their shell; see clients/*.log)"
 echo "sessions closed:   $opened"
 echo "sessions leaked:   $left open at the end (rtmpt tunnel sessions: ${rtmpt_left:-?})"
 echo "memory (VmRSS):    after 1 min ${rss_warm:-?} KiB, at the end $rss_end KiB (samples: $dir/samples.csv)"

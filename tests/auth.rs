@@ -714,3 +714,63 @@ fn ffmpeg_over_rtmpt_and_rtmpdump_over_rtmpte_are_refused() {
     denial_logged(&gw, "play", "keys/cam", "rtmpte", "stream key not accepted");
     assert!(publisher.finish().success(), "{}", publisher.describe());
 }
+
+/// The callbacks carry at least the fields nginx-rtmp sends, with the same values, so a backend
+/// written for nginx-rtmp works unchanged: the same ffmpeg publish and rtmpdump play against
+/// nginx-rtmp (Debian's module) and rtmpx, each with its own recording backend.
+#[test]
+fn callbacks_carry_nginx_rtmp_fields() {
+    let _serial = exclusive();
+    require_tool("nginx");
+    require_tool("rtmpdump");
+    let nginx_backend = Backend::start();
+    let nginx = rtmpx_e2e::NginxRtmp::start_with(&format!(
+        "    application hook {{ live on; on_publish {0}/publish; on_play {0}/play; on_done {0}/done; }}\n",
+        nginx_backend.url()
+    ));
+    let dir = TempDir::new("auth-nginx-fields");
+    let backend = Backend::start();
+    let gw = start(&dir, &backend);
+    let runs = [(&nginx_backend, nginx.url("hook", "cam")), (&backend, gw.url("rtmp", "hook", "cam"))];
+    for (_, url) in &runs {
+        let mut publisher = publish_testsrc(&format!("{url}?sign=1"), 4.0);
+        thread::sleep(Duration::from_millis(1500));
+        let mut cmd = Command::new("rtmpdump");
+        cmd.args(["-q", "--live", "-B", "1", "-m", "5", "-r", &format!("{url}?viewer=2"), "-o", "/dev/null"]);
+        let _ = run_bounded(cmd, Duration::from_secs(20));
+        assert!(publisher.finish().success(), "{}", publisher.describe());
+    }
+    for path in ["/publish", "/play", "/done"] {
+        let theirs = nginx_backend.wait_call(path, "cam");
+        backend.wait_call(path, "cam");
+        thread::sleep(Duration::from_millis(300));
+        // The same client's call (the player's and the publisher's on_done may come in any order).
+        let ours = backend
+            .calls()
+            .into_iter()
+            .find(|c| {
+                c.path == path
+                    && c.form.get("flashver").is_some_and(|f| f.starts_with(&theirs.form["flashver"]))
+            })
+            .unwrap_or_else(|| panic!("no {path} call from the same client: {:#?}", backend.calls()));
+        for (key, value) in &theirs.form {
+            let mine = ours
+                .form
+                .get(key)
+                .unwrap_or_else(|| panic!("{path}: rtmpx lacks {key}={value}: {:?}", ours.form));
+            match key.as_str() {
+                // Differ by server: the port in tcurl, the session counter.
+                "tcurl" => {
+                    assert_eq!(mine.rsplit_once(':').map(|(h, _)| h), value.rsplit_once(':').map(|(h, _)| h))
+                }
+                "clientid" => assert!(mine.parse::<u64>().is_ok()),
+                // A play without a reset argument: nginx-rtmp says 0, rtmpx 1 (Flash's default).
+                "reset" => assert!(mine == "0" || mine == "1"),
+                // nginx-rtmp keeps 32 bytes of flashVer (a fixed-size buffer); rtmpx all of it.
+                "flashver" => assert!(mine.starts_with(value.as_str()), "{mine:?} vs {value:?}"),
+                _ => assert_eq!(mine, value, "{path}: field {key}"),
+            }
+        }
+        eprintln!("{path}: nginx-rtmp sent {:?}", theirs.form.keys().collect::<Vec<_>>());
+    }
+}
