@@ -403,8 +403,11 @@ addr = "127.0.0.1:0"
 addr = "127.0.0.1:0"
 "#;
 
-fn reload_config(publish: bool, per_ip: usize) -> String {
-    format!("{RELOAD_BASE}\n[[app]]\nname = \"live\"\npublish = {publish}\n\n[limits]\nmax_connections_per_ip = {per_ip}\n")
+/// App `live` accepting publishers with `?key=KEY`, and a per-address connection limit.
+fn reload_config(key: &str, per_ip: usize) -> String {
+    format!(
+        "{RELOAD_BASE}\n[[app]]\nname = \"live\"\npublish_keys = [\"{key}\"]\n\n[limits]\nmax_connections_per_ip = {per_ip}\n"
+    )
 }
 
 /// Whether the gateway closes a fresh TCP connection at once (refused by a limit) rather than
@@ -423,12 +426,12 @@ fn closed_at_once(addr: SocketAddr) -> bool {
 #[test]
 fn reload_applies_new_rules_and_keeps_live_sessions() {
     let _serial = exclusive();
-    let mut gw = Gateway::start(&reload_config(true, 50));
+    let mut gw = Gateway::start(&reload_config("old-key", 50));
     let admin = admin_addr(&gw);
     let dir = TempDir::new("ops-reload");
     let rtmp = gw.addr("rtmp");
 
-    let mut publisher = rtmpx_e2e::publish_testsrc(&gw.url("rtmp", "live", "keep"), 16.0);
+    let mut publisher = rtmpx_e2e::publish_testsrc(&gw.url("rtmp", "live", "keep?key=old-key"), 16.0);
     assert!(gw.wait_for_log_line(&["publishing", "live/keep"], Duration::from_secs(20)).is_some());
     let recording = dir.file("keep.flv");
     let mut player = record_rtmpdump(&gw.url("rtmp", "live", "keep"), &recording, 40.0);
@@ -437,24 +440,29 @@ fn reload_applies_new_rules_and_keeps_live_sessions() {
     let player_out_before =
         find_session(&sessions_of(admin), "rtmp", "player")["bytes_out"].as_u64().unwrap();
 
-    // New rules: no more publishing on `live`, three connections per address (two are live).
-    std::fs::write(gw.config_path(), reload_config(false, 3)).unwrap();
+    // New rules: a new stream key on `live`, three connections per address (two are live).
+    std::fs::write(gw.config_path(), reload_config("new-key", 3)).unwrap();
     gw.signal("HUP");
     let line = gw
         .wait_for_log_line(&["configuration reloaded"], Duration::from_secs(10))
         .unwrap_or_else(|| panic!("no reload logged:\n{}", gw.logs()));
     assert!(line.contains("\"app\"") && line.contains("\"limits\""), "{line}");
 
-    // A new publisher is refused...
-    let mut refused = rtmpx_e2e::publish_testsrc(&gw.url("rtmp", "live", "new"), 2.0);
+    // A new publisher with the old key is refused, one with the new key is taken...
+    let mut refused = rtmpx_e2e::publish_testsrc(&gw.url("rtmp", "live", "new?key=old-key"), 2.0);
     let status = refused.finish();
-    assert!(!status.success(), "publishing was allowed after the reload: {}", refused.describe());
-    assert!(gw
-        .wait_for_log_line(
-            &["publish denied: publishing is not allowed in app 'live'", "live/new"],
+    assert!(!status.success(), "the old key still worked after the reload: {}", refused.describe());
+    assert!(
+        gw.wait_for_log_line(
+            &["publish denied: publishing refused: stream key not accepted", "live/new"],
             Duration::from_secs(5)
         )
-        .is_some());
+        .is_some(),
+        "{}",
+        gw.logs()
+    );
+    let mut accepted = rtmpx_e2e::publish_testsrc(&gw.url("rtmp", "live", "new?key=new-key"), 2.0);
+    assert!(accepted.finish().success(), "the new key was refused: {}", accepted.describe());
     // ...the third connection is admitted and the fourth refused.
     let third = TcpStream::connect(rtmp).unwrap();
     thread::sleep(Duration::from_millis(300));
@@ -475,7 +483,7 @@ fn reload_applies_new_rules_and_keeps_live_sessions() {
     assert_eq!(sample(&m, "rtmpx_config_reloads_total{result=\"ok\"}"), 1);
 
     // An invalid file is rejected with its reason, over HTTP and SIGHUP; the rules stay.
-    std::fs::write(gw.config_path(), format!("{}[server]\nchunk_size = 1\n", reload_config(true, 50)))
+    std::fs::write(gw.config_path(), format!("{}[server]\nchunk_size = 1\n", reload_config("old-key", 50)))
         .unwrap();
     let rejected = http(admin, "POST", "/api/v1/reload", None);
     assert_eq!(rejected.status, 422, "{}", rejected.body);
@@ -492,7 +500,7 @@ fn reload_applies_new_rules_and_keeps_live_sessions() {
     drop(third);
 
     // A listener change is reported as needing a restart; the rest applies.
-    let moved = reload_config(false, 3)
+    let moved = reload_config("new-key", 3)
         .replace("addr = \"127.0.0.1:0\"\n\n[admin]", "addr = \"127.0.0.1:1\"\n\n[admin]");
     std::fs::write(gw.config_path(), moved).unwrap();
     let reply = http(admin, "POST", "/api/v1/reload", None);
