@@ -22,8 +22,8 @@ use hmac::{Hmac, Mac};
 use rtmp_client::{attempt, tcp, tls, Conn, Intent, Outcome, Wire};
 use rtmpx_core::handshake::HandshakeVersion;
 use rtmpx_e2e::{
-    assert_good_recording, exclusive, publish_testsrc, python3_with_librtmp, record_ffmpeg, require_tool,
-    run_bounded, Gateway, Proc, TempDir,
+    assert_good_recording, exclusive, make_testsrc_flv, publish_librtmp, publish_testsrc, record_ffmpeg,
+    require_tool, run_bounded, Gateway, TempDir,
 };
 
 const SECRET: &str = "a-test-secret-of-some-length";
@@ -512,77 +512,22 @@ fn ffmpeg_with_http_callbacks() {
     assert_eq!(done.form["clientid"], call.form["clientid"]);
 }
 
-/// Audio and video tags of an FLV file written with librtmp's RTMP_Write (script tags crash
-/// python3-librtmp). Exits 3 when the publish was refused.
-const LIBRTMP_PUBLISHER: &str = r#"
-import sys, time, librtmp
-url, path = sys.argv[1], sys.argv[2]
-data = open(path, 'rb').read()
-conn = librtmp.RTMP(url, live=True)
-conn.connect()
-try:
-    stream = conn.create_stream(writeable=True)
-except Exception as e:
-    print("refused:", e)
-    sys.exit(3)
-pos, start = 13, time.time()
-while pos + 11 <= len(data):
-    kind, size = data[pos], int.from_bytes(data[pos+1:pos+4], 'big')
-    ts = int.from_bytes(data[pos+4:pos+7], 'big') | (data[pos+7] << 24)
-    tag = data[pos:pos+15+size]
-    pos += 15 + size
-    if kind not in (8, 9):
-        continue
-    delay = ts / 1000.0 - (time.time() - start)
-    if delay > 0:
-        time.sleep(delay)
-    stream.write(tag)
-stream.close()
-conn.close()
-"#;
-
 #[test]
 fn librtmp_and_rtmpdump_over_rtmpe_with_keys() {
     let _serial = exclusive();
-    let python = python3_with_librtmp().expect("python3-librtmp (scripts/test.sh installs it)");
     require_tool("rtmpdump");
     let dir = TempDir::new("auth-rtmpe");
     let source = dir.file("source.flv");
-    let mut cmd = Command::new("ffmpeg");
-    cmd.args(["-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i"]);
-    cmd.args(["testsrc=size=320x240:rate=25", "-f", "lavfi", "-i", "sine=sample_rate=44100", "-t", "4"]);
-    cmd.args([
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-g",
-        "25",
-        "-pix_fmt",
-        "yuv420p",
-        "-c:a",
-        "aac",
-        "-f",
-        "flv",
-    ]);
-    cmd.arg(&source);
-    let (status, _, err) = run_bounded(cmd, Duration::from_secs(60));
-    assert!(status.success(), "making the source FLV: {err}");
-    let script = dir.file("publish.py");
-    std::fs::write(&script, LIBRTMP_PUBLISHER).unwrap();
+    make_testsrc_flv(&source, 4);
     let backend = Backend::start();
     let gw = start(&dir, &backend);
     let rtmpe = |stream: &str| gw.url("rtmp", "keys", stream).replacen("rtmp://", "rtmpe://", 1);
 
-    let mut cmd = Command::new(&python);
-    cmd.arg(&script).arg(rtmpe("cam?key=wrong")).arg(&source);
-    let mut refused = Proc::spawn("librtmp-refused", cmd, None, Duration::from_secs(30));
+    let mut refused = publish_librtmp(&rtmpe("cam?key=wrong"), &source, &dir);
     refused.finish();
     denial_logged(&gw, "publish", "keys/cam", "rtmpe", "stream key not accepted");
 
-    let mut cmd = Command::new(&python);
-    cmd.arg(&script).arg(rtmpe("cam?key=k1")).arg(&source);
-    let mut publisher = Proc::spawn("librtmp-publish", cmd, None, Duration::from_secs(40));
+    let mut publisher = publish_librtmp(&rtmpe("cam?key=k1"), &source, &dir);
     assert!(gw.wait_for_log_line(&["publishing", "keys/cam", "rtmpe"], Duration::from_secs(10)).is_some());
 
     // rtmpdump without the play key is refused over RTMPE and says so.

@@ -4,7 +4,6 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -12,8 +11,8 @@ use std::time::{Duration, Instant};
 use rtmpx_core::handshake::HandshakeVersion;
 use rtmpx_core::session::{ClientConfig, ClientEvent, ClientSession, MediaKind};
 use rtmpx_e2e::{
-    assert_good_recording, exclusive, publish_testsrc, python3_with_librtmp, record_ffmpeg, record_rtmpdump,
-    require_tool, run_bounded, Gateway, Proc, TempDir,
+    assert_good_recording, exclusive, make_testsrc_flv, publish_librtmp, publish_testsrc, record_ffmpeg,
+    record_rtmpdump, require_tool, run_bounded, Gateway, TempDir,
 };
 
 const CONFIG: &str = r#"
@@ -68,67 +67,15 @@ fn rtmpdump_plays_over_rtmpe_what_ffmpeg_publishes_over_rtmp() {
     assert!(line.contains("variant=rtmpe handshake=rtmpe-6>8"), "{line}");
 }
 
-/// The FLV file's audio and video tags written one by one with librtmp's RTMP_Write, paced by
-/// their timestamps (script tags crash python3-librtmp's RTMP_Write).
-const LIBRTMP_PUBLISHER: &str = r#"
-import sys, time, librtmp
-url, path = sys.argv[1], sys.argv[2]
-data = open(path, 'rb').read()
-conn = librtmp.RTMP(url, live=True)
-conn.connect()
-stream = conn.create_stream(writeable=True)
-pos, start, tags = 13, time.time(), 0
-while pos + 11 <= len(data):
-    kind, size = data[pos], int.from_bytes(data[pos+1:pos+4], 'big')
-    ts = int.from_bytes(data[pos+4:pos+7], 'big') | (data[pos+7] << 24)
-    tag = data[pos:pos+15+size]
-    pos += 15 + size
-    if kind not in (8, 9):
-        continue
-    delay = ts / 1000.0 - (time.time() - start)
-    if delay > 0:
-        time.sleep(delay)
-    stream.write(tag)
-    tags += 1
-stream.close()
-conn.close()
-print("tags", tags)
-"#;
-
-fn make_flv(path: &Path, seconds: u32) {
-    require_tool("ffmpeg");
-    let mut cmd = Command::new("ffmpeg");
-    cmd.args(["-hide_banner", "-nostdin", "-loglevel", "error", "-y"]);
-    cmd.args([
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc=size=320x240:rate=25",
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=sample_rate=44100",
-    ]);
-    cmd.args(["-t", &seconds.to_string(), "-c:v", "libx264", "-preset", "ultrafast", "-g", "25"]);
-    cmd.args(["-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "64k", "-f", "flv"]).arg(path);
-    let (status, _, err) = run_bounded(cmd, Duration::from_secs(60));
-    assert!(status.success(), "making the source FLV: {err}");
-}
-
 #[test]
 fn librtmp_publishes_over_rtmpe_and_plays_back_over_rtmp_and_rtmps() {
     let _serial = exclusive();
-    let python = python3_with_librtmp().expect("python3-librtmp (scripts/test.sh installs it)");
     let dir = TempDir::new("rtmpe-publish");
     let source = dir.file("source.flv");
-    make_flv(&source, 8);
-    let script = dir.file("publish.py");
-    std::fs::write(&script, LIBRTMP_PUBLISHER).unwrap();
+    make_testsrc_flv(&source, 8);
     let gw = start(&dir);
     let url = gw.url("rtmp", "live", "py");
-    let mut cmd = Command::new(python);
-    cmd.arg(&script).arg(rtmpe(&url)).arg(&source);
-    let mut publisher = Proc::spawn("librtmp-publish", cmd, None, Duration::from_secs(40));
+    let mut publisher = publish_librtmp(&rtmpe(&url), &source, &dir);
     assert!(gw.wait_for_log_line(&["publishing", "live/py", "rtmpe"], Duration::from_secs(10)).is_some());
     thread::sleep(Duration::from_millis(500));
     let (plain, tls) = (dir.file("plain.flv"), dir.file("tls.flv"));

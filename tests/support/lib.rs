@@ -826,6 +826,74 @@ pub fn record_rtmpdump(url: &str, out: &Path, seconds: f64) -> Proc {
     Proc::spawn("rtmpdump", cmd, Some(wall), wall + Duration::from_secs(30))
 }
 
+/// An H.264 (keyframe every second) and AAC FLV file of `seconds`, made by ffmpeg from testsrc
+/// and a sine, for publishers that read a file.
+pub fn make_testsrc_flv(path: &Path, seconds: u32) {
+    require_tool("ffmpeg");
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args(["-hide_banner", "-nostdin", "-loglevel", "error", "-y"]);
+    cmd.args([
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=320x240:rate=25",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=sample_rate=44100",
+    ]);
+    cmd.args(["-t", &seconds.to_string(), "-c:v", "libx264", "-preset", "ultrafast", "-g", "25"]);
+    cmd.args(["-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "64k", "-f", "flv"]).arg(path);
+    let (status, _, err) = run_bounded(cmd, Duration::from_secs(60));
+    assert!(status.success(), "making the source FLV: {err}");
+}
+
+/// The audio and video tags of an FLV file written one by one with librtmp's RTMP_Write, paced
+/// by their timestamps (script tags and the file header crash python3-librtmp's RTMP_Write).
+/// Exits 3 when the publish is refused.
+const LIBRTMP_PUBLISHER: &str = r#"
+import sys, time, librtmp
+url, path = sys.argv[1], sys.argv[2]
+data = open(path, 'rb').read()
+conn = librtmp.RTMP(url, live=True)
+conn.connect()
+try:
+    stream = conn.create_stream(writeable=True)
+except Exception as e:
+    print("refused:", e)
+    sys.exit(3)
+pos, start, tags = 13, time.time(), 0
+while pos + 11 <= len(data):
+    kind, size = data[pos], int.from_bytes(data[pos+1:pos+4], 'big')
+    ts = int.from_bytes(data[pos+4:pos+7], 'big') | (data[pos+7] << 24)
+    tag = data[pos:pos+15+size]
+    pos += 15 + size
+    if kind not in (8, 9):
+        continue
+    delay = ts / 1000.0 - (time.time() - start)
+    if delay > 0:
+        time.sleep(delay)
+    stream.write(tag)
+    tags += 1
+stream.close()
+conn.close()
+print("tags", tags)
+"#;
+
+/// python3-librtmp publishing `flv` (see [`make_testsrc_flv`]) to `url` (any librtmp scheme:
+/// rtmp, rtmpe, rtmpt, rtmpte, rtmps) in real time. The script lives in `dir`.
+pub fn publish_librtmp(url: &str, flv: &Path, dir: &TempDir) -> Proc {
+    let python = python3_with_librtmp()
+        .unwrap_or_else(|| panic!("python3-librtmp is missing (scripts/test.sh installs it)"));
+    let script = dir.file("librtmp_publish.py");
+    if !script.exists() {
+        fs::write(&script, LIBRTMP_PUBLISHER).expect("writing the librtmp publisher script");
+    }
+    let mut cmd = Command::new(python);
+    cmd.arg(&script).arg(url).arg(flv);
+    Proc::spawn("librtmp-publish", cmd, None, Duration::from_secs(60))
+}
+
 // ---------------------------------------------------------------------------------------------
 // ffprobe and FLV inspection
 
