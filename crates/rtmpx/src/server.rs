@@ -167,7 +167,9 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
 
     let mut sessions = JoinSet::new();
     let mut accept_tasks = JoinSet::new();
-    let (session_tx, mut session_rx) = tokio::sync::mpsc::unbounded_channel::<Accepted>();
+    // Bounded: under a connect flood the accept loops wait (the kernel's backlog absorbs the
+    // rest) instead of queueing sockets in memory without limit.
+    let (session_tx, mut session_rx) = tokio::sync::mpsc::channel::<Accepted>(ACCEPT_QUEUE);
     for (lc, listener, tls) in listeners {
         let tx = session_tx.clone();
         let mut stop = shared.shutdown_signal();
@@ -178,7 +180,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
                     accepted = listener.accept() => match accepted {
                         Ok((stream, peer)) => {
                             let _ = stream.set_nodelay(true);
-                            if tx.send((stream, peer, lc.clone(), tls.clone())).is_err() {
+                            if tx.send((stream, peer, lc.clone(), tls.clone())).await.is_err() {
                                 return;
                             }
                         }
@@ -272,6 +274,9 @@ fn announce(lc: &ListenerConfig, local: SocketAddr, config: &Config) {
         );
     }
 }
+
+/// Accepted connections waiting for the main loop to admit them.
+const ACCEPT_QUEUE: usize = 1024;
 
 /// A connection on its way from its listener to a session task.
 type Accepted = (TcpStream, SocketAddr, ListenerConfig, Option<TlsAcceptor>);
