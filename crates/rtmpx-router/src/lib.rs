@@ -4,9 +4,16 @@
 //! [`Player`] of the same [`StreamKey`] gets them through its own bounded queue. Late joiners are
 //! primed from caches (metadata, sequence headers, the GOP from the last keyframe).
 //!
+//! A player that is caught up (nothing queued) may take frames straight from the publisher through
+//! a [`DirectSink`]: the publisher's task encodes and writes them, as nginx-rtmp does, so a
+//! caught-up player costs no queue entry and no task wake-up per frame. A sink that cannot take a
+//! frame at once (its socket is full, its session is busy) refuses it and the frame is queued.
+//!
 //! Locking: the router's stream map, then a stream's state, then a player's queue; all held
-//! briefly and never across an await. The publisher's per-frame cost is one stream lock plus one
-//! queue lock and one `Bytes` refcount increment per player.
+//! briefly and never across an await. A sink is only tried (never waited for) under the queue
+//! lock, so a session holding its own lock while popping its queue cannot deadlock with it. The
+//! publisher's per-frame cost is one stream lock plus one queue lock and one `Bytes` refcount
+//! increment per player.
 
 mod queue;
 mod rebase;
@@ -116,6 +123,24 @@ impl Frame {
     pub fn is_keyframe(&self) -> bool {
         self.kind == FrameKind::Video && self.info.keyframe
     }
+}
+
+/// What a [`DirectSink`] did with a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DirectSend {
+    /// Sent (or committed to the transport in order); nothing else to do.
+    Sent,
+    /// Committed, but the player's task must finish the write (its socket was full): wake it.
+    SentWakeTask,
+    /// Not taken: queue the frame as usual.
+    Refused,
+}
+
+/// Takes frames from the publisher's task for a caught-up player. Implemented by whoever drives
+/// the player's session; must never block.
+pub trait DirectSink: Send + Sync {
+    /// Offers `frame` with the player's own (rebased) `timestamp`.
+    fn try_send(&self, frame: &Frame, timestamp: u32) -> DirectSend;
 }
 
 #[derive(Clone, Debug)]
@@ -272,8 +297,34 @@ impl Cache {
 
 struct PlayerShared {
     id: u64,
-    queue: Mutex<PlayerQueue>,
+    state: Mutex<PlayerState>,
     notify: Notify,
+}
+
+struct PlayerState {
+    queue: PlayerQueue,
+    rebaser: Rebaser,
+    sink: Option<Arc<dyn DirectSink>>,
+}
+
+impl PlayerState {
+    /// Hands a live frame to the sink when nothing is queued before it; false if it must be queued.
+    fn try_direct(&mut self, frame: &Frame, notify: &Notify) -> bool {
+        let Some(sink) = &self.sink else { return false };
+        if !self.queue.is_caught_up() {
+            return false;
+        }
+        // Mapping is idempotent for the newest frame, so a refused frame maps the same when popped.
+        let timestamp = self.rebaser.map(frame.kind, frame.is_media(), frame.timestamp);
+        match sink.try_send(frame, timestamp) {
+            DirectSend::Sent => true,
+            DirectSend::SentWakeTask => {
+                notify.notify_one();
+                true
+            }
+            DirectSend::Refused => false,
+        }
+    }
 }
 
 impl Router {
@@ -328,7 +379,7 @@ impl Router {
             state.bytes_in = 0;
             state.frames_in = 0;
             for player in &state.players {
-                lock(&player.queue).push_publish_started();
+                lock(&player.state).queue.push_publish_started();
                 player.notify.notify_one();
             }
             Ok(Arc::clone(stream))
@@ -345,20 +396,27 @@ impl Router {
     /// [`play`](Self::play) with its own queue bound instead of `player_queue_bytes` (relays).
     pub fn play_with_queue_limit(&self, key: StreamKey, session: SessionInfo, limit: usize) -> Player {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let shared =
-            Arc::new(PlayerShared { id, queue: Mutex::new(PlayerQueue::new(limit)), notify: Notify::new() });
+        let shared = Arc::new(PlayerShared {
+            id,
+            state: Mutex::new(PlayerState {
+                queue: PlayerQueue::new(limit),
+                rebaser: Rebaser::default(),
+                sink: None,
+            }),
+            notify: Notify::new(),
+        });
         let stream = self.with_stream(&key, |stream, state| {
             let live = state.publisher.is_some();
             tracing::debug!(stream = %key, session = session.id, peer = %session.peer, variant = session.variant, live, "play");
             if live {
-                let mut queue = lock(&shared.queue);
+                let queue = &mut lock(&shared.state).queue;
                 queue.push_publish_started();
-                state.cache.prime(&mut queue);
+                state.cache.prime(queue);
             }
             state.players.push(Arc::clone(&shared));
             Arc::clone(stream)
         });
-        Player { router: Arc::clone(&self.inner), stream, key, shared, rebaser: Rebaser::default() }
+        Player { router: Arc::clone(&self.inner), stream, key, shared }
     }
 
     /// Whether the stream currently has a publisher.
@@ -383,7 +441,7 @@ impl Router {
                     return None;
                 }
                 let dropped_live: u64 =
-                    state.players.iter().map(|player| lock(&player.queue).dropped()).sum();
+                    state.players.iter().map(|player| lock(&player.state).queue.dropped()).sum();
                 Some(StreamSnapshot {
                     key: stream.key.clone(),
                     publisher: state.publisher.as_ref().map(|active| active.session.clone()),
@@ -439,7 +497,12 @@ impl Publisher {
         state.cache.update(&frame, &config);
         let has_video = state.cache.has_video;
         for player in &state.players {
-            lock(&player.queue).push_frame(frame.clone(), has_video);
+            let mut player_state = lock(&player.state);
+            if player_state.try_direct(&frame, &player.notify) {
+                continue;
+            }
+            player_state.queue.push_frame(frame.clone(), has_video);
+            drop(player_state);
             player.notify.notify_one();
         }
     }
@@ -460,7 +523,7 @@ impl Drop for Publisher {
         state.publisher = None;
         state.cache = Cache::default();
         for player in &state.players {
-            lock(&player.queue).push_unpublished();
+            lock(&player.state).queue.push_unpublished();
             player.notify.notify_one();
         }
         RouterInner::remove_if_unused(&mut streams, &self.stream, &mut state);
@@ -473,7 +536,6 @@ pub struct Player {
     stream: Arc<Stream>,
     key: StreamKey,
     shared: Arc<PlayerShared>,
-    rebaser: Rebaser,
 }
 
 impl Player {
@@ -491,28 +553,46 @@ impl Player {
 
     /// The next event if one is queued; timestamps are rebased for this player.
     pub fn try_recv(&mut self) -> Option<PlayerEvent> {
-        let entry = lock(&self.shared.queue).pop()?;
+        let mut state = lock(&self.shared.state);
+        let state = &mut *state;
+        let entry = state.queue.pop()?;
         Some(match entry {
             Entry::PublishStarted => {
-                self.rebaser.publish_started();
+                state.rebaser.publish_started();
                 PlayerEvent::PublishStarted
             }
             Entry::Unpublished => PlayerEvent::Unpublished,
             Entry::Frame(mut frame) => {
-                frame.timestamp = self.rebaser.map(frame.kind, frame.is_media(), frame.timestamp);
+                frame.timestamp = state.rebaser.map(frame.kind, frame.is_media(), frame.timestamp);
                 PlayerEvent::Frame(frame)
             }
         })
     }
 
+    /// Returns when something was queued since the last call, or a [`DirectSink`] asked for its
+    /// task ([`DirectSend::SentWakeTask`]); at once if events are queued. Cancel-safe.
+    pub async fn changed(&self) {
+        if !lock(&self.shared.state).queue.is_empty() {
+            return;
+        }
+        // A push between the check and this await leaves a permit: nothing is lost.
+        self.shared.notify.notified().await;
+    }
+
+    /// Lets the publisher's task hand frames straight to `sink` while this player is caught up
+    /// (`None`: everything goes through the queue again).
+    pub fn set_direct_sink(&self, sink: Option<Arc<dyn DirectSink>>) {
+        lock(&self.shared.state).sink = sink;
+    }
+
     /// Frames discarded because this player fell behind.
     pub fn dropped_frames(&self) -> u64 {
-        lock(&self.shared.queue).dropped()
+        lock(&self.shared.state).queue.dropped()
     }
 
     /// Payload bytes waiting in this player's queue.
     pub fn queued_bytes(&self) -> usize {
-        lock(&self.shared.queue).bytes()
+        lock(&self.shared.state).queue.bytes()
     }
 
     pub fn key(&self) -> &StreamKey {
@@ -526,7 +606,10 @@ impl Drop for Player {
         let mut state = lock(&self.stream.state);
         if let Some(index) = state.players.iter().position(|player| player.id == self.shared.id) {
             state.players.swap_remove(index);
-            state.dropped_by_departed += lock(&self.shared.queue).dropped();
+            let mut player_state = lock(&self.shared.state);
+            state.dropped_by_departed += player_state.queue.dropped();
+            // The sink may hold the session that owns this player; let it go now.
+            player_state.sink = None;
         }
         tracing::debug!(stream = %self.key, "player left");
         RouterInner::remove_if_unused(&mut streams, &self.stream, &mut state);

@@ -88,6 +88,15 @@ impl PlayerQueue {
         self.dropped
     }
 
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Nothing queued and no drop or keyframe wait in force: a live frame may bypass the queue.
+    pub(crate) fn is_caught_up(&self) -> bool {
+        self.entries.is_empty() && self.mode == Mode::Normal
+    }
+
     #[cfg(test)]
     pub(crate) fn mode(&self) -> Mode {
         self.mode

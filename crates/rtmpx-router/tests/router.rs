@@ -2,7 +2,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rtmpx_router::{
-    Frame, FrameKind, Player, PlayerEvent, Router, RouterConfig, RouterError, SessionInfo, StreamKey,
+    DirectSend, DirectSink, Frame, FrameKind, Player, PlayerEvent, Router, RouterConfig, RouterError,
+    SessionInfo, StreamKey,
 };
 
 fn session(id: u64) -> SessionInfo {
@@ -590,4 +591,143 @@ fn player_count_follows_players() {
     drop(b);
     assert_eq!(router.player_count(&key()), 0);
     assert!(router.streams().is_empty());
+}
+
+/// A sink that takes frames while `open` and records what it got (kind, player timestamp).
+struct RecordingSink {
+    open: std::sync::atomic::AtomicBool,
+    wake: bool,
+    got: std::sync::Mutex<Vec<Seen>>,
+}
+
+impl RecordingSink {
+    fn new(open: bool, wake: bool) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(RecordingSink {
+            open: std::sync::atomic::AtomicBool::new(open),
+            wake,
+            got: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    fn set_open(&self, open: bool) {
+        self.open.store(open, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn got(&self) -> Vec<Seen> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+impl DirectSink for RecordingSink {
+    fn try_send(&self, frame: &Frame, timestamp: u32) -> DirectSend {
+        if !self.open.load(std::sync::atomic::Ordering::SeqCst) {
+            return DirectSend::Refused;
+        }
+        let mut rebased = frame.clone();
+        rebased.timestamp = timestamp;
+        self.got.lock().unwrap().push(describe(&PlayerEvent::Frame(rebased)));
+        if self.wake {
+            DirectSend::SentWakeTask
+        } else {
+            DirectSend::Sent
+        }
+    }
+}
+
+#[test]
+fn caught_up_player_takes_frames_directly_with_its_own_timestamps() {
+    let router = Router::new(RouterConfig::default());
+    let publisher = router.publish(key(), session(1)).unwrap();
+    send_headers(&publisher, 5000);
+    publisher.send(keyframe(5000, 100));
+    publisher.send(aac(5010, 10));
+    let mut player = router.play(key(), session(2));
+    let sink = RecordingSink::new(true, false);
+    player.set_direct_sink(Some(sink.clone()));
+    // Queued first (the primed caches): the sink must not overtake them.
+    publisher.send(inter(5040, 50));
+    assert!(sink.got().is_empty(), "frames went around a non-empty queue");
+    assert_eq!(
+        drain(&mut player),
+        [
+            Seen::Started,
+            Seen::Meta(0),
+            Seen::VideoHeader(0),
+            Seen::AudioHeader(0),
+            Seen::Key(0),
+            Seen::Audio(10),
+            Seen::Inter(40)
+        ]
+    );
+    // Caught up: frames bypass the queue, rebased on the same timeline.
+    publisher.send(aac(5050, 10));
+    publisher.send(inter(5080, 50));
+    assert_eq!(sink.got(), [Seen::Audio(50), Seen::Inter(80)]);
+    assert!(player.try_recv().is_none());
+}
+
+#[test]
+fn refused_frames_are_queued_in_order_and_direct_resumes_after_the_queue() {
+    let router = Router::new(RouterConfig::default());
+    let publisher = router.publish(key(), session(1)).unwrap();
+    let mut player = router.play(key(), session(2));
+    assert_eq!(drain(&mut player), [Seen::Started]);
+    let sink = RecordingSink::new(false, false);
+    player.set_direct_sink(Some(sink.clone()));
+    publisher.send(keyframe(0, 100));
+    // Open now, but a frame is queued: the next one must queue behind it.
+    sink.set_open(true);
+    publisher.send(inter(40, 50));
+    assert!(sink.got().is_empty());
+    assert_eq!(drain(&mut player), [Seen::Key(0), Seen::Inter(40)]);
+    publisher.send(inter(80, 50));
+    assert_eq!(sink.got(), [Seen::Inter(80)]);
+    // Unpublish always goes through the queue.
+    drop(publisher);
+    assert_eq!(drain(&mut player), [Seen::Unpublished]);
+}
+
+#[tokio::test]
+async fn sink_asking_for_its_task_wakes_the_player() {
+    let router = Router::new(RouterConfig::default());
+    let publisher = router.publish(key(), session(1)).unwrap();
+    let mut player = router.play(key(), session(2));
+    assert_eq!(drain(&mut player), [Seen::Started]);
+    player.set_direct_sink(Some(RecordingSink::new(true, true)));
+    publisher.send(keyframe(0, 100));
+    // Nothing queued, yet `changed` returns: the sink asked for the task.
+    tokio::time::timeout(Duration::from_secs(1), player.changed()).await.expect("no wake-up");
+    assert!(player.try_recv().is_none());
+    let sink = RecordingSink::new(true, false);
+    player.set_direct_sink(Some(sink.clone()));
+    publisher.send(inter(40, 50));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), player.changed()).await.is_err(),
+        "woken for nothing"
+    );
+    assert_eq!(sink.got(), [Seen::Inter(40)]);
+}
+
+#[test]
+fn player_waiting_for_a_keyframe_is_not_served_directly_until_then() {
+    let router = Router::new(RouterConfig { gop_cache: false, ..RouterConfig::default() });
+    let publisher = router.publish(key(), session(1)).unwrap();
+    send_headers(&publisher, 0);
+    publisher.send(keyframe(0, 100));
+    let mut player = router.play(key(), session(2));
+    let sink = RecordingSink::new(true, false);
+    player.set_direct_sink(Some(sink.clone()));
+    assert_eq!(
+        drain(&mut player),
+        [Seen::Started, Seen::Meta(0), Seen::VideoHeader(0), Seen::AudioHeader(0)]
+    );
+    // No GOP: inter frames and audio before the next keyframe are skipped, not sent.
+    publisher.send(inter(40, 50));
+    publisher.send(aac(50, 10));
+    assert!(sink.got().is_empty());
+    assert!(player.try_recv().is_none());
+    publisher.send(keyframe(80, 100));
+    assert_eq!(drain(&mut player), [Seen::Key(0)]);
+    publisher.send(inter(120, 50));
+    assert_eq!(sink.got(), [Seen::Inter(40)]);
 }

@@ -208,6 +208,11 @@ impl SessionGuard {
         &self.entry
     }
 
+    /// The entry itself, for counters updated outside the session's task.
+    pub fn shared_entry(&self) -> Arc<SessionEntry> {
+        Arc::clone(&self.entry)
+    }
+
     /// The handshake completed as `variant`.
     pub fn handshake_complete(&self, variant: &'static str) {
         let mut state = self.entry.lock();

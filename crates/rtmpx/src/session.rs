@@ -4,7 +4,8 @@
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{ready, Waker};
 use std::time::Instant;
 
 use bytes::{Buf, Bytes};
@@ -12,19 +13,22 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rtmpx_core::handshake::EncryptionPolicy;
 use rtmpx_core::session::{MediaKind, PublishMode, ServerConfig, ServerEvent, ServerSession, StatusLevel};
-use rtmpx_router::{Frame, FrameKind, Player, PlayerEvent, Publisher, RouterError, SessionInfo, StreamKey};
+use rtmpx_router::{
+    DirectSend, DirectSink, Frame, FrameKind, Player, PlayerEvent, Publisher, RouterError, SessionInfo,
+    StreamKey,
+};
 use std::cell::RefCell;
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{sleep_until, timeout};
 use tracing::{debug, info, warn};
 
 use crate::auth;
 use crate::error::{Error, Result};
 use crate::metrics::{Denial, Role};
-use crate::registry::SessionGuard;
+use crate::registry::{SessionEntry, SessionGuard};
 use crate::server::Shared;
 
 /// Bytes of player output gathered before one write: fewer, larger writes.
@@ -44,7 +48,7 @@ thread_local! {
 /// Returns the bytes read (0 at end of stream) and the session's verdict on them.
 fn poll_read_into<S: AsyncRead + Unpin>(
     stream: &mut S,
-    session: &mut ServerSession,
+    out: &Outbox,
     cx: &mut Context<'_>,
 ) -> Poll<std::io::Result<(usize, rtmpx_core::Result<()>)>> {
     READ_SCRATCH.with(|scratch| {
@@ -53,7 +57,7 @@ fn poll_read_into<S: AsyncRead + Unpin>(
         match Pin::new(stream).poll_read(cx, &mut buf) {
             Poll::Ready(Ok(())) => {
                 let data = buf.filled();
-                let verdict = if data.is_empty() { Ok(()) } else { session.handle_input(data) };
+                let verdict = if data.is_empty() { Ok(()) } else { out.lock().session.handle_input(data) };
                 Poll::Ready(Ok((data.len(), verdict)))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
@@ -161,7 +165,7 @@ fn server_config(shared: &Shared, encryption: EncryptionPolicy) -> ServerConfig 
 /// Runs a session to its end and logs one line about it.
 pub async fn run<S>(stream: S, peer: SocketAddr, origin: impl Into<Origin>, shared: Arc<Shared>)
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Origin { transport, encryption } = origin.into();
     let started = Instant::now();
@@ -228,25 +232,156 @@ where
     }
 }
 
+/// A session's output side: the core session and the transport's write half, shared by the
+/// session's task and, while the session plays and is caught up, by the publisher's task
+/// ([`DirectPlayer`]). Locked briefly and never across an await.
+struct Outbox {
+    state: Mutex<OutState>,
+}
+
+struct OutState {
+    session: ServerSession,
+    writer: Box<dyn AsyncWrite + Send + Unpin>,
+    /// Output pieces not yet written (chunk headers and slices of shared payloads).
+    pending: VecDeque<Bytes>,
+    /// Whether media payloads go out uncopied (the writer takes vectored writes).
+    shared_payloads: bool,
+    /// Set while a write waits for the socket (or failed): only the task writes then, with its
+    /// own waker, and the publisher queues frames instead.
+    task_flush: bool,
+    /// A direct write's error, for the task to report.
+    failed: Option<std::io::Error>,
+    /// The stream id frames go to while direct delivery is on.
+    direct_stream: Option<u32>,
+    /// Write coalescing is on: direct frames are only encoded, and the task writes them when its
+    /// hold ends.
+    coalesce: bool,
+    bytes_out: u64,
+    entry: Arc<SessionEntry>,
+}
+
+impl Outbox {
+    fn lock(&self) -> MutexGuard<'_, OutState> {
+        // Nothing in OutState is left half-updated by a panic; keep serving.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl OutState {
+    /// Moves what the session produced into `pending`, counting it.
+    fn collect(&mut self) {
+        while let Some(piece) = self.session.poll_transmit() {
+            self.bytes_out += piece.len() as u64;
+            self.entry.add_out(piece.len());
+            self.pending.push_back(piece);
+        }
+    }
+
+    /// Writes everything pending, then flushes the writer (TLS buffers records).
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if let Some(e) = self.failed.take() {
+            return Poll::Ready(Err(e));
+        }
+        self.collect();
+        ready!(poll_write_pieces(&mut self.writer, &mut self.pending, cx))?;
+        Pin::new(&mut self.writer).poll_flush(cx)
+    }
+
+    fn encode(&mut self, stream_id: u32, frame: &Frame, timestamp: u32) {
+        let kind = match frame.kind {
+            FrameKind::Audio => MediaKind::Audio,
+            FrameKind::Video => MediaKind::Video,
+            FrameKind::Metadata => MediaKind::Data,
+        };
+        if self.shared_payloads {
+            self.session.send_media_shared(stream_id, kind, timestamp, &frame.payload);
+        } else {
+            self.session.send_media(stream_id, kind, timestamp, &frame.payload);
+        }
+    }
+}
+
+/// Lets the publisher's task encode and write a frame for a caught-up player at once (no queue
+/// entry, no wake-up of the player's task), as long as the player's socket takes it.
+struct DirectPlayer(Arc<Outbox>);
+
+impl DirectSink for DirectPlayer {
+    fn try_send(&self, frame: &Frame, timestamp: u32) -> DirectSend {
+        // Busy (the player's task is reading or delivering): queue it, never wait.
+        let Ok(mut out) = self.0.state.try_lock() else { return DirectSend::Refused };
+        let Some(stream_id) = out.direct_stream else { return DirectSend::Refused };
+        if out.task_flush || !out.pending.is_empty() {
+            return DirectSend::Refused;
+        }
+        if out.coalesce {
+            // The first frame of a hold starts the task's timer; a full batch ends it early.
+            let first = out.session.pending_output() == 0;
+            out.encode(stream_id, frame, timestamp);
+            let full = out.session.pending_output() >= WRITE_BATCH;
+            return if first || full { DirectSend::SentWakeTask } else { DirectSend::Sent };
+        }
+        out.encode(stream_id, frame, timestamp);
+        // A waker that does nothing: on Pending the task is woken to wait with its own.
+        match out.poll_write_out(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(())) => DirectSend::Sent,
+            Poll::Ready(Err(e)) => {
+                out.failed = Some(e);
+                out.task_flush = true;
+                DirectSend::SentWakeTask
+            }
+            Poll::Pending => {
+                out.task_flush = true;
+                DirectSend::SentWakeTask
+            }
+        }
+    }
+}
+
 async fn drive<S>(
-    mut stream: S,
+    stream: S,
     conn: &mut Connection,
     encryption: EncryptionPolicy,
     shared: &Shared,
 ) -> Result<()>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let session = ServerSession::new(server_config(shared, encryption), &mut StdRng::from_entropy());
+    // Streams that take vectored writes get media payloads uncopied (one buffer for all players).
+    let shared_payloads = stream.is_write_vectored();
+    let (mut reader, writer) = tokio::io::split(stream);
+    let out = Arc::new(Outbox {
+        state: Mutex::new(OutState {
+            session,
+            writer: Box::new(writer),
+            pending: VecDeque::new(),
+            shared_payloads,
+            task_flush: false,
+            failed: None,
+            direct_stream: None,
+            coalesce: shared.config().server.write_coalesce_ms > 0,
+            bytes_out: 0,
+            entry: conn.registry.shared_entry(),
+        }),
+    });
+    let result = drive_io(&mut reader, &out, conn, shared).await;
+    // The router lets go of the outbox when the player leaves; the session is over either way.
+    if let Some(p) = &conn.playing {
+        p.player.set_direct_sink(None);
+    }
+    conn.bytes_out = out.lock().bytes_out;
+    result
+}
+
+async fn drive_io<R>(reader: &mut R, out: &Arc<Outbox>, conn: &mut Connection, shared: &Shared) -> Result<()>
+where
+    R: AsyncRead + Unpin,
 {
     let timeouts = shared.config().timeouts.clone();
-    let mut session = ServerSession::new(server_config(shared, encryption), &mut StdRng::from_entropy());
     let mut shutdown = shared.shutdown_signal();
     let handshake_deadline = tokio::time::Instant::now() + timeouts.handshake();
     let mut connected = false;
     let mut last_read = tokio::time::Instant::now();
-    // Output pieces not yet written (chunk headers and slices of shared payloads).
-    let mut pending = VecDeque::new();
-    // Streams that take vectored writes get media payloads uncopied (one buffer for all players).
-    let shared_payloads = stream.is_write_vectored();
     // Set after input from a connection that publishes nothing: once its answers are written,
     // its buffers go back (an idle player should cost little memory).
     let mut release_after_flush = false;
@@ -256,14 +391,17 @@ where
 
     loop {
         if hold_until.is_none() {
-            flush(&mut stream, &mut session, conn, &mut pending, timeouts.write()).await?;
+            flush(out, timeouts.write()).await?;
         }
-        if session.is_closed() {
-            return Ok(());
-        }
-        if std::mem::take(&mut release_after_flush) {
-            session.release_buffers();
-            pending = VecDeque::new();
+        {
+            let mut st = out.lock();
+            if st.session.is_closed() {
+                return Ok(());
+            }
+            if std::mem::take(&mut release_after_flush) && st.pending.is_empty() {
+                st.session.release_buffers();
+                st.pending = VecDeque::new();
+            }
         }
         let deadline = if !connected {
             Some(handshake_deadline)
@@ -275,11 +413,11 @@ where
         };
         tokio::select! {
             _ = shutdown.changed() => {
-                say_goodbye(&mut session, conn);
-                let _ = flush(&mut stream, &mut session, conn, &mut pending, timeouts.write()).await;
+                say_goodbye(&mut out.lock().session, conn);
+                let _ = flush(out, timeouts.write()).await;
                 return Ok(());
             }
-            read = poll_fn(|cx| poll_read_into(&mut stream, &mut session, cx)) => {
+            read = poll_fn(|cx| poll_read_into(reader, out, cx)) => {
                 // Answers go out at once, with any media held back.
                 hold_until = None;
                 let (n, verdict) = read.map_err(Error::io("reading from the client"))?;
@@ -291,44 +429,39 @@ where
                 last_read = tokio::time::Instant::now();
                 release_after_flush = conn.publishing.is_none();
                 let mut outcome = verdict.map_err(Error::from);
-                while let Some(event) = session.poll_event() {
+                loop {
+                    let event = out.lock().session.poll_event();
+                    let Some(event) = event else { break };
                     // Connect/publish/play decisions may wait for an HTTP callback; meanwhile nothing
                     // is read, and the session holds what the client pipelined.
-                    if let Err(e) = handle_event(event, &mut session, conn, shared, &mut connected).await {
+                    if let Err(e) = handle_event(event, out, conn, shared, &mut connected).await {
                         outcome = Err(e);
                         break;
                     }
                 }
                 if let Err(e) = outcome {
                     // Whatever the session produced before the error (e.g. a reject) still goes out.
-                    let _ = flush(&mut stream, &mut session, conn, &mut pending, timeouts.write()).await;
+                    let _ = flush(out, timeouts.write()).await;
                     return Err(e);
                 }
             }
-            event = next_player_event(&mut conn.playing) => {
-                if let Some(event) = event {
-                    let mut only_frames = deliver(event, &mut session, conn, shared_payloads);
-                    // Batch what else is already queued into the same write.
-                    while session_output_small(&session) {
-                        let Some(event) = conn.playing.as_mut().and_then(|p| p.player.try_recv()) else { break };
-                        only_frames &= deliver(event, &mut session, conn, shared_payloads);
-                    }
-                    if let Some(p) = &conn.playing {
-                        conn.registry.entry().set_dropped_frames(p.player.dropped_frames());
-                    }
-                    hold_until = if !coalesce.is_zero() && only_frames && session_output_small(&session) {
-                        hold_until.or_else(|| Some(tokio::time::Instant::now() + coalesce))
-                    } else {
-                        None
-                    };
+            _ = player_changed(&conn.playing) => {
+                let only_frames = deliver_queued(out, conn);
+                if let Some(p) = &conn.playing {
+                    conn.registry.entry().set_dropped_frames(p.player.dropped_frames());
                 }
+                hold_until = if !coalesce.is_zero() && only_frames && out.lock().session.pending_output() < WRITE_BATCH {
+                    hold_until.or_else(|| Some(tokio::time::Instant::now() + coalesce))
+                } else {
+                    None
+                };
             }
             _ = sleep_until_opt(hold_until) => {
                 hold_until = None;
             }
             why = conn.registry.entry().kicked() => {
-                say_goodbye(&mut session, conn);
-                let _ = flush(&mut stream, &mut session, conn, &mut pending, timeouts.write()).await;
+                say_goodbye(&mut out.lock().session, conn);
+                let _ = flush(out, timeouts.write()).await;
                 return Err(Error::Kicked(why));
             }
             _ = sleep_until_opt(deadline) => {
@@ -338,6 +471,28 @@ where
     }
 }
 
+/// Hands a frame to the router. The router writes it to every caught-up player from here
+/// ([`DirectPlayer`]); tokio's cooperative budget (128 I/O operations per task poll) would make
+/// every write after the 128th report "would block" and fall back to a task wake-up, so the
+/// fan-out runs unconstrained. It is bounded by the number of players and never waits.
+pub(crate) async fn fan_out(publisher: &Publisher, frame: Frame) {
+    tokio::task::unconstrained(async { publisher.send(frame) }).await
+}
+
+/// Encodes what the player's queue holds, up to [`WRITE_BATCH`] bytes of output. Popping and
+/// encoding happen under the outbox lock, so a direct frame can never overtake a queued one.
+/// Returns whether everything was media (which may wait for write coalescing).
+fn deliver_queued(out: &Outbox, conn: &mut Connection) -> bool {
+    let Some(playing) = conn.playing.as_mut() else { return false };
+    let mut st = out.lock();
+    let mut only_frames = true;
+    while st.session.pending_output() < WRITE_BATCH {
+        let Some(event) = playing.player.try_recv() else { break };
+        only_frames &= deliver(event, &mut st, playing.stream_id);
+    }
+    only_frames
+}
+
 async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => sleep_until(d).await,
@@ -345,65 +500,65 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-fn session_output_small(session: &ServerSession) -> bool {
-    session.pending_output() < WRITE_BATCH
-}
-
-async fn next_player_event(playing: &mut Option<Playing>) -> Option<PlayerEvent> {
+async fn player_changed(playing: &Option<Playing>) {
     match playing {
-        Some(p) => p.player.recv().await,
+        Some(p) => p.player.changed().await,
         None => std::future::pending().await,
     }
 }
 
-/// Writes everything the session has queued: pieces gathered into vectored writes, under one
-/// write timeout for the whole batch.
-async fn flush<S>(
-    stream: &mut S,
-    session: &mut ServerSession,
-    conn: &mut Connection,
-    pending: &mut VecDeque<Bytes>,
-    write_timeout: std::time::Duration,
-) -> Result<()>
-where
-    S: AsyncWrite + Unpin,
-{
-    while let Some(piece) = session.poll_transmit() {
-        conn.bytes_out += piece.len() as u64;
-        conn.registry.entry().add_out(piece.len());
-        pending.push_back(piece);
+/// Writes everything the session has queued, with the task's waker, under one write timeout for
+/// the whole batch. The publisher stays off the writer until this is done.
+async fn flush(out: &Outbox, write_timeout: std::time::Duration) -> Result<()> {
+    {
+        let mut st = out.lock();
+        st.collect();
+        if st.pending.is_empty() && st.failed.is_none() && !st.task_flush {
+            return Ok(());
+        }
+        st.task_flush = true;
     }
-    if pending.is_empty() {
-        return Ok(());
+    let written = timeout(
+        write_timeout,
+        poll_fn(|cx| {
+            let mut st = out.lock();
+            let poll = st.poll_write_out(cx);
+            if poll.is_ready() {
+                st.task_flush = false;
+            }
+            poll
+        }),
+    )
+    .await;
+    match written {
+        Ok(result) => result.map_err(Error::io("writing to the client")),
+        Err(_) => Err(Error::Timeout("the client stopped reading")),
     }
-    timeout(write_timeout, write_pieces(stream, pending))
-        .await
-        .map_err(|_| Error::Timeout("the client stopped reading"))?
-        .map_err(Error::io("writing to the client"))
 }
 
-/// Writes and drops every piece of `pending`, up to [`MAX_IOVECS`] per system call. Cancel-safe:
-/// what was written is gone from `pending` at once.
-async fn write_pieces<S>(stream: &mut S, pending: &mut VecDeque<Bytes>) -> std::io::Result<()>
+/// Writes and drops pieces of `pending`, up to [`MAX_IOVECS`] per system call, until it is empty
+/// or the writer would block. What was written is gone from `pending` at once.
+fn poll_write_pieces<W>(
+    writer: &mut W,
+    pending: &mut VecDeque<Bytes>,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<()>>
 where
-    S: AsyncWrite + Unpin,
+    W: AsyncWrite + Unpin + ?Sized,
 {
     while !pending.is_empty() {
-        let written = poll_fn(|cx| {
-            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            let count = pending.len().min(MAX_IOVECS);
-            for (slice, piece) in slices.iter_mut().zip(pending.iter()) {
-                *slice = IoSlice::new(piece);
-            }
-            Pin::new(&mut *stream).poll_write_vectored(cx, &slices[..count])
-        })
-        .await?;
+        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+        let count = pending.len().min(MAX_IOVECS);
+        for (slice, piece) in slices.iter_mut().zip(pending.iter()) {
+            *slice = IoSlice::new(piece);
+        }
+        let written = ready!(Pin::new(&mut *writer).poll_write_vectored(cx, &slices[..count]))?;
         if written == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
+            return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
         }
         consume(pending, written);
     }
-    stream.flush().await
+    Poll::Ready(Ok(()))
 }
 
 /// Drops the first `n` bytes of the pieces.
@@ -420,36 +575,20 @@ fn consume(pending: &mut VecDeque<Bytes>, mut n: usize) {
     }
 }
 
-/// Encodes one router event for the player; `shared_payload` sends media payloads uncopied.
-/// Returns whether it was a media frame (which may wait for write coalescing).
-fn deliver(
-    event: PlayerEvent,
-    session: &mut ServerSession,
-    conn: &mut Connection,
-    shared_payload: bool,
-) -> bool {
-    let Some(playing) = &conn.playing else { return false };
-    let stream_id = playing.stream_id;
+/// Encodes one router event for the player on `stream_id`. Returns whether it was a media frame
+/// (which may wait for write coalescing).
+fn deliver(event: PlayerEvent, out: &mut OutState, stream_id: u32) -> bool {
     match event {
         PlayerEvent::PublishStarted => {
-            session.notify_publish(stream_id);
+            out.session.notify_publish(stream_id);
             false
         }
         PlayerEvent::Unpublished => {
-            session.notify_unpublish(stream_id);
+            out.session.notify_unpublish(stream_id);
             false
         }
         PlayerEvent::Frame(frame) => {
-            let kind = match frame.kind {
-                FrameKind::Audio => MediaKind::Audio,
-                FrameKind::Video => MediaKind::Video,
-                FrameKind::Metadata => MediaKind::Data,
-            };
-            if shared_payload {
-                session.send_media_shared(stream_id, kind, frame.timestamp, &frame.payload);
-            } else {
-                session.send_media(stream_id, kind, frame.timestamp, &frame.payload);
-            }
+            out.encode(stream_id, &frame, frame.timestamp);
             true
         }
     }
@@ -457,7 +596,7 @@ fn deliver(
 
 async fn handle_event(
     event: ServerEvent,
-    session: &mut ServerSession,
+    out: &Arc<Outbox>,
     conn: &mut Connection,
     shared: &Shared,
     connected: &mut bool,
@@ -485,21 +624,21 @@ async fn handle_event(
                     conn.app = Some(client.app.clone());
                     conn.client = Some(client);
                     *connected = true;
-                    session.accept_connect()?;
+                    out.lock().session.accept_connect()?;
                 }
                 Err(denial) => {
                     warn!(session = conn.id, peer = %conn.peer, app = app_name, "connect rejected: {}", denial.reason);
                     shared.metrics.denied(Denial::Connect);
-                    session.reject_connect(&denial.reason)?;
+                    out.lock().session.reject_connect(&denial.reason)?;
                     return Err(Error::Denied(denial.reason));
                 }
             }
         }
         ServerEvent::PublishRequested { stream_id, stream_name, mode } => {
-            on_publish(stream_id, &stream_name, mode, session, conn, shared).await?
+            on_publish(stream_id, &stream_name, mode, out, conn, shared).await?
         }
         ServerEvent::PlayRequested { stream_id, stream_name, start, duration, reset } => {
-            on_play(stream_id, &stream_name, (start, duration, reset), session, conn, shared).await?
+            on_play(stream_id, &stream_name, (start, duration, reset), out, conn, shared).await?
         }
         ServerEvent::Media(media) => {
             if let Some(p) = &conn.publishing {
@@ -509,7 +648,7 @@ async fn handle_event(
                         MediaKind::Video => Frame::video(media.timestamp, media.payload),
                         MediaKind::Data => Frame::metadata(media.timestamp, media.payload),
                     };
-                    p.publisher.send(frame);
+                    fan_out(&p.publisher, frame).await;
                 }
             }
         }
@@ -519,6 +658,7 @@ async fn handle_event(
                 debug!(session = conn.id, "unpublished");
             }
             if conn.playing.as_ref().is_some_and(|p| p.stream_id == stream_id) {
+                out.lock().direct_stream = None;
                 conn.playing = None;
             }
         }
@@ -531,7 +671,7 @@ async fn on_publish(
     stream_id: u32,
     stream_name: &str,
     mode: PublishMode,
-    session: &mut ServerSession,
+    out: &Arc<Outbox>,
     conn: &mut Connection,
     shared: &Shared,
 ) -> Result<()> {
@@ -539,7 +679,7 @@ async fn on_publish(
     if conn.publishing.is_some() {
         let stream = auth::query::split_name(stream_name).0;
         warn!(session = conn.id, peer = %conn.peer, app, stream, "publish rejected: already publishing");
-        session.reject_publish(stream_id, "NetStream.Publish.BadName", "Already publishing.")?;
+        out.lock().session.reject_publish(stream_id, "NetStream.Publish.BadName", "Already publishing.")?;
         return Ok(());
     }
     let config = shared.config();
@@ -548,12 +688,14 @@ async fn on_publish(
     };
     let grant = match shared.auth.publish(&config, client, stream_name, mode).await {
         Ok(grant) => grant,
-        Err(denial) => return deny(session, conn, shared, stream_id, true, stream_name, denial),
+        Err(denial) => {
+            return deny(&mut out.lock().session, conn, shared, stream_id, true, stream_name, denial)
+        }
     };
     let key = StreamKey::new(&app, &grant.name);
     match shared.router.publish(key.clone(), conn.info()) {
         Ok(publisher) => {
-            session.accept_publish(stream_id)?;
+            out.lock().session.accept_publish(stream_id)?;
             conn.role = "publisher";
             conn.registry.entry().set_role(Role::Publisher, &key.name);
             conn.stream_name = Some(key.name.clone());
@@ -565,7 +707,11 @@ async fn on_publish(
         Err(RouterError::AlreadyPublishing) => {
             grant.cancel();
             warn!(session = conn.id, peer = %conn.peer, stream = %key, "publish rejected: stream is already published");
-            session.reject_publish(stream_id, "NetStream.Publish.BadName", "Stream is already published.")?;
+            out.lock().session.reject_publish(
+                stream_id,
+                "NetStream.Publish.BadName",
+                "Stream is already published.",
+            )?;
         }
     }
     Ok(())
@@ -575,7 +721,7 @@ async fn on_play(
     stream_id: u32,
     stream_name: &str,
     (start, duration, reset): (f64, f64, bool),
-    session: &mut ServerSession,
+    out: &Arc<Outbox>,
     conn: &mut Connection,
     shared: &Shared,
 ) -> Result<()> {
@@ -583,31 +729,38 @@ async fn on_play(
     if conn.playing.is_some() {
         let stream = auth::query::split_name(stream_name).0;
         warn!(session = conn.id, peer = %conn.peer, app, stream, "play rejected: already playing");
-        session.reject_play(stream_id, "NetStream.Play.Failed", "Already playing.")?;
+        out.lock().session.reject_play(stream_id, "NetStream.Play.Failed", "Already playing.")?;
         return Ok(());
     }
     let config = shared.config();
     let Some(client) = conn.client.as_ref() else { return Err(Error::Denied("play before connect".into())) };
     let grant = match shared.auth.play(&config, client, stream_name, start, duration, reset).await {
         Ok(grant) => grant,
-        Err(denial) => return deny(session, conn, shared, stream_id, false, stream_name, denial),
+        Err(denial) => {
+            return deny(&mut out.lock().session, conn, shared, stream_id, false, stream_name, denial)
+        }
     };
     let key = StreamKey::new(&app, &grant.name);
     let mut player = shared.router.play(key.clone(), conn.info());
-    session.accept_play(stream_id, &key.name)?;
+    {
+        let mut st = out.lock();
+        st.session.accept_play(stream_id, &key.name)?;
+        // A live stream announces itself at once and needs no PublishNotify; anything else that
+        // is already queued is delivered as usual.
+        match player.try_recv() {
+            Some(PlayerEvent::PublishStarted) | None => {}
+            Some(event) => {
+                deliver(event, &mut st, stream_id);
+            }
+        }
+        // Caught up, the player takes frames from the publisher's task directly.
+        st.direct_stream = Some(stream_id);
+        player.set_direct_sink(Some(Arc::new(DirectPlayer(Arc::clone(out)))));
+    }
     conn.role = "player";
     conn.registry.entry().set_role(Role::Player, &key.name);
     conn.stream_name = Some(key.name.clone());
-    // A live stream announces itself at once and needs no PublishNotify; anything else that
-    // is already queued is delivered as usual.
-    let first = player.try_recv();
     conn.playing = Some(Playing { stream_id, player, _grant: grant });
-    match first {
-        Some(PlayerEvent::PublishStarted) | None => {}
-        Some(event) => {
-            deliver(event, session, conn, false);
-        }
-    }
     info!(session = conn.id, peer = %conn.peer, variant = conn.variant(), stream = %key, "playing");
     // Relays: a stream that is not live here is pulled from the app's upstream, if it has one.
     shared.relays.ensure_pull(&shared.router, &shared.config(), &key);
@@ -710,7 +863,7 @@ mod tests {
         let expected: Vec<u8> = pieces.iter().flat_map(|p| p.iter().copied()).collect();
         let mut pending: VecDeque<Bytes> = pieces.into_iter().collect();
         let mut sink = Trickle { written: Vec::new(), max: 5, calls: 0 };
-        write_pieces(&mut sink, &mut pending).await.unwrap();
+        poll_fn(|cx| poll_write_pieces(&mut sink, &mut pending, cx)).await.unwrap();
         assert!(pending.is_empty());
         assert_eq!(sink.written, expected);
         assert_eq!(sink.calls, expected.len().div_ceil(5));

@@ -153,7 +153,7 @@ impl PullJob {
                             MediaKind::Data => Frame::metadata(media.timestamp, media.payload),
                         };
                         if let Some(publisher) = &state.publisher {
-                            publisher.send(frame);
+                            crate::session::fan_out(publisher, frame).await;
                         }
                     }
                     Ok(Some(ClientEvent::Status { code, .. })) => {
