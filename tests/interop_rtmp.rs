@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 use rtmpx_core::session::{ClientConfig, ClientEvent, ClientSession};
 use rtmpx_e2e::{
     assert_good_recording, exclusive, publish, publish_testsrc, record_ffmpeg, record_rtmpdump, require_tool,
-    Gateway, PublishOptions, TempDir,
+    Gateway, PublishOptions, TempDir, DEFAULT_TEST_CONFIG,
 };
+
+mod rtmp_client;
 
 const LOG_WAIT: Duration = Duration::from_secs(10);
 
@@ -493,4 +495,85 @@ fn sigterm_stops_the_gateway_and_closes_its_clients() {
     assert!(status.is_some_and(|s| s.success()), "rtmpx did not exit cleanly on SIGTERM: {status:?}");
     assert!(gw.logs().contains("rtmpx stopped"), "log:\n{}", gw.logs());
     player.wait_closed(Duration::from_secs(1)).expect("the player's connection is closed");
+}
+
+/// Plays `live/{stream}` with rtmpx-core's client for `window` (after a second of warm-up) and
+/// returns (media messages, bursts): a burst is media arriving within 40 ms of the previous read.
+fn media_bursts(gw: &Gateway, stream: &str, window: Duration) -> (usize, usize) {
+    use rtmp_client::{attempt, tcp, Intent, Outcome};
+    let addr = gw.addr("rtmp");
+    let tc_url = format!("rtmp://{addr}/live");
+    let (outcome, mut conn) = attempt(
+        tcp(addr),
+        rtmpx_core::handshake::HandshakeVersion::Plain,
+        "live",
+        &tc_url,
+        Intent::Play(stream.into()),
+        LOG_WAIT,
+    );
+    assert_eq!(outcome, Outcome::Started);
+    // The GOP cache comes at once; batching shows on the live frames after it.
+    conn.pump(Duration::from_secs(1)).expect("player connection closed");
+    let mut buf = vec![0u8; 256 * 1024];
+    let (mut messages, mut bursts, mut last_media) = (0, 0, None::<Instant>);
+    let end = Instant::now() + window;
+    while Instant::now() < end {
+        match conn.wire.read(&mut buf) {
+            Ok(0) => panic!("the gateway closed the player"),
+            Ok(n) => conn.session.handle_input(&buf[..n]).expect("client session"),
+            Err(e) if is_timeout(&e) => continue,
+            Err(e) => panic!("reading: {e}"),
+        }
+        let mut got_media = false;
+        while let Some(event) = conn.session.poll_event() {
+            if matches!(event, ClientEvent::Media(_)) {
+                messages += 1;
+                got_media = true;
+            }
+        }
+        if got_media {
+            let now = Instant::now();
+            if last_media.is_none_or(|at| now - at > Duration::from_millis(40)) {
+                bursts += 1;
+            }
+            last_media = Some(now);
+        }
+        assert!(conn.flush(), "the gateway closed the player");
+    }
+    (messages, bursts)
+}
+
+#[test]
+fn write_coalescing_sends_media_in_batches_and_loses_nothing() {
+    let _serial = exclusive();
+    require_clients();
+    let config = |ms: u64| format!("[server]\nwrite_coalesce_ms = {ms}\n{DEFAULT_TEST_CONFIG}");
+    let dir = TempDir::new("coalesce");
+    let mut measured = Vec::new();
+    for ms in [0u64, 300] {
+        let gw = Gateway::start(&config(ms));
+        let url = gw.url("rtmp", "live", "c");
+        let mut publisher = publish_testsrc(&url, 9.0);
+        wait_publishing(&gw, "live/c");
+        let out = dir.file(&format!("ffmpeg-{ms}.flv"));
+        let mut ffmpeg = record_ffmpeg(&url, &out, 4.0);
+        let (messages, bursts) = media_bursts(&gw, "c", Duration::from_secs(3));
+        assert!(ffmpeg.finish().success(), "{}", ffmpeg.describe());
+        assert!(publisher.finish().success(), "{}", publisher.describe());
+        // A real player still gets every frame, in order, decodable.
+        assert_good_recording(&format!("ffmpeg player, write_coalesce_ms = {ms}"), &out, 76, 130);
+        measured.push((ms, messages, bursts));
+    }
+    eprintln!("(write_coalesce_ms, media messages, bursts): {measured:?}");
+    let [(_, plain_messages, plain_bursts), (_, batched_messages, batched_bursts)] = measured[..] else {
+        unreachable!()
+    };
+    // 3 s of 25 fps video and ~43 AAC frames per second: about 200 messages either way.
+    for messages in [plain_messages, batched_messages] {
+        assert!((150..=260).contains(&messages), "{measured:?}");
+    }
+    // Written as they come, frames arrive in dozens of separate bursts; batched per 300 ms
+    // window, in about ten.
+    assert!(plain_bursts >= 40, "{measured:?}");
+    assert!((6..=16).contains(&batched_bursts), "{measured:?}");
 }

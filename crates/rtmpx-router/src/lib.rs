@@ -139,8 +139,15 @@ pub enum DirectSend {
 /// Takes frames from the publisher's task for a caught-up player. Implemented by whoever drives
 /// the player's session; must never block.
 pub trait DirectSink: Send + Sync {
-    /// Offers `frame` with the player's own (rebased) `timestamp`.
+    /// Offers `frame` with the player's own (rebased) `timestamp`. A sink that batches writes may
+    /// only encode it and write it on [`flush`](Self::flush).
     fn try_send(&self, frame: &Frame, timestamp: u32) -> DirectSend;
+
+    /// Writes what `try_send` held back ([`Publisher::flush_direct`]). `Refused`: the player's
+    /// task must do it.
+    fn flush(&self) -> DirectSend {
+        DirectSend::Sent
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -504,6 +511,19 @@ impl Publisher {
             player_state.queue.push_frame(frame.clone(), has_video);
             drop(player_state);
             player.notify.notify_one();
+        }
+    }
+
+    /// Lets every player's sink write what it held back: with write batching the publisher's task
+    /// calls this once per batch window instead of a timer per player.
+    pub fn flush_direct(&self) {
+        let state = lock(&self.stream.state);
+        for player in &state.players {
+            let player_state = lock(&player.state);
+            let Some(sink) = &player_state.sink else { continue };
+            if sink.flush() != DirectSend::Sent {
+                player.notify.notify_one();
+            }
         }
     }
 

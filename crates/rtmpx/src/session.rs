@@ -46,18 +46,19 @@ thread_local! {
 
 /// Reads what the stream has into the thread's scratch buffer and feeds it to the session.
 /// Returns the bytes read (0 at end of stream) and the session's verdict on them.
-fn poll_read_into<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    out: &Outbox,
+fn poll_read_into(
+    out: &SessionIo,
     cx: &mut Context<'_>,
 ) -> Poll<std::io::Result<(usize, rtmpx_core::Result<()>)>> {
     READ_SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
         let mut buf = ReadBuf::new(&mut scratch[..]);
-        match Pin::new(stream).poll_read(cx, &mut buf) {
+        let mut out = out.lock();
+        let out = &mut *out;
+        match Pin::new(&mut out.stream).poll_read(cx, &mut buf) {
             Poll::Ready(Ok(())) => {
                 let data = buf.filled();
-                let verdict = if data.is_empty() { Ok(()) } else { out.lock().session.handle_input(data) };
+                let verdict = if data.is_empty() { Ok(()) } else { out.session.handle_input(data) };
                 Poll::Ready(Ok((data.len(), verdict)))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
@@ -232,16 +233,23 @@ where
     }
 }
 
-/// A session's output side: the core session and the transport's write half, shared by the
-/// session's task and, while the session plays and is caught up, by the publisher's task
-/// ([`DirectPlayer`]). Locked briefly and never across an await.
-struct Outbox {
-    state: Mutex<OutState>,
+/// A duplex byte stream a session runs over (TCP, TLS, an HTTP tunnel's pipe).
+trait Transported: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<S: AsyncRead + AsyncWrite + Send + Unpin> Transported for S {}
+
+/// A session's core state and its transport, shared by the session's task and, while the session
+/// plays and is caught up, by the publisher's task ([`DirectPlayer`]). Locked briefly and never
+/// across an await.
+struct SessionIo {
+    state: Mutex<IoState>,
 }
 
-struct OutState {
+struct IoState {
     session: ServerSession,
-    writer: Box<dyn AsyncWrite + Send + Unpin>,
+    /// The transport, read by the task and written by whoever holds the lock (one lock for both
+    /// directions: cheaper than splitting it, and reads happen only in the task anyway).
+    stream: Box<dyn Transported>,
     /// Output pieces not yet written (chunk headers and slices of shared payloads).
     pending: VecDeque<Bytes>,
     /// Whether media payloads go out uncopied (the writer takes vectored writes).
@@ -253,21 +261,21 @@ struct OutState {
     failed: Option<std::io::Error>,
     /// The stream id frames go to while direct delivery is on.
     direct_stream: Option<u32>,
-    /// Write coalescing is on: direct frames are only encoded, and the task writes them when its
-    /// hold ends.
+    /// Write coalescing is on: direct frames are only encoded, and the publisher's task writes them
+    /// at the end of its batch window.
     coalesce: bool,
     bytes_out: u64,
     entry: Arc<SessionEntry>,
 }
 
-impl Outbox {
-    fn lock(&self) -> MutexGuard<'_, OutState> {
-        // Nothing in OutState is left half-updated by a panic; keep serving.
+impl SessionIo {
+    fn lock(&self) -> MutexGuard<'_, IoState> {
+        // Nothing in IoState is left half-updated by a panic; keep serving.
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
-impl OutState {
+impl IoState {
     /// Moves what the session produced into `pending`, counting it.
     fn collect(&mut self) {
         while let Some(piece) = self.session.poll_transmit() {
@@ -283,8 +291,8 @@ impl OutState {
             return Poll::Ready(Err(e));
         }
         self.collect();
-        ready!(poll_write_pieces(&mut self.writer, &mut self.pending, cx))?;
-        Pin::new(&mut self.writer).poll_flush(cx)
+        ready!(poll_write_pieces(&mut self.stream, &mut self.pending, cx))?;
+        Pin::new(&mut self.stream).poll_flush(cx)
     }
 
     fn encode(&mut self, stream_id: u32, frame: &Frame, timestamp: u32) {
@@ -303,34 +311,50 @@ impl OutState {
 
 /// Lets the publisher's task encode and write a frame for a caught-up player at once (no queue
 /// entry, no wake-up of the player's task), as long as the player's socket takes it.
-struct DirectPlayer(Arc<Outbox>);
+struct DirectPlayer(Arc<SessionIo>);
 
 impl DirectSink for DirectPlayer {
     fn try_send(&self, frame: &Frame, timestamp: u32) -> DirectSend {
         // Busy (the player's task is reading or delivering): queue it, never wait.
-        let Ok(mut out) = self.0.state.try_lock() else { return DirectSend::Refused };
-        let Some(stream_id) = out.direct_stream else { return DirectSend::Refused };
-        if out.task_flush || !out.pending.is_empty() {
+        let Ok(mut io) = self.0.state.try_lock() else { return DirectSend::Refused };
+        let Some(stream_id) = io.direct_stream else { return DirectSend::Refused };
+        if io.task_flush || !io.pending.is_empty() {
             return DirectSend::Refused;
         }
-        if out.coalesce {
-            // The first frame of a hold starts the task's timer; a full batch ends it early.
-            let first = out.session.pending_output() == 0;
-            out.encode(stream_id, frame, timestamp);
-            let full = out.session.pending_output() >= WRITE_BATCH;
-            return if first || full { DirectSend::SentWakeTask } else { DirectSend::Sent };
+        io.encode(stream_id, frame, timestamp);
+        if io.coalesce && io.session.pending_output() < WRITE_BATCH {
+            // Written by the publisher's next flush_direct.
+            return DirectSend::Sent;
         }
-        out.encode(stream_id, frame, timestamp);
-        // A waker that does nothing: on Pending the task is woken to wait with its own.
-        match out.poll_write_out(&mut Context::from_waker(Waker::noop())) {
+        io.write_now()
+    }
+
+    fn flush(&self) -> DirectSend {
+        let Ok(mut io) = self.0.state.try_lock() else { return DirectSend::Refused };
+        if io.task_flush || !io.pending.is_empty() {
+            // The task is writing; it takes everything the session holds.
+            return DirectSend::Refused;
+        }
+        if io.session.pending_output() == 0 {
+            return DirectSend::Sent;
+        }
+        io.write_now()
+    }
+}
+
+impl IoState {
+    /// Writes from a task that is not the session's: on Pending (socket full) or an error the
+    /// session's task is woken to wait with its own waker and report.
+    fn write_now(&mut self) -> DirectSend {
+        match self.poll_write_out(&mut Context::from_waker(Waker::noop())) {
             Poll::Ready(Ok(())) => DirectSend::Sent,
             Poll::Ready(Err(e)) => {
-                out.failed = Some(e);
-                out.task_flush = true;
+                self.failed = Some(e);
+                self.task_flush = true;
                 DirectSend::SentWakeTask
             }
             Poll::Pending => {
-                out.task_flush = true;
+                self.task_flush = true;
                 DirectSend::SentWakeTask
             }
         }
@@ -349,11 +373,10 @@ where
     let session = ServerSession::new(server_config(shared, encryption), &mut StdRng::from_entropy());
     // Streams that take vectored writes get media payloads uncopied (one buffer for all players).
     let shared_payloads = stream.is_write_vectored();
-    let (mut reader, writer) = tokio::io::split(stream);
-    let out = Arc::new(Outbox {
-        state: Mutex::new(OutState {
+    let out = Arc::new(SessionIo {
+        state: Mutex::new(IoState {
             session,
-            writer: Box::new(writer),
+            stream: Box::new(stream),
             pending: VecDeque::new(),
             shared_payloads,
             task_flush: false,
@@ -364,8 +387,8 @@ where
             entry: conn.registry.shared_entry(),
         }),
     });
-    let result = drive_io(&mut reader, &out, conn, shared).await;
-    // The router lets go of the outbox when the player leaves; the session is over either way.
+    let result = drive_io(&out, conn, shared).await;
+    // The router lets go of the session when the player leaves; the session is over either way.
     if let Some(p) = &conn.playing {
         p.player.set_direct_sink(None);
     }
@@ -373,10 +396,7 @@ where
     result
 }
 
-async fn drive_io<R>(reader: &mut R, out: &Arc<Outbox>, conn: &mut Connection, shared: &Shared) -> Result<()>
-where
-    R: AsyncRead + Unpin,
-{
+async fn drive_io(out: &Arc<SessionIo>, conn: &mut Connection, shared: &Shared) -> Result<()> {
     let timeouts = shared.config().timeouts.clone();
     let mut shutdown = shared.shutdown_signal();
     let handshake_deadline = tokio::time::Instant::now() + timeouts.handshake();
@@ -388,6 +408,8 @@ where
     // Write coalescing: player media held back until this instant (or WRITE_BATCH bytes).
     let coalesce = std::time::Duration::from_millis(shared.config().server.write_coalesce_ms);
     let mut hold_until: Option<tokio::time::Instant> = None;
+    // Write coalescing for a publisher: when its players' batched media is written.
+    let mut fan_out_flush_at: Option<tokio::time::Instant> = None;
 
     loop {
         if hold_until.is_none() {
@@ -417,7 +439,7 @@ where
                 let _ = flush(out, timeouts.write()).await;
                 return Ok(());
             }
-            read = poll_fn(|cx| poll_read_into(reader, out, cx)) => {
+            read = poll_fn(|cx| poll_read_into(out, cx)) => {
                 // Answers go out at once, with any media held back.
                 hold_until = None;
                 let (n, verdict) = read.map_err(Error::io("reading from the client"))?;
@@ -443,6 +465,15 @@ where
                     // Whatever the session produced before the error (e.g. a reject) still goes out.
                     let _ = flush(out, timeouts.write()).await;
                     return Err(e);
+                }
+                if !coalesce.is_zero() && conn.publishing.is_some() && fan_out_flush_at.is_none() {
+                    fan_out_flush_at = Some(tokio::time::Instant::now() + coalesce);
+                }
+            }
+            _ = sleep_until_opt(fan_out_flush_at) => {
+                fan_out_flush_at = None;
+                if let Some(p) = &conn.publishing {
+                    fan_out_flush(&p.publisher).await;
                 }
             }
             _ = player_changed(&conn.playing) => {
@@ -479,10 +510,16 @@ pub(crate) async fn fan_out(publisher: &Publisher, frame: Frame) {
     tokio::task::unconstrained(async { publisher.send(frame) }).await
 }
 
+/// With write coalescing: writes what the players' sessions hold, once per window for the whole
+/// stream (one write per player, no timer or wake-up per player).
+pub(crate) async fn fan_out_flush(publisher: &Publisher) {
+    tokio::task::unconstrained(async { publisher.flush_direct() }).await
+}
+
 /// Encodes what the player's queue holds, up to [`WRITE_BATCH`] bytes of output. Popping and
-/// encoding happen under the outbox lock, so a direct frame can never overtake a queued one.
+/// encoding happen under the session lock, so a direct frame can never overtake a queued one.
 /// Returns whether everything was media (which may wait for write coalescing).
-fn deliver_queued(out: &Outbox, conn: &mut Connection) -> bool {
+fn deliver_queued(out: &SessionIo, conn: &mut Connection) -> bool {
     let Some(playing) = conn.playing.as_mut() else { return false };
     let mut st = out.lock();
     let mut only_frames = true;
@@ -509,7 +546,7 @@ async fn player_changed(playing: &Option<Playing>) {
 
 /// Writes everything the session has queued, with the task's waker, under one write timeout for
 /// the whole batch. The publisher stays off the writer until this is done.
-async fn flush(out: &Outbox, write_timeout: std::time::Duration) -> Result<()> {
+async fn flush(out: &SessionIo, write_timeout: std::time::Duration) -> Result<()> {
     {
         let mut st = out.lock();
         st.collect();
@@ -577,7 +614,7 @@ fn consume(pending: &mut VecDeque<Bytes>, mut n: usize) {
 
 /// Encodes one router event for the player on `stream_id`. Returns whether it was a media frame
 /// (which may wait for write coalescing).
-fn deliver(event: PlayerEvent, out: &mut OutState, stream_id: u32) -> bool {
+fn deliver(event: PlayerEvent, out: &mut IoState, stream_id: u32) -> bool {
     match event {
         PlayerEvent::PublishStarted => {
             out.session.notify_publish(stream_id);
@@ -596,7 +633,7 @@ fn deliver(event: PlayerEvent, out: &mut OutState, stream_id: u32) -> bool {
 
 async fn handle_event(
     event: ServerEvent,
-    out: &Arc<Outbox>,
+    out: &Arc<SessionIo>,
     conn: &mut Connection,
     shared: &Shared,
     connected: &mut bool,
@@ -671,7 +708,7 @@ async fn on_publish(
     stream_id: u32,
     stream_name: &str,
     mode: PublishMode,
-    out: &Arc<Outbox>,
+    out: &Arc<SessionIo>,
     conn: &mut Connection,
     shared: &Shared,
 ) -> Result<()> {
@@ -721,7 +758,7 @@ async fn on_play(
     stream_id: u32,
     stream_name: &str,
     (start, duration, reset): (f64, f64, bool),
-    out: &Arc<Outbox>,
+    out: &Arc<SessionIo>,
     conn: &mut Connection,
     shared: &Shared,
 ) -> Result<()> {

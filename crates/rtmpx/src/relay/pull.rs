@@ -153,7 +153,9 @@ impl PullJob {
                             MediaKind::Data => Frame::metadata(media.timestamp, media.payload),
                         };
                         if let Some(publisher) = &state.publisher {
+                            // Pulled media is not batched: written as it comes.
                             crate::session::fan_out(publisher, frame).await;
+                            crate::session::fan_out_flush(publisher).await;
                         }
                     }
                     Ok(Some(ClientEvent::Status { code, .. })) => {
