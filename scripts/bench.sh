@@ -9,7 +9,8 @@
 #
 # Knobs (environment): OUT, DURATION, WARMUP, FANOUT ("200 1000 5000"), IDLE (10000),
 # INGEST (200), VARIANT_PLAYERS (200), HANDSHAKES (500), VARIANTS ("rtmp rtmps rtmpt rtmpe"),
-# SERVERS ("nginx rtmpx"; rtmpx-cN = rtmpx with write_coalesce_ms N), SCENARIOS ("fanout idle ingest variants handshakes"),
+# SERVERS ("nginx rtmpx"; rtmpx-cN = rtmpx with write_coalesce_ms N, rtmpx-nobatch = rtmpx that
+# never batches on load: write_coalesce_under_load_ms 0), SCENARIOS ("fanout idle ingest variants handshakes"),
 # SERVER_CPU (0), TOOL_CPU (1), FLV (a file to publish instead of synthetic frames).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -65,12 +66,16 @@ wait_port() {
 }
 
 SPID=
-# start_server nginx|rtmpx|rtmpx-cN: sets SPID and the ports RTMP_PORT (rtmpx also RTMPS_PORT,
-# RTMPT_PORT). rtmpx-cN is rtmpx with server.write_coalesce_ms = N.
+# start_server nginx|rtmpx|rtmpx-cN|rtmpx-nobatch: sets SPID and the ports RTMP_PORT (rtmpx also
+# RTMPS_PORT, RTMPT_PORT). rtmpx-cN is rtmpx with server.write_coalesce_ms = N; rtmpx-nobatch
+# has server.write_coalesce_under_load_ms = 0 (every frame written at once, whatever the load).
 start_server() {
-    local kind=$1 dir=$OUT/servers/$2 coalesce=0
+    local kind=$1 dir=$OUT/servers/$2 coalesce=0 under_load=20
     if [[ $kind == rtmpx-c* ]]; then
         coalesce=${kind#rtmpx-c}
+        kind=rtmpx
+    elif [[ $kind == rtmpx-nobatch ]]; then
+        under_load=0
         kind=rtmpx
     fi
     mkdir -p "$dir/logs"
@@ -106,6 +111,7 @@ EOF
 chunk_size = 4096
 worker_threads = 1
 write_coalesce_ms = $coalesce
+write_coalesce_under_load_ms = $under_load
 [[listener]]
 proto = "rtmp"
 addr = "127.0.0.1:$RTMP_PORT"

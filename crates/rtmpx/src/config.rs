@@ -53,6 +53,9 @@ pub struct ServerSection {
     /// Players' media may wait this long (ms) for more media to share its write: fewer,
     /// larger writes cost much less CPU per byte. 0 writes every batch at once.
     pub write_coalesce_ms: u64,
+    /// When the worker threads are busy (70 % and more), players' media is batched in windows of
+    /// this many ms until the load falls under 30 %; 0 never batches on load.
+    pub write_coalesce_under_load_ms: u64,
 }
 
 impl Default for ServerSection {
@@ -63,6 +66,7 @@ impl Default for ServerSection {
             shutdown_grace_secs: 30,
             worker_threads: 0,
             write_coalesce_ms: 0,
+            write_coalesce_under_load_ms: 20,
         }
     }
 }
@@ -420,6 +424,12 @@ impl Config {
         }
         if s.write_coalesce_ms > 1000 {
             return Err(format!("server.write_coalesce_ms: {} is outside 0..=1000", s.write_coalesce_ms));
+        }
+        if s.write_coalesce_under_load_ms > 1000 {
+            return Err(format!(
+                "server.write_coalesce_under_load_ms: {} is outside 0..=1000",
+                s.write_coalesce_under_load_ms
+            ));
         }
         if s.worker_threads > 1024 {
             return Err(format!("server.worker_threads: {} is outside 0..=1024", s.worker_threads));

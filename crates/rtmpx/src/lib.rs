@@ -8,6 +8,7 @@ pub mod devcert;
 pub mod drain;
 pub mod error;
 pub mod fuzzing;
+pub mod load;
 pub mod metrics;
 pub mod registry;
 pub mod relay;

@@ -42,6 +42,8 @@ pub struct Shared {
     pub sessions: Registry,
     /// Publish/play authorisation and per-app/per-stream limits.
     pub auth: crate::auth::Gate,
+    /// Whether fan-out batches its writes now (workers busy).
+    pub load: Arc<crate::load::Load>,
 }
 
 impl Shared {
@@ -56,6 +58,7 @@ impl Shared {
             tunnels: SessionTable::new(),
             metrics: Metrics::default(),
             sessions: Registry::default(),
+            load: Arc::default(),
             auth: crate::auth::Gate::new(),
             relays: RelayManager::new(shutdown),
         }
@@ -157,6 +160,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let reloader = Arc::new(Reloader::new(shared.clone(), config_path, listener_tls.stores.clone()));
     let mut background = JoinSet::new();
     background.spawn(admin::sample_bitrates(shared.clone()));
+    background.spawn(crate::load::monitor(shared.clone()));
     if let Some(settings) = &config.admin {
         let server = admin::start(settings, shared.clone(), reloader.clone()).await?;
         background.spawn(async move {

@@ -27,6 +27,7 @@ use tracing::{debug, info, warn};
 
 use crate::auth;
 use crate::error::{Error, Result};
+use crate::load::Load;
 use crate::metrics::{Denial, Role};
 use crate::registry::{SessionEntry, SessionGuard};
 use crate::server::Shared;
@@ -264,6 +265,8 @@ struct IoState {
     /// Write coalescing is on: direct frames are only encoded, and the publisher's task writes them
     /// at the end of its batch window.
     coalesce: bool,
+    /// The same while the workers are busy ([`Load::batching`]).
+    coalesce_under_load: bool,
     bytes_out: u64,
     entry: Arc<SessionEntry>,
 }
@@ -311,18 +314,23 @@ impl IoState {
 
 /// Lets the publisher's task encode and write a frame for a caught-up player at once (no queue
 /// entry, no wake-up of the player's task), as long as the player's socket takes it.
-struct DirectPlayer(Arc<SessionIo>);
+struct DirectPlayer {
+    io: Arc<SessionIo>,
+    /// Batching on load (`server.write_coalesce_under_load_ms`).
+    load: Arc<Load>,
+}
 
 impl DirectSink for DirectPlayer {
     fn try_send(&self, frame: &Frame, timestamp: u32) -> DirectSend {
         // Busy (the player's task is reading or delivering): queue it, never wait.
-        let Ok(mut io) = self.0.state.try_lock() else { return DirectSend::Refused };
+        let Ok(mut io) = self.io.state.try_lock() else { return DirectSend::Refused };
         let Some(stream_id) = io.direct_stream else { return DirectSend::Refused };
         if io.task_flush || !io.pending.is_empty() {
             return DirectSend::Refused;
         }
         io.encode(stream_id, frame, timestamp);
-        if io.coalesce && io.session.pending_output() < WRITE_BATCH {
+        let batch = io.coalesce || (io.coalesce_under_load && self.load.batching());
+        if batch && io.session.pending_output() < WRITE_BATCH {
             // Written by the publisher's next flush_direct.
             return DirectSend::Sent;
         }
@@ -330,7 +338,7 @@ impl DirectSink for DirectPlayer {
     }
 
     fn flush(&self) -> DirectSend {
-        let Ok(mut io) = self.0.state.try_lock() else { return DirectSend::Refused };
+        let Ok(mut io) = self.io.state.try_lock() else { return DirectSend::Refused };
         if io.task_flush || !io.pending.is_empty() {
             // The task is writing; it takes everything the session holds.
             return DirectSend::Refused;
@@ -383,6 +391,7 @@ where
             failed: None,
             direct_stream: None,
             coalesce: shared.config().server.write_coalesce_ms > 0,
+            coalesce_under_load: shared.config().server.write_coalesce_under_load_ms > 0,
             bytes_out: 0,
             entry: conn.registry.shared_entry(),
         }),
@@ -407,6 +416,12 @@ async fn drive_io(out: &Arc<SessionIo>, conn: &mut Connection, shared: &Shared) 
     let mut release_after_flush = false;
     // Write coalescing: player media held back until this instant (or WRITE_BATCH bytes).
     let coalesce = std::time::Duration::from_millis(shared.config().server.write_coalesce_ms);
+    // A publisher's players batch in this window always (write_coalesce_ms) or under load.
+    let publish_window = if coalesce.is_zero() {
+        std::time::Duration::from_millis(shared.config().server.write_coalesce_under_load_ms)
+    } else {
+        coalesce
+    };
     let mut hold_until: Option<tokio::time::Instant> = None;
     // Write coalescing for a publisher: when its players' batched media is written.
     let mut fan_out_flush_at: Option<tokio::time::Instant> = None;
@@ -466,8 +481,9 @@ async fn drive_io(out: &Arc<SessionIo>, conn: &mut Connection, shared: &Shared) 
                     let _ = flush(out, timeouts.write()).await;
                     return Err(e);
                 }
-                if !coalesce.is_zero() && conn.publishing.is_some() && fan_out_flush_at.is_none() {
-                    fan_out_flush_at = Some(tokio::time::Instant::now() + coalesce);
+                let batching = !coalesce.is_zero() || shared.load.batching();
+                if batching && !publish_window.is_zero() && conn.publishing.is_some() && fan_out_flush_at.is_none() {
+                    fan_out_flush_at = Some(tokio::time::Instant::now() + publish_window);
                 }
             }
             _ = sleep_until_opt(fan_out_flush_at) => {
@@ -792,7 +808,8 @@ async fn on_play(
         }
         // Caught up, the player takes frames from the publisher's task directly.
         st.direct_stream = Some(stream_id);
-        player.set_direct_sink(Some(Arc::new(DirectPlayer(Arc::clone(out)))));
+        let sink = DirectPlayer { io: Arc::clone(out), load: Arc::clone(&shared.load) };
+        player.set_direct_sink(Some(Arc::new(sink)));
     }
     conn.role = "player";
     conn.registry.entry().set_role(Role::Player, &key.name);
