@@ -20,6 +20,11 @@ pub const BATCH_ABOVE: f64 = 0.70;
 /// Busy fraction (while batching, which about halves the fan-out's cost) at which it stops: far
 /// enough below the start that writing at once again does not push the load straight back up.
 pub const UNBATCH_BELOW: f64 = 0.30;
+/// While batching: at this load the window doubles (up to [`MAX_WINDOW_FACTOR`] times the
+/// configured one), under [`SHRINK_BELOW`] it halves again (not below the configured one).
+pub const GROW_ABOVE: f64 = 0.90;
+pub const SHRINK_BELOW: f64 = 0.50;
+pub const MAX_WINDOW_FACTOR: u32 = 4;
 const SAMPLE: Duration = Duration::from_millis(250);
 
 /// The current verdict, read by every fan-out.
@@ -27,12 +32,19 @@ const SAMPLE: Duration = Duration::from_millis(250);
 pub struct Load {
     batching: AtomicBool,
     busy_permille: AtomicU32,
+    /// How many times the configured window batches use now (1..=MAX_WINDOW_FACTOR).
+    window_factor: AtomicU32,
 }
 
 impl Load {
     /// Whether players' media should be written in windows now.
     pub fn batching(&self) -> bool {
         self.batching.load(Ordering::Relaxed)
+    }
+
+    /// The batch window now, for a configured window of `base`.
+    pub fn window(&self, base: Duration) -> Duration {
+        base * self.window_factor.load(Ordering::Relaxed).max(1)
     }
 
     /// Busy fraction of the workers over the last sample, 0.0..=1.0.
@@ -46,6 +58,14 @@ impl Load {
         let was = self.batching();
         let now = if was { busy > UNBATCH_BELOW } else { busy >= BATCH_ABOVE };
         self.batching.store(now, Ordering::Relaxed);
+        let factor = self.window_factor.load(Ordering::Relaxed).max(1);
+        let factor = match (was && now, busy) {
+            (false, _) => 1,
+            (true, b) if b >= GROW_ABOVE => (factor * 2).min(MAX_WINDOW_FACTOR),
+            (true, b) if b < SHRINK_BELOW => (factor / 2).max(1),
+            (true, _) => factor,
+        };
+        self.window_factor.store(factor, Ordering::Relaxed);
         (now != was).then_some(now)
     }
 }
@@ -68,7 +88,7 @@ pub async fn monitor(shared: Arc<Shared>) {
         }
         match shared.load.update(fraction) {
             Some(true) => info!(
-                "workers {:.0} % busy: batching players' media in {} ms windows",
+                "workers {:.0} % busy: batching players' media in {} ms windows (longer while saturated)",
                 fraction * 100.0,
                 shared.config().server.write_coalesce_under_load_ms
             ),
@@ -97,5 +117,28 @@ mod tests {
         assert_eq!(load.update(0.69), None);
         assert!(!load.batching());
         assert!((load.busy() - 0.69).abs() < 0.001);
+    }
+
+    #[test]
+    fn window_grows_while_saturated_and_shrinks_back() {
+        let load = Load::default();
+        let base = Duration::from_millis(20);
+        assert_eq!(load.window(base), base);
+        load.update(0.95);
+        // The first saturated sample only turns batching on.
+        assert_eq!(load.window(base), base);
+        load.update(0.95);
+        assert_eq!(load.window(base), base * 2);
+        for _ in 0..5 {
+            load.update(0.99);
+        }
+        assert_eq!(load.window(base), base * MAX_WINDOW_FACTOR);
+        load.update(0.7);
+        assert_eq!(load.window(base), base * MAX_WINDOW_FACTOR);
+        load.update(0.4);
+        assert_eq!(load.window(base), base * 2);
+        load.update(0.1);
+        assert!(!load.batching());
+        assert_eq!(load.window(base), base);
     }
 }

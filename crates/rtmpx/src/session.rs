@@ -416,11 +416,16 @@ async fn drive_io(out: &Arc<SessionIo>, conn: &mut Connection, shared: &Shared) 
     let mut release_after_flush = false;
     // Write coalescing: player media held back until this instant (or WRITE_BATCH bytes).
     let coalesce = std::time::Duration::from_millis(shared.config().server.write_coalesce_ms);
-    // A publisher's players batch in this window always (write_coalesce_ms) or under load.
-    let publish_window = if coalesce.is_zero() {
-        std::time::Duration::from_millis(shared.config().server.write_coalesce_under_load_ms)
-    } else {
-        coalesce
+    let under_load = std::time::Duration::from_millis(shared.config().server.write_coalesce_under_load_ms);
+    // The batch window now: write_coalesce_ms always, else the load-driven one while busy.
+    let window = || {
+        if !coalesce.is_zero() {
+            coalesce
+        } else if shared.load.batching() {
+            shared.load.window(under_load)
+        } else {
+            std::time::Duration::ZERO
+        }
     };
     let mut hold_until: Option<tokio::time::Instant> = None;
     // Write coalescing for a publisher: when its players' batched media is written.
@@ -481,9 +486,9 @@ async fn drive_io(out: &Arc<SessionIo>, conn: &mut Connection, shared: &Shared) 
                     let _ = flush(out, timeouts.write()).await;
                     return Err(e);
                 }
-                let batching = !coalesce.is_zero() || shared.load.batching();
-                if batching && !publish_window.is_zero() && conn.publishing.is_some() && fan_out_flush_at.is_none() {
-                    fan_out_flush_at = Some(tokio::time::Instant::now() + publish_window);
+                let window = window();
+                if !window.is_zero() && conn.publishing.is_some() && fan_out_flush_at.is_none() {
+                    fan_out_flush_at = Some(tokio::time::Instant::now() + window);
                 }
             }
             _ = sleep_until_opt(fan_out_flush_at) => {
@@ -497,8 +502,10 @@ async fn drive_io(out: &Arc<SessionIo>, conn: &mut Connection, shared: &Shared) 
                 if let Some(p) = &conn.playing {
                     conn.registry.entry().set_dropped_frames(p.player.dropped_frames());
                 }
-                hold_until = if !coalesce.is_zero() && only_frames && out.lock().session.pending_output() < WRITE_BATCH {
-                    hold_until.or_else(|| Some(tokio::time::Instant::now() + coalesce))
+                // A player behind its queue batches like the direct path (the same window).
+                let window = window();
+                hold_until = if !window.is_zero() && only_frames && out.lock().session.pending_output() < WRITE_BATCH {
+                    hold_until.or_else(|| Some(tokio::time::Instant::now() + window))
                 } else {
                     None
                 };
