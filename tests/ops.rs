@@ -210,6 +210,9 @@ fn metrics_and_api_follow_a_live_multi_variant_session() {
     assert_eq!(sessions_gauge(&m, "rtmps", "publisher"), 0);
     assert_eq!(sample(&m, "rtmpx_sessions_opened_total{variant=\"rtmpe\"}"), 1);
     assert_eq!(sample(&m, "rtmpx_streams"), 1);
+    // A few live sessions keep the workers far from busy: no batching.
+    assert_eq!(sample(&m, "rtmpx_write_batching"), 0);
+    assert!(sample(&m, "rtmpx_worker_busy_percent") < 70, "{m}");
     assert_eq!(sample(&m, "rtmpx_publishers"), 1);
     assert_eq!(sample(&m, "rtmpx_players"), 3);
     assert_eq!(sample(&m, "rtmpx_stream_players{app=\"live\",stream=\"multi\"}"), 3);

@@ -241,6 +241,18 @@ pub fn render(shared: &Shared) -> String {
     out.header("rtmpx_players", "gauge", "Players subscribed to a stream.");
     out.sample("rtmpx_players", &[], streams.iter().map(|s| s.players as u64).sum());
     out.header(
+        "rtmpx_worker_busy_percent",
+        "gauge",
+        "How busy the runtime's workers were over the last 250 ms.",
+    );
+    out.sample("rtmpx_worker_busy_percent", &[], (shared.load.busy() * 100.0).round() as u64);
+    out.header(
+        "rtmpx_write_batching",
+        "gauge",
+        "1 while players' media is batched because the workers are busy (write_coalesce_under_load_ms).",
+    );
+    out.sample("rtmpx_write_batching", &[], u64::from(shared.load.batching()));
+    out.header(
         "rtmpx_bytes_in_total",
         "counter",
         "Bytes received from clients (after TLS/HTTP), by variant.",
