@@ -8,7 +8,7 @@
 # /proc/PID/stat over the measurement window; memory is VmRSS.
 #
 # Knobs (environment): OUT, DURATION, WARMUP, FANOUT ("200 1000 5000"), IDLE (10000),
-# INGEST (200), VARIANT_PLAYERS (200), HANDSHAKES (500), VARIANTS ("rtmp rtmps rtmpt rtmpe"),
+# INGEST (200), VARIANT_PLAYERS (200), VARIANT_REPEAT (3), HANDSHAKES (500), VARIANTS ("rtmp rtmps rtmpt rtmpe"),
 # SERVERS ("nginx rtmpx"; rtmpx-cN = rtmpx with write_coalesce_ms N, rtmpx-nobatch = rtmpx that
 # never batches on load: write_coalesce_under_load_ms 0), SCENARIOS ("fanout idle ingest variants handshakes"),
 # SERVER_CPU (0), TOOL_CPU (1), FLV (a file to publish instead of synthetic frames).
@@ -23,6 +23,7 @@ FANOUT=${FANOUT:-"200 1000 5000"}
 IDLE=${IDLE:-10000}
 INGEST=${INGEST:-200}
 VARIANT_PLAYERS=${VARIANT_PLAYERS:-200}
+VARIANT_REPEAT=${VARIANT_REPEAT:-3}
 HANDSHAKES=${HANDSHAKES:-500}
 VARIANTS=${VARIANTS:-"rtmp rtmps rtmpt rtmpe"}
 SERVERS=${SERVERS:-"nginx rtmpx"}
@@ -186,15 +187,19 @@ for scenario in $SCENARIOS; do
         for s in $SERVERS; do run_case "ingest-$INGEST-$s" "$s" --url "$URL" --publishers "$INGEST"; done
         ;;
     variants)
-        for v in $VARIANTS; do
-            case $v in
-            rtmp | rtmpe) port=@RTMP@ ;;
-            rtmps) port=@RTMPS@ ;;
-            rtmpt | rtmpte) port=@RTMPT@ ;;
-            rtmpts) echo "bench.sh: rtmpts needs an rtmpts listener; skipped" >&2; continue ;;
-            esac
-            run_case "variant-$v" rtmpx --url "$URL" --play-url "$v://127.0.0.1:$port/live/bench" \
-                --players "$VARIANT_PLAYERS"
+        # Ratios to plain RTMP divide two noisy figures: every variant (plain included) runs
+        # VARIANT_REPEAT times, interleaved, and the report takes each one's median.
+        for r in $(seq "$VARIANT_REPEAT"); do
+            for v in $VARIANTS; do
+                case $v in
+                rtmp | rtmpe) port=@RTMP@ ;;
+                rtmps) port=@RTMPS@ ;;
+                rtmpt | rtmpte) port=@RTMPT@ ;;
+                rtmpts) echo "bench.sh: rtmpts needs an rtmpts listener; skipped" >&2; continue ;;
+                esac
+                run_case "variant-$v-r$r" rtmpx --url "$URL" --play-url "$v://127.0.0.1:$port/live/bench" \
+                    --players "$VARIANT_PLAYERS"
+            done
         done
         ;;
     handshakes)

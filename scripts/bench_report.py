@@ -110,31 +110,50 @@ def ingest_table(runs):
     return lines + [""]
 
 
+def variant_runs(runs, v):
+    """The runs of variant `v`: `variant-v` or its repetitions `variant-v-rN`."""
+    return [r for k, r in runs.items() if k == f"variant-{v}" or k.startswith(f"variant-{v}-r")]
+
+
+def median(values):
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
 def variant_table(runs):
     names = [k for k in runs if k.startswith("variant-") or k.startswith("handshakes-")]
     if not names:
         return []
     variants = []
     for k in names:
-        v = k.split("-", 1)[1]
+        v = k.split("-")[1]
         if v not in variants:
             variants.append(v)
     order = ["rtmp", "rtmps", "rtmpt", "rtmpts", "rtmpe", "rtmpte"]
     variants.sort(key=lambda v: order.index(v) if v in order else 99)
-    base = runs.get("variant-rtmp")
+    cpu = {v: median(r.get("server_cpu_secs_per_delivered_gb") for r in variant_runs(runs, v)) for v in variants}
+    base = cpu.get("rtmp")
     lines = [
         "### Per-variant cost on rtmpx (publisher on plain RTMP, players on the variant)",
+        "",
+        "Medians over the repetitions (all of them in brackets).",
         "",
         "| variant | players | delivered Mbit/s | CPU s per delivered GB | × plain RTMP | latency p50 / p99 ms | handshakes/s | server CPU ms per handshake |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for v in variants:
-        r = runs.get(f"variant-{v}") or {}
+        rs = variant_runs(runs, v)
         h = runs.get(f"handshakes-{v}") or {}
-        rel = fmt(ratio(r.get("server_cpu_secs_per_delivered_gb"), base and base["server_cpu_secs_per_delivered_gb"])) + "×" if r and base else "-"
+        each = ", ".join(fmt(r.get("server_cpu_secs_per_delivered_gb"), 3) for r in rs)
+        rel = ratio(cpu.get(v), base)
         lines.append(
-            f"| {v} | {r.get('players_connected', '-')} | {fmt(r.get('delivered_mbps'), 0)} | {fmt(r.get('server_cpu_secs_per_delivered_gb'), 3)} "
-            f"| {rel} | {fmt(r.get('latency_ms_p50'))} / {fmt(r.get('latency_ms_p99'))} "
+            f"| {v} | {fmt(median(r.get('players_connected') for r in rs), 0)} "
+            f"| {fmt(median(r.get('delivered_mbps') for r in rs), 0)} "
+            f"| {fmt(cpu.get(v), 3)} ({each}) | {fmt(rel)}× "
+            f"| {fmt(median(r.get('latency_ms_p50') for r in rs))} / {fmt(median(r.get('latency_ms_p99') for r in rs))} "
             f"| {fmt(h.get('handshakes_per_sec'), 0)} | {fmt(h.get('server_cpu_ms_per_connection'), 2)} |"
         )
     return lines + [""]
