@@ -298,6 +298,23 @@ impl IoState {
         Pin::new(&mut self.stream).poll_flush(cx)
     }
 
+    /// Writes from a task that is not the session's: on Pending (socket full) or an error the
+    /// session's task is woken to wait with its own waker and report.
+    fn write_now(&mut self) -> DirectSend {
+        match self.poll_write_out(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(())) => DirectSend::Sent,
+            Poll::Ready(Err(e)) => {
+                self.failed = Some(e);
+                self.task_flush = true;
+                DirectSend::SentWakeTask
+            }
+            Poll::Pending => {
+                self.task_flush = true;
+                DirectSend::SentWakeTask
+            }
+        }
+    }
+
     fn encode(&mut self, stream_id: u32, frame: &Frame, timestamp: u32) {
         let kind = match frame.kind {
             FrameKind::Audio => MediaKind::Audio,
@@ -347,25 +364,6 @@ impl DirectSink for DirectPlayer {
             return DirectSend::Sent;
         }
         io.write_now()
-    }
-}
-
-impl IoState {
-    /// Writes from a task that is not the session's: on Pending (socket full) or an error the
-    /// session's task is woken to wait with its own waker and report.
-    fn write_now(&mut self) -> DirectSend {
-        match self.poll_write_out(&mut Context::from_waker(Waker::noop())) {
-            Poll::Ready(Ok(())) => DirectSend::Sent,
-            Poll::Ready(Err(e)) => {
-                self.failed = Some(e);
-                self.task_flush = true;
-                DirectSend::SentWakeTask
-            }
-            Poll::Pending => {
-                self.task_flush = true;
-                DirectSend::SentWakeTask
-            }
-        }
     }
 }
 
