@@ -1,161 +1,20 @@
 //! End-to-end tests of RTMPT (RTMP tunnelled in HTTP) with real clients: ffmpeg, ffprobe, rtmpdump
-//! and nginx as a reverse proxy, against the real `rtmpx` binary.
-//!
-//! The helpers here are self-contained (the shared harness lives on another branch).
+//! and nginx as a reverse proxy, against the real `rtmpx` binary (`tests/support` runs them).
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const PUBLISH_SECS: u32 = 6;
+use rtmpx_e2e::{
+    assert_good_recording, exclusive, free_port, publish_testsrc, record_ffmpeg, record_rtmpdump, rss_kib_of,
+    Gateway, Proc, TempDir,
+};
 
-/// ffmpeg and the gateway share two cores: one media test at a time.
-fn exclusive() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn rtmpx_binary() -> PathBuf {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY
-        .get_or_init(|| {
-            let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "-q", "-p", "rtmpx", "--bin", "rtmpx"])
-                .current_dir(root)
-                .status()
-                .expect("running cargo build -p rtmpx");
-            assert!(status.success(), "cargo build -p rtmpx failed");
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| root.join("target"));
-            target.join("debug").join("rtmpx")
-        })
-        .clone()
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(label: &str) -> TempDir {
-        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("rtmpx-rtmpt-{label}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn file(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A child process killed on drop, its output gathered line by line.
-struct Proc {
-    child: Child,
-    log: Arc<Mutex<String>>,
-}
-
-impl Proc {
-    fn spawn(cmd: &mut Command) -> Proc {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
-        let log = Arc::new(Mutex::new(String::new()));
-        for source in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(source).lines().map_while(Result::ok) {
-                    let mut log = log.lock().unwrap();
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            });
-        }
-        Proc { child, log }
-    }
-
-    fn output(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn wait_for_line(&self, needle: &str, limit: Duration) -> bool {
-        let started = Instant::now();
-        while started.elapsed() < limit {
-            if self.output().contains(needle) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The gateway, started on a config whose listeners use port 0.
-struct Gateway {
-    proc: Proc,
-    _dir: TempDir,
-}
-
-impl Gateway {
-    fn start(config: &str) -> Gateway {
-        let dir = TempDir::new("gw");
-        let path = dir.file("rtmpx.toml");
-        // `$DIR` in a config names this gateway's temporary directory (e.g. for certificates).
-        std::fs::write(&path, config.replace("$DIR", &dir.0.display().to_string())).unwrap();
-        let proc = Proc::spawn(
-            Command::new(rtmpx_binary()).arg("serve").arg("--config").arg(&path).env("NO_COLOR", "1"),
-        );
-        assert!(
-            proc.wait_for_line("rtmpx ready", Duration::from_secs(20)),
-            "gateway did not start:\n{}",
-            proc.output()
-        );
-        Gateway { proc, _dir: dir }
-    }
-
-    /// `host:port` of the listener announced as `<scheme> listener`.
-    fn addr(&self, scheme: &str) -> String {
-        let needle = format!(" at {scheme}://");
-        let log = self.proc.output();
-        let line =
-            log.lines().find(|l| l.contains(&needle)).unwrap_or_else(|| panic!("no {scheme} URL in:\n{log}"));
-        let rest = &line[line.find(&needle).unwrap() + needle.len()..];
-        rest[..rest.find('/').unwrap()].to_owned()
-    }
-
-    fn pid(&self) -> u32 {
-        self.proc.child.id()
-    }
-
-    fn log(&self) -> String {
-        self.proc.output()
-    }
-}
+const PUBLISH_SECS: f64 = 6.0;
+/// The player joins ~0.5 s after the publisher and records this much of the stream.
+const RECORD_SECS: f64 = 4.5;
 
 const BASE_CONFIG: &str = r#"
 [[listener]]
@@ -170,102 +29,33 @@ addr = "127.0.0.1:0"
 name = "live"
 "#;
 
-fn publish(url: &str) -> Proc {
-    Proc::spawn(Command::new("ffmpeg").args([
-        "-hide_banner",
-        "-loglevel",
-        "error",
-        "-re",
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc=size=320x240:rate=25",
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=frequency=440:sample_rate=44100",
-        "-t",
-        &PUBLISH_SECS.to_string(),
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-tune",
-        "zerolatency",
-        "-g",
-        "25",
-        "-pix_fmt",
-        "yuv420p",
-        "-c:a",
-        "aac",
-        "-b:a",
-        "64k",
-        "-f",
-        "flv",
-        url,
-    ]))
-}
-
 fn play_ffmpeg(url: &str, out: &Path) -> Proc {
-    Proc::spawn(
-        Command::new("ffmpeg")
-            .args(["-hide_banner", "-loglevel", "error", "-i", url, "-c", "copy", "-f", "flv", "-y"])
-            .arg(out),
-    )
+    record_ffmpeg(url, out, RECORD_SECS)
 }
 
 fn play_rtmpdump(url: &str, out: &Path) -> Proc {
-    Proc::spawn(Command::new("rtmpdump").args(["-q", "--live", "-r", url, "-o"]).arg(out))
-}
-
-/// Waits for a client to exit on its own (the publisher stops after PUBLISH_SECS).
-fn finish(mut proc: Proc, what: &str, limit: Duration) -> std::process::ExitStatus {
-    let started = Instant::now();
-    loop {
-        if let Some(status) = proc.child.try_wait().unwrap() {
-            std::thread::sleep(Duration::from_millis(50));
-            return status;
-        }
-        assert!(started.elapsed() < limit, "{what} did not finish within {limit:?}:\n{}", proc.output());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// (audio, video) packet counts of an FLV file according to ffprobe.
-fn packet_counts(file: &Path) -> (usize, usize) {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-show_entries", "packet=codec_type", "-of", "csv=p=0"])
-        .arg(file)
-        .output()
-        .expect("running ffprobe");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let count = |kind: &str| text.lines().filter(|l| l.trim() == kind).count();
-    (count("audio"), count("video"))
+    record_rtmpdump(url, out, RECORD_SECS)
 }
 
 /// Publishes for PUBLISH_SECS to `publish_url` while `player` records `play_url`, then checks
-/// that the recording holds both codecs (the player joins ~1.5 s late: at least half the frames).
+/// the recording: both codecs, decodable, about RECORD_SECS of frames.
 fn publish_and_play(publish_url: &str, play_url: &str, player: fn(&str, &Path) -> Proc, gateway: &Gateway) {
     let dir = TempDir::new("media");
     let recording = dir.file("play.flv");
-    let publisher = publish(publish_url);
+    let mut publisher = publish_testsrc(publish_url, PUBLISH_SECS);
     assert!(
-        gateway.proc.wait_for_line("publishing", Duration::from_secs(10)),
+        gateway.wait_for_log("publishing", Duration::from_secs(10)),
         "publisher did not start:\n{}\n{}",
         publisher.output(),
-        gateway.log()
+        gateway.logs()
     );
     std::thread::sleep(Duration::from_millis(500));
-    let player = player(play_url, &recording);
-    let status = finish(publisher, "publisher", Duration::from_secs(30));
-    assert!(status.success(), "publisher failed: {status}\n{}", gateway.log());
-    let player_log = player.output();
-    finish(player, "player", Duration::from_secs(20));
-    let (audio, video) = packet_counts(&recording);
-    // 6 s at 25 fps and ~43 AAC frames/s; the player missed the first ~0.5–1.5 s.
-    assert!(video >= 75, "video packets: {video}\n{player_log}\n{}", gateway.log());
-    assert!(audio >= 130, "audio packets: {audio}\n{player_log}\n{}", gateway.log());
-    eprintln!("{publish_url} -> {play_url}: {video} video, {audio} audio packets");
+    let mut player = player(play_url, &recording);
+    let status = publisher.finish();
+    assert!(status.success(), "publisher failed: {status}\n{}", gateway.logs());
+    player.finish();
+    // 4.5 s at 25 fps and ~43 AAC frames/s.
+    assert_good_recording(&format!("{publish_url} -> {play_url}"), &recording, 75, 130);
 }
 
 /// Waits up to 5 s for a session-closed log line with `variant`, `stream` and `role`.
@@ -273,7 +63,7 @@ fn closed(gw: &Gateway, variant: &str, stream: &str, role: &str) -> bool {
     let fields = [format!(" variant={variant} "), format!(" stream={stream} "), format!(" role={role} ")];
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(5) {
-        let log = gw.log();
+        let log = gw.logs();
         if log.lines().any(|l| l.contains(" closed: ") && fields.iter().all(|f| l.contains(f.as_str()))) {
             return true;
         }
@@ -288,8 +78,8 @@ fn ffmpeg_publishes_and_plays_over_rtmpt() {
     let gw = Gateway::start(BASE_CONFIG);
     let url = format!("rtmpt://{}/live/t", gw.addr("rtmpt"));
     publish_and_play(&url, &url, play_ffmpeg, &gw);
-    assert!(closed(&gw, "rtmpt", "live/t", "publisher"), "{}", gw.log());
-    assert!(closed(&gw, "rtmpt", "live/t", "player"), "ffmpeg closes its tunnel session:\n{}", gw.log());
+    assert!(closed(&gw, "rtmpt", "live/t", "publisher"), "{}", gw.logs());
+    assert!(closed(&gw, "rtmpt", "live/t", "player"), "ffmpeg closes its tunnel session:\n{}", gw.logs());
 }
 
 #[test]
@@ -300,7 +90,7 @@ fn rtmpdump_plays_over_rtmpt_what_rtmp_publishes() {
     let play_url = format!("rtmpt://{}/live/d", gw.addr("rtmpt"));
     publish_and_play(&publish_url, &play_url, play_rtmpdump, &gw);
     // librtmp's last requests may be lost as it hangs up at once: look at the start, not the end.
-    assert!(gw.log().contains("variant=\"rtmpt\" stream=live/d"), "{}", gw.log());
+    assert!(gw.logs().contains("variant=\"rtmpt\" stream=live/d"), "{}", gw.logs());
 }
 
 const TLS_CONFIG: &str = r#"
@@ -329,11 +119,11 @@ fn rtmpts_with_ffmpeg_and_rtmpdump_on_its_own_port_and_the_rtmps_port() {
     let dedicated = format!("rtmpts://{}/live", gw.addr("rtmpts"));
     let shared_port = format!("rtmpts://{}/live", gw.addr("rtmps"));
     publish_and_play(&format!("{dedicated}/a"), &format!("{shared_port}/a"), play_ffmpeg, &gw);
-    assert!(closed(&gw, "rtmpts", "live/a", "publisher"), "{}", gw.log());
-    let log = gw.log();
+    assert!(closed(&gw, "rtmpts", "live/a", "publisher"), "{}", gw.logs());
+    let log = gw.logs();
     assert!(log.contains("variant=\"rtmpts\" stream=live/a"), "{log}");
     publish_and_play(&format!("{shared_port}/b"), &format!("{dedicated}/b"), play_rtmpdump, &gw);
-    assert_eq!(gw.log().matches("variant=\"rtmpts\" stream=live/b").count(), 2, "{}", gw.log());
+    assert_eq!(gw.logs().matches("variant=\"rtmpts\" stream=live/b").count(), 2, "{}", gw.logs());
 }
 
 /// Session ids do not cross from HTTPS to plain HTTP or back.
@@ -341,9 +131,9 @@ fn rtmpts_with_ffmpeg_and_rtmpdump_on_its_own_port_and_the_rtmps_port() {
 fn rtmpts_ids_do_not_work_over_plain_http() {
     let config = format!("{TLS_CONFIG}\n[[listener]]\nproto = \"rtmpt\"\naddr = \"127.0.0.1:0\"\n");
     let gw = Gateway::start(&config);
-    let mut plain = Http::connect(&gw.addr("rtmpt"));
+    let mut plain = Http::connect(gw.addr("rtmpt"));
     let plain_id = plain.open();
-    let tls_id = https_open(&gw.addr("rtmpts"));
+    let tls_id = https_open(&gw.addr("rtmpts").to_string());
     assert_eq!(plain.post(&format!("/idle/{tls_id}/0"), &[0]).status, 404, "an RTMPTS id over plain HTTP");
     assert_eq!(plain.post(&format!("/idle/{plain_id}/0"), &[0]).status, 200);
 }
@@ -386,7 +176,7 @@ fn rtmpdump_plays_over_rtmpte() {
     let publish_url = format!("rtmp://{}/live/e", gw.addr("rtmp"));
     let play_url = format!("rtmpte://{}/live/e", gw.addr("rtmpt"));
     publish_and_play(&publish_url, &play_url, play_rtmpdump, &gw);
-    assert!(gw.log().contains("variant=\"rtmpte\" stream=live/e"), "{}", gw.log());
+    assert!(gw.logs().contains("variant=\"rtmpte\" stream=live/e"), "{}", gw.logs());
 }
 
 /// The `rtmp` port also serves RTMPT (it tells HTTP from RTMP by the first byte): an RTMPT
@@ -402,8 +192,8 @@ fn rtmp_port_serves_rtmpt_too_and_variants_meet() {
         play_ffmpeg,
         &gw,
     );
-    assert!(closed(&gw, "rtmpt", "live/s", "publisher"), "{}", gw.log());
-    assert!(closed(&gw, "rtmp", "live/s", "player"), "{}", gw.log());
+    assert!(closed(&gw, "rtmpt", "live/s", "publisher"), "{}", gw.logs());
+    assert!(closed(&gw, "rtmp", "live/s", "player"), "{}", gw.logs());
 }
 
 /// nginx as an HTTP reverse proxy in front of the RTMPT listener: ffmpeg publishes through it,
@@ -421,13 +211,14 @@ fn through_an_nginx_reverse_proxy() {
            fastcgi_temp_path {dir}/fastcgi;\n  uwsgi_temp_path {dir}/uwsgi;\n  scgi_temp_path {dir}/scgi;\n\
            server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://{upstream};\n\
                proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_buffering off;\n    }}\n  }}\n}}\n",
-        dir = dir.0.display(),
+        dir = dir.path().display(),
         upstream = gw.addr("rtmpt"),
     );
     std::fs::write(dir.file("nginx.conf"), conf).unwrap();
     // One process (master_process off), so killing it at the end leaves no orphaned worker.
-    let nginx =
-        Proc::spawn(Command::new("nginx").arg("-c").arg(dir.file("nginx.conf")).arg("-p").arg(&dir.0));
+    let mut command = Command::new("nginx");
+    command.arg("-c").arg(dir.file("nginx.conf")).arg("-p").arg(dir.path());
+    let nginx = Proc::spawn("nginx", command, None, Duration::from_secs(300));
     let started = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(started.elapsed() < Duration::from_secs(10), "nginx did not start:\n{}", nginx.output());
@@ -440,17 +231,13 @@ fn through_an_nginx_reverse_proxy() {
     assert!(access.contains("POST /send/"), "{access}");
     // librtmp sends its last `send` and `close` and hangs up at once, so nginx may drop them:
     // that session ends by idle expiry. Both sessions came in over the tunnel.
-    let log = gw.log();
+    let log = gw.logs();
     assert!(
         log.contains("publishing session=1 peer=127.0.0.1")
             && log.contains("variant=\"rtmpt\" stream=live/n"),
         "{log}"
     );
     assert_eq!(log.matches("variant=\"rtmpt\" stream=live/n").count(), 2, "publisher and player:\n{log}");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A minimal HTTP/1.1 keep-alive client for raw tunnel requests.
@@ -465,7 +252,7 @@ struct Reply {
 }
 
 impl Http {
-    fn connect(addr: &str) -> Http {
+    fn connect(addr: SocketAddr) -> Http {
         let stream = TcpStream::connect(addr).unwrap();
         stream.set_nodelay(true).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -522,7 +309,7 @@ fn c0c1() -> Vec<u8> {
 #[test]
 fn tunnel_requests_ids_and_sequence_numbers() {
     let gw = Gateway::start(BASE_CONFIG);
-    let mut http = Http::connect(&gw.addr("rtmpt"));
+    let mut http = Http::connect(gw.addr("rtmpt"));
 
     // Flash Player's probe gets 404, as from FMS and Red5.
     assert_eq!(http.post("/fcs/ident2", &[0]).status, 404);
@@ -581,7 +368,7 @@ fn tunnel_requests_ids_and_sequence_numbers() {
     // An id is not tied to the connection that opened it (proxies spread requests), but it is
     // tied to the listener's transport; a second connection can use a live one.
     let live = http.open();
-    let mut other = Http::connect(&gw.addr("rtmp"));
+    let mut other = Http::connect(gw.addr("rtmp"));
     assert_eq!(
         other.post(&format!("/idle/{live}/0"), &[0]).status,
         200,
@@ -594,12 +381,12 @@ fn limits_on_sessions_and_request_bodies() {
     let gw = Gateway::start(&format!(
         "{BASE_CONFIG}\n[rtmpt]\nmax_sessions_per_ip = 2\nmax_request_body = 4096\n"
     ));
-    let mut http = Http::connect(&gw.addr("rtmpt"));
+    let mut http = Http::connect(gw.addr("rtmpt"));
     let id = http.open();
     http.open();
     assert_eq!(http.post("/open/1", &[0]).status, 503, "third session from one address");
-    assert!(gw.proc.wait_for_line("rtmpt.max_sessions_per_ip", Duration::from_secs(5)), "{}", gw.log());
-    let mut fresh = Http::connect(&gw.addr("rtmpt"));
+    assert!(gw.wait_for_log("rtmpt.max_sessions_per_ip", Duration::from_secs(5)), "{}", gw.logs());
+    let mut fresh = Http::connect(gw.addr("rtmpt"));
     assert_eq!(
         fresh.post(&format!("/send/{id}/0"), &vec![3u8; 5000]).status,
         413,
@@ -612,7 +399,7 @@ fn limits_on_sessions_and_request_bodies() {
 #[test]
 fn idle_sessions_expire_and_are_counted() {
     let gw = Gateway::start(&format!("{BASE_CONFIG}\n[rtmpt]\nidle_timeout_secs = 1\n"));
-    let mut http = Http::connect(&gw.addr("rtmpt"));
+    let mut http = Http::connect(gw.addr("rtmpt"));
     let kept = http.open();
     let dropped = http.open();
     // `kept` polls every 300 ms; `dropped` never again.
@@ -621,14 +408,8 @@ fn idle_sessions_expire_and_are_counted() {
         std::thread::sleep(Duration::from_millis(300));
     }
     assert_eq!(http.post(&format!("/idle/{dropped}/0"), &[0]).status, 404, "the idle session was reaped");
-    assert!(gw.proc.wait_for_line("rtmpt sessions expired", Duration::from_secs(2)), "{}", gw.log());
-    assert!(gw.log().contains("expired_total=1"), "{}", gw.log());
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    assert!(gw.wait_for_log("rtmpt sessions expired", Duration::from_secs(2)), "{}", gw.logs());
+    assert!(gw.logs().contains("expired_total=1"), "{}", gw.logs());
 }
 
 /// 1,000 open but idle tunnel sessions (each a live gateway session waiting for its handshake)
@@ -641,7 +422,7 @@ fn a_thousand_idle_sessions_stay_small() {
         "{BASE_CONFIG}\n[timeouts]\nhandshake_secs = 300\n[rtmpt]\nmax_sessions_per_ip = 2000\nidle_timeout_secs = 300\n"
     ));
     let addr = gw.addr("rtmpt");
-    let mut connections: Vec<Http> = (0..4).map(|_| Http::connect(&addr)).collect();
+    let mut connections: Vec<Http> = (0..4).map(|_| Http::connect(addr)).collect();
     // Warm up allocator arenas and runtime threads first.
     for c in connections.iter_mut() {
         for _ in 0..20 {
@@ -650,13 +431,13 @@ fn a_thousand_idle_sessions_stay_small() {
         }
     }
     std::thread::sleep(Duration::from_millis(300));
-    let before = rss_kib(gw.pid());
+    let before = rss_kib_of(gw.pid()).expect("gateway RSS");
     let mut ids = Vec::new();
     for i in 0..SESSIONS {
         ids.push(connections[i % 4].open());
     }
     std::thread::sleep(Duration::from_millis(500));
-    let after = rss_kib(gw.pid());
+    let after = rss_kib_of(gw.pid()).expect("gateway RSS");
     let per_session = (after.saturating_sub(before) * 1024) / SESSIONS as u64;
     eprintln!(
         "RSS {before} KiB -> {after} KiB with {SESSIONS} idle tunnel sessions: {per_session} bytes each"

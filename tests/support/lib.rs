@@ -460,10 +460,12 @@ impl Gateway {
 
     /// Writes `config_toml` to a temp dir, runs `rtmpx serve --config` on it and waits for
     /// `rtmpx ready`. Use port 0 in listener addresses: the real ports are read from the log.
+    /// `$DIR` in the config names that temp dir (e.g. `cert_dir = "$DIR/certs"`).
     pub fn start(config_toml: &str) -> Gateway {
         let binary = rtmpx_binary();
         let dir = TempDir::new("gateway");
         let config_path = dir.file("rtmpx.toml");
+        let config_toml = config_toml.replace("$DIR", &dir.path().display().to_string());
         fs::write(&config_path, config_toml).expect("writing the gateway config");
         let mut child = Command::new(&binary)
             .arg("serve")
