@@ -47,6 +47,18 @@ impl Load {
         base * self.window_factor.load(Ordering::Relaxed).max(1)
     }
 
+    /// How long fan-out holds players' media now: `always` (`write_coalesce_ms`) if set, else the
+    /// load-driven window while batching (`write_coalesce_under_load_ms`), else zero.
+    pub fn batch_window(&self, always: Duration, under_load: Duration) -> Duration {
+        if !always.is_zero() {
+            always
+        } else if self.batching() {
+            self.window(under_load)
+        } else {
+            Duration::ZERO
+        }
+    }
+
     /// Busy fraction of the workers over the last sample, 0.0..=1.0.
     pub fn busy(&self) -> f64 {
         f64::from(self.busy_permille.load(Ordering::Relaxed)) / 1000.0
@@ -117,6 +129,17 @@ mod tests {
         assert_eq!(load.update(0.69), None);
         assert!(!load.batching());
         assert!((load.busy() - 0.69).abs() < 0.001);
+    }
+
+    #[test]
+    fn batch_window_is_the_fixed_one_else_the_load_driven_one_while_busy() {
+        let load = Load::default();
+        let (always, under_load) = (Duration::from_millis(300), Duration::from_millis(20));
+        assert_eq!(load.batch_window(always, under_load), always);
+        assert_eq!(load.batch_window(Duration::ZERO, under_load), Duration::ZERO);
+        load.update(0.8);
+        assert_eq!(load.batch_window(Duration::ZERO, under_load), under_load);
+        assert_eq!(load.batch_window(always, under_load), always);
     }
 
     #[test]

@@ -48,6 +48,7 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Shared {
+        let load = Arc::<crate::load::Load>::default();
         Shared {
             router: Router::new(router_config(&config)),
             config: Mutex::new(config),
@@ -58,9 +59,9 @@ impl Shared {
             tunnels: SessionTable::new(),
             metrics: Metrics::default(),
             sessions: Registry::default(),
-            load: Arc::default(),
+            load: load.clone(),
             auth: crate::auth::Gate::new(),
-            relays: RelayManager::new(shutdown),
+            relays: RelayManager::new(shutdown, load),
         }
     }
 

@@ -416,15 +416,7 @@ async fn drive_io(out: &Arc<SessionIo>, conn: &mut Connection, shared: &Shared) 
     let coalesce = std::time::Duration::from_millis(shared.config().server.write_coalesce_ms);
     let under_load = std::time::Duration::from_millis(shared.config().server.write_coalesce_under_load_ms);
     // The batch window now: write_coalesce_ms always, else the load-driven one while busy.
-    let window = || {
-        if !coalesce.is_zero() {
-            coalesce
-        } else if shared.load.batching() {
-            shared.load.window(under_load)
-        } else {
-            std::time::Duration::ZERO
-        }
-    };
+    let window = || shared.load.batch_window(coalesce, under_load);
     let mut hold_until: Option<tokio::time::Instant> = None;
     // Write coalescing for a publisher: when its players' batched media is written.
     let mut fan_out_flush_at: Option<tokio::time::Instant> = None;
@@ -551,7 +543,7 @@ fn deliver_queued(out: &SessionIo, conn: &mut Connection) -> bool {
     only_frames
 }
 
-async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+pub(crate) async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => sleep_until(d).await,
         None => std::future::pending().await,

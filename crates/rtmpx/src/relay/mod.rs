@@ -29,6 +29,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::load::Load;
 use config::RelaySection;
 
 /// Which way a relay moves a stream.
@@ -100,16 +101,19 @@ struct Inner {
     /// The running pull of each stream (by relay id).
     pulls: Mutex<HashMap<StreamKey, u64>>,
     shutdown: watch::Receiver<bool>,
+    /// Pulled streams batch their players' writes under load like published ones.
+    load: Arc<Load>,
 }
 
 impl RelayManager {
-    pub fn new(shutdown: watch::Receiver<bool>) -> Self {
+    pub fn new(shutdown: watch::Receiver<bool>, load: Arc<Load>) -> Self {
         RelayManager {
             inner: Arc::new(Inner {
                 next_id: AtomicU64::new(1),
                 relays: Mutex::new(BTreeMap::new()),
                 pulls: Mutex::new(HashMap::new()),
                 shutdown,
+                load,
             }),
         }
     }
@@ -166,6 +170,9 @@ impl RelayManager {
             manager: self.clone(),
             status,
             shutdown: self.inner.shutdown.clone(),
+            load: self.inner.load.clone(),
+            coalesce: Duration::from_millis(config.server.write_coalesce_ms),
+            under_load: Duration::from_millis(config.server.write_coalesce_under_load_ms),
         };
         tokio::spawn(job.run());
     }
@@ -457,7 +464,7 @@ mod tests {
              [relay]\nbackoff_initial_ms = 10\nbackoff_max_ms = 20\n"
         ));
         let (_tx, rx) = watch::channel(false);
-        let manager = RelayManager::new(rx);
+        let manager = RelayManager::new(rx, Arc::default());
         let router = Router::new(Default::default());
         let info = SessionInfo { id: 1, peer: "p".into(), variant: "rtmp" };
 
@@ -501,7 +508,7 @@ mod tests {
              [relay]\nbackoff_initial_ms = 10\nbackoff_max_ms = 20\n"
         ));
         let (_tx, rx) = watch::channel(false);
-        let manager = RelayManager::new(rx);
+        let manager = RelayManager::new(rx, Arc::default());
         let router = Router::new(Default::default());
         let key = StreamKey::new("edge", "s");
         let info = SessionInfo { id: 1, peer: "p".into(), variant: "rtmp" };
@@ -570,7 +577,7 @@ mod tests {
              [relay]\nmax_relay_queue_bytes = 65536\nbackoff_initial_ms = 5000\n[timeouts]\nwrite_secs = 1\n"
         ));
         let (_tx, rx) = watch::channel(false);
-        let manager = RelayManager::new(rx);
+        let manager = RelayManager::new(rx, Arc::default());
         let router =
             Router::new(rtmpx_router::RouterConfig { player_queue_bytes: 64 << 20, ..Default::default() });
         let key = StreamKey::new("live", "big");

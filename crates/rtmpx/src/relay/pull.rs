@@ -1,11 +1,14 @@
 //! One pull relay: plays a stream upstream and publishes it into the local router.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rtmpx_client::{ClientEvent, Connection, MediaKind, RtmpUrl};
 use rtmpx_router::{Frame, Publisher, Router, RouterError, SessionInfo, StreamKey};
 use tokio::sync::watch;
 use tracing::{debug, info};
+
+use crate::load::Load;
 
 use super::{log_connected, log_retry, stream_url, Backoff, Direction, RelayManager, RelayOptions, Status};
 
@@ -21,6 +24,10 @@ pub(super) struct PullJob {
     pub(super) manager: RelayManager,
     pub(super) status: Status,
     pub(super) shutdown: watch::Receiver<bool>,
+    pub(super) load: Arc<Load>,
+    /// `server.write_coalesce_ms` and `server.write_coalesce_under_load_ms`.
+    pub(super) coalesce: Duration,
+    pub(super) under_load: Duration,
 }
 
 /// Why a pull stops.
@@ -134,6 +141,7 @@ impl PullJob {
         state: &mut Pulling,
         tick: &mut tokio::time::Interval,
     ) -> Result<Stop, String> {
+        let mut flush_at: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 event = conn.next_event() => match event {
@@ -153,9 +161,11 @@ impl PullJob {
                             MediaKind::Data => Frame::metadata(media.timestamp, media.payload),
                         };
                         if let Some(publisher) = &state.publisher {
-                            // Pulled media is not batched: written as it comes.
                             crate::session::fan_out(publisher, frame).await;
-                            crate::session::fan_out_flush(publisher).await;
+                            let window = self.load.batch_window(self.coalesce, self.under_load);
+                            if !window.is_zero() && flush_at.is_none() {
+                                flush_at = Some(tokio::time::Instant::now() + window);
+                            }
                         }
                     }
                     Ok(Some(ClientEvent::Status { code, .. })) => {
@@ -170,6 +180,13 @@ impl PullJob {
                     }
                     Ok(Some(_)) => {}
                 },
+                _ = crate::session::sleep_until_opt(flush_at) => {
+                    // The batch window ended: write what the players' sessions hold.
+                    flush_at = None;
+                    if let Some(publisher) = &state.publisher {
+                        crate::session::fan_out_flush(publisher).await;
+                    }
+                }
                 _ = tick.tick() => {
                     self.status.bytes(conn.bytes_in());
                     if let Some(stop) = self.should_stop(state) {
