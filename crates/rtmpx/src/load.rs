@@ -37,7 +37,8 @@ pub struct Load {
 }
 
 impl Load {
-    /// Whether players' media should be written in windows now.
+    /// Whether players' media should be written in windows now (never while
+    /// `write_coalesce_under_load_ms` is 0).
     pub fn batching(&self) -> bool {
         self.batching.load(Ordering::Relaxed)
     }
@@ -65,10 +66,11 @@ impl Load {
     }
 
     /// Takes one busy-fraction sample; returns `Some(new state)` when batching turns on or off.
-    pub fn update(&self, busy: f64) -> Option<bool> {
+    /// `enabled`: batching on load is configured at all.
+    pub fn update(&self, busy: f64, enabled: bool) -> Option<bool> {
         self.busy_permille.store((busy.clamp(0.0, 1.0) * 1000.0) as u32, Ordering::Relaxed);
         let was = self.batching();
-        let now = if was { busy > UNBATCH_BELOW } else { busy >= BATCH_ABOVE };
+        let now = enabled && if was { busy > UNBATCH_BELOW } else { busy >= BATCH_ABOVE };
         self.batching.store(now, Ordering::Relaxed);
         let factor = self.window_factor.load(Ordering::Relaxed).max(1);
         let factor = match (was && now, busy) {
@@ -94,11 +96,8 @@ pub async fn monitor(shared: Arc<Shared>) {
         let capacity = (now - last_at).as_secs_f64() * metrics.num_workers() as f64;
         let fraction = (busy - last_busy).as_secs_f64() / capacity.max(1e-9);
         (last_at, last_busy) = (now, busy);
-        if shared.config().server.write_coalesce_under_load_ms == 0 {
-            shared.load.update(0.0);
-            continue;
-        }
-        match shared.load.update(fraction) {
+        let enabled = shared.config().server.write_coalesce_under_load_ms > 0;
+        match shared.load.update(fraction, enabled) {
             Some(true) => info!(
                 "workers {:.0} % busy: batching players' media in {} ms windows (longer while saturated)",
                 fraction * 100.0,
@@ -119,16 +118,20 @@ mod tests {
     #[test]
     fn batching_starts_high_and_stops_only_well_below() {
         let load = Load::default();
-        assert_eq!(load.update(0.5), None);
+        assert_eq!(load.update(0.5, true), None);
         assert!(!load.batching());
-        assert_eq!(load.update(0.75), Some(true));
+        assert_eq!(load.update(0.75, true), Some(true));
         // Batching halves the cost: 40 % now means ~80 % unbatched, so it stays on.
-        assert_eq!(load.update(0.4), None);
+        assert_eq!(load.update(0.4, true), None);
         assert!(load.batching());
-        assert_eq!(load.update(0.2), Some(false));
-        assert_eq!(load.update(0.69), None);
+        assert_eq!(load.update(0.2, true), Some(false));
+        assert_eq!(load.update(0.69, true), None);
         assert!(!load.batching());
         assert!((load.busy() - 0.69).abs() < 0.001);
+        // Switched off in the configuration: never batches, the load is still reported.
+        assert_eq!(load.update(0.95, false), None);
+        assert!(!load.batching());
+        assert!((load.busy() - 0.95).abs() < 0.001);
     }
 
     #[test]
@@ -137,7 +140,7 @@ mod tests {
         let (always, under_load) = (Duration::from_millis(300), Duration::from_millis(20));
         assert_eq!(load.batch_window(always, under_load), always);
         assert_eq!(load.batch_window(Duration::ZERO, under_load), Duration::ZERO);
-        load.update(0.8);
+        load.update(0.8, true);
         assert_eq!(load.batch_window(Duration::ZERO, under_load), under_load);
         assert_eq!(load.batch_window(always, under_load), always);
     }
@@ -147,20 +150,20 @@ mod tests {
         let load = Load::default();
         let base = Duration::from_millis(20);
         assert_eq!(load.window(base), base);
-        load.update(0.95);
+        load.update(0.95, true);
         // The first saturated sample only turns batching on.
         assert_eq!(load.window(base), base);
-        load.update(0.95);
+        load.update(0.95, true);
         assert_eq!(load.window(base), base * 2);
         for _ in 0..5 {
-            load.update(0.99);
+            load.update(0.99, true);
         }
         assert_eq!(load.window(base), base * MAX_WINDOW_FACTOR);
-        load.update(0.7);
+        load.update(0.7, true);
         assert_eq!(load.window(base), base * MAX_WINDOW_FACTOR);
-        load.update(0.4);
+        load.update(0.4, true);
         assert_eq!(load.window(base), base * 2);
-        load.update(0.1);
+        load.update(0.1, true);
         assert!(!load.batching());
         assert_eq!(load.window(base), base);
     }

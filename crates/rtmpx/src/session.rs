@@ -265,8 +265,6 @@ struct IoState {
     /// Write coalescing is on: direct frames are only encoded, and the publisher's task writes them
     /// at the end of its batch window.
     coalesce: bool,
-    /// The same while the workers are busy ([`Load::batching`]).
-    coalesce_under_load: bool,
     bytes_out: u64,
     entry: Arc<SessionEntry>,
 }
@@ -333,7 +331,7 @@ impl IoState {
 /// entry, no wake-up of the player's task), as long as the player's socket takes it.
 struct DirectPlayer {
     io: Arc<SessionIo>,
-    /// Batching on load (`server.write_coalesce_under_load_ms`).
+    /// Batching while the workers are busy (never when `write_coalesce_under_load_ms` is 0).
     load: Arc<Load>,
 }
 
@@ -346,7 +344,7 @@ impl DirectSink for DirectPlayer {
             return DirectSend::Refused;
         }
         io.encode(stream_id, frame, timestamp);
-        let batch = io.coalesce || (io.coalesce_under_load && self.load.batching());
+        let batch = io.coalesce || self.load.batching();
         if batch && io.session.pending_output() < WRITE_BATCH {
             // Written by the publisher's next flush_direct.
             return DirectSend::Sent;
@@ -389,7 +387,6 @@ where
             failed: None,
             direct_stream: None,
             coalesce: shared.config().server.write_coalesce_ms > 0,
-            coalesce_under_load: shared.config().server.write_coalesce_under_load_ms > 0,
             bytes_out: 0,
             entry: conn.registry.shared_entry(),
         }),

@@ -27,7 +27,7 @@ pub(crate) struct Link {
     /// and slices of shared media payloads (zero-copy fan-out, never with RTMPE).
     pieces: VecDeque<Bytes>,
     pieces_len: usize,
-    /// Bytes to send; `output[..plain_from]` is already encrypted (RTMPE) or ready.
+    /// Bytes to send; `output[..sealed]` is already encrypted (RTMPE) or ready.
     output: BytesMut,
     sealed: usize,
     pub cipher: Option<Rc4Pair>,
