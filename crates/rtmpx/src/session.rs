@@ -38,6 +38,8 @@ const READ_BUFFER: usize = 16 * 1024;
 /// Pieces handed to one vectored write (Linux takes up to 1024 iovecs; 64 cover a 64 KiB batch
 /// of 4 KiB chunks with their headers).
 const MAX_IOVECS: usize = 64;
+/// Longest stretch a publisher's task fans out before it yields to the worker's other sessions.
+const FAN_OUT_SLICE: std::time::Duration = std::time::Duration::from_millis(5);
 
 thread_local! {
     /// Reads land here and go straight into the session, so an idle connection holds no read
@@ -458,6 +460,7 @@ async fn drive_io(out: &Arc<SessionIo>, conn: &mut Connection, shared: &Shared) 
                 last_read = tokio::time::Instant::now();
                 release_after_flush = conn.publishing.is_none();
                 let mut outcome = verdict.map_err(Error::from);
+                let mut slice_started = std::time::Instant::now();
                 loop {
                     let event = out.lock().session.poll_event();
                     let Some(event) = event else { break };
@@ -466,6 +469,12 @@ async fn drive_io(out: &Arc<SessionIo>, conn: &mut Connection, shared: &Shared) 
                     if let Err(e) = handle_event(event, out, conn, shared, &mut connected).await {
                         outcome = Err(e);
                         break;
+                    }
+                    // One read may hold hundreds of small messages, each fanned out to every
+                    // player outside tokio's budget: let the worker's other sessions run now and then.
+                    if slice_started.elapsed() >= FAN_OUT_SLICE {
+                        tokio::task::yield_now().await;
+                        slice_started = std::time::Instant::now();
                     }
                 }
                 if let Err(e) = outcome {
