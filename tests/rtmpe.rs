@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use rtmpx_core::handshake::HandshakeVersion;
 use rtmpx_core::session::{ClientConfig, ClientEvent, ClientSession, MediaKind};
 use rtmpx_e2e::{
-    assert_good_recording, exclusive, make_testsrc_flv, publish_librtmp, publish_testsrc, record_ffmpeg,
-    record_rtmpdump, require_tool, run_bounded, Gateway, TempDir,
+    admin_addr, assert_good_recording, exclusive, http, make_testsrc_flv, publish_librtmp, publish_testsrc,
+    record_ffmpeg, record_rtmpdump, require_tool, run_bounded, Gateway, TempDir,
 };
 
 const CONFIG: &str = r#"
@@ -29,6 +29,9 @@ name = "live"
 
 [tls]
 cert_dir = "$CERTS"
+
+[admin]
+addr = "127.0.0.1:0"
 "#;
 
 fn rtmpe(url: &str) -> String {
@@ -65,6 +68,68 @@ fn rtmpdump_plays_over_rtmpe_what_ffmpeg_publishes_over_rtmp() {
     // librtmp always asks for type 6 and takes the type the server answers; rtmpx answers 8
     // (XTEA signatures) to librtmp's FP10-style C1, as librtmp's own server does.
     assert!(line.contains("variant=rtmpe handshake=rtmpe-6>8"), "{line}");
+}
+
+/// `rtmpx_rtmpe_fan_out_writes_total{sealed=KIND}` from `/metrics`.
+fn rtmpe_fan_out_writes(gw: &Gateway, kind: &str) -> u64 {
+    let reply = http(admin_addr(gw), "GET", "/metrics", None);
+    assert_eq!(reply.status, 200);
+    let series = format!("rtmpx_rtmpe_fan_out_writes_total{{sealed=\"{kind}\"}} ");
+    reply
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix(&series)?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in:\n{}", reply.body))
+}
+
+/// `players` rtmpdump players record over rtmpe:// what ffmpeg publishes; each recording must be
+/// whole. Returns the fan-out's (paired, alone) RTMPE writes.
+fn rtmpdump_players_over_rtmpe(label: &str, extra_config: &str, players: usize) -> (u64, u64) {
+    let _serial = exclusive();
+    require_tool("rtmpdump");
+    let dir = TempDir::new(label);
+    let config =
+        format!("{CONFIG}{extra_config}").replace("$CERTS", &dir.file("certs").display().to_string());
+    let gw = Gateway::start(&config);
+    let url = gw.url("rtmp", "live", label);
+    let recorders: Vec<_> = (0..players)
+        .map(|i| {
+            let out = dir.file(&format!("rtmpe-{i}.flv"));
+            (record_rtmpdump(&rtmpe(&url), &out, 7.0), out)
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gw.count_log(&format!("variant=\"rtmpe\" stream=live/{label}")) < players {
+        assert!(Instant::now() < deadline, "{players} rtmpdump players did not start:\n{}", gw.logs());
+        thread::sleep(Duration::from_millis(50));
+    }
+    let mut publisher = publish_testsrc(&url, 6.0);
+    for (mut player, out) in recorders {
+        player.finish();
+        assert_good_recording(&format!("{label}: rtmpdump over rtmpe"), &out, 140, 240);
+    }
+    assert!(publisher.finish().success(), "{}", publisher.describe());
+    let (paired, alone) = (rtmpe_fan_out_writes(&gw, "paired"), rtmpe_fan_out_writes(&gw, "alone"));
+    eprintln!("[e2e] {label}: RTMPE fan-out writes: {paired} paired, {alone} alone");
+    (paired, alone)
+}
+
+#[test]
+fn three_rtmpdump_players_over_rtmpe_each_record_the_whole_stream() {
+    // The fan-out encrypts RTMPE players two at a time (one interleaved RC4 pass) and the odd one
+    // alone; each player's bytes must still decrypt with its own key.
+    let (paired, alone) = rtmpdump_players_over_rtmpe("three", "", 3);
+    // ~410 frames in 6 s: two players of each in a pair, the third alone (a frame may take a
+    // player's queue instead).
+    assert!(paired >= 400 && alone >= 200, "three live RTMPE players: {paired} paired, {alone} alone");
+}
+
+#[test]
+fn rtmpe_players_are_paired_when_writes_are_batched_too() {
+    // With write coalescing the publisher's task writes each window's batch: paired there as well.
+    let (paired, alone) = rtmpdump_players_over_rtmpe("batched", "\n[server]\nwrite_coalesce_ms = 200\n", 2);
+    // ~30 windows in 6 s, each a pair (without pairing in the batch flush this is 0).
+    assert!(paired >= 40, "two batched RTMPE players: {paired} paired, {alone} alone");
 }
 
 #[test]

@@ -21,7 +21,7 @@ mod rebase;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bytes::Bytes;
 use rtmpx_core::media::{inspect_audio, inspect_video, Codec, MediaInfo};
@@ -550,6 +550,18 @@ impl Drop for Publisher {
     }
 }
 
+/// Wakes a player's task from outside the router ([`Player::waker`]).
+#[derive(Clone)]
+pub struct PlayerWaker(Weak<PlayerShared>);
+
+impl PlayerWaker {
+    pub fn wake(&self) {
+        if let Some(shared) = self.0.upgrade() {
+            shared.notify.notify_one();
+        }
+    }
+}
+
 /// A subscription to one stream. Dropping it leaves.
 pub struct Player {
     router: Arc<RouterInner>,
@@ -597,6 +609,12 @@ impl Player {
         }
         // A push between the check and this await leaves a permit: nothing is lost.
         self.shared.notify.notified().await;
+    }
+
+    /// A handle that wakes this player's task ([`changed`](Self::changed) returns), for a sink that
+    /// finishes a write after its `try_send` returned. Does not keep the player alive.
+    pub fn waker(&self) -> PlayerWaker {
+        PlayerWaker(Arc::downgrade(&self.shared))
     }
 
     /// Lets the publisher's task hand frames straight to `sink` while this player is caught up

@@ -252,6 +252,14 @@ pub fn render(shared: &Shared) -> String {
         "1 while players' media is batched because the workers are busy (write_coalesce_under_load_ms).",
     );
     out.sample("rtmpx_write_batching", &[], u64::from(shared.load.batching()));
+    let (paired, alone) = crate::session::rtmpe_seal_counts();
+    out.header(
+        "rtmpx_rtmpe_fan_out_writes_total",
+        "counter",
+        "RTMPE players' fan-out writes, by whether their RC4 ran paired with another player's (faster) or alone.",
+    );
+    out.sample("rtmpx_rtmpe_fan_out_writes_total", &[("sealed", "paired")], paired);
+    out.sample("rtmpx_rtmpe_fan_out_writes_total", &[("sealed", "alone")], alone);
     out.header(
         "rtmpx_bytes_in_total",
         "counter",

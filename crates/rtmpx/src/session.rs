@@ -14,8 +14,8 @@ use rand::SeedableRng;
 use rtmpx_core::handshake::EncryptionPolicy;
 use rtmpx_core::session::{MediaKind, PublishMode, ServerConfig, ServerEvent, ServerSession, StatusLevel};
 use rtmpx_router::{
-    DirectSend, DirectSink, Frame, FrameKind, Player, PlayerEvent, Publisher, RouterError, SessionInfo,
-    StreamKey,
+    DirectSend, DirectSink, Frame, FrameKind, Player, PlayerEvent, PlayerWaker, Publisher, RouterError,
+    SessionInfo, StreamKey,
 };
 use std::cell::RefCell;
 use std::future::poll_fn;
@@ -24,6 +24,10 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{sleep_until, timeout};
 use tracing::{debug, info, warn};
+
+mod seal_pairing;
+
+pub(crate) use seal_pairing::seal_counts as rtmpe_seal_counts;
 
 use crate::auth;
 use crate::error::{Error, Result};
@@ -333,6 +337,8 @@ impl IoState {
 /// entry, no wake-up of the player's task), as long as the player's socket takes it.
 struct DirectPlayer {
     io: Arc<SessionIo>,
+    /// Wakes the player's task when a write finished after `try_send` returned (RTMPE pairing).
+    waker: PlayerWaker,
     /// Batching while the workers are busy (never when `write_coalesce_under_load_ms` is 0).
     load: Arc<Load>,
 }
@@ -351,7 +357,7 @@ impl DirectSink for DirectPlayer {
             // Written by the publisher's next flush_direct.
             return DirectSend::Sent;
         }
-        io.write_now()
+        self.write(&mut io)
     }
 
     fn flush(&self) -> DirectSend {
@@ -362,6 +368,19 @@ impl DirectSink for DirectPlayer {
         }
         if io.session.pending_output() == 0 {
             return DirectSend::Sent;
+        }
+        self.write(&mut io)
+    }
+}
+
+impl DirectPlayer {
+    /// Writes what the session holds; RTMPE output waits to be encrypted with another player's.
+    fn write(&self, io: &mut IoState) -> DirectSend {
+        if io.session.is_encrypted() {
+            let me = || seal_pairing::Parked { io: Arc::clone(&self.io), waker: self.waker.clone() };
+            if let Some(sent) = seal_pairing::offer(io, me) {
+                return sent;
+            }
         }
         io.write_now()
     }
@@ -524,15 +543,16 @@ async fn drive_io(out: &Arc<SessionIo>, conn: &mut Connection, shared: &Shared) 
 /// Hands a frame to the router. The router writes it to every caught-up player from here
 /// ([`DirectPlayer`]); tokio's cooperative budget (128 I/O operations per task poll) would make
 /// every write after the 128th report "would block" and fall back to a task wake-up, so the
-/// fan-out runs unconstrained. It is bounded by the number of players and never waits.
+/// fan-out runs unconstrained. It is bounded by the number of players and never waits. RTMPE
+/// players are encrypted in pairs ([`seal_pairing`]).
 pub(crate) async fn fan_out(publisher: &Publisher, frame: Frame) {
-    tokio::task::unconstrained(async { publisher.send(frame) }).await
+    tokio::task::unconstrained(async { seal_pairing::paired(|| publisher.send(frame)) }).await
 }
 
 /// With write coalescing: writes what the players' sessions hold, once per window for the whole
-/// stream (one write per player, no timer or wake-up per player).
+/// stream (one write per player, no timer or wake-up per player; RTMPE players in pairs).
 pub(crate) async fn fan_out_flush(publisher: &Publisher) {
-    tokio::task::unconstrained(async { publisher.flush_direct() }).await
+    tokio::task::unconstrained(async { seal_pairing::paired(|| publisher.flush_direct()) }).await
 }
 
 /// Encodes what the player's queue holds, up to [`WRITE_BATCH`] bytes of output. Popping and
@@ -811,7 +831,8 @@ async fn on_play(
         }
         // Caught up, the player takes frames from the publisher's task directly.
         st.direct_stream = Some(stream_id);
-        let sink = DirectPlayer { io: Arc::clone(out), load: Arc::clone(&shared.load) };
+        let sink =
+            DirectPlayer { io: Arc::clone(out), waker: player.waker(), load: Arc::clone(&shared.load) };
         player.set_direct_sink(Some(Arc::new(sink)));
     }
     conn.role = "player";

@@ -4,6 +4,7 @@
 //! (version bytes 6, 8, 9): Diffie-Hellman keys in the digest handshake, RC4 on every byte after.
 // CONTRACT (implemented by the handshake work): keep these public signatures.
 
+mod cipher;
 mod digest;
 mod rtmpe;
 mod signature;
@@ -14,12 +15,13 @@ use bytes::{BufMut, BytesMut};
 use rand::RngCore;
 
 use crate::{Error, Result};
+pub use cipher::Rc4Stream;
 use digest::{
     ct_eq, embed_digest, find_digest, signature_key, Block, DigestScheme, DIGEST_LEN, FMS_DIGEST_KEY,
     FP_DIGEST_KEY, GENUINE_FMS_KEY, GENUINE_FP_KEY, SIGNED_LEN,
 };
 use rtmpe::{rc4_keys, DhKeyPair};
-pub use rtmpe::{Rc4Stream, DH_KEY_LEN, RC4_KEY_LEN};
+pub use rtmpe::{DH_KEY_LEN, RC4_KEY_LEN};
 
 /// Size of C1, C2, S1 and S2.
 pub const HANDSHAKE_SIZE: usize = 1536;
@@ -103,6 +105,11 @@ impl Rc4Pair {
     /// Encrypts bytes we send, in place.
     pub fn encrypt(&mut self, data: &mut [u8]) {
         self.outgoing.apply(data);
+    }
+
+    /// `a.encrypt(a_data); b.encrypt(b_data)`, interleaved ([`Rc4Stream::apply_pair`]).
+    pub fn encrypt_pair(a: &mut Rc4Pair, a_data: &mut [u8], b: &mut Rc4Pair, b_data: &mut [u8]) {
+        Rc4Stream::apply_pair(&mut a.outgoing, a_data, &mut b.outgoing, b_data);
     }
 
     /// Decrypts bytes we received, in place.

@@ -3,10 +3,8 @@
 
 use crypto_bigint::modular::ConstMontyForm;
 use crypto_bigint::{const_monty_params, U1024};
-use rc4::{KeyInit, Rc4, StreamCipher};
 
 use super::digest::hmac_sha256;
-use super::HANDSHAKE_SIZE;
 use crate::{Error, Result};
 
 /// Length of a DH public key and of the shared secret: big endian, left-padded with zeros.
@@ -86,28 +84,4 @@ pub fn rc4_keys(
         key
     };
     (first16(peer_public), first16(own_public))
-}
-
-/// One direction of an RTMPE session's RC4.
-pub struct Rc4Stream(Rc4);
-
-impl Rc4Stream {
-    /// A stream keyed with `key` and advanced past the 1536 keystream bytes RTMPE throws away.
-    pub fn new(key: &[u8; RC4_KEY_LEN]) -> Self {
-        let mut rc4 = Rc4::new_from_slice(key).expect("RC4 takes 16-byte keys");
-        let mut discard = [0u8; HANDSHAKE_SIZE];
-        rc4.apply_keystream(&mut discard);
-        Rc4Stream(rc4)
-    }
-
-    /// Encrypts or decrypts (the same operation) in place.
-    pub fn apply(&mut self, data: &mut [u8]) {
-        self.0.apply_keystream(data);
-    }
-}
-
-impl std::fmt::Debug for Rc4Stream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Rc4Stream(..)")
-    }
 }

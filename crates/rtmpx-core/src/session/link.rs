@@ -135,6 +135,20 @@ impl Link {
         Some(self.output.split().freeze())
     }
 
+    /// Encrypts the unsealed output of two RTMPE links in one pass (the cipher's table loads of
+    /// two streams overlap); [`take_output`](Self::take_output) then hands it out as is. Links
+    /// without a cipher are left alone.
+    pub fn seal_pair(a: &mut Link, b: &mut Link) {
+        let (Some(a_cipher), Some(b_cipher)) = (&mut a.cipher, &mut b.cipher) else { return };
+        Rc4Pair::encrypt_pair(a_cipher, &mut a.output[a.sealed..], b_cipher, &mut b.output[b.sealed..]);
+        a.sealed = a.output.len();
+        b.sealed = b.output.len();
+    }
+
+    pub fn is_encrypted(&self) -> bool {
+        self.cipher.is_some()
+    }
+
     pub fn send_message(&mut self, csid: u32, timestamp: u32, type_id: u8, stream_id: u32, payload: &[u8]) {
         self.encoder.encode(csid, timestamp, type_id, stream_id, payload, &mut self.output);
     }

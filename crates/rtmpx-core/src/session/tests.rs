@@ -181,7 +181,11 @@ fn garbage_after_handshake_is_an_error_not_a_panic() {
 
 /// A player and its server session, playing stream "cam" (server output not yet taken).
 fn playing_server() -> (ClientSession, ServerSession, u32) {
-    let (mut player, mut server) = connected_pair(HandshakeVersion::Plain, true, usize::MAX);
+    playing_server_over(HandshakeVersion::Plain)
+}
+
+fn playing_server_over(version: HandshakeVersion) -> (ClientSession, ServerSession, u32) {
+    let (mut player, mut server) = connected_pair(version, true, usize::MAX);
     player.play("cam");
     pump(&mut player, &mut server, usize::MAX);
     let Some(ServerEvent::PlayRequested { stream_id, .. }) = server_events(&mut server).pop() else {
@@ -276,6 +280,51 @@ fn rtmpe_sessions_copy_shared_media_and_encrypt_it() {
     player.handle_input(&bytes).unwrap();
     let events = client_events(&mut player);
     assert!(events.iter().any(|e| matches!(e, ClientEvent::Media(m) if m.payload == frame)), "{events:?}");
+}
+
+fn media_payloads(player: &mut ClientSession, bytes: &[u8]) -> Vec<Bytes> {
+    player.handle_input(bytes).unwrap();
+    client_events(player)
+        .into_iter()
+        .filter_map(|e| if let ClientEvent::Media(m) = e { Some(m.payload) } else { None })
+        .collect()
+}
+
+#[test]
+fn paired_encryption_gives_each_rtmpe_player_its_own_stream() {
+    let (mut player_a, mut a, id_a) = playing_server_over(HandshakeVersion::Rtmpe);
+    let (mut player_b, mut b, id_b) = playing_server_over(HandshakeVersion::RtmpeXtea);
+    assert!(a.is_encrypted() && b.is_encrypted());
+    let big = Bytes::from((0..9_000u32).map(|i| (i * 7) as u8).collect::<Vec<u8>>());
+    let small = Bytes::from_static(b"\xaf\x01\x21");
+    // Different amounts unsealed on each side, sealed in one pass, then more output after it.
+    assert!(a.send_media_shared(id_a, MediaKind::Video, 0, &big));
+    assert!(a.send_media_shared(id_a, MediaKind::Audio, 5, &small));
+    assert!(b.send_media_shared(id_b, MediaKind::Video, 0, &big));
+    a.seal_output_paired(&mut b);
+    assert!(b.send_media_shared(id_b, MediaKind::Audio, 5, &small));
+    let (bytes_a, _) = drain(&mut a);
+    let (bytes_b, _) = drain(&mut b);
+    assert_eq!(media_payloads(&mut player_a, &bytes_a), [big.clone(), small.clone()]);
+    assert_eq!(media_payloads(&mut player_b, &bytes_b), [big.clone(), small.clone()]);
+    // The streams carry on in step: a second paired round decodes too.
+    assert!(a.send_media_shared(id_a, MediaKind::Video, 40, &small));
+    assert!(b.send_media_shared(id_b, MediaKind::Video, 40, &big));
+    b.seal_output_paired(&mut a);
+    assert_eq!(media_payloads(&mut player_a, &drain(&mut a).0), [small]);
+    assert_eq!(media_payloads(&mut player_b, &drain(&mut b).0), [big]);
+}
+
+#[test]
+fn pairing_leaves_plain_sessions_alone() {
+    let (mut player_a, mut plain, id_a) = playing_server();
+    let (mut player_b, mut rtmpe, id_b) = playing_server_over(HandshakeVersion::Rtmpe);
+    let frame = Bytes::from(vec![0x17u8; 3_000]);
+    assert!(plain.send_media_shared(id_a, MediaKind::Video, 0, &frame));
+    assert!(rtmpe.send_media_shared(id_b, MediaKind::Video, 0, &frame));
+    plain.seal_output_paired(&mut rtmpe);
+    assert_eq!(media_payloads(&mut player_a, &drain(&mut plain).0), std::slice::from_ref(&frame));
+    assert_eq!(media_payloads(&mut player_b, &drain(&mut rtmpe).0), [frame]);
 }
 
 #[test]
