@@ -15,6 +15,9 @@ command -v rtmpdump >/dev/null 2>&1 || missing+=(rtmpdump)
 /usr/bin/python3 -c 'import librtmp' >/dev/null 2>&1 || missing+=(python3-librtmp)
 { command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; } || missing+=(nginx-light)
 [ -f /usr/lib/nginx/modules/ngx_rtmp_module.so ] || missing+=(libnginx-mod-rtmp)
+# tests/rtmps.rs: openssl s_client, and the system CA store a verifying client must reject us with.
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+[ -f /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
 # tests/ops.rs: the status page in a headless browser, and docker-compose.yml parsed as YAML.
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 /usr/bin/python3 -c 'import yaml' >/dev/null 2>&1 || missing+=(python3-yaml)

@@ -98,11 +98,12 @@ fn rtmpdump_players_over_rtmpe(label: &str, extra_config: &str, players: usize) 
             (record_rtmpdump(&rtmpe(&url), &out, 7.0), out)
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while gw.count_log(&format!("variant=\"rtmpe\" stream=live/{label}")) < players {
-        assert!(Instant::now() < deadline, "{players} rtmpdump players did not start:\n{}", gw.logs());
-        thread::sleep(Duration::from_millis(50));
-    }
+    let playing = format!("variant=\"rtmpe\" stream=live/{label}");
+    assert!(
+        gw.wait_for_log_count(&playing, players, Duration::from_secs(10)),
+        "{players} rtmpdump players did not start:\n{}",
+        gw.logs()
+    );
     let mut publisher = publish_testsrc(&url, 6.0);
     for (mut player, out) in recorders {
         player.finish();

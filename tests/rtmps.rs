@@ -1,257 +1,51 @@
-//! RTMPS end to end: the real `rtmpx` binary (build it first: `cargo build -p rtmpx`) with real
-//! clients: ffmpeg/ffprobe (GnuTLS), rtmpdump (librtmp, GnuTLS) and openssl s_client.
-//!
-//! The small `Gateway` helper here starts `rtmpx serve --config FILE`, waits for "rtmpx ready"
-//! and reads the printed URLs (listeners use port 0).
+//! RTMPS end to end: the real `rtmpx` binary with real clients: ffmpeg/ffprobe (GnuTLS),
+//! rtmpdump (librtmp, GnuTLS) and openssl s_client, on the shared harness (tests/support).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// The tests encode video and run several clients: one at a time on a small machine.
-static SERIAL: Mutex<()> = Mutex::new(());
+use rtmpx_e2e::{
+    assert_good_recording, exclusive, publish, record_ffmpeg, record_rtmpdump, require_tool, rtmpx_binary,
+    run_bounded, Gateway, PublishOptions, TempDir,
+};
 
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+/// The TLS layer logs each handshake's version and failures at debug.
+const TLS_LOG: &str = "info,rtmpx::tls=debug";
+
+fn start(label: &str, config: &str) -> Gateway {
+    Gateway::start_in(TempDir::new(label), config, TLS_LOG)
 }
 
-fn rtmpx_binary() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
-    let bin = target.join("debug/rtmpx");
-    assert!(bin.exists(), "{} is missing: run `cargo build -p rtmpx` first", bin.display());
-    bin
+/// ffmpeg publishing the test source for `seconds` with more output options (`extra`).
+fn publish_with(url: &str, seconds: f64, extra: &[&str]) -> rtmpx_e2e::Proc {
+    let output_args = extra.iter().map(|s| s.to_string()).collect();
+    publish(url, &PublishOptions { output_args, ..PublishOptions::new(seconds) })
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    let dir = std::env::temp_dir().join(format!("rtmpx-e2e-{name}-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-struct Gateway {
-    child: Child,
-    log: Arc<Mutex<String>>,
-    dir: PathBuf,
-}
-
-impl Gateway {
-    /// Starts the gateway with `config` (TOML) written into a fresh directory.
-    fn start(name: &str, config: &str) -> Gateway {
-        Self::start_in(temp_dir(name), config)
-    }
-
-    fn start_in(dir: PathBuf, config: &str) -> Gateway {
-        let config_path = dir.join("rtmpx.toml");
-        std::fs::write(&config_path, config.replace("$DIR", dir.to_str().unwrap())).unwrap();
-        let mut child = Command::new(rtmpx_binary())
-            .args(["serve", "--config"])
-            .arg(&config_path)
-            .env("RUST_LOG", "info,rtmpx::tls=debug")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawning rtmpx");
-        let log = Arc::new(Mutex::new(String::new()));
-        for pipe in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    let mut log = log.lock().unwrap();
-                    log.push_str(&strip_ansi(&line));
-                    log.push('\n');
-                }
-            });
-        }
-        let gateway = Gateway { child, log, dir };
-        assert!(
-            gateway.wait_for_log("rtmpx ready", Duration::from_secs(15)),
-            "rtmpx did not start:\n{}",
-            gateway.log()
-        );
-        gateway
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn wait_for_log(&self, needle: &str, limit: Duration) -> bool {
-        self.wait_for_log_count(needle, 1, limit)
-    }
-
-    fn wait_for_log_count(&self, needle: &str, count: usize, limit: Duration) -> bool {
-        let started = Instant::now();
-        while started.elapsed() < limit {
-            if self.log().matches(needle).count() >= count {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
-    }
-
-    /// `rtmps://127.0.0.1:PORT/live` for the first listener of `scheme`.
-    fn app_url(&self, scheme: &str) -> String {
-        let prefix = format!(" {scheme}://");
-        let log = self.log();
-        let at = log.find(&prefix).unwrap_or_else(|| panic!("no {scheme} listener announced:\n{log}"));
-        let url = log[at + 1..].split_whitespace().next().unwrap();
-        url.trim_end_matches("/<stream>").to_string()
-    }
-
-    fn port(&self, scheme: &str) -> u16 {
-        let url = self.app_url(scheme);
-        let host_port = url.split('/').nth(2).unwrap();
-        host_port.rsplit(':').next().unwrap().parse().unwrap()
-    }
-
-    fn signal(&self, name: &str) {
-        let status =
-            Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status().unwrap();
-        assert!(status.success());
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- rtmpx log ---\n{}", self.log());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// Waits for a child until `limit`, then interrupts it (ffmpeg finishes its file on SIGINT).
-fn finish(mut child: Child, limit: Duration) -> Output {
-    let started = Instant::now();
-    while started.elapsed() < limit {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = Command::new("kill").arg("-INT").arg(child.id().to_string()).status();
-    std::thread::sleep(Duration::from_millis(500));
-    let _ = child.kill();
-    child.wait_with_output().unwrap()
-}
-
-fn run(program: &str, args: &[&str], limit: Duration) -> Output {
-    let child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    finish(child, limit)
-}
-
-fn text(output: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
-}
-
-fn spawn_quiet(program: &str, args: &[String]) -> Child {
-    Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{program}: {e}"))
-}
-
-/// The publish command from the issue: `seconds` of 25 fps H.264 and AAC.
-fn publish(url: &str, seconds: u32, extra: &[&str]) -> Child {
-    let mut args: Vec<String> = "-hide_banner -loglevel error -re -f lavfi -i testsrc=size=320x240:rate=25 \
-         -f lavfi -i sine=frequency=440:sample_rate=44100"
-        .split_whitespace()
-        .map(String::from)
-        .collect();
-    args.extend(["-t".into(), seconds.to_string()]);
-    args.extend(
-        "-c:v libx264 -preset ultrafast -tune zerolatency -g 25 -pix_fmt yuv420p -c:a aac -b:a 64k -f flv"
-            .split_whitespace()
-            .map(String::from),
-    );
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args.push(url.into());
-    spawn_quiet("ffmpeg", &args)
-}
-
-fn ffmpeg_play(url: &str, out: &Path) -> Child {
-    let args = ["-hide_banner", "-loglevel", "error", "-i", url, "-c", "copy", "-f", "flv", "-y"];
-    let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    args.push(out.to_str().unwrap().into());
-    spawn_quiet("ffmpeg", &args)
-}
-
-fn rtmpdump_play(url: &str, out: &Path) -> Child {
-    let args = ["-q", "-r", url, "--live", "-o", out.to_str().unwrap()];
-    spawn_quiet("rtmpdump", &args.map(String::from))
-}
-
-/// (video, audio) packet counts of an FLV file.
-fn packet_counts(file: &Path) -> (usize, usize) {
-    let output = run(
-        "ffprobe",
-        &["-v", "error", "-show_entries", "packet=codec_type", "-of", "csv=p=0", file.to_str().unwrap()],
-        Duration::from_secs(30),
-    );
-    let listing = String::from_utf8_lossy(&output.stdout);
-    let count = |kind: &str| listing.lines().filter(|l| l.trim() == kind).count();
-    (count("video"), count("audio"))
+/// Runs `program args` to completion within `limit`: (succeeded, stdout and stderr).
+fn run(program: &str, args: &[&str], limit: Duration) -> (bool, String) {
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    let (status, stdout, stderr) = run_bounded(cmd, limit);
+    (status.success(), format!("{stdout}{stderr}"))
 }
 
 /// The SHA-256 fingerprint (`AB:CD:...`) the server presents to a client sending `servername`.
 fn served_fingerprint(port: u16, servername: &str) -> String {
-    let connect = format!("127.0.0.1:{port}");
     let script = format!(
-        "openssl s_client -connect {connect} -servername {servername} </dev/null 2>/dev/null \
+        "openssl s_client -connect 127.0.0.1:{port} -servername {servername} </dev/null 2>/dev/null \
          | openssl x509 -noout -fingerprint -sha256"
     );
-    let output = run("sh", &["-c", &script], Duration::from_secs(10));
-    parse_fingerprint(&text(&output))
+    parse_fingerprint(&run("sh", &["-c", &script], Duration::from_secs(10)).1)
 }
 
 fn file_fingerprint(cert: &Path) -> String {
-    let output = run(
-        "openssl",
-        &["x509", "-in", cert.to_str().unwrap(), "-noout", "-fingerprint", "-sha256"],
-        Duration::from_secs(10),
-    );
-    parse_fingerprint(&text(&output))
+    let cert = cert.to_str().unwrap();
+    let args = ["x509", "-in", cert, "-noout", "-fingerprint", "-sha256"];
+    parse_fingerprint(&run("openssl", &args, Duration::from_secs(10)).1)
 }
 
 fn parse_fingerprint(text: &str) -> String {
@@ -262,11 +56,11 @@ fn parse_fingerprint(text: &str) -> String {
 
 /// openssl s_client with `args`; returns (handshake and verification succeeded, output).
 fn s_client(port: u16, args: &[&str]) -> (bool, String) {
+    require_tool("openssl");
     let connect = format!("127.0.0.1:{port}");
     let mut all = vec!["s_client", "-connect", &connect];
     all.extend_from_slice(args);
-    let output = run("openssl", &all, Duration::from_secs(10));
-    (output.status.success(), text(&output))
+    run("openssl", &all, Duration::from_secs(10))
 }
 
 const TWO_LISTENERS: &str = r#"
@@ -287,46 +81,36 @@ cert_dir = "$DIR/certs"
 
 #[test]
 fn ffmpeg_publishes_over_rtmps_and_ffmpeg_and_rtmpdump_play_over_rtmps_and_rtmp() {
-    let _serial = serial();
-    let gw = Gateway::start("playback", TWO_LISTENERS);
+    let _serial = exclusive();
+    let gw = start("rtmps-playback", TWO_LISTENERS);
     assert!(
-        gw.log().contains("generated a self-signed development certificate for localhost"),
+        gw.logs().contains("generated a self-signed development certificate for localhost"),
         "{}",
-        gw.log()
+        gw.logs()
     );
     for file in ["ca.pem", "ca.key", "cert.pem", "key.pem"] {
-        assert!(gw.dir.join("certs").join(file).exists(), "certs/{file}");
+        assert!(gw.dir().join("certs").join(file).exists(), "certs/{file}");
     }
 
-    let (rtmps, rtmp) = (gw.app_url("rtmps"), gw.app_url("rtmp"));
-    let publisher = publish(&format!("{rtmps}/s"), 6, &[]);
+    let (rtmps, rtmp) = (gw.url("rtmps", "live", "s"), gw.url("rtmp", "live", "s"));
+    let mut publisher = publish_with(&rtmps, 6.0, &[]);
     assert!(gw.wait_for_log("publishing", Duration::from_secs(10)), "no publisher");
     std::thread::sleep(Duration::from_millis(500));
-    let out = |name: &str| gw.dir.join(name);
-    let players = vec![
-        (
-            "ffmpeg rtmps",
-            out("ffmpeg-rtmps.flv"),
-            ffmpeg_play(&format!("{rtmps}/s"), &out("ffmpeg-rtmps.flv")),
-        ),
-        ("ffmpeg rtmp", out("ffmpeg-rtmp.flv"), ffmpeg_play(&format!("{rtmp}/s"), &out("ffmpeg-rtmp.flv"))),
-        (
-            "rtmpdump rtmps",
-            out("dump-rtmps.flv"),
-            rtmpdump_play(&format!("{rtmps}/s"), &out("dump-rtmps.flv")),
-        ),
-        ("rtmpdump rtmp", out("dump-rtmp.flv"), rtmpdump_play(&format!("{rtmp}/s"), &out("dump-rtmp.flv"))),
+    let out = |name: &str| gw.dir().join(name);
+    let players = [
+        ("ffmpeg rtmps", out("ffmpeg-rtmps.flv"), record_ffmpeg(&rtmps, &out("ffmpeg-rtmps.flv"), 10.0)),
+        ("ffmpeg rtmp", out("ffmpeg-rtmp.flv"), record_ffmpeg(&rtmp, &out("ffmpeg-rtmp.flv"), 10.0)),
+        ("rtmpdump rtmps", out("dump-rtmps.flv"), record_rtmpdump(&rtmps, &out("dump-rtmps.flv"), 7.0)),
+        ("rtmpdump rtmp", out("dump-rtmp.flv"), record_rtmpdump(&rtmp, &out("dump-rtmp.flv"), 7.0)),
     ];
-    let published = finish(publisher, Duration::from_secs(30));
-    assert!(published.status.success(), "publisher: {}", text(&published));
-    for (name, file, child) in players {
-        let output = finish(child, Duration::from_secs(10));
-        let (video, audio) = packet_counts(&file);
+    assert!(publisher.finish().success(), "{}", publisher.describe());
+    for (name, file, mut player) in players {
+        player.finish();
         // Joined about 1 s in, from the cached GOP: at least 3 of the 6 seconds arrive.
-        assert!(video >= 75 && audio >= 120, "{name}: {video} video, {audio} audio; {}", text(&output));
+        assert_good_recording(name, &file, 75, 120);
     }
 
-    let log = gw.log();
+    let log = gw.logs();
     let closed = |variant: &str| log.lines().filter(|l| l.contains("closed:") && l.contains(variant)).count();
     assert!(closed("variant=rtmps ") >= 3, "{log}");
     assert!(closed("variant=rtmp ") >= 2, "{log}");
@@ -338,10 +122,10 @@ fn ffmpeg_publishes_over_rtmps_and_ffmpeg_and_rtmpdump_play_over_rtmps_and_rtmp(
 
 #[test]
 fn verifying_clients_trust_the_generated_ca_and_nothing_else() {
-    let _serial = serial();
-    let gw = Gateway::start("verify", TWO_LISTENERS);
-    let port = gw.port("rtmps");
-    let ca = gw.dir.join("certs/ca.pem");
+    let _serial = exclusive();
+    let gw = start("rtmps-verify", TWO_LISTENERS);
+    let port = gw.addr("rtmps").port();
+    let ca = gw.dir().join("certs/ca.pem");
     let ca = ca.to_str().unwrap();
 
     let verify = ["-verify_return_error", "-CAfile", ca];
@@ -369,39 +153,40 @@ fn verifying_clients_trust_the_generated_ca_and_nothing_else() {
 
     // ffmpeg (GnuTLS) verifying: publishes with the CA, refuses the server without it.
     let url = format!("rtmps://localhost:{port}/live/verified");
-    let with_ca = finish(publish(&url, 1, &["-tls_verify", "1", "-ca_file", ca]), Duration::from_secs(20));
-    assert!(with_ca.status.success(), "{}", text(&with_ca));
+    let mut with_ca = publish_with(&url, 1.0, &["-tls_verify", "1", "-ca_file", ca]);
+    assert!(with_ca.finish().success(), "{}", with_ca.describe());
     let system = "/etc/ssl/certs/ca-certificates.crt";
-    let without =
-        finish(publish(&url, 1, &["-tls_verify", "1", "-ca_file", system]), Duration::from_secs(20));
-    assert!(!without.status.success(), "ffmpeg accepted an untrusted certificate");
-    assert!(text(&without).contains("failed verification"), "{}", text(&without));
+    assert!(Path::new(system).exists(), "{system} is missing (Debian: ca-certificates)");
+    let mut without = publish_with(&url, 1.0, &["-tls_verify", "1", "-ca_file", system]);
+    assert!(!without.finish().success(), "ffmpeg accepted an untrusted certificate");
+    assert!(without.output().contains("failed verification"), "{}", without.describe());
 }
 
 #[test]
 fn sighup_rotates_the_certificate_while_live_sessions_keep_streaming() {
-    let _serial = serial();
-    let dir = temp_dir("rotate");
+    let _serial = exclusive();
+    let dir = TempDir::new("rtmps-rotate");
+    // The certificates live in the gateway's own directory (`$DIR` in its config).
+    let base = dir.path().to_path_buf();
     let make_cert = |sub: &str| {
-        let output = run(
-            rtmpx_binary().to_str().unwrap(),
-            &["cert", "--host", "media.example", "--dir", dir.join(sub).to_str().unwrap()],
-            Duration::from_secs(20),
-        );
-        assert!(output.status.success(), "{}", text(&output));
-        assert!(text(&output).contains("players must skip verification"), "{}", text(&output));
-        assert!(text(&output).contains("localhost, 127.0.0.1, ::1, media.example"), "{}", text(&output));
+        let (binary, out_dir) = (rtmpx_binary(), base.join(sub));
+        let args = ["cert", "--host", "media.example", "--dir", out_dir.to_str().unwrap()];
+        let (ok, out) = run(binary.to_str().unwrap(), &args, Duration::from_secs(20));
+        assert!(ok, "{out}");
+        assert!(out.contains("players must skip verification"), "{out}");
+        assert!(out.contains("localhost, 127.0.0.1, ::1, media.example"), "{out}");
     };
     make_cert("one");
     make_cert("two");
     let install = |sub: &str| {
-        std::fs::copy(dir.join(sub).join("key.pem"), dir.join("live.key")).unwrap();
-        std::fs::copy(dir.join(sub).join("cert.pem"), dir.join("live.pem")).unwrap();
+        std::fs::copy(base.join(sub).join("key.pem"), base.join("live.key")).unwrap();
+        std::fs::copy(base.join(sub).join("cert.pem"), base.join("live.pem")).unwrap();
     };
     install("one");
     let (one, two) =
-        (file_fingerprint(&dir.join("one/cert.pem")), file_fingerprint(&dir.join("two/cert.pem")));
+        (file_fingerprint(&base.join("one/cert.pem")), file_fingerprint(&base.join("two/cert.pem")));
     assert_ne!(one, two);
+    let live_pem = base.join("live.pem");
 
     let config = r#"
 [[listener]]
@@ -412,39 +197,36 @@ tls = [{ cert = "$DIR/live.pem", key = "$DIR/live.key" }]
 [[app]]
 name = "live"
 "#;
-    let gw = Gateway::start_in(dir.clone(), config);
-    let port = gw.port("rtmps");
+    let gw = Gateway::start_in(dir, config, TLS_LOG);
+    let port = gw.addr("rtmps").port();
     assert_eq!(served_fingerprint(port, "media.example"), one);
-    assert!(gw.log().contains(&one), "the loaded fingerprint is logged");
+    assert!(gw.logs().contains(&one), "the loaded fingerprint is logged");
 
-    let url = format!("{}/rotating", gw.app_url("rtmps"));
-    let publisher = publish(&url, 10, &[]);
+    let url = gw.url("rtmps", "live", "rotating");
+    let mut publisher = publish_with(&url, 10.0, &[]);
     assert!(gw.wait_for_log("publishing", Duration::from_secs(10)));
-    let player_file = dir.join("old-session.flv");
-    let player = rtmpdump_play(&url, &player_file);
+    let player_file = gw.dir().join("old-session.flv");
+    let mut player = record_rtmpdump(&url, &player_file, 11.0);
     assert!(gw.wait_for_log("playing", Duration::from_secs(10)));
     std::thread::sleep(Duration::from_secs(2));
 
     install("two");
     gw.signal("HUP");
-    assert!(gw.wait_for_log("TLS certificates reloaded", Duration::from_secs(5)), "{}", gw.log());
+    assert!(gw.wait_for_log("TLS certificates reloaded", Duration::from_secs(5)), "{}", gw.logs());
     assert_eq!(served_fingerprint(port, "media.example"), two);
 
     // A broken certificate is reported and the one in use stays.
-    std::fs::write(dir.join("live.pem"), "-----BEGIN CERTIFICATE-----\nbroken\n-----END CERTIFICATE-----\n")
-        .unwrap();
+    std::fs::write(&live_pem, "-----BEGIN CERTIFICATE-----\nbroken\n-----END CERTIFICATE-----\n").unwrap();
     gw.signal("HUP");
-    assert!(gw.wait_for_log("reload failed", Duration::from_secs(5)), "{}", gw.log());
+    assert!(gw.wait_for_log("reload failed", Duration::from_secs(5)), "{}", gw.logs());
     assert_eq!(served_fingerprint(port, "localhost"), two);
 
-    let published = finish(publisher, Duration::from_secs(30));
-    assert!(published.status.success(), "publisher: {}", text(&published));
-    let played = finish(player, Duration::from_secs(10));
-    let (video, audio) = packet_counts(&player_file);
+    assert!(publisher.finish().success(), "{}", publisher.describe());
+    player.finish();
     // The player joined about 1 s in and the rotation came about 2 s later: 7+ s of video means
     // the old session streamed on well past it.
-    assert!(video >= 175 && audio >= 280, "{video} video, {audio} audio; {}", text(&played));
-    let log = gw.log();
+    assert_good_recording("rtmpdump across the rotation", &player_file, 175, 280);
+    let log = gw.logs();
     let sessions: Vec<&str> =
         log.lines().filter(|l| l.contains("stream=live/rotating") && l.contains("closed:")).collect();
     assert_eq!(sessions.len(), 2, "{log}");
@@ -453,10 +235,11 @@ name = "live"
 
 #[test]
 fn garbage_plain_rtmp_and_stalled_clients_on_the_tls_port_are_closed_and_logged() {
-    let _serial = serial();
+    let _serial = exclusive();
+    require_tool("rtmpdump");
     let config = TWO_LISTENERS.replace("[tls]\n", "[tls]\nhandshake_timeout_secs = 1\n");
-    let gw = Gateway::start("garbage", &config);
-    let port = gw.port("rtmps");
+    let gw = start("rtmps-garbage", &config);
+    let port = gw.addr("rtmps").port();
     let connect = || {
         let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -497,15 +280,13 @@ fn garbage_plain_rtmp_and_stalled_clients_on_the_tls_port_are_closed_and_logged(
     assert!(partial >= Duration::from_millis(900) && partial < Duration::from_secs(3), "{partial:?}");
 
     // librtmp speaking plain RTMP to the TLS port gives up at once instead of hanging.
-    let plain = run(
-        "rtmpdump",
-        &["-r", &format!("rtmp://127.0.0.1:{port}/live/s"), "--live", "-o", "/dev/null", "-m", "5"],
-        Duration::from_secs(15),
-    );
-    assert!(!plain.status.success());
+    let plain_url = format!("rtmp://127.0.0.1:{port}/live/s");
+    let (ok, _) =
+        run("rtmpdump", &["-r", &plain_url, "--live", "-o", "/dev/null", "-m", "5"], Duration::from_secs(15));
+    assert!(!ok);
 
-    assert!(gw.wait_for_log_count("TLS handshake failed", 5, Duration::from_secs(5)), "{}", gw.log());
-    let log = gw.log();
+    assert!(gw.wait_for_log_count("TLS handshake failed", 5, Duration::from_secs(5)), "{}", gw.logs());
+    let log = gw.logs();
     let failure = |peer_port: u16| {
         let peer = format!("peer=127.0.0.1:{peer_port}");
         log.lines().find(|l| l.contains("TLS handshake failed") && l.contains(&peer)).map(String::from)
@@ -515,38 +296,42 @@ fn garbage_plain_rtmp_and_stalled_clients_on_the_tls_port_are_closed_and_logged(
     assert!(failure(silent_port).unwrap().contains("no handshake within 1s"), "{log}");
 
     // The listener keeps serving.
-    let ca = gw.dir.join("certs/ca.pem");
+    let ca = gw.dir().join("certs/ca.pem");
     let (ok, out) = s_client(port, &["-verify_return_error", "-CAfile", ca.to_str().unwrap()]);
     assert!(ok, "{out}");
-    let published =
-        finish(publish(&format!("{}/after", gw.app_url("rtmps")), 1, &[]), Duration::from_secs(20));
-    assert!(published.status.success(), "{}", text(&published));
+    let mut after = publish_with(&gw.url("rtmps", "live", "after"), 1.0, &[]);
+    assert!(after.finish().success(), "{}", after.describe());
 }
 
 #[test]
 fn rtmpdump_fails_when_tls13_session_tickets_are_sent_and_plays_without_them() {
-    let _serial = serial();
+    let _serial = exclusive();
+    require_tool("rtmpdump");
     // rtmpdump plays over RTMPS while ffmpeg publishes over plain RTMP; only the ticket count differs.
     let play = |tickets: usize| {
         let config = TWO_LISTENERS.replace("[tls]\n", &format!("[tls]\ntls13_session_tickets = {tickets}\n"));
-        let gw = Gateway::start("tickets", &config);
-        let publisher = publish(&format!("{}/t", gw.app_url("rtmp")), 4, &[]);
+        let gw = start("rtmps-tickets", &config);
+        let mut publisher = publish_with(&gw.url("rtmp", "live", "t"), 4.0, &[]);
         assert!(gw.wait_for_log("publishing", Duration::from_secs(10)));
-        let file = gw.dir.join("t.flv");
-        let args = ["-r", &format!("{}/t", gw.app_url("rtmps")), "--live", "-o", file.to_str().unwrap()];
-        let played = run("rtmpdump", &args, Duration::from_secs(15));
-        finish(publisher, Duration::from_secs(20));
-        let counts = if file.exists() { packet_counts(&file) } else { (0, 0) };
-        (text(&played), counts, gw.log())
+        let file = gw.dir().join("t.flv");
+        let url = gw.url("rtmps", "live", "t");
+        let (_, output) =
+            run("rtmpdump", &["-r", &url, "--live", "-o", file.to_str().unwrap()], Duration::from_secs(15));
+        publisher.finish();
+        // rtmpdump leaves no file, an empty one or a bare FLV header (13 bytes) when it gets no media.
+        let bytes = std::fs::metadata(&file).map_or(0, |m| m.len());
+        (output, bytes, file, gw)
     };
 
-    let (output, (video, _), log) = play(2);
+    let (output, bytes, _, gw) = play(2);
     assert!(output.contains("handshake failed"), "{output}");
-    assert_eq!(video, 0);
-    assert!(log.contains("version=Some(TLSv1_3)"), "{log}");
+    assert!(bytes <= 13, "{bytes} bytes recorded despite the failed handshake");
+    assert!(gw.logs().contains("version=Some(TLSv1_3)"), "{}", gw.logs());
+    drop(gw);
 
-    let (output, (video, audio), log) = play(0);
+    // (The gateway, and the directory the recording is in, live until the end.)
+    let (output, _, file, gw) = play(0);
     assert!(!output.contains("handshake failed"), "{output}");
-    assert!(video >= 50 && audio >= 80, "{video} video, {audio} audio: {output}");
-    assert!(log.contains("version=Some(TLSv1_3)"), "{log}");
+    assert_good_recording("rtmpdump over rtmps without tickets", &file, 50, 80);
+    assert!(gw.logs().contains("version=Some(TLSv1_3)"), "{}", gw.logs());
 }

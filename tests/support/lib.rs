@@ -92,6 +92,7 @@ pub fn require_tool(name: &str) {
         "nginx" => nginx_binary().is_some() && Path::new(NGINX_RTMP_MODULE).exists(),
         "python3-librtmp" => python3_with_librtmp().is_some(),
         "chromium" => runs(Command::new("chromium").arg("--version")),
+        "openssl" => runs(Command::new("openssl").arg("version")),
         other => panic!("require_tool: unknown tool {other:?}"),
     };
     if ok {
@@ -102,7 +103,7 @@ pub fn require_tool(name: &str) {
     }
     panic!(
         "required tool {name:?} is missing. Run scripts/test.sh, which installs the clients the end-to-end \
-         tests use (Debian: ffmpeg rtmpdump python3-librtmp nginx-light libnginx-mod-rtmp chromium)"
+         tests use (Debian: ffmpeg rtmpdump python3-librtmp nginx-light libnginx-mod-rtmp chromium openssl)"
     );
 }
 
@@ -439,7 +440,7 @@ pub struct Gateway {
     readers: Vec<JoinHandle<()>>,
     /// (scheme, app) → base URL `scheme://host:port/app`.
     urls: BTreeMap<(String, String), String>,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 /// One rtmp listener on 127.0.0.1 with a kernel-chosen port, and the app `live`.
@@ -462,8 +463,14 @@ impl Gateway {
     /// `rtmpx ready`. Use port 0 in listener addresses: the real ports are read from the log.
     /// `$DIR` in the config names that temp dir (e.g. `cert_dir = "$DIR/certs"`).
     pub fn start(config_toml: &str) -> Gateway {
+        let log_filter = std::env::var("RTMPX_E2E_LOG").unwrap_or_else(|_| "info".into());
+        Gateway::start_in(TempDir::new("gateway"), config_toml, &log_filter)
+    }
+
+    /// Like [`start`](Self::start), in `dir` (files the config names can be put there first;
+    /// `$DIR` is its path) and with `RUST_LOG=log_filter`.
+    pub fn start_in(dir: TempDir, config_toml: &str, log_filter: &str) -> Gateway {
         let binary = rtmpx_binary();
-        let dir = TempDir::new("gateway");
         let config_path = dir.file("rtmpx.toml");
         let config_toml = config_toml.replace("$DIR", &dir.path().display().to_string());
         fs::write(&config_path, config_toml).expect("writing the gateway config");
@@ -472,7 +479,7 @@ impl Gateway {
             .arg("--config")
             .arg(&config_path)
             .env("NO_COLOR", "1")
-            .env("RUST_LOG", std::env::var("RTMPX_E2E_LOG").unwrap_or_else(|_| "info".into()))
+            .env("RUST_LOG", log_filter)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -483,7 +490,7 @@ impl Gateway {
             spawn_line_reader(child.stdout.take().expect("piped stdout"), logs.clone()),
             spawn_line_reader(child.stderr.take().expect("piped stderr"), logs.clone()),
         ];
-        let mut gateway = Gateway { child, logs, readers, urls: BTreeMap::new(), _dir: dir };
+        let mut gateway = Gateway { child, logs, readers, urls: BTreeMap::new(), dir };
 
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
@@ -546,6 +553,18 @@ impl Gateway {
         self.logs.wait_for(timeout, |l| needles.iter().all(|n| l.contains(n)))
     }
 
+    /// Waits until at least `count` log lines contain `needle`.
+    pub fn wait_for_log_count(&self, needle: &str, count: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.count_log(needle) < count {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(25));
+        }
+        true
+    }
+
     /// How many log lines contain `needle`.
     pub fn count_log(&self, needle: &str) -> usize {
         self.logs
@@ -561,9 +580,14 @@ impl Gateway {
         self.child.id()
     }
 
+    /// The gateway's directory (its config, generated certificates, `$DIR` in the config).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// The configuration file the gateway runs with: rewrite it and send SIGHUP to reload.
     pub fn config_path(&self) -> PathBuf {
-        self._dir.file("rtmpx.toml")
+        self.dir.file("rtmpx.toml")
     }
 
     /// Current resident set size in KiB.
@@ -769,11 +793,13 @@ pub struct PublishOptions {
     pub fps: u32,
     /// Constant video bitrate (x264 pads with filler), e.g. "2500k"; `None`: whatever x264 makes.
     pub video_cbr: Option<&'static str>,
+    /// More output options before the URL, e.g. `-tls_verify 1 -ca_file ca.pem`.
+    pub output_args: Vec<String>,
 }
 
 impl PublishOptions {
     pub fn new(seconds: f64) -> PublishOptions {
-        PublishOptions { seconds, size: "320x240", fps: 25, video_cbr: None }
+        PublishOptions { seconds, size: "320x240", fps: 25, video_cbr: None, output_args: Vec::new() }
     }
 }
 
@@ -796,7 +822,7 @@ pub fn publish(url: &str, options: &PublishOptions) -> Proc {
         cmd.args(["-b:v", rate, "-minrate", rate, "-maxrate", rate, "-bufsize", rate]);
         cmd.args(["-x264-params", "nal-hrd=cbr"]);
     }
-    cmd.args(["-c:a", "aac", "-b:a", "64k", "-f", "flv", url]);
+    cmd.args(["-c:a", "aac", "-b:a", "64k", "-f", "flv"]).args(&options.output_args).arg(url);
     let budget = Duration::from_secs_f64(options.seconds) + Duration::from_secs(30);
     Proc::spawn("ffmpeg-publish", cmd, None, budget)
 }
