@@ -667,3 +667,54 @@ fn rtmpt_session_ids_cannot_be_guessed() {
     assert_serving(&gw);
     assert_memory_back(&gw, baseline, "rtmpt guessing");
 }
+
+#[test]
+fn a_publisher_flooding_tiny_messages_does_not_starve_its_worker() {
+    // One worker thread. A publisher sends thousands of tiny audio messages per read, each
+    // written to 40 reading players from the publisher's task; the session driver yields after
+    // 5 ms of such fan-out, so the canary (on the same worker) keeps its frames on time.
+    let _serial = exclusive();
+    let dir = TempDir::new("adv-flood");
+    let gw = Gateway::start(&format!(
+        "{}\n[server]\nworker_threads = 1\n",
+        CONFIG.replace("$CERTS", &dir.file("certs").display().to_string())
+    ));
+    let canary = start_canary(&gw, 2_000);
+    let stop = Arc::new(AtomicBool::new(false));
+    let players: Vec<JoinHandle<usize>> = (0..40)
+        .map(|_| {
+            let mut player = connect(&gw, Intent::Play("flood".into()));
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let mut audio = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(events) = player.pump(Duration::from_millis(50)) else { break };
+                    audio += events.iter().filter(|e| matches!(e, ClientEvent::Media(_))).count();
+                }
+                audio
+            })
+        })
+        .collect();
+    let mut flood = connect(&gw, Intent::Publish("flood".into()));
+    let stream_id = flood.stream_id.unwrap();
+    let started = Instant::now();
+    let mut sent = 0u32;
+    while started.elapsed() < Duration::from_secs(4) {
+        for _ in 0..4_000 {
+            // AAC raw frames of one byte: ~16 bytes on the wire each.
+            flood.session.send_media(stream_id, MediaKind::Audio, sent / 50, &[0xaf, 0x01, 0x21]);
+            sent += 1;
+        }
+        assert!(flood.flush(), "the flooding publisher was cut off; log:\n{}", gw.logs());
+    }
+    let flood_secs = started.elapsed().as_secs_f64();
+    let report = canary.finish();
+    stop.store(true, Ordering::Relaxed);
+    let delivered: usize = players.into_iter().map(|p| p.join().unwrap()).sum();
+    eprintln!(
+        "[adv-flood] {sent} tiny messages in {flood_secs:.1} s, {delivered} deliveries to 40 players; canary {report:?}"
+    );
+    assert!(delivered > 10_000, "the flood never reached the players ({delivered})");
+    assert_canary_unharmed(&report, &gw);
+    assert_serving(&gw);
+}
