@@ -25,13 +25,14 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{sleep_until, timeout};
 use tracing::{debug, info, warn};
 
+mod fan_out;
 mod seal_pairing;
 
+pub(crate) use fan_out::{Batching, FanOut};
 pub(crate) use seal_pairing::seal_counts as rtmpe_seal_counts;
 
 use crate::auth;
 use crate::error::{Error, Result};
-use crate::load::Load;
 use crate::metrics::{Denial, Role};
 use crate::registry::{SessionEntry, SessionGuard};
 use crate::server::Shared;
@@ -125,6 +126,7 @@ struct Playing {
 struct Publishing {
     stream_id: u32,
     publisher: Publisher,
+    fan_out: FanOut,
     _grant: auth::Grant,
 }
 
@@ -266,11 +268,6 @@ struct IoState {
     task_flush: bool,
     /// A direct write's error, for the task to report.
     failed: Option<std::io::Error>,
-    /// The stream id frames go to while direct delivery is on.
-    direct_stream: Option<u32>,
-    /// Write coalescing is on: direct frames are only encoded, and the publisher's task writes them
-    /// at the end of its batch window.
-    coalesce: bool,
     bytes_out: u64,
     entry: Arc<SessionEntry>,
 }
@@ -337,23 +334,24 @@ impl IoState {
 /// entry, no wake-up of the player's task), as long as the player's socket takes it.
 struct DirectPlayer {
     io: Arc<SessionIo>,
+    /// The session's stream the player plays on.
+    stream_id: u32,
     /// Wakes the player's task when a write finished after `try_send` returned (RTMPE pairing).
     waker: PlayerWaker,
-    /// Batching while the workers are busy (never when `write_coalesce_under_load_ms` is 0).
-    load: Arc<Load>,
+    /// While batching, frames are only encoded and the publisher's task writes them at the end of
+    /// its window ([`FanOut::flush`]).
+    batching: Batching,
 }
 
 impl DirectSink for DirectPlayer {
     fn try_send(&self, frame: &Frame, timestamp: u32) -> DirectSend {
         // Busy (the player's task is reading or delivering): queue it, never wait.
         let Ok(mut io) = self.io.state.try_lock() else { return DirectSend::Refused };
-        let Some(stream_id) = io.direct_stream else { return DirectSend::Refused };
         if io.task_flush || !io.pending.is_empty() {
             return DirectSend::Refused;
         }
-        io.encode(stream_id, frame, timestamp);
-        let batch = io.coalesce || self.load.batching();
-        if batch && io.session.pending_output() < WRITE_BATCH {
+        io.encode(self.stream_id, frame, timestamp);
+        if !self.batching.window().is_zero() && io.session.pending_output() < WRITE_BATCH {
             // Written by the publisher's next flush_direct.
             return DirectSend::Sent;
         }
@@ -406,8 +404,6 @@ where
             shared_payloads,
             task_flush: false,
             failed: None,
-            direct_stream: None,
-            coalesce: shared.config().server.write_coalesce_ms > 0,
             bytes_out: 0,
             entry: conn.registry.shared_entry(),
         }),
@@ -430,14 +426,10 @@ async fn drive_io(out: &Arc<SessionIo>, conn: &mut Connection, shared: &Shared) 
     // Set after input from a connection that publishes nothing: once its answers are written,
     // its buffers go back (an idle player should cost little memory).
     let mut release_after_flush = false;
-    // Write coalescing: player media held back until this instant (or WRITE_BATCH bytes).
-    let coalesce = std::time::Duration::from_millis(shared.config().server.write_coalesce_ms);
-    let under_load = std::time::Duration::from_millis(shared.config().server.write_coalesce_under_load_ms);
-    // The batch window now: write_coalesce_ms always, else the load-driven one while busy.
-    let window = || shared.load.batch_window(coalesce, under_load);
+    // Write coalescing for a player behind its queue: media held back until this instant (or
+    // WRITE_BATCH bytes), the same window the publisher's direct writes use.
+    let batching = Batching::new(&shared.config().server, shared.load.clone());
     let mut hold_until: Option<tokio::time::Instant> = None;
-    // Write coalescing for a publisher: when its players' batched media is written.
-    let mut fan_out_flush_at: Option<tokio::time::Instant> = None;
 
     loop {
         if hold_until.is_none() {
@@ -501,15 +493,10 @@ async fn drive_io(out: &Arc<SessionIo>, conn: &mut Connection, shared: &Shared) 
                     let _ = flush(out, timeouts.write()).await;
                     return Err(e);
                 }
-                let window = window();
-                if !window.is_zero() && conn.publishing.is_some() && fan_out_flush_at.is_none() {
-                    fan_out_flush_at = Some(tokio::time::Instant::now() + window);
-                }
             }
-            _ = sleep_until_opt(fan_out_flush_at) => {
-                fan_out_flush_at = None;
+            _ = fan_out_window_end(&mut conn.publishing) => {
                 if let Some(p) = &conn.publishing {
-                    fan_out_flush(&p.publisher).await;
+                    p.fan_out.flush(&p.publisher).await;
                 }
             }
             _ = player_changed(&conn.playing) => {
@@ -518,7 +505,7 @@ async fn drive_io(out: &Arc<SessionIo>, conn: &mut Connection, shared: &Shared) 
                     conn.registry.entry().set_dropped_frames(p.player.dropped_frames());
                 }
                 // A player behind its queue batches like the direct path (the same window).
-                let window = window();
+                let window = batching.window();
                 hold_until = if !window.is_zero() && only_frames && out.lock().session.pending_output() < WRITE_BATCH {
                     hold_until.or_else(|| Some(tokio::time::Instant::now() + window))
                 } else {
@@ -540,21 +527,6 @@ async fn drive_io(out: &Arc<SessionIo>, conn: &mut Connection, shared: &Shared) 
     }
 }
 
-/// Hands a frame to the router. The router writes it to every caught-up player from here
-/// ([`DirectPlayer`]); tokio's cooperative budget (128 I/O operations per task poll) would make
-/// every write after the 128th report "would block" and fall back to a task wake-up, so the
-/// fan-out runs unconstrained. It is bounded by the number of players and never waits. RTMPE
-/// players are encrypted in pairs ([`seal_pairing`]).
-pub(crate) async fn fan_out(publisher: &Publisher, frame: Frame) {
-    tokio::task::unconstrained(async { seal_pairing::paired(|| publisher.send(frame)) }).await
-}
-
-/// With write coalescing: writes what the players' sessions hold, once per window for the whole
-/// stream (one write per player, no timer or wake-up per player; RTMPE players in pairs).
-pub(crate) async fn fan_out_flush(publisher: &Publisher) {
-    tokio::task::unconstrained(async { seal_pairing::paired(|| publisher.flush_direct()) }).await
-}
-
 /// Encodes what the player's queue holds, up to [`WRITE_BATCH`] bytes of output. Popping and
 /// encoding happen under the session lock, so a direct frame can never overtake a queued one.
 /// Returns whether everything was media (which may wait for write coalescing).
@@ -569,9 +541,16 @@ fn deliver_queued(out: &SessionIo, conn: &mut Connection) -> bool {
     only_frames
 }
 
-pub(crate) async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn fan_out_window_end(publishing: &mut Option<Publishing>) {
+    match publishing {
+        Some(p) => p.fan_out.window_end().await,
         None => std::future::pending().await,
     }
 }
@@ -717,14 +696,14 @@ async fn handle_event(
             on_play(stream_id, &stream_name, (start, duration, reset), out, conn, shared).await?
         }
         ServerEvent::Media(media) => {
-            if let Some(p) = &conn.publishing {
+            if let Some(p) = &mut conn.publishing {
                 if p.stream_id == media.stream_id {
                     let frame = match media.kind {
                         MediaKind::Audio => Frame::audio(media.timestamp, media.payload),
                         MediaKind::Video => Frame::video(media.timestamp, media.payload),
                         MediaKind::Data => Frame::metadata(media.timestamp, media.payload),
                     };
-                    fan_out(&p.publisher, frame).await;
+                    p.fan_out.send(&p.publisher, frame).await;
                 }
             }
         }
@@ -734,7 +713,6 @@ async fn handle_event(
                 debug!(session = conn.id, "unpublished");
             }
             if conn.playing.as_ref().is_some_and(|p| p.stream_id == stream_id) {
-                out.lock().direct_stream = None;
                 conn.playing = None;
             }
         }
@@ -775,7 +753,8 @@ async fn on_publish(
             conn.role = "publisher";
             conn.registry.entry().set_role(Role::Publisher, &key.name);
             conn.stream_name = Some(key.name.clone());
-            conn.publishing = Some(Publishing { stream_id, publisher, _grant: grant });
+            let fan_out = FanOut::new(Batching::new(&config.server, shared.load.clone()));
+            conn.publishing = Some(Publishing { stream_id, publisher, fan_out, _grant: grant });
             info!(session = conn.id, peer = %conn.peer, variant = conn.variant(), stream = %key, "publishing");
             // Relays: republish to the app's push upstreams (pulled streams never come here).
             shared.relays.start_pushes(&shared.router, &shared.config(), &key);
@@ -830,9 +809,12 @@ async fn on_play(
             }
         }
         // Caught up, the player takes frames from the publisher's task directly.
-        st.direct_stream = Some(stream_id);
-        let sink =
-            DirectPlayer { io: Arc::clone(out), waker: player.waker(), load: Arc::clone(&shared.load) };
+        let sink = DirectPlayer {
+            io: Arc::clone(out),
+            stream_id,
+            waker: player.waker(),
+            batching: Batching::new(&config.server, shared.load.clone()),
+        };
         player.set_direct_sink(Some(Arc::new(sink)));
     }
     conn.role = "player";

@@ -170,9 +170,7 @@ impl RelayManager {
             manager: self.clone(),
             status,
             shutdown: self.inner.shutdown.clone(),
-            load: self.inner.load.clone(),
-            coalesce: Duration::from_millis(config.server.write_coalesce_ms),
-            under_load: Duration::from_millis(config.server.write_coalesce_under_load_ms),
+            batching: crate::session::Batching::new(&config.server, self.inner.load.clone()),
         };
         tokio::spawn(job.run());
     }

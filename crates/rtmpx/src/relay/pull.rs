@@ -1,6 +1,5 @@
 //! One pull relay: plays a stream upstream and publishes it into the local router.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rtmpx_client::{ClientEvent, Connection, MediaKind, RtmpUrl};
@@ -8,7 +7,7 @@ use rtmpx_router::{Frame, Publisher, Router, RouterError, SessionInfo, StreamKey
 use tokio::sync::watch;
 use tracing::{debug, info};
 
-use crate::load::Load;
+use crate::session::{Batching, FanOut};
 
 use super::{log_connected, log_retry, stream_url, Backoff, Direction, RelayManager, RelayOptions, Status};
 
@@ -24,10 +23,8 @@ pub(super) struct PullJob {
     pub(super) manager: RelayManager,
     pub(super) status: Status,
     pub(super) shutdown: watch::Receiver<bool>,
-    pub(super) load: Arc<Load>,
-    /// `server.write_coalesce_ms` and `server.write_coalesce_under_load_ms`.
-    pub(super) coalesce: Duration,
-    pub(super) under_load: Duration,
+    /// Pulled streams batch their players' writes like published ones.
+    pub(super) batching: Batching,
 }
 
 /// Why a pull stops.
@@ -141,7 +138,7 @@ impl PullJob {
         state: &mut Pulling,
         tick: &mut tokio::time::Interval,
     ) -> Result<Stop, String> {
-        let mut flush_at: Option<tokio::time::Instant> = None;
+        let mut fan_out = FanOut::new(self.batching.clone());
         loop {
             tokio::select! {
                 event = conn.next_event() => match event {
@@ -161,11 +158,7 @@ impl PullJob {
                             MediaKind::Data => Frame::metadata(media.timestamp, media.payload),
                         };
                         if let Some(publisher) = &state.publisher {
-                            crate::session::fan_out(publisher, frame).await;
-                            let window = self.load.batch_window(self.coalesce, self.under_load);
-                            if !window.is_zero() && flush_at.is_none() {
-                                flush_at = Some(tokio::time::Instant::now() + window);
-                            }
+                            fan_out.send(publisher, frame).await;
                         }
                     }
                     Ok(Some(ClientEvent::Status { code, .. })) => {
@@ -180,11 +173,9 @@ impl PullJob {
                     }
                     Ok(Some(_)) => {}
                 },
-                _ = crate::session::sleep_until_opt(flush_at) => {
-                    // The batch window ended: write what the players' sessions hold.
-                    flush_at = None;
+                _ = fan_out.window_end() => {
                     if let Some(publisher) = &state.publisher {
-                        crate::session::fan_out_flush(publisher).await;
+                        fan_out.flush(publisher).await;
                     }
                 }
                 _ = tick.tick() => {

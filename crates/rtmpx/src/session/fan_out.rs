@@ -1,0 +1,136 @@
+//! The publisher's side of fan-out, shared by publishing sessions and pull relays: frames go to
+//! the router from the publisher's task, and while batching the players' held media is written
+//! once per window for the whole stream (no timer or wake-up per player).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rtmpx_router::{Frame, Publisher};
+use tokio::time::Instant;
+
+use super::{seal_pairing, sleep_until_opt};
+use crate::config::ServerSection;
+use crate::load::Load;
+
+/// How long players' media waits to share a write now: `server.write_coalesce_ms` always, else
+/// `server.write_coalesce_under_load_ms` (grown while saturated) while the workers are busy.
+#[derive(Clone)]
+pub(crate) struct Batching {
+    load: Arc<Load>,
+    always: Duration,
+    under_load: Duration,
+}
+
+impl Batching {
+    pub(crate) fn new(server: &ServerSection, load: Arc<Load>) -> Batching {
+        Batching {
+            load,
+            always: Duration::from_millis(server.write_coalesce_ms),
+            under_load: Duration::from_millis(server.write_coalesce_under_load_ms),
+        }
+    }
+
+    /// The window now; zero: write at once.
+    pub(crate) fn window(&self) -> Duration {
+        self.load.batch_window(self.always, self.under_load)
+    }
+}
+
+/// One publisher's fan-out and its batch window.
+pub(crate) struct FanOut {
+    batching: Batching,
+    /// When the running batch window ends.
+    flush_at: Option<Instant>,
+}
+
+impl FanOut {
+    pub(crate) fn new(batching: Batching) -> FanOut {
+        FanOut { batching, flush_at: None }
+    }
+
+    /// Hands a frame to the router, which writes it to every caught-up player from here (the
+    /// session driver's `DirectPlayer`; RTMPE players are encrypted in pairs). tokio's cooperative
+    /// budget (128 I/O operations per task poll) would make every write after the 128th report
+    /// "would block" and fall back to a task wake-up, so this runs unconstrained: it is bounded by
+    /// the number of players and never waits. Starts a batch window when batching and none runs.
+    pub(crate) async fn send(&mut self, publisher: &Publisher, frame: Frame) {
+        tokio::task::unconstrained(async { seal_pairing::paired(|| publisher.send(frame)) }).await;
+        if self.flush_at.is_none() {
+            let window = self.batching.window();
+            if !window.is_zero() {
+                self.flush_at = Some(Instant::now() + window);
+            }
+        }
+    }
+
+    /// Resolves when the batch window ends, and closes it; never while none runs.
+    pub(crate) async fn window_end(&mut self) {
+        sleep_until_opt(self.flush_at).await;
+        self.flush_at = None;
+    }
+
+    /// Writes what the players' sessions hold, once for the whole stream (a window ended).
+    pub(crate) async fn flush(&self, publisher: &Publisher) {
+        tokio::task::unconstrained(async { seal_pairing::paired(|| publisher.flush_direct()) }).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use rtmpx_router::{Router, SessionInfo, StreamKey};
+
+    fn fan_out(always_ms: u64, under_load_ms: u64, load: Arc<Load>) -> FanOut {
+        let server = ServerSection {
+            write_coalesce_ms: always_ms,
+            write_coalesce_under_load_ms: under_load_ms,
+            ..Default::default()
+        };
+        FanOut::new(Batching::new(&server, load))
+    }
+
+    fn publisher(router: &Router) -> Publisher {
+        let info = SessionInfo { id: 1, peer: "p".into(), variant: "rtmp" };
+        router.publish(StreamKey::new("live", "s"), info).unwrap()
+    }
+
+    fn audio(ts: u32) -> Frame {
+        Frame::audio(ts, Bytes::from_static(&[0xaf, 0x01, 0x21]))
+    }
+
+    async fn ends_within(fan_out: &mut FanOut, limit: Duration) -> bool {
+        tokio::time::timeout(limit, fan_out.window_end()).await.is_ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_window_opens_with_a_frame_and_closes_when_it_ends() {
+        let router = Router::new(Default::default());
+        let publisher = publisher(&router);
+        let mut fan_out = fan_out(20, 0, Arc::default());
+        assert!(!ends_within(&mut fan_out, Duration::from_secs(1)).await, "a window without frames");
+        let opened = Instant::now();
+        fan_out.send(&publisher, audio(0)).await;
+        tokio::time::advance(Duration::from_millis(15)).await;
+        fan_out.send(&publisher, audio(15)).await; // the same window
+        assert!(ends_within(&mut fan_out, Duration::from_secs(1)).await);
+        assert_eq!(opened.elapsed(), Duration::from_millis(20));
+        // Closed: nothing ends again until a frame opens the next window.
+        assert!(!ends_within(&mut fan_out, Duration::from_secs(1)).await);
+        fan_out.send(&publisher, audio(30)).await;
+        assert!(ends_within(&mut fan_out, Duration::from_millis(20)).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn windows_under_load_follow_the_load() {
+        let router = Router::new(Default::default());
+        let publisher = publisher(&router);
+        let load = Arc::<Load>::default();
+        let mut fan_out = fan_out(0, 20, load.clone());
+        fan_out.send(&publisher, audio(0)).await;
+        assert!(!ends_within(&mut fan_out, Duration::from_secs(1)).await, "batched while idle");
+        load.update(0.95, true);
+        fan_out.send(&publisher, audio(40)).await;
+        assert!(ends_within(&mut fan_out, Duration::from_millis(20)).await);
+    }
+}
