@@ -12,8 +12,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rtmpx_e2e::{
-    admin_addr, exclusive, http, probe, record_ffmpeg, record_rtmpdump, require_tool, run_bounded, Gateway,
-    Proc, TempDir,
+    admin_addr, exclusive, http, metrics, probe, record_ffmpeg, record_rtmpdump, require_tool, run_bounded,
+    sample, Gateway, Proc, TempDir,
 };
 use serde_json::Value;
 
@@ -25,22 +25,6 @@ fn get_json(addr: SocketAddr, path: &str) -> Value {
     let reply = http(addr, "GET", path, None);
     assert_eq!(reply.status, 200, "GET {path}: {}", reply.body);
     serde_json::from_str(&reply.body).unwrap_or_else(|e| panic!("GET {path}: {e}: {}", reply.body))
-}
-
-fn metrics(addr: SocketAddr) -> String {
-    let reply = http(addr, "GET", "/metrics", None);
-    assert_eq!(reply.status, 200);
-    assert!(reply.headers.contains("content-type: text/plain; version=0.0.4"), "{}", reply.headers);
-    reply.body
-}
-
-/// The value of one sample, e.g. `rtmpx_sessions{variant="rtmp",role="player"}`.
-fn sample(text: &str, series: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
-        .parse()
-        .unwrap()
 }
 
 fn sessions_gauge(text: &str, variant: &str, role: &str) -> u64 {

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use rtmpx_core::handshake::HandshakeVersion;
 use rtmpx_core::session::{ClientConfig, ClientEvent, ClientSession, MediaKind};
 use rtmpx_e2e::{
-    admin_addr, assert_good_recording, exclusive, http, make_testsrc_flv, publish_librtmp, publish_testsrc,
-    record_ffmpeg, record_rtmpdump, require_tool, run_bounded, Gateway, TempDir,
+    admin_addr, assert_good_recording, exclusive, make_testsrc_flv, metrics, publish_librtmp,
+    publish_testsrc, record_ffmpeg, record_rtmpdump, require_tool, run_bounded, sample, Gateway, TempDir,
 };
 
 const CONFIG: &str = r#"
@@ -72,14 +72,7 @@ fn rtmpdump_plays_over_rtmpe_what_ffmpeg_publishes_over_rtmp() {
 
 /// `rtmpx_rtmpe_fan_out_writes_total{sealed=KIND}` from `/metrics`.
 fn rtmpe_fan_out_writes(gw: &Gateway, kind: &str) -> u64 {
-    let reply = http(admin_addr(gw), "GET", "/metrics", None);
-    assert_eq!(reply.status, 200);
-    let series = format!("rtmpx_rtmpe_fan_out_writes_total{{sealed=\"{kind}\"}} ");
-    reply
-        .body
-        .lines()
-        .find_map(|l| l.strip_prefix(&series)?.parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in:\n{}", reply.body))
+    sample(&metrics(admin_addr(gw)), &format!("rtmpx_rtmpe_fan_out_writes_total{{sealed=\"{kind}\"}}"))
 }
 
 /// `players` rtmpdump players record over rtmpe:// what ffmpeg publishes; each recording must be

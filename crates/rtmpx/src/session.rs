@@ -299,6 +299,12 @@ impl IoState {
         Pin::new(&mut self.stream).poll_flush(cx)
     }
 
+    /// Whether a task other than the session's may write now: the session's own task is not
+    /// writing (after a full socket or an error only it writes, with its own waker).
+    fn publisher_may_write(&self) -> bool {
+        !self.task_flush && self.pending.is_empty()
+    }
+
     /// Writes from a task that is not the session's: on Pending (socket full) or an error the
     /// session's task is woken to wait with its own waker and report.
     fn write_now(&mut self) -> DirectSend {
@@ -347,7 +353,7 @@ impl DirectSink for DirectPlayer {
     fn try_send(&self, frame: &Frame, timestamp: u32) -> DirectSend {
         // Busy (the player's task is reading or delivering): queue it, never wait.
         let Ok(mut io) = self.io.state.try_lock() else { return DirectSend::Refused };
-        if io.task_flush || !io.pending.is_empty() {
+        if !io.publisher_may_write() {
             return DirectSend::Refused;
         }
         io.encode(self.stream_id, frame, timestamp);
@@ -360,7 +366,7 @@ impl DirectSink for DirectPlayer {
 
     fn flush(&self) -> DirectSend {
         let Ok(mut io) = self.io.state.try_lock() else { return DirectSend::Refused };
-        if io.task_flush || !io.pending.is_empty() {
+        if !io.publisher_may_write() {
             // The task is writing; it takes everything the session holds.
             return DirectSend::Refused;
         }

@@ -43,7 +43,7 @@ impl Parked {
     /// the player's task when the task is using the session.
     fn write_alone(self) {
         match self.io.state.try_lock() {
-            Ok(mut io) if writable(&io) => {
+            Ok(mut io) if io.publisher_may_write() => {
                 SEALS[1].fetch_add(1, Ordering::Relaxed);
                 self.finish(io.write_now())
             }
@@ -56,11 +56,6 @@ impl Parked {
             self.waker.wake();
         }
     }
-}
-
-/// Whether the publisher's task may write the session (its own task is not writing it).
-fn writable(io: &IoState) -> bool {
-    !io.task_flush && io.pending.is_empty()
 }
 
 /// Runs a fan-out with RTMPE players' encryption paired on this thread.
@@ -93,22 +88,21 @@ pub(super) fn offer(io: &mut IoState, me: impl FnOnce() -> Parked) -> Option<Dir
     let partner = PAIRING.with(|pairing| {
         let mut pairing = pairing.borrow_mut();
         if !pairing.active {
-            return None;
+            return Err(());
         }
-        match pairing.parked.take() {
-            Some(partner) => Some(Some(partner)),
-            None => {
-                pairing.parked = Some(me());
-                Some(None)
-            }
+        let partner = pairing.parked.take();
+        if partner.is_none() {
+            pairing.parked = Some(me());
         }
-    })?;
+        Ok(partner)
+    });
+    let Ok(partner) = partner else { return None };
     let Some(partner) = partner else { return Some(DirectSend::Sent) };
     match partner.io.state.try_lock() {
         Ok(mut theirs) => {
             io.session.seal_output_paired(&mut theirs.session);
             SEALS[0].fetch_add(2, Ordering::Relaxed);
-            if writable(&theirs) {
+            if theirs.publisher_may_write() {
                 partner.finish(theirs.write_now());
             } else {
                 // Its task is writing; it takes the sealed output with the rest.
