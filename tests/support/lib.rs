@@ -312,29 +312,40 @@ pub fn rss_kib_of(pid: u32) -> Option<u64> {
 /// Builds `rtmpx` once per test process (or takes `RTMPX_BIN`) and returns its path.
 pub fn rtmpx_binary() -> PathBuf {
     static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    match BINARY.get_or_init(build_rtmpx) {
+    match BINARY.get_or_init(|| workspace_binary("rtmpx", "RTMPX_BIN")) {
         Ok(path) => path.clone(),
         Err(message) => panic!("{message}"),
     }
 }
 
-fn build_rtmpx() -> Result<PathBuf, String> {
-    if let Some(bin) = std::env::var_os("RTMPX_BIN") {
+/// The load generator, `rtmpx-bench` (built like [`rtmpx_binary`]; `RTMPX_BENCH_BIN` overrides).
+pub fn rtmpx_bench_binary() -> PathBuf {
+    static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match BINARY.get_or_init(|| workspace_binary("rtmpx-bench", "RTMPX_BENCH_BIN")) {
+        Ok(path) => path.clone(),
+        Err(message) => panic!("{message}"),
+    }
+}
+
+/// Builds the binary `name` of the workspace package of the same name (same profile as the tests)
+/// and returns its path; the environment variable `override_var` names a prebuilt one instead.
+fn workspace_binary(name: &str, override_var: &str) -> Result<PathBuf, String> {
+    if let Some(bin) = std::env::var_os(override_var) {
         return Ok(PathBuf::from(bin));
     }
     // Cargo sets CARGO for the processes it runs; the compile-time value is the fallback.
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
     let output = Command::new(cargo)
-        .args(["build", "-p", "rtmpx", "--bin", "rtmpx", "--message-format=json-render-diagnostics"])
+        .args(["build", "-p", name, "--bin", name, "--message-format=json-render-diagnostics"])
         .arg("--manifest-path")
         .arg(&manifest)
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("running cargo build -p rtmpx: {e}"))?;
+        .map_err(|e| format!("running cargo build -p {name}: {e}"))?;
     if !output.status.success() {
         return Err(format!(
-            "cargo build -p rtmpx --bin rtmpx failed ({}):\n{}",
+            "cargo build -p {name} --bin {name} failed ({}):\n{}",
             output.status,
             String::from_utf8_lossy(&output.stderr)
         ));
@@ -344,8 +355,8 @@ fn build_rtmpx() -> Result<PathBuf, String> {
         .lines()
         .filter(|l| l.contains("\"reason\":\"compiler-artifact\""))
         .filter_map(json_executable)
-        .find(|p| p.file_name().is_some_and(|n| n == "rtmpx"))
-        .ok_or_else(|| format!("cargo build -p rtmpx reported no rtmpx executable:\n{stdout}"))
+        .find(|p| p.file_name().is_some_and(|n| n == name))
+        .ok_or_else(|| format!("cargo build -p {name} reported no {name} executable:\n{stdout}"))
 }
 
 /// The `"executable":"..."` field of one line of cargo's JSON messages.
