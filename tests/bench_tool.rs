@@ -5,7 +5,9 @@
 use std::process::Command;
 use std::time::Duration;
 
-use rtmpx_e2e::{exclusive, require_tool, rtmpx_bench_binary, run_bounded, Gateway, NginxRtmp, TempDir};
+use rtmpx_e2e::{
+    exclusive, make_testsrc_flv, require_tool, rtmpx_bench_binary, run_bounded, Gateway, NginxRtmp, TempDir,
+};
 use serde_json::Value;
 
 const PLAYERS: u64 = 3;
@@ -37,9 +39,10 @@ cert_dir = "$DIR/certs"
 /// Runs rtmpx-bench (one publisher, [`PLAYERS`] players, a 3 s window) and returns its JSON summary.
 /// Keyframes every second: nginx-rtmp starts its players on the next keyframe (no GOP cache), so
 /// they are all live by the window.
-fn bench(dir: &TempDir, label: &str, url: &str, play_url: &str, server_pid: u32) -> Value {
+fn bench(dir: &TempDir, label: &str, url: &str, play_url: &str, server_pid: u32, extra: &[&str]) -> Value {
     let json = dir.file(&format!("{label}.json"));
     let mut cmd = Command::new(rtmpx_bench_binary());
+    cmd.args(extra);
     cmd.args(["--url", url, "--play-url", play_url, "--players", &PLAYERS.to_string()]);
     cmd.args([
         "--bitrate",
@@ -104,9 +107,33 @@ fn rtmpx_bench_measures_every_variant_against_the_gateway() {
             &format!("{variant}://"),
             1,
         );
-        let run = bench(&dir, variant, &publish, &play, gw.pid());
+        let run = bench(&dir, variant, &publish, &play, gw.pid(), &[]);
         assert_sound(&run, variant);
     }
+}
+
+#[test]
+fn rtmpx_bench_publishes_an_flv_file_and_times_its_frames() {
+    let _serial = exclusive();
+    let dir = TempDir::new("bench-tool-flv");
+    let source = dir.file("source.flv");
+    make_testsrc_flv(&source, 6);
+    let gw = Gateway::start(CONFIG);
+    let url = gw.url("rtmp", "live", "file");
+    let run = bench(&dir, "flv", &url, &url, gw.pid(), &["--flv", source.to_str().unwrap()]);
+    let num = |key: &str| run[key].as_f64().unwrap_or_else(|| panic!("no {key} in {run}"));
+    eprintln!("[bench-tool] flv: {run}");
+    assert_eq!(run["input"], source.to_str().unwrap(), "{run}");
+    assert!(run["bitrate_bps"].is_null() && run["expected_mbps"].is_null(), "{run}");
+    assert_eq!(run["errors"], 0, "{run}");
+    assert_eq!(run["players_connected"], PLAYERS, "{run}");
+    assert_eq!(run["frames_dropped"], 0, "{run}");
+    // Every player gets what the file publishes, and times each frame (25 video and ~43 AAC
+    // frames a second) through the tool's table of send times keyed by content.
+    let (delivered, ingested) = (num("delivered_mbps"), num("ingested_mbps"));
+    assert!(delivered > 0.8 * 3.0 * ingested && delivered < 1.3 * 3.0 * ingested, "{run}");
+    assert!(num("latency_samples") >= 0.9 * (PLAYERS * 68 * 3) as f64, "{run}");
+    assert!(num("latency_ms_p99") < 1000.0, "{run}");
 }
 
 #[test]
@@ -116,6 +143,6 @@ fn rtmpx_bench_measures_nginx_rtmp() {
     let dir = TempDir::new("bench-tool-nginx");
     let nginx = NginxRtmp::start();
     let url = nginx.url("live", "bench");
-    let run = bench(&dir, "nginx", &url, &url, nginx.pid());
+    let run = bench(&dir, "nginx", &url, &url, nginx.pid(), &[]);
     assert_sound(&run, "rtmp");
 }

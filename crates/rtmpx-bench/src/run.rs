@@ -485,7 +485,8 @@ fn summarize(
         "players_connected_at_window_start": window_start_connected,
         "idle": args.idle,
         "input": args.flv.as_ref().map_or("synthetic".to_string(), |p| p.display().to_string()),
-        "bitrate_bps": args.bitrate + args.audio_bitrate,
+        // The synthetic stream's bitrate; a file publishes at its own (see ingested_mbps).
+        "bitrate_bps": args.flv.is_none().then_some(args.bitrate + args.audio_bitrate),
         "window_secs": window,
         "ramp_secs": ramp,
         "handshakes_per_sec": (connected + failed) as f64 / ramp,
