@@ -21,6 +21,8 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # tests/ops.rs: the status page in a headless browser, and docker-compose.yml parsed as YAML.
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 /usr/bin/python3 -c 'import yaml' >/dev/null 2>&1 || missing+=(python3-yaml)
+# FFmpeg 9 goes into a virtualenv (below): Debian's python3 needs python3-venv for that.
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 
 if [ ${#missing[@]} -gt 0 ]; then
     mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
@@ -30,6 +32,18 @@ if [ ${#missing[@]} -gt 0 ]; then
     "${sudo[@]}" apt-get update
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
 fi
+
+# FFmpeg 9 (its own RTMP stack: every variant, Enhanced RTMP v2, libx265/libsvtav1/libopus) from
+# PyPI's imageio-ffmpeg wheel, in a virtualenv under target/; the tests find it through RTMPX_FFMPEG9.
+ff9_venv="${CARGO_TARGET_DIR:-$PWD/target}/ffmpeg9-venv"
+if ! "$ff9_venv/bin/python" -c 'import imageio_ffmpeg' >/dev/null 2>&1; then
+    echo "test.sh: installing FFmpeg 9 (imageio-ffmpeg) into $ff9_venv" >&2
+    rm -rf "$ff9_venv"
+    python3 -m venv "$ff9_venv"
+    "$ff9_venv/bin/pip" install --quiet --disable-pip-version-check 'imageio-ffmpeg>=0.6'
+fi
+RTMPX_FFMPEG9=$("$ff9_venv/bin/python" -c 'import imageio_ffmpeg as i; print(i.get_ffmpeg_exe())')
+export RTMPX_FFMPEG9
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings

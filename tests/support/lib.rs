@@ -83,7 +83,8 @@ impl Drop for TempDir {
 // Tools
 
 /// Panics unless `name` is installed and usable. Known names: `ffmpeg`, `ffprobe`, `rtmpdump`,
-/// `nginx` (with the RTMP module), `python3-librtmp` (a python3 that can `import librtmp`).
+/// `nginx` (with the RTMP module), `python3-librtmp` (a python3 that can `import librtmp`),
+/// `ffmpeg9` (see [`ffmpeg9`]).
 pub fn require_tool(name: &str) {
     let ok = match name {
         "ffmpeg" | "ffprobe" => runs(Command::new(name).arg("-version")),
@@ -93,6 +94,7 @@ pub fn require_tool(name: &str) {
         "python3-librtmp" => python3_with_librtmp().is_some(),
         "chromium" => runs(Command::new("chromium").arg("--version")),
         "openssl" => runs(Command::new("openssl").arg("version")),
+        "ffmpeg9" => ffmpeg9_lookup().is_some(),
         other => panic!("require_tool: unknown tool {other:?}"),
     };
     if ok {
@@ -105,6 +107,47 @@ pub fn require_tool(name: &str) {
         "required tool {name:?} is missing. Run scripts/test.sh, which installs the clients the end-to-end \
          tests use (Debian: ffmpeg rtmpdump python3-librtmp nginx-light libnginx-mod-rtmp chromium openssl)"
     );
+}
+
+/// A current FFmpeg (≥ 7; PyPI's `imageio-ffmpeg` wheel ships 9.x) with its own RTMP stack:
+/// every variant including rtmpe/rtmpte, Enhanced RTMP, libx265, libsvtav1, libopus.
+/// `scripts/test.sh` installs it into a virtualenv under `target/` and sets `RTMPX_FFMPEG9`.
+pub fn ffmpeg9() -> PathBuf {
+    require_tool("ffmpeg9");
+    ffmpeg9_lookup().expect("checked by require_tool")
+}
+
+fn ffmpeg9_lookup() -> Option<PathBuf> {
+    static FOUND: OnceLock<Option<PathBuf>> = OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            let from_env = std::env::var_os("RTMPX_FFMPEG9").map(PathBuf::from);
+            // Without the variable (cargo test run by hand): the virtualenv test.sh made.
+            let from_venv = || {
+                let target = std::env::var_os("CARGO_TARGET_DIR")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+                let python = target.join("ffmpeg9-venv/bin/python");
+                let out = Command::new(python)
+                    .args(["-c", "import imageio_ffmpeg as i; print(i.get_ffmpeg_exe())"])
+                    .output()
+                    .ok()?;
+                out.status.success().then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+            };
+            let path = from_env.or_else(from_venv)?;
+            let out = Command::new(&path).arg("-version").output().ok()?;
+            let first = String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or_default().to_owned();
+            // "ffmpeg version n9.0.2-17-g..." or "ffmpeg version 7.1.1-..."
+            let major: u32 = first
+                .strip_prefix("ffmpeg version ")?
+                .trim_start_matches('n')
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()?;
+            (major >= 7).then_some(path)
+        })
+        .clone()
 }
 
 fn runs(cmd: &mut Command) -> bool {
