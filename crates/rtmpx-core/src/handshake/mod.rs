@@ -2,6 +2,11 @@
 //!
 //! Plain (version byte 3) with the simple (echo) and digest ("complex", FP9+) forms, and RTMPE
 //! (version bytes 6, 8, 9): Diffie-Hellman keys in the digest handshake, RC4 on every byte after.
+//!
+//! What is checked: C0's version, the C1/S1 digest (it places the DH key; RTMPE needs it) and
+//! the DH key's range. C2/S2 is classified ([`PeerResponse`]), never refused: real clients sign
+//! it, echo S1 (FFmpeg publishing) or send anything, and servers such as FMS and nginx-rtmp
+//! accept them all.
 // CONTRACT (implemented by the handshake work): keep these public signatures.
 
 mod cipher;
@@ -138,10 +143,27 @@ pub struct HandshakeOutcome {
     pub version: HandshakeVersion,
     /// Whether the digest ("complex") handshake was used.
     pub digest: bool,
-    /// Whether the peer's C2/S2 signature checked out (always true for the simple handshake).
-    pub peer_signature_ok: bool,
+    /// What the peer's C2/S2 was. Every form is accepted: it proves nothing a peer could not
+    /// forge (the keys are public), and RTMPE's keys come from the DH exchange alone.
+    pub peer_response: PeerResponse,
     /// RTMPE: the ciphers for every byte after the handshake.
     pub cipher: Option<Rc4Pair>,
+}
+
+/// The forms of C2 (and S2) real peers send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerResponse {
+    /// Signed with the key derived from our S1/C1 digest (digest handshake). C2: librtmp
+    /// (rtmpdump, OBS before 30), FFmpeg as a player, Flash Player, rtmpx. S2: FMS, librtmp's
+    /// server, nginx-rtmp and SRS when C1 carried a digest, rtmpx.
+    Signed,
+    /// Our S1/C1 echoed (bytes 8.. compared; 4..8 may carry the peer's time). C2: FFmpeg as a
+    /// publisher, digest and RTMPE handshakes included; every simple-handshake client. S2:
+    /// simple-handshake servers (FFmpeg's `-listen 1`, nginx-rtmp without a C1 digest).
+    Echo,
+    /// Neither (random bytes, or a signature under another key or transform). Seen from
+    /// minimal encoders and servers that ignore the field, as FMS and nginx-rtmp ignore C2.
+    Other,
 }
 
 /// The randomness one side needs, drawn up front so a seeded rng makes a run exact.
@@ -168,7 +190,18 @@ struct Signing<'a> {
     scheme: DigestScheme,
     digest_key: &'a [u8],
     dh_public: Option<&'a [u8; DH_KEY_LEN]>,
+    /// S1 only: with scheme B, put the DH key at scheme A's position too.
+    key_for_ffmpeg_publishers: bool,
 }
+
+/// Why an S1 signed with scheme B also carries the DH key at scheme A's position: FFmpeg as a
+/// publisher does not look for the S1 digest and reads the server's key where scheme A puts it
+/// (`ff_rtmpe_compute_secret_key` with type 1), while FFmpeg as a player and librtmp find the
+/// digest and read the key of its scheme. Pinned offset bytes keep the pieces apart: digest at
+/// 776..808 (bytes 772..776 sum to 0), scheme-A key at 1000..1128 (bytes 1532..1536 sum to 228),
+/// scheme-B key somewhere in 8..768.
+const SCHEME_B_DIGEST_OFFSET_BYTES: [u8; 4] = [0; 4];
+const SCHEME_A_KEY_OFFSET_BYTES: [u8; 4] = [0, 0, 0, 228];
 
 /// Builds a C1/S1: time 0 (we keep no clock), version, random; when signed, the DH key goes in
 /// first and the digest is computed over the result. Returns the block and its digest.
@@ -182,6 +215,12 @@ fn hello_block(
     block[8..].copy_from_slice(random);
     let digest = signing.map(|signing| {
         if let Some(public) = signing.dh_public {
+            if signing.key_for_ffmpeg_publishers && signing.scheme == DigestScheme::B {
+                block[772..776].copy_from_slice(&SCHEME_B_DIGEST_OFFSET_BYTES);
+                block[1532..1536].copy_from_slice(&SCHEME_A_KEY_OFFSET_BYTES);
+                let offset = DigestScheme::A.dh_key_offset(&block);
+                block[offset..offset + DH_KEY_LEN].copy_from_slice(public);
+            }
             let offset = signing.scheme.dh_key_offset(&block);
             block[offset..offset + DH_KEY_LEN].copy_from_slice(public);
         }
@@ -214,6 +253,22 @@ fn signature_matches(block: &Block, key: &[u8; DIGEST_LEN], version: HandshakeVe
     ct_eq(&response_signature(block, key, version), &block[SIGNED_LEN..])
 }
 
+/// Which form a C2/S2 has: `hello` is our S1/C1, `key` the signature key (digest handshake).
+fn classify_response(
+    response: &Block,
+    hello: &Block,
+    key: Option<&[u8; DIGEST_LEN]>,
+    version: HandshakeVersion,
+) -> PeerResponse {
+    if key.is_some_and(|key| signature_matches(response, key, version)) {
+        PeerResponse::Signed
+    } else if response[8..] == hello[8..] {
+        PeerResponse::Echo
+    } else {
+        PeerResponse::Other
+    }
+}
+
 /// The DH public key a C1/S1 carries at the position paired with its digest scheme.
 fn peer_dh_key(block: &Block, scheme: DigestScheme) -> &[u8; DH_KEY_LEN] {
     let offset = scheme.dh_key_offset(block);
@@ -224,41 +279,29 @@ fn as_block(bytes: &[u8]) -> &Block {
     bytes.try_into().expect("caller split exactly HANDSHAKE_SIZE bytes")
 }
 
-/// How the peer's second message (C2 or S2) is checked.
-enum ResponseCheck {
-    /// Simple handshake: nothing to check.
-    Simple,
-    /// Digest handshake: the signature under this key; a mismatch fails the handshake if `fatal`.
-    Signed { key: [u8; DIGEST_LEN], fatal: bool },
-}
-
 /// Everything decided once the first message is in; finishes when the second arrives.
 struct Pending {
     requested: HandshakeVersion,
     version: HandshakeVersion,
-    check: ResponseCheck,
+    /// Our S1/C1, which the peer may echo.
+    hello: Box<Block>,
+    /// Digest handshake: the key a signed C2/S2 uses.
+    signature_key: Option<[u8; DIGEST_LEN]>,
     cipher: Option<Rc4Pair>,
 }
 
 impl Pending {
-    fn finish(self, response: &Block) -> Result<HandshakeOutcome> {
-        let (digest, peer_signature_ok) = match self.check {
-            ResponseCheck::Simple => (false, true),
-            ResponseCheck::Signed { key, fatal } => {
-                let ok = signature_matches(response, &key, self.version);
-                if !ok && fatal {
-                    return Err(Error::Handshake("peer's handshake signature does not match"));
-                }
-                (true, ok)
-            }
-        };
-        Ok(HandshakeOutcome {
+    /// Never fails: see [`HandshakeOutcome::peer_response`].
+    fn finish(self, response: &Block) -> HandshakeOutcome {
+        let peer_response =
+            classify_response(response, &self.hello, self.signature_key.as_ref(), self.version);
+        HandshakeOutcome {
             requested: self.requested,
             version: self.version,
-            digest,
-            peer_signature_ok,
+            digest: self.signature_key.is_some(),
+            peer_response,
             cipher: self.cipher,
-        })
+        }
     }
 }
 
@@ -321,7 +364,7 @@ impl ServerHandshake {
                     else {
                         unreachable!("matched above")
                     };
-                    return pending.finish(as_block(&c2)).map(Some);
+                    return Ok(Some(pending.finish(as_block(&c2))));
                 }
                 ServerState::Done => return Err(Error::Handshake("handshake already complete")),
                 ServerState::Failed => return Err(Error::Handshake("handshake already failed")),
@@ -338,7 +381,7 @@ impl ServerHandshake {
         }
     }
 
-    /// Writes S0/S1/S2 for this C1 and says how C2 will be checked.
+    /// Writes S0/S1/S2 for this C1 and says what C2 may be.
     fn answer_c1(&mut self, requested: HandshakeVersion, c1: &Block, out: &mut BytesMut) -> Result<Pending> {
         let wants_digest = requested.is_encrypted() || c1[4..8] != [0; 4];
         let found = if wants_digest { find_digest(c1, FP_DIGEST_KEY, DigestScheme::A) } else { None };
@@ -355,7 +398,8 @@ impl ServerHandshake {
             return Ok(Pending {
                 requested,
                 version: HandshakeVersion::Plain,
-                check: ResponseCheck::Simple,
+                hello: s1,
+                signature_key: None,
                 cipher: None,
             });
         };
@@ -367,8 +411,12 @@ impl ServerHandshake {
             (None, None)
         };
         // Our S1 uses the scheme the client used, so a client trying only its own scheme finds it.
-        let signing =
-            Signing { scheme, digest_key: FMS_DIGEST_KEY, dh_public: dh.as_ref().map(DhKeyPair::public_key) };
+        let signing = Signing {
+            scheme,
+            digest_key: FMS_DIGEST_KEY,
+            dh_public: dh.as_ref().map(DhKeyPair::public_key),
+            key_for_ffmpeg_publishers: true,
+        };
         let (s1, s1_digest) = hello_block(SERVER_VERSION, &self.random.hello, Some(signing));
         let s1_digest = s1_digest.expect("signed S1 has a digest");
 
@@ -389,10 +437,8 @@ impl ServerHandshake {
         Ok(Pending {
             requested,
             version,
-            check: ResponseCheck::Signed {
-                key: signature_key(&GENUINE_FP_KEY, &s1_digest),
-                fatal: version.is_encrypted(),
-            },
+            hello: s1,
+            signature_key: Some(signature_key(&GENUINE_FP_KEY, &s1_digest)),
             cipher,
         })
     }
@@ -409,6 +455,7 @@ fn answer_version(requested: HandshakeVersion, c1: &Block) -> HandshakeVersion {
 }
 
 struct Sent {
+    c1: Box<Block>,
     /// Scheme and digest of our C1 (digest handshake only).
     c1_digest: Option<(DigestScheme, [u8; DIGEST_LEN])>,
     dh: Option<DhKeyPair>,
@@ -466,6 +513,7 @@ impl ClientHandshake {
                 scheme,
                 digest_key: FP_DIGEST_KEY,
                 dh_public: dh.as_ref().map(DhKeyPair::public_key),
+                key_for_ffmpeg_publishers: false,
             };
             let (c1, digest) = hello_block(version, &self.random.hello, Some(signing));
             (c1, digest.map(|d| (scheme, d)))
@@ -475,7 +523,7 @@ impl ClientHandshake {
         out.reserve(1 + HANDSHAKE_SIZE);
         out.put_u8(self.requested.to_byte());
         out.extend_from_slice(&c1[..]);
-        self.state = ClientState::AwaitS0S1(Box::new(Sent { c1_digest, dh }));
+        self.state = ClientState::AwaitS0S1(Box::new(Sent { c1, c1_digest, dh }));
     }
 
     /// Consumes S0/S1/S2 from `input`, appends C2 to `out`, returns the outcome when done. C2 is
@@ -509,7 +557,7 @@ impl ClientHandshake {
                     else {
                         unreachable!("matched above")
                     };
-                    let pending = self.answer_s1(version, &sent, as_block(&s0s1[1..]), out)?;
+                    let pending = self.answer_s1(version, sent, as_block(&s0s1[1..]), out)?;
                     self.state = ClientState::AwaitS2(Box::new(pending));
                 }
                 ClientState::AwaitS2(_) => {
@@ -521,7 +569,7 @@ impl ClientHandshake {
                     else {
                         unreachable!("matched above")
                     };
-                    return pending.finish(as_block(&s2)).map(Some);
+                    return Ok(Some(pending.finish(as_block(&s2))));
                 }
                 ClientState::Done => return Err(Error::Handshake("handshake already complete")),
                 ClientState::Failed => return Err(Error::Handshake("handshake already failed")),
@@ -538,11 +586,11 @@ impl ClientHandshake {
         Ok(version)
     }
 
-    /// Writes C2 for this S1 and says how S2 will be checked.
+    /// Writes C2 for this S1 and says what S2 may be.
     fn answer_s1(
         &self,
         version: HandshakeVersion,
-        sent: &Sent,
+        sent: Box<Sent>,
         s1: &Block,
         out: &mut BytesMut,
     ) -> Result<Pending> {
@@ -561,7 +609,8 @@ impl ClientHandshake {
             return Ok(Pending {
                 requested: self.requested,
                 version,
-                check: ResponseCheck::Simple,
+                hello: sent.c1,
+                signature_key: None,
                 cipher: None,
             });
         };
@@ -580,10 +629,8 @@ impl ClientHandshake {
         Ok(Pending {
             requested: self.requested,
             version,
-            check: ResponseCheck::Signed {
-                key: signature_key(&GENUINE_FMS_KEY, &c1_digest),
-                fatal: encrypted,
-            },
+            hello: sent.c1,
+            signature_key: Some(signature_key(&GENUINE_FMS_KEY, &c1_digest)),
             cipher,
         })
     }

@@ -75,6 +75,10 @@ fn assert_ciphers_match(ends: &mut Ends) {
     }
 }
 
+fn signed_both_ways(ends: &Ends) -> bool {
+    ends.client.peer_response == PeerResponse::Signed && ends.server.peer_response == PeerResponse::Signed
+}
+
 fn rtmpe_pair(requested: HandshakeVersion, seed: u64) -> (ClientHandshake, ServerHandshake) {
     let client = ClientHandshake::new(requested, true, &mut rng(seed));
     let server = ServerHandshake::new(EncryptionPolicy::Allow, &mut rng(seed + 1));
@@ -276,10 +280,12 @@ fn simple_handshake_echoes() {
     let mut c2 = BytesMut::new();
     let outcome = client.handle_input(&mut s0s1s2, &mut c2).unwrap().unwrap();
     assert_eq!(&c2[..], &s1[..]);
-    assert!(!outcome.digest && outcome.peer_signature_ok && outcome.cipher.is_none());
+    assert!(!outcome.digest && outcome.cipher.is_none());
+    assert_eq!(outcome.peer_response, PeerResponse::Echo);
     let outcome = server.handle_input(&mut c2, &mut BytesMut::new()).unwrap().unwrap();
     assert_eq!((outcome.requested, outcome.version), (HandshakeVersion::Plain, HandshakeVersion::Plain));
-    assert!(!outcome.digest && outcome.peer_signature_ok && outcome.cipher.is_none());
+    assert!(!outcome.digest && outcome.cipher.is_none());
+    assert_eq!(outcome.peer_response, PeerResponse::Echo);
 }
 
 #[test]
@@ -290,7 +296,8 @@ fn plain_digest_handshake() {
     for outcome in [&ends.client, &ends.server] {
         assert_eq!(outcome.requested, HandshakeVersion::Plain);
         assert_eq!(outcome.version, HandshakeVersion::Plain);
-        assert!(outcome.digest && outcome.peer_signature_ok && outcome.cipher.is_none());
+        assert!(outcome.digest && outcome.cipher.is_none());
+        assert_eq!(outcome.peer_response, PeerResponse::Signed);
     }
 }
 
@@ -315,7 +322,8 @@ fn rtmpe_type_6() {
     let mut ends = run(&mut client, &mut server, usize::MAX);
     for outcome in [&ends.client, &ends.server] {
         assert_eq!((outcome.requested, outcome.version), (HandshakeVersion::Rtmpe, HandshakeVersion::Rtmpe));
-        assert!(outcome.digest && outcome.peer_signature_ok);
+        assert!(outcome.digest);
+        assert_eq!(outcome.peer_response, PeerResponse::Signed);
     }
     assert_ciphers_match(&mut ends);
 }
@@ -326,7 +334,7 @@ fn rtmpe_type_8() {
     let mut ends = run(&mut client, &mut server, usize::MAX);
     assert_eq!(ends.server.version, HandshakeVersion::RtmpeXtea);
     assert_eq!(ends.client.version, HandshakeVersion::RtmpeXtea);
-    assert!(ends.client.peer_signature_ok && ends.server.peer_signature_ok);
+    assert!(signed_both_ways(&ends));
     assert_ciphers_match(&mut ends);
 }
 
@@ -348,7 +356,7 @@ fn librtmp_style_type_6_request_is_answered_with_8() {
     assert_eq!(ends.server.requested, HandshakeVersion::Rtmpe);
     assert_eq!(ends.server.version, HandshakeVersion::RtmpeXtea);
     assert_eq!(ends.client.version, HandshakeVersion::RtmpeXtea);
-    assert!(ends.client.peer_signature_ok && ends.server.peer_signature_ok);
+    assert!(signed_both_ways(&ends));
     assert_ciphers_match(&mut ends);
 }
 
@@ -363,7 +371,8 @@ fn one_byte_at_a_time() {
         let mut server = ServerHandshake::new(EncryptionPolicy::Allow, &mut rng(21));
         let mut ends = run(&mut client, &mut server, 1);
         assert_eq!(ends.server.digest, digest);
-        assert!(ends.client.peer_signature_ok && ends.server.peer_signature_ok);
+        let form = if digest { PeerResponse::Signed } else { PeerResponse::Echo };
+        assert_eq!((ends.client.peer_response, ends.server.peer_response), (form, form));
         if version.is_encrypted() {
             assert_ciphers_match(&mut ends);
         }
@@ -399,37 +408,166 @@ fn bytes_after_c2_and_s2_stay_in_input() {
     assert!(client.handle_input(&mut BytesMut::new(), &mut out).is_err());
 }
 
-/// Drives a client and server up to the point where the server has C2 in `c2`.
-fn up_to_c2(version: HandshakeVersion, seed: u64) -> (ServerHandshake, BytesMut) {
-    let mut client = ClientHandshake::new(version, true, &mut rng(seed));
+/// The handshakes a client can ask for: (C0 version, digest handshake).
+const EVERY_HANDSHAKE: [(HandshakeVersion, bool); 5] = [
+    (HandshakeVersion::Plain, false),
+    (HandshakeVersion::Plain, true),
+    (HandshakeVersion::Rtmpe, true),
+    (HandshakeVersion::RtmpeXtea, true),
+    (HandshakeVersion::RtmpeBlowfish, true),
+];
+
+/// A C2 or S2 of the given form answering `hello` (the S1 or C1 it follows): `real` is what our
+/// own client or server wrote.
+fn response_of_form(form: PeerResponse, real: &[u8], hello: &[u8], seed: u64) -> BytesMut {
+    let mut response = BytesMut::from(real);
+    match form {
+        PeerResponse::Signed => {}
+        PeerResponse::Echo => {
+            response.copy_from_slice(hello);
+            // The spec's echo carries the reader's own time in bytes 4..8.
+            response[4..8].copy_from_slice(&[0, 0, 0x12, 0x34]);
+        }
+        PeerResponse::Other => rand::RngCore::fill_bytes(&mut rng(seed), &mut response),
+    }
+    response
+}
+
+#[test]
+fn server_accepts_every_c2_form() {
+    for (i, (version, digest)) in EVERY_HANDSHAKE.into_iter().enumerate() {
+        for form in [PeerResponse::Signed, PeerResponse::Echo, PeerResponse::Other] {
+            let seed = 100 + 10 * i as u64;
+            let mut client = ClientHandshake::new(version, digest, &mut rng(seed));
+            let mut server = ServerHandshake::new(EncryptionPolicy::Allow, &mut rng(seed + 1));
+            let mut to_server = BytesMut::new();
+            client.start(&mut to_server);
+            let mut to_client = BytesMut::new();
+            server.handle_input(&mut to_server, &mut to_client).unwrap();
+            let s1 = to_client[1..1 + HANDSHAKE_SIZE].to_vec();
+            let client_outcome = client.handle_input(&mut to_client, &mut to_server).unwrap().unwrap();
+            let mut c2 = response_of_form(form, &to_server, &s1, seed + 2);
+            let server_outcome = server.handle_input(&mut c2, &mut BytesMut::new()).unwrap().unwrap();
+            // The simple handshake's real C2 is an echo: there is no signature to make.
+            let expected = if !digest && form == PeerResponse::Signed { PeerResponse::Echo } else { form };
+            assert_eq!(server_outcome.peer_response, expected, "{version:?} digest={digest} {form:?}");
+            assert_eq!(server_outcome.digest, digest);
+            if version.is_encrypted() {
+                assert_ciphers_match(&mut Ends { client: client_outcome, server: server_outcome });
+            }
+        }
+    }
+}
+
+#[test]
+fn client_accepts_every_s2_form() {
+    for (i, (version, digest)) in EVERY_HANDSHAKE.into_iter().enumerate() {
+        for form in [PeerResponse::Signed, PeerResponse::Echo, PeerResponse::Other] {
+            let seed = 200 + 10 * i as u64;
+            let mut client = ClientHandshake::new(version, digest, &mut rng(seed));
+            let mut server = ServerHandshake::new(EncryptionPolicy::Allow, &mut rng(seed + 1));
+            let mut to_server = BytesMut::new();
+            client.start(&mut to_server);
+            let c1 = to_server[1..].to_vec();
+            let mut to_client = BytesMut::new();
+            server.handle_input(&mut to_server, &mut to_client).unwrap();
+            let s2 = to_client.split_off(1 + HANDSHAKE_SIZE);
+            to_client.extend_from_slice(&response_of_form(form, &s2, &c1, seed + 2));
+            let client_outcome = client.handle_input(&mut to_client, &mut to_server).unwrap().unwrap();
+            let server_outcome = server.handle_input(&mut to_server, &mut BytesMut::new()).unwrap().unwrap();
+            let expected = if !digest && form == PeerResponse::Signed { PeerResponse::Echo } else { form };
+            assert_eq!(client_outcome.peer_response, expected, "{version:?} digest={digest} {form:?}");
+            if version.is_encrypted() {
+                assert_ciphers_match(&mut Ends { client: client_outcome, server: server_outcome });
+            }
+        }
+    }
+}
+
+/// FFmpeg's client as a publisher (`rtmp_handshake` when not `is_input`), for C0 = `c0`: C1
+/// with version 128.0.3.2, its DH key at scheme B's position and a scheme B digest; it does not
+/// look for the S1 digest, reads the server's key at scheme A's position, ignores S2 and sends
+/// S1 back as C2. Returns the server's outcome and the client's ciphers (out, in).
+fn ffmpeg_publisher_handshake(c0: u8, seed: u64) -> (HandshakeOutcome, Rc4Pair) {
+    let dh = DhKeyPair::from_random_bytes([0x44; DH_KEY_LEN]);
+    let signing = Signing {
+        scheme: DigestScheme::B,
+        digest_key: FP_DIGEST_KEY,
+        dh_public: Some(dh.public_key()),
+        key_for_ffmpeg_publishers: false,
+    };
+    let mut random = [0u8; RANDOM_LEN];
+    rand::RngCore::fill_bytes(&mut rng(seed), &mut random);
+    let (c1, _) = hello_block(CLIENT_VERSION_RTMPE, &random, Some(signing));
+    let mut to_server = BytesMut::from(&[c0][..]);
+    to_server.extend_from_slice(&c1[..]);
+
     let mut server = ServerHandshake::new(EncryptionPolicy::Allow, &mut rng(seed + 1));
+    let mut to_client = BytesMut::new();
+    assert!(server.handle_input(&mut to_server, &mut to_client).unwrap().is_none());
+    let s1: &Block = to_client[1..1 + HANDSHAKE_SIZE].try_into().unwrap();
+    let server_public = peer_dh_key(s1, DigestScheme::A);
+    let secret = dh.shared_secret(server_public).expect("a valid server key at scheme A's position");
+    let (out_key, in_key) = rc4_keys(&secret, dh.public_key(), server_public);
+
+    let mut c2 = BytesMut::from(&s1[..]);
+    let outcome = server.handle_input(&mut c2, &mut BytesMut::new()).unwrap().unwrap();
+    (outcome, Rc4Pair::from_keys(&out_key, &in_key))
+}
+
+#[test]
+fn ffmpeg_publisher_over_rtmpe() {
+    for (c0, answered) in [
+        (6, HandshakeVersion::RtmpeXtea),
+        (8, HandshakeVersion::RtmpeXtea),
+        (9, HandshakeVersion::RtmpeBlowfish),
+    ] {
+        for seed in [300, 302, 304] {
+            let (mut server, mut client_cipher) = ffmpeg_publisher_handshake(c0, seed);
+            assert_eq!(server.version, answered);
+            assert_eq!(server.peer_response, PeerResponse::Echo);
+            let server_cipher = server.cipher.as_mut().unwrap();
+            let mut connect = b"\x03\x00\x00\x00connect".to_vec();
+            client_cipher.encrypt(&mut connect);
+            server_cipher.decrypt(&mut connect);
+            assert_eq!(&connect[..], b"\x03\x00\x00\x00connect", "C0 {c0}, seed {seed}");
+            let mut result = b"_result".to_vec();
+            server_cipher.encrypt(&mut result);
+            client_cipher.decrypt(&mut result);
+            assert_eq!(&result[..], b"_result");
+        }
+    }
+}
+
+#[test]
+fn s1_for_a_scheme_b_rtmpe_client_carries_the_key_twice() {
+    let (mut client, mut server) = rtmpe_pair(HandshakeVersion::RtmpeBlowfish, 310);
     let mut to_server = BytesMut::new();
     client.start(&mut to_server);
     let mut to_client = BytesMut::new();
     server.handle_input(&mut to_server, &mut to_client).unwrap();
-    client.handle_input(&mut to_client, &mut to_server).unwrap().unwrap();
-    assert_eq!(to_server.len(), HANDSHAKE_SIZE);
-    (server, to_server)
+    let s1: &Block = to_client[1..1 + HANDSHAKE_SIZE].try_into().unwrap();
+    // Signed with the client's scheme (B), so librtmp finds the digest on its first try.
+    assert_eq!(find_digest(s1, FMS_DIGEST_KEY, DigestScheme::B).map(|f| f.0), Some(DigestScheme::B));
+    assert_eq!(DigestScheme::B.digest_offset(s1), 776);
+    assert_eq!(DigestScheme::A.dh_key_offset(s1), 1000);
+    assert_eq!(peer_dh_key(s1, DigestScheme::A), peer_dh_key(s1, DigestScheme::B));
+    assert!(validate_public_key(peer_dh_key(s1, DigestScheme::A)).is_ok());
+
+    // A scheme A client gets no second copy: its offset bytes stay random.
+    let (mut client, mut server) = rtmpe_pair(HandshakeVersion::Rtmpe, 312);
+    let mut to_server = BytesMut::new();
+    client.start(&mut to_server);
+    let mut to_client = BytesMut::new();
+    server.handle_input(&mut to_server, &mut to_client).unwrap();
+    let s1: &Block = to_client[1..1 + HANDSHAKE_SIZE].try_into().unwrap();
+    assert_eq!(find_digest(s1, FMS_DIGEST_KEY, DigestScheme::A).map(|f| f.0), Some(DigestScheme::A));
+    assert_ne!(peer_dh_key(s1, DigestScheme::A), peer_dh_key(s1, DigestScheme::B));
 }
 
 #[test]
-fn wrong_c2_fails_rtmpe_only() {
-    for version in [HandshakeVersion::Rtmpe, HandshakeVersion::RtmpeXtea, HandshakeVersion::RtmpeBlowfish] {
-        let (mut server, mut c2) = up_to_c2(version, 40);
-        c2[HANDSHAKE_SIZE - 1] ^= 0x80;
-        assert_eq!(
-            server.handle_input(&mut c2, &mut BytesMut::new()).unwrap_err(),
-            Error::Handshake("peer's handshake signature does not match")
-        );
-    }
-    let (mut server, mut c2) = up_to_c2(HandshakeVersion::Plain, 42);
-    c2[100] ^= 1;
-    let outcome = server.handle_input(&mut c2, &mut BytesMut::new()).unwrap().unwrap();
-    assert!(outcome.digest && !outcome.peer_signature_ok);
-}
-
-#[test]
-fn wrong_s2_fails_rtmpe_client() {
+fn tampered_rtmpe_responses_still_derive_the_same_keys() {
+    // A C2/S2 that matches nothing is accepted; the keys come from the DH exchange alone.
     let (mut client, mut server) = rtmpe_pair(HandshakeVersion::RtmpeXtea, 44);
     let mut to_server = BytesMut::new();
     client.start(&mut to_server);
@@ -437,12 +575,22 @@ fn wrong_s2_fails_rtmpe_client() {
     server.handle_input(&mut to_server, &mut to_client).unwrap();
     let last = to_client.len() - 1;
     to_client[last] ^= 1;
-    assert!(client.handle_input(&mut to_client, &mut to_server).is_err());
+    let client_outcome = client.handle_input(&mut to_client, &mut to_server).unwrap().unwrap();
+    to_server[HANDSHAKE_SIZE - 1] ^= 0x80;
+    let server_outcome = server.handle_input(&mut to_server, &mut BytesMut::new()).unwrap().unwrap();
+    assert_eq!(client_outcome.peer_response, PeerResponse::Other);
+    assert_eq!(server_outcome.peer_response, PeerResponse::Other);
+    assert_ciphers_match(&mut Ends { client: client_outcome, server: server_outcome });
 }
 
 /// A C0/C1 signed like a client's, carrying `public` as the DH key.
 fn rtmpe_c0c1_with_key(public: &[u8; DH_KEY_LEN]) -> BytesMut {
-    let signing = Signing { scheme: DigestScheme::A, digest_key: FP_DIGEST_KEY, dh_public: Some(public) };
+    let signing = Signing {
+        scheme: DigestScheme::A,
+        digest_key: FP_DIGEST_KEY,
+        dh_public: Some(public),
+        key_for_ffmpeg_publishers: false,
+    };
     let (c1, _) = hello_block(CLIENT_VERSION_RTMPE6, &[0x5a; RANDOM_LEN], Some(signing));
     let mut input = BytesMut::from(&[6u8][..]);
     input.extend_from_slice(&c1[..]);
@@ -472,8 +620,12 @@ fn invalid_client_dh_keys_fail() {
 fn invalid_server_dh_key_fails_client() {
     let mut client = ClientHandshake::new(HandshakeVersion::Rtmpe, true, &mut rng(52));
     client.start(&mut BytesMut::new());
-    let signing =
-        Signing { scheme: DigestScheme::A, digest_key: FMS_DIGEST_KEY, dh_public: Some(&[0; DH_KEY_LEN]) };
+    let signing = Signing {
+        scheme: DigestScheme::A,
+        digest_key: FMS_DIGEST_KEY,
+        dh_public: Some(&[0; DH_KEY_LEN]),
+        key_for_ffmpeg_publishers: false,
+    };
     let (s1, _) = hello_block(SERVER_VERSION, &[0x5a; RANDOM_LEN], Some(signing));
     let mut input = BytesMut::from(&[6u8][..]);
     input.extend_from_slice(&s1[..]);
@@ -501,7 +653,8 @@ fn unsigned_c1_with_version_falls_back_to_simple() {
     assert_eq!(&out[1 + HANDSHAKE_SIZE..], &c1[..]);
     let s1 = out[1..1 + HANDSHAKE_SIZE].to_vec();
     let outcome = server.handle_input(&mut BytesMut::from(&s1[..]), &mut out).unwrap().unwrap();
-    assert!(!outcome.digest && outcome.peer_signature_ok);
+    assert!(!outcome.digest);
+    assert_eq!(outcome.peer_response, PeerResponse::Echo);
 }
 
 #[test]
@@ -514,7 +667,8 @@ fn client_falls_back_when_server_does_not_sign() {
     let mut c2 = BytesMut::new();
     let outcome = client.handle_input(&mut input, &mut c2).unwrap().unwrap();
     assert_eq!(&c2[..], &patterned_block()[..]);
-    assert!(!outcome.digest && outcome.peer_signature_ok);
+    assert!(!outcome.digest);
+    assert_eq!(outcome.peer_response, PeerResponse::Other);
 }
 
 #[test]

@@ -8,7 +8,7 @@ use rand::RngCore;
 
 use crate::amf::{Amf0Value, AmfLimits, Properties};
 use crate::chunk::{ChunkLimits, RawMessage};
-use crate::handshake::{EncryptionPolicy, HandshakeOutcome, HandshakeVersion, ServerHandshake};
+use crate::handshake::{EncryptionPolicy, HandshakeOutcome, HandshakeVersion, PeerResponse, ServerHandshake};
 use crate::message::{self, read_u32_payload, type_id, BandwidthLimit, Command, UserControl};
 use crate::{Error, Result};
 
@@ -254,6 +254,11 @@ impl ServerSession {
         self.outcome.as_ref()
     }
 
+    /// The chunk size we write with (128 until we send Set Chunk Size).
+    pub fn outgoing_chunk_size(&self) -> u32 {
+        self.link.encoder.chunk_size()
+    }
+
     pub fn is_closed(&self) -> bool {
         matches!(self.phase, Phase::Closed)
     }
@@ -362,6 +367,16 @@ impl ServerSession {
         Ok(())
     }
 
+    /// FFmpeg as an RTMPE publisher, the one RTMPE client that echoes S1 as C2. It answers Set
+    /// Chunk Size by sending the packet back through its RC4 writer, which encrypts the packet
+    /// in place, and then takes its chunk sizes from the encrypted bytes; without Set Chunk Size
+    /// both sides stay at 128 and it works.
+    fn is_ffmpeg_rtmpe_publisher(&self) -> bool {
+        self.outcome
+            .as_ref()
+            .is_some_and(|o| o.version.is_encrypted() && o.peer_response == PeerResponse::Echo)
+    }
+
     /// Accepts the pending `connect`: window/bandwidth/chunk size, then `_result`. Commands the
     /// client sent behind connect are parsed now; an error from them closes the session.
     pub fn accept_connect(&mut self) -> Result<()> {
@@ -370,7 +385,9 @@ impl ServerSession {
         };
         self.link.send_window_ack_size(self.config.window_ack_size);
         self.link.send_peer_bandwidth(self.config.peer_bandwidth, BandwidthLimit::Dynamic);
-        self.link.send_chunk_size(self.config.chunk_size);
+        if !self.is_ffmpeg_rtmpe_publisher() {
+            self.link.send_chunk_size(self.config.chunk_size);
+        }
         let properties = Amf0Value::object([
             ("fmsVer", Amf0Value::from(self.config.server_version.as_str())),
             ("capabilities", 31.0.into()),

@@ -341,3 +341,45 @@ fn released_buffers_leave_the_session_working() {
         .iter()
         .any(|e| matches!(e, ClientEvent::Media(m) if m.payload == frame)));
 }
+
+/// The server's outgoing chunk size after `accept_connect` for a client whose C2 was its real
+/// one or, with `echo_c2`, S1 echoed (as FFmpeg sends when publishing); the client must
+/// connect either way.
+fn chunk_size_after_connect(version: HandshakeVersion, echo_c2: bool) -> u32 {
+    let mut config = ClientConfig::new("live", "rtmp://127.0.0.1/live");
+    config.version = version;
+    config.digest = true;
+    let mut client = ClientSession::new(config, &mut rng(5));
+    let mut server = ServerSession::new(ServerConfig::default(), &mut rng(6));
+    let take = |client: &mut ClientSession| {
+        std::iter::from_fn(|| client.poll_transmit()).fold(Vec::new(), |mut all, piece| {
+            all.extend_from_slice(&piece);
+            all
+        })
+    };
+    server.handle_input(&take(&mut client)).unwrap();
+    let (s0s1s2, _) = drain(&mut server);
+    client.handle_input(&s0s1s2).unwrap();
+    let mut c2_and_connect = take(&mut client);
+    if echo_c2 {
+        c2_and_connect[..1536].copy_from_slice(&s0s1s2[1..1537]);
+    }
+    server.handle_input(&c2_and_connect).unwrap();
+    let events = server_events(&mut server);
+    assert!(matches!(events[1], ServerEvent::ConnectRequested(_)), "{events:?}");
+    server.accept_connect().unwrap();
+    let (reply, _) = drain(&mut server);
+    client.handle_input(&reply).unwrap();
+    assert!(client.is_connected(), "{version:?} echo={echo_c2}");
+    server.outgoing_chunk_size()
+}
+
+#[test]
+fn rtmpe_clients_echoing_s1_get_no_set_chunk_size() {
+    for version in [HandshakeVersion::Rtmpe, HandshakeVersion::RtmpeXtea, HandshakeVersion::RtmpeBlowfish] {
+        assert_eq!(chunk_size_after_connect(version, false), 4096, "{version:?}");
+        assert_eq!(chunk_size_after_connect(version, true), 128, "{version:?}");
+    }
+    // Plain clients echoing S1 (FFmpeg publishing over rtmp://) handle Set Chunk Size.
+    assert_eq!(chunk_size_after_connect(HandshakeVersion::Plain, true), 4096);
+}
