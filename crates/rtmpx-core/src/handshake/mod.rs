@@ -153,16 +153,17 @@ pub struct HandshakeOutcome {
 /// The forms of C2 (and S2) real peers send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerResponse {
-    /// Signed with the key derived from our S1/C1 digest (digest handshake). C2: librtmp
-    /// (rtmpdump, OBS before 30), FFmpeg as a player, Flash Player, rtmpx. S2: FMS, librtmp's
-    /// server, nginx-rtmp and SRS when C1 carried a digest, rtmpx.
+    /// Signed with the key derived from our S1/C1 digest (digest handshake). C2: librtmp in its
+    /// digest mode (RTMPE, SWF verification), FFmpeg as a player, rtmpx. S2: librtmp's server,
+    /// nginx-rtmp and SRS when C1 carried a digest, rtmpx.
     Signed,
     /// Our S1/C1 echoed (bytes 8.. compared; 4..8 may carry the peer's time). C2: FFmpeg as a
-    /// publisher, digest and RTMPE handshakes included; every simple-handshake client. S2:
-    /// simple-handshake servers (FFmpeg's `-listen 1`, nginx-rtmp without a C1 digest).
+    /// publisher, in the digest and RTMPE handshakes too; librtmp (rtmpdump, OBS) and every
+    /// other client in the simple handshake. S2: simple-handshake servers (FFmpeg's
+    /// `-listen 1`, nginx-rtmp for a C1 without digest).
     Echo,
-    /// Neither (random bytes, or a signature under another key or transform). Seen from
-    /// minimal encoders and servers that ignore the field, as FMS and nginx-rtmp ignore C2.
+    /// Neither: random bytes, or a signature we cannot check (another key or transform).
+    /// Accepted as FMS and nginx-rtmp accept any C2.
     Other,
 }
 
