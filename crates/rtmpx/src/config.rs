@@ -303,6 +303,9 @@ pub struct RtmptSection {
     pub max_request_body: usize,
     /// Reading one request's headers and body, and waiting between keep-alive requests.
     pub request_timeout_secs: u64,
+    /// A session whose client closed the connection of its last request ends when no request
+    /// arrives on another connection within this many milliseconds.
+    pub hangup_timeout_ms: u64,
 }
 
 impl Default for RtmptSection {
@@ -313,6 +316,7 @@ impl Default for RtmptSection {
             max_sessions_per_ip: 200,
             max_request_body: 1 << 20,
             request_timeout_secs: 30,
+            hangup_timeout_ms: 2000,
         }
     }
 }
@@ -348,6 +352,9 @@ impl RtmptSection {
     }
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
+    }
+    pub fn hangup_timeout(&self) -> Duration {
+        Duration::from_millis(self.hangup_timeout_ms)
     }
 }
 
@@ -471,6 +478,9 @@ impl Config {
         }
         if r.max_sessions == 0 || r.max_sessions_per_ip == 0 {
             return Err("rtmpt.max_sessions and rtmpt.max_sessions_per_ip must be at least 1".into());
+        }
+        if !(100..=600_000).contains(&r.hangup_timeout_ms) {
+            return Err(format!("rtmpt.hangup_timeout_ms: {} is outside 100..=600000", r.hangup_timeout_ms));
         }
         if !(4096..=64 << 20).contains(&r.max_request_body) {
             return Err(format!("rtmpt.max_request_body: {} is outside 4096..=67108864", r.max_request_body));
