@@ -200,7 +200,11 @@ fn a_session_ends_soon_after_rtmpdump_hangs_up_over_rtmpt_and_rtmpte() {
         let mut player = record_rtmpdump(&url, &dir.file(&format!("{variant}.flv")), 60.0);
         let started = Instant::now();
         while sample(&metrics(admin), &players) == 0 {
-            assert!(started.elapsed() < Duration::from_secs(10), "{variant} never played: {}", player.describe());
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{variant} never played: {}",
+                player.describe()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         std::thread::sleep(Duration::from_secs(2));

@@ -272,9 +272,7 @@ impl SessionTable {
         for id in stale {
             let mut hang_up = false;
             // Checked again under the shard lock: a request may have arrived meanwhile.
-            let still_stale = self.sessions.remove_if(&id, |_, s| {
-                why(s).inspect(|&h| hang_up = h).is_some()
-            });
+            let still_stale = self.sessions.remove_if(&id, |_, s| why(s).inspect(|&h| hang_up = h).is_some());
             if let Some((_, session)) = still_stale {
                 self.release(session.ip);
                 if hang_up {
