@@ -158,6 +158,11 @@ fn shipped_configs_start_as_they_are_and_every_listener_answers() {
 fn ctrl_c_on_the_embedded_default_says_a_second_one_stops_at_once() {
     let dir = TempDir::new("first-contact-ctrl-c");
     let mut gateway = start(&dir, &with_free_ports(&repo_file("config/default.toml")));
+    assert!(
+        gateway.output().contains("app live: anyone who reaches 0.0.0.0:"),
+        "the embedded default warns that anyone may publish: {}",
+        gateway.describe()
+    );
     let (listeners, _) = announced(&gateway.output());
     let base = &listeners[0].1;
     let url = rtmpx_client::RtmpUrl::parse(&format!("{base}/cam")).unwrap();

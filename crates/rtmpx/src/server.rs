@@ -208,6 +208,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         announce(lc, local, &config);
         listeners.push((lc.clone(), listener, tls));
     }
+    warn_open_publishing(&config);
     let reloader = Arc::new(Reloader::new(shared.clone(), config_path, listener_tls.stores.clone()));
     let mut background = JoinSet::new();
     background.spawn(admin::sample_bitrates(shared.clone()));
@@ -327,6 +328,25 @@ fn announce(lc: &ListenerConfig, local: SocketAddr, config: &Config) {
             "{} listener on {local}: also serves {tunnel} (HTTP requests) on the same port",
             lc.proto.scheme()
         );
+    }
+}
+
+/// Says which apps anyone who reaches a non-loopback listener may publish to (the embedded
+/// default's `live`, for one).
+fn warn_open_publishing(config: &Config) {
+    let Some(exposed) = config.listeners.iter().find(|l| !l.addr.ip().is_loopback()) else { return };
+    for app in config.apps.iter().filter(|a| a.publish) {
+        let guarded = !app.publish_keys.is_empty()
+            || app.token.as_ref().is_some_and(|t| t.publish)
+            || !app.allow_publish.is_empty()
+            || app.on_publish.is_some();
+        if !guarded {
+            warn!(
+                "app {}: anyone who reaches {} may publish; require a key with publish_keys = [\"...\"] \
+                 (or [app.token], allow_publish, on_publish) in its [[app]]",
+                app.name, exposed.addr
+            );
+        }
     }
 }
 
