@@ -2,8 +2,10 @@
 #   docker build -t rtmpx .
 #   docker run --rm -p 1935:1935 rtmpx            # embedded default: rtmp on 1935, app "live"
 # docker-compose.yml runs it with deploy/rtmpx.toml in front of an nginx-rtmp origin.
+# Not built in this project's CI (no container engine there); scripts/check_msrv.py keeps the
+# toolchain below at least what Cargo.lock needs (the workspace's rust-version).
 
-FROM rust:1.87-bookworm AS build
+FROM rust:1.88-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked -p rtmpx \
@@ -17,7 +19,7 @@ COPY --from=build /out/rtmpx /usr/local/bin/rtmpx
 # The development certificate is written here on first start (a named volume keeps it).
 COPY --from=build --chown=65532:65532 /out/certs /certs
 WORKDIR /certs
-# rtmp, rtmps, rtmpt (once it lands), admin
+# rtmp/rtmpe (and rtmpt on the same port), rtmps/rtmpts, rtmpt/rtmpte, admin
 EXPOSE 1935 443 80 8080
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/rtmpx"]

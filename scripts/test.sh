@@ -46,6 +46,8 @@ RTMPX_FFMPEG9=$("$ff9_venv/bin/python" -c 'import imageio_ffmpeg as i; print(i.g
 export RTMPX_FFMPEG9
 
 cargo fmt --all -- --check
+# Cargo.toml's rust-version and the Dockerfile's rust image cover every locked dependency.
+python3 scripts/check_msrv.py
 cargo clippy --workspace --all-targets -- -D warnings
 # The end-to-end suites drive the real binary: build it once, outside any test process.
 cargo build -p rtmpx --bin rtmpx

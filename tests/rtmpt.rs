@@ -8,8 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rtmpx_e2e::{
-    assert_good_recording, exclusive, free_port, publish_testsrc, record_ffmpeg, record_rtmpdump, rss_kib_of,
-    Gateway, Proc, TempDir,
+    admin_addr, assert_good_recording, exclusive, free_port, metrics, publish_testsrc, record_ffmpeg,
+    record_rtmpdump, rss_kib_of, sample, Gateway, Proc, TempDir,
 };
 
 const PUBLISH_SECS: f64 = 6.0;
@@ -89,7 +89,6 @@ fn rtmpdump_plays_over_rtmpt_what_rtmp_publishes() {
     let publish_url = format!("rtmp://{}/live/d", gw.addr("rtmp"));
     let play_url = format!("rtmpt://{}/live/d", gw.addr("rtmpt"));
     publish_and_play(&publish_url, &play_url, play_rtmpdump, &gw);
-    // librtmp's last requests may be lost as it hangs up at once: look at the start, not the end.
     assert!(gw.logs().contains("variant=\"rtmpt\" stream=live/d"), "{}", gw.logs());
 }
 
@@ -177,6 +176,55 @@ fn rtmpdump_plays_over_rtmpte() {
     let play_url = format!("rtmpte://{}/live/e", gw.addr("rtmpt"));
     publish_and_play(&publish_url, &play_url, play_rtmpdump, &gw);
     assert!(gw.logs().contains("variant=\"rtmpte\" stream=live/e"), "{}", gw.logs());
+}
+
+const ADMIN_CONFIG: &str = r#"
+[admin]
+addr = "127.0.0.1:0"
+"#;
+
+/// rtmpdump (librtmp) quits a tunnelled play with a `send` carrying deleteStream and hangs up,
+/// without `/close`: the session ends within a couple of seconds (rtmpt.hangup_timeout_ms), not
+/// after the 30 s idle expiry, so /metrics counts no phantom player.
+#[test]
+fn a_session_ends_soon_after_rtmpdump_hangs_up_over_rtmpt_and_rtmpte() {
+    let _one = exclusive();
+    let gw = Gateway::start(&format!("{BASE_CONFIG}{ADMIN_CONFIG}"));
+    let admin = admin_addr(&gw);
+    let mut publisher = publish_testsrc(&format!("rtmp://{}/live/h", gw.addr("rtmp")), 30.0);
+    assert!(gw.wait_for_log("publishing", Duration::from_secs(10)), "{}", publisher.describe());
+    let dir = TempDir::new("hangup");
+    for variant in ["rtmpte", "rtmpt"] {
+        let players = format!("rtmpx_sessions{{variant=\"{variant}\",role=\"player\"}}");
+        let url = format!("{variant}://{}/live/h", gw.addr("rtmpt"));
+        let mut player = record_rtmpdump(&url, &dir.file(&format!("{variant}.flv")), 60.0);
+        let started = Instant::now();
+        while sample(&metrics(admin), &players) == 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{variant} never played: {}",
+                player.describe()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        player.stop();
+        let stopped = Instant::now();
+        while sample(&metrics(admin), &players) != 0 {
+            assert!(
+                stopped.elapsed() < Duration::from_secs(4),
+                "{variant}: rtmpdump quit {:?} ago and its player is still counted:\n{}",
+                stopped.elapsed(),
+                gw.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(closed(&gw, variant, "live/h", "player"), "{}", gw.logs());
+        assert_eq!(sample(&metrics(admin), "rtmpx_rtmpt_sessions"), 0, "{variant}");
+    }
+    assert_eq!(sample(&metrics(admin), "rtmpx_rtmpt_sessions_expired_total"), 0, "no idle expiry was needed");
+    assert_eq!(gw.count_log("their client hung up"), 2, "{}", gw.logs());
+    publisher.stop();
 }
 
 /// The `rtmp` port also serves RTMPT (it tells HTTP from RTMP by the first byte): an RTMPT
@@ -374,6 +422,28 @@ fn tunnel_requests_ids_and_sequence_numbers() {
         200,
         "same transport (HTTP) on the shared port"
     );
+}
+
+/// A session whose client closed the connection of its last request ends after
+/// rtmpt.hangup_timeout_ms, unless the client goes on over another connection (proxies).
+#[test]
+fn a_hang_up_ends_the_session_unless_the_client_comes_back() {
+    let gw = Gateway::start(&format!("{BASE_CONFIG}\n[rtmpt]\nhangup_timeout_ms = 300\n"));
+    let addr = gw.addr("rtmpt");
+    let mut first = Http::connect(addr);
+    let gone = first.open();
+    let moving = first.open();
+    let mut second = Http::connect(addr);
+    let stays = second.open();
+    drop(first);
+    // `moving` goes on over a new connection, as through a proxy that connects per request.
+    let mut third = Http::connect(addr);
+    assert_eq!(third.post(&format!("/idle/{moving}/0"), &[0]).status, 200);
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(third.post(&format!("/idle/{gone}/0"), &[0]).status, 404, "hung up and gone");
+    assert_eq!(third.post(&format!("/idle/{moving}/1"), &[0]).status, 200, "came back in time");
+    assert_eq!(second.post(&format!("/idle/{stays}/0"), &[0]).status, 200, "its connection is open");
+    assert!(gw.wait_for_log("their client hung up", Duration::from_secs(2)), "{}", gw.logs());
 }
 
 #[test]

@@ -303,6 +303,9 @@ pub struct RtmptSection {
     pub max_request_body: usize,
     /// Reading one request's headers and body, and waiting between keep-alive requests.
     pub request_timeout_secs: u64,
+    /// A session whose client closed the connection of its last request ends when no request
+    /// arrives on another connection within this many milliseconds.
+    pub hangup_timeout_ms: u64,
 }
 
 impl Default for RtmptSection {
@@ -313,6 +316,7 @@ impl Default for RtmptSection {
             max_sessions_per_ip: 200,
             max_request_body: 1 << 20,
             request_timeout_secs: 30,
+            hangup_timeout_ms: 2000,
         }
     }
 }
@@ -348,6 +352,9 @@ impl RtmptSection {
     }
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
+    }
+    pub fn hangup_timeout(&self) -> Duration {
+        Duration::from_millis(self.hangup_timeout_ms)
     }
 }
 
@@ -392,9 +399,17 @@ impl Config {
             );
         }
         for (i, l) in self.listeners.iter().enumerate() {
-            // Port 0 asks the system for a free port each time, so it may repeat.
-            if l.addr.port() != 0 && self.listeners[..i].iter().any(|o| o.addr == l.addr) {
-                return Err(format!("listener[{i}].addr: {} is used by another listener", l.addr));
+            if let Some(j) = self.listeners[..i].iter().position(|o| sockets_clash(o.addr, l.addr)) {
+                return Err(format!(
+                    "listener[{i}].addr: {} clashes with listener[{j}].addr {} (one port, one listener)",
+                    l.addr, self.listeners[j].addr
+                ));
+            }
+            if let Some(admin) = self.admin.as_ref().filter(|a| sockets_clash(a.addr, l.addr)) {
+                return Err(format!(
+                    "admin.addr: {} clashes with listener[{i}].addr {} (give the admin listener its own port)",
+                    admin.addr, l.addr
+                ));
             }
             if !l.tls.is_empty() && !l.proto.is_tls() {
                 return Err(format!(
@@ -472,6 +487,9 @@ impl Config {
         if r.max_sessions == 0 || r.max_sessions_per_ip == 0 {
             return Err("rtmpt.max_sessions and rtmpt.max_sessions_per_ip must be at least 1".into());
         }
+        if !(100..=600_000).contains(&r.hangup_timeout_ms) {
+            return Err(format!("rtmpt.hangup_timeout_ms: {} is outside 100..=600000", r.hangup_timeout_ms));
+        }
         if !(4096..=64 << 20).contains(&r.max_request_body) {
             return Err(format!("rtmpt.max_request_body: {} is outside 4096..=67108864", r.max_request_body));
         }
@@ -497,6 +515,20 @@ impl Config {
     pub fn app(&self, name: &str) -> Option<&AppConfig> {
         self.apps.iter().find(|a| a.name == name)
     }
+}
+
+/// Whether two listening sockets cannot both be bound: the same port on the same address, or on
+/// an address and the wildcard that covers it (`[::]` takes IPv4 too on Linux). Port 0 asks the
+/// system for a free port each time, so it never clashes.
+fn sockets_clash(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() != b.port() || a.port() == 0 {
+        return false;
+    }
+    let (x, y) = (a.ip(), b.ip());
+    let covers = |wild: std::net::IpAddr, other: std::net::IpAddr| {
+        wild.is_unspecified() && (wild.is_ipv6() || other.is_ipv4() || other.is_unspecified())
+    };
+    x == y || covers(x, y) || covers(y, x)
 }
 
 fn validate_app_auth(i: usize, app: &AppConfig) -> std::result::Result<(), String> {
@@ -593,7 +625,11 @@ mod tests {
         assert!(err("[[app]]\nname = \"live\"\n").contains("no [[listener]]"));
         assert!(err(&base.replace("rtmp\"", "ftp\"")).contains("ftp"));
         assert!(err(&format!("{base}[[listener]]\nproto = \"rtmp\"\naddr = \"127.0.0.1:1935\"\n"))
-            .contains("used by another"));
+            .contains("listener[1].addr: 127.0.0.1:1935 clashes with listener[0].addr"));
+        let wildcard = format!("{base}[[listener]]\nproto = \"rtmpt\"\naddr = \"0.0.0.0:1935\"\n");
+        assert!(err(&wildcard).contains("listener[1].addr"));
+        let admin = format!("{base}[admin]\naddr = \"127.0.0.1:1935\"\n");
+        assert!(err(&admin).contains("admin.addr: 127.0.0.1:1935 clashes with listener[0].addr"));
         assert!(err(&base.replace("127.0.0.1:1935", "nonsense")).contains("addr"));
         assert!(err(&format!("{base}[rtmpt]\nmax_request_body = 10\n")).contains("rtmpt.max_request_body"));
         assert!(err(&format!("{base}[rtmpt]\nidle_timeout_secs = 0\n")).contains("rtmpt.idle_timeout_secs"));
@@ -607,9 +643,30 @@ mod tests {
     }
 
     #[test]
+    fn sockets_clash_on_one_port_when_one_address_covers_the_other() {
+        let clash = |a: &str, b: &str| sockets_clash(a.parse().unwrap(), b.parse().unwrap());
+        assert!(clash("127.0.0.1:8080", "127.0.0.1:8080"));
+        assert!(clash("0.0.0.0:8080", "127.0.0.1:8080"));
+        assert!(clash("127.0.0.1:8080", "0.0.0.0:8080"));
+        assert!(clash("[::]:8080", "127.0.0.1:8080"), "a dual-stack wildcard takes IPv4 too");
+        assert!(clash("0.0.0.0:8080", "[::]:8080"));
+        assert!(!clash("127.0.0.1:8080", "127.0.0.1:8081"));
+        assert!(!clash("127.0.0.1:8080", "127.0.0.2:8080"));
+        assert!(!clash("0.0.0.0:8080", "[::1]:8080"), "an IPv4 wildcard leaves IPv6 alone");
+        assert!(!clash("127.0.0.1:0", "127.0.0.1:0"), "port 0 is a fresh port each time");
+    }
+
+    #[test]
     fn relays_parse_and_bad_ones_name_the_key() {
-        let c = Config::from_toml(include_str!("../../../config/rtmpx.toml"), "rtmpx.toml").unwrap();
-        let edge = c.app("edge").expect("the documented example has an edge app");
+        // The documented example's edge app is commented out (its origin does not exist).
+        let documented = include_str!("../../../config/rtmpx.toml");
+        let edge = documented.replace(
+            "# [[app]]\n# name = \"edge\"\n# publish = false\n# pull =",
+            "[[app]]\nname = \"edge\"\npublish = false\npull =",
+        );
+        assert_ne!(edge, documented, "the example still shows an edge app");
+        let c = Config::from_toml(&edge, "rtmpx.toml").unwrap();
+        let edge = c.app("edge").expect("the uncommented edge app");
         assert_eq!(edge.pull.as_ref().map(|p| p.linger_secs), Some(5));
         assert_eq!(c.relay.backoff_initial_ms, 500);
         let base = "[[listener]]\nproto = \"rtmp\"\naddr = \"127.0.0.1:0\"\n[[app]]\nname = \"live\"\n";

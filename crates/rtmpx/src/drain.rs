@@ -50,6 +50,14 @@ pub async fn drain(
 ) {
     accept_tasks.shutdown().await;
     let grace = Duration::from_secs(shared.config().server.shutdown_grace_secs);
+    let live = shared.sessions.entries().len();
+    if live > 0 {
+        // On the terminal too, not only in the log: whoever pressed Ctrl-C is waiting.
+        eprintln!(
+            "rtmpx: stopping; {live} session(s) may finish for up to {}s. Press Ctrl-C again to stop at once.",
+            grace.as_secs()
+        );
+    }
     info!(
         sessions = shared.sessions.entries().len(),
         "draining: listeners closed; publishers and players of live streams may go on for up to {}s \

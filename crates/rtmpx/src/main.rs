@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 // Everything but the command line lives in the library target (so fuzz targets and tests
 // reach the parsers); new modules go into lib.rs.
@@ -14,25 +14,38 @@ use rtmpx::{devcert, server};
 #[command(
     name = "rtmpx",
     version,
-    about = "RTMP gateway: RTMP, RTMPS, RTMPT, RTMPTS, RTMPE, RTMPTE into one router"
+    about = "RTMP gateway: RTMP, RTMPS, RTMPT, RTMPTS, RTMPE, RTMPTE into one router",
+    // `rtmpx --config FILE` is `rtmpx serve --config FILE`.
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Args, Default)]
+struct ServeArgs {
+    /// The TOML configuration file (config/rtmpx.toml documents every key); without it the
+    /// embedded default runs (`rtmpx default-config` prints it).
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Runtime worker threads (overrides server.worker_threads; 0 = one per core).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway (the default command). Without --config the embedded default runs.
-    Serve {
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        /// Runtime worker threads (overrides server.worker_threads; 0 = one per core).
-        #[arg(long)]
-        threads: Option<usize>,
+    Serve(ServeArgs),
+    /// Validate a configuration file as `serve` would before starting (keys, values, address
+    /// clashes, certificate and key files) and name the key that is wrong.
+    CheckConfig {
+        /// The TOML configuration file to check.
+        file: PathBuf,
     },
-    /// Validate a configuration file and say what is wrong.
-    CheckConfig { file: PathBuf },
     /// Print the embedded default configuration.
     DefaultConfig,
     /// Make a self-signed development certificate (and its local CA) for RTMPS.
@@ -48,8 +61,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Serve { config: None, threads: None }) {
-        Command::Serve { config: config_path, threads } => {
+    match cli.command.unwrap_or(Command::Serve(cli.serve)) {
+        Command::Serve(ServeArgs { config: config_path, threads }) => {
             init_logging();
             let config = match Config::load_or_default(config_path.as_ref()) {
                 Ok(c) => c,
@@ -74,7 +87,9 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::CheckConfig { file } => match Config::load(&file) {
+        Command::CheckConfig { file } => match Config::load(&file)
+            .and_then(|c| server::check_before_start(&c, &file.display().to_string()).map(|()| c))
+        {
             Ok(c) => {
                 println!("{}: ok ({} listeners, {} apps)", file.display(), c.listeners.len(), c.apps.len());
                 ExitCode::SUCCESS
@@ -114,4 +129,46 @@ fn init_logging() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_argument_has_a_help_text() {
+        let cli = Cli::command();
+        cli.clone().debug_assert();
+        let mut missing = Vec::new();
+        let mut commands = vec![cli];
+        while let Some(command) = commands.pop() {
+            for arg in command.get_arguments() {
+                if arg.get_help().is_none_or(|h| h.to_string().trim().is_empty()) {
+                    missing.push(format!("{} {}", command.get_name(), arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands() {
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(format!("subcommand {}", sub.get_name()));
+                }
+            }
+            commands.extend(command.get_subcommands().cloned());
+        }
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
+
+    #[test]
+    fn config_without_serve_means_serve() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map_err(|e| e.to_string());
+        let cli = parse(&["rtmpx", "--config", "a.toml", "--threads", "2"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.serve.config, Some(PathBuf::from("a.toml")));
+        assert_eq!(cli.serve.threads, Some(2));
+        let Some(Command::Serve(serve)) = parse(&["rtmpx", "serve", "-c", "b.toml"]).unwrap().command else {
+            panic!("serve");
+        };
+        assert_eq!(serve.config, Some(PathBuf::from("b.toml")));
+        assert!(parse(&["rtmpx", "--config", "a.toml", "check-config", "a.toml"]).is_err());
+    }
 }

@@ -138,9 +138,59 @@ pub fn router_config(config: &Config) -> RouterConfig {
     }
 }
 
+/// Every check `serve` makes before it binds, beyond [`Config`]'s own validation: the files
+/// the configuration names (certificates and keys, the development certificate's directory,
+/// the relays' CA file) can be read and used. `rtmpx check-config` runs exactly this too.
+/// Errors name the key; `origin` names the file.
+pub fn check_before_start(config: &Config, origin: &str) -> Result<()> {
+    let fail = |message: String| Error::Config { origin: origin.to_owned(), message };
+    let mut needs_dev_cert = false;
+    for (i, listener) in config.listeners.iter().enumerate() {
+        if !listener.proto.is_tls() {
+            continue;
+        }
+        needs_dev_cert |= listener.tls.is_empty();
+        for (j, paths) in listener.tls.iter().enumerate() {
+            tls::check_files(paths).map_err(|e| {
+                let key = match &e {
+                    Error::Certificate { path, .. } if *path == paths.key.display().to_string() => "key",
+                    _ => "cert",
+                };
+                fail(format!("listener[{i}].tls[{j}].{key}: {e}"))
+            })?;
+        }
+    }
+    if needs_dev_cert {
+        check_dev_cert_dir(&config.tls.cert_dir).map_err(|e| fail(format!("tls.cert_dir: {e}")))?;
+    }
+    if let Some(ca_file) = &config.relay.ca_file {
+        let options = rtmpx_client::TlsOptions {
+            ca_file: Some(ca_file.clone()),
+            dangerous_accept_any_certificate: false,
+        };
+        options.check().map_err(|e| fail(format!("relay.ca_file: {e}")))?;
+    }
+    Ok(())
+}
+
+/// The development certificate in `dir`, when there is one, loads (else the first start writes
+/// one there).
+fn check_dev_cert_dir(dir: &std::path::Path) -> std::result::Result<(), String> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(format!("{} is not a directory", dir.display()));
+    }
+    let files = crate::devcert::DevCert::in_dir(dir);
+    if files.cert.exists() && files.key.exists() {
+        tls::check_files(&files.leaf()).map_err(|e| format!("the development certificate: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Binds every listener, prints where to publish and play, and serves until SIGINT/SIGTERM,
 /// then drains (see [`crate::drain`]). SIGHUP reloads `config_path` and the TLS certificates.
 pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
+    let origin = config_path.as_ref().map_or("embedded default config".into(), |p| p.display().to_string());
+    check_before_start(&config, &origin)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let config = Arc::new(config);
     let shared = Arc::new(Shared::new(config.clone(), shutdown_rx));
@@ -158,6 +208,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         announce(lc, local, &config);
         listeners.push((lc.clone(), listener, tls));
     }
+    warn_open_publishing(&config);
     let reloader = Arc::new(Reloader::new(shared.clone(), config_path, listener_tls.stores.clone()));
     let mut background = JoinSet::new();
     background.spawn(admin::sample_bitrates(shared.clone()));
@@ -277,6 +328,25 @@ fn announce(lc: &ListenerConfig, local: SocketAddr, config: &Config) {
             "{} listener on {local}: also serves {tunnel} (HTTP requests) on the same port",
             lc.proto.scheme()
         );
+    }
+}
+
+/// Says which apps anyone who reaches a non-loopback listener may publish to (the embedded
+/// default's `live`, for one).
+fn warn_open_publishing(config: &Config) {
+    let Some(exposed) = config.listeners.iter().find(|l| !l.addr.ip().is_loopback()) else { return };
+    for app in config.apps.iter().filter(|a| a.publish) {
+        let guarded = !app.publish_keys.is_empty()
+            || app.token.as_ref().is_some_and(|t| t.publish)
+            || !app.allow_publish.is_empty()
+            || app.on_publish.is_some();
+        if !guarded {
+            warn!(
+                "app {}: anyone who reaches {} may publish; require a key with publish_keys = [\"...\"] \
+                 (or [app.token], allow_publish, on_publish) in its [[app]]",
+                app.name, exposed.addr
+            );
+        }
     }
 }
 

@@ -100,6 +100,11 @@ fn covers(key: &CertifiedKey, name: &ServerName<'_>) -> bool {
     webpki::EndEntityCert::try_from(leaf).is_ok_and(|ee| ee.verify_is_valid_for_subject_name(name).is_ok())
 }
 
+/// Reads and parses a chain and its key as a listener would, and checks that they match.
+pub fn check_files(paths: &CertPaths) -> Result<()> {
+    load_one(paths).map(drop)
+}
+
 fn load_all(sources: &[CertPaths]) -> Result<Vec<LoadedCert>> {
     sources.iter().map(load_one).collect()
 }

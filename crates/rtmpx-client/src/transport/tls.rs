@@ -22,6 +22,13 @@ pub struct TlsOptions {
     pub dangerous_accept_any_certificate: bool,
 }
 
+impl TlsOptions {
+    /// Reads the CA file as a connection would, so a bad one is reported before any connects.
+    pub fn check(&self) -> Result<()> {
+        client_config(self).map(drop)
+    }
+}
+
 pub(crate) fn client_config(opts: &TlsOptions) -> Result<ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())

@@ -20,7 +20,7 @@ use tokio::time::timeout;
 use tracing::{debug, warn};
 
 use super::pipe::{pipe, PipeEnd};
-use super::table::{OpenRefused, SessionId, TableLimits, TunnelIo};
+use super::table::{ConnectionId, OpenRefused, SessionId, TableLimits, TunnelIo};
 use crate::config::RtmptSection;
 use crate::server::Shared;
 use crate::session::{self, Origin};
@@ -41,10 +41,27 @@ const CONTENT_TYPE_FCS: &str = "application/x-fcs";
 /// Polling intervals sent as the first body byte: short while data flows, growing while idle.
 const POLLING_STEPS: [u8; 6] = [0x01, 0x03, 0x05, 0x09, 0x11, 0x21];
 
+/// Sessions one connection remembers having served, to report its hang-up to them.
+const SESSIONS_PER_CONNECTION: usize = 16;
+
 struct Ctx {
     shared: Arc<Shared>,
     peer: SocketAddr,
     origin: Origin,
+    connection: ConnectionId,
+    /// Sessions this connection carried requests for, most recent last.
+    served: std::sync::Mutex<Vec<SessionId>>,
+}
+
+impl Ctx {
+    fn served(&self, id: SessionId) {
+        let mut served = self.served.lock().unwrap_or_else(|p| p.into_inner());
+        served.retain(|&s| s != id);
+        if served.len() == SESSIONS_PER_CONNECTION {
+            served.remove(0);
+        }
+        served.push(id);
+    }
 }
 
 /// Serves RTMPT requests on one HTTP/1.1 connection until the client closes it or shutdown.
@@ -54,9 +71,11 @@ where
 {
     let request_timeout = shared.config().rtmpt.request_timeout();
     let mut shutdown = shared.shutdown_signal();
-    let ctx = Arc::new(Ctx { shared, peer, origin });
+    let connection = shared.tunnels.connection();
+    let ctx = Arc::new(Ctx { shared, peer, origin, connection, served: Default::default() });
+    let service_ctx = ctx.clone();
     let service = service_fn(move |request| {
-        let ctx = ctx.clone();
+        let ctx = service_ctx.clone();
         async move { Ok::<_, Infallible>(handle(request, &ctx).await) }
     });
     let mut builder = http1::Builder::new();
@@ -73,6 +92,11 @@ where
         result = connection.as_mut() => {
             if let Err(e) = result {
                 debug!(%peer, "rtmpt connection ended: {e}");
+            }
+            // librtmp's last request is a `send` (deleteStream) on a connection it then closes.
+            let served = std::mem::take(&mut *ctx.served.lock().unwrap_or_else(|p| p.into_inner()));
+            for id in served {
+                ctx.shared.tunnels.hung_up(id, ctx.connection);
             }
         }
         _ = shutdown.changed() => {
@@ -188,8 +212,13 @@ fn open(ctx: &Ctx, limits: &RtmptSection) -> Response<Full<Bytes>> {
     let (gateway_end, tunnel_end) = pipe(PIPE_CAPACITY);
     let table_limits =
         TableLimits { max_sessions: limits.max_sessions, max_sessions_per_ip: limits.max_sessions_per_ip };
-    let session = match ctx.shared.tunnels.open(ctx.peer.ip(), ctx.origin.transport, tunnel_end, table_limits)
-    {
+    let session = match ctx.shared.tunnels.open(
+        ctx.peer.ip(),
+        ctx.origin.transport,
+        tunnel_end,
+        table_limits,
+        ctx.connection,
+    ) {
         Ok(session) => session,
         Err(refused) => {
             let why = match refused {
@@ -201,6 +230,7 @@ fn open(ctx: &Ctx, limits: &RtmptSection) -> Response<Full<Bytes>> {
         }
     };
     debug!(peer = %ctx.peer, id = ?session.id, "rtmpt session opened");
+    ctx.served(session.id);
     tokio::spawn(session::run(gateway_end, ctx.peer, ctx.origin, ctx.shared.clone()));
     // Exactly one trailing byte: librtmp drops the last byte of this body, ffmpeg trims white space.
     fcs(Bytes::from(format!("{}\n", session.id)))
@@ -214,9 +244,10 @@ async fn session_request(
     body: Bytes,
 ) -> Response<Full<Bytes>> {
     let tunnels = &ctx.shared.tunnels;
-    let Some(session) = tunnels.touch(id, ctx.origin.transport) else {
+    let Some(session) = tunnels.touch(id, ctx.origin.transport, ctx.connection) else {
         return empty(StatusCode::NOT_FOUND);
     };
+    ctx.served(id);
     let mut io = session.io.lock().await;
     if let Some(expected) = io.next_seq {
         if seq != expected {

@@ -46,20 +46,32 @@ where
 }
 
 /// Closes tunnel sessions that went without a request for `rtmpt.idle_timeout_secs` (the
-/// client vanished without `/close`). Runs until the task is dropped.
+/// client vanished without `/close`), and those whose client hung up the connection of its last
+/// request and did not come back within `rtmpt.hangup_timeout_ms`. Runs until the task is
+/// dropped.
 pub async fn reap_idle_sessions(shared: Arc<Shared>) {
     loop {
-        let idle = shared.config().rtmpt.idle_timeout();
-        let period = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let (idle, hung_up) = {
+            let config = shared.config();
+            (config.rtmpt.idle_timeout(), config.rtmpt.hangup_timeout())
+        };
+        let period = (idle.min(hung_up) / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
         tokio::time::sleep(period).await;
-        let expired = shared.tunnels.expire_idle(idle);
-        if expired > 0 {
+        let expired = shared.tunnels.expire(idle, hung_up);
+        if expired.idle > 0 {
             info!(
-                expired,
+                expired = expired.idle,
                 expired_total = shared.tunnels.expired_total(),
                 open = shared.tunnels.len(),
                 "rtmpt sessions expired after {}s without a request",
                 idle.as_secs()
+            );
+        }
+        if expired.hung_up > 0 {
+            info!(
+                closed = expired.hung_up,
+                open = shared.tunnels.len(),
+                "rtmpt sessions closed: their client hung up without /close"
             );
         }
     }
