@@ -22,7 +22,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::server::TlsStream;
 use tracing::{debug, info, warn};
 
-use crate::config::{CertPaths, Config, TlsSection};
+use crate::acme::config::ChallengeKind;
+use crate::acme::Acme;
+use crate::config::{CertPaths, Config, Proto, TlsSection};
 use crate::devcert;
 use crate::error::{Error, Result};
 
@@ -78,7 +80,7 @@ impl CertStore {
         self.current.read().expect("cert store lock").iter().map(|c| c.fingerprint.clone()).collect()
     }
 
-    fn select(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+    pub(crate) fn select(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let certs = self.current.read().expect("cert store lock").clone();
         let by_name = server_name.and_then(|name| {
             let name = ServerName::try_from(name).ok()?;
@@ -91,6 +93,26 @@ impl CertStore {
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         self.select(client_hello.server_name())
+    }
+}
+
+/// Listeners on the ACME certificate: it serves clients without SNI and those asking for one of
+/// its names; the development certificate (when `tls.acme.dev_fallback`) serves other names and
+/// stands in until the first certificate is issued.
+#[derive(Debug)]
+struct AcmeResolver {
+    acme: Arc<Acme>,
+    fallback: Option<Arc<CertStore>>,
+}
+
+impl ResolvesServerCert for AcmeResolver {
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let name = client_hello.server_name();
+        let current = self.acme.certificate();
+        match &current {
+            Some(issued) if name.is_none_or(|n| issued.covers(n)) => Some(issued.key.clone()),
+            _ => self.fallback.as_ref().and_then(|dev| dev.select(name)).or(current.map(|c| c.key.clone())),
+        }
     }
 }
 
@@ -143,7 +165,7 @@ pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
 }
 
 /// TLS 1.2 and 1.3 with rustls' default (safe) cipher suites, certificates from `store`.
-pub fn server_config(store: Arc<CertStore>, settings: &TlsSection) -> Arc<ServerConfig> {
+pub fn server_config(store: Arc<dyn ResolvesServerCert>, settings: &TlsSection) -> Arc<ServerConfig> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .expect("the ring provider supports TLS 1.2 and 1.3")
@@ -160,12 +182,14 @@ pub fn server_config(store: Arc<CertStore>, settings: &TlsSection) -> Arc<Server
 pub struct TlsAcceptor {
     acceptor: tokio_rustls::TlsAcceptor,
     handshake_timeout: Duration,
+    /// Set where TLS-ALPN-01 validations are answered (ACME listeners of proto rtmps).
+    acme_validation: Option<Arc<Acme>>,
 }
 
 impl TlsAcceptor {
-    pub fn new(store: Arc<CertStore>, settings: &TlsSection) -> Self {
+    pub fn new(store: Arc<dyn ResolvesServerCert>, settings: &TlsSection) -> Self {
         let acceptor = tokio_rustls::TlsAcceptor::from(server_config(store, settings));
-        TlsAcceptor { acceptor, handshake_timeout: settings.handshake_timeout() }
+        TlsAcceptor { acceptor, handshake_timeout: settings.handshake_timeout(), acme_validation: None }
     }
 
     /// Runs the server side of the TLS handshake. rustls bounds what a handshake may buffer;
@@ -174,10 +198,17 @@ impl TlsAcceptor {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let stream = tokio::time::timeout(self.handshake_timeout, self.acceptor.accept(io))
+        let handshake = async {
+            match &self.acme_validation {
+                Some(acme) => accept_or_validate(acme, self.acceptor.config().clone(), io).await,
+                None => self.acceptor.accept(io).await.map(Some),
+            }
+        };
+        let stream = tokio::time::timeout(self.handshake_timeout, handshake)
             .await
             .map_err(|_| Error::TlsHandshake(format!("no handshake within {:?}", self.handshake_timeout)))?
-            .map_err(|e| Error::TlsHandshake(describe_handshake_error(&e)))?;
+            .map_err(|e| Error::TlsHandshake(describe_handshake_error(&e)))?
+            .ok_or(Error::AcmeValidation)?;
         let (_, conn) = stream.get_ref();
         debug!(
             %peer,
@@ -188,6 +219,40 @@ impl TlsAcceptor {
         );
         Ok(stream)
     }
+}
+
+/// Reads the ClientHello first: one offering ALPN `acme-tls/1` is a CA validating TLS-ALPN-01
+/// (RFC 8737), answered with the challenge certificate and closed (`None`); any other goes on
+/// with `config`.
+async fn accept_or_validate<IO>(
+    acme: &Acme,
+    config: Arc<ServerConfig>,
+    io: IO,
+) -> io::Result<Option<TlsStream<IO>>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io).await?;
+    let hello = start.client_hello();
+    if !hello.alpn().is_some_and(|mut offered| offered.any(|p| p == crate::acme::ACME_TLS_ALPN)) {
+        return start.into_stream(config).await.map(Some);
+    }
+    let name = hello.server_name().unwrap_or_default().to_owned();
+    let Some(key) = acme.challenges().tls_alpn01(&name) else {
+        return Err(io::Error::other(format!(
+            "acme-tls/1 handshake for {name:?}, which has no pending challenge"
+        )));
+    };
+    let mut validation = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("the ring provider supports TLS 1.2 and 1.3")
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key)));
+    validation.alpn_protocols = vec![crate::acme::ACME_TLS_ALPN.to_vec()];
+    let mut stream = start.into_stream(Arc::new(validation)).await?;
+    let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+    debug!(name, "answered an ACME tls-alpn-01 validation");
+    Ok(None)
 }
 
 fn describe_handshake_error(e: &io::Error) -> String {
@@ -214,9 +279,10 @@ pub struct ListenerTls {
     pub stores: Vec<Arc<CertStore>>,
 }
 
-/// Loads the certificates of every TLS listener. Those without certificates share the
-/// development certificate, generated when missing.
-pub fn listener_acceptors(config: &Config) -> Result<ListenerTls> {
+/// Loads the certificates of every TLS listener. Those without certificates share the ACME
+/// certificate when `[tls.acme]` is set (`acme`), else the development certificate, generated
+/// when missing.
+pub fn listener_acceptors(config: &Config, acme: Option<&Arc<Acme>>) -> Result<ListenerTls> {
     let mut stores: Vec<Arc<CertStore>> = Vec::new();
     let mut dev_store: Option<Arc<CertStore>> = None;
     let mut acceptors = Vec::new();
@@ -225,8 +291,27 @@ pub fn listener_acceptors(config: &Config) -> Result<ListenerTls> {
             acceptors.push(None);
             continue;
         }
+        if let Some(acme) = acme.filter(|_| lc.tls.acme || lc.tls.is_empty()) {
+            let fallback = match (&dev_store, acme.settings().dev_fallback) {
+                (_, false) => None,
+                (Some(dev), true) => Some(dev.clone()),
+                (None, true) => {
+                    let store = dev_certificate(config)?;
+                    stores.push(store.clone());
+                    dev_store = Some(store.clone());
+                    Some(store)
+                }
+            };
+            let resolver = Arc::new(AcmeResolver { acme: acme.clone(), fallback });
+            let mut acceptor = TlsAcceptor::new(resolver, &config.tls);
+            if lc.proto == Proto::Rtmps && acme.settings().wants(ChallengeKind::TlsAlpn01) {
+                acceptor.acme_validation = Some(acme.clone());
+            }
+            acceptors.push(Some(acceptor));
+            continue;
+        }
         let store = match (&dev_store, lc.tls.is_empty()) {
-            (_, false) => CertStore::load(lc.tls.clone())?,
+            (_, false) => CertStore::load(lc.tls.to_vec())?,
             (Some(dev), true) => dev.clone(),
             (None, true) => {
                 let store = dev_certificate(config)?;
