@@ -273,6 +273,50 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     Ok(())
 }
 
+/// `rtmpx cert --acme`: the cached certificate while it is not due for renewal, else one order,
+/// its challenges answered on the configured listeners meanwhile (HTTP-01 on rtmp/rtmpt ports,
+/// TLS-ALPN-01 on rtmps ports; no RTMP is served).
+pub async fn issue_acme_certificate(config: Config) -> Result<Arc<crate::acme::Issued>> {
+    let settings =
+        config.tls.acme.clone().ok_or_else(|| Error::Acme("the configuration has no [tls.acme]".into()))?;
+    let acme = Acme::new(settings);
+    if let Some(current) = acme.certificate().filter(|c| !c.due()) {
+        return Ok(current);
+    }
+    let (_stop, shutdown) = watch::channel(false);
+    let config = Arc::new(config);
+    let shared = Arc::new(Shared::new(config.clone(), shutdown));
+    let _ = shared.acme.set(acme.clone());
+    let listener_tls = tls::listener_acceptors(&config, Some(&acme))?;
+    let mut answering = JoinSet::new();
+    for (lc, tls) in config.listeners.iter().zip(listener_tls.acceptors) {
+        let listener = TcpListener::bind(lc.addr).await.map_err(Error::io(format!(
+            "binding {} listener on {}",
+            lc.proto.scheme(),
+            lc.addr
+        )))?;
+        let origin = Origin { transport: Transport::Http, encryption: lc.encryption.policy() };
+        let (proto, shared) = (lc.proto, shared.clone());
+        answering.spawn(async move {
+            while let Ok((stream, peer)) = listener.accept().await {
+                let (shared, tls) = (shared.clone(), tls.clone());
+                tokio::spawn(async move {
+                    match (proto, tls) {
+                        (Proto::Rtmp | Proto::Rtmpt, _) => {
+                            tunnel::serve_http(stream, peer, origin, shared).await
+                        }
+                        (Proto::Rtmps, Some(tls)) => drop(tls.accept(stream, peer).await),
+                        _ => {}
+                    }
+                });
+            }
+        });
+    }
+    let result = acme.renew().await;
+    answering.shutdown().await;
+    result
+}
+
 fn announce(lc: &ListenerConfig, local: SocketAddr, config: &Config) {
     let host = if local.ip().is_unspecified() { "127.0.0.1".to_string() } else { local.ip().to_string() };
     let host = if local.is_ipv6() && !local.ip().is_unspecified() { format!("[{host}]") } else { host };

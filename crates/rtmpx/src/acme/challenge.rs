@@ -95,8 +95,13 @@ fn validation_certificate(domain: &str, digest: &[u8]) -> Result<CertifiedKey, S
     params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
     let cert = params.self_signed(&key).map_err(fail)?;
     let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    CertifiedKey::from_der(vec![cert.der().clone()], private, &rustls::crypto::ring::default_provider())
-        .map_err(|e| format!("tls-alpn-01 certificate for {domain}: {e}"))
+    // Not `from_der`: its key check parses the certificate with webpki, which refuses the
+    // critical acmeIdentifier extension.
+    let signing_key = rustls::crypto::ring::default_provider()
+        .key_provider
+        .load_private_key(private)
+        .map_err(|e| format!("tls-alpn-01 key for {domain}: {e}"))?;
+    Ok(CertifiedKey::new(vec![cert.der().clone()], signing_key))
 }
 
 /// The reply to `method` on `CHALLENGE_PATH` + `token`: the key authorization while its order

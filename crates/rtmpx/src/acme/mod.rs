@@ -75,6 +75,11 @@ impl Issued {
         })
     }
 
+    /// Whether its renewal time has come.
+    pub fn due(&self) -> bool {
+        now() >= self.renew_at
+    }
+
     /// Whether the certificate names every domain (case-insensitive).
     pub fn covers_all(&self, domains: &[String]) -> bool {
         domains.iter().all(|d| self.covers(d))
@@ -205,6 +210,10 @@ impl Acme {
             match self.renew().await {
                 Ok(_) => backoff = initial,
                 Err(e) => {
+                    let e = match e {
+                        Error::Acme(message) => message,
+                        other => other.to_string(),
+                    };
                     let keeping = match self.certificate() {
                         Some(c) => {
                             format!("keeping certificate {} (expires in {}s)", c.serial, c.not_after - now())
