@@ -349,6 +349,12 @@ fn publish_ffmpeg9(url: &str, seconds: f64, extra: &[&str]) -> Proc {
     Proc::spawn("ffmpeg9-publish", cmd, None, Duration::from_secs_f64(seconds) + Duration::from_secs(60))
 }
 
+/// The serial of the `n`th (from 0) certificate the gateway logged as issued.
+fn nth_issued_serial(gw: &Gateway, n: usize) -> String {
+    let logs = gw.logs();
+    serial_in(logs.lines().filter(|l| l.contains(ISSUED)).nth(n).expect("that many issued certificates"))
+}
+
 fn orders_total(gw: &Gateway, result: &str) -> u64 {
     sample(&metrics(admin_addr(gw)), &format!("rtmpx_acme_orders_total{{result=\"{result}\"}}"))
 }
@@ -494,7 +500,7 @@ fn short_lived_certificates_renew_under_live_sessions_and_a_ca_outage_keeps_the_
     let mut player = record_rtmpdump(&url, &recording, 75.0);
 
     assert!(gw.wait_for_log_count(ISSUED, 2, Duration::from_secs(45)), "no renewal:\n{}", gw.logs());
-    let second = serial_in(&gw.logs().lines().filter(|l| l.contains(ISSUED)).nth(1).unwrap().to_owned());
+    let second = nth_issued_serial(&gw, 1);
     assert_ne!(first, second, "the renewal kept the serial");
     assert_eq!(served_serial(rtmps, &root).unwrap(), second, "new clients get the renewed certificate");
 
@@ -510,7 +516,7 @@ fn short_lived_certificates_renew_under_live_sessions_and_a_ca_outage_keeps_the_
         "no renewal after the CA returned:\n{}",
         gw.logs()
     );
-    let third = serial_in(&gw.logs().lines().filter(|l| l.contains(ISSUED)).nth(2).unwrap().to_owned());
+    let third = nth_issued_serial(&gw, 2);
     let new_root = pebble.root("root-2.pem");
     assert_eq!(served_serial(rtmps, &new_root).unwrap(), third);
     assert!(served_serial(rtmps, &root).is_err(), "the new certificate chains to the new root only");
@@ -595,4 +601,35 @@ fn a_silent_or_garbage_ca_never_holds_up_the_listeners_and_unknown_tokens_get_40
         assert_eq!(orders_total(&gw, "ok"), 0);
         stop.store(true, Ordering::Relaxed);
     }
+}
+
+#[test]
+fn cert_acme_issues_once_and_exits_then_reuses_the_cache() {
+    let _serial = exclusive();
+    let dns = Dns::start();
+    let (rtmp_port, rtmps_port) = (free_port(), free_port());
+    let pebble = Pebble::start(rtmp_port, rtmps_port, None, &dns);
+    let cache = TempDir::new("acme-cache");
+    let config = gateway_config(
+        rtmp_port,
+        rtmps_port,
+        &pebble.directory(),
+        &pebble.https_ca(),
+        cache.path(),
+        "http-01",
+    )
+    .replace("$DIR", &cache.path().display().to_string());
+    let config_path = cache.file("rtmpx.toml");
+    fs::write(&config_path, config).unwrap();
+    let cert_acme = || {
+        let mut cmd = Command::new(rtmpx_binary());
+        cmd.args(["cert", "--acme", "--config"]).arg(&config_path);
+        let (status, out, err) = run_bounded(cmd, Duration::from_secs(60));
+        assert!(status.success(), "rtmpx cert --acme: {out}{err}");
+        out.lines().find_map(|l| l.strip_prefix("serial:")).expect("a serial line").trim().to_owned()
+    };
+    let first = cert_acme();
+    assert_eq!(pebble.orders(), 1);
+    assert_eq!(cert_acme(), first, "the second run reuses the cached certificate");
+    assert_eq!(pebble.orders(), 1);
 }

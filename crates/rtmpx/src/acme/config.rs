@@ -123,3 +123,60 @@ impl AcmeSection {
         self.challenges.contains(&kind)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    const BASE: &str = "[[listener]]\nproto = \"rtmp\"\naddr = \"127.0.0.1:80\"\n\
+                        [[listener]]\nproto = \"rtmps\"\naddr = \"127.0.0.1:443\"\ntls = \"acme\"\n\
+                        [[app]]\nname = \"live\"\n";
+
+    fn parse(acme: &str) -> Result<Config, String> {
+        Config::from_toml(&format!("{BASE}[tls.acme]\n{acme}"), "t").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_section_parses_with_defaults() {
+        let c = parse("domains = [\"media.example.com\"]\n").unwrap();
+        let acme = c.tls.acme.as_ref().unwrap();
+        assert_eq!(acme.directory, LETS_ENCRYPT);
+        assert_eq!(acme.challenges, [ChallengeKind::Http01, ChallengeKind::TlsAlpn01]);
+        assert_eq!(acme.cache_dir, PathBuf::from("acme"));
+        assert!(acme.dev_fallback);
+        assert!(c.listeners[1].tls.acme && c.listeners[1].tls.is_empty());
+        let c =
+            parse("domains = [\"a.example\"]\nchallenges = [\"tls-alpn-01\"]\nca_file = \"/etc/ca.pem\"\n")
+                .unwrap();
+        assert_eq!(c.tls.acme.unwrap().challenges, [ChallengeKind::TlsAlpn01]);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let err = |acme: &str| parse(acme).unwrap_err();
+        assert!(
+            err("domains = [\"a.example\"]\ndirectory = \"http://ca/dir\"\n").contains("tls.acme.directory")
+        );
+        assert!(err("domains = []\n").contains("tls.acme.domains"));
+        assert!(err("domains = [\"*.example.com\"]\n").contains("tls.acme.domains[0]"));
+        assert!(err("domains = [\"a.example\", \"A.example\"]\n").contains("twice"));
+        assert!(err("domains = [\"10.0.0.1\"]\n").contains("tls.acme.domains[0]"));
+        assert!(
+            err("domains = [\"a.example\"]\ncontact = [\"ops@example.com\"]\n").contains("tls.acme.contact")
+        );
+        assert!(err("domains = [\"a.example\"]\nchallenges = [\"dns-01\"]\n").contains("dns-01"));
+        assert!(err("domains = [\"a.example\"]\nchallenges = []\n").contains("tls.acme.challenges"));
+        assert!(err("domains = [\"a.example\"]\norder_timeout_secs = 1\n").contains("order_timeout_secs"));
+        assert!(err("domains = [\"a.example\"]\nbogus = 1\n").contains("bogus"));
+        // A challenge no listener can answer.
+        let only_tls =
+            "[[listener]]\nproto = \"rtmps\"\naddr = \"127.0.0.1:443\"\n[[app]]\nname = \"live\"\n\
+                        [tls.acme]\ndomains = [\"a.example\"]\nchallenges = [\"http-01\"]\n";
+        assert!(Config::from_toml(only_tls, "t").unwrap_err().to_string().contains("no listener can answer"));
+        // `tls = "acme"` needs the section, on a TLS listener; other words are refused.
+        assert!(Config::from_toml(BASE, "t").unwrap_err().to_string().contains("needs a [tls.acme]"));
+        let bogus = BASE.replace("tls = \"acme\"", "tls = \"letsencrypt\"");
+        assert!(Config::from_toml(&bogus, "t").unwrap_err().to_string().contains("\"acme\" or a list"));
+    }
+}
