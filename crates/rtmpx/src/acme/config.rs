@@ -153,6 +153,20 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_section_parses() {
+        let documented = include_str!("../../../../config/rtmpx.toml");
+        let section: String = documented
+            .lines()
+            .skip_while(|l| *l != "# [tls.acme]")
+            .map_while(|l| l.strip_prefix("# "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(section.lines().count() >= 11, "{section}");
+        let c = Config::from_toml(&format!("{BASE}{section}"), "rtmpx.toml").unwrap();
+        assert_eq!(c.tls.acme.unwrap().domains, ["media.example.com"]);
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         let err = |acme: &str| parse(acme).unwrap_err();
         assert!(
