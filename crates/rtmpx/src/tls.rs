@@ -249,6 +249,8 @@ where
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key)));
     validation.alpn_protocols = vec![crate::acme::ACME_TLS_ALPN.to_vec()];
+    // The connection ends right after the handshake: nothing to resume.
+    validation.send_tls13_tickets = 0;
     let mut stream = start.into_stream(Arc::new(validation)).await?;
     let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
     debug!(name, "answered an ACME tls-alpn-01 validation");
@@ -362,6 +364,9 @@ pub(crate) mod tests {
     struct RecordingVerifier {
         provider: Arc<CryptoProvider>,
         seen: std::sync::Mutex<Vec<String>>,
+        /// Skip the signature checks too: webpki cannot read a TLS-ALPN-01 certificate (its
+        /// critical acmeIdentifier extension), so the handshake signature cannot be checked.
+        skip_signatures: bool,
     }
 
     impl ServerCertVerifier for RecordingVerifier {
@@ -382,6 +387,9 @@ pub(crate) mod tests {
             cert: &CertificateDer<'_>,
             dss: &DigitallySignedStruct,
         ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+            if self.skip_signatures {
+                return Ok(HandshakeSignatureValid::assertion());
+            }
             rustls::crypto::verify_tls12_signature(
                 message,
                 cert,
@@ -395,6 +403,9 @@ pub(crate) mod tests {
             cert: &CertificateDer<'_>,
             dss: &DigitallySignedStruct,
         ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+            if self.skip_signatures {
+                return Ok(HandshakeSignatureValid::assertion());
+            }
             rustls::crypto::verify_tls13_signature(
                 message,
                 cert,
@@ -419,7 +430,11 @@ pub(crate) mod tests {
         sni: &str,
         version: &'static rustls::SupportedProtocolVersion,
     ) -> std::result::Result<(String, rustls::ProtocolVersion), String> {
-        let verifier = Arc::new(RecordingVerifier { provider: provider(), seen: Default::default() });
+        let verifier = Arc::new(RecordingVerifier {
+            provider: provider(),
+            seen: Default::default(),
+            skip_signatures: false,
+        });
         let client = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[version])
             .unwrap()
@@ -451,6 +466,94 @@ pub(crate) mod tests {
         let version = client?;
         let seen = verifier.seen.lock().unwrap().clone();
         Ok((seen.first().cloned().unwrap_or_default(), version))
+    }
+
+    /// Handshakes offering `alpn` without exchanging data; returns the server's outcome and what
+    /// the client saw (leaf fingerprint, negotiated ALPN).
+    async fn handshake_offering(
+        acceptor: &TlsAcceptor,
+        sni: &str,
+        alpn: &[&[u8]],
+    ) -> (std::result::Result<(), String>, std::result::Result<(String, Option<Vec<u8>>), String>) {
+        let skip_signatures = alpn.contains(&crate::acme::ACME_TLS_ALPN);
+        let verifier =
+            Arc::new(RecordingVerifier { provider: provider(), seen: Default::default(), skip_signatures });
+        let mut client = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(verifier.clone())
+            .with_no_client_auth();
+        client.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let server =
+            async move { acceptor.accept(server_io, peer).await.map(drop).map_err(|e| e.to_string()) };
+        let name = ServerName::try_from(sni.to_owned()).unwrap();
+        let client = async move {
+            let tls = connector.connect(name, client_io).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec))
+        };
+        let (server, client) = tokio::join!(server, client);
+        let seen = verifier.seen.lock().unwrap().first().cloned().unwrap_or_default();
+        (server, client.map(|alpn| (seen, alpn)))
+    }
+
+    /// A self-signed certificate and key for `names`, PEM, as an ACME cache file holds them.
+    fn issued_pem(names: &[&str]) -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        format!("{}{}", params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+    }
+
+    #[tokio::test]
+    async fn acme_listeners_answer_tls_alpn01_and_pick_certificates_by_name() {
+        let dir = tempdir("acme-alpn");
+        let settings = format!(
+            "domains = [\"media.example.com\"]\ncache_dir = {:?}\nchallenges = [\"tls-alpn-01\"]\n",
+            dir.display().to_string()
+        );
+        let acme = Acme::new(toml::from_str(&settings).unwrap());
+        let dev = CertStore::load(vec![fixture("p256")]).unwrap();
+        let dev_fingerprint = dev.fingerprints()[0].clone();
+        let resolver = Arc::new(AcmeResolver { acme: acme.clone(), fallback: Some(dev) });
+        let mut acceptor = TlsAcceptor::new(resolver, &TlsSection::default());
+        acceptor.acme_validation = Some(acme.clone());
+
+        // Before the first issuance everyone gets the development certificate, with or without ALPN.
+        for alpn in [&[][..], &[&b"http/1.1"[..]][..]] {
+            let (server, client) = handshake_offering(&acceptor, "media.example.com", alpn).await;
+            server.unwrap();
+            assert_eq!(client.unwrap(), (dev_fingerprint.clone(), None));
+        }
+
+        // The CA's validation handshake: the challenge certificate with ALPN acme-tls/1, then the
+        // connection carries nothing else.
+        let mut posted = crate::acme::challenge::Posted::new(acme.challenges());
+        posted.tls_alpn01("media.example.com", &[9; 32]).unwrap();
+        let challenge_fingerprint =
+            fingerprint(&acme.challenges().tls_alpn01("media.example.com").unwrap().cert[0]);
+        let (server, client) = handshake_offering(&acceptor, "media.example.com", &[b"acme-tls/1"]).await;
+        let server = server.unwrap_err();
+        assert!(server.contains("tls-alpn-01"), "{server}");
+        assert_eq!(client.unwrap(), (challenge_fingerprint, Some(b"acme-tls/1".to_vec())));
+        let (server, client) = handshake_offering(&acceptor, "other.example.com", &[b"acme-tls/1"]).await;
+        assert!(server.unwrap_err().contains("no pending challenge"), "refused without a challenge");
+        assert!(client.is_err());
+        drop(posted);
+        let (server, _) = handshake_offering(&acceptor, "media.example.com", &[b"acme-tls/1"]).await;
+        assert!(server.unwrap_err().contains("no pending challenge"), "the answer ends with the order");
+
+        // Issued: its names and clients without SNI get it, other names the fallback.
+        let issued = crate::acme::Issued::parse(issued_pem(&["media.example.com"]).as_bytes()).unwrap();
+        let acme_fingerprint = fingerprint(&issued.key.cert[0]);
+        acme.install(issued);
+        let (_, client) = handshake_offering(&acceptor, "Media.Example.COM", &[]).await;
+        assert_eq!(client.unwrap().0, acme_fingerprint);
+        let (_, client) = handshake_offering(&acceptor, "localhost", &[]).await;
+        assert_eq!(client.unwrap().0, dev_fingerprint);
     }
 
     fn acceptor(sources: Vec<CertPaths>) -> (TlsAcceptor, Arc<CertStore>) {

@@ -161,6 +161,13 @@ impl Acme {
         self.current.read().expect("acme lock").clone()
     }
 
+    /// New handshakes get `issued` from now on.
+    pub(crate) fn install(&self, issued: Issued) -> Arc<Issued> {
+        let issued = Arc::new(issued);
+        *self.current.write().expect("acme lock") = Some(issued.clone());
+        issued
+    }
+
     /// Runs one order and puts its certificate in use (and in the cache). Counted either way.
     pub async fn renew(&self) -> Result<Arc<Issued>> {
         let timeout = Duration::from_secs(self.settings.order_timeout_secs);
@@ -186,9 +193,7 @@ impl Acme {
                     file = %self.cache.certificate_path().display(),
                     "ACME certificate issued"
                 );
-                let issued = Arc::new(issued);
-                *self.current.write().expect("acme lock") = Some(issued.clone());
-                Ok(issued)
+                Ok(self.install(issued))
             }
             Err(e) => {
                 self.orders_failed.fetch_add(1, Ordering::Relaxed);
