@@ -402,7 +402,8 @@ fn http01_on_the_rtmp_port_gives_a_certificate_ffmpeg9_verifies_and_a_restart_re
         "{}",
         publisher.describe()
     );
-    let recording = cache.file("played.flv");
+    let scratch = TempDir::new("acme-play");
+    let recording = scratch.file("played.flv");
     let mut player = record_rtmpdump(&url, &recording, 4.0);
     player.finish();
     assert!(publisher.finish().success(), "{}", publisher.describe());
@@ -427,8 +428,13 @@ fn http01_on_the_rtmp_port_gives_a_certificate_ffmpeg9_verifies_and_a_restart_re
     assert_eq!(gw.count_log("ACME account registered"), 0);
     assert_eq!(orders_total(&gw, "ok") + orders_total(&gw, "failed"), 0);
     assert_eq!(pebble.orders(), orders_before, "the restart made a new order");
-    let account_key = fs::read_dir(cache.path()).unwrap().next().unwrap().unwrap().path().join("account.key");
-    assert!(account_key.exists(), "{} is missing", account_key.display());
+    // One folder per CA directory, holding the account key and the certificate.
+    let folders: Vec<PathBuf> = fs::read_dir(cache.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(folders.len(), 1, "{folders:?}");
+    assert!(
+        folders[0].join("account.key").exists() && folders[0].join("localhost.pem").exists(),
+        "{folders:?}"
+    );
 }
 
 #[test]
@@ -496,7 +502,8 @@ fn short_lived_certificates_renew_under_live_sessions_and_a_ca_outage_keeps_the_
         "{}",
         publisher.describe()
     );
-    let recording = cache.file("renew.flv");
+    let scratch = TempDir::new("acme-play");
+    let recording = scratch.file("renew.flv");
     let mut player = record_rtmpdump(&url, &recording, 75.0);
 
     assert!(gw.wait_for_log_count(ISSUED, 2, Duration::from_secs(45)), "no renewal:\n{}", gw.logs());

@@ -225,13 +225,15 @@ impl Acme {
                         }
                         None => "no ACME certificate yet".into(),
                     };
+                    // ±10 %, so gateways that failed together do not retry together.
+                    let wait = backoff.mul_f64(0.9 + rand::random::<f64>() * 0.2);
                     warn!(
                         failed_total = self.orders_failed.load(Ordering::Relaxed),
-                        "ACME order for {} failed: {e}; {keeping}; retrying in {}s",
+                        "ACME order for {} failed: {e}; {keeping}; retrying in {:.1}s",
                         self.settings.domains.join(","),
-                        backoff.as_secs()
+                        wait.as_secs_f64()
                     );
-                    tokio::time::sleep(backoff).await;
+                    tokio::time::sleep(wait).await;
                     backoff = (backoff * 2).min(Duration::from_secs(self.settings.retry_max_secs));
                 }
             }
