@@ -289,3 +289,38 @@ pub fn validate(settings: &AcmeSection, listeners: &[ListenerConfig]) -> std::re
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pem(names: &[&str], not_before: i64, not_after: i64) -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        params.not_before = rcgen::date_time_ymd(1970, 1, 1) + Duration::from_secs(not_before as u64);
+        params.not_after = rcgen::date_time_ymd(1970, 1, 1) + Duration::from_secs(not_after as u64);
+        format!("{}{}", params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn renewal_is_due_two_thirds_into_the_lifetime_with_jitter() {
+        let start = now() - 10;
+        let lifetime = 90 * 86_400;
+        for _ in 0..20 {
+            let issued =
+                Issued::parse(pem(&["Media.Example.com", "b.example"], start, start + lifetime).as_bytes())
+                    .unwrap();
+            assert_eq!((issued.not_before, issued.not_after), (start, start + lifetime));
+            let at = issued.renew_at - start;
+            assert!((lifetime * 2 / 3 - lifetime / 20..=lifetime * 2 / 3).contains(&at), "{at}");
+            assert!(!issued.due());
+            assert!(issued.covers_all(&["media.example.com".into(), "B.EXAMPLE".into()]));
+            assert!(!issued.covers("c.example"));
+        }
+        let old = Issued::parse(pem(&["a.example"], start - 100, start + 5).as_bytes()).unwrap();
+        assert!(old.due());
+        assert!(Issued::parse(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").is_err());
+        assert!(Issued::parse(b"").is_err());
+    }
+}
