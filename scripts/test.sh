@@ -23,6 +23,8 @@ command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 /usr/bin/python3 -c 'import yaml' >/dev/null 2>&1 || missing+=(python3-yaml)
 # FFmpeg 9 goes into a virtualenv (below): Debian's python3 needs python3-venv for that.
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+# tests/acme.rs: Pebble, the ACME test CA, issues the certificates rtmpx orders.
+command -v pebble >/dev/null 2>&1 || missing+=(pebble)
 
 if [ ${#missing[@]} -gt 0 ]; then
     mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::acme::config::AcmeSection;
 use crate::auth::cidr::IpNet;
 use crate::error::{Error, Result};
 use crate::relay::config::{PullConfig, PushConfig, RelaySection};
@@ -108,10 +109,51 @@ pub struct ListenerConfig {
     /// RTMPE on this listener: "allow" (default), "require" or "forbid".
     #[serde(default)]
     pub encryption: Encryption,
-    /// TLS listeners: certificates chosen by SNI, the first for clients without SNI. Empty means
-    /// the generated development certificate in `tls.cert_dir`.
+    /// TLS listeners: certificates chosen by SNI, the first for clients without SNI, or "acme"
+    /// (`[tls.acme]`). Empty means the ACME certificate when `[tls.acme]` is set, else the
+    /// generated development certificate in `tls.cert_dir`.
     #[serde(default)]
-    pub tls: Vec<CertPaths>,
+    pub tls: ListenerCerts,
+}
+
+/// A listener's `tls`: certificate files, or `"acme"`. Reads as the list of files (empty for ACME).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListenerCerts {
+    pub files: Vec<CertPaths>,
+    pub acme: bool,
+}
+
+impl std::ops::Deref for ListenerCerts {
+    type Target = [CertPaths];
+    fn deref(&self) -> &[CertPaths] {
+        &self.files
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenerCerts {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ListenerCerts;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("\"acme\" or a list of { cert, key }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<ListenerCerts, E> {
+                match v {
+                    "acme" => Ok(ListenerCerts { files: Vec::new(), acme: true }),
+                    other => Err(E::invalid_value(serde::de::Unexpected::Str(other), &self)),
+                }
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> std::result::Result<ListenerCerts, A::Error> {
+                let files = Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?;
+                Ok(ListenerCerts { files, acme: false })
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// A PEM certificate chain (leaf first) and its PEM private key (PKCS#8, PKCS#1 or SEC1).
@@ -333,6 +375,8 @@ pub struct TlsSection {
     /// TLS 1.3 session tickets sent after each handshake. 0 keeps librtmp clients (rtmpdump)
     /// working: they fail on any record that carries no application data.
     pub tls13_session_tickets: usize,
+    /// Certificates from an ACME CA (`[tls.acme]`, see `acme::config`).
+    pub acme: Option<AcmeSection>,
 }
 
 impl Default for TlsSection {
@@ -342,6 +386,7 @@ impl Default for TlsSection {
             hosts: vec!["localhost".into()],
             handshake_timeout_secs: 10,
             tls13_session_tickets: 0,
+            acme: None,
         }
     }
 }
@@ -411,10 +456,13 @@ impl Config {
                     admin.addr, l.addr
                 ));
             }
-            if !l.tls.is_empty() && !l.proto.is_tls() {
+            if (!l.tls.is_empty() || l.tls.acme) && !l.proto.is_tls() {
                 return Err(format!(
                     "listener[{i}].tls: only TLS listeners (proto = \"rtmps\") take certificates"
                 ));
+            }
+            if l.tls.acme && self.tls.acme.is_none() {
+                return Err(format!("listener[{i}].tls: \"acme\" needs a [tls.acme] section"));
             }
         }
         if self.apps.is_empty() {
@@ -503,6 +551,9 @@ impl Config {
         }
         if let Some(admin) = &self.admin {
             admin.validate()?;
+        }
+        if let Some(acme) = &tls.acme {
+            crate::acme::validate(acme, &self.listeners)?;
         }
         if let Some(bad) =
             tls.hosts.iter().find(|h| h.is_empty() || h.contains(|c: char| c.is_whitespace() || c == '/'))

@@ -22,6 +22,14 @@ pub enum Error {
     #[error("TLS handshake failed: {0}")]
     TlsHandshake(String),
 
+    /// An ACME order failed (the CA, the challenges or the cache).
+    #[error("ACME: {0}")]
+    Acme(String),
+
+    /// A TLS-ALPN-01 validation handshake was answered; the connection carries nothing else.
+    #[error("answered an ACME tls-alpn-01 validation")]
+    AcmeValidation,
+
     /// Authorisation or a limit refused connect/publish/play; the client was told, then closed.
     #[error("denied: {0}")]
     Denied(String),

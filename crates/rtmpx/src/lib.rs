@@ -1,6 +1,7 @@
 //! The gateway as a library: configuration, authorisation, transports and the session driver.
 //! The binary (`main.rs`) is only the command line; fuzz targets and tests use the modules here.
 
+pub mod acme;
 pub mod admin;
 pub mod auth;
 pub mod config;

@@ -56,6 +56,12 @@ enum Command {
         /// Where to write ca.pem, ca.key, cert.pem and key.pem (an existing CA there is reused).
         #[arg(long, default_value = "certs")]
         dir: PathBuf,
+        /// Instead: get the certificate of `[tls.acme]` in --config into its cache once (an
+        /// order unless the cached one is still good), answering challenges on its listeners.
+        #[arg(long, requires = "config", conflicts_with_all = ["hosts"])]
+        acme: bool,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -103,7 +109,31 @@ fn main() -> ExitCode {
             print!("{}", config::DEFAULT_CONFIG);
             ExitCode::SUCCESS
         }
-        Command::Cert { hosts, dir } => match devcert::generate(&dir, &hosts) {
+        Command::Cert { acme: true, config: Some(path), .. } => {
+            init_logging();
+            let config = match Config::load(&path) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("rtmpx: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let runtime =
+                tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+            match runtime.block_on(server::issue_acme_certificate(config)) {
+                Ok(issued) => {
+                    println!("names:   {}", issued.names.join(", "));
+                    println!("serial:  {}", issued.serial);
+                    println!("expires: in {}s", issued.not_after - now_secs());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("rtmpx: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Cert { hosts, dir, .. } => match devcert::generate(&dir, &hosts) {
             Ok(files) => {
                 println!("certificate: {}", files.cert.display());
                 println!("key:         {}", files.key.display());
@@ -122,6 +152,10 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 fn init_logging() {

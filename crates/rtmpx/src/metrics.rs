@@ -343,6 +343,9 @@ pub fn render(shared: &Shared) -> String {
     out.header("rtmpx_config_reloads_total", "counter", "Configuration reloads by result.");
     out.sample("rtmpx_config_reloads_total", &[("result", "ok")], get(&m.reloads_ok));
     out.sample("rtmpx_config_reloads_total", &[("result", "rejected")], get(&m.reloads_failed));
+    if let Some(acme) = shared.acme.get() {
+        acme.render_metrics(&mut out.0);
+    }
     out.0
 }
 

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use rtmpx_router::{Router, RouterConfig};
@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
+use crate::acme::Acme;
 use crate::admin;
 use crate::config::{Config, ListenerConfig, Proto};
 use crate::error::{Error, Result};
@@ -44,6 +45,9 @@ pub struct Shared {
     pub auth: crate::auth::Gate,
     /// Whether fan-out batches its writes now (workers busy).
     pub load: Arc<crate::load::Load>,
+    /// Certificates from an ACME CA, when `[tls.acme]` is set (its challenges are answered on
+    /// the listeners).
+    pub acme: OnceLock<Arc<Acme>>,
 }
 
 impl Shared {
@@ -62,6 +66,7 @@ impl Shared {
             load: load.clone(),
             auth: crate::auth::Gate::new(),
             relays: RelayManager::new(shutdown, load),
+            acme: OnceLock::new(),
         }
     }
 
@@ -195,7 +200,13 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let config = Arc::new(config);
     let shared = Arc::new(Shared::new(config.clone(), shutdown_rx));
 
-    let listener_tls = tls::listener_acceptors(&config)?;
+    // The cached ACME certificate (if any) serves at once; orders run in the background, so a
+    // CA that is down or slow never holds up the listeners.
+    let acme = config.tls.acme.clone().map(Acme::new);
+    if let Some(acme) = &acme {
+        let _ = shared.acme.set(acme.clone());
+    }
+    let listener_tls = tls::listener_acceptors(&config, acme.as_ref())?;
     let mut hangup = Hangup::new()?;
     let mut listeners = Vec::new();
     for (lc, tls) in config.listeners.iter().zip(listener_tls.acceptors) {
@@ -213,6 +224,9 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let mut background = JoinSet::new();
     background.spawn(admin::sample_bitrates(shared.clone()));
     background.spawn(crate::load::monitor(shared.clone()));
+    if let Some(acme) = acme {
+        background.spawn(acme.run());
+    }
     if let Some(settings) = &config.admin {
         let server = admin::start(settings, shared.clone(), reloader.clone()).await?;
         background.spawn(async move {
@@ -287,6 +301,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
                                         tunnel::serve_sniffed(stream, peer, rtmp, http, shared).await
                                     }
                                     Ok(stream) => tunnel::serve_http(stream, peer, origin(Transport::HttpTls), shared).await,
+                                    Err(Error::AcmeValidation) => {}
                                     Err(e) => {
                                         shared.metrics.handshake_failed(HandshakeFailure::Tls);
                                         warn!(%peer, "{e}")
@@ -307,6 +322,50 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     background.shutdown().await;
     info!("rtmpx stopped");
     Ok(())
+}
+
+/// `rtmpx cert --acme`: the cached certificate while it is not due for renewal, else one order,
+/// its challenges answered on the configured listeners meanwhile (HTTP-01 on rtmp/rtmpt ports,
+/// TLS-ALPN-01 on rtmps ports; no RTMP is served).
+pub async fn issue_acme_certificate(config: Config) -> Result<Arc<crate::acme::Issued>> {
+    let settings =
+        config.tls.acme.clone().ok_or_else(|| Error::Acme("the configuration has no [tls.acme]".into()))?;
+    let acme = Acme::new(settings);
+    if let Some(current) = acme.certificate().filter(|c| !c.due()) {
+        return Ok(current);
+    }
+    let (_stop, shutdown) = watch::channel(false);
+    let config = Arc::new(config);
+    let shared = Arc::new(Shared::new(config.clone(), shutdown));
+    let _ = shared.acme.set(acme.clone());
+    let listener_tls = tls::listener_acceptors(&config, Some(&acme))?;
+    let mut answering = JoinSet::new();
+    for (lc, tls) in config.listeners.iter().zip(listener_tls.acceptors) {
+        let listener = TcpListener::bind(lc.addr).await.map_err(Error::io(format!(
+            "binding {} listener on {}",
+            lc.proto.scheme(),
+            lc.addr
+        )))?;
+        let origin = Origin { transport: Transport::Http, encryption: lc.encryption.policy() };
+        let (proto, shared) = (lc.proto, shared.clone());
+        answering.spawn(async move {
+            while let Ok((stream, peer)) = listener.accept().await {
+                let (shared, tls) = (shared.clone(), tls.clone());
+                tokio::spawn(async move {
+                    match (proto, tls) {
+                        (Proto::Rtmp | Proto::Rtmpt, _) => {
+                            tunnel::serve_http(stream, peer, origin, shared).await
+                        }
+                        (Proto::Rtmps, Some(tls)) => drop(tls.accept(stream, peer).await),
+                        _ => {}
+                    }
+                });
+            }
+        });
+    }
+    let result = acme.renew().await;
+    answering.shutdown().await;
+    result
 }
 
 fn announce(lc: &ListenerConfig, local: SocketAddr, config: &Config) {

@@ -22,7 +22,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::server::TlsStream;
 use tracing::{debug, info, warn};
 
-use crate::config::{CertPaths, Config, TlsSection};
+use crate::acme::config::ChallengeKind;
+use crate::acme::Acme;
+use crate::config::{CertPaths, Config, Proto, TlsSection};
 use crate::devcert;
 use crate::error::{Error, Result};
 
@@ -78,7 +80,7 @@ impl CertStore {
         self.current.read().expect("cert store lock").iter().map(|c| c.fingerprint.clone()).collect()
     }
 
-    fn select(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+    pub(crate) fn select(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let certs = self.current.read().expect("cert store lock").clone();
         let by_name = server_name.and_then(|name| {
             let name = ServerName::try_from(name).ok()?;
@@ -91,6 +93,26 @@ impl CertStore {
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         self.select(client_hello.server_name())
+    }
+}
+
+/// Listeners on the ACME certificate: it serves clients without SNI and those asking for one of
+/// its names; the development certificate (when `tls.acme.dev_fallback`) serves other names and
+/// stands in until the first certificate is issued.
+#[derive(Debug)]
+struct AcmeResolver {
+    acme: Arc<Acme>,
+    fallback: Option<Arc<CertStore>>,
+}
+
+impl ResolvesServerCert for AcmeResolver {
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let name = client_hello.server_name();
+        let current = self.acme.certificate();
+        match &current {
+            Some(issued) if name.is_none_or(|n| issued.covers(n)) => Some(issued.key.clone()),
+            _ => self.fallback.as_ref().and_then(|dev| dev.select(name)).or(current.map(|c| c.key.clone())),
+        }
     }
 }
 
@@ -148,7 +170,7 @@ pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
 }
 
 /// TLS 1.2 and 1.3 with rustls' default (safe) cipher suites, certificates from `store`.
-pub fn server_config(store: Arc<CertStore>, settings: &TlsSection) -> Arc<ServerConfig> {
+pub fn server_config(store: Arc<dyn ResolvesServerCert>, settings: &TlsSection) -> Arc<ServerConfig> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .expect("the ring provider supports TLS 1.2 and 1.3")
@@ -165,12 +187,14 @@ pub fn server_config(store: Arc<CertStore>, settings: &TlsSection) -> Arc<Server
 pub struct TlsAcceptor {
     acceptor: tokio_rustls::TlsAcceptor,
     handshake_timeout: Duration,
+    /// Set where TLS-ALPN-01 validations are answered (ACME listeners of proto rtmps).
+    acme_validation: Option<Arc<Acme>>,
 }
 
 impl TlsAcceptor {
-    pub fn new(store: Arc<CertStore>, settings: &TlsSection) -> Self {
+    pub fn new(store: Arc<dyn ResolvesServerCert>, settings: &TlsSection) -> Self {
         let acceptor = tokio_rustls::TlsAcceptor::from(server_config(store, settings));
-        TlsAcceptor { acceptor, handshake_timeout: settings.handshake_timeout() }
+        TlsAcceptor { acceptor, handshake_timeout: settings.handshake_timeout(), acme_validation: None }
     }
 
     /// Runs the server side of the TLS handshake. rustls bounds what a handshake may buffer;
@@ -179,10 +203,17 @@ impl TlsAcceptor {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let stream = tokio::time::timeout(self.handshake_timeout, self.acceptor.accept(io))
+        let handshake = async {
+            match &self.acme_validation {
+                Some(acme) => accept_or_validate(acme, self.acceptor.config().clone(), io).await,
+                None => self.acceptor.accept(io).await.map(Some),
+            }
+        };
+        let stream = tokio::time::timeout(self.handshake_timeout, handshake)
             .await
             .map_err(|_| Error::TlsHandshake(format!("no handshake within {:?}", self.handshake_timeout)))?
-            .map_err(|e| Error::TlsHandshake(describe_handshake_error(&e)))?;
+            .map_err(|e| Error::TlsHandshake(describe_handshake_error(&e)))?
+            .ok_or(Error::AcmeValidation)?;
         let (_, conn) = stream.get_ref();
         debug!(
             %peer,
@@ -193,6 +224,42 @@ impl TlsAcceptor {
         );
         Ok(stream)
     }
+}
+
+/// Reads the ClientHello first: one offering ALPN `acme-tls/1` is a CA validating TLS-ALPN-01
+/// (RFC 8737), answered with the challenge certificate and closed (`None`); any other goes on
+/// with `config`.
+async fn accept_or_validate<IO>(
+    acme: &Acme,
+    config: Arc<ServerConfig>,
+    io: IO,
+) -> io::Result<Option<TlsStream<IO>>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io).await?;
+    let hello = start.client_hello();
+    if !hello.alpn().is_some_and(|mut offered| offered.any(|p| p == crate::acme::ACME_TLS_ALPN)) {
+        return start.into_stream(config).await.map(Some);
+    }
+    let name = hello.server_name().unwrap_or_default().to_owned();
+    let Some(key) = acme.challenges().tls_alpn01(&name) else {
+        return Err(io::Error::other(format!(
+            "acme-tls/1 handshake for {name:?}, which has no pending challenge"
+        )));
+    };
+    let mut validation = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("the ring provider supports TLS 1.2 and 1.3")
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key)));
+    validation.alpn_protocols = vec![crate::acme::ACME_TLS_ALPN.to_vec()];
+    // The connection ends right after the handshake: nothing to resume.
+    validation.send_tls13_tickets = 0;
+    let mut stream = start.into_stream(Arc::new(validation)).await?;
+    let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+    debug!(name, "answered an ACME tls-alpn-01 validation");
+    Ok(None)
 }
 
 fn describe_handshake_error(e: &io::Error) -> String {
@@ -219,9 +286,10 @@ pub struct ListenerTls {
     pub stores: Vec<Arc<CertStore>>,
 }
 
-/// Loads the certificates of every TLS listener. Those without certificates share the
-/// development certificate, generated when missing.
-pub fn listener_acceptors(config: &Config) -> Result<ListenerTls> {
+/// Loads the certificates of every TLS listener. Those without certificates share the ACME
+/// certificate when `[tls.acme]` is set (`acme`), else the development certificate, generated
+/// when missing.
+pub fn listener_acceptors(config: &Config, acme: Option<&Arc<Acme>>) -> Result<ListenerTls> {
     let mut stores: Vec<Arc<CertStore>> = Vec::new();
     let mut dev_store: Option<Arc<CertStore>> = None;
     let mut acceptors = Vec::new();
@@ -230,8 +298,27 @@ pub fn listener_acceptors(config: &Config) -> Result<ListenerTls> {
             acceptors.push(None);
             continue;
         }
+        if let Some(acme) = acme.filter(|_| lc.tls.acme || lc.tls.is_empty()) {
+            let fallback = match (&dev_store, acme.settings().dev_fallback) {
+                (_, false) => None,
+                (Some(dev), true) => Some(dev.clone()),
+                (None, true) => {
+                    let store = dev_certificate(config)?;
+                    stores.push(store.clone());
+                    dev_store = Some(store.clone());
+                    Some(store)
+                }
+            };
+            let resolver = Arc::new(AcmeResolver { acme: acme.clone(), fallback });
+            let mut acceptor = TlsAcceptor::new(resolver, &config.tls);
+            if lc.proto == Proto::Rtmps && acme.settings().wants(ChallengeKind::TlsAlpn01) {
+                acceptor.acme_validation = Some(acme.clone());
+            }
+            acceptors.push(Some(acceptor));
+            continue;
+        }
         let store = match (&dev_store, lc.tls.is_empty()) {
-            (_, false) => CertStore::load(lc.tls.clone())?,
+            (_, false) => CertStore::load(lc.tls.to_vec())?,
             (Some(dev), true) => dev.clone(),
             (None, true) => {
                 let store = dev_certificate(config)?;
@@ -282,6 +369,9 @@ pub(crate) mod tests {
     struct RecordingVerifier {
         provider: Arc<CryptoProvider>,
         seen: std::sync::Mutex<Vec<String>>,
+        /// Skip the signature checks too: webpki cannot read a TLS-ALPN-01 certificate (its
+        /// critical acmeIdentifier extension), so the handshake signature cannot be checked.
+        skip_signatures: bool,
     }
 
     impl ServerCertVerifier for RecordingVerifier {
@@ -302,6 +392,9 @@ pub(crate) mod tests {
             cert: &CertificateDer<'_>,
             dss: &DigitallySignedStruct,
         ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+            if self.skip_signatures {
+                return Ok(HandshakeSignatureValid::assertion());
+            }
             rustls::crypto::verify_tls12_signature(
                 message,
                 cert,
@@ -315,6 +408,9 @@ pub(crate) mod tests {
             cert: &CertificateDer<'_>,
             dss: &DigitallySignedStruct,
         ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+            if self.skip_signatures {
+                return Ok(HandshakeSignatureValid::assertion());
+            }
             rustls::crypto::verify_tls13_signature(
                 message,
                 cert,
@@ -339,7 +435,11 @@ pub(crate) mod tests {
         sni: &str,
         version: &'static rustls::SupportedProtocolVersion,
     ) -> std::result::Result<(String, rustls::ProtocolVersion), String> {
-        let verifier = Arc::new(RecordingVerifier { provider: provider(), seen: Default::default() });
+        let verifier = Arc::new(RecordingVerifier {
+            provider: provider(),
+            seen: Default::default(),
+            skip_signatures: false,
+        });
         let client = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[version])
             .unwrap()
@@ -371,6 +471,94 @@ pub(crate) mod tests {
         let version = client?;
         let seen = verifier.seen.lock().unwrap().clone();
         Ok((seen.first().cloned().unwrap_or_default(), version))
+    }
+
+    /// Handshakes offering `alpn` without exchanging data; returns the server's outcome and what
+    /// the client saw (leaf fingerprint, negotiated ALPN).
+    async fn handshake_offering(
+        acceptor: &TlsAcceptor,
+        sni: &str,
+        alpn: &[&[u8]],
+    ) -> (std::result::Result<(), String>, std::result::Result<(String, Option<Vec<u8>>), String>) {
+        let skip_signatures = alpn.contains(&crate::acme::ACME_TLS_ALPN);
+        let verifier =
+            Arc::new(RecordingVerifier { provider: provider(), seen: Default::default(), skip_signatures });
+        let mut client = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(verifier.clone())
+            .with_no_client_auth();
+        client.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let server =
+            async move { acceptor.accept(server_io, peer).await.map(drop).map_err(|e| e.to_string()) };
+        let name = ServerName::try_from(sni.to_owned()).unwrap();
+        let client = async move {
+            let tls = connector.connect(name, client_io).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec))
+        };
+        let (server, client) = tokio::join!(server, client);
+        let seen = verifier.seen.lock().unwrap().first().cloned().unwrap_or_default();
+        (server, client.map(|alpn| (seen, alpn)))
+    }
+
+    /// A self-signed certificate and key for `names`, PEM, as an ACME cache file holds them.
+    fn issued_pem(names: &[&str]) -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        format!("{}{}", params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+    }
+
+    #[tokio::test]
+    async fn acme_listeners_answer_tls_alpn01_and_pick_certificates_by_name() {
+        let dir = tempdir("acme-alpn");
+        let settings = format!(
+            "domains = [\"media.example.com\"]\ncache_dir = {:?}\nchallenges = [\"tls-alpn-01\"]\n",
+            dir.display().to_string()
+        );
+        let acme = Acme::new(toml::from_str(&settings).unwrap());
+        let dev = CertStore::load(vec![fixture("p256")]).unwrap();
+        let dev_fingerprint = dev.fingerprints()[0].clone();
+        let resolver = Arc::new(AcmeResolver { acme: acme.clone(), fallback: Some(dev) });
+        let mut acceptor = TlsAcceptor::new(resolver, &TlsSection::default());
+        acceptor.acme_validation = Some(acme.clone());
+
+        // Before the first issuance everyone gets the development certificate, with or without ALPN.
+        for alpn in [&[][..], &[&b"http/1.1"[..]][..]] {
+            let (server, client) = handshake_offering(&acceptor, "media.example.com", alpn).await;
+            server.unwrap();
+            assert_eq!(client.unwrap(), (dev_fingerprint.clone(), None));
+        }
+
+        // The CA's validation handshake: the challenge certificate with ALPN acme-tls/1, then the
+        // connection carries nothing else.
+        let mut posted = crate::acme::challenge::Posted::new(acme.challenges());
+        posted.tls_alpn01("media.example.com", &[9; 32]).unwrap();
+        let challenge_fingerprint =
+            fingerprint(&acme.challenges().tls_alpn01("media.example.com").unwrap().cert[0]);
+        let (server, client) = handshake_offering(&acceptor, "media.example.com", &[b"acme-tls/1"]).await;
+        let server = server.unwrap_err();
+        assert!(server.contains("tls-alpn-01"), "{server}");
+        assert_eq!(client.unwrap(), (challenge_fingerprint, Some(b"acme-tls/1".to_vec())));
+        let (server, client) = handshake_offering(&acceptor, "other.example.com", &[b"acme-tls/1"]).await;
+        assert!(server.unwrap_err().contains("no pending challenge"), "refused without a challenge");
+        assert!(client.is_err());
+        drop(posted);
+        let (server, _) = handshake_offering(&acceptor, "media.example.com", &[b"acme-tls/1"]).await;
+        assert!(server.unwrap_err().contains("no pending challenge"), "the answer ends with the order");
+
+        // Issued: its names and clients without SNI get it, other names the fallback.
+        let issued = crate::acme::Issued::parse(issued_pem(&["media.example.com"]).as_bytes()).unwrap();
+        let acme_fingerprint = fingerprint(&issued.key.cert[0]);
+        acme.install(issued);
+        let (_, client) = handshake_offering(&acceptor, "Media.Example.COM", &[]).await;
+        assert_eq!(client.unwrap().0, acme_fingerprint);
+        let (_, client) = handshake_offering(&acceptor, "localhost", &[]).await;
+        assert_eq!(client.unwrap().0, dev_fingerprint);
     }
 
     fn acceptor(sources: Vec<CertPaths>) -> (TlsAcceptor, Arc<CertStore>) {

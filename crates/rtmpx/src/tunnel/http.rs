@@ -168,6 +168,11 @@ fn fcs(body: Bytes) -> Response<Full<Bytes>> {
 }
 
 async fn handle(request: Request<Incoming>, ctx: &Ctx) -> Response<Full<Bytes>> {
+    // ACME HTTP-01 validations (tls.acme): one path prefix, answered apart from RTMPT.
+    if let Some(token) = request.uri().path().strip_prefix(crate::acme::CHALLENGE_PATH) {
+        let challenges = ctx.shared.acme.get().map(|acme| acme.challenges());
+        return crate::acme::http01_response(challenges, request.method(), token);
+    }
     let config = ctx.shared.config();
     let limits = &config.rtmpt;
     let route = route(request.method(), request.uri().path());
