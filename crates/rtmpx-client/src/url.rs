@@ -287,7 +287,10 @@ mod tests {
         assert_eq!((moved.scheme, moved.host.as_str(), moved.port), (Scheme::Rtmps, "b.example.com", 443));
         assert_eq!(moved.tc_url, "rtmps://b.example.com/live");
         let moved = current.reconnect_target(Some("/other/inst")).unwrap();
-        assert_eq!((moved.host.as_str(), moved.port, moved.app.as_str()), ("a.example.com", 4443, "other/inst"));
+        assert_eq!(
+            (moved.host.as_str(), moved.port, moved.app.as_str()),
+            ("a.example.com", 4443, "other/inst")
+        );
         assert_eq!(moved.tc_url, "rtmps://a.example.com:4443/other/inst");
         let moved = current.reconnect_target(Some("rtmp://h/live?token=x")).unwrap();
         assert_eq!((moved.app.as_str(), moved.tc_url.as_str()), ("live?token=x", "rtmp://h/live?token=x"));

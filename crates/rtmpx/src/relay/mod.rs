@@ -16,6 +16,7 @@
 pub mod config;
 mod pull;
 mod push;
+mod splice;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -312,6 +313,8 @@ impl RelayOptions {
             connect_timeout,
             command_timeout: connect_timeout,
             flash_ver: "FMLE/3.0 (compatible; rtmpx relay)".into(),
+            // Relays follow reconnect requests (push.rs, pull.rs).
+            caps_ex: rtmpx_client::CAPS_EX_RECONNECT,
             ..ClientOptions::default()
         };
         RelayOptions {
@@ -408,6 +411,11 @@ fn direction_name(direction: Direction) -> &'static str {
         Direction::Push => "push",
         Direction::Pull => "pull",
     }
+}
+
+/// `scheme://host:port/app` of an upstream, without queries or the stream (it may be a key).
+fn redacted_url(url: &RtmpUrl) -> String {
+    format!("{}://{}/{}", url.scheme, url.authority(), url.app.split('?').next().unwrap_or_default())
 }
 
 /// The upstream URL of one stream.
