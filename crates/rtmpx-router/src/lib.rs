@@ -521,7 +521,7 @@ impl Publisher {
                 standby.headers.push(frame);
                 return;
             }
-            if !(frame.is_keyframe() || !state.cache.has_video) {
+            if state.cache.has_video && !frame.is_keyframe() {
                 return;
             }
             for header in state.take_over() {

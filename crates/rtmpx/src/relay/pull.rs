@@ -163,7 +163,7 @@ impl PullJob {
                     Ok(None) => return Err("the upstream closed the connection".into()),
                     Err(e) => return Err(e.to_string()),
                     Ok(Some(ClientEvent::Media(media))) => {
-                        if splicer.from_current(frame_of(media), &mut out) == Step::Switched {
+                        if splicer.on_current(frame_of(media), &mut out) == Step::Switched {
                             self.switch(upstream, next.take().expect("moving"));
                         }
                     }
@@ -219,7 +219,7 @@ impl PullJob {
                 }
                 event = next_event(&mut next) => match event {
                     Ok(Some(ClientEvent::Media(media))) => {
-                        if splicer.from_next(frame_of(media), &mut out) == Step::Switched {
+                        if splicer.on_next(frame_of(media), &mut out) == Step::Switched {
                             self.switch(upstream, next.take().expect("moving"));
                         }
                     }

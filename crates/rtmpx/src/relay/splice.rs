@@ -83,7 +83,7 @@ impl Splicer {
         Splicer { offset: Some(0), ..Splicer::default() }
     }
 
-    /// A new connection is being opened: its frames come through [`from_next`](Self::from_next).
+    /// A new connection is being opened: its frames come through [`on_next`](Self::on_next).
     pub(super) fn begin_move(&mut self) {
         self.next = Some(Next::default());
     }
@@ -105,7 +105,7 @@ impl Splicer {
     }
 
     /// A frame of the current connection; what to publish goes to `out`.
-    pub(super) fn from_current(&mut self, frame: Frame, out: &mut Vec<Frame>) -> Step {
+    pub(super) fn on_current(&mut self, frame: Frame, out: &mut Vec<Frame>) -> Step {
         if frame.is_keyframe() {
             let matched = self.next.as_ref().and_then(|next| {
                 next.buffered.iter().position(|f| f.is_keyframe() && f.payload == frame.payload)
@@ -125,7 +125,7 @@ impl Splicer {
     }
 
     /// A frame of the new connection.
-    pub(super) fn from_next(&mut self, frame: Frame, out: &mut Vec<Frame>) -> Step {
+    pub(super) fn on_next(&mut self, frame: Frame, out: &mut Vec<Frame>) -> Step {
         let has_video = self.last[1].is_some();
         let Some(next) = self.next.as_mut() else { return Step::Continue };
         if !frame.is_media() {
@@ -261,7 +261,7 @@ mod tests {
     /// The upstream's stream: picture n at 40n ms, a keyframe every 5 pictures, audio between.
     fn picture(n: u8, base: u32) -> Frame {
         let ts = base + 40 * u32::from(n);
-        if n % 5 == 0 {
+        if n.is_multiple_of(5) {
             key(ts, n)
         } else {
             inter(ts, n)
@@ -272,20 +272,20 @@ mod tests {
     fn a_new_connection_replaying_the_gop_takes_over_without_repeats_or_gaps() {
         let mut s = Splicer::new();
         let mut out = Vec::new();
-        assert_eq!(s.from_current(avc_header(), &mut out), Step::Continue);
+        assert_eq!(s.on_current(avc_header(), &mut out), Step::Continue);
         for n in 0..8 {
-            s.from_current(picture(n, 10_000), &mut out);
-            s.from_current(aac(10_000 + 40 * u32::from(n) + 20, n), &mut out);
+            s.on_current(picture(n, 10_000), &mut out);
+            s.on_current(aac(10_000 + 40 * u32::from(n) + 20, n), &mut out);
         }
         assert_eq!(out.len(), 17);
         out.clear();
         s.begin_move();
         // The new player starts at 0 with the cached GOP (pictures 5..7) and then live ones.
-        assert_eq!(s.from_next(avc_header(), &mut out), Step::Continue);
-        assert_eq!(s.from_next(picture(5, 0).clone_at(0), &mut out), Step::Switched);
+        assert_eq!(s.on_next(avc_header(), &mut out), Step::Continue);
+        assert_eq!(s.on_next(picture(5, 0).clone_at(0), &mut out), Step::Switched);
         // From now on the new connection is the current one.
         for n in 6..10 {
-            s.from_current(picture(n, 0).clone_at(40 * u32::from(n - 5)), &mut out);
+            s.on_current(picture(n, 0).clone_at(40 * u32::from(n - 5)), &mut out);
         }
         // Identical header not repeated; pictures 6 and 7 (already delivered) skipped.
         assert_eq!(seen(&mut out), [(10_320, 8), (10_360, 9)]);
@@ -297,17 +297,17 @@ mod tests {
         let mut s = Splicer::new();
         let mut out = Vec::new();
         for n in 0..4 {
-            s.from_current(picture(n, 500), &mut out);
+            s.on_current(picture(n, 500), &mut out);
         }
         out.clear();
         s.begin_move();
         // The new one starts mid-GOP (skipped) and then has picture 5 before the old one does.
-        s.from_next(picture(4, 0).clone_at(7), &mut out);
-        assert_eq!(s.from_next(picture(5, 0).clone_at(47), &mut out), Step::Continue);
-        s.from_next(picture(6, 0).clone_at(87), &mut out);
+        s.on_next(picture(4, 0).clone_at(7), &mut out);
+        assert_eq!(s.on_next(picture(5, 0).clone_at(47), &mut out), Step::Continue);
+        s.on_next(picture(6, 0).clone_at(87), &mut out);
         assert!(out.is_empty());
-        assert_eq!(s.from_current(picture(4, 500), &mut out), Step::Continue);
-        assert_eq!(s.from_current(picture(5, 500), &mut out), Step::Switched);
+        assert_eq!(s.on_current(picture(4, 500), &mut out), Step::Continue);
+        assert_eq!(s.on_current(picture(5, 500), &mut out), Step::Switched);
         assert_eq!(seen(&mut out), [(660, 4), (700, 5), (740, 6)]);
     }
 
@@ -316,12 +316,12 @@ mod tests {
         let mut s = Splicer::new();
         let mut out = Vec::new();
         for n in 0..4 {
-            s.from_current(picture(n, 1000), &mut out);
+            s.on_current(picture(n, 1000), &mut out);
         }
         out.clear();
         s.begin_move();
-        s.from_next(Frame::video(0, Bytes::from_static(&[0x17, 1, 0, 0, 0, 99])), &mut out);
-        s.from_next(Frame::video(40, Bytes::from_static(&[0x27, 1, 0, 0, 0, 98])), &mut out);
+        s.on_next(Frame::video(0, Bytes::from_static(&[0x17, 1, 0, 0, 0, 99])), &mut out);
+        s.on_next(Frame::video(40, Bytes::from_static(&[0x27, 1, 0, 0, 0, 98])), &mut out);
         assert!(s.deadline().is_some());
         s.take_over(&mut out);
         assert_eq!(seen(&mut out), [(1160, 99), (1200, 98)]);
@@ -332,15 +332,15 @@ mod tests {
         let mut s = Splicer::new();
         let mut out = Vec::new();
         for n in 0..3 {
-            s.from_current(picture(n, 0), &mut out);
+            s.on_current(picture(n, 0), &mut out);
         }
         out.clear();
         s.begin_move();
         s.take_over(&mut out);
         assert!(out.is_empty());
-        s.from_current(inter(9000, 50), &mut out);
-        s.from_current(key(9040, 51), &mut out);
-        s.from_current(inter(9080, 52), &mut out);
+        s.on_current(inter(9000, 50), &mut out);
+        s.on_current(key(9040, 51), &mut out);
+        s.on_current(inter(9080, 52), &mut out);
         assert_eq!(seen(&mut out), [(120, 51), (160, 52)]);
     }
 
