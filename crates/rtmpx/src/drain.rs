@@ -1,5 +1,7 @@
 //! Graceful drain on SIGTERM/SIGINT.
 //!
+//! First, clients that follow Enhanced RTMP reconnect requests are asked to move (to
+//! `server.reconnect_url`, or where they are); they reconnect and leave on their own.
 //! The listeners close at once (new connections are refused). Publishers go on, and players go
 //! on while their stream is live, for up to `server.shutdown_grace_secs`; sessions with nothing
 //! (left) to do are closed along the way: connections that neither publish nor play, players
