@@ -185,6 +185,9 @@ impl PullJob {
                     Ok(Some(ClientEvent::ReconnectRequested(request))) => {
                         let key = &self.key;
                         match upstream.target.reconnect_target(request.tc_url.as_deref()) {
+                            _ if self.options.client.caps_ex & rtmpx_client::CAPS_EX_RECONNECT == 0 => {
+                                info!("relay pull {key}: reconnect request ignored (relay.follow_reconnect = false)");
+                            }
                             Ok(_) if moving.is_some() || next.is_some() => {
                                 info!("relay pull {key}: reconnect request while already moving: ignored");
                             }

@@ -173,6 +173,9 @@ impl PushJob {
                     Ok(Some(ClientEvent::ReconnectRequested(request))) => {
                         let key = self.player.key();
                         match upstream.target.reconnect_target(request.tc_url.as_deref()) {
+                            _ if self.options.client.caps_ex & rtmpx_client::CAPS_EX_RECONNECT == 0 => {
+                                info!("relay push {key}: reconnect request ignored (relay.follow_reconnect = false)");
+                            }
                             Ok(_) if moving.is_some() || next.is_some() => {
                                 info!("relay push {key}: reconnect request while already moving: ignored");
                             }
