@@ -223,6 +223,9 @@ impl PushJob {
         headers: &Headers,
         timestamp: u32,
     ) -> Result<(), String> {
+        // What the old connection holds goes out before the new one starts (an upstream that
+        // takes the stream over ignores the old connection's frames from then on).
+        let _ = timeout(self.options.write_timeout, upstream.conn.flush()).await;
         let old = std::mem::replace(upstream, next);
         self.status.connection_done(old.conn.bytes_out());
         self.status.connected();
