@@ -214,8 +214,8 @@ struct ActivePublisher {
     token: u64,
     session: SessionInfo,
     config: RouterConfig,
-    /// The publisher was asked to reconnect: a new publish may take the stream over.
-    allows_takeover: bool,
+    /// The publisher was asked to reconnect: until then a new publish may take the stream over.
+    takeover_until: Option<std::time::Instant>,
 }
 
 /// A publisher waiting to take the stream over at its first keyframe (make-before-break).
@@ -388,9 +388,10 @@ impl Router {
         let token = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (stream, takeover) = self.with_stream(&key, |stream, state| {
             if let Some(active) = &state.publisher {
-                if active.allows_takeover && state.standby.is_none() {
+                let open = active.takeover_until.is_some_and(|until| std::time::Instant::now() < until);
+                if open && state.standby.is_none() {
                     tracing::debug!(stream = %key, session = session.id, live = active.session.id, "publish: takes over at its first keyframe");
-                    let publisher = ActivePublisher { token, session, config, allows_takeover: false };
+                    let publisher = ActivePublisher { token, session, config, takeover_until: None };
                     state.standby = Some(Standby { publisher, headers: Vec::new() });
                     return Ok((Arc::clone(stream), true));
                 }
@@ -398,7 +399,7 @@ impl Router {
                 return Err(RouterError::AlreadyPublishing);
             }
             tracing::debug!(stream = %key, session = session.id, peer = %session.peer, variant = session.variant, "publish");
-            state.publisher = Some(ActivePublisher { token, session, config, allows_takeover: false });
+            state.publisher = Some(ActivePublisher { token, session, config, takeover_until: None });
             state.cache = Cache::default();
             state.bytes_in = 0;
             state.frames_in = 0;
@@ -548,13 +549,13 @@ impl Publisher {
         &self.key
     }
 
-    /// Lets one new publish of this stream take it over (its client was asked to reconnect):
-    /// the new publisher waits in standby and replaces this one at its first keyframe, or when
-    /// this one leaves. Players see no unpublish and no gap.
-    pub fn allow_takeover(&self) {
+    /// Lets one new publish of this stream, within `window`, take it over (its client was asked
+    /// to reconnect): the new publisher waits in standby and replaces this one at its first
+    /// keyframe, or when this one leaves. Players see no unpublish and no gap.
+    pub fn allow_takeover(&self, window: std::time::Duration) {
         let mut state = lock(&self.stream.state);
         if let Some(active) = state.publisher.as_mut().filter(|active| active.token == self.token) {
-            active.allows_takeover = true;
+            active.takeover_until = Some(std::time::Instant::now() + window);
         }
     }
 

@@ -745,7 +745,7 @@ fn a_reconnecting_publisher_takes_over_at_its_first_keyframe_without_an_unpublis
     );
 
     assert_eq!(router.publish(key(), session(3)).err(), Some(RouterError::AlreadyPublishing));
-    old.allow_takeover();
+    old.allow_takeover(Duration::from_secs(60));
     let new = router.publish(key(), session(3)).unwrap();
     assert!(new.is_takeover() && !old.is_takeover());
     assert_eq!(router.publish(key(), session(4)).err(), Some(RouterError::AlreadyPublishing), "one standby");
@@ -764,6 +764,9 @@ fn a_reconnecting_publisher_takes_over_at_its_first_keyframe_without_an_unpublis
     new.send(inter(1120, 10));
     assert_eq!(drain(&mut player), [Seen::Inter(120)], "the old one leaving unpublishes nothing");
     assert!(router.is_live(&key()));
+    // The window closes: no more takeovers.
+    new.allow_takeover(Duration::ZERO);
+    assert_eq!(router.publish(key(), session(5)).err(), Some(RouterError::AlreadyPublishing));
     drop(new);
     assert_eq!(drain(&mut player), [Seen::Unpublished]);
 }
@@ -777,7 +780,7 @@ fn a_standby_publisher_takes_over_when_the_old_one_leaves_first_and_restarted_ti
     old.send(inter(5040, 10));
     let mut player = router.play(key(), session(2));
     drain(&mut player);
-    old.allow_takeover();
+    old.allow_takeover(Duration::from_secs(60));
     let new = router.publish(key(), session(3)).unwrap();
     // A changed video header waits in standby and goes out at the takeover.
     new.send(Frame::video(0, body(&[0x17, 0x00, 0, 0, 0, 0x01, 0x4d, 0x00, 0x1F], 40)));
@@ -788,7 +791,7 @@ fn a_standby_publisher_takes_over_when_the_old_one_leaves_first_and_restarted_ti
     new.send(inter(40, 10));
     assert_eq!(drain(&mut player), [Seen::VideoHeader(40), Seen::Inter(41), Seen::Inter(81)]);
     // A standby that leaves before taking over changes nothing.
-    new.allow_takeover();
+    new.allow_takeover(Duration::from_secs(60));
     let third = router.publish(key(), session(4)).unwrap();
     drop(third);
     new.send(inter(80, 10));

@@ -46,6 +46,8 @@ const READ_BUFFER: usize = 16 * 1024;
 /// Pieces handed to one vectored write (Linux takes up to 1024 iovecs; 64 cover a 64 KiB batch
 /// of 4 KiB chunks with their headers).
 const MAX_IOVECS: usize = 64;
+/// How long after a reconnect request the client's new publish may take its stream over.
+const TAKEOVER_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 /// Longest stretch a publisher's task fans out before it yields to the worker's other sessions.
 const FAN_OUT_SLICE: std::time::Duration = std::time::Duration::from_millis(5);
 
@@ -529,7 +531,7 @@ async fn drive_io(out: &Arc<SessionIo>, conn: &mut Connection, shared: &Shared) 
                 if out.lock().session.send_reconnect_request(&request) {
                     // Its new connection may take over what this one publishes (make-before-break).
                     if let Some(p) = &conn.publishing {
-                        p.publisher.allow_takeover();
+                        p.publisher.allow_takeover(TAKEOVER_WINDOW);
                     }
                     info!(session = conn.id, peer = %conn.peer, tc_url = request.tc_url.as_deref().unwrap_or("(the same)"), "reconnect request sent: {}", request.description);
                 }
