@@ -198,6 +198,8 @@ impl PullJob {
                                     super::redacted_url(&target)
                                 );
                                 let connecting = Box::pin(connect_owned(target.clone(), self.options.clone()));
+                                // Should this connection end first, retries go there too.
+                                upstream.target = target.clone();
                                 moving = Some((connecting, target));
                             }
                             Err(e) => warn!("relay pull {key}: reconnect request with a bad tcUrl: {e}"),
@@ -216,7 +218,6 @@ impl PullJob {
                         Err(e) => {
                             // Stay; once this upstream goes, retries go to the new place.
                             warn!("relay pull {}: could not move to {}: {e}; staying", self.key, super::redacted_url(&target));
-                            upstream.target = target;
                         }
                     }
                 }

@@ -186,6 +186,8 @@ impl PushJob {
                                     super::redacted_url(&new_target)
                                 );
                                 moving = Some(Box::pin(connect_owned(new_target.clone(), self.options.clone())));
+                                // Should this connection end first, retries go there too.
+                                upstream.target = new_target.clone();
                                 next_target = Some(new_target);
                             }
                             Err(e) => warn!("relay push {key}: reconnect request with a bad tcUrl: {e}"),
@@ -205,7 +207,6 @@ impl PushJob {
                         Err(e) => {
                             // Stay; once this upstream goes, retries go to the new place.
                             warn!("relay push {key}: could not move to {}: {e}; staying", super::redacted_url(&new_target));
-                            upstream.target = new_target;
                         }
                     }
                 }
