@@ -75,6 +75,24 @@ fn sessions(admin: std::net::SocketAddr, stream: &str, role: &str) -> Vec<u64> {
         .collect()
 }
 
+/// `POST path` with a JSON body; returns (status, body).
+fn post_json(addr: std::net::SocketAddr, path: &str, json: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connecting to admin");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{json}",
+        json.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).expect("reading the admin reply");
+    let status = raw.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status code");
+    (status, raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+}
+
 fn origin_config(extra: &str) -> String {
     format!(
         r#"
@@ -267,6 +285,13 @@ fn ffmpeg9_is_not_asked_to_reconnect_and_ignores_a_forced_request() {
     );
     let sent = wait_line(&gw, &["reconnect request sent"]);
     assert!(sent.contains("rtmp://127.0.0.1:9/live"), "{sent}");
+    // The JSON form, and a body that is not one.
+    let path = format!("/api/v1/sessions/{id}/reconnect?force=1");
+    let (status, body) = post_json(admin, &path, r#"{"tcUrl": 9}"#);
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = post_json(admin, &path, r#"{"tcUrl": "rtmp://127.0.0.1:9/json"}"#);
+    assert_eq!(status, 202, "{body}");
+    wait_line(&gw, &["reconnect request sent", "rtmp://127.0.0.1:9/json"]);
 
     assert!(player.finish().success(), "{}", player.describe());
     assert!(publisher.finish().success(), "FFmpeg 9 failed after the request: {}", publisher.describe());
