@@ -189,7 +189,7 @@ impl PullJob {
                                 info!("relay pull {key}: reconnect request ignored (relay.follow_reconnect = false)");
                             }
                             Ok(_) if moving.is_some() || next.is_some() => {
-                                info!("relay pull {key}: reconnect request while already moving: ignored");
+                                debug!("relay pull {key}: reconnect request while already moving: ignored");
                             }
                             Ok(target) => {
                                 info!(

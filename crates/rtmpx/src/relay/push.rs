@@ -8,7 +8,7 @@ use rtmpx_client::{ClientEvent, Connection, MediaKind, RtmpUrl};
 use rtmpx_router::{Frame, FrameKind, Player, PlayerEvent};
 use tokio::sync::watch;
 use tokio::time::timeout;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{log_connected, log_retry, stream_url, Backoff, Direction, Headers, RelayOptions, Status};
 
@@ -177,7 +177,7 @@ impl PushJob {
                                 info!("relay push {key}: reconnect request ignored (relay.follow_reconnect = false)");
                             }
                             Ok(_) if moving.is_some() || next.is_some() => {
-                                info!("relay push {key}: reconnect request while already moving: ignored");
+                                debug!("relay push {key}: reconnect request while already moving: ignored");
                             }
                             Ok(new_target) => {
                                 info!(
