@@ -120,6 +120,7 @@ impl PushJob {
         }
         let mut awaiting_keyframe = true;
         let mut base: Option<u32> = None;
+        let mut last_ts = 0u32;
         let mut moving: Option<Connecting> = None;
         // Connected and publishing at the new place, waiting for a keyframe to switch.
         let mut next: Option<Upstream> = None;
@@ -146,6 +147,7 @@ impl PushJob {
                                     awaiting_keyframe = false;
                                     let base = *base.get_or_insert(frame.timestamp);
                                     let ts = frame.timestamp.saturating_sub(base);
+                                    last_ts = ts;
                                     send(&mut upstream.conn, upstream.stream_id, &frame, ts, write_timeout).await?;
                                 }
                             }
@@ -159,6 +161,24 @@ impl PushJob {
                     self.status.bytes(upstream.conn.bytes_out());
                 }
                 event = upstream.conn.next_event() => match event {
+                    Ok(None) | Err(_) if next.is_some() => {
+                        // The old upstream went first: go on at the new place from a keyframe.
+                        let new = next.take().expect("checked");
+                        let old = std::mem::replace(upstream, new);
+                        self.status.connection_done(old.conn.bytes_out());
+                        self.status.connected();
+                        let ts = last_ts;
+                        for frame in headers.all() {
+                            send(&mut upstream.conn, upstream.stream_id, frame, ts, write_timeout).await?;
+                        }
+                        awaiting_keyframe = true;
+                        info!(
+                            "relay push {}: moved to {} (the old upstream closed first; reconnects={})",
+                            self.player.key(),
+                            super::redacted_url(&upstream.target),
+                            self.status.connections - 1
+                        );
+                    }
                     Ok(None) => return Err("the upstream closed the connection".into()),
                     Err(e) => return Err(e.to_string()),
                     Ok(Some(ClientEvent::Rejected { code, description })) => {
