@@ -58,6 +58,7 @@ impl Connection {
         config.version = if url.scheme.is_encrypted() { opts.rtmpe_version } else { HandshakeVersion::Plain };
         config.chunk_size = opts.chunk_size;
         config.flash_ver = opts.flash_ver.clone();
+        config.caps_ex = opts.caps_ex;
         let session = ClientSession::new(config, &mut rand::thread_rng());
         let mut conn = Connection {
             io,

@@ -26,7 +26,7 @@ use std::time::Duration;
 pub use connection::Connection;
 pub use error::{Error, Result};
 pub use rtmpx_core::handshake::HandshakeVersion;
-pub use rtmpx_core::session::{ClientEvent, Media, MediaKind};
+pub use rtmpx_core::session::{ClientEvent, Media, MediaKind, ReconnectRequest, CAPS_EX_RECONNECT};
 pub use transport::TlsOptions;
 pub use url::{RtmpUrl, Scheme};
 
@@ -47,6 +47,9 @@ pub struct ClientOptions {
     pub flash_ver: String,
     /// Longest wait between two polls of an idle RTMPT tunnel.
     pub tunnel_poll_interval: Duration,
+    /// Enhanced RTMP `capsEx` in `connect` (0: none). Set
+    /// [`CAPS_EX_RECONNECT`] only if you follow [`ClientEvent::ReconnectRequested`] (the relays do).
+    pub caps_ex: u32,
 }
 
 impl Default for ClientOptions {
@@ -59,6 +62,7 @@ impl Default for ClientOptions {
             chunk_size: 4096,
             flash_ver: "FMLE/3.0 (compatible; rtmpx)".into(),
             tunnel_poll_interval: Duration::from_millis(40),
+            caps_ex: 0,
         }
     }
 }

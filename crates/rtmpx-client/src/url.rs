@@ -129,6 +129,30 @@ impl RtmpUrl {
         Ok(RtmpUrl { scheme, host: host.to_owned(), port, app, stream, tc_url })
     }
 
+    /// Where to go when the server asks us to reconnect (Enhanced RTMP): `tc_url` absolute
+    /// (`rtmps://h:443/app`) or relative to ours (`//h/app`, `/app`), `None` for our own. The
+    /// stream (and its query) stays.
+    pub fn reconnect_target(&self, tc_url: Option<&str>) -> Result<RtmpUrl> {
+        let Some(tc_url) = tc_url.map(str::trim).filter(|u| !u.is_empty()) else { return Ok(self.clone()) };
+        let absolute = if tc_url.contains("://") {
+            tc_url.to_owned()
+        } else if let Some(rest) = tc_url.strip_prefix("//") {
+            format!("{}://{rest}", self.scheme)
+        } else {
+            format!("{}://{}/{}", self.scheme, self.authority(), tc_url.trim_start_matches('/'))
+        };
+        // The query of a tcUrl belongs to the app; parse with a stand-in stream after the path.
+        let (base, query) = match absolute.find('?') {
+            Some(i) => absolute.split_at(i),
+            None => (absolute.as_str(), ""),
+        };
+        let mut url = RtmpUrl::parse(&format!("{}/s", base.trim_end_matches('/')))?;
+        url.app.push_str(query);
+        url.tc_url.push_str(query);
+        url.stream = self.stream.clone();
+        Ok(url)
+    }
+
     /// `host:port` with brackets around an IPv6 literal, for connecting and the HTTP Host header.
     pub fn authority(&self) -> String {
         if self.host.contains(':') {
@@ -249,6 +273,29 @@ mod tests {
             assert_eq!(parse(s).to_string(), s);
             assert_eq!(parse(&parse(s).to_string()), parse(s));
         }
+    }
+
+    #[test]
+    fn reconnect_targets_resolve_against_the_current_url() {
+        let current = parse("rtmps://a.example.com:4443/live/cam?key=1");
+        assert_eq!(current.reconnect_target(None).unwrap(), current);
+        let moved = current.reconnect_target(Some("rtmp://10.0.0.2:1936/origin")).unwrap();
+        assert_eq!((moved.scheme, moved.host.as_str(), moved.port), (Scheme::Rtmp, "10.0.0.2", 1936));
+        assert_eq!((moved.app.as_str(), moved.stream.as_str()), ("origin", "cam?key=1"));
+        assert_eq!(moved.tc_url, "rtmp://10.0.0.2:1936/origin");
+        let moved = current.reconnect_target(Some("//b.example.com/live")).unwrap();
+        assert_eq!((moved.scheme, moved.host.as_str(), moved.port), (Scheme::Rtmps, "b.example.com", 443));
+        assert_eq!(moved.tc_url, "rtmps://b.example.com/live");
+        let moved = current.reconnect_target(Some("/other/inst")).unwrap();
+        assert_eq!(
+            (moved.host.as_str(), moved.port, moved.app.as_str()),
+            ("a.example.com", 4443, "other/inst")
+        );
+        assert_eq!(moved.tc_url, "rtmps://a.example.com:4443/other/inst");
+        let moved = current.reconnect_target(Some("rtmp://h/live?token=x")).unwrap();
+        assert_eq!((moved.app.as_str(), moved.tc_url.as_str()), ("live?token=x", "rtmp://h/live?token=x"));
+        assert!(current.reconnect_target(Some("http://h/live")).is_err());
+        assert!(current.reconnect_target(Some("rtmp://")).is_err());
     }
 
     #[test]

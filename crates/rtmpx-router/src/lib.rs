@@ -201,6 +201,8 @@ struct StreamState {
     /// Set when the entry left the router map; whoever finds it must look the key up again.
     removed: bool,
     publisher: Option<ActivePublisher>,
+    /// A publisher that will take over from `publisher` (see [`Publisher::allow_takeover`]).
+    standby: Option<Standby>,
     players: Vec<Arc<PlayerShared>>,
     cache: Cache,
     bytes_in: u64,
@@ -212,6 +214,15 @@ struct ActivePublisher {
     token: u64,
     session: SessionInfo,
     config: RouterConfig,
+    /// The publisher was asked to reconnect: until then a new publish may take the stream over.
+    takeover_until: Option<std::time::Instant>,
+}
+
+/// A publisher waiting to take the stream over at its first keyframe (make-before-break).
+struct Standby {
+    publisher: ActivePublisher,
+    /// Its metadata and sequence headers so far, sent on when it takes over.
+    headers: Vec<Frame>,
 }
 
 #[derive(Default)]
@@ -375,13 +386,20 @@ impl Router {
     pub fn publish(&self, key: StreamKey, session: SessionInfo) -> Result<Publisher, RouterError> {
         let config = self.config();
         let token = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let stream = self.with_stream(&key, |stream, state| {
+        let (stream, takeover) = self.with_stream(&key, |stream, state| {
             if let Some(active) = &state.publisher {
+                let open = active.takeover_until.is_some_and(|until| std::time::Instant::now() < until);
+                if open && state.standby.is_none() {
+                    tracing::debug!(stream = %key, session = session.id, live = active.session.id, "publish: takes over at its first keyframe");
+                    let publisher = ActivePublisher { token, session, config, takeover_until: None };
+                    state.standby = Some(Standby { publisher, headers: Vec::new() });
+                    return Ok((Arc::clone(stream), true));
+                }
                 tracing::debug!(stream = %key, session = session.id, live = active.session.id, "publish refused: already publishing");
                 return Err(RouterError::AlreadyPublishing);
             }
             tracing::debug!(stream = %key, session = session.id, peer = %session.peer, variant = session.variant, "publish");
-            state.publisher = Some(ActivePublisher { token, session, config });
+            state.publisher = Some(ActivePublisher { token, session, config, takeover_until: None });
             state.cache = Cache::default();
             state.bytes_in = 0;
             state.frames_in = 0;
@@ -389,9 +407,9 @@ impl Router {
                 lock(&player.state).queue.push_publish_started();
                 player.notify.notify_one();
             }
-            Ok(Arc::clone(stream))
+            Ok((Arc::clone(stream), false))
         })?;
-        Ok(Publisher { router: Arc::clone(&self.inner), stream, key, token })
+        Ok(Publisher { router: Arc::clone(&self.inner), stream, key, token, takeover })
     }
 
     /// Subscribes to the stream, published or not. A live stream primes the player from its caches.
@@ -488,6 +506,8 @@ pub struct Publisher {
     stream: Arc<Stream>,
     key: StreamKey,
     token: u64,
+    /// Whether it came as a takeover of a live publisher ([`Publisher::allow_takeover`]).
+    takeover: bool,
 }
 
 impl Publisher {
@@ -495,23 +515,21 @@ impl Publisher {
     pub fn send(&self, frame: Frame) {
         let mut state = lock(&self.stream.state);
         let state = &mut *state;
-        let Some(active) = state.publisher.as_ref().filter(|active| active.token == self.token) else {
-            return;
-        };
-        let config = active.config;
-        state.bytes_in += frame.payload.len() as u64;
-        state.frames_in += 1;
-        state.cache.update(&frame, &config);
-        let has_video = state.cache.has_video;
-        for player in &state.players {
-            let mut player_state = lock(&player.state);
-            if player_state.try_direct(&frame, &player.notify) {
-                continue;
+        if state.standby.as_ref().is_some_and(|standby| standby.publisher.token == self.token) {
+            if !frame.is_media() {
+                let standby = state.standby.as_mut().expect("checked");
+                standby.headers.retain(|kept| !same_header_class(kept, &frame));
+                standby.headers.push(frame);
+                return;
             }
-            player_state.queue.push_frame(frame.clone(), has_video);
-            drop(player_state);
-            player.notify.notify_one();
+            if state.cache.has_video && !frame.is_keyframe() {
+                return;
+            }
+            for header in state.take_over() {
+                state.fan_out(self.token, header);
+            }
         }
+        state.fan_out(self.token, frame);
     }
 
     /// Lets every player's sink write what it held back: with write batching the publisher's task
@@ -530,13 +548,87 @@ impl Publisher {
     pub fn key(&self) -> &StreamKey {
         &self.key
     }
+
+    /// Lets one new publish of this stream, within `window`, take it over (its client was asked
+    /// to reconnect): the new publisher waits in standby and replaces this one at its first
+    /// keyframe, or when this one leaves. Players see no unpublish and no gap.
+    pub fn allow_takeover(&self, window: std::time::Duration) {
+        let mut state = lock(&self.stream.state);
+        if let Some(active) = state.publisher.as_mut().filter(|active| active.token == self.token) {
+            active.takeover_until = Some(std::time::Instant::now() + window);
+        }
+    }
+
+    /// Whether this publish took over a live publisher (it starts no pushes of its own: the
+    /// stream's continue).
+    pub fn is_takeover(&self) -> bool {
+        self.takeover
+    }
+}
+
+/// Whether two header frames are of one kind (metadata, video or audio sequence header).
+fn same_header_class(a: &Frame, b: &Frame) -> bool {
+    a.kind == b.kind && a.info.sequence_header == b.info.sequence_header
+}
+
+impl StreamState {
+    /// Caches and fans out a frame of the publisher `token` (nothing if it is not the active one).
+    fn fan_out(&mut self, token: u64, frame: Frame) {
+        let Some(active) = self.publisher.as_ref().filter(|active| active.token == token) else {
+            return;
+        };
+        let config = active.config;
+        self.bytes_in += frame.payload.len() as u64;
+        self.frames_in += 1;
+        self.cache.update(&frame, &config);
+        let has_video = self.cache.has_video;
+        for player in &self.players {
+            let mut player_state = lock(&player.state);
+            if player_state.try_direct(&frame, &player.notify) {
+                continue;
+            }
+            player_state.queue.push_frame(frame.clone(), has_video);
+            drop(player_state);
+            player.notify.notify_one();
+        }
+    }
+
+    /// The standby publisher replaces the active one; returns its headers that differ from the
+    /// cached ones (to be sent on).
+    fn take_over(&mut self) -> Vec<Frame> {
+        let Some(standby) = self.standby.take() else { return Vec::new() };
+        tracing::debug!(session = standby.publisher.session.id, "publisher taken over");
+        self.publisher = Some(standby.publisher);
+        for player in &self.players {
+            lock(&player.state).queue.push_publisher_replaced();
+            player.notify.notify_one();
+        }
+        let cached = [&self.cache.metadata, &self.cache.video_header, &self.cache.audio_header];
+        standby
+            .headers
+            .into_iter()
+            .filter(|header| !cached.iter().any(|c| c.as_ref().is_some_and(|c| c.payload == header.payload)))
+            .collect()
+    }
 }
 
 impl Drop for Publisher {
     fn drop(&mut self) {
         let mut streams = lock(&self.router.streams);
         let mut state = lock(&self.stream.state);
+        if state.standby.as_ref().is_some_and(|standby| standby.publisher.token == self.token) {
+            state.standby = None;
+            return;
+        }
         if state.publisher.as_ref().is_none_or(|active| active.token != self.token) {
+            return;
+        }
+        if state.standby.is_some() {
+            // The old publisher left first: the standby takes over now.
+            let token = state.standby.as_ref().map_or(0, |standby| standby.publisher.token);
+            for header in state.take_over() {
+                state.fan_out(token, header);
+            }
             return;
         }
         tracing::debug!(stream = %self.key, "unpublish");
@@ -587,18 +679,23 @@ impl Player {
     pub fn try_recv(&mut self) -> Option<PlayerEvent> {
         let mut state = lock(&self.shared.state);
         let state = &mut *state;
-        let entry = state.queue.pop()?;
-        Some(match entry {
-            Entry::PublishStarted => {
-                state.rebaser.publish_started();
-                PlayerEvent::PublishStarted
-            }
-            Entry::Unpublished => PlayerEvent::Unpublished,
-            Entry::Frame(mut frame) => {
-                frame.timestamp = state.rebaser.map(frame.kind, frame.is_media(), frame.timestamp);
-                PlayerEvent::Frame(frame)
-            }
-        })
+        loop {
+            return Some(match state.queue.pop()? {
+                Entry::PublishStarted => {
+                    state.rebaser.publish_started();
+                    PlayerEvent::PublishStarted
+                }
+                Entry::Unpublished => PlayerEvent::Unpublished,
+                Entry::PublisherReplaced => {
+                    state.rebaser.publisher_replaced();
+                    continue;
+                }
+                Entry::Frame(mut frame) => {
+                    frame.timestamp = state.rebaser.map(frame.kind, frame.is_media(), frame.timestamp);
+                    PlayerEvent::Frame(frame)
+                }
+            });
+        }
     }
 
     /// Returns when something was queued since the last call, or a [`DirectSink`] asked for its

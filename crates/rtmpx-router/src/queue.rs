@@ -16,6 +16,9 @@ pub(crate) enum Entry {
     PublishStarted,
     Frame(Frame),
     Unpublished,
+    /// Another publisher took the stream over (no event for the player: its rebaser checks the
+    /// timeline at the next frame).
+    PublisherReplaced,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -206,6 +209,10 @@ impl PlayerQueue {
         self.entries.push_back(Entry::PublishStarted);
     }
 
+    pub(crate) fn push_publisher_replaced(&mut self) {
+        self.entries.push_back(Entry::PublisherReplaced);
+    }
+
     pub(crate) fn push_unpublished(&mut self) {
         // A publish that queued nothing the player has not seen the start of: erase it entirely,
         // which keeps publish/unpublish loops from piling up events.
@@ -222,7 +229,7 @@ impl PlayerQueue {
         match entry {
             Entry::PublishStarted => self.consumer_live = true,
             Entry::Unpublished => self.consumer_live = false,
-            Entry::Frame(_) => {}
+            Entry::Frame(_) | Entry::PublisherReplaced => {}
         }
         Some(entry)
     }

@@ -18,7 +18,13 @@ pub(crate) struct Rebaser {
     last_per_kind: [u32; 3],
     /// Highest media timestamp delivered so far (all publishes).
     max_media: Option<u32>,
+    /// A publisher took over the stream: its first media frame keeps the offset only if it
+    /// continues the timeline.
+    check_continuity: bool,
 }
+
+/// A taken-over stream whose first frame lands this far past the last one restarts its base.
+const CONTINUITY_WINDOW: i64 = 5_000;
 
 impl Rebaser {
     /// A new publisher: its timestamps restart, so the next media frame sets a new offset.
@@ -26,9 +32,23 @@ impl Rebaser {
         self.offset = None;
     }
 
+    /// Another publisher took over without an unpublish (a reconnecting client): a client that
+    /// continues its timestamps keeps its offset, one that restarts them gets a new base.
+    pub(crate) fn publisher_replaced(&mut self) {
+        self.check_continuity = true;
+    }
+
     /// Maps a source timestamp. `media` is false for metadata and sequence headers, which do not
     /// set the base (before it exists they get the kind's last timestamp, 0 at first).
     pub(crate) fn map(&mut self, kind: FrameKind, media: bool, timestamp: u32) -> u32 {
+        if media && std::mem::take(&mut self.check_continuity) {
+            if let (Some(offset), Some(max)) = (self.offset, self.max_media) {
+                let shifted = i64::from(timestamp) + offset;
+                if shifted <= i64::from(max) || shifted > i64::from(max) + CONTINUITY_WINDOW {
+                    self.offset = None;
+                }
+            }
+        }
         if media && self.offset.is_none() {
             let target = self.max_media.map_or(0, |max| i64::from(max) + 1);
             self.offset = Some(target - i64::from(timestamp));
@@ -84,6 +104,21 @@ mod tests {
         assert_eq!(rebaser.map(Audio, false, 0), 2000);
         assert_eq!(rebaser.map(Video, true, 0), 2001);
         assert_eq!(rebaser.map(Audio, true, 21), 2022);
+    }
+
+    #[test]
+    fn a_takeover_keeps_a_continuing_timeline_and_rebases_a_restarted_one() {
+        let mut rebaser = Rebaser::default();
+        assert_eq!(rebaser.map(Video, true, 10_000), 0);
+        assert_eq!(rebaser.map(Video, true, 10_040), 40);
+        rebaser.publisher_replaced();
+        assert_eq!(rebaser.map(Video, false, 10_080), 80, "headers map and do not decide");
+        assert_eq!(rebaser.map(Video, true, 10_080), 80, "continues: the offset stays");
+        rebaser.publisher_replaced();
+        assert_eq!(rebaser.map(Video, true, 0), 81, "restarted at 0: new base after the last");
+        assert_eq!(rebaser.map(Video, true, 40), 121);
+        rebaser.publisher_replaced();
+        assert_eq!(rebaser.map(Video, true, 900_000), 122, "a jump far ahead: new base");
     }
 
     #[test]

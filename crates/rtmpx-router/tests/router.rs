@@ -731,3 +731,69 @@ fn player_waiting_for_a_keyframe_is_not_served_directly_until_then() {
     publisher.send(inter(120, 50));
     assert_eq!(sink.got(), [Seen::Inter(40)]);
 }
+
+#[test]
+fn a_reconnecting_publisher_takes_over_at_its_first_keyframe_without_an_unpublish() {
+    let router = Router::new(RouterConfig::default());
+    let old = router.publish(key(), session(1)).unwrap();
+    send_headers(&old, 0);
+    old.send(keyframe(1000, 100));
+    let mut player = router.play(key(), session(2));
+    assert_eq!(
+        drain(&mut player),
+        [Seen::Started, Seen::Meta(0), Seen::VideoHeader(0), Seen::AudioHeader(0), Seen::Key(0)]
+    );
+
+    assert_eq!(router.publish(key(), session(3)).err(), Some(RouterError::AlreadyPublishing));
+    old.allow_takeover(Duration::from_secs(60));
+    let new = router.publish(key(), session(3)).unwrap();
+    assert!(new.is_takeover() && !old.is_takeover());
+    assert_eq!(router.publish(key(), session(4)).err(), Some(RouterError::AlreadyPublishing), "one standby");
+    // The newcomer's headers and frames before its keyframe wait; the old publisher goes on.
+    send_headers(&new, 1040);
+    new.send(inter(1040, 10));
+    old.send(inter(1040, 10));
+    assert_eq!(drain(&mut player), [Seen::Inter(40)]);
+    // Its keyframe: it takes over (identical headers are not repeated) and the old one is ignored.
+    new.send(keyframe(1080, 100));
+    old.send(inter(1080, 10));
+    new.send(aac(1090, 10));
+    assert_eq!(drain(&mut player), [Seen::Key(80), Seen::Audio(90)]);
+    assert_eq!(router.streams()[0].publisher.as_ref().map(|p| p.id), Some(3));
+    drop(old);
+    new.send(inter(1120, 10));
+    assert_eq!(drain(&mut player), [Seen::Inter(120)], "the old one leaving unpublishes nothing");
+    assert!(router.is_live(&key()));
+    // The window closes: no more takeovers.
+    new.allow_takeover(Duration::ZERO);
+    assert_eq!(router.publish(key(), session(5)).err(), Some(RouterError::AlreadyPublishing));
+    drop(new);
+    assert_eq!(drain(&mut player), [Seen::Unpublished]);
+}
+
+#[test]
+fn a_standby_publisher_takes_over_when_the_old_one_leaves_first_and_restarted_timestamps_continue() {
+    let router = Router::new(RouterConfig::default());
+    let old = router.publish(key(), session(1)).unwrap();
+    send_headers(&old, 0);
+    old.send(keyframe(5000, 100));
+    old.send(inter(5040, 10));
+    let mut player = router.play(key(), session(2));
+    drain(&mut player);
+    old.allow_takeover(Duration::from_secs(60));
+    let new = router.publish(key(), session(3)).unwrap();
+    // A changed video header waits in standby and goes out at the takeover.
+    new.send(Frame::video(0, body(&[0x17, 0x00, 0, 0, 0, 0x01, 0x4d, 0x00, 0x1F], 40)));
+    drop(old);
+    assert!(router.is_live(&key()));
+    // Timestamps restart at 0: the player's timeline continues after its last frame.
+    new.send(inter(0, 10));
+    new.send(inter(40, 10));
+    assert_eq!(drain(&mut player), [Seen::VideoHeader(40), Seen::Inter(41), Seen::Inter(81)]);
+    // A standby that leaves before taking over changes nothing.
+    new.allow_takeover(Duration::from_secs(60));
+    let third = router.publish(key(), session(4)).unwrap();
+    drop(third);
+    new.send(inter(80, 10));
+    assert_eq!(drain(&mut player), [Seen::Inter(121)]);
+}

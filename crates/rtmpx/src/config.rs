@@ -57,6 +57,39 @@ pub struct ServerSection {
     /// When the worker threads are busy (70 % and more), players' media is batched in windows of
     /// this many ms until the load falls under 30 %; 0 never batches on load.
     pub write_coalesce_under_load_ms: u64,
+    /// On shutdown, clients that follow Enhanced RTMP reconnect requests are asked to move here
+    /// (`rtmp://host:port`, the client's app appended, or `rtmp://host:port/app` as is). Unset:
+    /// they are asked to reconnect to the URL they used.
+    pub reconnect_url: Option<String>,
+}
+
+impl ServerSection {
+    /// The tcUrl a client of `app` is asked to reconnect to on shutdown (`None`: its own).
+    pub fn reconnect_tc_url(&self, app: &str) -> Option<String> {
+        let url = self.reconnect_url.as_deref()?;
+        let (_, rest) = url.split_once("://")?;
+        let has_app = rest.split_once('/').is_some_and(|(_, path)| !path.trim_matches('/').is_empty());
+        Some(if has_app { url.to_owned() } else { format!("{}/{app}", url.trim_end_matches('/')) })
+    }
+}
+
+/// Checks `server.reconnect_url`: an RTMP URL of any variant with a host.
+fn validate_reconnect_url(url: &str) -> std::result::Result<(), String> {
+    let fail = |why: &str| Err(format!("server.reconnect_url: {url:?} {why}"));
+    let Some((scheme, rest)) = url.split_once("://") else { return fail("is not a URL (scheme://host)") };
+    if !["rtmp", "rtmps", "rtmpt", "rtmpts", "rtmpe", "rtmpte"]
+        .contains(&scheme.to_ascii_lowercase().as_str())
+    {
+        return fail("must be rtmp, rtmps, rtmpt, rtmpts, rtmpe or rtmpte");
+    }
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    if authority.is_empty()
+        || authority.starts_with(':')
+        || url.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return fail("needs a host and no spaces");
+    }
+    Ok(())
 }
 
 impl Default for ServerSection {
@@ -68,6 +101,7 @@ impl Default for ServerSection {
             worker_threads: 0,
             write_coalesce_ms: 0,
             write_coalesce_under_load_ms: 20,
+            reconnect_url: None,
         }
     }
 }
@@ -497,6 +531,9 @@ impl Config {
         if s.worker_threads > 1024 {
             return Err(format!("server.worker_threads: {} is outside 0..=1024", s.worker_threads));
         }
+        if let Some(url) = &s.reconnect_url {
+            validate_reconnect_url(url)?;
+        }
         let l = &self.limits;
         if !(128..=0x7FFF_FFFF).contains(&l.max_chunk_size) {
             return Err(format!("limits.max_chunk_size: {} is outside 128..=2147483647", l.max_chunk_size));
@@ -664,6 +701,22 @@ mod tests {
     #[test]
     fn documented_example_is_valid() {
         Config::from_toml(include_str!("../../../config/rtmpx.toml"), "rtmpx.toml").unwrap();
+    }
+
+    #[test]
+    fn reconnect_url_is_checked_and_gets_the_app_when_it_has_none() {
+        let base = "[[listener]]\nproto = \"rtmp\"\naddr = \"127.0.0.1:1935\"\n[[app]]\nname = \"live\"\n";
+        let with =
+            |url: &str| Config::from_toml(&format!("{base}[server]\nreconnect_url = \"{url}\"\n"), "t");
+        let c = with("rtmps://next.example.com:4443/").unwrap();
+        assert_eq!(c.server.reconnect_tc_url("live").as_deref(), Some("rtmps://next.example.com:4443/live"));
+        let c = with("rtmp://10.0.0.2/other").unwrap();
+        assert_eq!(c.server.reconnect_tc_url("live").as_deref(), Some("rtmp://10.0.0.2/other"));
+        assert_eq!(Config::from_toml(base, "t").unwrap().server.reconnect_tc_url("live"), None);
+        for bad in ["next.example.com", "http://h/live", "rtmp:///live", "rtmp://h /live"] {
+            let err = with(bad).unwrap_err().to_string();
+            assert!(err.contains("server.reconnect_url"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Graceful drain on SIGTERM/SIGINT.
 //!
+//! First, clients that follow Enhanced RTMP reconnect requests are asked to move (to
+//! `server.reconnect_url`, or where they are); they reconnect and leave on their own.
 //! The listeners close at once (new connections are refused). Publishers go on, and players go
 //! on while their stream is live, for up to `server.shutdown_grace_secs`; sessions with nothing
 //! (left) to do are closed along the way: connections that neither publish nor play, players
@@ -14,6 +16,7 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use crate::metrics::Role;
+use crate::registry::ReconnectOrder;
 use crate::server::{shutdown_signal, Shared};
 
 /// How often idle sessions are looked for while draining.
@@ -42,6 +45,21 @@ fn close_idle_sessions(shared: &Shared) -> usize {
     closed
 }
 
+/// Asks every client that follows Enhanced RTMP reconnect requests to move (to
+/// `server.reconnect_url`, or where it is): they connect anew and then leave, before the drain
+/// has to close anyone. Returns how many were asked.
+fn request_reconnects(shared: &Shared) -> usize {
+    let config = shared.config();
+    let mut asked = 0;
+    for entry in shared.sessions.entries().iter().filter(|e| e.reconnect_capable()) {
+        let app = entry.state().app.unwrap_or_default();
+        let tc_url = config.server.reconnect_tc_url(&app);
+        entry.request_reconnect(ReconnectOrder { tc_url, description: DRAIN_REASON.into() });
+        asked += 1;
+    }
+    asked
+}
+
 pub async fn drain(
     shared: &Shared,
     sessions: &mut JoinSet<()>,
@@ -49,6 +67,14 @@ pub async fn drain(
     shutdown: &watch::Sender<bool>,
 ) {
     accept_tasks.shutdown().await;
+    let asked = request_reconnects(shared);
+    if asked > 0 {
+        info!(
+            sessions = asked,
+            to = shared.config().server.reconnect_url.as_deref().unwrap_or("(the URL each used)"),
+            "draining: asked the clients that follow Enhanced RTMP reconnect requests to move"
+        );
+    }
     let grace = Duration::from_secs(shared.config().server.shutdown_grace_secs);
     let live = shared.sessions.entries().len();
     if live > 0 {

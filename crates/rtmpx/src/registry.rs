@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -82,6 +82,14 @@ pub struct EntryState {
     pub role: Role,
 }
 
+/// A reconnect request for a session to send to its client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReconnectOrder {
+    /// `None`: the client reconnects to its current tcUrl.
+    pub tc_url: Option<String>,
+    pub description: String,
+}
+
 /// One live session.
 pub struct SessionEntry {
     pub id: u64,
@@ -94,6 +102,11 @@ pub struct SessionEntry {
     dropped_frames: AtomicU64,
     kick: Notify,
     kick_reason: Mutex<&'static str>,
+    /// Whether the client's `connect` announced Enhanced RTMP's Reconnect capability.
+    reconnect_capable: AtomicBool,
+    reconnect: Notify,
+    /// The reconnect request to send (tcUrl, description), taken by the session's task.
+    reconnect_order: Mutex<Option<ReconnectOrder>>,
     /// (when, bytes in, bytes out), oldest first.
     rates: Mutex<VecDeque<(Instant, u64, u64)>>,
 }
@@ -153,6 +166,32 @@ impl SessionEntry {
         *self.kick_reason.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Records whether the client follows reconnect requests (from its `connect`).
+    pub fn set_reconnect_capable(&self, capable: bool) {
+        self.reconnect_capable.store(capable, Ordering::Relaxed);
+    }
+
+    pub fn reconnect_capable(&self) -> bool {
+        self.reconnect_capable.load(Ordering::Relaxed)
+    }
+
+    /// Asks the session to send its client a reconnect request (a newer order replaces one not
+    /// yet sent).
+    pub fn request_reconnect(&self, order: ReconnectOrder) {
+        *self.reconnect_order.lock().unwrap_or_else(|e| e.into_inner()) = Some(order);
+        self.reconnect.notify_one();
+    }
+
+    /// Resolves with the next reconnect request to send.
+    pub async fn reconnect_requested(&self) -> ReconnectOrder {
+        loop {
+            self.reconnect.notified().await;
+            if let Some(order) = self.reconnect_order.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                return order;
+            }
+        }
+    }
+
     /// Bits per second in and out over the last [`RATE_WINDOW`] (since the start for younger
     /// sessions).
     pub fn bitrates(&self) -> (u64, u64) {
@@ -198,6 +237,9 @@ impl SessionGuard {
             dropped_frames: AtomicU64::new(0),
             kick: Notify::new(),
             kick_reason: Mutex::new("kicked"),
+            reconnect_capable: AtomicBool::new(false),
+            reconnect: Notify::new(),
+            reconnect_order: Mutex::new(None),
             rates: Mutex::new(VecDeque::new()),
         });
         shared.sessions.map.insert(id, entry.clone());
@@ -301,6 +343,24 @@ mod tests {
         assert!(!shared.sessions.kick(10, "nobody"));
         let why = tokio::time::timeout(Duration::from_secs(1), guard.entry().kicked()).await.unwrap();
         assert_eq!(why, "kicked through the admin API");
+    }
+
+    #[tokio::test]
+    async fn a_reconnect_order_reaches_the_session_once() {
+        let (shared, _tx) = shared();
+        let guard = SessionGuard::open(&shared, 9, "127.0.0.1:1".parse().unwrap(), "rtmp");
+        let entry = guard.entry();
+        assert!(!entry.reconnect_capable());
+        entry.set_reconnect_capable(true);
+        assert!(entry.reconnect_capable());
+        let first = ReconnectOrder { tc_url: None, description: "a".into() };
+        let second = ReconnectOrder { tc_url: Some("rtmp://b/live".into()), description: "b".into() };
+        entry.request_reconnect(first);
+        entry.request_reconnect(second.clone());
+        let order = tokio::time::timeout(Duration::from_secs(1), entry.reconnect_requested()).await.unwrap();
+        assert_eq!(order, second, "the newest order wins");
+        let again = tokio::time::timeout(Duration::from_millis(100), entry.reconnect_requested()).await;
+        assert!(again.is_err(), "sent once");
     }
 
     #[test]

@@ -12,7 +12,10 @@ use bytes::{Buf, Bytes};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rtmpx_core::handshake::EncryptionPolicy;
-use rtmpx_core::session::{MediaKind, PublishMode, ServerConfig, ServerEvent, ServerSession, StatusLevel};
+use rtmpx_core::session::{
+    MediaKind, PublishMode, ReconnectRequest, ServerConfig, ServerEvent, ServerSession, StatusLevel,
+    CAPS_EX_RECONNECT,
+};
 use rtmpx_router::{
     DirectSend, DirectSink, Frame, FrameKind, Player, PlayerEvent, PlayerWaker, Publisher, RouterError,
     SessionInfo, StreamKey,
@@ -43,6 +46,8 @@ const READ_BUFFER: usize = 16 * 1024;
 /// Pieces handed to one vectored write (Linux takes up to 1024 iovecs; 64 cover a 64 KiB batch
 /// of 4 KiB chunks with their headers).
 const MAX_IOVECS: usize = 64;
+/// How long after a reconnect request the client's new publish may take its stream over.
+const TAKEOVER_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 /// Longest stretch a publisher's task fans out before it yields to the worker's other sessions.
 const FAN_OUT_SLICE: std::time::Duration = std::time::Duration::from_millis(5);
 
@@ -521,6 +526,17 @@ async fn drive_io(out: &Arc<SessionIo>, conn: &mut Connection, shared: &Shared) 
             _ = sleep_until_opt(hold_until) => {
                 hold_until = None;
             }
+            order = conn.registry.entry().reconnect_requested() => {
+                let request = ReconnectRequest { tc_url: order.tc_url, description: order.description };
+                if out.lock().session.send_reconnect_request(&request) {
+                    // Its new connection may take over what this one publishes (make-before-break).
+                    if let Some(p) = &conn.publishing {
+                        p.publisher.allow_takeover(TAKEOVER_WINDOW);
+                    }
+                    info!(session = conn.id, peer = %conn.peer, tc_url = request.tc_url.as_deref().unwrap_or("(the same)"), "reconnect request sent: {}", request.description);
+                }
+                hold_until = None;
+            }
             why = conn.registry.entry().kicked() => {
                 say_goodbye(&mut out.lock().session, conn);
                 let _ = flush(out, timeouts.write()).await;
@@ -682,6 +698,7 @@ async fn handle_event(
             match shared.auth.connect(&config, conn.id, conn.peer, &request).await {
                 Ok(client) => {
                     conn.registry.entry().set_app(&client.app);
+                    conn.registry.entry().set_reconnect_capable(request.caps_ex() & CAPS_EX_RECONNECT != 0);
                     conn.app = Some(client.app.clone());
                     conn.client = Some(client);
                     *connected = true;
@@ -760,10 +777,17 @@ async fn on_publish(
             conn.registry.entry().set_role(Role::Publisher, &key.name);
             conn.stream_name = Some(key.name.clone());
             let fan_out = FanOut::new(Batching::new(&config.server, shared.load.clone()));
+            let takeover = publisher.is_takeover();
             conn.publishing = Some(Publishing { stream_id, publisher, fan_out, _grant: grant });
-            info!(session = conn.id, peer = %conn.peer, variant = conn.variant(), stream = %key, "publishing");
-            // Relays: republish to the app's push upstreams (pulled streams never come here).
-            shared.relays.start_pushes(&shared.router, &shared.config(), &key);
+            if takeover {
+                // A reconnecting client: it replaces the live publisher at its first keyframe, and
+                // the stream's pushes go on.
+                info!(session = conn.id, peer = %conn.peer, variant = conn.variant(), stream = %key, "publishing (taking over from the reconnecting publisher)");
+            } else {
+                info!(session = conn.id, peer = %conn.peer, variant = conn.variant(), stream = %key, "publishing");
+                // Relays: republish to the app's push upstreams (pulled streams never come here).
+                shared.relays.start_pushes(&shared.router, &shared.config(), &key);
+            }
         }
         Err(RouterError::AlreadyPublishing) => {
             grant.cancel();

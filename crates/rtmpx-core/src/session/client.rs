@@ -29,6 +29,10 @@ pub struct ClientConfig {
     pub buffer_length_ms: u32,
     pub chunk_limits: ChunkLimits,
     pub amf_limits: AmfLimits,
+    /// Enhanced RTMP `capsEx` announced in `connect` (0: not sent). Announce
+    /// [`CAPS_EX_RECONNECT`](super::CAPS_EX_RECONNECT) only when the caller follows
+    /// [`ClientEvent::ReconnectRequested`].
+    pub caps_ex: u32,
 }
 
 impl ClientConfig {
@@ -43,6 +47,7 @@ impl ClientConfig {
             buffer_length_ms: 1000,
             chunk_limits: ChunkLimits::default(),
             amf_limits: AmfLimits::default(),
+            caps_ex: 0,
         }
     }
 }
@@ -74,6 +79,9 @@ pub enum ClientEvent {
         description: String,
     },
     Media(Media),
+    /// The server asks us to reconnect (Enhanced RTMP), to `tc_url` or the current tcUrl. The
+    /// session goes on until the caller closes it.
+    ReconnectRequested(super::ReconnectRequest),
 }
 
 #[derive(Debug, Clone)]
@@ -177,12 +185,16 @@ impl ClientSession {
     }
 
     fn send_connect(&mut self) {
-        let object = Amf0Value::object([
+        let mut props = vec![
             ("app", Amf0Value::from(self.config.app.as_str())),
             ("type", "nonprivate".into()),
             ("flashVer", self.config.flash_ver.as_str().into()),
             ("tcUrl", self.config.tc_url.as_str().into()),
-        ]);
+        ];
+        if self.config.caps_ex != 0 {
+            props.push(("capsEx", f64::from(self.config.caps_ex).into()));
+        }
+        let object = Amf0Value::object(props);
         self.link.send_command(csid::COMMAND, 0, &Command::new("connect", 1.0, object, vec![]));
         self.phase = Phase::Connecting { transaction_id: 1.0 };
     }
@@ -365,6 +377,10 @@ impl ClientSession {
             }
             "onStatus" => {
                 let info = cmd.arg(0);
+                if let Some(request) = info.and_then(super::ReconnectRequest::from_info) {
+                    self.events.push_back(ClientEvent::ReconnectRequested(request));
+                    return Ok(());
+                }
                 let text = |k: &str| {
                     info.and_then(|i| i.get(k)).and_then(Amf0Value::as_str).unwrap_or_default().to_owned()
                 };

@@ -12,11 +12,13 @@
 
 mod client;
 mod link;
+mod reconnect;
 mod server;
 #[cfg(test)]
 mod tests;
 
 pub use client::{ClientConfig, ClientEvent, ClientSession};
+pub use reconnect::{caps_ex, ReconnectRequest, CAPS_EX_RECONNECT, RECONNECT_REQUEST_CODE};
 pub use server::{ConnectRequest, PublishMode, ServerConfig, ServerEvent, ServerSession};
 
 use bytes::Bytes;

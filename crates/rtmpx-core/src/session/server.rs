@@ -61,6 +61,13 @@ pub struct ConnectRequest {
     pub properties: Properties,
 }
 
+impl ConnectRequest {
+    /// The `capsEx` bits the client announced (Enhanced RTMP v2), 0 when it sent none.
+    pub fn caps_ex(&self) -> u32 {
+        super::caps_ex(&self.properties)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PublishMode {
     Live,
@@ -715,6 +722,23 @@ impl ServerSession {
     /// Sends any status to the client (e.g. on shutdown).
     pub fn send_status(&mut self, stream_id: u32, level: StatusLevel, code: &str, description: &str) {
         self.link.send_status(stream_id, level.as_str(), code, description);
+    }
+
+    /// Asks the client to reconnect (Enhanced RTMP); meant for clients whose `connect` announced
+    /// [`CAPS_EX_RECONNECT`](super::CAPS_EX_RECONNECT). The session goes on as before: the
+    /// client leaves when it has moved. Returns false (and sends nothing) before `connect` was
+    /// accepted.
+    pub fn send_reconnect_request(&mut self, request: &super::ReconnectRequest) -> bool {
+        if !matches!(self.phase, Phase::Connected) {
+            return false;
+        }
+        self.link.send_values(
+            csid::COMMAND,
+            type_id::COMMAND_AMF0,
+            0,
+            &["onStatus".into(), 0.0.into(), Amf0Value::Null, request.info()],
+        );
+        true
     }
 
     /// Sends one audio/video/data message to a playing stream. Honours pause and

@@ -383,3 +383,65 @@ fn rtmpe_clients_echoing_s1_get_no_set_chunk_size() {
     // Plain clients echoing S1 (FFmpeg publishing over rtmp://) handle Set Chunk Size.
     assert_eq!(chunk_size_after_connect(HandshakeVersion::Plain, true), 4096);
 }
+
+#[test]
+fn reconnect_capability_and_request_reach_the_other_side() {
+    let mut config = ClientConfig::new("live", "rtmp://127.0.0.1/live");
+    config.caps_ex = CAPS_EX_RECONNECT;
+    let mut client = ClientSession::new(config, &mut rng(7));
+    let mut server = ServerSession::new(ServerConfig::default(), &mut rng(8));
+    pump(&mut client, &mut server, 4096);
+    let request =
+        ReconnectRequest { tc_url: Some("rtmp://10.0.0.2:1936/live".into()), description: "moving".into() };
+    assert!(!server.send_reconnect_request(&request), "nothing is sent before connect was accepted");
+    let events = server_events(&mut server);
+    let Some(ServerEvent::ConnectRequested(connect)) = events.last() else { panic!("{events:?}") };
+    assert_eq!(connect.caps_ex() & CAPS_EX_RECONNECT, CAPS_EX_RECONNECT);
+    server.accept_connect().unwrap();
+    pump(&mut client, &mut server, 4096);
+    client_events(&mut client);
+
+    assert!(server.send_reconnect_request(&request));
+    let same_url = ReconnectRequest { tc_url: None, description: "same place".into() };
+    assert!(server.send_reconnect_request(&same_url));
+    pump(&mut client, &mut server, 4096);
+    assert_eq!(
+        client_events(&mut client),
+        [ClientEvent::ReconnectRequested(request), ClientEvent::ReconnectRequested(same_url)]
+    );
+    assert!(client.is_connected(), "the request does not end the session");
+}
+
+#[test]
+fn clients_announce_no_capabilities_unless_asked() {
+    let mut client = ClientSession::new(ClientConfig::new("live", "rtmp://h/live"), &mut rng(3));
+    let mut server = ServerSession::new(ServerConfig::default(), &mut rng(4));
+    pump(&mut client, &mut server, 4096);
+    let events = server_events(&mut server);
+    let Some(ServerEvent::ConnectRequested(connect)) = events.last() else { panic!("{events:?}") };
+    assert_eq!(connect.caps_ex(), 0);
+    assert!(connect.properties.iter().all(|(k, _)| k != "capsEx"));
+}
+
+#[test]
+fn reconnect_request_info_object() {
+    use crate::amf::{encode_amf0, Amf0Decoder, Amf0Value, AmfLimits};
+    let request = ReconnectRequest { tc_url: Some("//192.0.2.1/live".into()), description: "d".into() };
+    let mut bytes = bytes::BytesMut::new();
+    encode_amf0(&request.info(), &mut bytes);
+    let info = Amf0Decoder::new(&bytes, AmfLimits::default()).next_value().unwrap().unwrap();
+    assert_eq!(info.get("code").and_then(Amf0Value::as_str), Some(RECONNECT_REQUEST_CODE));
+    assert_eq!(info.get("level").and_then(Amf0Value::as_str), Some("status"));
+    assert_eq!(ReconnectRequest::from_info(&info), Some(request));
+    // An empty tcUrl means the current one; other codes are not requests.
+    let empty = Amf0Value::object([("code", Amf0Value::from(RECONNECT_REQUEST_CODE)), ("tcUrl", "".into())]);
+    assert_eq!(ReconnectRequest::from_info(&empty).unwrap().tc_url, None);
+    let other = Amf0Value::object([("code", Amf0Value::from("NetStream.Play.Start"))]);
+    assert_eq!(ReconnectRequest::from_info(&other), None);
+    // capsEx: a number, anything else reads as 0.
+    let props = |v: Amf0Value| vec![("capsEx".to_owned(), v)];
+    assert_eq!(caps_ex(&props(15.0.into())), 15);
+    assert_eq!(caps_ex(&props("1".into())), 0);
+    assert_eq!(caps_ex(&props((-1.0).into())), 0);
+    assert_eq!(caps_ex(&props(f64::NAN.into())), 0);
+}

@@ -114,6 +114,36 @@ fn same_secret(given: &[u8], expected: &[u8]) -> bool {
     given.len() == expected.len() && given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
+/// Largest request body the API reads.
+const MAX_REQUEST_BODY: usize = 4096;
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReconnectBody {
+    #[serde(rename = "tcUrl")]
+    tc_url: Option<String>,
+}
+
+/// `%XX` escapes and `+` of a query value decoded (invalid escapes stay as they are).
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(high), Some(low)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push(high * 16 + low);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
     query?.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
 }
@@ -153,6 +183,16 @@ impl Admin {
                 "" | "/metrics" | "/api/v1/streams" | "/api/v1/sessions" | "/api/v1/relays"
                 | "/api/v1/reload",
             ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here"),
+            (_, p) if p.starts_with("/api/v1/sessions/") && p.ends_with("/reconnect") => {
+                let id = &p["/api/v1/sessions/".len()..p.len() - "/reconnect".len()];
+                let Ok(id) = id.parse::<u64>() else {
+                    return error(StatusCode::NOT_FOUND, "no such session");
+                };
+                if *method != Method::POST {
+                    return error(StatusCode::METHOD_NOT_ALLOWED, "use POST");
+                }
+                self.reconnect(id, req).await
+            }
             (_, p) if p.starts_with("/api/v1/sessions/") => {
                 let Ok(id) = p["/api/v1/sessions/".len()..].parse::<u64>() else {
                     return error(StatusCode::NOT_FOUND, "no such session");
@@ -180,6 +220,58 @@ impl Admin {
         }
     }
 
+    /// `POST /api/v1/sessions/<id>/reconnect`: asks the session's client to reconnect (Enhanced
+    /// RTMP), to `tcUrl` (JSON body or query) or where it is. Only clients whose `connect`
+    /// announced the capability, unless `force=1`.
+    async fn reconnect(&self, id: u64, req: Request<Incoming>) -> Reply {
+        let query = req.uri().query().map(str::to_owned);
+        let force = matches!(query_param(query.as_deref(), "force"), Some("1" | "true"));
+        let mut tc_url = query_param(query.as_deref(), "tcUrl").map(percent_decode);
+        let body = http_body_util::Limited::new(req.into_body(), MAX_REQUEST_BODY);
+        let Ok(body) = http_body_util::BodyExt::collect(body).await.map(|b| b.to_bytes()) else {
+            return error(StatusCode::PAYLOAD_TOO_LARGE, "the body is larger than 4 KiB or broken");
+        };
+        if !body.iter().all(u8::is_ascii_whitespace) {
+            match serde_json::from_slice::<ReconnectBody>(&body) {
+                Ok(parsed) => tc_url = parsed.tc_url.or(tc_url),
+                Err(e) => return error(StatusCode::BAD_REQUEST, &format!("body: {e}")),
+            }
+        }
+        let tc_url = tc_url.filter(|url| !url.is_empty());
+        if let Some(url) = &tc_url {
+            if url.len() > 1024 || url.chars().any(char::is_control) {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "tcUrl: at most 1024 characters, no control characters",
+                );
+            }
+        }
+        let Some(entry) = self.shared.sessions.get(id) else {
+            return error(StatusCode::NOT_FOUND, "no such session");
+        };
+        let capable = entry.reconnect_capable();
+        if !capable && !force {
+            return error(
+                StatusCode::CONFLICT,
+                "the client did not announce the Reconnect capability (capsEx) in connect; force=1 sends anyway",
+            );
+        }
+        info!(
+            session = id,
+            tc_url = tc_url.as_deref().unwrap_or("(the same)"),
+            capable,
+            "reconnect requested through the admin API"
+        );
+        entry.request_reconnect(crate::registry::ReconnectOrder {
+            tc_url: tc_url.clone(),
+            description: "reconnect requested by the operator".into(),
+        });
+        json(
+            StatusCode::ACCEPTED,
+            &serde_json::json!({ "reconnect": id, "tcUrl": tc_url, "capable": capable }),
+        )
+    }
+
     async fn reload(&self) -> Reply {
         let reloader = self.reloader.clone();
         match tokio::task::spawn_blocking(move || reloader.reload()).await {
@@ -200,6 +292,13 @@ mod tests {
         assert!(!same_secret(b"abcdefgx", b"abcdefgh"));
         assert!(!same_secret(b"abcdefg", b"abcdefgh"));
         assert!(!same_secret(b"", b"abcdefgh"));
+    }
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        assert_eq!(percent_decode("rtmp%3A%2F%2Fh%3A1936%2Flive"), "rtmp://h:1936/live");
+        assert_eq!(percent_decode("a+b%2"), "a b%2");
+        assert_eq!(percent_decode("%zz%41"), "%zzA");
     }
 
     #[test]

@@ -113,6 +113,8 @@ pub struct RelaySection {
     pub max_relay_queue_bytes: usize,
     /// Transport, handshake, connect and publish/play answer.
     pub connect_timeout_secs: u64,
+    /// Announce Enhanced RTMP's Reconnect capability and move when an upstream asks.
+    pub follow_reconnect: bool,
 }
 
 impl Default for RelaySection {
@@ -124,6 +126,7 @@ impl Default for RelaySection {
             backoff_max_ms: 30_000,
             max_relay_queue_bytes: 8 << 20,
             connect_timeout_secs: 10,
+            follow_reconnect: true,
         }
     }
 }

@@ -16,6 +16,7 @@
 pub mod config;
 mod pull;
 mod push;
+mod splice;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -312,6 +313,8 @@ impl RelayOptions {
             connect_timeout,
             command_timeout: connect_timeout,
             flash_ver: "FMLE/3.0 (compatible; rtmpx relay)".into(),
+            // Relays follow reconnect requests (push.rs, pull.rs) unless told not to.
+            caps_ex: if section.follow_reconnect { rtmpx_client::CAPS_EX_RECONNECT } else { 0 },
             ..ClientOptions::default()
         };
         RelayOptions {
@@ -410,6 +413,11 @@ fn direction_name(direction: Direction) -> &'static str {
     }
 }
 
+/// `scheme://host:port/app` of an upstream, without queries or the stream (it may be a key).
+fn redacted_url(url: &RtmpUrl) -> String {
+    format!("{}://{}/{}", url.scheme, url.authority(), url.app.split('?').next().unwrap_or_default())
+}
+
 /// The upstream URL of one stream.
 fn stream_url(app_url: &RtmpUrl, name: &str) -> RtmpUrl {
     RtmpUrl { stream: name.to_owned(), ..app_url.clone() }
@@ -428,6 +436,14 @@ mod tests {
         assert_eq!(delays, [500, 1000, 2000, 3000, 3000, 3000]);
         b.reset();
         assert_eq!(b.next_delay(), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn relays_announce_the_reconnect_capability_unless_configured_not_to() {
+        let on = RelayOptions::new(&RelaySection::default(), Duration::from_secs(1));
+        assert_eq!(on.client.caps_ex, rtmpx_client::CAPS_EX_RECONNECT);
+        let section = RelaySection { follow_reconnect: false, ..RelaySection::default() };
+        assert_eq!(RelayOptions::new(&section, Duration::from_secs(1)).client.caps_ex, 0);
     }
 
     #[test]

@@ -1,14 +1,17 @@
 //! One pull relay: plays a stream upstream and publishes it into the local router.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use rtmpx_client::{ClientEvent, Connection, MediaKind, RtmpUrl};
 use rtmpx_router::{Frame, Publisher, Router, RouterError, SessionInfo, StreamKey};
 use tokio::sync::watch;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::session::{Batching, FanOut};
 
+use super::splice::{Splicer, Step};
 use super::{log_connected, log_retry, stream_url, Backoff, Direction, RelayManager, RelayOptions, Status};
 
 /// How often a pull looks at its player count.
@@ -53,7 +56,7 @@ impl PullJob {
     pub(super) async fn run(mut self) {
         let key = self.key.clone();
         let url = self.status.url();
-        let source = stream_url(&self.app_url, &key.name);
+        let mut source = stream_url(&self.app_url, &key.name);
         let options = self.options.clone();
         let mut backoff = Backoff::new(self.options.backoff_initial, self.options.backoff_max);
         let mut state = Pulling { idle_since: None, publisher: None };
@@ -63,7 +66,7 @@ impl PullJob {
         let stop = 'relay: loop {
             self.status.connecting();
             attempt += 1;
-            let connect = connect(&source, &options);
+            let connect = connect_owned(source.clone(), options.clone());
             tokio::pin!(connect);
             let outcome = loop {
                 tokio::select! {
@@ -73,7 +76,7 @@ impl PullJob {
                 }
             };
             let error = match outcome {
-                Ok(mut conn) => {
+                Ok(conn) => {
                     self.status.connected();
                     log_connected(
                         Direction::Pull,
@@ -83,7 +86,11 @@ impl PullJob {
                         source.scheme.as_str(),
                     );
                     let since = Instant::now();
-                    let result = self.receive(&mut conn, &mut state, &mut tick).await;
+                    let mut upstream = Upstream { conn, target: source.clone() };
+                    let result = self.receive(&mut upstream, &mut state, &mut tick).await;
+                    // A reconnect request may have moved the pull: retries go where it went.
+                    source = upstream.target.clone();
+                    let conn = upstream.conn;
                     state.publisher = None;
                     self.status.connection_done(conn.bytes_in());
                     if since.elapsed() >= super::STABLE_CONNECTION {
@@ -131,62 +138,194 @@ impl PullJob {
         idle.then_some(Stop::NoPlayers)
     }
 
-    /// Publishes what the upstream plays until it fails or the pull should stop.
+    /// Publishes what the upstream plays until it fails or the pull should stop. A reconnect
+    /// request opens a second connection that takes over without a gap ([`Splicer`]).
     async fn receive(
         &mut self,
-        conn: &mut Connection,
+        upstream: &mut Upstream,
         state: &mut Pulling,
         tick: &mut tokio::time::Interval,
     ) -> Result<Stop, String> {
         let mut fan_out = FanOut::new(self.batching.clone());
+        let mut splicer = Splicer::new();
+        let mut moving: Option<(Connecting, RtmpUrl)> = None;
+        let mut next: Option<Upstream> = None;
+        let mut out = Vec::new();
         loop {
+            let deadline = splicer.deadline();
             tokio::select! {
-                event = conn.next_event() => match event {
+                event = upstream.conn.next_event() => match event {
+                    Ok(None) | Err(_) if next.is_some() => {
+                        // The old connection went first: the new one takes over now.
+                        splicer.take_over(&mut out);
+                        self.switch(upstream, next.take().expect("checked"));
+                    }
                     Ok(None) => return Err("the upstream closed the connection".into()),
                     Err(e) => return Err(e.to_string()),
                     Ok(Some(ClientEvent::Media(media))) => {
-                        if state.publisher.is_none() {
-                            let session = SessionInfo { id: self.status.id, peer: self.status.url(), variant: "relay-pull" };
-                            match self.router.publish(self.key.clone(), session) {
-                                Ok(publisher) => state.publisher = Some(publisher),
-                                Err(RouterError::AlreadyPublishing) => return Ok(Stop::PublishedLocally),
-                            }
-                        }
-                        let frame = match media.kind {
-                            MediaKind::Audio => Frame::audio(media.timestamp, media.payload),
-                            MediaKind::Video => Frame::video(media.timestamp, media.payload),
-                            MediaKind::Data => Frame::metadata(media.timestamp, media.payload),
-                        };
-                        if let Some(publisher) = &state.publisher {
-                            fan_out.send(publisher, frame).await;
+                        if splicer.on_current(frame_of(media), &mut out) == Step::Switched {
+                            self.switch(upstream, next.take().expect("moving"));
                         }
                     }
                     Ok(Some(ClientEvent::Status { code, .. })) => {
                         debug!(stream = %self.key, %code, "relay pull: status from the upstream");
                         if code.ends_with("UnpublishNotify") || code.ends_with("Play.Stop") {
-                            // The upstream publisher left: so do we, until media flows again.
-                            state.publisher = None;
+                            if let Some(new) = next.take() {
+                                splicer.take_over(&mut out);
+                                self.switch(upstream, new);
+                            } else {
+                                // The upstream publisher left: so do we, until media flows again.
+                                state.publisher = None;
+                            }
                         }
                     }
                     Ok(Some(ClientEvent::Rejected { code, description })) => {
                         return Err(format!("rejected: {code}: {description}"))
                     }
+                    Ok(Some(ClientEvent::ReconnectRequested(request))) => {
+                        let key = &self.key;
+                        match upstream.target.reconnect_target(request.tc_url.as_deref()) {
+                            _ if self.options.client.caps_ex & rtmpx_client::CAPS_EX_RECONNECT == 0 => {
+                                info!("relay pull {key}: reconnect request ignored (relay.follow_reconnect = false)");
+                            }
+                            Ok(_) if moving.is_some() || next.is_some() => {
+                                debug!("relay pull {key}: reconnect request while already moving: ignored");
+                            }
+                            Ok(target) => {
+                                info!(
+                                    "relay pull {key}: the upstream asks to reconnect ({}) to {}: connecting there",
+                                    request.description,
+                                    super::redacted_url(&target)
+                                );
+                                let connecting = Box::pin(connect_owned(target.clone(), self.options.clone()));
+                                // Should this connection end first, retries go there too.
+                                upstream.target = target.clone();
+                                moving = Some((connecting, target));
+                            }
+                            Err(e) => warn!("relay pull {key}: reconnect request with a bad tcUrl: {e}"),
+                        }
+                    }
                     Ok(Some(_)) => {}
                 },
+                outcome = pending_connect(&mut moving) => {
+                    let (_, target) = moving.take().expect("polled");
+                    match outcome {
+                        Ok(conn) => {
+                            info!("relay pull {}: playing at {}, switching on a common keyframe", self.key, super::redacted_url(&target));
+                            next = Some(Upstream { conn, target });
+                            splicer.begin_move();
+                        }
+                        Err(e) => {
+                            // Stay; once this upstream goes, retries go to the new place.
+                            warn!("relay pull {}: could not move to {}: {e}; staying", self.key, super::redacted_url(&target));
+                        }
+                    }
+                }
+                event = next_event(&mut next) => match event {
+                    Ok(Some(ClientEvent::Media(media))) => {
+                        if splicer.on_next(frame_of(media), &mut out) == Step::Switched {
+                            self.switch(upstream, next.take().expect("moving"));
+                        }
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => {
+                        warn!("relay pull {}: the new connection failed before it took over; staying", self.key);
+                        next = None;
+                        splicer = splicer.abandon_move();
+                    }
+                },
+                () = sleep_until_opt(deadline) => {
+                    if let Some(new) = next.take() {
+                        splicer.take_over(&mut out);
+                        self.switch(upstream, new);
+                    }
+                }
                 _ = fan_out.window_end() => {
                     if let Some(publisher) = &state.publisher {
                         fan_out.flush(publisher).await;
                     }
                 }
                 _ = tick.tick() => {
-                    self.status.bytes(conn.bytes_in());
+                    self.status.bytes(upstream.conn.bytes_in());
                     if let Some(stop) = self.should_stop(state) {
                         return Ok(stop);
                     }
                 }
                 _ = self.shutdown.changed() => return Ok(Stop::Shutdown),
             }
+            for frame in out.drain(..) {
+                if state.publisher.is_none() {
+                    let session =
+                        SessionInfo { id: self.status.id, peer: self.status.url(), variant: "relay-pull" };
+                    match self.router.publish(self.key.clone(), session) {
+                        Ok(publisher) => state.publisher = Some(publisher),
+                        Err(RouterError::AlreadyPublishing) => return Ok(Stop::PublishedLocally),
+                    }
+                }
+                if let Some(publisher) = &state.publisher {
+                    fan_out.send(publisher, frame).await;
+                }
+            }
         }
+    }
+
+    /// The new connection replaces the current one, which closes in the background.
+    fn switch(&mut self, upstream: &mut Upstream, next: Upstream) {
+        let old = std::mem::replace(upstream, next);
+        self.status.connection_done(old.conn.bytes_in());
+        self.status.connected();
+        info!(
+            "relay pull {}: moved to {} (reconnects={})",
+            self.key,
+            super::redacted_url(&upstream.target),
+            self.status.connections - 1
+        );
+        let conn = old.conn;
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn.close()).await;
+        });
+    }
+}
+
+/// The upstream connection a pull plays from.
+struct Upstream {
+    conn: Connection,
+    target: RtmpUrl,
+}
+
+/// A connect and play in flight.
+type Connecting = Pin<Box<dyn Future<Output = Result<Connection, String>> + Send>>;
+
+fn frame_of(media: rtmpx_client::Media) -> Frame {
+    match media.kind {
+        MediaKind::Audio => Frame::audio(media.timestamp, media.payload),
+        MediaKind::Video => Frame::video(media.timestamp, media.payload),
+        MediaKind::Data => Frame::metadata(media.timestamp, media.payload),
+    }
+}
+
+async fn connect_owned(source: RtmpUrl, options: RelayOptions) -> Result<Connection, String> {
+    connect(&source, &options).await
+}
+
+async fn pending_connect(moving: &mut Option<(Connecting, RtmpUrl)>) -> Result<Connection, String> {
+    match moving {
+        Some((connecting, _)) => connecting.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_event(next: &mut Option<Upstream>) -> rtmpx_client::Result<Option<ClientEvent>> {
+    match next {
+        Some(upstream) => upstream.conn.next_event().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
     }
 }
 
