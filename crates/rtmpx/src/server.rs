@@ -16,6 +16,7 @@ use tracing::{info, warn};
 use crate::admin;
 use crate::config::{Config, ListenerConfig, Proto};
 use crate::error::{Error, Result};
+use crate::logsafe::Throttle;
 use crate::metrics::{Denial, HandshakeFailure, Metrics};
 use crate::registry::Registry;
 use crate::relay::{RelayManager, RelayState};
@@ -31,6 +32,8 @@ pub struct Shared {
     next_id: AtomicU64,
     shutdown: watch::Receiver<bool>,
     connections: AtomicUsize,
+    /// Connections the process's file descriptors allow (see [`crate::descriptors`]).
+    descriptor_cap: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// RTMPT/RTMPTS sessions of every listener.
     pub tunnels: SessionTable,
@@ -44,6 +47,8 @@ pub struct Shared {
     pub auth: crate::auth::Gate,
     /// Whether fan-out batches its writes now (workers busy).
     pub load: Arc<crate::load::Load>,
+    /// RTMPE handshakes each address may still start (`limits.rtmpe_handshakes_per_ip`).
+    pub rtmpe_budget: crate::rtmpe_budget::RtmpeBudget,
 }
 
 impl Shared {
@@ -55,6 +60,7 @@ impl Shared {
             next_id: AtomicU64::new(1),
             shutdown: shutdown.clone(),
             connections: AtomicUsize::new(0),
+            descriptor_cap: AtomicUsize::new(usize::MAX),
             per_ip: Mutex::new(HashMap::new()),
             tunnels: SessionTable::new(),
             metrics: Metrics::default(),
@@ -62,6 +68,7 @@ impl Shared {
             load: load.clone(),
             auth: crate::auth::Gate::new(),
             relays: RelayManager::new(shutdown, load),
+            rtmpe_budget: Default::default(),
         }
     }
 
@@ -90,11 +97,15 @@ impl Shared {
     /// Counts a new connection against the limits; `None` when a limit is hit.
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Admission> {
         let limits = self.config().limits.clone();
+        let cap = limits.max_connections.min(self.descriptor_cap.load(Ordering::Relaxed));
         let total = self.connections.fetch_add(1, Ordering::AcqRel) + 1;
-        if total > limits.max_connections {
+        if total > cap {
             self.connections.fetch_sub(1, Ordering::AcqRel);
             self.metrics.denied(Denial::ConnectionLimit);
-            warn!(%ip, limit = limits.max_connections, "connection refused: max_connections reached");
+            let which = if cap < limits.max_connections { "the open-files limit" } else { "max_connections" };
+            if let Some(held_back) = REFUSED_LOG.allow() {
+                warn!(%ip, limit = cap, held_back, "connection refused: {which} reached");
+            }
             return None;
         }
         let mut per_ip = self.per_ip.lock().expect("per-ip lock");
@@ -103,7 +114,9 @@ impl Shared {
             drop(per_ip);
             self.connections.fetch_sub(1, Ordering::AcqRel);
             self.metrics.denied(Denial::ConnectionLimit);
-            warn!(%ip, limit = limits.max_connections_per_ip, "connection refused: max_connections_per_ip reached");
+            if let Some(held_back) = REFUSED_LOG.allow() {
+                warn!(%ip, limit = limits.max_connections_per_ip, held_back, "connection refused: max_connections_per_ip reached");
+            }
             return None;
         }
         *count += 1;
@@ -144,6 +157,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let config = Arc::new(config);
     let shared = Arc::new(Shared::new(config.clone(), shutdown_rx));
+    check_descriptors(&shared, &config);
 
     let listener_tls = tls::listener_acceptors(&config)?;
     let mut hangup = Hangup::new()?;
@@ -178,21 +192,32 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     for (lc, listener, tls) in listeners {
         let tx = session_tx.clone();
         let mut stop = shared.shutdown_signal();
+        let shared = shared.clone();
         accept_tasks.spawn(async move {
+            let failed_log = Throttle::new(Duration::from_secs(10));
+            let mut failures = 0u32;
             loop {
                 tokio::select! {
                     _ = stop.changed() => return,
                     accepted = listener.accept() => match accepted {
                         Ok((stream, peer)) => {
+                            failures = 0;
+                            // Admitted here, so that a refused connection gives its descriptor
+                            // back at once and the queue holds only admitted ones.
+                            let Some(admission) = shared.admit(peer.ip()) else { continue };
                             let _ = stream.set_nodelay(true);
-                            if tx.send((stream, peer, lc.clone(), tls.clone())).await.is_err() {
+                            if tx.send((stream, peer, lc.clone(), tls.clone(), admission)).await.is_err() {
                                 return;
                             }
                         }
                         Err(e) => {
-                            // Out of file descriptors and the like: back off instead of spinning.
-                            warn!(addr = %lc.addr, "accept failed: {e}");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            // Out of file descriptors and the like: back off instead of spinning,
+                            // and say so once in a while, not hundreds of times a second.
+                            failures = failures.saturating_add(1);
+                            if let Some(held_back) = failed_log.allow() {
+                                warn!(addr = %lc.addr, held_back, "accept failed: {e}");
+                            }
+                            tokio::time::sleep(crate::descriptors::accept_backoff(failures)).await;
                         }
                     }
                 }
@@ -212,8 +237,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
                 // A failed reload is logged and keeps the running configuration.
                 let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
             }
-            Some((stream, peer, listener, tls)) = session_rx.recv() => {
-                let Some(admission) = shared.admit(peer.ip()) else { continue };
+            Some((stream, peer, listener, tls, admission)) = session_rx.recv() => {
                 let shared = shared.clone();
                 sessions.spawn(async move {
                     let _admission = admission;
@@ -280,11 +304,35 @@ fn announce(lc: &ListenerConfig, local: SocketAddr, config: &Config) {
     }
 }
 
-/// Accepted connections waiting for the main loop to admit them.
+/// Admitted connections waiting for the main loop to start their sessions.
 const ACCEPT_QUEUE: usize = 1024;
 
 /// A connection on its way from its listener to a session task.
-type Accepted = (TcpStream, SocketAddr, ListenerConfig, Option<TlsAcceptor>);
+type Accepted = (TcpStream, SocketAddr, ListenerConfig, Option<TlsAcceptor>, Admission);
+
+/// Refused connections are logged at most this often (a flood would fill the log).
+static REFUSED_LOG: Throttle = Throttle::new(Duration::from_secs(10));
+
+/// Raises the open-files limit, caps admitted connections so that `limits.reserved_descriptors`
+/// stay free, and warns when `max_connections` cannot be reached under the limit.
+fn check_descriptors(shared: &Shared, config: &Config) {
+    let Some((before, limit)) = crate::descriptors::raise_limit() else { return };
+    if limit > before {
+        info!("open-files limit raised from {before} to {limit}");
+    }
+    let reserve = config.limits.reserved_descriptors;
+    let cap = crate::descriptors::connection_cap(limit, reserve);
+    shared.descriptor_cap.store(cap, Ordering::Relaxed);
+    if cap < config.limits.max_connections {
+        warn!(
+            "limits.max_connections = {} needs {} file descriptors with limits.reserved_descriptors = {reserve}, \
+             but the open-files limit is {limit}: at most {cap} connections are admitted \
+             (raise LimitNOFILE in the systemd unit, `ulimits: nofile` in Docker, or `ulimit -n`)",
+            config.limits.max_connections,
+            config.limits.max_connections.saturating_add(reserve),
+        );
+    }
+}
 
 /// SIGHUP, which asks for the certificates to be read again (never fires off Unix).
 struct Hangup {
