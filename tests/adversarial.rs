@@ -718,3 +718,137 @@ fn a_publisher_flooding_tiny_messages_does_not_starve_its_worker() {
     assert_canary_unharmed(&report, &gw);
     assert_serving(&gw);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 16: forged log lines, HTTP sniffing, RTMPE handshake cost
+
+/// One client session with `version` from `wire`: connect to `app`, then `intent`.
+fn try_session(
+    gw: &Gateway,
+    wire: Box<dyn Wire>,
+    version: HandshakeVersion,
+    app: &str,
+    intent: Intent,
+) -> Outcome {
+    let addr = gw.addr("rtmp");
+    attempt(wire, version, app, &format!("rtmp://{addr}/{app}"), intent, Duration::from_secs(10)).0
+}
+
+#[test]
+fn client_strings_cannot_forge_log_lines_and_long_names_are_refused() {
+    let _serial = exclusive();
+    let dir = TempDir::new("adv-logs");
+    let gw = start(&dir);
+    let addr = gw.addr("rtmp");
+    let forged_app = "nope\nFORGED 2026-01-01T00:00:00Z  INFO rtmpx ready";
+    let outcome = try_session(&gw, tcp(addr), HandshakeVersion::Plain, forged_app, Intent::Connect);
+    assert!(matches!(outcome, Outcome::Rejected { .. } | Outcome::Closed(_)), "{outcome:?}");
+    let forged_stream = "cam\r\nFORGED publish\0\x1b[2J\u{202e}";
+    let outcome =
+        try_session(&gw, tcp(addr), HandshakeVersion::Plain, "live", Intent::Publish(forged_stream.into()));
+    assert_eq!(outcome, Outcome::Started);
+    // A name over 256 bytes is refused with a clear code, and its log lines stay short.
+    let long = "x".repeat(100_000);
+    match try_session(&gw, tcp(addr), HandshakeVersion::Plain, "live", Intent::Play(long.clone())) {
+        Outcome::Rejected { code, description } => {
+            assert_eq!(code, "NetStream.Play.StreamNotFound");
+            assert!(description.contains("longer than 256 bytes"), "{description}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let outcome = try_session(&gw, tcp(addr), HandshakeVersion::Plain, "live", Intent::Publish(long));
+    assert!(
+        matches!(outcome, Outcome::Rejected { ref code, .. } if code == "NetStream.Publish.BadName"),
+        "{outcome:?}"
+    );
+
+    assert!(gw.wait_for_log("nope\\nFORGED", Duration::from_secs(5)), "{}", gw.logs());
+    assert!(
+        gw.wait_for_log("cam\\r\\nFORGED publish\\0\\u{1b}[2J\\u{202e}", Duration::from_secs(5)),
+        "{}",
+        gw.logs()
+    );
+    thread::sleep(Duration::from_millis(500));
+    let logs = gw.logs();
+    for line in logs.lines() {
+        assert!(!line.starts_with("FORGED"), "a client forged a log line: {line:?}\n{logs}");
+        assert!(!line.contains('\0') && !line.contains('\u{202e}'), "raw control character in {line:?}");
+        assert!(line.len() < 2048, "a {}-byte log line", line.len());
+    }
+}
+
+#[test]
+fn http_garbage_is_cut_at_the_handshake_timeout_and_heads_are_capped() {
+    let _serial = exclusive();
+    let dir = TempDir::new("adv-sniff");
+    let gw = start(&dir); // handshake_secs = 2; rtmpt.request_timeout_secs stays 30
+    let (rtmp, rtmpt) = (gw.addr("rtmp"), gw.addr("rtmpt"));
+
+    // An upper-case first byte, then garbage that never ends a request head.
+    let mut garbage = raw_tcp(rtmp);
+    garbage.write_all(b"G\x01\x02\x03 not http").unwrap();
+    let started = Instant::now();
+    let waited = wait_all_closed(std::slice::from_mut(&mut garbage), Duration::from_secs(8));
+    assert!(waited >= Duration::from_millis(1500), "closed after {waited:?}");
+    let _ = started;
+
+    // Heads over 64 KiB: refused on the shared port and on the rtmpt listener alike.
+    for addr in [rtmp, rtmpt] {
+        let mut conn = raw_tcp(addr);
+        let mut request = b"POST /open/1 HTTP/1.1\r\nHost: x\r\n".to_vec();
+        for i in 0..100 {
+            request.extend_from_slice(format!("X-Pad-{i}: {}\r\n", "p".repeat(1000)).as_bytes());
+        }
+        request.extend_from_slice(b"Content-Length: 1\r\n\r\n\0");
+        let _ = conn.write_all(&request);
+        let mut reply = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            match conn.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => reply.extend_from_slice(&buf[..n]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(_) => break,
+            }
+        }
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(!reply.starts_with("HTTP/1.1 200"), "{addr}: a 100 KiB head was served: {reply}");
+    }
+    // A real tunnel still opens on both.
+    for addr in [rtmp, rtmpt] {
+        let (status, _) = http_post(&mut raw_tcp(addr), "/open/1", &[0]);
+        assert_eq!(status, 200, "{addr}");
+    }
+}
+
+#[test]
+fn rtmpe_handshakes_are_budgeted_per_address() {
+    let _serial = exclusive();
+    let dir = TempDir::new("adv-rtmpe-budget");
+    let config = CONFIG
+        .replace("$CERTS", &dir.file("certs").display().to_string())
+        .replace("[limits]\n", "[limits]\nrtmpe_handshakes_per_ip = 1\n");
+    let gw = Gateway::start(&config);
+    let addr = gw.addr("rtmp");
+    // A budget of 1 a second with a burst of 4: most of 12 quick attempts are refused.
+    let started = Instant::now();
+    let outcomes: Vec<Outcome> = (0..12)
+        .map(|_| try_session(&gw, tcp(addr), HandshakeVersion::Rtmpe, "live", Intent::Connect))
+        .collect();
+    let admitted = outcomes.iter().filter(|o| **o == Outcome::Started).count();
+    let allowed = 4 + started.elapsed().as_secs() as usize + 1;
+    assert!(
+        admitted >= 4 && admitted <= allowed,
+        "{admitted} of 12 admitted in {:?}: {outcomes:?}",
+        started.elapsed()
+    );
+    wait_log_count(&gw, "rate limited: RTMPE handshakes", 12 - admitted);
+    // Plain RTMP from the same address, and RTMPE from another, are not affected.
+    assert_eq!(
+        try_session(&gw, tcp(addr), HandshakeVersion::Plain, "live", Intent::Connect),
+        Outcome::Started
+    );
+    let other = Box::new(tcp_from([127, 0, 0, 2], addr).unwrap());
+    assert_eq!(try_session(&gw, other, HandshakeVersion::Rtmpe, "live", Intent::Connect), Outcome::Started);
+}
