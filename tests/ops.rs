@@ -576,6 +576,7 @@ print("volumes", " ".join(str(v) for v in gw["volumes"]))
 print("depends", " ".join(gw.get("depends_on", [])))
 print("origin_image", origin.get("image", origin.get("build", "")))
 print("build", gw["build"]["dockerfile"] if isinstance(gw["build"], dict) else gw["build"])
+print("nofile", gw.get("ulimits", {}).get("nofile", {}).get("soft", 0))
 "#;
     let python = ["/usr/bin/python3", "python3"]
         .into_iter()
@@ -594,6 +595,9 @@ print("build", gw["build"]["dockerfile"] if isinstance(gw["build"], dict) else g
     }
     assert!(field("volumes").contains("/etc/rtmpx"), "config not mounted: {out}");
     assert!(field("depends").contains("origin"), "{out}");
+    // One descriptor per connection: the default max_connections (20000) plus the reserve.
+    let nofile: u64 = field("nofile").parse().unwrap_or(0);
+    assert!(nofile >= 20_000 + 128, "ulimits.nofile.soft is {nofile}: {out}");
 
     let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).expect("Dockerfile");
     let stages =
