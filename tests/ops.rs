@@ -317,6 +317,45 @@ fn admin_token_is_required_when_configured() {
     // Unknown paths and methods, with the token.
     assert_eq!(http(admin, "GET", "/nope", Some("0123456789abcdef")).status, 404);
     assert_eq!(http(admin, "PUT", "/metrics", Some("0123456789abcdef")).status, 405);
+    // The scheme in any case (RFC 9110), any Host: the token is what counts.
+    for auth in ["bearer 0123456789abcdef", "BEARER 0123456789abcdef"] {
+        assert_eq!(admin_status(admin, "evil.example", Some(auth)), 200, "{auth}");
+    }
+    assert_eq!(admin_status(admin, "127.0.0.1", Some("Basic 0123456789abcdef")), 401);
+}
+
+/// The status of `GET /api/v1/streams` sent with `Host: host` and an optional `Authorization`.
+fn admin_status(admin: SocketAddr, host: &str, authorization: Option<&str>) -> u16 {
+    let mut stream = TcpStream::connect(admin).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = authorization.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+    write!(stream, "GET /api/v1/streams HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    let _ = stream.read_to_string(&mut reply);
+    reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status: {reply:?}"))
+}
+
+#[test]
+fn without_a_token_the_admin_api_answers_only_addresses_and_listed_names() {
+    let _serial = exclusive();
+    let dir = TempDir::new("ops-host");
+    let gw = Gateway::start(&rtmps_config(&dir, "hosts = [\"rtmpx\"]"));
+    let admin = admin_addr(&gw);
+    let port = admin.port();
+    for host in
+        [format!("127.0.0.1:{port}"), format!("localhost:{port}"), "[::1]".into(), format!("rtmpx:{port}")]
+    {
+        assert_eq!(admin_status(admin, &host, None), 200, "{host}");
+    }
+    // A page on a name that resolves to 127.0.0.1 (DNS rebinding) gets nothing.
+    for host in [format!("evil.example:{port}"), "127.0.0.1.nip.io".into(), "rtmpx.evil".into()] {
+        assert_eq!(admin_status(admin, &host, None), 421, "{host}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
