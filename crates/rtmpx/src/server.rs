@@ -103,7 +103,7 @@ impl Shared {
             self.connections.fetch_sub(1, Ordering::AcqRel);
             self.metrics.denied(Denial::ConnectionLimit);
             let which = if cap < limits.max_connections { "the open-files limit" } else { "max_connections" };
-            if let Some(held_back) = REFUSED_LOG.allow() {
+            if let Some(held_back) = REFUSED_TOTAL_LOG.allow() {
                 warn!(%ip, limit = cap, held_back, "connection refused: {which} reached");
             }
             return None;
@@ -114,7 +114,7 @@ impl Shared {
             drop(per_ip);
             self.connections.fetch_sub(1, Ordering::AcqRel);
             self.metrics.denied(Denial::ConnectionLimit);
-            if let Some(held_back) = REFUSED_LOG.allow() {
+            if let Some(held_back) = REFUSED_PER_IP_LOG.allow() {
                 warn!(%ip, limit = limits.max_connections_per_ip, held_back, "connection refused: max_connections_per_ip reached");
             }
             return None;
@@ -310,8 +310,10 @@ const ACCEPT_QUEUE: usize = 1024;
 /// A connection on its way from its listener to a session task.
 type Accepted = (TcpStream, SocketAddr, ListenerConfig, Option<TlsAcceptor>, Admission);
 
-/// Refused connections are logged at most this often (a flood would fill the log).
-static REFUSED_LOG: Throttle = Throttle::new(Duration::from_secs(10));
+/// Refused connections are logged at most once per 10 s for each limit (a flood would fill the
+/// log); `held_back` says how many were refused in between.
+static REFUSED_TOTAL_LOG: Throttle = Throttle::new(Duration::from_secs(10));
+static REFUSED_PER_IP_LOG: Throttle = Throttle::new(Duration::from_secs(10));
 
 /// Raises the open-files limit, caps admitted connections so that `limits.reserved_descriptors`
 /// stay free, and warns when `max_connections` cannot be reached under the limit.
