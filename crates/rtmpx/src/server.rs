@@ -250,7 +250,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
                         Proto::Rtmp => {
                             Box::pin(tunnel::serve_sniffed(stream, peer, origin(Transport::Tcp), origin(Transport::Http), shared)).await
                         }
-                        Proto::Rtmpt => Box::pin(tunnel::serve_http(stream, peer, origin(Transport::Http), shared)).await,
+                        Proto::Rtmpt => Box::pin(tunnel::serve_tunnel(stream, peer, origin(Transport::Http), shared)).await,
                         Proto::Rtmps | Proto::Rtmpts => {
                             let tls = tls.expect("TLS listeners have an acceptor");
                             Box::pin(async move {
@@ -259,7 +259,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
                                         let (rtmp, http) = (origin(Transport::Tls), origin(Transport::HttpTls));
                                         tunnel::serve_sniffed(stream, peer, rtmp, http, shared).await
                                     }
-                                    Ok(stream) => tunnel::serve_http(stream, peer, origin(Transport::HttpTls), shared).await,
+                                    Ok(stream) => tunnel::serve_tunnel(stream, peer, origin(Transport::HttpTls), shared).await,
                                     Err(e) => {
                                         shared.metrics.handshake_failed(HandshakeFailure::Tls);
                                         warn!(%peer, "{e}")

@@ -56,6 +56,27 @@ where
     }
 }
 
+/// Serves a connection of an `rtmpt` listener (or the HTTP inside an `rtmpts` one): its first
+/// request head must arrive within the handshake timeout, as on a shared port.
+pub async fn serve_tunnel<S>(stream: S, peer: SocketAddr, http: Origin, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let wait = shared.config().timeouts.handshake();
+    let head = async {
+        match sniff::sniff(stream).await? {
+            Some((_, stream)) => sniff::read_head(stream).await.map(Some),
+            None => Ok(None),
+        }
+    };
+    match tokio::time::timeout(wait, head).await {
+        Ok(Ok(Some(stream))) => serve_http(stream, peer, http, shared).await,
+        Ok(Ok(None)) => {}
+        Ok(Err::<_, std::io::Error>(e)) => debug!(%peer, "connection failed before its first request: {e}"),
+        Err(_) => debug!(%peer, "no request head within the handshake timeout"),
+    }
+}
+
 /// Closes tunnel sessions that went without a request for `rtmpt.idle_timeout_secs` (the
 /// client vanished without `/close`). Runs until the task is dropped.
 pub async fn reap_idle_sessions(shared: Arc<Shared>) {

@@ -10,6 +10,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 /// Longest request head (request line and headers) accepted, in bytes.
 pub const MAX_HEAD: usize = 64 * 1024;
+/// Longest method accepted (`OPTIONS` is 7; room for extensions).
+const MAX_METHOD: usize = 16;
 
 /// What the first byte says. RTMP's C0 is the version (3, or 6/8/9 for RTMPE); an HTTP request
 /// starts with an upper-case ASCII method (`POST`, `GET`, ...).
@@ -41,13 +43,20 @@ where
 }
 
 /// Reads on until the first request's head is complete (`\r\n\r\n`), at most [`MAX_HEAD`]
-/// bytes; everything read is replayed. An error when the peer closes first or sends more.
+/// bytes; everything read is replayed. An error at once when the bytes cannot start a request
+/// (the method is not upper-case letters followed by a space), when the peer closes first or
+/// when it sends more.
 pub async fn read_head<S>(mut stream: Prefixed<S>) -> io::Result<Prefixed<S>>
 where
     S: AsyncRead + Unpin,
 {
     let mut chunk = [0u8; 4096];
     loop {
+        let method_end = stream.read.iter().position(|&b| b == b' ').unwrap_or(stream.read.len());
+        let method = &stream.read[..method_end];
+        if method.len() > MAX_METHOD || !method.iter().all(u8::is_ascii_uppercase) {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "not an HTTP request"));
+        }
         if stream.read.windows(4).any(|w| w == b"\r\n\r\n") {
             return Ok(stream);
         }
@@ -162,19 +171,24 @@ mod tests {
 
     #[tokio::test]
     async fn garbage_after_a_method_letter_gets_no_head() {
-        // Garbage that never ends a head: refused after 64 KiB, not read for ever.
-        let (mut client, server) = tokio::io::duplex(1 << 20);
-        client.write_all(&vec![b'G'; 256 * 1024]).await.unwrap();
-        let (_, stream) = sniff(server).await.unwrap().unwrap();
-        let err = read_head(stream).await.unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
-        // Garbage that stops: it waits (the caller's handshake timeout ends it).
-        let (mut client, server) = tokio::io::duplex(1 << 20);
-        client.write_all(b"G\x01\x02garbage").await.unwrap();
-        let (_, stream) = sniff(server).await.unwrap().unwrap();
-        let waited = tokio::time::timeout(std::time::Duration::from_millis(50), read_head(stream)).await;
-        assert!(waited.is_err());
-        drop(client);
+        async fn head_of(bytes: &[u8]) -> Option<io::Result<()>> {
+            let (mut client, server) = tokio::io::duplex(1 << 20);
+            client.write_all(bytes).await.unwrap();
+            let (_, stream) = sniff(server).await.unwrap().unwrap();
+            let read = tokio::time::timeout(std::time::Duration::from_millis(50), read_head(stream)).await;
+            read.ok().map(|r| r.map(drop))
+        }
+        // Not a method: refused at once.
+        for garbage in [&b"G\x01\x02garbage"[..], b"GARBAGEGARBAGEGARBAGE", b"Get / HTTP/1.1\r\n\r\n"] {
+            let refused = head_of(garbage).await.expect("refused at once");
+            assert_eq!(refused.unwrap_err().kind(), io::ErrorKind::InvalidData, "{garbage:?}");
+        }
+        // A head that never ends: refused after 64 KiB, not read for ever.
+        let endless = [&b"POST /open/1 HTTP/1.1\r\nX: "[..], &vec![b'x'; 256 * 1024]].concat();
+        assert_eq!(head_of(&endless).await.unwrap().unwrap_err().kind(), io::ErrorKind::InvalidData);
+        // A head that stops half way waits (the caller's handshake timeout ends it).
+        assert!(head_of(b"POST /open/1 HTTP/1.1\r\nHost: x\r\n").await.is_none());
+        assert!(head_of(b"POS").await.is_none());
     }
 
     #[tokio::test]
