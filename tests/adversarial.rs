@@ -765,6 +765,21 @@ fn client_strings_cannot_forge_log_lines_and_long_names_are_refused() {
         "{outcome:?}"
     );
 
+    // A command name with a newline, before connect (its name ends up in the close reason).
+    let mut raw = raw_tcp(addr);
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    raw.write_all(&[&[3u8][..], &[0u8; 1536]].concat()).unwrap();
+    let mut s0s1s2 = vec![0u8; 1 + 1536 * 2];
+    raw.read_exact(&mut s0s1s2).unwrap();
+    raw.write_all(&s0s1s2[1..1537]).unwrap();
+    let name = "play\nFORGED command";
+    raw.write_all(&message(3, 20, 0, &command(&[name.into(), 1.0.into(), Amf0Value::Null]), 128)).unwrap();
+    assert!(
+        gw.wait_for_log("`play\\nFORGED command` before connect", Duration::from_secs(5)),
+        "{}",
+        gw.logs()
+    );
+
     assert!(gw.wait_for_log("nope\\nFORGED", Duration::from_secs(5)), "{}", gw.logs());
     assert!(
         gw.wait_for_log("cam\\r\\nFORGED publish\\0\\u{1b}[2J\\u{202e}", Duration::from_secs(5)),
