@@ -843,14 +843,16 @@ async fn on_play(
     };
     let key = StreamKey::new(&app, &grant.name);
     let mut player = shared.router.play(key.clone(), conn.info());
-    let unpublished_since = (!shared.router.is_live(&key)).then(tokio::time::Instant::now);
+    let mut unpublished_since = (!shared.router.is_live(&key)).then(tokio::time::Instant::now);
     {
         let mut st = out.lock();
         st.session.accept_play(stream_id, &key.name)?;
         // A live stream announces itself at once and needs no PublishNotify; anything else that
         // is already queued is delivered as usual.
         match player.try_recv() {
-            Some(PlayerEvent::PublishStarted) | None => {}
+            // (It may have gone live since the look above.)
+            Some(PlayerEvent::PublishStarted) => unpublished_since = None,
+            None => {}
             Some(event) => {
                 deliver(event, &mut st, stream_id);
             }
