@@ -9,8 +9,14 @@ use std::time::Duration;
 pub fn raise_limit() -> Option<(u64, u64)> {
     #[cfg(unix)]
     {
-        let (before, _) = rlimit::Resource::NOFILE.get().ok()?;
-        let now = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(before);
+        let (before, hard) = rlimit::Resource::NOFILE.get().ok()?;
+        let now = match rlimit::increase_nofile_limit(u64::MAX) {
+            Ok(now) => now,
+            Err(e) => {
+                tracing::warn!("could not raise the open-files limit from {before} to {hard}: {e}");
+                before
+            }
+        };
         Some((before, now))
     }
     #[cfg(not(unix))]
