@@ -127,6 +127,11 @@ name = "live"
 [limits]
 max_connections = 20000
 max_connections_per_ip = 20000
+# The load tool is one address: no per-address RTMPE budget.
+rtmpe_handshakes_per_ip = 0
+[timeouts]
+# The idle case holds players of an unpublished stream, as nginx-rtmp does.
+unpublished_play_secs = 0
 [rtmpt]
 max_sessions = 20000
 max_sessions_per_ip = 20000

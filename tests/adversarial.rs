@@ -401,7 +401,9 @@ fn connection_floods_hit_the_limits_and_recover() {
     thread::sleep(Duration::from_millis(500));
     let refused = from_one.iter_mut().map(is_closed_stream).filter(|c| *c).count();
     assert_eq!(refused, 50, "per-address limit 200 of 250");
-    wait_log_count(&gw, "max_connections_per_ip reached", 50);
+    // Said once, not 50 times: a flood must not fill the log (one line per 10 s per limit).
+    wait_log_count(&gw, "max_connections_per_ip reached", 1);
+    assert_eq!(gw.count_log("max_connections_per_ip reached"), 1, "{}", gw.logs());
     drop(from_one);
     // Connections that never sent a byte end without a session line; give the closes a moment.
     thread::sleep(Duration::from_secs(2));
@@ -416,7 +418,8 @@ fn connection_floods_hit_the_limits_and_recover() {
     thread::sleep(Duration::from_millis(800));
     let refused = many.iter_mut().map(is_closed_stream).filter(|c| *c).count();
     assert_eq!(refused, 720 - 598, "total limit 600 with 2 canary sessions");
-    wait_log_count(&gw, "max_connections reached", 122);
+    wait_log_count(&gw, "max_connections reached", 1);
+    assert_eq!(gw.count_log("max_connections reached"), 1, "{}", gw.logs());
     drop(many);
     thread::sleep(Duration::from_secs(2));
 
@@ -717,4 +720,161 @@ fn a_publisher_flooding_tiny_messages_does_not_starve_its_worker() {
     assert!(delivered > 10_000, "the flood never reached the players ({delivered})");
     assert_canary_unharmed(&report, &gw);
     assert_serving(&gw);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 16: forged log lines, HTTP sniffing, RTMPE handshake cost
+
+/// One client session with `version` from `wire`: connect to `app`, then `intent`.
+fn try_session(
+    gw: &Gateway,
+    wire: Box<dyn Wire>,
+    version: HandshakeVersion,
+    app: &str,
+    intent: Intent,
+) -> Outcome {
+    let addr = gw.addr("rtmp");
+    attempt(wire, version, app, &format!("rtmp://{addr}/{app}"), intent, Duration::from_secs(10)).0
+}
+
+#[test]
+fn client_strings_cannot_forge_log_lines_and_long_names_are_refused() {
+    let _serial = exclusive();
+    let dir = TempDir::new("adv-logs");
+    let gw = start(&dir);
+    let addr = gw.addr("rtmp");
+    let forged_app = "nope\nFORGED 2026-01-01T00:00:00Z  INFO rtmpx ready";
+    let outcome = try_session(&gw, tcp(addr), HandshakeVersion::Plain, forged_app, Intent::Connect);
+    assert!(matches!(outcome, Outcome::Rejected { .. } | Outcome::Closed(_)), "{outcome:?}");
+    let forged_stream = "cam\r\nFORGED publish\0\x1b[2J\u{202e}";
+    let outcome =
+        try_session(&gw, tcp(addr), HandshakeVersion::Plain, "live", Intent::Publish(forged_stream.into()));
+    assert_eq!(outcome, Outcome::Started);
+    // A name over 256 bytes is refused with a clear code, and its log lines stay short.
+    let long = "x".repeat(100_000);
+    match try_session(&gw, tcp(addr), HandshakeVersion::Plain, "live", Intent::Play(long.clone())) {
+        Outcome::Rejected { code, description } => {
+            assert_eq!(code, "NetStream.Play.StreamNotFound");
+            assert!(description.contains("longer than 256 bytes"), "{description}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let outcome = try_session(&gw, tcp(addr), HandshakeVersion::Plain, "live", Intent::Publish(long));
+    assert!(
+        matches!(outcome, Outcome::Rejected { ref code, .. } if code == "NetStream.Publish.BadName"),
+        "{outcome:?}"
+    );
+
+    // A command name with a newline, before connect (its name ends up in the close reason).
+    let mut raw = raw_tcp(addr);
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    raw.write_all(&[&[3u8][..], &[0u8; 1536]].concat()).unwrap();
+    let mut s0s1s2 = vec![0u8; 1 + 1536 * 2];
+    raw.read_exact(&mut s0s1s2).unwrap();
+    raw.write_all(&s0s1s2[1..1537]).unwrap();
+    let name = "play\nFORGED command";
+    raw.write_all(&message(3, 20, 0, &command(&[name.into(), 1.0.into(), Amf0Value::Null]), 128)).unwrap();
+    assert!(
+        gw.wait_for_log("`play\\nFORGED command` before connect", Duration::from_secs(5)),
+        "{}",
+        gw.logs()
+    );
+
+    assert!(gw.wait_for_log("nope\\nFORGED", Duration::from_secs(5)), "{}", gw.logs());
+    assert!(
+        gw.wait_for_log("cam\\r\\nFORGED publish\\0\\u{1b}[2J\\u{202e}", Duration::from_secs(5)),
+        "{}",
+        gw.logs()
+    );
+    thread::sleep(Duration::from_millis(500));
+    let logs = gw.logs();
+    for line in logs.lines() {
+        assert!(!line.starts_with("FORGED"), "a client forged a log line: {line:?}\n{logs}");
+        assert!(!line.contains('\0') && !line.contains('\u{202e}'), "raw control character in {line:?}");
+        assert!(line.len() < 2048, "a {}-byte log line", line.len());
+    }
+}
+
+#[test]
+fn http_garbage_is_cut_at_the_handshake_timeout_and_heads_are_capped() {
+    let _serial = exclusive();
+    let dir = TempDir::new("adv-sniff");
+    let gw = start(&dir); // handshake_secs = 2; rtmpt.request_timeout_secs stays 30
+    let (rtmp, rtmpt) = (gw.addr("rtmp"), gw.addr("rtmpt"));
+
+    // An upper-case first byte, then garbage: closed at once. A request head that stops half
+    // way: cut at the handshake timeout (2 s here), not rtmpt.request_timeout_secs (30 s). On the
+    // shared port and on the rtmpt listener alike.
+    let mut garbage = [raw_tcp(rtmp), raw_tcp(rtmpt)];
+    let mut slow = [raw_tcp(rtmp), raw_tcp(rtmpt)];
+    for conn in &mut garbage {
+        conn.write_all(b"G\x01\x02\x03 not http").unwrap();
+    }
+    for conn in &mut slow {
+        conn.write_all(b"POST /open/1 HTTP/1.1\r\nHost: x\r\n").unwrap();
+    }
+    // (wait_all_closed fails the test past its limit: under the 2 s handshake timeout.)
+    wait_all_closed(&mut garbage, Duration::from_millis(1500));
+    let waited = wait_all_closed(&mut slow, Duration::from_secs(8));
+    assert!(waited >= Duration::from_millis(1000), "a slow head closed after {waited:?}");
+
+    // Heads over 64 KiB: refused on the shared port and on the rtmpt listener alike.
+    for addr in [rtmp, rtmpt] {
+        let mut conn = raw_tcp(addr);
+        let mut request = b"POST /open/1 HTTP/1.1\r\nHost: x\r\n".to_vec();
+        for i in 0..100 {
+            request.extend_from_slice(format!("X-Pad-{i}: {}\r\n", "p".repeat(1000)).as_bytes());
+        }
+        request.extend_from_slice(b"Content-Length: 1\r\n\r\n\0");
+        let _ = conn.write_all(&request);
+        let mut reply = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            match conn.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => reply.extend_from_slice(&buf[..n]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(_) => break,
+            }
+        }
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(!reply.starts_with("HTTP/1.1 200"), "{addr}: a 100 KiB head was served: {reply}");
+    }
+    // A real tunnel still opens on both.
+    for addr in [rtmp, rtmpt] {
+        let (status, _) = http_post(&mut raw_tcp(addr), "/open/1", &[0]);
+        assert_eq!(status, 200, "{addr}");
+    }
+}
+
+#[test]
+fn rtmpe_handshakes_are_budgeted_per_address() {
+    let _serial = exclusive();
+    let dir = TempDir::new("adv-rtmpe-budget");
+    let config = CONFIG
+        .replace("$CERTS", &dir.file("certs").display().to_string())
+        .replace("[limits]\n", "[limits]\nrtmpe_handshakes_per_ip = 1\n");
+    let gw = Gateway::start(&config);
+    let addr = gw.addr("rtmp");
+    // A budget of 1 a second with a burst of 4: most of 12 quick attempts are refused.
+    let started = Instant::now();
+    let outcomes: Vec<Outcome> = (0..12)
+        .map(|_| try_session(&gw, tcp(addr), HandshakeVersion::Rtmpe, "live", Intent::Connect))
+        .collect();
+    let admitted = outcomes.iter().filter(|o| **o == Outcome::Started).count();
+    let allowed = 4 + started.elapsed().as_secs() as usize + 1;
+    assert!(
+        admitted >= 4 && admitted <= allowed,
+        "{admitted} of 12 admitted in {:?}: {outcomes:?}",
+        started.elapsed()
+    );
+    wait_log_count(&gw, "rate limited: RTMPE handshakes", 12 - admitted);
+    // Plain RTMP from the same address, and RTMPE from another, are not affected.
+    assert_eq!(
+        try_session(&gw, tcp(addr), HandshakeVersion::Plain, "live", Intent::Connect),
+        Outcome::Started
+    );
+    let other = Box::new(tcp_from([127, 0, 0, 2], addr).unwrap());
+    assert_eq!(try_session(&gw, other, HandshakeVersion::Rtmpe, "live", Intent::Connect), Outcome::Started);
 }

@@ -317,6 +317,45 @@ fn admin_token_is_required_when_configured() {
     // Unknown paths and methods, with the token.
     assert_eq!(http(admin, "GET", "/nope", Some("0123456789abcdef")).status, 404);
     assert_eq!(http(admin, "PUT", "/metrics", Some("0123456789abcdef")).status, 405);
+    // The scheme in any case (RFC 9110), any Host: the token is what counts.
+    for auth in ["bearer 0123456789abcdef", "BEARER 0123456789abcdef"] {
+        assert_eq!(admin_status(admin, "evil.example", Some(auth)), 200, "{auth}");
+    }
+    assert_eq!(admin_status(admin, "127.0.0.1", Some("Basic 0123456789abcdef")), 401);
+}
+
+/// The status of `GET /api/v1/streams` sent with `Host: host` and an optional `Authorization`.
+fn admin_status(admin: SocketAddr, host: &str, authorization: Option<&str>) -> u16 {
+    let mut stream = TcpStream::connect(admin).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = authorization.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+    write!(stream, "GET /api/v1/streams HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    let _ = stream.read_to_string(&mut reply);
+    reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status: {reply:?}"))
+}
+
+#[test]
+fn without_a_token_the_admin_api_answers_only_addresses_and_listed_names() {
+    let _serial = exclusive();
+    let dir = TempDir::new("ops-host");
+    let gw = Gateway::start(&rtmps_config(&dir, "hosts = [\"rtmpx\"]"));
+    let admin = admin_addr(&gw);
+    let port = admin.port();
+    for host in
+        [format!("127.0.0.1:{port}"), format!("localhost:{port}"), "[::1]".into(), format!("rtmpx:{port}")]
+    {
+        assert_eq!(admin_status(admin, &host, None), 200, "{host}");
+    }
+    // A page on a name that resolves to 127.0.0.1 (DNS rebinding) gets nothing.
+    for host in [format!("evil.example:{port}"), "127.0.0.1.nip.io".into(), "rtmpx.evil".into()] {
+        assert_eq!(admin_status(admin, &host, None), 421, "{host}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -576,6 +615,7 @@ print("volumes", " ".join(str(v) for v in gw["volumes"]))
 print("depends", " ".join(gw.get("depends_on", [])))
 print("origin_image", origin.get("image", origin.get("build", "")))
 print("build", gw["build"]["dockerfile"] if isinstance(gw["build"], dict) else gw["build"])
+print("nofile", gw.get("ulimits", {}).get("nofile", {}).get("soft", 0))
 "#;
     let python = ["/usr/bin/python3", "python3"]
         .into_iter()
@@ -594,6 +634,9 @@ print("build", gw["build"]["dockerfile"] if isinstance(gw["build"], dict) else g
     }
     assert!(field("volumes").contains("/etc/rtmpx"), "config not mounted: {out}");
     assert!(field("depends").contains("origin"), "{out}");
+    // One descriptor per connection: the default max_connections (20000) plus the reserve.
+    let nofile: u64 = field("nofile").parse().unwrap_or(0);
+    assert!(nofile >= 20_000 + 128, "ulimits.nofile.soft is {nofile}: {out}");
 
     let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).expect("Dockerfile");
     let stages =

@@ -524,11 +524,25 @@ impl Gateway {
     /// Like [`start`](Self::start), in `dir` (files the config names can be put there first;
     /// `$DIR` is its path) and with `RUST_LOG=log_filter`.
     pub fn start_in(dir: TempDir, config_toml: &str, log_filter: &str) -> Gateway {
+        Gateway::start_under(&[], dir, config_toml, log_filter)
+    }
+
+    /// Like [`start_in`](Self::start_in), run by a launcher: `launcher` is a command that runs the
+    /// rest of its arguments (e.g. `["prlimit", "--nofile=200:400", "--"]`) and keeps its pid.
+    pub fn start_under(launcher: &[&str], dir: TempDir, config_toml: &str, log_filter: &str) -> Gateway {
         let binary = rtmpx_binary();
         let config_path = dir.file("rtmpx.toml");
         let config_toml = config_toml.replace("$DIR", &dir.path().display().to_string());
         fs::write(&config_path, config_toml).expect("writing the gateway config");
-        let mut child = Command::new(&binary)
+        let mut command = match launcher.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(&binary);
+                command
+            }
+            None => Command::new(&binary),
+        };
+        let mut child = command
             .arg("serve")
             .arg("--config")
             .arg(&config_path)

@@ -1,7 +1,12 @@
 //! Per-player timestamp rebasing: each player's timeline starts at 0 and never goes backwards,
-//! across late joins, drops and publisher changes.
+//! across late joins, drops, publisher changes and jumps in the publisher's clock (a publisher
+//! sending 2^32-1 must not pin every later frame there).
 
 use crate::FrameKind;
+
+/// A source timestamp this far (ms) from the previous one is a discontinuity, not time passing:
+/// the timeline continues from where it was instead of jumping with it.
+pub(crate) const MAX_JUMP_MS: i64 = 30_000;
 
 fn kind_index(kind: FrameKind) -> usize {
     match kind {
@@ -21,6 +26,8 @@ pub(crate) struct Rebaser {
     /// A publisher took over the stream: its first media frame keeps the offset only if it
     /// continues the timeline.
     check_continuity: bool,
+    /// The previous source timestamp of the current publish (any kind).
+    last_source: Option<u32>,
 }
 
 /// A taken-over stream whose first frame lands this far past the last one restarts its base.
@@ -30,12 +37,14 @@ impl Rebaser {
     /// A new publisher: its timestamps restart, so the next media frame sets a new offset.
     pub(crate) fn publish_started(&mut self) {
         self.offset = None;
+        self.last_source = None;
     }
 
     /// Another publisher took over without an unpublish (a reconnecting client): a client that
     /// continues its timestamps keeps its offset, one that restarts them gets a new base.
     pub(crate) fn publisher_replaced(&mut self) {
         self.check_continuity = true;
+        self.last_source = None;
     }
 
     /// Maps a source timestamp. `media` is false for metadata and sequence headers, which do not
@@ -49,8 +58,12 @@ impl Rebaser {
                 }
             }
         }
-        if media && self.offset.is_none() {
-            let target = self.max_media.map_or(0, |max| i64::from(max) + 1);
+        let jumped =
+            self.last_source.is_some_and(|last| (i64::from(timestamp) - i64::from(last)).abs() > MAX_JUMP_MS);
+        self.last_source = Some(timestamp);
+        if (media && self.offset.is_none()) || (jumped && self.offset.is_some()) {
+            let delivered_max = self.last_per_kind.iter().copied().max().unwrap_or(0);
+            let target = self.max_media.map_or(0, |max| i64::from(max.max(delivered_max)) + 1);
             self.offset = Some(target - i64::from(timestamp));
         }
         let shifted = self.offset.map_or(0, |offset| i64::from(timestamp) + offset);
@@ -122,11 +135,40 @@ mod tests {
     }
 
     #[test]
-    fn large_timestamps_saturate() {
+    fn a_jump_to_the_end_of_time_does_not_freeze_later_frames() {
+        let mut rebaser = Rebaser::default();
+        assert_eq!(rebaser.map(Video, true, 1000), 0);
+        assert_eq!(rebaser.map(Video, true, 1040), 40);
+        // One hostile frame at 2^32-1, then the stream goes on where it was.
+        assert_eq!(rebaser.map(Video, true, u32::MAX), 41);
+        assert_eq!(rebaser.map(Video, true, 1080), 42);
+        assert_eq!(rebaser.map(Audio, true, 1100), 62);
+        assert_eq!(rebaser.map(Video, true, 1120), 82);
+        // Metadata from the far future does not pin its kind either.
+        assert_eq!(rebaser.map(Metadata, false, u32::MAX - 5), 83);
+        assert_eq!(rebaser.map(Video, true, 1160), 84);
+        assert_eq!(rebaser.map(Metadata, false, 1170), 94);
+    }
+
+    #[test]
+    fn jumps_backwards_and_32_bit_wraps_continue_the_timeline() {
+        let mut rebaser = Rebaser::default();
+        assert_eq!(rebaser.map(Video, true, u32::MAX - 40), 0);
+        assert_eq!(rebaser.map(Video, true, u32::MAX), 40);
+        // The 32-bit clock wraps: the next frame comes right after.
+        assert_eq!(rebaser.map(Video, true, 39), 41);
+        assert_eq!(rebaser.map(Video, true, 79), 81);
+        // Small differences (audio and video interleaving) keep the offset.
+        assert_eq!(rebaser.map(Audio, true, 60), 62);
+    }
+
+    #[test]
+    fn a_new_publisher_far_ahead_continues_after_the_last_timestamp() {
         let mut rebaser = Rebaser::default();
         rebaser.map(Video, true, 0);
-        assert_eq!(rebaser.map(Video, true, u32::MAX), u32::MAX);
+        assert_eq!(rebaser.map(Video, true, 20_000), 20_000);
         rebaser.publish_started();
-        assert_eq!(rebaser.map(Video, true, 7), u32::MAX);
+        assert_eq!(rebaser.map(Video, true, u32::MAX - 7), 20_001);
+        assert_eq!(rebaser.map(Video, true, u32::MAX), 20_008);
     }
 }

@@ -318,6 +318,12 @@ pub struct Limits {
     pub max_publishers_per_app: usize,
     /// Players of one stream at once.
     pub max_players_per_stream: usize,
+    /// File descriptors kept free for the admin listener, callbacks, relays and files: at most
+    /// (the process's open-files limit − this) connections are admitted.
+    pub reserved_descriptors: usize,
+    /// RTMPE handshakes one address (IPv6: one /64) may start per second, in bursts of four
+    /// seconds' worth; each costs about 1 ms of a core. 0 is unlimited.
+    pub rtmpe_handshakes_per_ip: u32,
 }
 
 impl Default for Limits {
@@ -332,6 +338,8 @@ impl Default for Limits {
             player_queue_bytes: 8 << 20,
             max_publishers_per_app: 1_000,
             max_players_per_stream: 10_000,
+            reserved_descriptors: 128,
+            rtmpe_handshakes_per_ip: 50,
         }
     }
 }
@@ -345,11 +353,14 @@ pub struct Timeouts {
     pub idle_secs: u64,
     /// A write that makes no progress (the peer stopped reading).
     pub write_secs: u64,
+    /// A player of a stream that nobody publishes (each one holds a file descriptor); 0 waits
+    /// for ever, as nginx-rtmp does.
+    pub unpublished_play_secs: u64,
 }
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts { handshake_secs: 10, idle_secs: 60, write_secs: 30 }
+        Timeouts { handshake_secs: 10, idle_secs: 60, write_secs: 30, unpublished_play_secs: 60 }
     }
 }
 
@@ -362,6 +373,9 @@ impl Timeouts {
     }
     pub fn write(&self) -> Duration {
         Duration::from_secs(self.write_secs)
+    }
+    pub fn unpublished_play(&self) -> Duration {
+        Duration::from_secs(self.unpublished_play_secs)
     }
 }
 
@@ -668,11 +682,14 @@ pub struct AdminSection {
     pub addr: SocketAddr,
     /// When set, every request must carry `Authorization: Bearer <token>` (or `?token=`).
     pub token: Option<String>,
+    /// Without a token, the host names (besides IP addresses and `localhost`) requests may carry
+    /// in `Host`; any other name is refused (DNS rebinding).
+    pub hosts: Vec<String>,
 }
 
 impl Default for AdminSection {
     fn default() -> Self {
-        AdminSection { addr: SocketAddr::from(([127, 0, 0, 1], 8080)), token: None }
+        AdminSection { addr: SocketAddr::from(([127, 0, 0, 1], 8080)), token: None, hosts: Vec::new() }
     }
 }
 

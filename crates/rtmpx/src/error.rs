@@ -34,6 +34,10 @@ pub enum Error {
     #[error("denied: {0}")]
     Denied(String),
 
+    /// Over a rate limit (RTMPE handshakes per address): closed before any work was done.
+    #[error("rate limited: {0}")]
+    RateLimited(&'static str),
+
     /// Closed on purpose: by the admin API or because the gateway is draining.
     #[error("{0}")]
     Kicked(&'static str),

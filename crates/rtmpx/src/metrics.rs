@@ -54,14 +54,17 @@ pub enum HandshakeFailure {
     Protocol,
     /// The TLS handshake of an RTMPS connection failed or timed out.
     Tls,
+    /// An RTMPE handshake over its address's budget (`limits.rtmpe_handshakes_per_ip`).
+    RateLimited,
 }
 
 impl HandshakeFailure {
-    pub const ALL: [HandshakeFailure; 4] = [
+    pub const ALL: [HandshakeFailure; 5] = [
         HandshakeFailure::Timeout,
         HandshakeFailure::Closed,
         HandshakeFailure::Protocol,
         HandshakeFailure::Tls,
+        HandshakeFailure::RateLimited,
     ];
 
     pub fn name(self) -> &'static str {
@@ -70,6 +73,7 @@ impl HandshakeFailure {
             HandshakeFailure::Closed => "closed",
             HandshakeFailure::Protocol => "protocol",
             HandshakeFailure::Tls => "tls",
+            HandshakeFailure::RateLimited => "rate_limited",
         }
     }
 
@@ -79,6 +83,7 @@ impl HandshakeFailure {
             Ok(()) | Err(Error::Io { .. }) => HandshakeFailure::Closed,
             Err(Error::Timeout(_)) => HandshakeFailure::Timeout,
             Err(Error::TlsHandshake(_)) => HandshakeFailure::Tls,
+            Err(Error::RateLimited(_)) => HandshakeFailure::RateLimited,
             Err(_) => HandshakeFailure::Protocol,
         }
     }
@@ -115,7 +120,7 @@ pub struct Metrics {
     closed_bytes_in: [AtomicU64; 6],
     closed_bytes_out: [AtomicU64; 6],
     closed_dropped_frames: AtomicU64,
-    handshake_failures: [AtomicU64; 4],
+    handshake_failures: [AtomicU64; HandshakeFailure::ALL.len()],
     denials: [AtomicU64; 4],
     kicks: AtomicU64,
     reloads_ok: AtomicU64,

@@ -17,6 +17,7 @@ use crate::acme::Acme;
 use crate::admin;
 use crate::config::{Config, ListenerConfig, Proto};
 use crate::error::{Error, Result};
+use crate::logsafe::Throttle;
 use crate::metrics::{Denial, HandshakeFailure, Metrics};
 use crate::registry::Registry;
 use crate::relay::{RelayManager, RelayState};
@@ -32,6 +33,8 @@ pub struct Shared {
     next_id: AtomicU64,
     shutdown: watch::Receiver<bool>,
     connections: AtomicUsize,
+    /// Connections the process's file descriptors allow (see [`crate::descriptors`]).
+    descriptor_cap: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// RTMPT/RTMPTS sessions of every listener.
     pub tunnels: SessionTable,
@@ -48,6 +51,8 @@ pub struct Shared {
     /// Certificates from an ACME CA, when `[tls.acme]` is set (its challenges are answered on
     /// the listeners).
     pub acme: OnceLock<Arc<Acme>>,
+    /// RTMPE handshakes each address may still start (`limits.rtmpe_handshakes_per_ip`).
+    pub rtmpe_budget: crate::rtmpe_budget::RtmpeBudget,
 }
 
 impl Shared {
@@ -59,6 +64,7 @@ impl Shared {
             next_id: AtomicU64::new(1),
             shutdown: shutdown.clone(),
             connections: AtomicUsize::new(0),
+            descriptor_cap: AtomicUsize::new(usize::MAX),
             per_ip: Mutex::new(HashMap::new()),
             tunnels: SessionTable::new(),
             metrics: Metrics::default(),
@@ -67,6 +73,7 @@ impl Shared {
             auth: crate::auth::Gate::new(),
             relays: RelayManager::new(shutdown, load),
             acme: OnceLock::new(),
+            rtmpe_budget: Default::default(),
         }
     }
 
@@ -95,11 +102,15 @@ impl Shared {
     /// Counts a new connection against the limits; `None` when a limit is hit.
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Admission> {
         let limits = self.config().limits.clone();
+        let cap = limits.max_connections.min(self.descriptor_cap.load(Ordering::Relaxed));
         let total = self.connections.fetch_add(1, Ordering::AcqRel) + 1;
-        if total > limits.max_connections {
+        if total > cap {
             self.connections.fetch_sub(1, Ordering::AcqRel);
             self.metrics.denied(Denial::ConnectionLimit);
-            warn!(%ip, limit = limits.max_connections, "connection refused: max_connections reached");
+            let which = if cap < limits.max_connections { "the open-files limit" } else { "max_connections" };
+            if let Some(held_back) = REFUSED_TOTAL_LOG.allow() {
+                warn!(%ip, limit = cap, held_back, "connection refused: {which} reached");
+            }
             return None;
         }
         let mut per_ip = self.per_ip.lock().expect("per-ip lock");
@@ -108,7 +119,9 @@ impl Shared {
             drop(per_ip);
             self.connections.fetch_sub(1, Ordering::AcqRel);
             self.metrics.denied(Denial::ConnectionLimit);
-            warn!(%ip, limit = limits.max_connections_per_ip, "connection refused: max_connections_per_ip reached");
+            if let Some(held_back) = REFUSED_PER_IP_LOG.allow() {
+                warn!(%ip, limit = limits.max_connections_per_ip, held_back, "connection refused: max_connections_per_ip reached");
+            }
             return None;
         }
         *count += 1;
@@ -199,6 +212,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let config = Arc::new(config);
     let shared = Arc::new(Shared::new(config.clone(), shutdown_rx));
+    check_descriptors(&shared, &config);
 
     // The cached ACME certificate (if any) serves at once; orders run in the background, so a
     // CA that is down or slow never holds up the listeners.
@@ -243,21 +257,32 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     for (lc, listener, tls) in listeners {
         let tx = session_tx.clone();
         let mut stop = shared.shutdown_signal();
+        let shared = shared.clone();
         accept_tasks.spawn(async move {
+            let failed_log = Throttle::new(Duration::from_secs(10));
+            let mut failures = 0u32;
             loop {
                 tokio::select! {
                     _ = stop.changed() => return,
                     accepted = listener.accept() => match accepted {
                         Ok((stream, peer)) => {
+                            failures = 0;
+                            // Admitted here, so that a refused connection gives its descriptor
+                            // back at once and the queue holds only admitted ones.
+                            let Some(admission) = shared.admit(peer.ip()) else { continue };
                             let _ = stream.set_nodelay(true);
-                            if tx.send((stream, peer, lc.clone(), tls.clone())).await.is_err() {
+                            if tx.send((stream, peer, lc.clone(), tls.clone(), admission)).await.is_err() {
                                 return;
                             }
                         }
                         Err(e) => {
-                            // Out of file descriptors and the like: back off instead of spinning.
-                            warn!(addr = %lc.addr, "accept failed: {e}");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            // Out of file descriptors and the like: back off instead of spinning,
+                            // and say so once in a while, not hundreds of times a second.
+                            failures = failures.saturating_add(1);
+                            if let Some(held_back) = failed_log.allow() {
+                                warn!(addr = %lc.addr, held_back, "accept failed: {e}");
+                            }
+                            tokio::time::sleep(crate::descriptors::accept_backoff(failures)).await;
                         }
                     }
                 }
@@ -277,8 +302,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
                 // A failed reload is logged and keeps the running configuration.
                 let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
             }
-            Some((stream, peer, listener, tls)) = session_rx.recv() => {
-                let Some(admission) = shared.admit(peer.ip()) else { continue };
+            Some((stream, peer, listener, tls, admission)) = session_rx.recv() => {
                 let shared = shared.clone();
                 sessions.spawn(async move {
                     let _admission = admission;
@@ -291,7 +315,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
                         Proto::Rtmp => {
                             Box::pin(tunnel::serve_sniffed(stream, peer, origin(Transport::Tcp), origin(Transport::Http), shared)).await
                         }
-                        Proto::Rtmpt => Box::pin(tunnel::serve_http(stream, peer, origin(Transport::Http), shared)).await,
+                        Proto::Rtmpt => Box::pin(tunnel::serve_tunnel(stream, peer, origin(Transport::Http), shared)).await,
                         Proto::Rtmps | Proto::Rtmpts => {
                             let tls = tls.expect("TLS listeners have an acceptor");
                             Box::pin(async move {
@@ -300,7 +324,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
                                         let (rtmp, http) = (origin(Transport::Tls), origin(Transport::HttpTls));
                                         tunnel::serve_sniffed(stream, peer, rtmp, http, shared).await
                                     }
-                                    Ok(stream) => tunnel::serve_http(stream, peer, origin(Transport::HttpTls), shared).await,
+                                    Ok(stream) => tunnel::serve_tunnel(stream, peer, origin(Transport::HttpTls), shared).await,
                                     Err(Error::AcmeValidation) => {}
                                     Err(e) => {
                                         shared.metrics.handshake_failed(HandshakeFailure::Tls);
@@ -409,11 +433,37 @@ fn warn_open_publishing(config: &Config) {
     }
 }
 
-/// Accepted connections waiting for the main loop to admit them.
+/// Admitted connections waiting for the main loop to start their sessions.
 const ACCEPT_QUEUE: usize = 1024;
 
 /// A connection on its way from its listener to a session task.
-type Accepted = (TcpStream, SocketAddr, ListenerConfig, Option<TlsAcceptor>);
+type Accepted = (TcpStream, SocketAddr, ListenerConfig, Option<TlsAcceptor>, Admission);
+
+/// Refused connections are logged at most once per 10 s for each limit (a flood would fill the
+/// log); `held_back` says how many were refused in between.
+static REFUSED_TOTAL_LOG: Throttle = Throttle::new(Duration::from_secs(10));
+static REFUSED_PER_IP_LOG: Throttle = Throttle::new(Duration::from_secs(10));
+
+/// Raises the open-files limit, caps admitted connections so that `limits.reserved_descriptors`
+/// stay free, and warns when `max_connections` cannot be reached under the limit.
+fn check_descriptors(shared: &Shared, config: &Config) {
+    let Some((before, limit)) = crate::descriptors::raise_limit() else { return };
+    if limit > before {
+        info!("open-files limit raised from {before} to {limit}");
+    }
+    let reserve = config.limits.reserved_descriptors;
+    let cap = crate::descriptors::connection_cap(limit, reserve);
+    shared.descriptor_cap.store(cap, Ordering::Relaxed);
+    if cap < config.limits.max_connections {
+        warn!(
+            "limits.max_connections = {} needs {} file descriptors with limits.reserved_descriptors = {reserve}, \
+             but the open-files limit is {limit}: at most {cap} connections are admitted \
+             (raise LimitNOFILE in the systemd unit, `ulimits: nofile` in Docker, or `ulimit -n`)",
+            config.limits.max_connections,
+            config.limits.max_connections.saturating_add(reserve),
+        );
+    }
+}
 
 /// SIGHUP, which asks for the certificates to be read again (never fires off Unix).
 struct Hangup {

@@ -36,6 +36,7 @@ pub(crate) use seal_pairing::seal_counts as rtmpe_seal_counts;
 
 use crate::auth;
 use crate::error::{Error, Result};
+use crate::logsafe::Escaped;
 use crate::metrics::{Denial, Role};
 use crate::registry::{SessionEntry, SessionGuard};
 use crate::server::Shared;
@@ -58,11 +59,13 @@ thread_local! {
 }
 
 /// Reads what the stream has into the thread's scratch buffer and feeds it to the session.
-/// Returns the bytes read (0 at end of stream) and the session's verdict on them.
+/// Returns the bytes read (0 at end of stream) and the session's verdict on them. On the first
+/// read, `admit_first` sees the first byte (C0) before the session does any work for it.
 fn poll_read_into(
     out: &SessionIo,
     cx: &mut Context<'_>,
-) -> Poll<std::io::Result<(usize, rtmpx_core::Result<()>)>> {
+    admit_first: Option<&dyn Fn(u8) -> Result<()>>,
+) -> Poll<std::io::Result<(usize, Result<()>)>> {
     READ_SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
         let mut buf = ReadBuf::new(&mut scratch[..]);
@@ -71,7 +74,13 @@ fn poll_read_into(
         match Pin::new(&mut out.stream).poll_read(cx, &mut buf) {
             Poll::Ready(Ok(())) => {
                 let data = buf.filled();
-                let verdict = if data.is_empty() { Ok(()) } else { out.session.handle_input(data) };
+                let verdict = match (data.first(), admit_first) {
+                    (None, _) => Ok(()),
+                    (Some(&c0), Some(admit)) => {
+                        admit(c0).and_then(|()| out.session.handle_input(data).map_err(Error::from))
+                    }
+                    (Some(_), None) => out.session.handle_input(data).map_err(Error::from),
+                };
                 Poll::Ready(Ok((data.len(), verdict)))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
@@ -124,6 +133,8 @@ impl From<Transport> for Origin {
 struct Playing {
     stream_id: u32,
     player: Player,
+    /// Since when the stream has had no publisher (`None` while it is live).
+    unpublished_since: Option<tokio::time::Instant>,
     /// Holds the player's limit slot; dropping it sends `on_done` when configured.
     _grant: auth::Grant,
 }
@@ -233,12 +244,12 @@ where
         conn.peer,
         conn.variant(),
         conn.handshake,
-        app_stream,
+        Escaped(&app_stream),
         conn.role,
         conn.bytes_in,
         conn.bytes_out,
         started.elapsed().as_secs_f64(),
-        reason
+        Escaped(&reason)
     );
     if result.is_ok() {
         info!("{line}");
@@ -441,6 +452,18 @@ async fn drive_io(out: &Arc<SessionIo>, conn: &mut Connection, shared: &Shared) 
     // WRITE_BATCH bytes), the same window the publisher's direct writes use.
     let batching = Batching::new(&shared.config().server, shared.load.clone());
     let mut hold_until: Option<tokio::time::Instant> = None;
+    let peer_ip = conn.peer.ip();
+    let rtmpe_per_ip = shared.config().limits.rtmpe_handshakes_per_ip;
+    // An RTMPE handshake costs two modular exponentiations before anything is authorised.
+    let admit_c0 = |c0: u8| {
+        let rtmpe = rtmpx_core::handshake::HandshakeVersion::from_byte(c0).is_some_and(|v| v.is_encrypted());
+        if rtmpe && !shared.rtmpe_budget.take(peer_ip, rtmpe_per_ip) {
+            return Err(Error::RateLimited(
+                "RTMPE handshakes from this address (limits.rtmpe_handshakes_per_ip)",
+            ));
+        }
+        Ok(())
+    };
 
     loop {
         if hold_until.is_none() {
@@ -457,20 +480,26 @@ async fn drive_io(out: &Arc<SessionIo>, conn: &mut Connection, shared: &Shared) 
             }
         }
         let deadline = if !connected {
-            Some(handshake_deadline)
-        } else if conn.playing.is_some() && conn.publishing.is_none() {
-            // Players may send nothing for a long time; their writes are bounded instead.
-            None
+            Some((handshake_deadline, "handshake and connect"))
+        } else if let (Some(playing), None) = (&conn.playing, &conn.publishing) {
+            // Players may send nothing for a long time; their writes are bounded instead. A stream
+            // nobody publishes holds them only so long (each one holds a file descriptor).
+            let limit = timeouts.unpublished_play();
+            playing
+                .unpublished_since
+                .filter(|_| !limit.is_zero())
+                .map(|since| (since + limit, "the stream was not published"))
         } else {
-            Some(last_read + timeouts.idle())
+            Some((last_read + timeouts.idle(), "no data from the client"))
         };
+        let first_read = conn.bytes_in == 0;
         tokio::select! {
             _ = shutdown.changed() => {
                 say_goodbye(&mut out.lock().session, conn);
                 let _ = flush(out, timeouts.write()).await;
                 return Ok(());
             }
-            read = poll_fn(|cx| poll_read_into(out, cx)) => {
+            read = poll_fn(|cx| poll_read_into(out, cx, first_read.then_some(&admit_c0 as &dyn Fn(u8) -> Result<()>))) => {
                 // Answers go out at once, with any media held back.
                 hold_until = None;
                 let (n, verdict) = read.map_err(Error::io("reading from the client"))?;
@@ -481,7 +510,7 @@ async fn drive_io(out: &Arc<SessionIo>, conn: &mut Connection, shared: &Shared) 
                 conn.registry.entry().add_in(n);
                 last_read = tokio::time::Instant::now();
                 release_after_flush = conn.publishing.is_none();
-                let mut outcome = verdict.map_err(Error::from);
+                let mut outcome = verdict;
                 let mut slice_started = std::time::Instant::now();
                 loop {
                     let event = out.lock().session.poll_event();
@@ -542,8 +571,8 @@ async fn drive_io(out: &Arc<SessionIo>, conn: &mut Connection, shared: &Shared) 
                 let _ = flush(out, timeouts.write()).await;
                 return Err(Error::Kicked(why));
             }
-            _ = sleep_until_opt(deadline) => {
-                return Err(Error::Timeout(if connected { "no data from the client" } else { "handshake and connect" }));
+            _ = sleep_until_opt(deadline.map(|(at, _)| at)) => {
+                return Err(Error::Timeout(deadline.map_or("", |(_, why)| why)));
             }
         }
     }
@@ -558,6 +587,11 @@ fn deliver_queued(out: &SessionIo, conn: &mut Connection) -> bool {
     let mut only_frames = true;
     while st.session.pending_output() < WRITE_BATCH {
         let Some(event) = playing.player.try_recv() else { break };
+        match event {
+            PlayerEvent::PublishStarted => playing.unpublished_since = None,
+            PlayerEvent::Unpublished => playing.unpublished_since = Some(tokio::time::Instant::now()),
+            PlayerEvent::Frame(_) => {}
+        }
         only_frames &= deliver(event, &mut st, playing.stream_id);
     }
     only_frames
@@ -693,7 +727,13 @@ async fn handle_event(
             // Queries (keys, tokens) stay out of the logs.
             let app_name = auth::normalize_app(&request.app);
             let tc_url = request.tc_url.as_deref().map(|u| auth::query::split_name(u).0);
-            debug!(session = conn.id, app = app_name, tc_url = ?tc_url, flash_ver = ?request.flash_ver, "connect");
+            debug!(
+                session = conn.id,
+                app = %Escaped(app_name),
+                tc_url = ?tc_url.map(Escaped),
+                flash_ver = ?request.flash_ver.as_deref().map(Escaped),
+                "connect"
+            );
             let config = shared.config();
             match shared.auth.connect(&config, conn.id, conn.peer, &request).await {
                 Ok(client) => {
@@ -705,7 +745,7 @@ async fn handle_event(
                     out.lock().session.accept_connect()?;
                 }
                 Err(denial) => {
-                    warn!(session = conn.id, peer = %conn.peer, app = app_name, "connect rejected: {}", denial.reason);
+                    warn!(session = conn.id, peer = %conn.peer, app = %Escaped(app_name), "connect rejected: {}", Escaped(&denial.reason));
                     shared.metrics.denied(Denial::Connect);
                     out.lock().session.reject_connect(&denial.reason)?;
                     return Err(Error::Denied(denial.reason));
@@ -755,7 +795,7 @@ async fn on_publish(
     let app = conn.app.clone().unwrap_or_default();
     if conn.publishing.is_some() {
         let stream = auth::query::split_name(stream_name).0;
-        warn!(session = conn.id, peer = %conn.peer, app, stream, "publish rejected: already publishing");
+        warn!(session = conn.id, peer = %conn.peer, app = %Escaped(&app), stream = %Escaped(stream), "publish rejected: already publishing");
         out.lock().session.reject_publish(stream_id, "NetStream.Publish.BadName", "Already publishing.")?;
         return Ok(());
     }
@@ -782,16 +822,16 @@ async fn on_publish(
             if takeover {
                 // A reconnecting client: it replaces the live publisher at its first keyframe, and
                 // the stream's pushes go on.
-                info!(session = conn.id, peer = %conn.peer, variant = conn.variant(), stream = %key, "publishing (taking over from the reconnecting publisher)");
+                info!(session = conn.id, peer = %conn.peer, variant = conn.variant(), stream = %Escaped(&key), "publishing (taking over from the reconnecting publisher)");
             } else {
-                info!(session = conn.id, peer = %conn.peer, variant = conn.variant(), stream = %key, "publishing");
+                info!(session = conn.id, peer = %conn.peer, variant = conn.variant(), stream = %Escaped(&key), "publishing");
                 // Relays: republish to the app's push upstreams (pulled streams never come here).
                 shared.relays.start_pushes(&shared.router, &shared.config(), &key);
             }
         }
         Err(RouterError::AlreadyPublishing) => {
             grant.cancel();
-            warn!(session = conn.id, peer = %conn.peer, stream = %key, "publish rejected: stream is already published");
+            warn!(session = conn.id, peer = %conn.peer, stream = %Escaped(&key), "publish rejected: stream is already published");
             out.lock().session.reject_publish(
                 stream_id,
                 "NetStream.Publish.BadName",
@@ -813,7 +853,7 @@ async fn on_play(
     let app = conn.app.clone().unwrap_or_default();
     if conn.playing.is_some() {
         let stream = auth::query::split_name(stream_name).0;
-        warn!(session = conn.id, peer = %conn.peer, app, stream, "play rejected: already playing");
+        warn!(session = conn.id, peer = %conn.peer, app = %Escaped(&app), stream = %Escaped(stream), "play rejected: already playing");
         out.lock().session.reject_play(stream_id, "NetStream.Play.Failed", "Already playing.")?;
         return Ok(());
     }
@@ -827,13 +867,16 @@ async fn on_play(
     };
     let key = StreamKey::new(&app, &grant.name);
     let mut player = shared.router.play(key.clone(), conn.info());
+    let mut unpublished_since = (!shared.router.is_live(&key)).then(tokio::time::Instant::now);
     {
         let mut st = out.lock();
         st.session.accept_play(stream_id, &key.name)?;
         // A live stream announces itself at once and needs no PublishNotify; anything else that
         // is already queued is delivered as usual.
         match player.try_recv() {
-            Some(PlayerEvent::PublishStarted) | None => {}
+            // (It may have gone live since the look above.)
+            Some(PlayerEvent::PublishStarted) => unpublished_since = None,
+            None => {}
             Some(event) => {
                 deliver(event, &mut st, stream_id);
             }
@@ -850,8 +893,8 @@ async fn on_play(
     conn.role = "player";
     conn.registry.entry().set_role(Role::Player, &key.name);
     conn.stream_name = Some(key.name.clone());
-    conn.playing = Some(Playing { stream_id, player, _grant: grant });
-    info!(session = conn.id, peer = %conn.peer, variant = conn.variant(), stream = %key, "playing");
+    conn.playing = Some(Playing { stream_id, player, unpublished_since, _grant: grant });
+    info!(session = conn.id, peer = %conn.peer, variant = conn.variant(), stream = %Escaped(&key), "playing");
     // Relays: a stream that is not live here is pulled from the app's upstream, if it has one.
     shared.relays.ensure_pull(&shared.router, &shared.config(), &key);
     Ok(())
@@ -870,7 +913,7 @@ fn deny(
 ) -> Result<()> {
     let (what, name) = (if publish { "publish" } else { "play" }, auth::query::split_name(stream_name).0);
     let app = conn.app.as_deref().unwrap_or("-");
-    warn!(session = conn.id, peer = %conn.peer, variant = %conn.variant(), stream = %format!("{app}/{name}"), code = %denial.code, "{what} denied: {}", denial.reason);
+    warn!(session = conn.id, peer = %conn.peer, variant = %conn.variant(), stream = %Escaped(format_args!("{app}/{name}")), code = %denial.code, "{what} denied: {}", Escaped(&denial.reason));
     if publish {
         shared.metrics.denied(Denial::Publish);
         session.reject_publish(stream_id, denial.code, &denial.reason)?;

@@ -1,7 +1,9 @@
 //! The admin HTTP listener: `/metrics` (Prometheus), the JSON API under `/api/v1/` and a status
 //! page at `/`. Off unless the configuration has an `[admin]` table; binds to localhost by
 //! default and, with `token` set, wants `Authorization: Bearer TOKEN` (or `?token=TOKEN`, for
-//! browsers) on every request.
+//! browsers) on every request. Without a token, requests must name the admin listener by an IP
+//! address or `localhost` in `Host`: a web page whose name resolves to 127.0.0.1 (DNS rebinding)
+//! cannot read or drive the API.
 
 mod api;
 
@@ -12,13 +14,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
+use crate::logsafe::Throttle;
 use crate::reload::Reloader;
 use crate::server::Shared;
 
@@ -31,6 +34,8 @@ struct Admin {
     shared: Arc<Shared>,
     reloader: Arc<Reloader>,
     token: Option<String>,
+    /// Host names accepted without a token besides addresses and `localhost` (`admin.hosts`).
+    hosts: Vec<String>,
 }
 
 /// Binds the admin listener and serves it until the returned task is aborted.
@@ -51,17 +56,24 @@ pub async fn start(
             "the admin listener on {local} is reachable from other hosts and has no token: set admin.token"
         );
     }
-    let admin = Arc::new(Admin { shared, reloader, token: settings.token.clone() });
+    let admin =
+        Arc::new(Admin { shared, reloader, token: settings.token.clone(), hosts: settings.hosts.clone() });
     Ok(tokio::spawn(async move {
+        let failed_log = Throttle::new(Duration::from_secs(10));
+        let mut failures = 0u32;
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    warn!("admin accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    failures = failures.saturating_add(1);
+                    if let Some(held_back) = failed_log.allow() {
+                        warn!(held_back, "admin accept failed: {e}");
+                    }
+                    tokio::time::sleep(crate::descriptors::accept_backoff(failures)).await;
                     continue;
                 }
             };
+            failures = 0;
             let admin = admin.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
@@ -148,18 +160,46 @@ fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
     query?.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
 }
 
+/// The credentials of `Authorization: Bearer CREDENTIALS` (the scheme in any case, RFC 9110).
+fn bearer(header: &str) -> Option<&str> {
+    let (scheme, credentials) = header.trim_start().split_once([' ', '\t'])?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| credentials.trim())
+}
+
+/// Whether `Host` names this machine by address, as `localhost` or as one of `names` (with or
+/// without a port), not by a DNS name an attacker's page could point at 127.0.0.1.
+fn host_is_known(host: &str, names: &[String]) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(bracketed) => {
+            return bracketed.split_once(']').is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok())
+        }
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<std::net::Ipv4Addr>().is_ok()
+        || names.iter().any(|known| known.eq_ignore_ascii_case(name))
+}
+
 impl Admin {
     fn authorized(&self, req: &Request<Incoming>) -> bool {
-        let Some(expected) = &self.token else { return true };
+        let Some(expected) = &self.token else {
+            // No Host at all is no browser; a browser always sends the name it resolved.
+            let host = req.headers().get(HOST).map(|v| v.to_str().unwrap_or(""));
+            return host.is_none_or(|host| host_is_known(host, &self.hosts));
+        };
         let header = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let given = header
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .or_else(|| query_param(req.uri().query(), "token"));
-        given.is_some_and(|given| same_secret(given.trim().as_bytes(), expected.as_bytes()))
+        let given = header.and_then(bearer).or_else(|| query_param(req.uri().query(), "token"));
+        given.is_some_and(|given| same_secret(given.as_bytes(), expected.as_bytes()))
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Reply {
         if !self.authorized(&req) {
+            if self.token.is_none() {
+                return error(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    "without admin.token the admin API answers only requests to an IP address, localhost or a name in admin.hosts",
+                );
+            }
             let mut response = error(StatusCode::UNAUTHORIZED, "missing or wrong admin token");
             response.headers_mut().insert("www-authenticate", HeaderValue::from_static("Bearer"));
             return response;
@@ -299,6 +339,43 @@ mod tests {
         assert_eq!(percent_decode("rtmp%3A%2F%2Fh%3A1936%2Flive"), "rtmp://h:1936/live");
         assert_eq!(percent_decode("a+b%2"), "a b%2");
         assert_eq!(percent_decode("%zz%41"), "%zzA");
+    }
+
+    #[test]
+    fn bearer_scheme_in_any_case() {
+        for header in ["Bearer abc", "bearer abc", "BEARER  abc ", "\tBeArEr\tabc"] {
+            assert_eq!(bearer(header), Some("abc"), "{header:?}");
+        }
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearerabc"), None);
+    }
+
+    #[test]
+    fn only_addresses_localhost_and_listed_names_pass_without_a_token() {
+        let listed = ["rtmpx".to_string()];
+        for host in [
+            "127.0.0.1",
+            "127.0.0.1:8080",
+            "localhost",
+            "LocalHost:8080",
+            "[::1]:8080",
+            "[::1]",
+            "10.0.0.5:80",
+            "rtmpx:8080",
+        ] {
+            assert!(host_is_known(host, &listed), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "evil.example:8080",
+            "127.0.0.1.nip.io:8080",
+            "",
+            "[::1",
+            "localhost.evil",
+            "rtmpx.evil",
+        ] {
+            assert!(!host_is_known(host, &listed), "{host}");
+        }
     }
 
     #[test]

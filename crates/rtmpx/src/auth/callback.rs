@@ -1,6 +1,8 @@
 //! HTTP callbacks in the style of nginx-rtmp's `on_connect`/`on_publish`/`on_play`/`on_done`:
 //! a POST of `application/x-www-form-urlencoded` fields; 2xx allows, 3xx redirects (its
-//! `Location` is the new name), anything else, an error or no answer in time denies.
+//! `Location` is the new name), anything else, an error or no answer in time denies. A 3xx whose
+//! `Location` is missing or unusable (not UTF-8, control characters, empty, too long) denies:
+//! carrying on under the client's own name would fail open.
 
 use std::time::Duration;
 
@@ -60,7 +62,7 @@ impl Notifier {
         let exchange = async {
             let response = self.client.request(request).await?;
             let status = response.status();
-            let location = response.headers().get(LOCATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let location = response.headers().get(LOCATION).map(|v| v.as_bytes().to_vec());
             let keep_alive = response.headers().get(CONNECTION).is_none_or(|v| v != "close");
             if keep_alive {
                 // Read a bounded body so the connection goes back to the pool.
@@ -72,15 +74,15 @@ impl Notifier {
             Err(_) => Answer::Deny(format!("callback {url} did not answer within {} ms", limit.as_millis())),
             Ok(Err(e)) => Answer::Deny(format!("callback {url} failed: {}", error_chain(&e))),
             Ok(Ok((status, location))) => {
-                debug!(url, %status, ?location, "callback answered");
+                debug!(url, %status, location = ?location.as_deref().map(String::from_utf8_lossy), "callback answered");
                 if status.is_success() {
                     Answer::Allow
                 } else if status.is_redirection() {
-                    match location {
-                        Some(l) if !l.is_empty() && l.len() <= MAX_LOCATION => Answer::Redirect(l),
-                        Some(_) => Answer::Deny(format!("callback {url} redirected to an unusable Location")),
-                        // nginx-rtmp carries on with the old name when there is no Location.
-                        None => Answer::Allow,
+                    match usable_location(location.as_deref()) {
+                        Ok(name) => Answer::Redirect(name),
+                        Err(why) => {
+                            Answer::Deny(format!("callback {url} answered HTTP {}: {why}", status.as_u16()))
+                        }
                     }
                 } else {
                     Answer::Deny(format!("callback {url} answered HTTP {}", status.as_u16()))
@@ -101,6 +103,24 @@ impl Notifier {
     }
 }
 
+/// The name a redirect's `Location` gives, taken as it is (UTF-8, not percent-decoded, like
+/// nginx-rtmp), or why it cannot be used.
+fn usable_location(location: Option<&[u8]>) -> Result<String, &'static str> {
+    let bytes = location.ok_or("a redirect without a Location")?;
+    let text = std::str::from_utf8(bytes).map_err(|_| "a Location that is not UTF-8")?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("an empty Location");
+    }
+    if text.len() > MAX_LOCATION {
+        return Err("a Location longer than 1024 bytes");
+    }
+    if text.chars().any(char::is_control) {
+        return Err("a Location with control characters");
+    }
+    Ok(text.to_owned())
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
@@ -110,4 +130,21 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::usable_location;
+
+    #[test]
+    fn only_usable_locations_rename() {
+        assert_eq!(usable_location(Some("José".as_bytes())), Ok("José".into()));
+        assert_eq!(usable_location(Some(b"Jos%C3%A9")), Ok("Jos%C3%A9".into()));
+        assert_eq!(usable_location(Some(b" cam ")), Ok("cam".into()));
+        for bad in [&b"Jos\xe9"[..], b"", b"  ", b"a\tb", b"\xff\xfe"] {
+            assert!(usable_location(Some(bad)).is_err(), "{bad:?}");
+        }
+        assert!(usable_location(None).is_err());
+        assert!(usable_location(Some(&[b'a'; 1025])).is_err());
+    }
 }

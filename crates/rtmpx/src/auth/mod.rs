@@ -24,6 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rtmpx_core::session::{ConnectRequest, PublishMode};
 
 use crate::config::{AppConfig, Config};
+use crate::logsafe::Escaped;
 use callback::{Answer, Notifier};
 use query::{param, parse_query, split_name, Form};
 use quota::{Quotas, Slot};
@@ -33,6 +34,12 @@ const RESERVED_FIELDS: &[&str] = &[
     "app", "flashver", "swfurl", "tcurl", "pageurl", "addr", "clientid", "call", "name", "type", "start",
     "duration", "reset", "epoch",
 ];
+
+/// Longest app or stream name accepted, in bytes (nginx-rtmp's limit too): names end up in logs,
+/// metrics and the admin API.
+pub const MAX_NAME: usize = 256;
+/// Longest query after a stream name, in bytes (keys and tokens are far shorter).
+pub const MAX_QUERY: usize = 4096;
 
 /// Who a connection is, as accepted by `connect` (kept for later decisions and callbacks).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,6 +168,9 @@ impl Gate {
     ) -> Result<Client, Denial> {
         let rejected = |reason: String| Denial { code: "NetConnection.Connect.Rejected", reason };
         let app = normalize_app(&request.app).to_owned();
+        if app.len() > MAX_NAME {
+            return Err(rejected(format!("Application name longer than {MAX_NAME} bytes.")));
+        }
         let Some(app_config) = config.app(&app) else {
             return Err(rejected(format!("Application '{app}' does not exist.")));
         };
@@ -264,6 +274,15 @@ impl Gate {
         if name.is_empty() {
             return Err(Denial::bad_name(publish, "empty stream name"));
         }
+        if name.len() > MAX_NAME {
+            return Err(Denial::bad_name(publish, format!("stream name longer than {MAX_NAME} bytes")));
+        }
+        if query.len() > MAX_QUERY {
+            return Err(Denial::bad_name(
+                publish,
+                format!("stream name query longer than {MAX_QUERY} bytes"),
+            ));
+        }
         let (allowed, allow, deny_list, keys, verb) = if publish {
             (app.publish, &app.allow_publish, &app.deny_publish, &app.publish_keys, "publishing")
         } else {
@@ -305,12 +324,12 @@ impl Gate {
                         )));
                     }
                     let (new_name, new_query) = split_name(location.trim_start_matches('/'));
-                    if new_name.is_empty() {
+                    if new_name.is_empty() || new_name.len() > MAX_NAME {
                         return Err(deny(format!(
-                            "{verb} refused: the callback redirected to an empty name"
+                            "{verb} refused: the callback redirected to an empty name or one longer than {MAX_NAME} bytes"
                         )));
                     }
-                    tracing::info!(session = client.id, from = %name, to = %new_name, "callback renamed the stream");
+                    tracing::info!(session = client.id, from = %Escaped(&name), to = %Escaped(new_name), "callback renamed the stream");
                     name = new_name.to_owned();
                     if !new_query.is_empty() {
                         args = parse_query(new_query);
@@ -364,13 +383,23 @@ fn session_form(client: &Client) -> Form {
 
 /// The client's own query parameters, after ours; ones that would shadow ours are dropped
 /// (with nginx-rtmp a client could send `&addr=…` and a backend reading the last value would
-/// believe it).
+/// believe it). Names are compared loosely, as backends may read them: `ADDR`, ` addr`,
+/// `addr[]`, `addr.` and `a-ddr` all count as `addr`.
 fn add_args(form: &mut Form, args: &[(String, String)]) {
     for (k, v) in args {
-        if !RESERVED_FIELDS.contains(&k.as_str()) {
+        if !shadows_a_field(k) {
             form.add(k, v);
         }
     }
+}
+
+/// Whether a client's parameter name could be read as one of ours: lower case, up to any `[`
+/// (PHP arrays), letters and digits only.
+fn shadows_a_field(name: &str) -> bool {
+    let base = name.split('[').next().unwrap_or_default();
+    let folded: String =
+        base.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_lowercase()).collect();
+    RESERVED_FIELDS.contains(&folded.as_str())
 }
 
 impl AppConfig {

@@ -16,6 +16,8 @@ use super::*;
 enum Reply {
     Status(u16),
     Redirect(u16, &'static str),
+    /// A redirect whose `Location` is these raw bytes (UTF-8 or not).
+    RawRedirect(u16, &'static [u8]),
     Sleep(Duration),
 }
 
@@ -74,6 +76,13 @@ impl Backend {
                     let response = match reply {
                         Reply::Status(code) => {
                             format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                        }
+                        Reply::RawRedirect(code, location) => {
+                            let mut raw = format!("HTTP/1.1 {code} X\r\nLocation: ").into_bytes();
+                            raw.extend_from_slice(location);
+                            raw.extend_from_slice(b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                            let _ = socket.write_all(&raw).await;
+                            return;
                         }
                         Reply::Redirect(code, location) => format!(
                             "HTTP/1.1 {code} X\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
@@ -397,4 +406,84 @@ fn config_rejects_bad_auth_settings() {
     assert!(err("max_publishers = 0").contains("max_publishers"));
     assert!(err("[app.token]\nsecret = \"0123456789abcdef\"\nbogus = 1").contains("bogus"));
     assert!(Config::from_toml(&format!("{base}[limits]\nmax_players_per_stream = 0\n"), "t").is_err());
+}
+
+#[tokio::test]
+async fn a_redirect_without_a_usable_location_denies() {
+    let backend = Backend::start().await;
+    let gate = Gate::new();
+    let config = config(&format!(
+        "on_publish = \"{}\"\non_play = \"{}\"\non_connect = \"{}\"",
+        backend.url("/publish"),
+        backend.url("/play"),
+        backend.url("/connect")
+    ));
+    let c = client(&gate, &config).await;
+    // UTF-8 renames, taken as it is (like nginx-rtmp): raw, or percent-encoded as sent.
+    backend.reply(Reply::RawRedirect(302, "José".as_bytes()));
+    assert_eq!(gate.publish(&config, &c, "secret-key", PublishMode::Live).await.unwrap().name, "José");
+    backend.reply(Reply::Redirect(302, "Jos%C3%A9"));
+    assert_eq!(gate.play(&config, &c, "secret-key", 0.0, 0.0, true).await.unwrap().name, "Jos%C3%A9");
+    // Latin-1, no Location at all, an empty one, a too long one: denied, never the client's name.
+    for reply in [
+        Reply::RawRedirect(302, b"Jos\xe9"),
+        Reply::RawRedirect(301, b"\xff\xfe\xfd"),
+        Reply::Status(302),
+        Reply::RawRedirect(307, b""),
+        Reply::RawRedirect(302, &[b'a'; 2000]),
+        Reply::RawRedirect(302, &[b'a'; 300]),
+    ] {
+        backend.reply(reply.clone());
+        let denial = gate.publish(&config, &c, "secret-key", PublishMode::Live).await.unwrap_err();
+        assert_eq!(denial.code, "NetStream.Publish.Denied", "{reply:?}");
+        backend.reply(reply.clone());
+        assert!(gate.play(&config, &c, "secret-key", 0.0, 0.0, true).await.is_err(), "{reply:?}");
+        backend.reply(reply.clone());
+        assert!(gate.connect(&config, 8, peer(), &request("live")).await.is_err(), "{reply:?}");
+    }
+    assert_eq!(gate.quota_entries(), 0);
+}
+
+#[tokio::test]
+async fn client_parameters_that_look_like_fields_are_dropped() {
+    let backend = Backend::start().await;
+    let gate = Gate::new();
+    let config = config(&format!("on_publish = \"{}\"", backend.url("/publish")));
+    let c = client(&gate, &config).await;
+    let forged = "cam?%20addr=6.6.6.6&addr[]=6.6.6.6&ADDR=6.6.6.6&addr.=6.6.6.6&addr_=6.6.6.6&Call=x\
+                  &client-id=1&name%00=x&user=alice&address=kept";
+    gate.publish(&config, &c, forged, PublishMode::Live).await.unwrap();
+    let (_, form) = &backend.requests()[0];
+    let names: Vec<&str> = form.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "app", "flashver", "swfurl", "tcurl", "pageurl", "addr", "clientid", "call", "name", "type",
+            "user", "address"
+        ]
+    );
+    assert_eq!(field(form, "addr"), Some("10.1.2.3"));
+}
+
+#[tokio::test]
+async fn names_are_capped_at_256_bytes() {
+    let gate = Gate::new();
+    let config = config("");
+    let c = client(&gate, &config).await;
+    let longest = "n".repeat(MAX_NAME);
+    assert_eq!(gate.publish(&config, &c, &longest, PublishMode::Live).await.unwrap().name, longest);
+    let too_long = "n".repeat(MAX_NAME + 1);
+    let denial = gate.publish(&config, &c, &too_long, PublishMode::Live).await.unwrap_err();
+    assert_eq!(denial.code, "NetStream.Publish.BadName");
+    assert!(denial.reason.contains("longer than 256 bytes"), "{denial:?}");
+    let denial = gate.play(&config, &c, &too_long, 0.0, 0.0, true).await.unwrap_err();
+    assert_eq!(denial.code, "NetStream.Play.StreamNotFound");
+    let long_query = format!("cam?x={}", "q".repeat(MAX_QUERY));
+    assert!(gate.publish(&config, &c, &long_query, PublishMode::Live).await.is_err());
+    let denial = gate.connect(&config, 3, peer(), &request(&"a".repeat(1 << 20))).await.unwrap_err();
+    assert!(
+        denial.reason.contains("longer than 256 bytes") && denial.reason.len() < 100,
+        "{}",
+        denial.reason.len()
+    );
 }

@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::logsafe::Escaped;
 use rtmpx_client::{ClientOptions, RtmpUrl, TlsOptions};
 use rtmpx_router::{Frame, FrameKind, Publisher, Router, SessionInfo, StreamKey};
 use serde::Serialize;
@@ -392,16 +393,19 @@ fn log_retry(
     attempt: u32,
 ) {
     warn!(
-        "relay {} {stream} -> {url}: {error}; retrying in {}ms (attempt {attempt})",
+        "relay {} {} -> {url}: {}; retrying in {}ms (attempt {attempt})",
         direction_name(direction),
+        Escaped(stream),
+        Escaped(error),
         delay.as_millis()
     );
 }
 
 fn log_connected(direction: Direction, stream: &StreamKey, url: &str, reconnects: u64, scheme: &str) {
     info!(
-        "relay {} {stream} {} {url}: connected over {scheme} (reconnects={reconnects})",
+        "relay {} {} {} {url}: connected over {scheme} (reconnects={reconnects})",
         direction_name(direction),
+        Escaped(stream),
         if direction == Direction::Push { "->" } else { "<-" }
     );
 }

@@ -4,6 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
+use crate::logsafe::Escaped;
 use rtmpx_client::{ClientEvent, Connection, MediaKind, RtmpUrl};
 use rtmpx_router::{Frame, Publisher, Router, RouterError, SessionInfo, StreamKey};
 use tokio::sync::watch;
@@ -62,7 +63,7 @@ impl PullJob {
         let mut state = Pulling { idle_since: None, publisher: None };
         let mut tick = tokio::time::interval(CHECK_EVERY);
         let mut attempt = 0u32;
-        info!("relay pull {key} <- {url}: starting (a player asked for it)");
+        info!("relay pull {} <- {url}: starting (a player asked for it)", Escaped(&key));
         let stop = 'relay: loop {
             self.status.connecting();
             attempt += 1;
@@ -122,7 +123,7 @@ impl PullJob {
         };
         drop(state);
         self.manager.forget_pull(&key, self.status.id);
-        info!("relay pull {key} <- {url}: pull ended ({})", stop.reason());
+        info!("relay pull {} <- {url}: pull ended ({})", Escaped(&key), stop.reason());
     }
 
     fn should_stop(&self, state: &mut Pulling) -> Option<Stop> {

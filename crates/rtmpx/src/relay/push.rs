@@ -4,6 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
+use crate::logsafe::Escaped;
 use rtmpx_client::{ClientEvent, Connection, MediaKind, RtmpUrl};
 use rtmpx_router::{Frame, FrameKind, Player, PlayerEvent};
 use tokio::sync::watch;
@@ -48,7 +49,7 @@ impl PushJob {
         let mut headers = Headers::default();
         let mut backoff = Backoff::new(self.options.backoff_initial, self.options.backoff_max);
         let mut attempt = 0u32;
-        info!("relay push {key} -> {url}: starting");
+        info!("relay push {} -> {url}: starting", Escaped(&key));
         let reason = loop {
             self.status.connecting();
             attempt += 1;
@@ -106,7 +107,7 @@ impl PushJob {
                 _ = self.shutdown.changed() => break "shutting down",
             }
         };
-        info!("relay push {key} -> {url}: stopped ({reason})");
+        info!("relay push {} -> {url}: stopped ({})", Escaped(&key), Escaped(&reason));
     }
 
     /// Sends headers, then media from the next keyframe on, until the publisher leaves or the
@@ -188,7 +189,7 @@ impl PushJob {
                         if code.contains("Failed") || code.contains("Error") || code.contains("BadName") {
                             return Err(format!("{code}: {description}"));
                         }
-                        warn!(%code, %description, "relay push: status from the upstream");
+                        warn!(code = %Escaped(&code), description = %Escaped(&description), "relay push: status from the upstream");
                     }
                     Ok(Some(ClientEvent::ReconnectRequested(request))) => {
                         let key = self.player.key();

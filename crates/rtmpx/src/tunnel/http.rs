@@ -85,6 +85,7 @@ where
         .keep_alive(true)
         .timer(TokioTimer::new())
         .header_read_timeout(request_timeout)
+        .max_header_size(super::sniff::MAX_HEAD)
         .max_buf_size(64 * 1024);
     let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);

@@ -32,16 +32,48 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let wait = shared.config().timeouts.handshake();
-    let stream = match tokio::time::timeout(wait, sniff::sniff(stream)).await {
+    // An HTTP client has as long for its first request's head as an RTMP client for its first byte.
+    let sniffed = async {
+        match sniff::sniff(stream).await? {
+            Some((sniff::FirstByte::Http, stream)) => {
+                Ok(Some((sniff::FirstByte::Http, sniff::read_head(stream).await?)))
+            }
+            other => Ok(other),
+        }
+    };
+    let stream = match tokio::time::timeout(wait, sniffed).await {
         Ok(Ok(Some(sniffed))) => sniffed,
         Ok(Ok(None)) => return,
-        Ok(Err(e)) => return debug!(%peer, "connection failed before its first byte: {e}"),
-        Err(_) => return debug!(%peer, "no first byte within the handshake timeout"),
+        Ok(Err::<_, std::io::Error>(e)) => {
+            return debug!(%peer, "connection failed before its first request: {e}")
+        }
+        Err(_) => return debug!(%peer, "no first byte or request head within the handshake timeout"),
     };
     // Boxed apart: a plain RTMP session's task does not carry the HTTP server's state.
     match stream {
         (sniff::FirstByte::Http, stream) => Box::pin(serve_http(stream, peer, http, shared)).await,
         (sniff::FirstByte::Rtmp, stream) => Box::pin(session::run(stream, peer, rtmp, shared)).await,
+    }
+}
+
+/// Serves a connection of an `rtmpt` listener (or the HTTP inside an `rtmpts` one): its first
+/// request head must arrive within the handshake timeout, as on a shared port.
+pub async fn serve_tunnel<S>(stream: S, peer: SocketAddr, http: Origin, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let wait = shared.config().timeouts.handshake();
+    let head = async {
+        match sniff::sniff(stream).await? {
+            Some((_, stream)) => sniff::read_head(stream).await.map(Some),
+            None => Ok(None),
+        }
+    };
+    match tokio::time::timeout(wait, head).await {
+        Ok(Ok(Some(stream))) => serve_http(stream, peer, http, shared).await,
+        Ok(Ok(None)) => {}
+        Ok(Err::<_, std::io::Error>(e)) => debug!(%peer, "connection failed before its first request: {e}"),
+        Err(_) => debug!(%peer, "no request head within the handshake timeout"),
     }
 }
 
