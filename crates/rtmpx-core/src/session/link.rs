@@ -19,6 +19,8 @@ const SHARE_MIN_PAYLOAD: usize = 1024;
 /// Headers are written into `output` blocks of at least this size, so splitting header pieces
 /// off it allocates once per block rather than once per header.
 const HEADER_BLOCK: usize = 4096;
+/// The smallest input allocation; larger ones double with what is buffered.
+const MIN_INPUT_ALLOCATION: usize = 4096;
 
 pub(crate) struct Link {
     /// Received bytes not yet parsed (already decrypted).
@@ -36,6 +38,8 @@ pub(crate) struct Link {
     /// Reused for message bodies we build (commands, control), so sending allocates nothing.
     scratch: BytesMut,
     pub bytes_received: u64,
+    /// What the decoder was told about the input's allocation.
+    decoder_input_allocation: usize,
     last_ack: u64,
     /// The peer's Window Acknowledgement Size: we acknowledge every this many bytes.
     pub ack_window: u32,
@@ -55,6 +59,7 @@ impl Link {
             encoder: ChunkEncoder::new(),
             scratch: BytesMut::new(),
             bytes_received: 0,
+            decoder_input_allocation: 0,
             last_ack: 0,
             ack_window: 2_500_000,
         }
@@ -63,11 +68,32 @@ impl Link {
     /// Appends received bytes, decrypting them when the session is RTMPE.
     pub fn receive(&mut self, data: &[u8]) {
         self.bytes_received += data.len() as u64;
+        self.reserve_input(data.len());
         let start = self.input.len();
         self.input.extend_from_slice(data);
         if let Some(cipher) = &mut self.cipher {
             cipher.decrypt(&mut self.input[start..]);
         }
+    }
+
+    /// Makes room for `additional` input bytes and tells the decoder how large the input's
+    /// allocation is: messages it hands out as slices of the input keep all of it alive.
+    fn reserve_input(&mut self, additional: usize) {
+        if self.input.capacity() - self.input.len() >= additional || self.input.try_reclaim(additional) {
+            // Same allocation (reclaimed in place when nothing else held it).
+            if self.input.capacity() > self.decoder_input_allocation {
+                self.decoder_input_allocation = self.input.capacity();
+                self.decoder.set_input_allocation(self.decoder_input_allocation);
+            }
+            return;
+        }
+        let needed = self.input.len() + additional;
+        let capacity = needed.max(self.input.len() * 2).max(MIN_INPUT_ALLOCATION);
+        let mut fresh = BytesMut::with_capacity(capacity);
+        fresh.extend_from_slice(&self.input);
+        self.input = fresh;
+        self.decoder_input_allocation = self.input.capacity();
+        self.decoder.set_input_allocation(self.decoder_input_allocation);
     }
 
     /// Runs one handshake step (`step` reads the input and writes the output buffer). When the

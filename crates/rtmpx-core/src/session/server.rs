@@ -320,6 +320,9 @@ impl ServerSession {
 
     fn media_in(&mut self, stream_id: u32, kind: MediaKind, timestamp: u32, payload: Bytes) -> Result<()> {
         match self.streams.iter().find(|s| s.id == stream_id).map(|s| s.state) {
+            // An empty audio/video/data message carries nothing (not even a codec byte); a
+            // stream of them, one byte each on the wire, would only cost memory downstream.
+            Some(StreamState::Publishing) if payload.is_empty() => Ok(()),
             Some(StreamState::Publishing) => {
                 self.events.push_back(ServerEvent::Media(Media { stream_id, kind, timestamp, payload }));
                 Ok(())

@@ -341,3 +341,78 @@ fn released_buffers_leave_the_session_working() {
         .iter()
         .any(|e| matches!(e, ClientEvent::Media(m) if m.payload == frame)));
 }
+
+fn publishing_server() -> (ServerSession, u32) {
+    let (mut publisher, mut server) = connected_pair(HandshakeVersion::Plain, true, usize::MAX);
+    publisher.publish("cam");
+    pump(&mut publisher, &mut server, usize::MAX);
+    let Some(ServerEvent::PublishRequested { stream_id, .. }) = server_events(&mut server).pop() else {
+        panic!()
+    };
+    server.accept_publish(stream_id).unwrap();
+    server_events(&mut server);
+    (server, stream_id)
+}
+
+/// One message in one chunk on chunk stream 4 (the chunk size must cover it).
+fn one_chunk(type_id: u8, stream_id: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = bytes::BytesMut::new();
+    crate::chunk::header::write_chunk_header(
+        &mut out,
+        crate::chunk::HeaderFormat::Type0,
+        4,
+        &crate::chunk::MessageHeader { timestamp: 0, length: payload.len() as u32, type_id, stream_id },
+    );
+    out.extend_from_slice(payload);
+    out.to_vec()
+}
+
+fn media_of(server: &mut ServerSession) -> Vec<Media> {
+    server_events(server)
+        .into_iter()
+        .filter_map(|e| if let ServerEvent::Media(m) = e { Some(m) } else { None })
+        .collect()
+}
+
+#[test]
+fn tiny_frames_do_not_pin_the_input_buffer() {
+    let (mut server, stream_id) = publishing_server();
+    let mut input = Vec::new();
+    // Set Chunk Size 4 MiB, then per round an ignored 1 MiB message and a 2-byte audio frame, all
+    // in one read: the frame must not be a slice of the 1 MiB+ input buffer.
+    input.extend(one_chunk(1, 0, &(4u32 << 20).to_be_bytes()));
+    for _ in 0..3 {
+        input.extend(one_chunk(19, stream_id, &vec![0u8; 1 << 20]));
+        input.extend(one_chunk(8, stream_id, &[0xaf, 0x01]));
+    }
+    server.handle_input(&input).unwrap();
+    let media = media_of(&mut server);
+    assert_eq!(media.len(), 3);
+    for mut m in media {
+        // A copy is the only owner of its memory; a slice of the input shares it.
+        assert!(m.payload.is_unique(), "a 2-byte frame shares a larger buffer");
+        assert_eq!(&m.payload.split_to(2)[..], &[0xaf, 0x01]);
+    }
+    // A frame as large as the buffer still shares it (zero copy).
+    let big = vec![0x17u8; 1 << 20];
+    server.handle_input(&one_chunk(9, stream_id, &big)).unwrap();
+    let media = media_of(&mut server);
+    assert_eq!(media.len(), 1);
+    assert!(!media[0].payload.is_unique());
+}
+
+#[test]
+fn empty_media_messages_are_dropped() {
+    let (mut server, stream_id) = publishing_server();
+    let mut input = Vec::new();
+    for type_id in [8, 9, 18] {
+        input.extend(one_chunk(type_id, stream_id, &[]));
+    }
+    // A one-byte type-3 header repeats the last (empty) message: thousands of them cost nothing.
+    input.extend(std::iter::repeat_n(0xc4u8, 10_000));
+    input.extend(one_chunk(8, stream_id, &[0xaf, 0x01, 0x21]));
+    server.handle_input(&input).unwrap();
+    let media = media_of(&mut server);
+    assert_eq!(media.len(), 1, "{media:?}");
+    assert_eq!(&media[0].payload[..], &[0xaf, 0x01, 0x21]);
+}
