@@ -242,6 +242,15 @@ pub struct Limits {
     pub max_publishers_per_app: usize,
     /// Players of one stream at once.
     pub max_players_per_stream: usize,
+    /// Memory one client address may make the gateway hold, all its connections together:
+    /// receive buffers and partial messages, caches of the streams it publishes, unfinished
+    /// RTMPT request bodies. The connection that would pass it is closed.
+    pub max_memory_per_ip: usize,
+    /// A published stream's cached GOP (with per-frame overhead) stops being cached past this.
+    pub max_gop_bytes: usize,
+    /// Largest metadata or sequence header cached for late joiners (larger ones are passed on
+    /// live, not cached).
+    pub max_header_bytes: usize,
 }
 
 impl Default for Limits {
@@ -256,6 +265,9 @@ impl Default for Limits {
             player_queue_bytes: 8 << 20,
             max_publishers_per_app: 1_000,
             max_players_per_stream: 10_000,
+            max_memory_per_ip: 64 << 20,
+            max_gop_bytes: 16 << 20,
+            max_header_bytes: 64 << 10,
         }
     }
 }
@@ -269,11 +281,14 @@ pub struct Timeouts {
     pub idle_secs: u64,
     /// A write that makes no progress (the peer stopped reading).
     pub write_secs: u64,
+    /// A message left incomplete this long closes the connection, however slowly its bytes
+    /// trickle in (each partial message is timed from its first chunk).
+    pub partial_message_secs: u64,
 }
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts { handshake_secs: 10, idle_secs: 60, write_secs: 30 }
+        Timeouts { handshake_secs: 10, idle_secs: 60, write_secs: 30, partial_message_secs: 30 }
     }
 }
 
@@ -286,6 +301,9 @@ impl Timeouts {
     }
     pub fn write(&self) -> Duration {
         Duration::from_secs(self.write_secs)
+    }
+    pub fn partial_message(&self) -> Duration {
+        Duration::from_secs(self.partial_message_secs)
     }
 }
 
@@ -461,8 +479,14 @@ impl Config {
         if l.max_connections == 0 || l.max_connections_per_ip == 0 {
             return Err("limits.max_connections and limits.max_connections_per_ip must be at least 1".into());
         }
+        if l.max_memory_per_ip < 2 * l.max_message_size as usize {
+            return Err(format!(
+                "limits.max_memory_per_ip: {} is below twice limits.max_message_size ({})",
+                l.max_memory_per_ip, l.max_message_size
+            ));
+        }
         let t = &self.timeouts;
-        if t.handshake_secs == 0 || t.idle_secs == 0 || t.write_secs == 0 {
+        if t.handshake_secs == 0 || t.idle_secs == 0 || t.write_secs == 0 || t.partial_message_secs == 0 {
             return Err("timeouts.*_secs must be at least 1".into());
         }
         let r = &self.rtmpt;

@@ -26,6 +26,10 @@ pub enum Error {
     #[error("denied: {0}")]
     Denied(String),
 
+    /// The client's address would hold more memory than `limits.max_memory_per_ip`.
+    #[error("{0}")]
+    OverBudget(#[from] crate::budget::OverBudget),
+
     /// Closed on purpose: by the admin API or because the gateway is draining.
     #[error("{0}")]
     Kicked(&'static str),

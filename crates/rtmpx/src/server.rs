@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use crate::admin;
+use crate::budget::AddressBudgets;
 use crate::config::{Config, ListenerConfig, Proto};
 use crate::error::{Error, Result};
 use crate::metrics::{Denial, HandshakeFailure, Metrics};
@@ -44,6 +45,8 @@ pub struct Shared {
     pub auth: crate::auth::Gate,
     /// Whether fan-out batches its writes now (workers busy).
     pub load: Arc<crate::load::Load>,
+    /// Memory held per client address (`limits.max_memory_per_ip`).
+    pub budgets: Arc<AddressBudgets>,
 }
 
 impl Shared {
@@ -61,6 +64,7 @@ impl Shared {
             sessions: Registry::default(),
             load: load.clone(),
             auth: crate::auth::Gate::new(),
+            budgets: Arc::default(),
             relays: RelayManager::new(shutdown, load),
         }
     }
@@ -87,8 +91,8 @@ impl Shared {
         self.relays.states()
     }
 
-    /// Counts a new connection against the limits; `None` when a limit is hit.
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Admission> {
+    /// Counts a new connection (or RTMPT session) against the limits; `None` when a limit is hit.
+    pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Admission> {
         let limits = self.config().limits.clone();
         let total = self.connections.fetch_add(1, Ordering::AcqRel) + 1;
         if total > limits.max_connections {
@@ -112,7 +116,7 @@ impl Shared {
 }
 
 /// Releases a connection's place in the limits when the session ends.
-struct Admission {
+pub(crate) struct Admission {
     shared: Arc<Shared>,
     ip: IpAddr,
 }
@@ -134,7 +138,8 @@ pub fn router_config(config: &Config) -> RouterConfig {
     RouterConfig {
         player_queue_bytes: config.limits.player_queue_bytes,
         gop_cache: config.server.gop_cache,
-        ..RouterConfig::default()
+        max_gop_bytes: config.limits.max_gop_bytes,
+        max_header_bytes: config.limits.max_header_bytes,
     }
 }
 

@@ -149,8 +149,8 @@ impl ChunkDecoder {
         self.streams.len()
     }
 
-    #[cfg(test)]
-    pub(crate) fn partial_capacity(&self) -> usize {
+    /// Memory held by partly received messages (their buffers' capacity).
+    pub fn partial_capacity(&self) -> usize {
         self.streams.iter().map(|s| s.partial.capacity()).sum()
     }
 

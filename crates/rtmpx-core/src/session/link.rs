@@ -120,6 +120,11 @@ impl Link {
         self.cipher = Some(cipher);
     }
 
+    /// Memory the receive side holds: the input buffer and partly received messages.
+    pub fn held_input_bytes(&self) -> usize {
+        self.input.capacity() + self.decoder.partial_capacity()
+    }
+
     pub fn next_message(&mut self) -> Result<Option<RawMessage>> {
         self.decoder.decode(&mut self.input)
     }

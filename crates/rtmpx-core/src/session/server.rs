@@ -258,6 +258,17 @@ impl ServerSession {
         matches!(self.phase, Phase::Closed)
     }
 
+    /// Memory the receive side holds: unparsed input and partly received messages.
+    pub fn held_input_bytes(&self) -> usize {
+        self.link.held_input_bytes()
+    }
+
+    /// The oldest partly received message's number (see
+    /// [`ChunkDecoder::oldest_partial`](crate::chunk::ChunkDecoder::oldest_partial)).
+    pub fn oldest_partial_message(&self) -> Option<u64> {
+        self.link.decoder.oldest_partial()
+    }
+
     /// Bytes received so far (what Acknowledgements count).
     pub fn bytes_received(&self) -> u64 {
         self.link.bytes_received
