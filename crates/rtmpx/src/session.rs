@@ -430,9 +430,9 @@ where
 async fn drive_io(out: &Arc<SessionIo>, conn: &mut Connection, shared: &Shared) -> Result<()> {
     let timeouts = shared.config().timeouts.clone();
     let memory_limit = shared.config().limits.max_memory_per_ip;
-    // The oldest incomplete message (its number) and when it was first seen: it must complete in
-    // `partial_message_secs`, however slowly its bytes trickle in.
-    let mut partial: Option<(u64, tokio::time::Instant)> = None;
+    // What is pending of an incomplete message (ServerSession::incomplete_input) and since when:
+    // it must complete in `partial_message_secs`, however slowly its bytes trickle in.
+    let mut partial: Option<((u64, u64), tokio::time::Instant)> = None;
     let mut shutdown = shared.shutdown_signal();
     let handshake_deadline = tokio::time::Instant::now() + timeouts.handshake();
     let mut connected = false;
@@ -509,11 +509,11 @@ async fn drive_io(out: &Arc<SessionIo>, conn: &mut Connection, shared: &Shared) 
                 }
                 let (held_input, oldest) = {
                     let st = out.lock();
-                    (st.session.held_input_bytes(), st.session.oldest_partial_message())
+                    (st.session.held_input_bytes(), st.session.incomplete_input())
                 };
                 partial = match (oldest, partial) {
-                    (Some(number), Some((seen, since))) if number == seen => Some((seen, since)),
-                    (Some(number), _) => Some((number, tokio::time::Instant::now())),
+                    (Some(marker), Some((seen, since))) if marker == seen => Some((seen, since)),
+                    (Some(marker), _) => Some((marker, tokio::time::Instant::now())),
                     (None, _) => None,
                 };
                 let held = held_input + conn.publishing.as_ref().map_or(0, |p| p.publisher.cached_bytes());

@@ -38,6 +38,8 @@ pub(crate) struct Link {
     /// Reused for message bodies we build (commands, control), so sending allocates nothing.
     scratch: BytesMut,
     pub bytes_received: u64,
+    /// Whole messages taken off the input so far.
+    pub messages_decoded: u64,
     /// What the decoder was told about the input's allocation.
     decoder_input_allocation: usize,
     last_ack: u64,
@@ -59,6 +61,7 @@ impl Link {
             encoder: ChunkEncoder::new(),
             scratch: BytesMut::new(),
             bytes_received: 0,
+            messages_decoded: 0,
             decoder_input_allocation: 0,
             last_ack: 0,
             ack_window: 2_500_000,
@@ -126,7 +129,9 @@ impl Link {
     }
 
     pub fn next_message(&mut self) -> Result<Option<RawMessage>> {
-        self.decoder.decode(&mut self.input)
+        let message = self.decoder.decode(&mut self.input)?;
+        self.messages_decoded += u64::from(message.is_some());
+        Ok(message)
     }
 
     /// Sends an Acknowledgement when the peer's window has been passed.

@@ -263,10 +263,20 @@ impl ServerSession {
         self.link.held_input_bytes()
     }
 
-    /// The oldest partly received message's number (see
-    /// [`ChunkDecoder::oldest_partial`](crate::chunk::ChunkDecoder::oldest_partial)).
-    pub fn oldest_partial_message(&self) -> Option<u64> {
-        self.link.decoder.oldest_partial()
+    /// Received bytes that are not yet a whole message, as a marker that changes only when
+    /// that is resolved: the oldest partial message's number, or (no partial message, but an
+    /// incomplete chunk in the input) how many messages were decoded before it. A caller that
+    /// sees the same marker for too long knows the client is stuck mid-message, however many
+    /// bytes trickle in. `None` when nothing is pending (or the session is still handshaking).
+    pub fn incomplete_input(&self) -> Option<(u64, u64)> {
+        if matches!(self.phase, Phase::Handshake(_)) {
+            return None;
+        }
+        match self.link.decoder.oldest_partial() {
+            Some(number) => Some((number, 0)),
+            None if !self.link.input.is_empty() => Some((0, self.link.messages_decoded)),
+            None => None,
+        }
     }
 
     /// Bytes received so far (what Acknowledgements count).
