@@ -8,9 +8,9 @@ use std::collections::VecDeque;
 use crate::{Frame, FrameKind};
 
 /// Cap on queued entries whatever their size, so tiny messages or a publish/unpublish loop
-/// cannot grow a stalled player's queue without bound: the queue's own memory stays about 1 MiB
+/// cannot grow a stalled player's queue without bound: the queue's own memory stays about 0.5 MiB
 /// (payloads are shared with the stream). Minutes of media at real frame rates.
-pub(crate) const MAX_QUEUED_ENTRIES: usize = 1 << 14;
+pub(crate) const MAX_QUEUED_ENTRIES: usize = 1 << 13;
 
 #[derive(Debug)]
 pub(crate) enum Entry {
