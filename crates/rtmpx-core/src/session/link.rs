@@ -21,6 +21,8 @@ const SHARE_MIN_PAYLOAD: usize = 1024;
 const HEADER_BLOCK: usize = 4096;
 /// The smallest input allocation; larger ones double with what is buffered.
 const MIN_INPUT_ALLOCATION: usize = 4096;
+/// Input beyond one whole chunk (at most a message) that doubling may reserve room for.
+const INPUT_SLACK: usize = 64 * 1024;
 
 pub(crate) struct Link {
     /// Received bytes not yet parsed (already decrypted).
@@ -40,6 +42,8 @@ pub(crate) struct Link {
     pub bytes_received: u64,
     /// Whole messages taken off the input so far.
     pub messages_decoded: u64,
+    /// The decoder's message size limit: what one chunk can make the input hold.
+    max_message_size: usize,
     /// What the decoder was told about the input's allocation.
     decoder_input_allocation: usize,
     last_ack: u64,
@@ -62,6 +66,7 @@ impl Link {
             scratch: BytesMut::new(),
             bytes_received: 0,
             messages_decoded: 0,
+            max_message_size: limits.max_message_size as usize,
             decoder_input_allocation: 0,
             last_ack: 0,
             ack_window: 2_500_000,
@@ -91,7 +96,9 @@ impl Link {
             return;
         }
         let needed = self.input.len() + additional;
-        let capacity = needed.max(self.input.len() * 2).max(MIN_INPUT_ALLOCATION);
+        // Doubling, but never far past the largest chunk the decoder waits for (one message).
+        let most = self.max_message_size.saturating_add(INPUT_SLACK);
+        let capacity = needed.max((self.input.len() * 2).min(most)).max(MIN_INPUT_ALLOCATION);
         let mut fresh = BytesMut::with_capacity(capacity);
         fresh.extend_from_slice(&self.input);
         self.input = fresh;

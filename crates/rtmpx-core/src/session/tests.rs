@@ -416,3 +416,59 @@ fn empty_media_messages_are_dropped() {
     assert_eq!(media.len(), 1, "{media:?}");
     assert_eq!(&media[0].payload[..], &[0xaf, 0x01, 0x21]);
 }
+
+#[test]
+fn a_large_chunk_in_pieces_holds_about_its_size() {
+    let (mut server, stream_id) = publishing_server();
+    server.handle_input(&one_chunk(1, 0, &((8u32 << 20) - 1).to_be_bytes())).unwrap();
+    let mut head = one_chunk(16, stream_id, &[]);
+    head[4..7].copy_from_slice(&[0x80, 0, 0]); // announce 8 MiB: a chunk of 8 MiB - 1
+    server.handle_input(&head).unwrap();
+    let piece = vec![0u8; 16 * 1024];
+    let mut sent = 0;
+    while sent + piece.len() < (8 << 20) - 1 {
+        server.handle_input(&piece).unwrap();
+        sent += piece.len();
+    }
+    // The read that ends the chunk brings the start of the next message: the input passes
+    // 8 MiB for a moment. Doubling would make it 16 MiB; it stays near one chunk.
+    let mut last = vec![0u8; (8 << 20) - 1 - sent];
+    let mut next = one_chunk(16, stream_id, &vec![0u8; 16 * 1024]);
+    next[0] = 5;
+    last.extend_from_slice(&next[..16 * 1024]);
+    server.handle_input(&last).unwrap();
+    let held = server.held_input_bytes();
+    assert!(held <= (8 << 20) + 256 * 1024, "{held}");
+}
+
+#[test]
+fn incomplete_input_marker_stays_while_bytes_trickle() {
+    let (mut server, stream_id) = publishing_server();
+    assert_eq!(server.incomplete_input(), None);
+    server.handle_input(&one_chunk(1, 0, &128u32.to_be_bytes())).unwrap();
+    // An unfinished chunk (a 4096-byte message, chunk size 128) trickling in.
+    let mut head = one_chunk(16, stream_id, &[]);
+    head[4..7].copy_from_slice(&[0, 0x10, 0]);
+    server.handle_input(&head).unwrap();
+    let first = server.incomplete_input().expect("pending input");
+    for _ in 0..100 {
+        server.handle_input(&[0]).unwrap();
+        assert_eq!(server.incomplete_input(), Some(first));
+    }
+    // Now a partial message (first chunk done); it stays the same while it trickles too.
+    server.handle_input(&[0; 28]).unwrap();
+    let partial = server.incomplete_input().expect("partial message");
+    assert_ne!(partial, first);
+    server.handle_input(&[0xC4]).unwrap();
+    server.handle_input(&[0; 100]).unwrap();
+    assert_eq!(server.incomplete_input(), Some(partial));
+    // Finished: nothing pending.
+    let mut rest = Vec::new();
+    for _ in 0..(4096 - 256) / 128 {
+        rest.push(0xC4);
+        rest.extend_from_slice(&[0; 128]);
+    }
+    server.handle_input(&[0; 28]).unwrap();
+    server.handle_input(&rest).unwrap();
+    assert_eq!(server.incomplete_input(), None);
+}
