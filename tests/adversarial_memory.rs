@@ -80,23 +80,27 @@ fn set_chunk_size(size: u32) -> Vec<u8> {
 }
 
 /// Waits until the gateway has handled everything sent on `conn` so far: it answers a ping
-/// (User Control 6) only after the bytes before it. Reads the socket raw for the answer.
-fn settle(conn: &mut Conn) {
+/// (User Control 6) only after the bytes before it. Reads the socket raw for the answer; false
+/// when the gateway closed the connection instead.
+fn settle(conn: &mut Conn) -> bool {
     let marker = [0x00, 0x07, 0xDE, 0xAD, 0xBE, 0xEF];
-    conn.wire.write_all(&message(2, 4, 0, &[0x00, 0x06, 0xDE, 0xAD, 0xBE, 0xEF], 128)).unwrap();
-    conn.wire.flush().unwrap();
+    let ping = message(2, 4, 0, &[0x00, 0x06, 0xDE, 0xAD, 0xBE, 0xEF], 128);
+    if conn.wire.write_all(&ping).and_then(|_| conn.wire.flush()).is_err() {
+        return false;
+    }
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut seen = Vec::new();
     let mut buf = [0u8; 65536];
     while !seen.windows(marker.len()).any(|w| w == marker) {
         assert!(Instant::now() < deadline, "no ping answer");
         match conn.wire.read(&mut buf) {
-            Ok(0) => panic!("closed while settling"),
+            Ok(0) => return false,
             Ok(n) => seen.extend_from_slice(&buf[..n]),
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(e) => panic!("{e}"),
+            Err(_) => return false,
         }
     }
+    true
 }
 
 /// The highest VmRSS growth over `baseline` seen while sampling for `duration`.
@@ -132,7 +136,7 @@ fn a_gop_of_empty_and_one_byte_frames_stays_bounded() {
         attack.extend_from_slice(&[0xC5, 0xAF]);
     }
     publisher.wire.write_all(&attack).unwrap();
-    settle(&mut publisher);
+    assert!(settle(&mut publisher), "log:\n{}", gw.logs());
     let growth = peak_growth_kib(&gw, baseline, Duration::from_secs(1));
     eprintln!("[tiny frames] {} KiB sent, VmRSS +{growth} KiB", attack.len() / 1024);
     // The GOP bound is 4 MiB with overhead; allocator slack on top.
@@ -163,7 +167,7 @@ fn one_byte_frames_do_not_pin_large_input_buffers() {
         publisher.wire.write_all(&message(8, 16, stream_id, &ignored, 4 << 20)).unwrap();
         publisher.wire.write_all(&message(4, 8, stream_id, &[0xAF, 0x01], 4 << 20)).unwrap();
     }
-    settle(&mut publisher);
+    assert!(settle(&mut publisher), "log:\n{}", gw.logs());
     let growth = peak_growth_kib(&gw, baseline, Duration::from_secs(1));
     eprintln!("[pinned buffers] 40 x 2 MiB ignored + 2-byte frames, VmRSS +{growth} KiB");
     assert!(growth < 24 * MIB, "VmRSS grew by {growth} KiB; log:\n{}", gw.logs());
@@ -231,6 +235,52 @@ fn partial_messages_are_bounded_per_address_and_time_out() {
         "log:\n{}",
         gw.logs()
     );
+}
+
+#[test]
+fn stream_caches_of_many_publishers_are_bounded_per_address() {
+    // Ten publishers from one address, each with 6 MiB metadata, 6 MiB AVC and AAC sequence
+    // headers and a 12 MiB GOP: ~300 MiB cached without limits. Headers over max_header_bytes
+    // are not cached; GOPs count against the 64 MiB budget, which closes publishers past it.
+    let _serial = exclusive();
+    let gw = Gateway::start(&CONFIG.replace("max_gop_bytes = 4194304", "max_gop_bytes = 16777216"));
+    let baseline = gw.rss_kib();
+    let big = 6 << 20;
+    let mut metadata = vec![0u8; big];
+    metadata[..13].copy_from_slice(b"\x02\x00\x0aonMetaData");
+    let mut avc = vec![0u8; big];
+    avc[..2].copy_from_slice(&[0x17, 0x00]);
+    let mut aac = vec![0u8; big];
+    aac[..2].copy_from_slice(&[0xAF, 0x00]);
+    let mut key = vec![0u8; 1 << 20];
+    key[..2].copy_from_slice(&[0x17, 0x01]);
+    let mut inter = vec![0u8; 1 << 20];
+    inter[..2].copy_from_slice(&[0x27, 0x01]);
+    let mut publishers = Vec::new();
+    for i in 0..10 {
+        let mut publisher = session(&gw, Intent::Publish(format!("cache{i}")));
+        let id = publisher.stream_id.unwrap();
+        let mut bytes = set_chunk_size(8 << 20);
+        bytes.extend(message(5, 18, id, &metadata, 8 << 20));
+        bytes.extend(message(6, 9, id, &avc, 8 << 20));
+        bytes.extend(message(4, 8, id, &aac, 8 << 20));
+        bytes.extend(message(6, 9, id, &key, 8 << 20));
+        for _ in 0..11 {
+            bytes.extend(message(6, 9, id, &inter, 8 << 20));
+        }
+        // A publisher closed over the budget fails to write: go on with the next.
+        let _ = publisher.wire.write_all(&bytes);
+        publishers.push(publisher);
+    }
+    for publisher in &mut publishers {
+        settle(publisher);
+    }
+    let growth = peak_growth_kib(&gw, baseline, Duration::from_secs(1));
+    let over = gw.count_log("closed:");
+    eprintln!("[stream caches] 10 publishers, VmRSS +{growth} KiB, {over} closed over the budget");
+    assert!(over >= 2, "no publisher was closed over the budget; log:\n{}", gw.logs());
+    assert!(growth < 112 * MIB, "VmRSS grew by {growth} KiB; log:\n{}", gw.logs());
+    assert!(gw.wait_for_log("max_memory_per_ip", Duration::from_secs(1)));
 }
 
 /// Sends one HTTP request head (and `body`) on a new connection to `addr`.
