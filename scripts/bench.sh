@@ -127,6 +127,8 @@ name = "live"
 [limits]
 max_connections = 20000
 max_connections_per_ip = 20000
+# Every load client shares 127.0.0.1: hundreds of publishers' GOPs from one address.
+max_memory_per_ip = 8589934592
 [rtmpt]
 max_sessions = 20000
 max_sessions_per_ip = 20000
