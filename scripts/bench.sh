@@ -129,6 +129,8 @@ max_connections = 20000
 max_connections_per_ip = 20000
 # The load tool is one address: no per-address RTMPE budget.
 rtmpe_handshakes_per_ip = 0
+# Every load client shares 127.0.0.1: hundreds of publishers' GOPs from one address.
+max_memory_per_ip = 8589934592
 [timeouts]
 # The idle case holds players of an unpublished stream, as nginx-rtmp does.
 unpublished_play_secs = 0

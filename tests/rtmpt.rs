@@ -489,7 +489,8 @@ fn a_thousand_idle_sessions_stay_small() {
     const SESSIONS: usize = 1000;
     let _one = exclusive();
     let gw = Gateway::start(&format!(
-        "{BASE_CONFIG}\n[timeouts]\nhandshake_secs = 300\n[rtmpt]\nmax_sessions_per_ip = 2000\nidle_timeout_secs = 300\n"
+        // Tunnel sessions count against max_connections_per_ip too.
+        "{BASE_CONFIG}\n[timeouts]\nhandshake_secs = 300\n[limits]\nmax_connections_per_ip = 2000\n[rtmpt]\nmax_sessions_per_ip = 2000\nidle_timeout_secs = 300\n"
     ));
     let addr = gw.addr("rtmpt");
     let mut connections: Vec<Http> = (0..4).map(|_| Http::connect(addr)).collect();

@@ -37,15 +37,27 @@ pub struct RouterConfig {
     pub player_queue_bytes: usize,
     /// Cache the GOP from the last keyframe so late joiners start with a picture at once.
     pub gop_cache: bool,
-    /// A GOP larger than this stops being cached until the next keyframe.
+    /// A GOP larger than this (payload plus [`FRAME_OVERHEAD`] per frame) stops being cached
+    /// until the next keyframe.
     pub max_gop_bytes: usize,
+    /// Metadata or a sequence header larger than this is passed on but not cached.
+    pub max_header_bytes: usize,
 }
 
 impl Default for RouterConfig {
     fn default() -> Self {
-        RouterConfig { player_queue_bytes: 8 << 20, gop_cache: true, max_gop_bytes: 32 << 20 }
+        RouterConfig {
+            player_queue_bytes: 8 << 20,
+            gop_cache: true,
+            max_gop_bytes: 16 << 20,
+            max_header_bytes: 64 << 10,
+        }
     }
 }
+
+/// What a cached frame costs besides its payload (the frame itself, its slot, the payload's
+/// shared header and allocator rounding), so that many tiny frames count for what they hold.
+pub const FRAME_OVERHEAD: usize = 160;
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum RouterError {
@@ -241,20 +253,22 @@ struct Cache {
 impl Cache {
     fn update(&mut self, frame: &Frame, config: &RouterConfig) {
         let len = frame.payload.len();
+        // Too large to keep for late joiners: an older one would no longer match either.
+        let header = || (len <= config.max_header_bytes).then(|| frame.clone());
         match frame.kind {
-            FrameKind::Metadata => self.metadata = Some(frame.clone()),
+            FrameKind::Metadata => self.metadata = header(),
             FrameKind::Video => {
                 self.has_video = true;
                 if frame.info.codec.is_some() {
                     self.video_codec = frame.info.codec;
                 }
                 if frame.info.sequence_header {
-                    self.video_header = Some(frame.clone());
+                    self.video_header = header();
                     // The cached GOP belongs to the previous configuration.
                     self.clear_gop();
                 } else if frame.info.keyframe {
                     self.clear_gop();
-                    if config.gop_cache && len <= config.max_gop_bytes {
+                    if config.gop_cache && len + FRAME_OVERHEAD <= config.max_gop_bytes {
                         self.gop.push(frame.clone());
                         self.gop_bytes = len;
                     }
@@ -267,7 +281,7 @@ impl Cache {
                     self.audio_codec = frame.info.codec;
                 }
                 if frame.info.sequence_header {
-                    self.audio_header = Some(frame.clone());
+                    self.audio_header = header();
                 } else {
                     self.extend_gop(frame, config);
                 }
@@ -280,7 +294,8 @@ impl Cache {
             return;
         }
         let len = frame.payload.len();
-        if self.gop_bytes + len > config.max_gop_bytes {
+        let held = self.gop_bytes + len + (self.gop.len() + 1) * FRAME_OVERHEAD;
+        if held > config.max_gop_bytes {
             tracing::debug!(gop_bytes = self.gop_bytes, "GOP exceeds max_gop_bytes, not cached");
             self.clear_gop();
         } else {
@@ -290,8 +305,17 @@ impl Cache {
     }
 
     fn clear_gop(&mut self) {
-        self.gop.clear();
+        // A new allocation: a long GOP of tiny frames must not leave a large Vec behind.
+        self.gop = Vec::new();
         self.gop_bytes = 0;
+    }
+
+    /// Memory the cache holds: payloads plus per-frame overhead.
+    fn held_bytes(&self) -> usize {
+        let headers = [&self.metadata, &self.video_header, &self.audio_header];
+        let header_bytes: usize =
+            headers.into_iter().flatten().map(|frame| frame.payload.len() + FRAME_OVERHEAD).sum();
+        header_bytes + self.gop_bytes + self.gop.capacity() * FRAME_OVERHEAD
     }
 
     /// Primes a late joiner's queue: headers, then the GOP if it fits, else wait for a keyframe.
@@ -511,8 +535,12 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Caches and fans out a frame. Never blocks on players and never awaits.
+    /// Caches and fans out a frame. Never blocks on players and never awaits. Empty frames carry
+    /// nothing (not even a codec byte) and are dropped.
     pub fn send(&self, frame: Frame) {
+        if frame.payload.is_empty() {
+            return;
+        }
         let mut state = lock(&self.stream.state);
         let state = &mut *state;
         if state.standby.as_ref().is_some_and(|standby| standby.publisher.token == self.token) {
@@ -563,6 +591,12 @@ impl Publisher {
     /// stream's continue).
     pub fn is_takeover(&self) -> bool {
         self.takeover
+    }
+
+    /// Memory the stream's caches hold for late joiners (GOP, metadata, sequence headers),
+    /// per-frame overhead included: what this publisher makes the gateway keep.
+    pub fn cached_bytes(&self) -> usize {
+        lock(&self.stream.state).cache.held_bytes()
     }
 }
 

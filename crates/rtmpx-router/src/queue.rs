@@ -7,9 +7,10 @@ use std::collections::VecDeque;
 
 use crate::{Frame, FrameKind};
 
-/// Cap on queued entries whatever their size, so zero-byte messages or a publish/unpublish loop
-/// cannot grow a stalled player's queue without bound. Far above what a healthy player queues.
-pub(crate) const MAX_QUEUED_ENTRIES: usize = 1 << 16;
+/// Cap on queued entries whatever their size, so tiny messages or a publish/unpublish loop
+/// cannot grow a stalled player's queue without bound: the queue's own memory stays about 0.5 MiB
+/// (payloads are shared with the stream). Minutes of media at real frame rates.
+pub(crate) const MAX_QUEUED_ENTRIES: usize = 1 << 13;
 
 #[derive(Debug)]
 pub(crate) enum Entry {

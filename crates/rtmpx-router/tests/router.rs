@@ -797,3 +797,70 @@ fn a_standby_publisher_takes_over_when_the_old_one_leaves_first_and_restarted_ti
     new.send(inter(80, 10));
     assert_eq!(drain(&mut player), [Seen::Inter(121)]);
 }
+
+#[test]
+fn empty_frames_are_dropped() {
+    let router = Router::new(RouterConfig::default());
+    let publisher = router.publish(key(), session(1)).unwrap();
+    let mut player = router.play(key(), session(2));
+    drain(&mut player);
+    publisher.send(keyframe(0, 100));
+    let cached = publisher.cached_bytes();
+    for ts in 0..10_000 {
+        publisher.send(Frame::audio(ts, Bytes::new()));
+        publisher.send(Frame::video(ts, Bytes::new()));
+    }
+    assert_eq!(publisher.cached_bytes(), cached, "empty frames are not cached");
+    assert_eq!(drain(&mut player), vec![Seen::Key(0)]);
+    assert_eq!(router.streams()[0].frames_in, 1);
+}
+
+#[test]
+fn tiny_frames_count_their_overhead_in_the_gop() {
+    // 10,000 one-byte frames are 10 KB of payload but far more memory: the GOP bound sees that.
+    let max_gop_bytes = 200_000;
+    let router = Router::new(RouterConfig { max_gop_bytes, ..RouterConfig::default() });
+    let publisher = router.publish(key(), session(1)).unwrap();
+    publisher.send(keyframe(0, 100));
+    let mut most = 0;
+    for ts in 1..=10_000 {
+        publisher.send(Frame::audio(ts, Bytes::from_static(&[0xAF])));
+        most = most.max(publisher.cached_bytes());
+    }
+    assert!(most <= max_gop_bytes * 2, "the cache reached {most} bytes");
+    // The GOP passed its bound and was dropped: a late joiner waits for the next keyframe.
+    let mut player = router.play(key(), session(2));
+    assert_eq!(drain(&mut player), vec![Seen::Started]);
+    assert!(publisher.cached_bytes() < 1000, "{}", publisher.cached_bytes());
+    publisher.send(keyframe(20_000, 100));
+    // (Timestamps are rebased: the player's first frame is at 0.)
+    assert_eq!(drain(&mut player), vec![Seen::Key(0)]);
+}
+
+#[test]
+fn oversized_headers_reach_players_but_are_not_cached() {
+    let router = Router::new(RouterConfig { max_header_bytes: 1000, ..RouterConfig::default() });
+    let publisher = router.publish(key(), session(1)).unwrap();
+    let mut early = router.play(key(), session(2));
+    drain(&mut early);
+    send_headers(&publisher, 0);
+    let big_meta = Frame::metadata(10, body(b"\x02\x00\x0aonMetaData\x08", 5000));
+    let big_header = Frame::video(10, body(&[0x17, 0x00, 0, 0, 0], 5000));
+    publisher.send(big_meta);
+    publisher.send(big_header);
+    assert!(publisher.cached_bytes() < 1000, "{}", publisher.cached_bytes());
+    assert_eq!(
+        drain(&mut early),
+        vec![Seen::Meta(0), Seen::VideoHeader(0), Seen::AudioHeader(0), Seen::Meta(0), Seen::VideoHeader(0)]
+    );
+    // A late joiner gets neither the large ones nor the stale ones they replaced.
+    let mut late = router.play(key(), session(3));
+    assert_eq!(drain(&mut late), vec![Seen::Started, Seen::AudioHeader(0)]);
+    // Normal-sized ones are cached again.
+    send_headers(&publisher, 20);
+    let mut later = router.play(key(), session(4));
+    assert_eq!(
+        drain(&mut later),
+        vec![Seen::Started, Seen::Meta(0), Seen::VideoHeader(0), Seen::AudioHeader(0)]
+    );
+}

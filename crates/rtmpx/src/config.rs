@@ -324,6 +324,15 @@ pub struct Limits {
     /// RTMPE handshakes one address (IPv6: one /64) may start per second, in bursts of four
     /// seconds' worth; each costs about 1 ms of a core. 0 is unlimited.
     pub rtmpe_handshakes_per_ip: u32,
+    /// Memory one client address may make the gateway hold, all its connections together:
+    /// receive buffers and partial messages, caches of the streams it publishes, unfinished
+    /// RTMPT request bodies. The connection that would pass it is closed.
+    pub max_memory_per_ip: usize,
+    /// A published stream's cached GOP (with per-frame overhead) stops being cached past this.
+    pub max_gop_bytes: usize,
+    /// Largest metadata or sequence header cached for late joiners (larger ones are passed on
+    /// live, not cached).
+    pub max_header_bytes: usize,
 }
 
 impl Default for Limits {
@@ -340,6 +349,9 @@ impl Default for Limits {
             max_players_per_stream: 10_000,
             reserved_descriptors: 128,
             rtmpe_handshakes_per_ip: 50,
+            max_memory_per_ip: 64 << 20,
+            max_gop_bytes: 16 << 20,
+            max_header_bytes: 64 << 10,
         }
     }
 }
@@ -356,11 +368,14 @@ pub struct Timeouts {
     /// A player of a stream that nobody publishes (each one holds a file descriptor); 0 waits
     /// for ever, as nginx-rtmp does.
     pub unpublished_play_secs: u64,
+    /// A message left incomplete this long closes the connection, however slowly its bytes
+    /// trickle in (each partial message is timed from its first chunk).
+    pub partial_message_secs: u64,
 }
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts { handshake_secs: 10, idle_secs: 60, write_secs: 30, unpublished_play_secs: 60 }
+        Timeouts { handshake_secs: 10, idle_secs: 60, write_secs: 30, unpublished_play_secs: 60, partial_message_secs: 30 }
     }
 }
 
@@ -376,6 +391,10 @@ impl Timeouts {
     }
     pub fn unpublished_play(&self) -> Duration {
         Duration::from_secs(self.unpublished_play_secs)
+    }
+
+    pub fn partial_message(&self) -> Duration {
+        Duration::from_secs(self.partial_message_secs)
     }
 }
 
@@ -575,8 +594,14 @@ impl Config {
         if l.max_connections == 0 || l.max_connections_per_ip == 0 {
             return Err("limits.max_connections and limits.max_connections_per_ip must be at least 1".into());
         }
+        if l.max_memory_per_ip < 2 * l.max_message_size as usize {
+            return Err(format!(
+                "limits.max_memory_per_ip: {} is below twice limits.max_message_size ({})",
+                l.max_memory_per_ip, l.max_message_size
+            ));
+        }
         let t = &self.timeouts;
-        if t.handshake_secs == 0 || t.idle_secs == 0 || t.write_secs == 0 {
+        if t.handshake_secs == 0 || t.idle_secs == 0 || t.write_secs == 0 || t.partial_message_secs == 0 {
             return Err("timeouts.*_secs must be at least 1".into());
         }
         let r = &self.rtmpt;

@@ -37,6 +37,9 @@ pub enum Error {
     /// Over a rate limit (RTMPE handshakes per address): closed before any work was done.
     #[error("rate limited: {0}")]
     RateLimited(&'static str),
+    /// The client's address would hold more memory than `limits.max_memory_per_ip`.
+    #[error("{0}")]
+    OverBudget(#[from] crate::budget::OverBudget),
 
     /// Closed on purpose: by the admin API or because the gateway is draining.
     #[error("{0}")]

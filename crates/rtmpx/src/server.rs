@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use crate::acme::Acme;
 use crate::admin;
+use crate::budget::AddressBudgets;
 use crate::config::{Config, ListenerConfig, Proto};
 use crate::error::{Error, Result};
 use crate::logsafe::Throttle;
@@ -53,6 +54,8 @@ pub struct Shared {
     pub acme: OnceLock<Arc<Acme>>,
     /// RTMPE handshakes each address may still start (`limits.rtmpe_handshakes_per_ip`).
     pub rtmpe_budget: crate::rtmpe_budget::RtmpeBudget,
+    /// Memory held per client address (`limits.max_memory_per_ip`).
+    pub budgets: Arc<AddressBudgets>,
 }
 
 impl Shared {
@@ -71,6 +74,7 @@ impl Shared {
             sessions: Registry::default(),
             load: load.clone(),
             auth: crate::auth::Gate::new(),
+            budgets: Arc::default(),
             relays: RelayManager::new(shutdown, load),
             acme: OnceLock::new(),
             rtmpe_budget: Default::default(),
@@ -99,8 +103,8 @@ impl Shared {
         self.relays.states()
     }
 
-    /// Counts a new connection against the limits; `None` when a limit is hit.
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Admission> {
+    /// Counts a new connection (or RTMPT session) against the limits; `None` when a limit is hit.
+    pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Admission> {
         let limits = self.config().limits.clone();
         let cap = limits.max_connections.min(self.descriptor_cap.load(Ordering::Relaxed));
         let total = self.connections.fetch_add(1, Ordering::AcqRel) + 1;
@@ -130,7 +134,7 @@ impl Shared {
 }
 
 /// Releases a connection's place in the limits when the session ends.
-struct Admission {
+pub(crate) struct Admission {
     shared: Arc<Shared>,
     ip: IpAddr,
 }
@@ -152,7 +156,8 @@ pub fn router_config(config: &Config) -> RouterConfig {
     RouterConfig {
         player_queue_bytes: config.limits.player_queue_bytes,
         gop_cache: config.server.gop_cache,
-        ..RouterConfig::default()
+        max_gop_bytes: config.limits.max_gop_bytes,
+        max_header_bytes: config.limits.max_header_bytes,
     }
 }
 

@@ -35,6 +35,7 @@ pub(crate) use fan_out::{Batching, FanOut};
 pub(crate) use seal_pairing::seal_counts as rtmpe_seal_counts;
 
 use crate::auth;
+use crate::budget::Charge;
 use crate::error::{Error, Result};
 use crate::logsafe::Escaped;
 use crate::metrics::{Denial, Role};
@@ -165,6 +166,8 @@ struct Connection {
     bytes_out: u64,
     /// The session's entry in the admin registry (ops).
     registry: SessionGuard,
+    /// What this connection holds (receive buffers, caches of its stream), charged to its address.
+    memory: Charge,
 }
 
 impl Connection {
@@ -211,6 +214,7 @@ where
         bytes_in: 0,
         bytes_out: 0,
         registry: SessionGuard::open(&shared, id, peer, transport.variant(false)),
+        memory: shared.budgets.charge(peer.ip()),
     };
     debug!(session = conn.id, %peer, "session opened");
     let result = drive(stream, &mut conn, encryption, &shared).await;
@@ -441,6 +445,10 @@ where
 
 async fn drive_io(out: &Arc<SessionIo>, conn: &mut Connection, shared: &Shared) -> Result<()> {
     let timeouts = shared.config().timeouts.clone();
+    let memory_limit = shared.config().limits.max_memory_per_ip;
+    // What is pending of an incomplete message (ServerSession::incomplete_input) and since when:
+    // it must complete in `partial_message_secs`, however slowly its bytes trickle in.
+    let mut partial: Option<((u64, u64), tokio::time::Instant)> = None;
     let mut shutdown = shared.shutdown_signal();
     let handshake_deadline = tokio::time::Instant::now() + timeouts.handshake();
     let mut connected = false;
@@ -533,6 +541,23 @@ async fn drive_io(out: &Arc<SessionIo>, conn: &mut Connection, shared: &Shared) 
                     let _ = flush(out, timeouts.write()).await;
                     return Err(e);
                 }
+                let (held_input, oldest) = {
+                    let st = out.lock();
+                    (st.session.held_input_bytes(), st.session.incomplete_input())
+                };
+                partial = match (oldest, partial) {
+                    (Some(marker), Some((seen, since))) if marker == seen => Some((seen, since)),
+                    (Some(marker), _) => Some((marker, tokio::time::Instant::now())),
+                    (None, _) => None,
+                };
+                let held = held_input + conn.publishing.as_ref().map_or(0, |p| p.publisher.cached_bytes());
+                if let Err(over) = conn.memory.set(held, memory_limit) {
+                    warn!(session = conn.id, peer = %conn.peer, "{over}");
+                    return Err(over.into());
+                }
+            }
+            _ = sleep_until_opt(partial.map(|(_, since)| since + timeouts.partial_message())) => {
+                return Err(Error::Timeout("a message left incomplete"));
             }
             _ = fan_out_window_end(&mut conn.publishing) => {
                 if let Some(p) = &conn.publishing {

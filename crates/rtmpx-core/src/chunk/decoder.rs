@@ -27,6 +27,10 @@ const ABORT: u8 = 2;
 /// A partial message buffer starts at this many chunks (capped by the message length), then
 /// grows with the bytes received, so an advertised length costs nothing until it arrives.
 const INITIAL_CHUNKS_RESERVED: usize = 4;
+/// A message that arrives in one chunk shares the input buffer only if the buffer's allocation
+/// is at most this many times its size; smaller ones are copied out, so a tiny frame kept in a
+/// cache cannot pin a huge input buffer.
+pub const MAX_PIN_FACTOR: usize = 4;
 
 /// What one chunk stream remembers between chunks.
 #[derive(Debug)]
@@ -44,6 +48,8 @@ struct StreamState {
     /// Payload received so far of a message that spans chunks.
     partial: BytesMut,
     in_progress: bool,
+    /// Which partial message this is (see [`ChunkDecoder::oldest_partial`]).
+    partial_number: u64,
 }
 
 /// A chunk whose header parsed and whose payload is all in the buffer.
@@ -78,12 +84,23 @@ pub struct ChunkDecoder {
     streams: Vec<StreamState>,
     /// Payload bytes held in partial messages across all chunk streams.
     buffered: usize,
+    /// Size of the allocation the caller's input buffer lives in (0: unknown, always share).
+    input_allocation: usize,
+    /// Numbers partial messages as they start, to tell an old one from a new one.
+    partials_started: u64,
 }
 
 impl ChunkDecoder {
     pub fn new(limits: ChunkLimits) -> Self {
         let limits = ChunkLimits { max_chunk_size: limits.max_chunk_size.min(MAX_CHUNK_SIZE), ..limits };
-        ChunkDecoder { limits, chunk_size: DEFAULT_CHUNK_SIZE, streams: Vec::new(), buffered: 0 }
+        ChunkDecoder {
+            limits,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            streams: Vec::new(),
+            buffered: 0,
+            input_allocation: 0,
+            partials_started: 0,
+        }
     }
 
     /// Consumes whole chunks from the front of `buf` until a message completes (returned) or
@@ -113,13 +130,27 @@ impl ChunkDecoder {
         self.buffered
     }
 
+    /// Tells the decoder how large an allocation the input buffer given to
+    /// [`decode`](Self::decode) lives in: one-chunk messages under 1/[`MAX_PIN_FACTOR`] of it
+    /// are then copied instead of sharing it.
+    pub fn set_input_allocation(&mut self, bytes: usize) {
+        self.input_allocation = bytes;
+    }
+
+    /// The oldest partly received message, by the order partial messages started (numbers only
+    /// grow). A caller that sees the same number for too long knows a message is stuck, however
+    /// many bytes trickle in meanwhile.
+    pub fn oldest_partial(&self) -> Option<u64> {
+        self.streams.iter().filter(|s| s.in_progress).map(|s| s.partial_number).min()
+    }
+
     /// Chunk streams with state.
     pub fn chunk_stream_count(&self) -> usize {
         self.streams.len()
     }
 
-    #[cfg(test)]
-    pub(crate) fn partial_capacity(&self) -> usize {
+    /// Memory held by partly received messages (their buffers' capacity).
+    pub fn partial_capacity(&self) -> usize {
         self.streams.iter().map(|s| s.partial.capacity()).sum()
     }
 
@@ -245,6 +276,7 @@ impl ChunkDecoder {
                     stream_id: 0,
                     partial: BytesMut::new(),
                     in_progress: false,
+                    partial_number: 0,
                 });
                 self.streams.len() - 1
             }
@@ -274,13 +306,22 @@ impl ChunkDecoder {
             state.stream_id = plan.stream_id;
 
             if plan.payload_len == plan.length as usize {
-                // The whole message is in this chunk: hand out the input's own bytes.
-                let payload = buf.split_to(plan.payload_len).freeze();
+                // The whole message is in this chunk: hand out the input's own bytes, unless
+                // they would keep a much larger buffer alive.
+                let payload = if plan.payload_len.saturating_mul(MAX_PIN_FACTOR) < self.input_allocation {
+                    let payload = bytes::Bytes::copy_from_slice(&buf[..plan.payload_len]);
+                    buf.advance(plan.payload_len);
+                    payload
+                } else {
+                    buf.split_to(plan.payload_len).freeze()
+                };
                 return Ok(Some(message_of(state, payload)));
             }
             let initial = plan.payload_len.saturating_mul(INITIAL_CHUNKS_RESERVED).min(plan.length as usize);
             state.partial = BytesMut::with_capacity(initial);
             state.in_progress = true;
+            self.partials_started += 1;
+            state.partial_number = self.partials_started;
         }
 
         let buffered = self.buffered + plan.payload_len;

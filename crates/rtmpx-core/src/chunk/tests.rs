@@ -629,3 +629,58 @@ proptest! {
         fuzz_decode(&bytes);
     }
 }
+
+#[test]
+fn small_single_chunk_message_is_copied_out_of_a_large_buffer() {
+    // A 5-byte message in a buffer whose allocation is 1 MiB would pin all of it: copied.
+    let mut bytes = header_bytes(HeaderFormat::Type0, 3, 0, 5, 8, 1);
+    bytes.extend_from_slice(b"hello");
+    let mut buf = BytesMut::from(&bytes[..]);
+    let payload_address = buf[12..].as_ptr();
+    let mut decoder = ChunkDecoder::new(ChunkLimits::default());
+    decoder.set_input_allocation(1 << 20);
+    let message = decoder.decode(&mut buf).unwrap().unwrap();
+    assert_ne!(message.payload.as_ptr(), payload_address);
+    assert_eq!(&message.payload[..], b"hello");
+    // A message of at least a quarter of the allocation shares it.
+    let mut bytes = header_bytes(HeaderFormat::Type0, 3, 0, 100, 8, 1);
+    bytes.extend_from_slice(&[7u8; 100]);
+    let mut buf = BytesMut::from(&bytes[..]);
+    let payload_address = buf[12..].as_ptr();
+    decoder.set_input_allocation(100 * MAX_PIN_FACTOR);
+    let message = decoder.decode(&mut buf).unwrap().unwrap();
+    assert_eq!(message.payload.as_ptr(), payload_address);
+}
+
+#[test]
+fn oldest_partial_stays_while_a_message_trickles() {
+    let mut decoder = ChunkDecoder::new(ChunkLimits::default());
+    let mut buf = BytesMut::new();
+    assert_eq!(decoder.oldest_partial(), None);
+    // Message A (1000 bytes on csid 4) starts; message B completes meanwhile on csid 5.
+    buf.extend_from_slice(&header_bytes(HeaderFormat::Type0, 4, 0, 1000, 9, 1));
+    buf.extend_from_slice(&[1u8; 128]);
+    assert!(decode_all(&mut decoder, &mut buf).unwrap().is_empty());
+    let first = decoder.oldest_partial().expect("a partial message");
+    for _ in 0..3 {
+        buf.extend_from_slice(&header_bytes(HeaderFormat::Type0, 5, 0, 3, 8, 1));
+        buf.extend_from_slice(b"abc");
+        buf.extend_from_slice(&header_bytes(HeaderFormat::Type3, 4, 0, 0, 0, 0));
+        buf.extend_from_slice(&[1u8; 128]);
+        assert_eq!(decode_all(&mut decoder, &mut buf).unwrap().len(), 1);
+        assert_eq!(decoder.oldest_partial(), Some(first), "trickled bytes do not make A new");
+    }
+    // A completes; the next partial message has a later number.
+    for _ in 0..3 {
+        buf.extend_from_slice(&header_bytes(HeaderFormat::Type3, 4, 0, 0, 0, 0));
+        buf.extend_from_slice(&[1u8; 128]);
+    }
+    buf.extend_from_slice(&header_bytes(HeaderFormat::Type3, 4, 0, 0, 0, 0));
+    buf.extend_from_slice(&[1u8; 1000 - 7 * 128]);
+    assert_eq!(decode_all(&mut decoder, &mut buf).unwrap().len(), 1);
+    assert_eq!(decoder.oldest_partial(), None);
+    buf.extend_from_slice(&header_bytes(HeaderFormat::Type0, 4, 0, 1000, 9, 1));
+    buf.extend_from_slice(&[1u8; 128]);
+    assert!(decode_all(&mut decoder, &mut buf).unwrap().is_empty());
+    assert!(decoder.oldest_partial() > Some(first));
+}

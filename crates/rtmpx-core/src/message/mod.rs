@@ -9,6 +9,7 @@ pub use user_control::UserControl;
 
 use bytes::{Buf, Bytes};
 
+use crate::chunk::MAX_PIN_FACTOR;
 use crate::{Error, Result};
 
 /// Message type ids (RTMP spec section 5.4 and 7.1).
@@ -75,7 +76,8 @@ pub fn data_message_name(payload: &[u8]) -> Option<&str> {
     std::str::from_utf8(payload.get(3..3 + len)?).ok()
 }
 
-/// One sub-message of an aggregate message (type 22), sliced out of the aggregate's payload.
+/// One sub-message of an aggregate message (type 22), sliced out of the aggregate's payload
+/// (copied when small next to it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AggregatePart {
     pub type_id: u8,
@@ -88,6 +90,7 @@ pub struct AggregatePart {
 pub fn split_aggregate(aggregate_timestamp: u32, mut payload: Bytes) -> Result<Vec<AggregatePart>> {
     let mut parts = Vec::new();
     let mut first_ts = None;
+    let total = payload.len();
     while !payload.is_empty() {
         if payload.len() < 11 {
             return Err(Error::Protocol("truncated aggregate sub-message header".into()));
@@ -99,7 +102,14 @@ pub fn split_aggregate(aggregate_timestamp: u32, mut payload: Bytes) -> Result<V
         if payload.len() < size {
             return Err(Error::Protocol("aggregate sub-message longer than the aggregate".into()));
         }
-        let body = payload.split_to(size);
+        // A part much smaller than the aggregate is copied: a slice would keep all of it alive.
+        let body = if size.saturating_mul(MAX_PIN_FACTOR) < total {
+            let body = Bytes::copy_from_slice(&payload[..size]);
+            payload.advance(size);
+            body
+        } else {
+            payload.split_to(size)
+        };
         // Back pointer (4 bytes), absent after the last part in some encoders.
         payload.advance(payload.len().min(4));
         let base = *first_ts.get_or_insert(ts);

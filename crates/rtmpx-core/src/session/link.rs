@@ -19,6 +19,10 @@ const SHARE_MIN_PAYLOAD: usize = 1024;
 /// Headers are written into `output` blocks of at least this size, so splitting header pieces
 /// off it allocates once per block rather than once per header.
 const HEADER_BLOCK: usize = 4096;
+/// The smallest input allocation; larger ones double with what is buffered.
+const MIN_INPUT_ALLOCATION: usize = 4096;
+/// Input beyond one whole chunk (at most a message) that doubling may reserve room for.
+const INPUT_SLACK: usize = 64 * 1024;
 
 pub(crate) struct Link {
     /// Received bytes not yet parsed (already decrypted).
@@ -36,6 +40,12 @@ pub(crate) struct Link {
     /// Reused for message bodies we build (commands, control), so sending allocates nothing.
     scratch: BytesMut,
     pub bytes_received: u64,
+    /// Whole messages taken off the input so far.
+    pub messages_decoded: u64,
+    /// The decoder's message size limit: what one chunk can make the input hold.
+    max_message_size: usize,
+    /// What the decoder was told about the input's allocation.
+    decoder_input_allocation: usize,
     last_ack: u64,
     /// The peer's Window Acknowledgement Size: we acknowledge every this many bytes.
     pub ack_window: u32,
@@ -55,6 +65,9 @@ impl Link {
             encoder: ChunkEncoder::new(),
             scratch: BytesMut::new(),
             bytes_received: 0,
+            messages_decoded: 0,
+            max_message_size: limits.max_message_size as usize,
+            decoder_input_allocation: 0,
             last_ack: 0,
             ack_window: 2_500_000,
         }
@@ -63,11 +76,34 @@ impl Link {
     /// Appends received bytes, decrypting them when the session is RTMPE.
     pub fn receive(&mut self, data: &[u8]) {
         self.bytes_received += data.len() as u64;
+        self.reserve_input(data.len());
         let start = self.input.len();
         self.input.extend_from_slice(data);
         if let Some(cipher) = &mut self.cipher {
             cipher.decrypt(&mut self.input[start..]);
         }
+    }
+
+    /// Makes room for `additional` input bytes and tells the decoder how large the input's
+    /// allocation is: messages it hands out as slices of the input keep all of it alive.
+    fn reserve_input(&mut self, additional: usize) {
+        if self.input.capacity() - self.input.len() >= additional || self.input.try_reclaim(additional) {
+            // Same allocation (reclaimed in place when nothing else held it).
+            if self.input.capacity() > self.decoder_input_allocation {
+                self.decoder_input_allocation = self.input.capacity();
+                self.decoder.set_input_allocation(self.decoder_input_allocation);
+            }
+            return;
+        }
+        let needed = self.input.len() + additional;
+        // Doubling, but never far past the largest chunk the decoder waits for (one message).
+        let most = self.max_message_size.saturating_add(INPUT_SLACK);
+        let capacity = needed.max((self.input.len() * 2).min(most)).max(MIN_INPUT_ALLOCATION);
+        let mut fresh = BytesMut::with_capacity(capacity);
+        fresh.extend_from_slice(&self.input);
+        self.input = fresh;
+        self.decoder_input_allocation = self.input.capacity();
+        self.decoder.set_input_allocation(self.decoder_input_allocation);
     }
 
     /// Runs one handshake step (`step` reads the input and writes the output buffer). When the
@@ -94,8 +130,15 @@ impl Link {
         self.cipher = Some(cipher);
     }
 
+    /// Memory the receive side holds: the input buffer and partly received messages.
+    pub fn held_input_bytes(&self) -> usize {
+        self.input.capacity() + self.decoder.partial_capacity()
+    }
+
     pub fn next_message(&mut self) -> Result<Option<RawMessage>> {
-        self.decoder.decode(&mut self.input)
+        let message = self.decoder.decode(&mut self.input)?;
+        self.messages_decoded += u64::from(message.is_some());
+        Ok(message)
     }
 
     /// Sends an Acknowledgement when the peer's window has been passed.

@@ -270,6 +270,27 @@ impl ServerSession {
         matches!(self.phase, Phase::Closed)
     }
 
+    /// Memory the receive side holds: unparsed input and partly received messages.
+    pub fn held_input_bytes(&self) -> usize {
+        self.link.held_input_bytes()
+    }
+
+    /// Received bytes that are not yet a whole message, as a marker that changes only when
+    /// that is resolved: the oldest partial message's number, or (no partial message, but an
+    /// incomplete chunk in the input) how many messages were decoded before it. A caller that
+    /// sees the same marker for too long knows the client is stuck mid-message, however many
+    /// bytes trickle in. `None` when nothing is pending (or the session is still handshaking).
+    pub fn incomplete_input(&self) -> Option<(u64, u64)> {
+        if matches!(self.phase, Phase::Handshake(_)) {
+            return None;
+        }
+        match self.link.decoder.oldest_partial() {
+            Some(number) => Some((number, 0)),
+            None if !self.link.input.is_empty() => Some((0, self.link.messages_decoded)),
+            None => None,
+        }
+    }
+
     /// Bytes received so far (what Acknowledgements count).
     pub fn bytes_received(&self) -> u64 {
         self.link.bytes_received
@@ -332,6 +353,9 @@ impl ServerSession {
 
     fn media_in(&mut self, stream_id: u32, kind: MediaKind, timestamp: u32, payload: Bytes) -> Result<()> {
         match self.streams.iter().find(|s| s.id == stream_id).map(|s| s.state) {
+            // An empty audio/video/data message carries nothing (not even a codec byte); a
+            // stream of them, one byte each on the wire, would only cost memory downstream.
+            Some(StreamState::Publishing) if payload.is_empty() => Ok(()),
             Some(StreamState::Publishing) => {
                 self.events.push_back(ServerEvent::Media(Media { stream_id, kind, timestamp, payload }));
                 Ok(())

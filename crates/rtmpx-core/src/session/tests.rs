@@ -445,3 +445,134 @@ fn reconnect_request_info_object() {
     assert_eq!(caps_ex(&props((-1.0).into())), 0);
     assert_eq!(caps_ex(&props(f64::NAN.into())), 0);
 }
+
+fn publishing_server() -> (ServerSession, u32) {
+    let (mut publisher, mut server) = connected_pair(HandshakeVersion::Plain, true, usize::MAX);
+    publisher.publish("cam");
+    pump(&mut publisher, &mut server, usize::MAX);
+    let Some(ServerEvent::PublishRequested { stream_id, .. }) = server_events(&mut server).pop() else {
+        panic!()
+    };
+    server.accept_publish(stream_id).unwrap();
+    server_events(&mut server);
+    (server, stream_id)
+}
+
+/// One message in one chunk on chunk stream 4 (the chunk size must cover it).
+fn one_chunk(type_id: u8, stream_id: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = bytes::BytesMut::new();
+    crate::chunk::header::write_chunk_header(
+        &mut out,
+        crate::chunk::HeaderFormat::Type0,
+        4,
+        &crate::chunk::MessageHeader { timestamp: 0, length: payload.len() as u32, type_id, stream_id },
+    );
+    out.extend_from_slice(payload);
+    out.to_vec()
+}
+
+fn media_of(server: &mut ServerSession) -> Vec<Media> {
+    server_events(server)
+        .into_iter()
+        .filter_map(|e| if let ServerEvent::Media(m) = e { Some(m) } else { None })
+        .collect()
+}
+
+#[test]
+fn tiny_frames_do_not_pin_the_input_buffer() {
+    let (mut server, stream_id) = publishing_server();
+    let mut input = Vec::new();
+    // Set Chunk Size 4 MiB, then per round an ignored 1 MiB message and a 2-byte audio frame, all
+    // in one read: the frame must not be a slice of the 1 MiB+ input buffer.
+    input.extend(one_chunk(1, 0, &(4u32 << 20).to_be_bytes()));
+    for _ in 0..3 {
+        input.extend(one_chunk(19, stream_id, &vec![0u8; 1 << 20]));
+        input.extend(one_chunk(8, stream_id, &[0xaf, 0x01]));
+    }
+    server.handle_input(&input).unwrap();
+    let media = media_of(&mut server);
+    assert_eq!(media.len(), 3);
+    for mut m in media {
+        // A copy is the only owner of its memory; a slice of the input shares it.
+        assert!(m.payload.is_unique(), "a 2-byte frame shares a larger buffer");
+        assert_eq!(&m.payload.split_to(2)[..], &[0xaf, 0x01]);
+    }
+    // A frame as large as the buffer still shares it (zero copy).
+    let big = vec![0x17u8; 1 << 20];
+    server.handle_input(&one_chunk(9, stream_id, &big)).unwrap();
+    let media = media_of(&mut server);
+    assert_eq!(media.len(), 1);
+    assert!(!media[0].payload.is_unique());
+}
+
+#[test]
+fn empty_media_messages_are_dropped() {
+    let (mut server, stream_id) = publishing_server();
+    let mut input = Vec::new();
+    for type_id in [8, 9, 18] {
+        input.extend(one_chunk(type_id, stream_id, &[]));
+    }
+    // A one-byte type-3 header repeats the last (empty) message: thousands of them cost nothing.
+    input.extend(std::iter::repeat_n(0xc4u8, 10_000));
+    input.extend(one_chunk(8, stream_id, &[0xaf, 0x01, 0x21]));
+    server.handle_input(&input).unwrap();
+    let media = media_of(&mut server);
+    assert_eq!(media.len(), 1, "{media:?}");
+    assert_eq!(&media[0].payload[..], &[0xaf, 0x01, 0x21]);
+}
+
+#[test]
+fn a_large_chunk_in_pieces_holds_about_its_size() {
+    let (mut server, stream_id) = publishing_server();
+    server.handle_input(&one_chunk(1, 0, &((8u32 << 20) - 1).to_be_bytes())).unwrap();
+    let mut head = one_chunk(16, stream_id, &[]);
+    head[4..7].copy_from_slice(&[0x80, 0, 0]); // announce 8 MiB: a chunk of 8 MiB - 1
+    server.handle_input(&head).unwrap();
+    let piece = vec![0u8; 16 * 1024];
+    let mut sent = 0;
+    while sent + piece.len() < (8 << 20) - 1 {
+        server.handle_input(&piece).unwrap();
+        sent += piece.len();
+    }
+    // The read that ends the chunk brings the start of the next message: the input passes
+    // 8 MiB for a moment. Doubling would make it 16 MiB; it stays near one chunk.
+    let mut last = vec![0u8; (8 << 20) - 1 - sent];
+    let mut next = one_chunk(16, stream_id, &vec![0u8; 16 * 1024]);
+    next[0] = 5;
+    last.extend_from_slice(&next[..16 * 1024]);
+    server.handle_input(&last).unwrap();
+    let held = server.held_input_bytes();
+    assert!(held <= (8 << 20) + 256 * 1024, "{held}");
+}
+
+#[test]
+fn incomplete_input_marker_stays_while_bytes_trickle() {
+    let (mut server, stream_id) = publishing_server();
+    assert_eq!(server.incomplete_input(), None);
+    server.handle_input(&one_chunk(1, 0, &128u32.to_be_bytes())).unwrap();
+    // An unfinished chunk (a 4096-byte message, chunk size 128) trickling in.
+    let mut head = one_chunk(16, stream_id, &[]);
+    head[4..7].copy_from_slice(&[0, 0x10, 0]);
+    server.handle_input(&head).unwrap();
+    let first = server.incomplete_input().expect("pending input");
+    for _ in 0..100 {
+        server.handle_input(&[0]).unwrap();
+        assert_eq!(server.incomplete_input(), Some(first));
+    }
+    // Now a partial message (first chunk done); it stays the same while it trickles too.
+    server.handle_input(&[0; 28]).unwrap();
+    let partial = server.incomplete_input().expect("partial message");
+    assert_ne!(partial, first);
+    server.handle_input(&[0xC4]).unwrap();
+    server.handle_input(&[0; 100]).unwrap();
+    assert_eq!(server.incomplete_input(), Some(partial));
+    // Finished: nothing pending.
+    let mut rest = Vec::new();
+    for _ in 0..(4096 - 256) / 128 {
+        rest.push(0xC4);
+        rest.extend_from_slice(&[0; 128]);
+    }
+    server.handle_input(&[0; 28]).unwrap();
+    server.handle_input(&rest).unwrap();
+    assert_eq!(server.incomplete_input(), None);
+}

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::server::conn::http1;
@@ -21,6 +21,7 @@ use tracing::{debug, warn};
 
 use super::pipe::{pipe, PipeEnd};
 use super::table::{ConnectionId, OpenRefused, SessionId, TableLimits, TunnelIo};
+use crate::budget::Charge;
 use crate::config::RtmptSection;
 use crate::server::Shared;
 use crate::session::{self, Origin};
@@ -178,9 +179,17 @@ async fn handle(request: Request<Incoming>, ctx: &Ctx) -> Response<Full<Bytes>> 
     let limits = &config.rtmpt;
     let route = route(request.method(), request.uri().path());
     // The body is always read (bounded) so the connection stays usable for the next request.
-    let body = match read_body(request, limits).await {
+    // Its memory counts against the client address's budget until the request is answered.
+    let mut charge = ctx.shared.budgets.charge(ctx.peer.ip());
+    let budget = config.limits.max_memory_per_ip;
+    let body = match read_body(request, limits, &mut charge, budget).await {
         Ok(body) => body,
-        Err(status) => return empty(status),
+        Err(status) => {
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                warn!(peer = %ctx.peer, "rtmpt request refused: over limits.max_memory_per_ip");
+            }
+            return empty(status);
+        }
     };
     match route {
         None => empty(StatusCode::NOT_FOUND),
@@ -200,21 +209,53 @@ async fn handle(request: Request<Incoming>, ctx: &Ctx) -> Response<Full<Bytes>> 
     }
 }
 
-async fn read_body(request: Request<Incoming>, limits: &RtmptSection) -> Result<Bytes, StatusCode> {
+/// Collects a request body up to `max_request_body`, charging what it holds to `charge`
+/// (`SERVICE_UNAVAILABLE` when the address's budget would be passed).
+async fn read_body(
+    request: Request<Incoming>,
+    limits: &RtmptSection,
+    charge: &mut Charge,
+    budget: usize,
+) -> Result<Bytes, StatusCode> {
     let declared = request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limits.max_request_body as u64) {
         return Err(StatusCode::PAYLOAD_TOO_LARGE);
     }
-    let body = Limited::new(request.into_body(), limits.max_request_body);
-    match timeout(limits.request_timeout(), body.collect()).await {
+    let mut body = request.into_body();
+    let collect = async {
+        // One frame (the usual case) is kept as it is; more are joined.
+        let mut first: Option<Bytes> = None;
+        let mut joined = BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame.map_err(|_| StatusCode::BAD_REQUEST)?.into_data() else { continue };
+            let held = first.as_ref().map_or(0, Bytes::len) + joined.len() + data.len();
+            if held > limits.max_request_body {
+                return Err(StatusCode::PAYLOAD_TOO_LARGE);
+            }
+            charge.set(held.max(joined.capacity()), budget).map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+            match first.take() {
+                None if joined.is_empty() => first = Some(data),
+                previous => {
+                    if let Some(previous) = previous {
+                        joined.extend_from_slice(&previous);
+                    }
+                    joined.extend_from_slice(&data);
+                }
+            }
+        }
+        Ok(first.unwrap_or_else(|| joined.freeze()))
+    };
+    match timeout(limits.request_timeout(), collect).await {
         Err(_) => Err(StatusCode::REQUEST_TIMEOUT),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(StatusCode::PAYLOAD_TOO_LARGE),
-        Ok(Err(_)) => Err(StatusCode::BAD_REQUEST),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(result) => result,
     }
 }
 
 fn open(ctx: &Ctx, limits: &RtmptSection) -> Response<Full<Bytes>> {
+    // A tunnel session counts like a connection against max_connections(_per_ip).
+    let Some(admission) = ctx.shared.admit(ctx.peer.ip()) else {
+        return empty(StatusCode::SERVICE_UNAVAILABLE);
+    };
     let (gateway_end, tunnel_end) = pipe(PIPE_CAPACITY);
     let table_limits =
         TableLimits { max_sessions: limits.max_sessions, max_sessions_per_ip: limits.max_sessions_per_ip };
@@ -237,7 +278,11 @@ fn open(ctx: &Ctx, limits: &RtmptSection) -> Response<Full<Bytes>> {
     };
     debug!(peer = %ctx.peer, id = ?session.id, "rtmpt session opened");
     ctx.served(session.id);
-    tokio::spawn(session::run(gateway_end, ctx.peer, ctx.origin, ctx.shared.clone()));
+    let run = session::run(gateway_end, ctx.peer, ctx.origin, ctx.shared.clone());
+    tokio::spawn(async move {
+        let _admission = admission;
+        run.await
+    });
     // Exactly one trailing byte: librtmp drops the last byte of this body, ffmpeg trims white space.
     fcs(Bytes::from(format!("{}\n", session.id)))
 }
