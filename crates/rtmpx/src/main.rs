@@ -60,6 +60,7 @@ enum Command {
         /// order unless the cached one is still good), answering challenges on its listeners.
         #[arg(long, requires = "config", conflicts_with_all = ["hosts"])]
         acme: bool,
+        /// The configuration file whose `[tls.acme]` section and listeners --acme uses.
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
