@@ -12,6 +12,7 @@ use crate::message::{self, read_u32_payload, type_id, Command, UserControl};
 use crate::{Error, Result};
 
 use super::link::Link;
+use super::capabilities::EnhancedCapabilities;
 use super::{csid, Media, MediaKind};
 
 #[derive(Debug, Clone)]
@@ -29,6 +30,8 @@ pub struct ClientConfig {
     pub buffer_length_ms: u32,
     pub chunk_limits: ChunkLimits,
     pub amf_limits: AmfLimits,
+    /// Announced in `connect` (empty: we present ourselves as a legacy client).
+    pub capabilities: EnhancedCapabilities,
 }
 
 impl ClientConfig {
@@ -43,6 +46,7 @@ impl ClientConfig {
             buffer_length_ms: 1000,
             chunk_limits: ChunkLimits::default(),
             amf_limits: AmfLimits::default(),
+            capabilities: EnhancedCapabilities::gateway(),
         }
     }
 }
@@ -102,6 +106,7 @@ pub struct ClientSession {
     queued: Vec<Intent>,
     outcome: Option<HandshakeOutcome>,
     scratch: BytesMut,
+    server_capabilities: EnhancedCapabilities,
 }
 
 impl ClientSession {
@@ -120,6 +125,7 @@ impl ClientSession {
             queued: Vec::new(),
             outcome: None,
             scratch: BytesMut::new(),
+            server_capabilities: EnhancedCapabilities::default(),
         }
     }
 
@@ -176,13 +182,22 @@ impl ClientSession {
         matches!(self.phase, Phase::Closed)
     }
 
+    /// The Enhanced RTMP capabilities the server answered in `_result` (empty: a legacy server,
+    /// such as nginx-rtmp); known once `Connected` was reported.
+    pub fn server_capabilities(&self) -> &EnhancedCapabilities {
+        &self.server_capabilities
+    }
+
     fn send_connect(&mut self) {
-        let object = Amf0Value::object([
+        let mut object = Amf0Value::object([
             ("app", Amf0Value::from(self.config.app.as_str())),
             ("type", "nonprivate".into()),
             ("flashVer", self.config.flash_ver.as_str().into()),
             ("tcUrl", self.config.tc_url.as_str().into()),
         ]);
+        if let (Amf0Value::Object(props), true) = (&mut object, self.config.capabilities.is_enhanced()) {
+            props.extend(self.config.capabilities.to_properties());
+        }
         self.link.send_command(csid::COMMAND, 0, &Command::new("connect", 1.0, object, vec![]));
         self.phase = Phase::Connecting { transaction_id: 1.0 };
     }
@@ -312,6 +327,9 @@ impl ClientSession {
                 if let Phase::Connecting { transaction_id } = self.phase {
                     if cmd.transaction_id == transaction_id {
                         self.phase = Phase::Connected;
+                        if let Some(props) = cmd.object.properties() {
+                            self.server_capabilities = EnhancedCapabilities::from_properties(props);
+                        }
                         self.link.send_chunk_size(self.config.chunk_size);
                         self.events.push_back(ClientEvent::Connected);
                         for intent in std::mem::take(&mut self.queued) {

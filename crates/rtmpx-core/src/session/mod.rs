@@ -10,12 +10,14 @@
 //!
 //! Nothing here blocks, reads a clock or touches a socket.
 
+pub mod capabilities;
 mod client;
 mod link;
 mod server;
 #[cfg(test)]
 mod tests;
 
+pub use capabilities::EnhancedCapabilities;
 pub use client::{ClientConfig, ClientEvent, ClientSession};
 pub use server::{ConnectRequest, PublishMode, ServerConfig, ServerEvent, ServerSession};
 
