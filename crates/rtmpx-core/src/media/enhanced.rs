@@ -186,10 +186,21 @@ impl<'a> ExTag<'a> {
             MediaType::Video => VIDEO_PACKET_MULTITRACK,
             MediaType::Audio => AUDIO_PACKET_MULTITRACK,
         };
-        if media == MediaType::Video && frame_type == VIDEO_FRAME_COMMAND && packet_type != VIDEO_PACKET_METADATA {
+        if media == MediaType::Video
+            && frame_type == VIDEO_FRAME_COMMAND
+            && packet_type != VIDEO_PACKET_METADATA
+        {
             // A video command (seek start/end): one byte, no FourCC and no tracks.
             read_u8(&mut rest, "truncated video command")?;
-            return Ok(Some(ExTag { media, frame_type, packet_type, multitrack: None, nano_offset, fourcc: None, body: &[] }));
+            return Ok(Some(ExTag {
+                media,
+                frame_type,
+                packet_type,
+                multitrack: None,
+                nano_offset,
+                fourcc: None,
+                body: &[],
+            }));
         }
         let mut multitrack = None;
         if packet_type == multitrack_type {
@@ -240,7 +251,10 @@ fn check_packet_type(media: MediaType, packet_type: u8) -> Result<()> {
         MediaType::Video => packet_type <= VIDEO_PACKET_MPEG2TS_SEQUENCE_START,
         MediaType::Audio => matches!(
             packet_type,
-            PACKET_SEQUENCE_START | PACKET_CODED_FRAMES | PACKET_SEQUENCE_END | AUDIO_PACKET_MULTICHANNEL_CONFIG
+            PACKET_SEQUENCE_START
+                | PACKET_CODED_FRAMES
+                | PACKET_SEQUENCE_END
+                | AUDIO_PACKET_MULTICHANNEL_CONFIG
         ),
     };
     if known {
@@ -440,7 +454,10 @@ mod tests {
         assert_eq!(tag.multitrack, Some(MultitrackType::OneTrack));
         let tracks: Vec<_> = tag.tracks().collect::<Result<_>>().unwrap();
         assert_eq!(tracks.len(), 1);
-        assert_eq!((tracks[0].id, tracks[0].codec, tracks[0].packet), (1, Codec::Aac, PacketKind::SequenceStart));
+        assert_eq!(
+            (tracks[0].id, tracks[0].codec, tracks[0].packet),
+            (1, Codec::Aac, PacketKind::SequenceStart)
+        );
         assert_eq!(tracks[0].data, &[0x12, 0x10]);
         assert_eq!(tracks[0].to_legacy().unwrap().to_vec(), vec![0xAF, 0, 0x12, 0x10]);
     }
@@ -486,7 +503,11 @@ mod tests {
             (MediaType::Audio, b"\x95\x30mp4a\x00", "unknown multitrack type"),
             (MediaType::Video, b"\x97\x05\x01", "truncated ModEx data"),
             // ManyTracks: the size of track 1 claims more bytes than the message has.
-            (MediaType::Audio, b"\x95\x11mp4a\x00\x00\x00\x01\xAA\x01\x00\x10\x00\xBB", "track size beyond the message"),
+            (
+                MediaType::Audio,
+                b"\x95\x11mp4a\x00\x00\x00\x01\xAA\x01\x00\x10\x00\xBB",
+                "track size beyond the message",
+            ),
             (MediaType::Audio, b"\x95\x21Opus\x00\x00", "truncated track size"),
         ];
         for (media, body, reason) in cases {

@@ -11,8 +11,8 @@ use crate::handshake::{ClientHandshake, HandshakeOutcome, HandshakeVersion};
 use crate::message::{self, read_u32_payload, type_id, Command, UserControl};
 use crate::{Error, Result};
 
-use super::link::Link;
 use super::capabilities::EnhancedCapabilities;
+use super::link::Link;
 use super::{csid, Media, MediaKind};
 
 #[derive(Debug, Clone)]

@@ -373,8 +373,10 @@ impl ServerSession {
         // "O:1 NN:capsEx:2 O:0"`) may announce Enhanced RTMP in an object argument.
         for arg in &cmd.args {
             for (key, value) in arg.properties().into_iter().flatten() {
-                let enhanced_key =
-                    matches!(key.as_str(), "fourCcList" | "videoFourCcInfoMap" | "audioFourCcInfoMap" | "capsEx");
+                let enhanced_key = matches!(
+                    key.as_str(),
+                    "fourCcList" | "videoFourCcInfoMap" | "audioFourCcInfoMap" | "capsEx"
+                );
                 if enhanced_key && !props.iter().any(|(k, _)| k == key) {
                     props.push((key.clone(), value.clone()));
                 }

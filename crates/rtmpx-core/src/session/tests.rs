@@ -371,7 +371,8 @@ fn malformed_multitrack_media_closes_the_publisher() {
     let (mut publisher, mut server) = connected_pair(HandshakeVersion::Plain, true, 4096);
     publisher.publish("cam");
     pump(&mut publisher, &mut server, 4096);
-    let Some(ServerEvent::PublishRequested { stream_id, .. }) = server_events(&mut server).last().cloned() else {
+    let Some(ServerEvent::PublishRequested { stream_id, .. }) = server_events(&mut server).last().cloned()
+    else {
         panic!()
     };
     server.accept_publish(stream_id).unwrap();
