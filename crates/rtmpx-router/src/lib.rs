@@ -91,6 +91,16 @@ pub enum FrameKind {
     Metadata,
 }
 
+impl FrameKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            FrameKind::Audio => "audio",
+            FrameKind::Video => "video",
+            FrameKind::Metadata => "data",
+        }
+    }
+}
+
 /// One audio, video or data message. The payload is shared, never copied, across players.
 #[derive(Clone, Debug)]
 pub struct Frame {

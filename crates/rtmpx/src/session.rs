@@ -14,8 +14,8 @@ use rand::SeedableRng;
 use rtmpx_core::handshake::EncryptionPolicy;
 use rtmpx_core::session::{MediaKind, PublishMode, ServerConfig, ServerEvent, ServerSession, StatusLevel};
 use rtmpx_router::{
-    DirectSend, DirectSink, Frame, FrameKind, Player, PlayerEvent, PlayerWaker, Publisher, RouterError,
-    SessionInfo, StreamKey,
+    DirectSend, DirectSink, Frame, FrameKind, PlayOptions, Player, PlayerEvent, PlayerWaker, Publisher,
+    RouterError, SessionInfo, StreamKey,
 };
 use std::cell::RefCell;
 use std::future::poll_fn;
@@ -685,7 +685,13 @@ async fn handle_event(
                     conn.app = Some(client.app.clone());
                     conn.client = Some(client);
                     *connected = true;
-                    out.lock().session.accept_connect()?;
+                    let mut st = out.lock();
+                    let capabilities = st.session.peer_capabilities();
+                    if capabilities.is_enhanced() {
+                        debug!(session = conn.id, caps_ex = capabilities.caps_ex, fourcc = ?capabilities.fourcc_list, "client announced Enhanced RTMP");
+                    }
+                    conn.registry.entry().set_enhanced(capabilities.is_enhanced());
+                    st.session.accept_connect()?;
                 }
                 Err(denial) => {
                     warn!(session = conn.id, peer = %conn.peer, app = app_name, "connect rejected: {}", denial.reason);
@@ -802,7 +808,9 @@ async fn on_play(
         }
     };
     let key = StreamKey::new(&app, &grant.name);
-    let mut player = shared.router.play(key.clone(), conn.info());
+    // A player that announced no Enhanced RTMP gets only the tracks and tags it can parse.
+    let legacy = !out.lock().session.peer_capabilities().is_enhanced();
+    let mut player = shared.router.play_with(key.clone(), conn.info(), PlayOptions { legacy, ..PlayOptions::default() });
     {
         let mut st = out.lock();
         st.session.accept_play(stream_id, &key.name)?;
@@ -827,7 +835,7 @@ async fn on_play(
     conn.registry.entry().set_role(Role::Player, &key.name);
     conn.stream_name = Some(key.name.clone());
     conn.playing = Some(Playing { stream_id, player, _grant: grant });
-    info!(session = conn.id, peer = %conn.peer, variant = conn.variant(), stream = %key, "playing");
+    info!(session = conn.id, peer = %conn.peer, variant = conn.variant(), stream = %key, legacy, "playing");
     // Relays: a stream that is not live here is pulled from the app's upstream, if it has one.
     shared.relays.ensure_pull(&shared.router, &shared.config(), &key);
     Ok(())
