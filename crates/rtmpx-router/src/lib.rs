@@ -144,7 +144,7 @@ impl Frame {
     }
 
     /// The ids of the tracks whose sequence start this frame carries (0 for a legacy header).
-    fn sequence_start_tracks(&self) -> Vec<u8> {
+    pub fn sequence_start_tracks(&self) -> Vec<u8> {
         let Some(media) = self.media_type() else { return Vec::new() };
         match ExTag::parse(media, &self.payload) {
             Ok(Some(tag)) => tag

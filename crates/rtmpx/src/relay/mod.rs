@@ -354,8 +354,9 @@ const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 #[derive(Default)]
 struct Headers {
     metadata: Option<Frame>,
-    video: Option<Frame>,
-    audio: Option<Frame>,
+    /// The latest sequence start of every (kind, track), in arrival order (Enhanced RTMP
+    /// multitrack has one per track).
+    sequence_starts: Vec<(FrameKind, u8, Frame)>,
     has_video: bool,
 }
 
@@ -365,18 +366,27 @@ impl Headers {
         if frame.kind == FrameKind::Video {
             self.has_video = true;
         }
-        let slot = match frame.kind {
-            FrameKind::Metadata => &mut self.metadata,
-            FrameKind::Video if frame.info.sequence_header => &mut self.video,
-            FrameKind::Audio if frame.info.sequence_header => &mut self.audio,
+        match frame.kind {
+            FrameKind::Metadata => self.metadata = Some(frame.clone()),
+            FrameKind::Video | FrameKind::Audio if frame.info.sequence_header => {
+                let tracks = frame.sequence_start_tracks();
+                self.sequence_starts.retain(|(kind, track, _)| *kind != frame.kind || !tracks.contains(track));
+                self.sequence_starts.extend(tracks.into_iter().map(|track| (frame.kind, track, frame.clone())));
+            }
             _ => return false,
-        };
-        *slot = Some(frame.clone());
+        }
         true
     }
 
-    fn all(&self) -> impl Iterator<Item = &Frame> {
-        [&self.metadata, &self.video, &self.audio].into_iter().flatten()
+    /// Metadata, then each sequence start once (a ManyTracks one is kept per track).
+    fn all(&self) -> Vec<Frame> {
+        let mut all: Vec<Frame> = self.metadata.iter().cloned().collect();
+        for (_, _, frame) in &self.sequence_starts {
+            if !all.iter().any(|sent| sent.payload.as_ptr() == frame.payload.as_ptr()) {
+                all.push(frame.clone());
+            }
+        }
+        all
     }
 }
 

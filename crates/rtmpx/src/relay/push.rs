@@ -102,8 +102,15 @@ impl PushJob {
         headers: &mut Headers,
     ) -> Result<End, String> {
         let write_timeout = self.options.write_timeout;
-        for frame in headers.all() {
-            send(conn, stream_id, frame, 0, write_timeout).await?;
+        // An upstream that answered no Enhanced RTMP (nginx-rtmp) is served as a legacy player:
+        // the default tracks, in legacy tags.
+        let legacy = !conn.server_capabilities().is_enhanced();
+        if legacy {
+            info!("relay push {}: the upstream is a legacy server, forwarding the default tracks only", self.player.key());
+        }
+        let for_upstream = |frame: &Frame| if legacy { frame.for_legacy_player() } else { Some(frame.clone()) };
+        for frame in headers.all().iter().filter_map(for_upstream) {
+            send(conn, stream_id, &frame, 0, write_timeout).await?;
         }
         let mut awaiting_keyframe = true;
         let mut base: Option<u32> = None;
@@ -117,7 +124,12 @@ impl PushJob {
                             PlayerEvent::Unpublished => return Ok(End::PublisherLeft),
                             PlayerEvent::PublishStarted => {}
                             PlayerEvent::Frame(frame) => {
-                                if headers.update(&frame) {
+                                let is_header = headers.update(&frame);
+                                let Some(frame) = for_upstream(&frame) else {
+                                    event = self.player.try_recv();
+                                    continue;
+                                };
+                                if is_header {
                                     let ts = base.map_or(0, |b| frame.timestamp.saturating_sub(b));
                                     send(conn, stream_id, &frame, ts, write_timeout).await?;
                                 } else if awaiting_keyframe && headers.has_video && !frame.is_keyframe() {
