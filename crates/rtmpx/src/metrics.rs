@@ -310,12 +310,20 @@ pub fn render(shared: &Shared) -> String {
     for s in &streams {
         out.sample("rtmpx_stream_players", &[("app", &s.key.app), ("stream", &s.key.name)], s.players as u64);
     }
-    out.header("rtmpx_stream_legacy_players", "gauge", "Players of each stream without Enhanced RTMP support.");
+    out.header(
+        "rtmpx_stream_legacy_players",
+        "gauge",
+        "Players of each stream without Enhanced RTMP support.",
+    );
     for s in &streams {
         let labels = [("app", s.key.app.as_str()), ("stream", s.key.name.as_str())];
         out.sample("rtmpx_stream_legacy_players", &labels, s.legacy_players as u64);
     }
-    out.header("rtmpx_stream_track", "gauge", "The audio and video tracks of each stream, by id and codec (always 1).");
+    out.header(
+        "rtmpx_stream_track",
+        "gauge",
+        "The audio and video tracks of each stream, by id and codec (always 1).",
+    );
     for s in &streams {
         for t in &s.tracks {
             let id = t.id.to_string();

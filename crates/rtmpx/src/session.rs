@@ -810,7 +810,8 @@ async fn on_play(
     let key = StreamKey::new(&app, &grant.name);
     // A player that announced no Enhanced RTMP gets only the tracks and tags it can parse.
     let legacy = !out.lock().session.peer_capabilities().is_enhanced();
-    let mut player = shared.router.play_with(key.clone(), conn.info(), PlayOptions { legacy, ..PlayOptions::default() });
+    let mut player =
+        shared.router.play_with(key.clone(), conn.info(), PlayOptions { legacy, ..PlayOptions::default() });
     {
         let mut st = out.lock();
         st.session.accept_play(stream_id, &key.name)?;

@@ -370,8 +370,10 @@ impl Headers {
             FrameKind::Metadata => self.metadata = Some(frame.clone()),
             FrameKind::Video | FrameKind::Audio if frame.info.sequence_header => {
                 let tracks = frame.sequence_start_tracks();
-                self.sequence_starts.retain(|(kind, track, _)| *kind != frame.kind || !tracks.contains(track));
-                self.sequence_starts.extend(tracks.into_iter().map(|track| (frame.kind, track, frame.clone())));
+                self.sequence_starts
+                    .retain(|(kind, track, _)| *kind != frame.kind || !tracks.contains(track));
+                self.sequence_starts
+                    .extend(tracks.into_iter().map(|track| (frame.kind, track, frame.clone())));
             }
             _ => return false,
         }

@@ -106,9 +106,11 @@ impl PushJob {
         // the default tracks, in legacy tags.
         let legacy = !conn.server_capabilities().is_enhanced();
         if legacy {
-            info!("relay push {}: the upstream is a legacy server, forwarding the default tracks only", self.player.key());
+            let (key, url) = (self.player.key(), self.status.url());
+            info!("relay push {key} -> {url}: the upstream is a legacy server, forwarding the default tracks only");
         }
-        let for_upstream = |frame: &Frame| if legacy { frame.for_legacy_player() } else { Some(frame.clone()) };
+        let for_upstream =
+            |frame: &Frame| if legacy { frame.for_legacy_player() } else { Some(frame.clone()) };
         for frame in headers.all().iter().filter_map(for_upstream) {
             send(conn, stream_id, &frame, 0, write_timeout).await?;
         }
