@@ -380,12 +380,15 @@ impl Headers {
         true
     }
 
-    /// Metadata, then each sequence start once (a ManyTracks one is kept per track).
+    /// Metadata, then each video and each audio sequence start once (a ManyTracks one is kept
+    /// per track).
     fn all(&self) -> Vec<Frame> {
         let mut all: Vec<Frame> = self.metadata.iter().cloned().collect();
-        for (_, _, frame) in &self.sequence_starts {
-            if !all.iter().any(|sent| sent.payload.as_ptr() == frame.payload.as_ptr()) {
-                all.push(frame.clone());
+        for kind in [FrameKind::Video, FrameKind::Audio] {
+            for (_, _, frame) in self.sequence_starts.iter().filter(|(k, _, _)| *k == kind) {
+                if !all.iter().any(|sent| sent.payload.as_ptr() == frame.payload.as_ptr()) {
+                    all.push(frame.clone());
+                }
             }
         }
         all
@@ -455,8 +458,13 @@ mod tests {
         assert!(h.update(&meta) && h.update(&avc_header) && h.update(&aac_header) && h.update(&avc_header2));
         assert!(!h.update(&key) && !h.update(&aac));
         assert!(h.has_video);
-        let kept: Vec<u32> = h.all().map(|f| f.timestamp).collect();
+        let kept: Vec<u32> = h.all().into_iter().map(|f| f.timestamp).collect();
         assert_eq!(kept, [0, 5, 0], "metadata, newest video header, audio header");
+        // A second audio track (FFmpeg's OneTrack multitrack, track 1) is kept beside track 0.
+        let second_track = Frame::audio(0, Bytes::from_static(b"\x95\x00mp4a\x01\x11\x90"));
+        assert!(h.update(&second_track));
+        assert_eq!(h.all().len(), 4);
+        assert!(h.all()[3].info.multitrack);
     }
 
     fn test_config(text: &str) -> Config {
