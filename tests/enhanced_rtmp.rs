@@ -339,3 +339,61 @@ backoff_initial_ms = 200
     assert_only_legacy_tags("player of nginx-rtmp, through the push relay", &nginx_out);
     assert_good_recording("player of nginx-rtmp, through the push relay", &nginx_out, 60, 100);
 }
+
+/// Malformed multitrack messages (a track size beyond the message, a truncated FourCC, a
+/// reserved packet type): each closes its own publisher with a line that says why, while a
+/// healthy stream and its player carry on.
+#[test]
+fn malformed_multitrack_messages_close_only_their_publisher() {
+    let _serial = exclusive();
+    require_tool("ffprobe");
+    let dir = TempDir::new("ertmp-malformed");
+    let gw = Gateway::start_default();
+    let healthy_url = gw.url("rtmp", "live", "healthy");
+    let mut publisher = publish_ffmpeg9(&healthy_url, 10, TWO_AUDIO_TRACKS);
+    wait_line(&gw, &["publishing", "live/healthy"]);
+    let out = dir.file("healthy.mkv");
+    let mut player = record_ffmpeg9(&healthy_url, &out, 6.0, true);
+    wait_line(&gw, &["playing", "live/healthy"]);
+
+    let cases: [(&str, &[u8], &str); 3] = [
+        ("audio", b"\x95\x11mp4a\x00\x00\x00\x01\xAA\x01\x00\x00\x10\xBB", "track size beyond the message"),
+        ("video", b"\x96\x10av", "truncated FourCC"),
+        ("audio", b"\x93Opus\x00", "unknown audio packet type"),
+    ];
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    for (n, (kind, payload, reason)) in cases.into_iter().enumerate() {
+        let url = rtmpx_client::RtmpUrl::parse(&gw.url("rtmp", "live", &format!("bad{n}"))).unwrap();
+        let closed_by_server = runtime.block_on(async {
+            let options = rtmpx_client::ClientOptions::default();
+            let mut conn = rtmpx_client::Connection::connect(&url, &options).await.unwrap();
+            let stream_id = conn.publish(&url.stream).await.unwrap();
+            let kind =
+                if kind == "audio" { rtmpx_client::MediaKind::Audio } else { rtmpx_client::MediaKind::Video };
+            conn.send(stream_id, kind, 0, payload).await.unwrap();
+            conn.flush().await.unwrap();
+            let end = tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    match conn.next_event().await {
+                        Ok(Some(_)) => continue,
+                        Ok(None) | Err(_) => return true,
+                    }
+                }
+            });
+            end.await.unwrap_or(false)
+        });
+        assert!(closed_by_server, "the gateway kept a publisher that sent {payload:02x?}");
+        let line = wait_line(&gw, &[&format!("stream=live/bad{n}"), "closed"]);
+        assert!(line.contains(&format!("malformed enhanced media: {reason}")), "{line}");
+    }
+
+    assert!(player.finish().success(), "{}", player.describe());
+    assert!(publisher.finish().success(), "{}", publisher.describe());
+    assert_eq!(gw.count_log("stream=live/healthy role=publisher"), 1, "{}", gw.logs());
+    assert_every_track_decodes(
+        "player of the healthy stream",
+        &out,
+        &[("video", "h264", 320), ("audio", "aac", 48000), ("audio", "aac", 44100)],
+        100,
+    );
+}
