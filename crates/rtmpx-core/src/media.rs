@@ -102,7 +102,8 @@ fn inspect_enhanced(media: MediaType, body: &[u8]) -> MediaInfo {
             info.track = track.id;
         }
         info.sequence_header |= track.packet == PacketKind::SequenceStart;
-        if track.id == 0 {
+        // The first track 0 is the default track (a repeated id is not another default track).
+        if track.id == 0 && !info.default_track {
             info.default_track = true;
             info.keyframe = track.keyframe;
             if track.to_legacy().is_some() {
@@ -233,5 +234,15 @@ mod tests {
         assert_eq!(inspect_video(b"\x93av01\x09").legacy, LegacyForm::Unreadable);
         assert_eq!(inspect_audio(&[0xAF, 1, 0]).legacy, LegacyForm::AsIs);
         assert!(validate(MediaType::Audio, b"\x95\x10mp4a\x00\x00\x00\x09").is_err());
+    }
+
+    /// Found by the enhanced_media fuzz target: track 0 twice, the first one too short for a
+    /// legacy form. Only the first track 0 counts, for the legacy form as for the keyframe.
+    #[test]
+    fn repeated_default_track_uses_the_first() {
+        let body = b"\x96\x11avc1\x00\x00\x00\x00\x00\x00\x00\x04\x00\xf8\xab\x00";
+        let info = inspect_video(body);
+        assert_eq!(info.legacy, LegacyForm::Unreadable);
+        assert_eq!(legacy_payload(MediaType::Video, body), None);
     }
 }
