@@ -6,7 +6,7 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, BytesMut};
 use rtmpx_core::handshake::HandshakeVersion;
-use rtmpx_core::session::{ClientConfig, ClientEvent, ClientSession, MediaKind};
+use rtmpx_core::session::{ClientConfig, ClientEvent, ClientSession, EnhancedCapabilities, MediaKind};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
 use crate::error::{Error, Result};
@@ -58,7 +58,7 @@ impl Connection {
         config.version = if url.scheme.is_encrypted() { opts.rtmpe_version } else { HandshakeVersion::Plain };
         config.chunk_size = opts.chunk_size;
         config.flash_ver = opts.flash_ver.clone();
-        config.caps_ex = opts.caps_ex;
+        config.capabilities.caps_ex |= opts.caps_ex;
         let session = ClientSession::new(config, &mut rand::thread_rng());
         let mut conn = Connection {
             io,
@@ -187,6 +187,12 @@ impl Connection {
     /// Transport payload bytes received (RTMP bytes, before RTMPE decryption).
     pub fn bytes_in(&self) -> u64 {
         self.bytes_in
+    }
+
+    /// The server's Enhanced RTMP support from its `_result` (empty: a legacy server such as
+    /// nginx-rtmp, which then gets only what legacy players parse).
+    pub fn server_capabilities(&self) -> &EnhancedCapabilities {
+        self.session.server_capabilities()
     }
 
     /// Transport payload bytes written.

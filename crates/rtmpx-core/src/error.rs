@@ -20,6 +20,11 @@ pub enum Error {
     #[error("limit exceeded: {what} is {value}, the limit is {limit}")]
     LimitExceeded { what: &'static str, value: u64, limit: u64 },
 
+    /// An audio/video message whose Enhanced RTMP header does not parse (reserved packet type,
+    /// truncated FourCC, a multitrack size beyond the message...).
+    #[error("malformed enhanced media: {0}")]
+    Media(&'static str),
+
     /// A well-formed message that breaks the protocol (wrong type for its state, bad payload...).
     #[error("protocol violation: {0}")]
     Protocol(String),

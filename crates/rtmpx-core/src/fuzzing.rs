@@ -21,6 +21,37 @@ pub fn server_handshake(data: &[u8]) {
     crate::handshake::fuzz_server_handshake(data);
 }
 
+/// The Enhanced RTMP parser (ExAudio/ExVideoTagHeader, ModEx, multitrack) and the legacy
+/// rewrite over arbitrary bytes; the first byte picks audio or video. Checks that every track
+/// lies inside the message and that what validates also classifies.
+pub fn enhanced_media(data: &[u8]) {
+    use crate::media::{self, enhanced::ExTag, enhanced::MediaType};
+    let Some((&selector, body)) = data.split_first() else { return };
+    let media_type = if selector & 1 == 0 { MediaType::Audio } else { MediaType::Video };
+    let info = match media_type {
+        MediaType::Audio => media::inspect_audio(body),
+        MediaType::Video => media::inspect_video(body),
+    };
+    let valid = media::validate(media_type, body).is_ok();
+    if let Ok(Some(tag)) = ExTag::parse(media_type, body) {
+        let mut total = 0usize;
+        for track in tag.tracks() {
+            let Ok(track) = track else { break };
+            total += track.data.len();
+            if let Some(legacy) = track.to_legacy() {
+                assert!(legacy.len() <= track.data.len() + 5);
+            }
+        }
+        assert!(total <= body.len(), "tracks beyond the message");
+        if valid && !tag.is_command() && tag.tracks().next().is_some() {
+            assert!(info.codec.is_some(), "a valid message without a codec");
+        }
+    }
+    if info.legacy == media::LegacyForm::Rewrite {
+        assert!(media::legacy_payload(media_type, body).is_some());
+    }
+}
+
 /// A server session past a real handshake and connect, then arbitrary chunk-stream bytes:
 /// reaches the command state machine, AMF and media paths.
 pub fn server_session(data: &[u8]) {
@@ -94,6 +125,7 @@ mod tests {
             chunk_decoder(&input);
             server_handshake(&input);
             server_session(&input);
+            enhanced_media(&input);
         }
     }
 }

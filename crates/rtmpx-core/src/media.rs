@@ -4,15 +4,42 @@
 //! Reads the first bytes of FLV-style audio (type 8) and video (type 9) message bodies, legacy
 //! and Enhanced RTMP (ExVideoTagHeader / ExAudioTagHeader, FourCC codecs).
 
+pub mod enhanced;
+
+use enhanced::{ExTag, MediaType, PacketKind};
+
 /// What one audio or video message is, for caching and drop decisions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MediaInfo {
-    /// A video frame a decoder can start from.
+    /// A video frame a decoder of the default track can start from.
     pub keyframe: bool,
-    /// A decoder configuration record (AVC/HEVC/AV1/VP9 config, AAC AudioSpecificConfig).
+    /// A decoder configuration record (AVC/HEVC/AV1/VP9 config, AAC AudioSpecificConfig) of at
+    /// least one track.
     pub sequence_header: bool,
-    /// The codec, when the header names one.
+    /// The codec of the first track, when the header names one.
     pub codec: Option<Codec>,
+    /// The first track's id: 0 (the default track) outside multitrack.
+    pub track: u8,
+    /// Whether the message carries the default track (track 0).
+    pub default_track: bool,
+    /// An Enhanced RTMP header (ExAudioTagHeader/ExVideoTagHeader).
+    pub enhanced: bool,
+    /// An Enhanced RTMP multitrack message.
+    pub multitrack: bool,
+    /// What a player without Enhanced RTMP support can be given.
+    pub legacy: LegacyForm,
+}
+
+/// How a message reaches a player that announced no Enhanced RTMP support.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LegacyForm {
+    /// A legacy tag: as it is.
+    #[default]
+    AsIs,
+    /// The default track rewritten into a legacy tag ([`legacy_payload`]).
+    Rewrite,
+    /// Nothing a legacy player can read (another track, a FourCC codec without legacy form).
+    Unreadable,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -21,10 +48,15 @@ pub enum Codec {
     Hevc,
     Av1,
     Vp9,
+    Vp8,
+    Vvc,
     OtherVideo(u32),
     Aac,
     Mp3,
     Opus,
+    Flac,
+    Ac3,
+    Eac3,
     OtherAudio(u32),
 }
 
@@ -35,10 +67,15 @@ impl Codec {
             Codec::Hevc => "hevc",
             Codec::Av1 => "av1",
             Codec::Vp9 => "vp9",
+            Codec::Vp8 => "vp8",
+            Codec::Vvc => "vvc",
             Codec::OtherVideo(_) => "video",
             Codec::Aac => "aac",
             Codec::Mp3 => "mp3",
             Codec::Opus => "opus",
+            Codec::Flac => "flac",
+            Codec::Ac3 => "ac3",
+            Codec::Eac3 => "eac3",
             Codec::OtherAudio(_) => "audio",
         }
     }
@@ -46,35 +83,58 @@ impl Codec {
 
 const VIDEO_FRAME_KEY: u8 = 1;
 const VIDEO_FRAME_COMMAND: u8 = 5;
-const ENHANCED_FLAG: u8 = 0x80;
 
-fn fourcc(bytes: &[u8]) -> Option<u32> {
-    Some(u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?))
+/// Classifies an Enhanced RTMP message; a malformed one yields no codec and no legacy form
+/// (sessions reject those before they reach the router: [`validate`]).
+fn inspect_enhanced(media: MediaType, body: &[u8]) -> MediaInfo {
+    let unreadable = MediaInfo { enhanced: true, legacy: LegacyForm::Unreadable, ..MediaInfo::default() };
+    let Ok(Some(tag)) = ExTag::parse(media, body) else { return unreadable };
+    let mut info = MediaInfo { multitrack: tag.multitrack.is_some(), ..unreadable };
+    if tag.is_command() {
+        // Seek start/end: the default track's business, and meaningless to legacy players.
+        info.default_track = true;
+        return info;
+    }
+    for (index, track) in tag.tracks().enumerate() {
+        let Ok(track) = track else { break };
+        if index == 0 {
+            info.codec = Some(track.codec);
+            info.track = track.id;
+        }
+        info.sequence_header |= track.packet == PacketKind::SequenceStart;
+        // The first track 0 is the default track (a repeated id is not another default track).
+        if track.id == 0 && !info.default_track {
+            info.default_track = true;
+            info.keyframe = track.keyframe;
+            if track.to_legacy().is_some() {
+                info.legacy = LegacyForm::Rewrite;
+            }
+        }
+    }
+    info
 }
 
-fn video_fourcc(code: u32) -> Codec {
-    match &code.to_be_bytes() {
-        b"avc1" => Codec::H264,
-        b"hvc1" => Codec::Hevc,
-        b"av01" => Codec::Av1,
-        b"vp09" => Codec::Vp9,
-        _ => Codec::OtherVideo(code),
+/// The default track of an enhanced message in the legacy tag form, when [`LegacyForm::Rewrite`].
+pub fn legacy_payload(media: MediaType, body: &[u8]) -> Option<Vec<u8>> {
+    let tag = ExTag::parse(media, body).ok()??;
+    let track = tag.tracks().flatten().find(|track| track.id == 0)?;
+    Some(track.to_legacy()?.to_vec())
+}
+
+/// Checks an audio/video body: legacy tags always pass; an Enhanced RTMP message must parse
+/// completely (every track of a multitrack message).
+pub fn validate(media: MediaType, body: &[u8]) -> crate::Result<()> {
+    match ExTag::parse(media, body)? {
+        Some(tag) => tag.validate(),
+        None => Ok(()),
     }
 }
 
 /// Classifies a video message body (message type 9).
 pub fn inspect_video(body: &[u8]) -> MediaInfo {
     let Some(&first) = body.first() else { return MediaInfo::default() };
-    if first & ENHANCED_FLAG != 0 {
-        // Enhanced RTMP: [1 bit flag][3 bits frame type][4 bits packet type][FourCC].
-        let frame_type = (first >> 4) & 0x07;
-        let packet_type = first & 0x0F;
-        let codec = fourcc(&body[1..]).map(video_fourcc);
-        // Packet types: 0 SequenceStart, 1 CodedFrames, 2 SequenceEnd, 3 CodedFramesX,
-        // 4 Metadata, 5 MPEG2TSSequenceStart, 6 Multitrack, 7 ModEx.
-        let sequence_header = packet_type == 0 || packet_type == 5;
-        let coded = packet_type == 1 || packet_type == 3;
-        return MediaInfo { keyframe: coded && frame_type == VIDEO_FRAME_KEY, sequence_header, codec };
+    if enhanced::is_enhanced(MediaType::Video, body) {
+        return inspect_enhanced(MediaType::Video, body);
     }
     let frame_type = first >> 4;
     let codec_id = first & 0x0F;
@@ -84,37 +144,26 @@ pub fn inspect_video(body: &[u8]) -> MediaInfo {
         13 => Codec::Av1,
         other => Codec::OtherVideo(u32::from(other)),
     };
+    let base = MediaInfo { codec: Some(codec), default_track: true, ..MediaInfo::default() };
     if frame_type == VIDEO_FRAME_COMMAND {
-        return MediaInfo { keyframe: false, sequence_header: false, codec: Some(codec) };
+        return base;
     }
     let has_packet_type = matches!(codec_id, 7 | 12 | 13);
     let sequence_header = has_packet_type && body.get(1) == Some(&0);
     let keyframe =
         frame_type == VIDEO_FRAME_KEY && !sequence_header && !(has_packet_type && body.get(1) == Some(&2));
-    MediaInfo { keyframe, sequence_header, codec: Some(codec) }
+    MediaInfo { keyframe, sequence_header, ..base }
 }
 
 /// Classifies an audio message body (message type 8).
 pub fn inspect_audio(body: &[u8]) -> MediaInfo {
     let Some(&first) = body.first() else { return MediaInfo::default() };
-    let format = first >> 4;
-    match format {
-        10 => {
-            MediaInfo { keyframe: false, sequence_header: body.get(1) == Some(&0), codec: Some(Codec::Aac) }
-        }
-        2 | 14 => MediaInfo { codec: Some(Codec::Mp3), ..MediaInfo::default() },
-        9 => {
-            // Enhanced RTMP ExAudioTagHeader: packet type in the low nibble, then FourCC.
-            let packet_type = first & 0x0F;
-            let codec = fourcc(&body[1..]).map(|c| match &c.to_be_bytes() {
-                b"mp4a" => Codec::Aac,
-                b"Opus" => Codec::Opus,
-                b".mp3" => Codec::Mp3,
-                _ => Codec::OtherAudio(c),
-            });
-            MediaInfo { keyframe: false, sequence_header: packet_type == 0, codec }
-        }
-        other => MediaInfo { codec: Some(Codec::OtherAudio(u32::from(other))), ..MediaInfo::default() },
+    let base = MediaInfo { default_track: true, ..MediaInfo::default() };
+    match first >> 4 {
+        10 => MediaInfo { sequence_header: body.get(1) == Some(&0), codec: Some(Codec::Aac), ..base },
+        2 | 14 => MediaInfo { codec: Some(Codec::Mp3), ..base },
+        9 => inspect_enhanced(MediaType::Audio, body),
+        other => MediaInfo { codec: Some(Codec::OtherAudio(u32::from(other))), ..base },
     }
 }
 
@@ -164,5 +213,36 @@ mod tests {
         let opus = inspect_audio(&[0x90, b'O', b'p', b'u', b's']);
         assert!(opus.sequence_header);
         assert_eq!(opus.codec, Some(Codec::Opus));
+    }
+
+    #[test]
+    fn multitrack_default_track_and_legacy_form() {
+        // FFmpeg's second audio track: OneTrack, track 1, SequenceStart.
+        let second = inspect_audio(b"\x95\x00mp4a\x01\x12\x10");
+        assert!(second.sequence_header && second.multitrack && second.enhanced);
+        assert_eq!((second.track, second.default_track, second.legacy), (1, false, LegacyForm::Unreadable));
+        // Two renditions, keyframe: track 0 makes it a keyframe with a legacy form.
+        let body = b"\x96\x13avc1\x00\x00\x00\x01\xAA\x01\x00\x00\x01\xBB";
+        let both = inspect_video(body);
+        assert!(both.keyframe && both.default_track);
+        assert_eq!(both.legacy, LegacyForm::Rewrite);
+        assert_eq!(legacy_payload(MediaType::Video, body).unwrap(), [0x17, 1, 0, 0, 0, 0xAA]);
+        // Only track 1 keyframe: not a keyframe of the default track.
+        let other = inspect_video(b"\x96\x03avc1\x01\xBB");
+        assert!(!other.keyframe && !other.default_track);
+        // AV1 has no legacy form.
+        assert_eq!(inspect_video(b"\x93av01\x09").legacy, LegacyForm::Unreadable);
+        assert_eq!(inspect_audio(&[0xAF, 1, 0]).legacy, LegacyForm::AsIs);
+        assert!(validate(MediaType::Audio, b"\x95\x10mp4a\x00\x00\x00\x09").is_err());
+    }
+
+    /// Found by the enhanced_media fuzz target: track 0 twice, the first one too short for a
+    /// legacy form. Only the first track 0 counts, for the legacy form as for the keyframe.
+    #[test]
+    fn repeated_default_track_uses_the_first() {
+        let body = b"\x96\x11avc1\x00\x00\x00\x00\x00\x00\x00\x04\x00\xf8\xab\x00";
+        let info = inspect_video(body);
+        assert_eq!(info.legacy, LegacyForm::Unreadable);
+        assert_eq!(legacy_payload(MediaType::Video, body), None);
     }
 }

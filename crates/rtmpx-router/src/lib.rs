@@ -24,7 +24,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bytes::Bytes;
-use rtmpx_core::media::{inspect_audio, inspect_video, Codec, MediaInfo};
+use rtmpx_core::media::enhanced::{ExTag, MediaType, PacketKind};
+use rtmpx_core::media::{inspect_audio, inspect_video, legacy_payload, Codec, LegacyForm, MediaInfo};
 use tokio::sync::Notify;
 
 use queue::{Entry, PlayerQueue};
@@ -102,6 +103,16 @@ pub enum FrameKind {
     Metadata,
 }
 
+impl FrameKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            FrameKind::Audio => "audio",
+            FrameKind::Video => "video",
+            FrameKind::Metadata => "data",
+        }
+    }
+}
+
 /// One audio, video or data message. The payload is shared, never copied, across players.
 #[derive(Clone, Debug)]
 pub struct Frame {
@@ -135,6 +146,58 @@ impl Frame {
     pub fn is_keyframe(&self) -> bool {
         self.kind == FrameKind::Video && self.info.keyframe
     }
+
+    fn media_type(&self) -> Option<MediaType> {
+        match self.kind {
+            FrameKind::Audio => Some(MediaType::Audio),
+            FrameKind::Video => Some(MediaType::Video),
+            FrameKind::Metadata => None,
+        }
+    }
+
+    /// The ids of the tracks whose sequence start this frame carries (0 for a legacy header).
+    pub fn sequence_start_tracks(&self) -> Vec<u8> {
+        let Some(media) = self.media_type() else { return Vec::new() };
+        match ExTag::parse(media, &self.payload) {
+            Ok(Some(tag)) => tag
+                .tracks()
+                .flatten()
+                .filter(|track| track.packet == PacketKind::SequenceStart)
+                .map(|track| track.id)
+                .collect(),
+            _ => vec![0],
+        }
+    }
+
+    /// What a player without Enhanced RTMP support gets: the frame, the default track in the
+    /// legacy tag form, or nothing.
+    pub fn for_legacy_player(&self) -> Option<Frame> {
+        match self.info.legacy {
+            LegacyForm::AsIs => Some(self.clone()),
+            LegacyForm::Unreadable => None,
+            LegacyForm::Rewrite => {
+                let payload = legacy_payload(self.media_type()?, &self.payload)?;
+                let info =
+                    MediaInfo { enhanced: false, multitrack: false, legacy: LegacyForm::AsIs, ..self.info };
+                Some(Frame {
+                    kind: self.kind,
+                    timestamp: self.timestamp,
+                    payload: Bytes::from(payload),
+                    info,
+                })
+            }
+        }
+    }
+}
+
+/// How a player subscribes ([`Router::play_with`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PlayOptions {
+    /// Its own queue bound instead of `player_queue_bytes` (relays).
+    pub queue_limit: Option<usize>,
+    /// A player that announced no Enhanced RTMP support: it gets only what it can parse
+    /// ([`Frame::for_legacy_player`]).
+    pub legacy: bool,
 }
 
 /// What a [`DirectSink`] did with a frame.
@@ -175,14 +238,27 @@ pub struct StreamSnapshot {
     pub key: StreamKey,
     pub publisher: Option<SessionInfo>,
     pub players: usize,
+    /// Codecs of the default tracks.
     pub video_codec: Option<&'static str>,
     pub audio_codec: Option<&'static str>,
+    /// Every track seen (sequence starts, and the default tracks), ordered by kind and id.
+    pub tracks: Vec<TrackSnapshot>,
+    /// Players that announced no Enhanced RTMP support (they get the default tracks only).
+    pub legacy_players: usize,
     /// Payload bytes received from the current publisher.
     pub bytes_in: u64,
     /// Frames received from the current publisher.
     pub frames_in: u64,
     /// Frames dropped for slow players since the stream entry appeared (departed players included).
     pub dropped_frames: u64,
+}
+
+/// One audio or video track of a stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrackSnapshot {
+    pub kind: FrameKind,
+    pub id: u8,
+    pub codec: &'static str,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -240,8 +316,10 @@ struct Standby {
 #[derive(Default)]
 struct Cache {
     metadata: Option<Frame>,
-    video_header: Option<Frame>,
-    audio_header: Option<Frame>,
+    /// The latest sequence start of every (kind, track): late joiners need each track's.
+    headers: Vec<CachedHeader>,
+    /// Codec of every track seen in a sequence start, and of the default tracks.
+    track_codecs: Vec<(FrameKind, u8, Codec)>,
     /// From the last keyframe on, audio included; empty while not caching.
     gop: Vec<Frame>,
     gop_bytes: usize,
@@ -250,22 +328,58 @@ struct Cache {
     audio_codec: Option<Codec>,
 }
 
+struct CachedHeader {
+    kind: FrameKind,
+    track: u8,
+    frame: Frame,
+}
+
 impl Cache {
+    /// Keeps a sequence start for each track it carries (a ManyTracks message may carry several).
+    /// Caches a sequence start for each track it names, replacing the tracks' older ones; one
+    /// larger than `max_bytes` replaces them with nothing (an older one would no longer match).
+    fn store_header(&mut self, frame: &Frame, max_bytes: usize) {
+        let tracks = frame.sequence_start_tracks();
+        self.headers.retain(|cached| cached.kind != frame.kind || !tracks.contains(&cached.track));
+        for track in tracks.into_iter().filter(|_| frame.payload.len() <= max_bytes) {
+            self.headers.push(CachedHeader { kind: frame.kind, track, frame: frame.clone() });
+        }
+        if let (Some(media), true) = (frame.media_type(), frame.info.multitrack) {
+            if let Ok(Some(tag)) = ExTag::parse(media, &frame.payload) {
+                for track in tag.tracks().flatten() {
+                    self.note_codec(frame.kind, track.id, track.codec);
+                }
+            }
+        }
+    }
+
+    fn note_codec(&mut self, kind: FrameKind, track: u8, codec: Codec) {
+        match self.track_codecs.iter_mut().find(|(k, id, _)| *k == kind && *id == track) {
+            Some(entry) => entry.2 = codec,
+            None => self.track_codecs.push((kind, track, codec)),
+        }
+    }
+
     fn update(&mut self, frame: &Frame, config: &RouterConfig) {
         let len = frame.payload.len();
         // Too large to keep for late joiners: an older one would no longer match either.
         let header = || (len <= config.max_header_bytes).then(|| frame.clone());
+        if let (Some(codec), false) = (frame.info.codec, frame.info.multitrack) {
+            self.note_codec(frame.kind, 0, codec);
+        }
         match frame.kind {
             FrameKind::Metadata => self.metadata = header(),
             FrameKind::Video => {
                 self.has_video = true;
-                if frame.info.codec.is_some() {
+                if frame.info.codec.is_some() && frame.info.default_track {
                     self.video_codec = frame.info.codec;
                 }
                 if frame.info.sequence_header {
-                    self.video_header = header();
-                    // The cached GOP belongs to the previous configuration.
-                    self.clear_gop();
+                    self.store_header(frame, config.max_header_bytes);
+                    // The cached GOP belongs to the previous configuration of the default track.
+                    if frame.info.default_track {
+                        self.clear_gop();
+                    }
                 } else if frame.info.keyframe {
                     self.clear_gop();
                     if config.gop_cache && len + FRAME_OVERHEAD <= config.max_gop_bytes {
@@ -277,16 +391,26 @@ impl Cache {
                 }
             }
             FrameKind::Audio => {
-                if frame.info.codec.is_some() {
+                if frame.info.codec.is_some() && frame.info.default_track {
                     self.audio_codec = frame.info.codec;
                 }
                 if frame.info.sequence_header {
-                    self.audio_header = header();
+                    self.store_header(frame, config.max_header_bytes);
                 } else {
                     self.extend_gop(frame, config);
                 }
             }
         }
+    }
+
+    fn track_snapshots(&self) -> Vec<TrackSnapshot> {
+        let mut tracks: Vec<TrackSnapshot> = self
+            .track_codecs
+            .iter()
+            .map(|&(kind, id, codec)| TrackSnapshot { kind, id, codec: codec.name() })
+            .collect();
+        tracks.sort_by_key(|track| (track.kind != FrameKind::Video, track.id));
+        tracks
     }
 
     fn extend_gop(&mut self, frame: &Frame, config: &RouterConfig) {
@@ -312,24 +436,37 @@ impl Cache {
 
     /// Memory the cache holds: payloads plus per-frame overhead.
     fn held_bytes(&self) -> usize {
-        let headers = [&self.metadata, &self.video_header, &self.audio_header];
-        let header_bytes: usize =
-            headers.into_iter().flatten().map(|frame| frame.payload.len() + FRAME_OVERHEAD).sum();
+        let headers = self.metadata.iter().chain(self.headers.iter().map(|cached| &cached.frame));
+        let header_bytes: usize = headers.map(|frame| frame.payload.len() + FRAME_OVERHEAD).sum();
         header_bytes + self.gop_bytes + self.gop.capacity() * FRAME_OVERHEAD
     }
 
-    /// Primes a late joiner's queue: headers, then the GOP if it fits, else wait for a keyframe.
-    fn prime(&self, queue: &mut PlayerQueue) {
-        let headers = [&self.metadata, &self.video_header, &self.audio_header];
-        for frame in headers.into_iter().flatten() {
-            queue.push_unchecked(frame.clone());
+    /// Primes a late joiner's queue: metadata and every track's sequence start, then the GOP if
+    /// it fits, else wait for a keyframe. A legacy player gets only what it can parse.
+    fn prime(&self, queue: &mut PlayerQueue, legacy: bool) {
+        let deliver = |frame: &Frame| if legacy { frame.for_legacy_player() } else { Some(frame.clone()) };
+        if let Some(metadata) = &self.metadata {
+            queue.push_unchecked(metadata.clone());
+        }
+        // Video headers first, as publishers send them; a ManyTracks header is cached once per track.
+        let mut sent: Vec<&Bytes> = Vec::new();
+        for kind in [FrameKind::Video, FrameKind::Audio] {
+            for cached in self.headers.iter().filter(|cached| cached.kind == kind) {
+                if sent.iter().any(|payload| payload.as_ptr() == cached.frame.payload.as_ptr()) {
+                    continue;
+                }
+                sent.push(&cached.frame.payload);
+                if let Some(frame) = deliver(&cached.frame) {
+                    queue.push_unchecked(frame);
+                }
+            }
         }
         if !self.has_video {
             return;
         }
         if !self.gop.is_empty() && queue.fits(self.gop_bytes, self.gop.len()) {
-            for frame in &self.gop {
-                queue.push_unchecked(frame.clone());
+            for frame in self.gop.iter().filter_map(deliver) {
+                queue.push_unchecked(frame);
             }
         } else {
             queue.await_keyframe();
@@ -339,6 +476,7 @@ impl Cache {
 
 struct PlayerShared {
     id: u64,
+    legacy: bool,
     state: Mutex<PlayerState>,
     notify: Notify,
 }
@@ -444,9 +582,17 @@ impl Router {
 
     /// [`play`](Self::play) with its own queue bound instead of `player_queue_bytes` (relays).
     pub fn play_with_queue_limit(&self, key: StreamKey, session: SessionInfo, limit: usize) -> Player {
+        self.play_with(key, session, PlayOptions { queue_limit: Some(limit), ..PlayOptions::default() })
+    }
+
+    /// [`play`](Self::play) with options (queue bound, legacy player).
+    pub fn play_with(&self, key: StreamKey, session: SessionInfo, options: PlayOptions) -> Player {
+        let limit = options.queue_limit.unwrap_or_else(|| self.config().player_queue_bytes);
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let legacy = options.legacy;
         let shared = Arc::new(PlayerShared {
             id,
+            legacy,
             state: Mutex::new(PlayerState {
                 queue: PlayerQueue::new(limit),
                 rebaser: Rebaser::default(),
@@ -456,11 +602,11 @@ impl Router {
         });
         let stream = self.with_stream(&key, |stream, state| {
             let live = state.publisher.is_some();
-            tracing::debug!(stream = %key, session = session.id, peer = %session.peer, variant = session.variant, live, "play");
+            tracing::debug!(stream = %key, session = session.id, peer = %session.peer, variant = session.variant, live, legacy, "play");
             if live {
                 let queue = &mut lock(&shared.state).queue;
                 queue.push_publish_started();
-                state.cache.prime(queue);
+                state.cache.prime(queue, legacy);
             }
             state.players.push(Arc::clone(&shared));
             Arc::clone(stream)
@@ -497,6 +643,8 @@ impl Router {
                     players: state.players.len(),
                     video_codec: state.cache.video_codec.map(Codec::name),
                     audio_codec: state.cache.audio_codec.map(Codec::name),
+                    tracks: state.cache.track_snapshots(),
+                    legacy_players: state.players.iter().filter(|player| player.legacy).count(),
                     bytes_in: state.bytes_in,
                     frames_in: state.frames_in,
                     dropped_frames: state.dropped_by_departed + dropped_live,
@@ -602,7 +750,9 @@ impl Publisher {
 
 /// Whether two header frames are of one kind (metadata, video or audio sequence header).
 fn same_header_class(a: &Frame, b: &Frame) -> bool {
-    a.kind == b.kind && a.info.sequence_header == b.info.sequence_header
+    a.kind == b.kind
+        && a.info.sequence_header == b.info.sequence_header
+        && a.sequence_start_tracks() == b.sequence_start_tracks()
 }
 
 impl StreamState {
@@ -616,9 +766,19 @@ impl StreamState {
         self.frames_in += 1;
         self.cache.update(&frame, &config);
         let has_video = self.cache.has_video;
+        // Built once, on the first legacy player that needs it.
+        let mut legacy_frame: Option<Option<Frame>> = None;
         for player in &self.players {
+            let frame = if player.legacy {
+                match legacy_frame.get_or_insert_with(|| frame.for_legacy_player()) {
+                    Some(legacy) => &*legacy,
+                    None => continue,
+                }
+            } else {
+                &frame
+            };
             let mut player_state = lock(&player.state);
-            if player_state.try_direct(&frame, &player.notify) {
+            if player_state.try_direct(frame, &player.notify) {
                 continue;
             }
             player_state.queue.push_frame(frame.clone(), has_video);
@@ -637,12 +797,12 @@ impl StreamState {
             lock(&player.state).queue.push_publisher_replaced();
             player.notify.notify_one();
         }
-        let cached = [&self.cache.metadata, &self.cache.video_header, &self.cache.audio_header];
-        standby
-            .headers
-            .into_iter()
-            .filter(|header| !cached.iter().any(|c| c.as_ref().is_some_and(|c| c.payload == header.payload)))
-            .collect()
+        let cache = &self.cache;
+        let is_cached = |header: &Frame| {
+            let mut cached = cache.metadata.iter().chain(cache.headers.iter().map(|cached| &cached.frame));
+            cached.any(|c| c.payload == header.payload)
+        };
+        standby.headers.into_iter().filter(|header| !is_cached(header)).collect()
     }
 }
 

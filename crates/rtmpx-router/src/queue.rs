@@ -36,15 +36,16 @@ pub(crate) enum Mode {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum ConfigClass {
     Metadata,
-    VideoHeader,
-    AudioHeader,
+    /// Per track: one track's header never supersedes another's.
+    VideoHeader(u8),
+    AudioHeader(u8),
 }
 
 fn config_class(frame: &Frame) -> Option<ConfigClass> {
     match frame.kind {
         FrameKind::Metadata => Some(ConfigClass::Metadata),
-        FrameKind::Video if frame.info.sequence_header => Some(ConfigClass::VideoHeader),
-        FrameKind::Audio if frame.info.sequence_header => Some(ConfigClass::AudioHeader),
+        FrameKind::Video if frame.info.sequence_header => Some(ConfigClass::VideoHeader(frame.info.track)),
+        FrameKind::Audio if frame.info.sequence_header => Some(ConfigClass::AudioHeader(frame.info.track)),
         _ => None,
     }
 }

@@ -375,7 +375,13 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts { handshake_secs: 10, idle_secs: 60, write_secs: 30, unpublished_play_secs: 60, partial_message_secs: 30 }
+        Timeouts {
+            handshake_secs: 10,
+            idle_secs: 60,
+            write_secs: 30,
+            unpublished_play_secs: 60,
+            partial_message_secs: 30,
+        }
     }
 }
 

@@ -206,7 +206,7 @@ mod tests {
     fn seeds_and_regressions_replay() {
         let fuzz = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
         type Entry = fn(&[u8]);
-        let targets: [(&str, Entry); 7] = [
+        let targets: [(&str, Entry); 8] = [
             ("chunk_decoder", rtmpx_core::fuzzing::chunk_decoder),
             ("amf", rtmpx_core::fuzzing::amf),
             ("handshake", rtmpx_core::fuzzing::server_handshake),
@@ -214,6 +214,7 @@ mod tests {
             ("config", config),
             ("stream_query", stream_query),
             ("rtmpt_requests", rtmpt_requests),
+            ("enhanced_media", rtmpx_core::fuzzing::enhanced_media),
         ];
         let mut replayed = 0;
         for (target, entry) in targets {

@@ -315,6 +315,33 @@ pub fn render(shared: &Shared) -> String {
     for s in &streams {
         out.sample("rtmpx_stream_players", &[("app", &s.key.app), ("stream", &s.key.name)], s.players as u64);
     }
+    out.header(
+        "rtmpx_stream_legacy_players",
+        "gauge",
+        "Players of each stream without Enhanced RTMP support.",
+    );
+    for s in &streams {
+        let labels = [("app", s.key.app.as_str()), ("stream", s.key.name.as_str())];
+        out.sample("rtmpx_stream_legacy_players", &labels, s.legacy_players as u64);
+    }
+    out.header(
+        "rtmpx_stream_track",
+        "gauge",
+        "The audio and video tracks of each stream, by id and codec (always 1).",
+    );
+    for s in &streams {
+        for t in &s.tracks {
+            let id = t.id.to_string();
+            let labels = [
+                ("app", s.key.app.as_str()),
+                ("stream", s.key.name.as_str()),
+                ("kind", t.kind.name()),
+                ("track", id.as_str()),
+                ("codec", t.codec),
+            ];
+            out.sample("rtmpx_stream_track", &labels, 1);
+        }
+    }
     out.header("rtmpx_stream_bytes_in", "gauge", "Media payload bytes from each stream's current publisher.");
     for s in &streams {
         out.sample("rtmpx_stream_bytes_in", &[("app", &s.key.app), ("stream", &s.key.name)], s.bytes_in);

@@ -80,6 +80,8 @@ pub struct EntryState {
     pub app: Option<String>,
     pub stream: Option<String>,
     pub role: Role,
+    /// The client announced Enhanced RTMP in `connect` (a player then gets every track).
+    pub enhanced: bool,
 }
 
 /// A reconnect request for a session to send to its client.
@@ -146,6 +148,10 @@ impl SessionEntry {
 
     pub fn set_app(&self, app: &str) {
         self.lock().app = Some(app.to_owned());
+    }
+
+    pub fn set_enhanced(&self, enhanced: bool) {
+        self.lock().enhanced = enhanced;
     }
 
     pub fn set_role(&self, role: Role, stream: &str) {
@@ -231,6 +237,7 @@ impl SessionGuard {
                 app: None,
                 stream: None,
                 role: Role::None,
+                enhanced: false,
             }),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),

@@ -17,8 +17,8 @@ use rtmpx_core::session::{
     CAPS_EX_RECONNECT,
 };
 use rtmpx_router::{
-    DirectSend, DirectSink, Frame, FrameKind, Player, PlayerEvent, PlayerWaker, Publisher, RouterError,
-    SessionInfo, StreamKey,
+    DirectSend, DirectSink, Frame, FrameKind, PlayOptions, Player, PlayerEvent, PlayerWaker, Publisher,
+    RouterError, SessionInfo, StreamKey,
 };
 use std::cell::RefCell;
 use std::future::poll_fn;
@@ -767,7 +767,13 @@ async fn handle_event(
                     conn.app = Some(client.app.clone());
                     conn.client = Some(client);
                     *connected = true;
-                    out.lock().session.accept_connect()?;
+                    let mut st = out.lock();
+                    let capabilities = st.session.peer_capabilities();
+                    if capabilities.is_enhanced() {
+                        debug!(session = conn.id, caps_ex = capabilities.caps_ex, fourcc = ?capabilities.fourcc_list, "client announced Enhanced RTMP");
+                    }
+                    conn.registry.entry().set_enhanced(capabilities.is_enhanced());
+                    st.session.accept_connect()?;
                 }
                 Err(denial) => {
                     warn!(session = conn.id, peer = %conn.peer, app = %Escaped(app_name), "connect rejected: {}", Escaped(&denial.reason));
@@ -891,7 +897,10 @@ async fn on_play(
         }
     };
     let key = StreamKey::new(&app, &grant.name);
-    let mut player = shared.router.play(key.clone(), conn.info());
+    // A player that announced no Enhanced RTMP gets only the tracks and tags it can parse.
+    let legacy = !out.lock().session.peer_capabilities().is_enhanced();
+    let mut player =
+        shared.router.play_with(key.clone(), conn.info(), PlayOptions { legacy, ..PlayOptions::default() });
     let mut unpublished_since = (!shared.router.is_live(&key)).then(tokio::time::Instant::now);
     {
         let mut st = out.lock();
@@ -919,7 +928,7 @@ async fn on_play(
     conn.registry.entry().set_role(Role::Player, &key.name);
     conn.stream_name = Some(key.name.clone());
     conn.playing = Some(Playing { stream_id, player, unpublished_since, _grant: grant });
-    info!(session = conn.id, peer = %conn.peer, variant = conn.variant(), stream = %Escaped(&key), "playing");
+    info!(session = conn.id, peer = %conn.peer, variant = conn.variant(), stream = %Escaped(&key), legacy, "playing");
     // Relays: a stream that is not live here is pulled from the app's upstream, if it has one.
     shared.relays.ensure_pull(&shared.router, &shared.config(), &key);
     Ok(())

@@ -11,6 +11,7 @@ use crate::handshake::{ClientHandshake, HandshakeOutcome, HandshakeVersion};
 use crate::message::{self, read_u32_payload, type_id, Command, UserControl};
 use crate::{Error, Result};
 
+use super::capabilities::EnhancedCapabilities;
 use super::link::Link;
 use super::{csid, Media, MediaKind};
 
@@ -29,10 +30,8 @@ pub struct ClientConfig {
     pub buffer_length_ms: u32,
     pub chunk_limits: ChunkLimits,
     pub amf_limits: AmfLimits,
-    /// Enhanced RTMP `capsEx` announced in `connect` (0: not sent). Announce
-    /// [`CAPS_EX_RECONNECT`](super::CAPS_EX_RECONNECT) only when the caller follows
-    /// [`ClientEvent::ReconnectRequested`].
-    pub caps_ex: u32,
+    /// Announced in `connect` (empty: we present ourselves as a legacy client).
+    pub capabilities: EnhancedCapabilities,
 }
 
 impl ClientConfig {
@@ -47,7 +46,7 @@ impl ClientConfig {
             buffer_length_ms: 1000,
             chunk_limits: ChunkLimits::default(),
             amf_limits: AmfLimits::default(),
-            caps_ex: 0,
+            capabilities: EnhancedCapabilities::gateway(),
         }
     }
 }
@@ -110,6 +109,7 @@ pub struct ClientSession {
     queued: Vec<Intent>,
     outcome: Option<HandshakeOutcome>,
     scratch: BytesMut,
+    server_capabilities: EnhancedCapabilities,
 }
 
 impl ClientSession {
@@ -128,6 +128,7 @@ impl ClientSession {
             queued: Vec::new(),
             outcome: None,
             scratch: BytesMut::new(),
+            server_capabilities: EnhancedCapabilities::default(),
         }
     }
 
@@ -184,17 +185,22 @@ impl ClientSession {
         matches!(self.phase, Phase::Closed)
     }
 
+    /// The Enhanced RTMP capabilities the server answered in `_result` (empty: a legacy server,
+    /// such as nginx-rtmp); known once `Connected` was reported.
+    pub fn server_capabilities(&self) -> &EnhancedCapabilities {
+        &self.server_capabilities
+    }
+
     fn send_connect(&mut self) {
-        let mut props = vec![
+        let mut object = Amf0Value::object([
             ("app", Amf0Value::from(self.config.app.as_str())),
             ("type", "nonprivate".into()),
             ("flashVer", self.config.flash_ver.as_str().into()),
             ("tcUrl", self.config.tc_url.as_str().into()),
-        ];
-        if self.config.caps_ex != 0 {
-            props.push(("capsEx", f64::from(self.config.caps_ex).into()));
+        ]);
+        if let (Amf0Value::Object(props), true) = (&mut object, self.config.capabilities.is_enhanced()) {
+            props.extend(self.config.capabilities.to_properties());
         }
-        let object = Amf0Value::object(props);
         self.link.send_command(csid::COMMAND, 0, &Command::new("connect", 1.0, object, vec![]));
         self.phase = Phase::Connecting { transaction_id: 1.0 };
     }
@@ -324,6 +330,9 @@ impl ClientSession {
                 if let Phase::Connecting { transaction_id } = self.phase {
                     if cmd.transaction_id == transaction_id {
                         self.phase = Phase::Connected;
+                        if let Some(props) = cmd.object.properties() {
+                            self.server_capabilities = EnhancedCapabilities::from_properties(props);
+                        }
                         self.link.send_chunk_size(self.config.chunk_size);
                         self.events.push_back(ClientEvent::Connected);
                         for intent in std::mem::take(&mut self.queued) {

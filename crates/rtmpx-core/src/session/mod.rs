@@ -10,6 +10,7 @@
 //!
 //! Nothing here blocks, reads a clock or touches a socket.
 
+pub mod capabilities;
 mod client;
 mod link;
 mod reconnect;
@@ -17,6 +18,7 @@ mod server;
 #[cfg(test)]
 mod tests;
 
+pub use capabilities::EnhancedCapabilities;
 pub use client::{ClientConfig, ClientEvent, ClientSession};
 pub use reconnect::{caps_ex, ReconnectRequest, CAPS_EX_RECONNECT, RECONNECT_REQUEST_CODE};
 pub use server::{ConnectRequest, PublishMode, ServerConfig, ServerEvent, ServerSession};

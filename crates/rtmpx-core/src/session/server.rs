@@ -9,9 +9,11 @@ use rand::RngCore;
 use crate::amf::{Amf0Value, AmfLimits, Properties};
 use crate::chunk::{ChunkLimits, RawMessage};
 use crate::handshake::{EncryptionPolicy, HandshakeOutcome, HandshakeVersion, PeerResponse, ServerHandshake};
+use crate::media::{self, enhanced::MediaType};
 use crate::message::{self, read_u32_payload, type_id, BandwidthLimit, Command, UserControl};
 use crate::{Error, Result};
 
+use super::capabilities::EnhancedCapabilities;
 use super::link::Link;
 use super::{csid, Media, MediaKind, StatusLevel};
 
@@ -31,6 +33,8 @@ pub struct ServerConfig {
     pub max_streams: u32,
     /// `fmsVer` in the connect result.
     pub server_version: String,
+    /// Our Enhanced RTMP support, answered in `_result` to clients that announced theirs.
+    pub capabilities: EnhancedCapabilities,
 }
 
 impl Default for ServerConfig {
@@ -44,6 +48,7 @@ impl Default for ServerConfig {
             encryption: EncryptionPolicy::Allow,
             max_streams: 16,
             server_version: "FMS/3,5,7,7009".into(),
+            capabilities: EnhancedCapabilities::gateway(),
         }
     }
 }
@@ -65,6 +70,11 @@ impl ConnectRequest {
     /// The `capsEx` bits the client announced (Enhanced RTMP v2), 0 when it sent none.
     pub fn caps_ex(&self) -> u32 {
         super::caps_ex(&self.properties)
+    }
+
+    /// The Enhanced RTMP capabilities the client announced (empty for a legacy client).
+    pub fn capabilities(&self) -> EnhancedCapabilities {
+        EnhancedCapabilities::from_properties(&self.properties)
     }
 }
 
@@ -148,6 +158,7 @@ pub struct ServerSession {
     streams: Vec<MessageStream>,
     next_stream_id: u32,
     outcome: Option<HandshakeOutcome>,
+    peer_capabilities: EnhancedCapabilities,
 }
 
 impl ServerSession {
@@ -163,7 +174,13 @@ impl ServerSession {
             streams: Vec::new(),
             next_stream_id: 1,
             outcome: None,
+            peer_capabilities: EnhancedCapabilities::default(),
         }
+    }
+
+    /// The Enhanced RTMP capabilities the client announced in `connect` (empty: a legacy client).
+    pub fn peer_capabilities(&self) -> &EnhancedCapabilities {
+        &self.peer_capabilities
     }
 
     /// Feeds received bytes. An error means the connection must be closed (after sending
@@ -357,6 +374,12 @@ impl ServerSession {
             // stream of them, one byte each on the wire, would only cost memory downstream.
             Some(StreamState::Publishing) if payload.is_empty() => Ok(()),
             Some(StreamState::Publishing) => {
+                // A malformed Enhanced RTMP header ends this publisher, never its players.
+                match kind {
+                    MediaKind::Audio => media::validate(MediaType::Audio, &payload)?,
+                    MediaKind::Video => media::validate(MediaType::Video, &payload)?,
+                    MediaKind::Data => {}
+                }
                 self.events.push_back(ServerEvent::Media(Media { stream_id, kind, timestamp, payload }));
                 Ok(())
             }
@@ -379,7 +402,21 @@ impl ServerSession {
     }
 
     fn on_connect(&mut self, cmd: Command) -> Result<()> {
-        let props = cmd.object.properties().cloned().unwrap_or_default();
+        let mut props = cmd.object.properties().cloned().unwrap_or_default();
+        // A client that cannot extend the command object (FFmpeg's player: `-rtmp_conn
+        // "O:1 NN:capsEx:2 O:0"`) may announce Enhanced RTMP in an object argument.
+        for arg in &cmd.args {
+            for (key, value) in arg.properties().into_iter().flatten() {
+                let enhanced_key = matches!(
+                    key.as_str(),
+                    "fourCcList" | "videoFourCcInfoMap" | "audioFourCcInfoMap" | "capsEx"
+                );
+                if enhanced_key && !props.iter().any(|(k, _)| k == key) {
+                    props.push((key.clone(), value.clone()));
+                }
+            }
+        }
+        self.peer_capabilities = EnhancedCapabilities::from_properties(&props);
         let text =
             |key: &str| props.iter().find(|(k, _)| k == key).and_then(|(_, v)| v.as_str()).map(str::to_owned);
         let object_encoding =
@@ -419,11 +456,17 @@ impl ServerSession {
         if !self.is_ffmpeg_rtmpe_publisher() {
             self.link.send_chunk_size(self.config.chunk_size);
         }
-        let properties = Amf0Value::object([
-            ("fmsVer", Amf0Value::from(self.config.server_version.as_str())),
-            ("capabilities", 31.0.into()),
-            ("mode", 1.0.into()),
-        ]);
+        let mut properties = vec![
+            ("fmsVer".to_owned(), Amf0Value::from(self.config.server_version.as_str())),
+            ("capabilities".to_owned(), 31.0.into()),
+            ("mode".to_owned(), 1.0.into()),
+        ];
+        // Our own Enhanced RTMP support, to clients that announced theirs (legacy clients get
+        // the _result they always got).
+        if self.peer_capabilities.is_enhanced() {
+            properties.extend(self.config.capabilities.to_properties());
+        }
+        let properties = Amf0Value::Object(properties);
         let info = Amf0Value::object([
             ("level", Amf0Value::from("status")),
             ("code", "NetConnection.Connect.Success".into()),

@@ -387,7 +387,7 @@ fn rtmpe_clients_echoing_s1_get_no_set_chunk_size() {
 #[test]
 fn reconnect_capability_and_request_reach_the_other_side() {
     let mut config = ClientConfig::new("live", "rtmp://127.0.0.1/live");
-    config.caps_ex = CAPS_EX_RECONNECT;
+    config.capabilities.caps_ex |= CAPS_EX_RECONNECT;
     let mut client = ClientSession::new(config, &mut rng(7));
     let mut server = ServerSession::new(ServerConfig::default(), &mut rng(8));
     pump(&mut client, &mut server, 4096);
@@ -414,7 +414,9 @@ fn reconnect_capability_and_request_reach_the_other_side() {
 
 #[test]
 fn clients_announce_no_capabilities_unless_asked() {
-    let mut client = ClientSession::new(ClientConfig::new("live", "rtmp://h/live"), &mut rng(3));
+    let mut config = ClientConfig::new("live", "rtmp://h/live");
+    config.capabilities = EnhancedCapabilities::default();
+    let mut client = ClientSession::new(config, &mut rng(3));
     let mut server = ServerSession::new(ServerConfig::default(), &mut rng(4));
     pump(&mut client, &mut server, 4096);
     let events = server_events(&mut server);
@@ -575,4 +577,46 @@ fn incomplete_input_marker_stays_while_bytes_trickle() {
     server.handle_input(&[0; 28]).unwrap();
     server.handle_input(&rest).unwrap();
     assert_eq!(server.incomplete_input(), None);
+}
+
+/// Enhanced RTMP capabilities: announced by our client, answered by our server, and neither
+/// side's answer reaches a client that announced nothing.
+#[test]
+fn enhanced_capabilities_are_exchanged_only_with_enhanced_clients() {
+    for announce in [true, false] {
+        let mut config = ClientConfig::new("live", "rtmp://127.0.0.1/live");
+        if !announce {
+            config.capabilities = EnhancedCapabilities::default();
+        }
+        let mut client = ClientSession::new(config, &mut rng(1));
+        let mut server = ServerSession::new(ServerConfig::default(), &mut rng(2));
+        pump(&mut client, &mut server, 4096);
+        let events = server_events(&mut server);
+        let Some(ServerEvent::ConnectRequested(request)) = events.get(1) else { panic!("{events:?}") };
+        assert_eq!(request.capabilities().is_enhanced(), announce);
+        assert_eq!(server.peer_capabilities().caps_ex & capabilities::CAPS_EX_MULTITRACK != 0, announce);
+        server.accept_connect().unwrap();
+        pump(&mut client, &mut server, 4096);
+        assert!(client.is_connected());
+        assert_eq!(client.server_capabilities().is_enhanced(), announce);
+    }
+}
+
+/// A malformed multitrack message from a publisher ends that session with a clear error.
+#[test]
+fn malformed_multitrack_media_closes_the_publisher() {
+    let (mut publisher, mut server) = connected_pair(HandshakeVersion::Plain, true, 4096);
+    publisher.publish("cam");
+    pump(&mut publisher, &mut server, 4096);
+    let Some(ServerEvent::PublishRequested { stream_id, .. }) = server_events(&mut server).last().cloned()
+    else {
+        panic!()
+    };
+    server.accept_publish(stream_id).unwrap();
+    pump(&mut publisher, &mut server, 4096);
+    // ManyTracks audio whose second track claims 16 bytes it does not have.
+    publisher.send_media(1, MediaKind::Audio, 0, b"\x95\x11mp4a\x00\x00\x00\x01\xAA\x01\x00\x00\x10\xBB");
+    let bytes = publisher.poll_transmit().unwrap();
+    let error = server.handle_input(&bytes).unwrap_err();
+    assert_eq!(error.to_string(), "malformed enhanced media: track size beyond the message");
 }

@@ -27,6 +27,9 @@ pub struct SessionJson {
     pub bitrate_out_bps: u64,
     pub video_codec: Option<&'static str>,
     pub audio_codec: Option<&'static str>,
+    /// The client announced Enhanced RTMP in `connect`; a player that did not gets the default
+    /// tracks only, in legacy tags.
+    pub enhanced: bool,
     pub dropped_frames: u64,
     pub uptime_secs: f64,
     /// Unix time of the accept, in seconds.
@@ -50,6 +53,10 @@ pub struct StreamJson {
     pub player_variants: BTreeMap<&'static str, usize>,
     pub video_codec: Option<&'static str>,
     pub audio_codec: Option<&'static str>,
+    /// Every audio and video track (Enhanced RTMP multitrack: more than one of a kind).
+    pub tracks: Vec<TrackJson>,
+    /// Players without Enhanced RTMP support (served the default tracks only).
+    pub legacy_players: usize,
     /// Media payload bytes from the current publisher.
     pub media_bytes_in: u64,
     pub frames_in: u64,
@@ -58,6 +65,15 @@ pub struct StreamJson {
     pub bitrate_in_bps: u64,
     /// How long the current publisher has been connected.
     pub uptime_secs: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TrackJson {
+    /// "video" or "audio".
+    pub kind: &'static str,
+    /// 0 is the default track.
+    pub id: u8,
+    pub codec: &'static str,
 }
 
 /// (video, audio) codec names by (app, stream).
@@ -90,6 +106,7 @@ fn session_json(entry: &SessionEntry, codecs: &CodecsByStream) -> SessionJson {
         bitrate_out_bps,
         video_codec,
         audio_codec,
+        enhanced: state.enhanced,
         dropped_frames: entry.dropped_frames(),
         uptime_secs: (entry.started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
         started_at: entry.started_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
@@ -135,6 +152,12 @@ pub fn streams(shared: &Shared) -> Vec<StreamJson> {
                 players: s.players,
                 video_codec: s.video_codec,
                 audio_codec: s.audio_codec,
+                tracks: s
+                    .tracks
+                    .iter()
+                    .map(|t| TrackJson { kind: t.kind.name(), id: t.id, codec: t.codec })
+                    .collect(),
+                legacy_players: s.legacy_players,
                 media_bytes_in: s.bytes_in,
                 frames_in: s.frames_in,
                 dropped_frames: s.dropped_frames,

@@ -358,8 +358,9 @@ const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 #[derive(Default)]
 struct Headers {
     metadata: Option<Frame>,
-    video: Option<Frame>,
-    audio: Option<Frame>,
+    /// The latest sequence start of every (kind, track), in arrival order (Enhanced RTMP
+    /// multitrack has one per track).
+    sequence_starts: Vec<(FrameKind, u8, Frame)>,
     has_video: bool,
 }
 
@@ -369,18 +370,32 @@ impl Headers {
         if frame.kind == FrameKind::Video {
             self.has_video = true;
         }
-        let slot = match frame.kind {
-            FrameKind::Metadata => &mut self.metadata,
-            FrameKind::Video if frame.info.sequence_header => &mut self.video,
-            FrameKind::Audio if frame.info.sequence_header => &mut self.audio,
+        match frame.kind {
+            FrameKind::Metadata => self.metadata = Some(frame.clone()),
+            FrameKind::Video | FrameKind::Audio if frame.info.sequence_header => {
+                let tracks = frame.sequence_start_tracks();
+                self.sequence_starts
+                    .retain(|(kind, track, _)| *kind != frame.kind || !tracks.contains(track));
+                self.sequence_starts
+                    .extend(tracks.into_iter().map(|track| (frame.kind, track, frame.clone())));
+            }
             _ => return false,
-        };
-        *slot = Some(frame.clone());
+        }
         true
     }
 
-    fn all(&self) -> impl Iterator<Item = &Frame> {
-        [&self.metadata, &self.video, &self.audio].into_iter().flatten()
+    /// Metadata, then each video and each audio sequence start once (a ManyTracks one is kept
+    /// per track).
+    fn all(&self) -> Vec<Frame> {
+        let mut all: Vec<Frame> = self.metadata.iter().cloned().collect();
+        for kind in [FrameKind::Video, FrameKind::Audio] {
+            for (_, _, frame) in self.sequence_starts.iter().filter(|(k, _, _)| *k == kind) {
+                if !all.iter().any(|sent| sent.payload.as_ptr() == frame.payload.as_ptr()) {
+                    all.push(frame.clone());
+                }
+            }
+        }
+        all
     }
 }
 
@@ -463,8 +478,13 @@ mod tests {
         assert!(h.update(&meta) && h.update(&avc_header) && h.update(&aac_header) && h.update(&avc_header2));
         assert!(!h.update(&key) && !h.update(&aac));
         assert!(h.has_video);
-        let kept: Vec<u32> = h.all().map(|f| f.timestamp).collect();
+        let kept: Vec<u32> = h.all().into_iter().map(|f| f.timestamp).collect();
         assert_eq!(kept, [0, 5, 0], "metadata, newest video header, audio header");
+        // A second audio track (FFmpeg's OneTrack multitrack, track 1) is kept beside track 0.
+        let second_track = Frame::audio(0, Bytes::from_static(b"\x95\x00mp4a\x01\x11\x90"));
+        assert!(h.update(&second_track));
+        assert_eq!(h.all().len(), 4);
+        assert!(h.all()[3].info.multitrack);
     }
 
     fn test_config(text: &str) -> Config {

@@ -116,8 +116,17 @@ impl PushJob {
     /// takes over at the next keyframe, and then the old one says goodbye (make-before-break).
     async fn forward(&mut self, upstream: &mut Upstream, headers: &mut Headers) -> Result<End, String> {
         let write_timeout = self.options.write_timeout;
-        for frame in headers.all() {
-            send(&mut upstream.conn, upstream.stream_id, frame, 0, write_timeout).await?;
+        // An upstream that answered no Enhanced RTMP (nginx-rtmp) is served as a legacy player:
+        // the default tracks, in legacy tags.
+        let legacy = !upstream.conn.server_capabilities().is_enhanced();
+        if legacy {
+            let (key, url) = (self.player.key(), self.status.url());
+            info!("relay push {key} -> {url}: the upstream is a legacy server, forwarding the default tracks only");
+        }
+        let for_upstream =
+            |frame: &Frame| if legacy { frame.for_legacy_player() } else { Some(frame.clone()) };
+        for frame in headers.all().iter().filter_map(for_upstream) {
+            send(&mut upstream.conn, upstream.stream_id, &frame, 0, write_timeout).await?;
         }
         let mut awaiting_keyframe = true;
         let mut base: Option<u32> = None;
@@ -137,7 +146,12 @@ impl PushJob {
                             PlayerEvent::PublishStarted => {}
                             PlayerEvent::Frame(frame) => {
                                 let ts = base.map_or(0, |b| frame.timestamp.saturating_sub(b));
-                                if headers.update(&frame) {
+                                let is_header = headers.update(&frame);
+                                let Some(frame) = for_upstream(&frame) else {
+                                    event = self.player.try_recv();
+                                    continue;
+                                };
+                                if is_header {
                                     send(&mut upstream.conn, upstream.stream_id, &frame, ts, write_timeout).await?;
                                 } else if awaiting_keyframe && headers.has_video && !frame.is_keyframe() {
                                     // The upstream starts decodable: nothing before a keyframe.
@@ -169,8 +183,8 @@ impl PushJob {
                         self.status.connection_done(old.conn.bytes_out());
                         self.status.connected();
                         let ts = last_ts;
-                        for frame in headers.all() {
-                            send(&mut upstream.conn, upstream.stream_id, frame, ts, write_timeout).await?;
+                        for frame in headers.all().iter().filter_map(for_upstream) {
+                            send(&mut upstream.conn, upstream.stream_id, &frame, ts, write_timeout).await?;
                         }
                         awaiting_keyframe = true;
                         info!(
@@ -252,8 +266,14 @@ impl PushJob {
         self.status.connection_done(old.conn.bytes_out());
         self.status.connected();
         let write_timeout = self.options.write_timeout;
-        for frame in headers.all() {
-            send(&mut upstream.conn, upstream.stream_id, frame, timestamp, write_timeout).await?;
+        let legacy = !upstream.conn.server_capabilities().is_enhanced();
+        let headers = headers.all();
+        let headers =
+            headers
+                .iter()
+                .filter_map(|frame| if legacy { frame.for_legacy_player() } else { Some(frame.clone()) });
+        for frame in headers {
+            send(&mut upstream.conn, upstream.stream_id, &frame, timestamp, write_timeout).await?;
         }
         info!(
             "relay push {}: moved to {} (reconnects={})",
