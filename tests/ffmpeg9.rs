@@ -250,7 +250,12 @@ fn ffmpeg9_hevc_over_rtmps_reaches_a_late_player() {
     let publishing = Instant::now();
     thread::sleep(Duration::from_secs(2));
     let out = gw.dir().join("hevc.flv");
-    let mut player = record9(&url, &out, 2.0, &verify_args(&gw, "rtmps"));
+    // FFmpeg's player sends no Enhanced RTMP capabilities of its own (`-rtmp_enhanced_codecs` is
+    // an output option): it announces them in an extra object argument, or it would be served as a
+    // legacy player, which gets nothing of an HEVC stream.
+    let mut args = verify_args(&gw, "rtmps");
+    args.extend(["-rtmp_conn".to_owned(), "O:1 NN:capsEx:2 O:0".to_owned()]);
+    let mut player = record9(&url, &out, 2.0, &args);
     eprintln!("[e2e] HEVC player joins {:.1} s after the publisher", publishing.elapsed().as_secs_f64());
     assert!(player.finish().success(), "{}", player.describe());
     assert!(publisher.finish().success(), "{}", publisher.describe());
