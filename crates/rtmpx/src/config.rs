@@ -30,6 +30,9 @@ pub struct Config {
     pub timeouts: Timeouts,
     #[serde(default)]
     pub rtmpt: RtmptSection,
+    /// HTTP-FLV and WebSocket-FLV playback (`GET /app/stream.flv`) on rtmp/rtmpt ports.
+    #[serde(default)]
+    pub http_flv: HttpFlvSection,
     #[serde(default)]
     pub tls: TlsSection,
     /// Push/pull relays: upstream TLS trust, backoff, queue bound (see `relay::config`).
@@ -112,6 +115,10 @@ pub struct ListenerConfig {
     /// the generated development certificate in `tls.cert_dir`.
     #[serde(default)]
     pub tls: Vec<CertPaths>,
+    /// Serve `GET /app/stream.flv` as HTTP-FLV or WebSocket-FLV here (rtmp, rtmpt and, inside
+    /// TLS, rtmps and rtmpts listeners).
+    #[serde(default = "yes")]
+    pub http_flv: bool,
 }
 
 /// A PEM certificate chain (leaf first) and its PEM private key (PKCS#8, PKCS#1 or SEC1).
@@ -314,6 +321,23 @@ impl Default for RtmptSection {
             max_request_body: 1 << 20,
             request_timeout_secs: 30,
         }
+    }
+}
+
+/// HTTP-FLV and WebSocket-FLV players (browsers: mpegts.js, flv.js; ffmpeg, curl).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpFlvSection {
+    /// `Access-Control-Allow-Origin` of the answers; empty sends none.
+    pub allow_origin: String,
+    /// A stream that is not live: false answers 404 at once, true waits for its publisher like
+    /// an RTMP player.
+    pub wait_for_publisher: bool,
+}
+
+impl Default for HttpFlvSection {
+    fn default() -> Self {
+        HttpFlvSection { allow_origin: "*".into(), wait_for_publisher: false }
     }
 }
 

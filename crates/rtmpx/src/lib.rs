@@ -7,6 +7,7 @@ pub mod config;
 pub mod devcert;
 pub mod drain;
 pub mod error;
+pub mod flv;
 pub mod fuzzing;
 pub mod load;
 pub mod metrics;

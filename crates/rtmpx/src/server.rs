@@ -218,7 +218,8 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
                 sessions.spawn(async move {
                     let _admission = admission;
                     let encryption = listener.encryption.policy();
-                    let origin = |transport| Origin { transport, encryption };
+                    let http_flv = listener.http_flv;
+                    let origin = |transport| Origin { transport, encryption, http_flv };
                     // Each protocol's future is boxed on its own: a task's memory is then what its
                     // protocol needs, not the largest of them (TLS and HTTP states are big, and
                     // memory per idle plain-RTMP player is a target).
