@@ -91,8 +91,7 @@ impl Chromium {
         };
         let addr = ([127, 0, 0, 1], port).into();
         let page = loop {
-            let list: Value =
-                serde_json::from_str(&rtmpx_e2e::http(addr, "GET", "/json/list", None).body).unwrap();
+            let list: Value = serde_json::from_str(&json_list(addr)).unwrap();
             let page = list.as_array().unwrap().iter().find(|t| t["type"] == "page").cloned();
             if let Some(page) = page {
                 break page;
@@ -155,6 +154,34 @@ impl Chromium {
     pub fn screenshot(&mut self, path: &Path) {
         let result = self.call("Page.captureScreenshot", json!({ "format": "png" }));
         std::fs::write(path, base64_decode(result["data"].as_str().unwrap())).unwrap();
+    }
+}
+
+/// `GET /json/list` from the DevTools HTTP endpoint (it keeps the connection open: read by length).
+fn json_list(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET /json/list HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "DevTools closed: {}", String::from_utf8_lossy(&raw));
+        raw.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&raw);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
+                })
+                .and_then(|v| v.parse::<usize>().ok())
+                .expect("a Content-Length");
+            if body.len() >= length {
+                return body[..length].to_owned();
+            }
+        }
     }
 }
 
