@@ -445,11 +445,20 @@ fn the_preview_page_shows_moving_video() {
     let (gw, mut publisher) = live("live", "preview", 60.0);
     let admin = admin_addr(&gw);
     let dir = TempDir::new("preview-page");
-    // The status page links each stream to its preview.
-    let status = rtmpx_e2e::http(admin, "GET", "/", None);
-    assert!(status.body.contains("watch"), "no watch link on the status page");
-    let mut chromium =
-        browser::Chromium::open(&dir.file("profile"), &format!("http://{admin}/watch/live/preview"));
+    // The status page links each live stream to its preview: follow the link as a user would.
+    let mut chromium = browser::Chromium::open(&dir.file("profile"), &format!("http://{admin}/"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let link = loop {
+        let href =
+            chromium.eval("document.querySelector('a.watch') && document.querySelector('a.watch').href");
+        if let Some(href) = href.as_str() {
+            break href.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no watch link on the status page");
+        thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(link, format!("http://{admin}/watch/live/preview"));
+    chromium.eval("document.querySelector('a.watch').click()");
     let progress = chromium.wait_for_playback(
         "({t: window.preview ? window.preview.mediaTime : 0, frames: window.preview ? window.preview.framesDecoded : 0, \
            error: window.preview ? window.preview.error : null, codec: document.getElementById('codec').textContent, \

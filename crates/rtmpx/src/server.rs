@@ -44,6 +44,8 @@ pub struct Shared {
     pub auth: crate::auth::Gate,
     /// Whether fan-out batches its writes now (workers busy).
     pub load: Arc<crate::load::Load>,
+    /// Bound listeners that serve HTTP-FLV/WebSocket-FLV: (inside TLS, address), for the preview page.
+    pub flv_listeners: std::sync::OnceLock<Vec<(bool, SocketAddr)>>,
 }
 
 impl Shared {
@@ -62,6 +64,7 @@ impl Shared {
             load: load.clone(),
             auth: crate::auth::Gate::new(),
             relays: RelayManager::new(shutdown, load),
+            flv_listeners: std::sync::OnceLock::new(),
         }
     }
 
@@ -158,6 +161,9 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         announce(lc, local, &config);
         listeners.push((lc.clone(), listener, tls));
     }
+    let flv = listeners.iter().filter(|(lc, ..)| lc.http_flv);
+    let flv = flv.filter_map(|(lc, listener, _)| Some((lc.proto.is_tls(), listener.local_addr().ok()?)));
+    let _ = shared.flv_listeners.set(flv.collect());
     let reloader = Arc::new(Reloader::new(shared.clone(), config_path, listener_tls.stores.clone()));
     let mut background = JoinSet::new();
     background.spawn(admin::sample_bitrates(shared.clone()));
@@ -271,6 +277,16 @@ fn announce(lc: &ListenerConfig, local: SocketAddr, config: &Config) {
             (false, false) => "nothing (app disabled)",
         };
         info!("{} listener on {local}: {what} at {url}", lc.proto.scheme());
+    }
+    if lc.http_flv {
+        let (http, ws) = if lc.proto.is_tls() { ("https", "wss") } else { ("http", "ws") };
+        for app in config.apps.iter().filter(|app| app.play) {
+            let path = format!("{host}:{}/{}/<stream>.flv", local.port(), app.name);
+            info!(
+                "{} listener on {local}: HTTP-FLV {http}://{path} and WebSocket-FLV {ws}://{path}",
+                lc.proto.scheme()
+            );
+        }
     }
     if matches!(lc.proto, Proto::Rtmp | Proto::Rtmps) {
         let tunnel = if lc.proto == Proto::Rtmp { "rtmpt" } else { "rtmpts" };
