@@ -66,7 +66,14 @@ pub async fn answer(mut request: Request<Incoming>, conn: &FlvConn) -> Response<
     let accept_key = if websocket {
         match websocket_key(request.headers()) {
             Ok(key) => Some(key),
-            Err(response) => return with_cors(response),
+            Err(code) => {
+                let mut response = status(code);
+                if code == StatusCode::UPGRADE_REQUIRED {
+                    let version = HeaderValue::from_static("13");
+                    response.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, version);
+                }
+                return with_cors(response);
+            }
         }
     } else {
         None
@@ -144,21 +151,20 @@ fn wants_websocket(headers: &HeaderMap) -> bool {
     has_token(headers, header::UPGRADE, "websocket")
 }
 
-/// The `Sec-WebSocket-Accept` for a valid RFC 6455 upgrade request, or the answer refusing it.
-fn websocket_key(headers: &HeaderMap) -> Result<HeaderValue, Response<FlvBody>> {
+/// The `Sec-WebSocket-Accept` for a valid RFC 6455 upgrade request, or the status refusing it
+/// (426 asks for version 13).
+fn websocket_key(headers: &HeaderMap) -> Result<HeaderValue, StatusCode> {
     if !has_token(headers, header::CONNECTION, "upgrade") {
-        return Err(status(StatusCode::BAD_REQUEST));
+        return Err(StatusCode::BAD_REQUEST);
     }
     if headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
-        let mut response = status(StatusCode::UPGRADE_REQUIRED);
-        response.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
-        return Err(response);
+        return Err(StatusCode::UPGRADE_REQUIRED);
     }
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).filter(|k| k.len() == 24) else {
-        return Err(status(StatusCode::BAD_REQUEST));
+        return Err(StatusCode::BAD_REQUEST);
     };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-    HeaderValue::from_str(&accept).map_err(|_| status(StatusCode::BAD_REQUEST))
+    HeaderValue::from_str(&accept).map_err(|_| StatusCode::BAD_REQUEST)
 }
 
 /// The body of an FLV answer: empty, or the player's tags for as long as the stream lasts.
@@ -292,11 +298,11 @@ mod tests {
         // RFC 6455's example.
         assert_eq!(websocket_key(&headers(&good)).unwrap(), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
         let old_version = headers(&[good[0], good[1], ("sec-websocket-version", "8"), good[3]]);
-        assert_eq!(websocket_key(&old_version).unwrap_err().status(), StatusCode::UPGRADE_REQUIRED);
+        assert_eq!(websocket_key(&old_version).unwrap_err(), StatusCode::UPGRADE_REQUIRED);
         let no_key = headers(&good[..3]);
-        assert_eq!(websocket_key(&no_key).unwrap_err().status(), StatusCode::BAD_REQUEST);
+        assert_eq!(websocket_key(&no_key).unwrap_err(), StatusCode::BAD_REQUEST);
         let not_upgrade = headers(&[good[0], ("connection", "close"), good[2], good[3]]);
-        assert_eq!(websocket_key(&not_upgrade).unwrap_err().status(), StatusCode::BAD_REQUEST);
+        assert_eq!(websocket_key(&not_upgrade).unwrap_err(), StatusCode::BAD_REQUEST);
         assert!(!wants_websocket(&headers(&[("connection", "close")])));
     }
 }
