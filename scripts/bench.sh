@@ -8,7 +8,7 @@
 # /proc/PID/stat over the measurement window; memory is VmRSS.
 #
 # Knobs (environment): OUT, DURATION, WARMUP, FANOUT ("200 1000 5000"), IDLE (10000),
-# INGEST (200), VARIANT_PLAYERS (200), VARIANT_REPEAT (3), HANDSHAKES (500), VARIANTS ("rtmp rtmps rtmpt rtmpe"),
+# INGEST (200), VARIANT_PLAYERS (200), VARIANT_REPEAT (3), HANDSHAKES (500), VARIANTS ("rtmp rtmps rtmpt rtmpe"; also http-flv ws-flv),
 # SERVERS ("nginx rtmpx"; rtmpx-cN = rtmpx with write_coalesce_ms N, rtmpx-nobatch = rtmpx that
 # never batches on load: write_coalesce_under_load_ms 0), SCENARIOS ("fanout idle ingest variants handshakes"),
 # SERVER_CPU (0), TOOL_CPU (1), FLV (a file to publish instead of synthetic frames).
@@ -196,9 +196,14 @@ for scenario in $SCENARIOS; do
                 rtmps) port=@RTMPS@ ;;
                 rtmpt | rtmpte) port=@RTMPT@ ;;
                 rtmpts) echo "bench.sh: rtmpts needs an rtmpts listener; skipped" >&2; continue ;;
+                http-flv | ws-flv) port=@RTMP@ ;;
                 esac
-                run_case "variant-$v-r$r" rtmpx --url "$URL" --play-url "$v://127.0.0.1:$port/live/bench" \
-                    --players "$VARIANT_PLAYERS"
+                case $v in
+                http-flv) play="http://127.0.0.1:$port/live/bench.flv" ;;
+                ws-flv) play="ws://127.0.0.1:$port/live/bench.flv" ;;
+                *) play="$v://127.0.0.1:$port/live/bench" ;;
+                esac
+                run_case "variant-$v-r$r" rtmpx --url "$URL" --play-url "$play" --players "$VARIANT_PLAYERS"
             done
         done
         ;;
