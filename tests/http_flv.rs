@@ -474,3 +474,29 @@ fn the_preview_page_shows_moving_video() {
     dir.keep();
     publisher.stop();
 }
+
+#[test]
+fn a_player_waits_for_its_publisher_when_configured() {
+    let _serial = exclusive();
+    let gw = Gateway::start(&format!(
+        "{CONFIG}\n[http_flv]\nwait_for_publisher = true\nallow_origin = \"https://example.com\"\n"
+    ));
+    let addr = gw.addr("rtmp");
+    let dir = TempDir::new("http-flv-wait");
+    let (mut early, head) = get(addr, "/live/later.flv");
+    assert_eq!(head.status, 200, "{}", head.headers);
+    assert!(head.headers.contains("access-control-allow-origin: https://example.com"), "{}", head.headers);
+    let (nothing, closed) = read_for(&mut early, Duration::from_millis(500));
+    assert!(nothing.is_empty() && !closed, "a waiting player got {} bytes", nothing.len());
+    let recording = {
+        let (url, out) = (format!("http://{addr}/live/later.flv"), dir.file("later.flv"));
+        thread::spawn(move || curl_record(&url, &out, 8))
+    };
+    thread::sleep(Duration::from_secs(1));
+    let mut publisher = publish(&gw.url("rtmp", "live", "later"), &PublishOptions::new(10.0));
+    recording.join().unwrap();
+    assert_good_recording("waited", &dir.file("later.flv"), 50, 50);
+    let (media, _) = read_for(&mut early, Duration::from_secs(1));
+    assert!(media.len() > 10_000, "the early player got {} bytes", media.len());
+    publisher.stop();
+}

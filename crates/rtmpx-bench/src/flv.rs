@@ -64,7 +64,8 @@ impl FlvUrl {
     }
 }
 
-/// Plays `stream`, calling `on_bytes` with every byte count read and `on_tag` with each tag's
+/// Plays `stream`, calling `on_bytes` with every byte count read (0 once a WebSocket is open)
+/// and `on_tag` with each tag's
 /// type (8 audio, 9 video, 18 data) and body. Returns when the server ends the stream.
 pub async fn play(
     url: &FlvUrl,
@@ -80,6 +81,8 @@ pub async fn play(
         let request = format!("ws://{}:{}{}", url.host, url.port, url.path(stream));
         let (mut ws, _) =
             tokio_tungstenite::client_async(request, socket).await.map_err(|e| format!("upgrade: {e}"))?;
+        // Upgraded: the player is connected (a stream that is not live yet sends nothing).
+        on_bytes(0);
         while let Some(message) = ws.next().await {
             match message.map_err(|e| format!("websocket: {e}"))? {
                 Message::Binary(data) => {
