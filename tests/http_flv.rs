@@ -446,7 +446,8 @@ fn the_preview_page_shows_moving_video() {
     let admin = admin_addr(&gw);
     let dir = TempDir::new("preview-page");
     // The status page links each live stream to its preview: follow the link as a user would.
-    let mut chromium = browser::Chromium::open(&dir.file("profile"), &format!("http://{admin}/"));
+    let profile = TempDir::new("preview-profile");
+    let mut chromium = browser::Chromium::open(profile.path(), &format!("http://{admin}/"));
     let deadline = Instant::now() + Duration::from_secs(20);
     let link = loop {
         let href =
