@@ -7,10 +7,10 @@
 # Every scenario starts a fresh server on fresh ports. Server CPU is utime+stime from
 # /proc/PID/stat over the measurement window; memory is VmRSS.
 #
-# Knobs (environment): OUT, DURATION, WARMUP, FANOUT ("200 1000 5000"), IDLE (10000),
-# INGEST (200), VARIANT_PLAYERS (200), VARIANT_REPEAT (3), HANDSHAKES (500), VARIANTS ("rtmp rtmps rtmpt rtmpe"),
+# Knobs (environment): OUT, DURATION, WARMUP, FANOUT ("200 1000 5000"), IDLE (10000), IDLE_FLV (1000),
+# INGEST (200), VARIANT_PLAYERS (200), VARIANT_REPEAT (3), HANDSHAKES (500), VARIANTS ("rtmp rtmps rtmpt rtmpe"; also http-flv ws-flv),
 # SERVERS ("nginx rtmpx"; rtmpx-cN = rtmpx with write_coalesce_ms N, rtmpx-nobatch = rtmpx that
-# never batches on load: write_coalesce_under_load_ms 0), SCENARIOS ("fanout idle ingest variants handshakes"),
+# never batches on load: write_coalesce_under_load_ms 0), SCENARIOS ("fanout idle ingest variants handshakes"; also idle-flv),
 # SERVER_CPU (0), TOOL_CPU (1), FLV (a file to publish instead of synthetic frames).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +21,7 @@ DURATION=${DURATION:-15}
 WARMUP=${WARMUP:-3}
 FANOUT=${FANOUT:-"200 1000 5000"}
 IDLE=${IDLE:-10000}
+IDLE_FLV=${IDLE_FLV:-1000}
 INGEST=${INGEST:-200}
 VARIANT_PLAYERS=${VARIANT_PLAYERS:-200}
 VARIANT_REPEAT=${VARIANT_REPEAT:-3}
@@ -139,6 +140,9 @@ max_sessions = 20000
 max_sessions_per_ip = 20000
 [tls]
 cert_dir = "$OUT/certs"
+[http_flv]
+# Idle HTTP-FLV players (idle-flv) wait for a publisher like RTMP players.
+wait_for_publisher = true
 EOF
         RUST_LOG=warn taskset -c "$SERVER_CPU" "$RTMPX" serve --config "$dir/rtmpx.toml" --threads 1 \
             >"$dir/logs/stdout.log" 2>&1 &
@@ -190,6 +194,15 @@ for scenario in $SCENARIOS; do
                 --connect-concurrency 256 --warmup 3 --duration 2
         done
         ;;
+    idle-flv)
+        # Idle players waiting for a stream: RTMP against HTTP-FLV and WebSocket-FLV (rtmpx only).
+        run_case "idleflv-$IDLE_FLV-rtmp" rtmpx --url "$URL" --idle --publishers 0 --players "$IDLE_FLV" \
+            --connect-concurrency 256 --warmup 3 --duration 2
+        for v in http ws; do
+            run_case "idleflv-$IDLE_FLV-$v-flv" rtmpx --url "$URL" --play-url "$v://127.0.0.1:@RTMP@/live/bench.flv" \
+                --idle --publishers 0 --players "$IDLE_FLV" --connect-concurrency 256 --warmup 3 --duration 2
+        done
+        ;;
     ingest)
         for s in $SERVERS; do run_case "ingest-$INGEST-$s" "$s" --url "$URL" --publishers "$INGEST"; done
         ;;
@@ -203,9 +216,14 @@ for scenario in $SCENARIOS; do
                 rtmps) port=@RTMPS@ ;;
                 rtmpt | rtmpte) port=@RTMPT@ ;;
                 rtmpts) echo "bench.sh: rtmpts needs an rtmpts listener; skipped" >&2; continue ;;
+                http-flv | ws-flv) port=@RTMP@ ;;
                 esac
-                run_case "variant-$v-r$r" rtmpx --url "$URL" --play-url "$v://127.0.0.1:$port/live/bench" \
-                    --players "$VARIANT_PLAYERS"
+                case $v in
+                http-flv) play="http://127.0.0.1:$port/live/bench.flv" ;;
+                ws-flv) play="ws://127.0.0.1:$port/live/bench.flv" ;;
+                *) play="$v://127.0.0.1:$port/live/bench" ;;
+                esac
+                run_case "variant-$v-r$r" rtmpx --url "$URL" --play-url "$play" --players "$VARIANT_PLAYERS"
             done
         done
         ;;

@@ -3,6 +3,7 @@
 fanout.svg (CPU per delivered GB and latency against player count, both servers).
 Standard library only."""
 
+import re
 import glob
 import math
 import json
@@ -129,10 +130,11 @@ def variant_table(runs):
         return []
     variants = []
     for k in names:
-        v = k.split("-")[1]
+        # variant-<v>[-rN] and handshakes-<v>; <v> may hold a dash (http-flv, ws-flv).
+        v = re.sub(r"-r\d+$", "", k.split("-", 1)[1])
         if v not in variants:
             variants.append(v)
-    order = ["rtmp", "rtmps", "rtmpt", "rtmpts", "rtmpe", "rtmpte"]
+    order = ["rtmp", "rtmps", "rtmpt", "rtmpts", "rtmpe", "rtmpte", "http-flv", "ws-flv"]
     variants.sort(key=lambda v: order.index(v) if v in order else 99)
     cpu = {v: median(r.get("server_cpu_secs_per_delivered_gb") for r in variant_runs(runs, v)) for v in variants}
     base = cpu.get("rtmp")

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(chunk_decoder amf handshake server_session config stream_query rtmpt_requests enhanced_media)
+[ ${#targets[@]} -gt 0 ] || targets=(chunk_decoder amf handshake server_session config stream_query rtmpt_requests enhanced_media http_requests)
 command -v cargo-fuzz >/dev/null || export PATH="$HOME/.cargo/bin:$PATH"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1

@@ -21,6 +21,9 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # tests/ops.rs: the status page in a headless browser, and docker-compose.yml parsed as YAML.
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 /usr/bin/python3 -c 'import yaml' >/dev/null 2>&1 || missing+=(python3-yaml)
+# tests/http_flv.rs: mpegts.js from npm (below).
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 # FFmpeg 9 goes into a virtualenv (below): Debian's python3 needs python3-venv for that.
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 # tests/acme.rs: Pebble, the ACME test CA, issues the certificates rtmpx orders.
@@ -46,6 +49,17 @@ if ! "$ff9_venv/bin/python" -c 'import imageio_ffmpeg' >/dev/null 2>&1; then
 fi
 RTMPX_FFMPEG9=$("$ff9_venv/bin/python" -c 'import imageio_ffmpeg as i; print(i.get_ffmpeg_exe())')
 export RTMPX_FFMPEG9
+
+# mpegts.js for tests/http_flv.rs (Chromium plays HTTP-FLV and WebSocket-FLV with it), under target/.
+# `npm pack` fetches only the published package, whose dist/ bundle is self-contained (its own
+# dependencies include a git-hosted build tool that a registry-only machine cannot fetch).
+mpegts_dir="${CARGO_TARGET_DIR:-$PWD/target}/npm/mpegts.js-1.8.0"
+if [ ! -f "$mpegts_dir/package/dist/mpegts.js" ]; then
+    echo "test.sh: installing mpegts.js into $mpegts_dir" >&2
+    mkdir -p "$mpegts_dir"
+    (cd "$mpegts_dir" && npm pack --silent mpegts.js@1.8.0 >/dev/null && tar xzf mpegts.js-1.8.0.tgz)
+fi
+export RTMPX_MPEGTS_JS="$mpegts_dir/package/dist/mpegts.js"
 
 cargo fmt --all -- --check
 # Cargo.toml's rust-version and the Dockerfile's rust image cover every locked dependency.

@@ -110,6 +110,14 @@ fn rtmpx_bench_measures_every_variant_against_the_gateway() {
         let run = bench(&dir, variant, &publish, &play, gw.pid(), &[]);
         assert_sound(&run, variant);
     }
+    // Browser-style players on the rtmp port.
+    for (variant, scheme) in [("http-flv", "http"), ("ws-flv", "ws")] {
+        let stream = format!("b-{scheme}");
+        let publish = gw.url("rtmp", "live", &stream);
+        let play = format!("{scheme}://{}/live/{stream}.flv", gw.addr("rtmp"));
+        let run = bench(&dir, variant, &publish, &play, gw.pid(), &[]);
+        assert_sound(&run, variant);
+    }
 }
 
 #[test]

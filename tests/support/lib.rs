@@ -67,6 +67,13 @@ impl TempDir {
     pub fn file(&self, name: &str) -> PathBuf {
         self.path.join(name)
     }
+
+    /// Leaves the directory in place (test artefacts such as screenshots).
+    pub fn keep(self) -> PathBuf {
+        let path = self.path.clone();
+        std::mem::forget(self);
+        path
+    }
 }
 
 impl Drop for TempDir {
@@ -94,6 +101,7 @@ pub fn require_tool(name: &str) {
         "python3-librtmp" => python3_with_librtmp().is_some(),
         "chromium" => runs(Command::new("chromium").arg("--version")),
         "openssl" => runs(Command::new("openssl").arg("version")),
+        "curl" => runs(Command::new("curl").arg("--version")),
         "ffmpeg9" => ffmpeg9_lookup().is_some(),
         other => panic!("require_tool: unknown tool {other:?}"),
     };

@@ -1,11 +1,12 @@
 //! `rtmpx-bench`: N publishers and M players against any RTMP server, over any variant
-//! (rtmp, rtmps, rtmpt, rtmpts, rtmpe, rtmpte). Measures publish-to-receive latency (send times
+//! (rtmp, rtmps, rtmpt, rtmpts, rtmpe, rtmpte), players also over HTTP-FLV and WebSocket-FLV. Measures publish-to-receive latency (send times
 //! embedded in synthetic frames, or a side table for a real FLV file), throughput, drops,
 //! connect times and errors; with `--server-pid`, the server's CPU and memory from /proc.
 
 // serde_json::json! of the summary nests deeper than the default limit.
 #![recursion_limit = "256"]
 
+mod flv;
 mod media;
 mod run;
 mod stats;
@@ -22,7 +23,8 @@ pub struct Args {
     /// publishers, publisher i uses stream name `<stream>-<i>`.
     #[arg(long)]
     pub url: String,
-    /// Where players play (default: --url); e.g. an rtmps URL for players of an rtmp publisher.
+    /// Where players play (default: --url); e.g. an rtmps URL for players of an rtmp publisher,
+    /// or `http://host:port/app/stream.flv` (HTTP-FLV) / `ws://...` (WebSocket-FLV) players.
     /// Player j plays publisher j mod N's stream.
     #[arg(long)]
     pub play_url: Option<String>,

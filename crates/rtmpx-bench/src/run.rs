@@ -9,6 +9,7 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio::time::sleep_until;
 
+use crate::flv::FlvUrl;
 use crate::media::{self, FlvTag, SideTable, SyntheticPlan};
 use crate::stats::{sample_process, ProcSample, Stats};
 use crate::Args;
@@ -20,6 +21,8 @@ struct Ctx {
     args: Args,
     publish_url: RtmpUrl,
     play_url: RtmpUrl,
+    /// Players over HTTP-FLV or WebSocket-FLV instead (`--play-url http://` or `ws://`).
+    flv_play: Option<FlvUrl>,
     opts: ClientOptions,
     stats: Stats,
     epoch: Instant,
@@ -87,8 +90,12 @@ fn cpu_between(a: Option<ProcSample>, b: Option<ProcSample>) -> Option<f64> {
 /// Runs the benchmark; `Ok(false)` when connections failed or errors happened.
 pub async fn run(args: Args) -> Result<bool, String> {
     let publish_url = RtmpUrl::parse(&args.url).map_err(|e| e.to_string())?;
-    let play_url =
-        RtmpUrl::parse(args.play_url.as_deref().unwrap_or(&args.url)).map_err(|e| e.to_string())?;
+    let play = args.play_url.as_deref().unwrap_or(&args.url);
+    let flv_play = FlvUrl::parse(play).transpose().map_err(|e| format!("{play}: {e}"))?;
+    let play_url = match &flv_play {
+        Some(flv) => RtmpUrl { stream: flv.stream.clone(), ..publish_url.clone() },
+        None => RtmpUrl::parse(play).map_err(|e| e.to_string())?,
+    };
     if publish_url.stream.is_empty() || play_url.stream.is_empty() {
         return Err("URLs need a stream name: scheme://host/app/stream".into());
     }
@@ -108,6 +115,7 @@ pub async fn run(args: Args) -> Result<bool, String> {
         args,
         publish_url,
         play_url,
+        flv_play,
         opts,
         stats: Stats::default(),
         epoch: Instant::now(),
@@ -358,6 +366,9 @@ async fn publish_file(
 async fn player(ctx: Arc<Ctx>, index: usize, permit: tokio::sync::OwnedSemaphorePermit) {
     let publisher = if ctx.args.publishers == 0 { 0 } else { index % ctx.args.publishers };
     let stream = ctx.stream_name(&ctx.play_url.stream, publisher);
+    if let Some(url) = &ctx.flv_play {
+        return flv_player(&ctx, index, publisher, url, &stream, permit).await;
+    }
     let stats = &ctx.stats;
     let started = Instant::now();
     let mut conn = match Connection::connect(&ctx.play_url, &ctx.opts).await {
@@ -382,9 +393,7 @@ async fn player(ctx: Arc<Ctx>, index: usize, permit: tokio::sync::OwnedSemaphore
     drop(permit);
 
     let mut rx_last = 0u64;
-    let mut last_seq: Option<u64> = None;
-    let mut cursor: Option<u64> = None;
-    let side_table = ctx.side_tables.get(publisher).filter(|_| ctx.flv.is_some());
+    let mut receiver = Receiver::new(&ctx, publisher);
     let outcome = loop {
         let event = match conn.next_event().await {
             Ok(Some(event)) => event,
@@ -395,43 +404,105 @@ async fn player(ctx: Arc<Ctx>, index: usize, permit: tokio::sync::OwnedSemaphore
         stats.rx_bytes.fetch_add(bytes - rx_last, Relaxed);
         rx_last = bytes;
         let ClientEvent::Media(frame) = event else { continue };
-        stats.rx_frames.fetch_add(1, Relaxed);
-        let sent_ns = match side_table {
-            Some(table) => {
-                if media::is_config(frame.kind, &frame.payload) {
-                    continue;
-                }
-                match table.lookup(&mut cursor, media::fingerprint(&frame.payload)) {
-                    Some((sent_ns, skipped)) => {
-                        stats.dropped.fetch_add(skipped, Relaxed);
-                        sent_ns
-                    }
-                    None => continue,
-                }
-            }
-            None => {
-                if frame.kind != MediaKind::Video {
-                    continue;
-                }
-                let Some((sent_ns, seq)) = media::read_stamp(&frame.payload) else { continue };
-                match last_seq {
-                    Some(last) if seq > last + 1 => {
-                        stats.dropped.fetch_add(seq - last - 1, Relaxed);
-                    }
-                    _ => {}
-                }
-                last_seq = Some(last_seq.map_or(seq, |last| last.max(seq)));
-                sent_ns
-            }
-        };
-        let latency_us = ctx.now_ns().saturating_sub(sent_ns) / 1000;
-        stats.latency.record(latency_us);
-        stats.latency_interval.record(latency_us);
+        receiver.frame(frame.kind, &frame.payload);
     };
     stats.players_connected.fetch_sub(1, Relaxed);
     stats.players_ended.fetch_add(1, Relaxed);
     if let Err(e) = outcome {
         stats.error(format!("player {index}: {e}"));
+    }
+}
+
+/// An HTTP-FLV or WebSocket-FLV player: connected once the answer head (or 101) arrived.
+async fn flv_player(
+    ctx: &Ctx,
+    index: usize,
+    publisher: usize,
+    url: &FlvUrl,
+    stream: &str,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let stats = &ctx.stats;
+    let started = Instant::now();
+    let mut permit = Some(permit);
+    let mut receiver = Receiver::new(ctx, publisher);
+    let on_bytes = |n: usize| {
+        if let Some(permit) = permit.take() {
+            stats.connect_time.record(started.elapsed().as_micros() as u64);
+            stats.players_connected.fetch_add(1, Relaxed);
+            drop(permit);
+        }
+        stats.rx_bytes.fetch_add(n as u64, Relaxed);
+    };
+    let on_tag = |kind: u8, payload: &[u8]| {
+        let kind = match kind {
+            8 => MediaKind::Audio,
+            9 => MediaKind::Video,
+            _ => return,
+        };
+        receiver.frame(kind, payload);
+    };
+    let outcome = crate::flv::play(url, stream, on_bytes, on_tag).await;
+    if permit.is_some() {
+        stats.players_failed.fetch_add(1, Relaxed);
+    } else {
+        stats.players_connected.fetch_sub(1, Relaxed);
+        stats.players_ended.fetch_add(1, Relaxed);
+    }
+    match outcome {
+        Ok(()) => stats.error(format!("player {index}: the server ended the stream")),
+        Err(e) => stats.error(format!("player {index}: {e}")),
+    }
+}
+
+/// What a player does with each media frame: drops and latency from the stamps.
+struct Receiver<'a> {
+    ctx: &'a Ctx,
+    last_seq: Option<u64>,
+    cursor: Option<u64>,
+    side_table: Option<&'a SideTable>,
+}
+
+impl<'a> Receiver<'a> {
+    fn new(ctx: &'a Ctx, publisher: usize) -> Self {
+        let side_table = ctx.side_tables.get(publisher).filter(|_| ctx.flv.is_some());
+        Receiver { ctx, last_seq: None, cursor: None, side_table }
+    }
+
+    fn frame(&mut self, kind: MediaKind, payload: &[u8]) {
+        let stats = &self.ctx.stats;
+        stats.rx_frames.fetch_add(1, Relaxed);
+        let sent_ns = match self.side_table {
+            Some(table) => {
+                if media::is_config(kind, payload) {
+                    return;
+                }
+                match table.lookup(&mut self.cursor, media::fingerprint(payload)) {
+                    Some((sent_ns, skipped)) => {
+                        stats.dropped.fetch_add(skipped, Relaxed);
+                        sent_ns
+                    }
+                    None => return,
+                }
+            }
+            None => {
+                if kind != MediaKind::Video {
+                    return;
+                }
+                let Some((sent_ns, seq)) = media::read_stamp(payload) else { return };
+                match self.last_seq {
+                    Some(last) if seq > last + 1 => {
+                        stats.dropped.fetch_add(seq - last - 1, Relaxed);
+                    }
+                    _ => {}
+                }
+                self.last_seq = Some(self.last_seq.map_or(seq, |last| last.max(seq)));
+                sent_ns
+            }
+        };
+        let latency_us = self.ctx.now_ns().saturating_sub(sent_ns) / 1000;
+        stats.latency.record(latency_us);
+        stats.latency_interval.record(latency_us);
     }
 }
 
@@ -476,7 +547,7 @@ fn summarize(
         "label": args.label,
         "url": args.url,
         "play_url": args.play_url.clone().unwrap_or_else(|| args.url.clone()),
-        "variant": ctx.play_url.scheme.as_str(),
+        "variant": ctx.flv_play.as_ref().map_or(ctx.play_url.scheme.as_str(), FlvUrl::variant),
         "publishers": args.publishers,
         "publishers_failed": s.publishers_failed.load(Relaxed),
         "players": args.players,

@@ -9,12 +9,14 @@
 //! - [`handshake`]: C0/C1/C2 ↔ S0/S1/S2, simple and digest, RTMPE (Diffie-Hellman + RC4 keys).
 //! - [`chunk`]: the chunk stream codec (decoder and encoder).
 //! - [`message`]: RTMP messages on top of chunks: protocol control, user control, commands, media.
+//! - [`flv`]: FLV tags from RTMP messages, for HTTP-FLV and WebSocket-FLV delivery.
 //! - [`media`]: keyframe and sequence-header detection (FLV legacy and Enhanced RTMP).
 //! - [`session`]: server and client session state machines that tie it all together.
 
 pub mod amf;
 pub mod chunk;
 pub mod error;
+pub mod flv;
 pub mod fuzzing;
 pub mod handshake;
 pub mod media;

@@ -902,6 +902,18 @@ impl Player {
         self.shared.notify.notified().await;
     }
 
+    /// [`changed`](Self::changed) as a future that owns what it needs, for poll-based consumers
+    /// (an HTTP response body) that cannot hold a borrow of the player across polls.
+    pub fn changed_owned(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let shared = Arc::clone(&self.shared);
+        async move {
+            if !lock(&shared.state).queue.is_empty() {
+                return;
+            }
+            shared.notify.notified().await;
+        }
+    }
+
     /// A handle that wakes this player's task ([`changed`](Self::changed) returns), for a sink that
     /// finishes a write after its `try_send` returned. Does not keep the player alive.
     pub fn waker(&self) -> PlayerWaker {

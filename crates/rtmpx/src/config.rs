@@ -31,6 +31,9 @@ pub struct Config {
     pub timeouts: Timeouts,
     #[serde(default)]
     pub rtmpt: RtmptSection,
+    /// HTTP-FLV and WebSocket-FLV playback (`GET /app/stream.flv`) on rtmp/rtmpt ports.
+    #[serde(default)]
+    pub http_flv: HttpFlvSection,
     #[serde(default)]
     pub tls: TlsSection,
     /// Push/pull relays: upstream TLS trust, backoff, queue bound (see `relay::config`).
@@ -148,6 +151,10 @@ pub struct ListenerConfig {
     /// generated development certificate in `tls.cert_dir`.
     #[serde(default)]
     pub tls: ListenerCerts,
+    /// Serve `GET /app/stream.flv` as HTTP-FLV or WebSocket-FLV here (rtmp, rtmpt and, inside
+    /// TLS, rtmps and rtmpts listeners).
+    #[serde(default = "yes")]
+    pub http_flv: bool,
 }
 
 /// A listener's `tls`: certificate files, or `"acme"`. Reads as the list of files (empty for ACME).
@@ -433,6 +440,23 @@ impl Default for RtmptSection {
             request_timeout_secs: 30,
             hangup_timeout_ms: 2000,
         }
+    }
+}
+
+/// HTTP-FLV and WebSocket-FLV players (browsers: mpegts.js, flv.js; ffmpeg, curl).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpFlvSection {
+    /// `Access-Control-Allow-Origin` of the answers; empty sends none.
+    pub allow_origin: String,
+    /// A stream that is not live: false answers 404 at once, true waits for its publisher like
+    /// an RTMP player.
+    pub wait_for_publisher: bool,
+}
+
+impl Default for HttpFlvSection {
+    fn default() -> Self {
+        HttpFlvSection { allow_origin: "*".into(), wait_for_publisher: false }
     }
 }
 

@@ -162,6 +162,79 @@ async fn rtmpt_exchange(mut ops: &[u8]) -> Vec<u16> {
     statuses
 }
 
+/// A port that serves RTMP, RTMPT and HTTP-FLV/WebSocket-FLV (live stream `live/x`).
+#[cfg(any(test, feature = "fuzzing"))]
+const HTTP_CONFIG: &str =
+    "[[listener]]\nproto = \"rtmp\"\naddr = \"127.0.0.1:0\"\n[[app]]\nname = \"live\"\n\
+                           [[app]]\nname = \"keyed\"\nplay_keys = [\"k\"]\n[timeouts]\nwrite_secs = 2\n";
+
+/// Raw bytes from a client on a sniffed port (HTTP requests for RTMPT, HTTP-FLV and WebSocket
+/// upgrades with frames after them, or RTMP) through the real sniffer, HTTP server, FLV players
+/// and WebSocket code, with `live/x` published; tokio's clock is paused (timeouts pass at once).
+/// Returns what the server answered (the first 256 KiB).
+#[cfg(any(test, feature = "fuzzing"))]
+pub fn http_requests(data: &[u8]) -> Vec<u8> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("runtime");
+    runtime.block_on(http_exchange(data))
+}
+
+#[cfg(any(test, feature = "fuzzing"))]
+async fn http_exchange(data: &[u8]) -> Vec<u8> {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use rtmpx_router::{Frame, SessionInfo, StreamKey};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use crate::server::Shared;
+    use crate::session::{Origin, Transport};
+
+    let config = Arc::new(Config::from_toml(HTTP_CONFIG, "fuzz").expect("valid"));
+    let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    let shared = Arc::new(Shared::new(config, shutdown));
+    let info = SessionInfo { id: 0, peer: "fuzz".into(), variant: "rtmp" };
+    let publisher = shared.router.publish(StreamKey::new("live", "x"), info).expect("a fresh router");
+    publisher.send(Frame::video(0, Bytes::from_static(&[0x17, 0, 0, 0, 0, 1, 0x42, 0, 0x1e, 0xff])));
+    publisher.send(Frame::audio(0, Bytes::from_static(&[0xaf, 0, 0x12, 0x10])));
+    publisher.send(Frame::video(40, Bytes::from(vec![0x17; 300])));
+    let (client, server) = tokio::io::duplex(1 << 16);
+    let (mut from_server, mut to_server) = tokio::io::split(client);
+    let peer = "127.0.0.1:1".parse().expect("address");
+    let (rtmp, http) = (Origin::from(Transport::Tcp), Origin::from(Transport::Http));
+    let server = tokio::spawn(crate::tunnel::serve_sniffed(server, peer, rtmp, http, shared.clone()));
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let exchange = async {
+        let mut input = data;
+        // Write and read at once: a large input must not deadlock on a full pipe.
+        loop {
+            tokio::select! {
+                written = to_server.write(input), if !input.is_empty() => match written {
+                    Ok(n) if n > 0 => input = &input[n..],
+                    _ => input = &[],
+                },
+                read = from_server.read(&mut buf) => match read {
+                    Ok(n) if n > 0 && answer.len() < 256 * 1024 => answer.extend_from_slice(&buf[..n]),
+                    _ => return,
+                },
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), exchange).await;
+    drop(publisher);
+    drop((from_server, to_server));
+    let _ = tokio::time::timeout(Duration::from_secs(600), server).await;
+    if data.first().is_some_and(u8::is_ascii_uppercase) && !answer.is_empty() {
+        assert!(answer.starts_with(b"HTTP/1.1 "), "an HTTP request got no HTTP answer");
+    }
+    answer
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,6 +288,9 @@ mod tests {
             ("stream_query", stream_query),
             ("rtmpt_requests", rtmpt_requests),
             ("enhanced_media", rtmpx_core::fuzzing::enhanced_media),
+            ("http_requests", |data| {
+                http_requests(data);
+            }),
         ];
         let mut replayed = 0;
         for (target, entry) in targets {
@@ -228,6 +304,25 @@ mod tests {
             }
         }
         assert!(replayed >= 40, "only {replayed} inputs found under {}", fuzz.display());
+    }
+
+    #[test]
+    fn http_smoke() {
+        let text = |data: &[u8]| String::from_utf8_lossy(&http_requests(data)).into_owned();
+        let flv = http_requests(b"GET /live/x.flv HTTP/1.1\r\nHost: f\r\n\r\n");
+        let at = flv.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        assert!(flv.starts_with(b"HTTP/1.1 200"));
+        // Chunked: the first chunk's size line, then the FLV header.
+        assert!(flv[at..].windows(4).any(|w| w == b"FLV\x01"));
+        assert!(text(b"GET /keyed/x.flv?key=no HTTP/1.1\r\nHost: f\r\n\r\n").starts_with("HTTP/1.1 403"));
+        assert!(text(b"GET /live/y.flv HTTP/1.1\r\nHost: f\r\n\r\n").starts_with("HTTP/1.1 404"));
+        assert!(text(b"GET \x01 HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 400"));
+        let upgrade = b"GET /live/x.flv HTTP/1.1\r\nHost: f\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                        Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+        let mut bogus = upgrade.to_vec();
+        bogus.extend_from_slice(&[0x82, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+        assert!(text(&bogus).starts_with("HTTP/1.1 101"));
+        assert!(http_requests(b"").is_empty());
     }
 
     fn run(ops: &[u8]) -> Vec<u16> {

@@ -10,6 +10,7 @@ pub mod descriptors;
 pub mod devcert;
 pub mod drain;
 pub mod error;
+pub mod flv;
 pub mod fuzzing;
 pub mod load;
 pub mod logsafe;

@@ -14,7 +14,8 @@ use crate::relay::RelayState;
 use crate::server::Shared;
 
 /// Every variant, in the order of the metric arrays.
-pub const VARIANTS: [&str; 6] = ["rtmp", "rtmps", "rtmpt", "rtmpts", "rtmpe", "rtmpte"];
+pub const VARIANTS: [&str; 10] =
+    ["rtmp", "rtmps", "rtmpt", "rtmpts", "rtmpe", "rtmpte", "http-flv", "https-flv", "ws-flv", "wss-flv"];
 
 /// Index of a variant name in [`VARIANTS`]. RTMPE inside RTMPTS ("rtmpts+rtmpe") counts as rtmpts.
 pub fn variant_index(name: &str) -> usize {
@@ -116,9 +117,9 @@ impl Denial {
 /// The gateway's counters. Lives in [`Shared`].
 #[derive(Default)]
 pub struct Metrics {
-    sessions_opened: [AtomicU64; 6],
-    closed_bytes_in: [AtomicU64; 6],
-    closed_bytes_out: [AtomicU64; 6],
+    sessions_opened: [AtomicU64; VARIANTS.len()],
+    closed_bytes_in: [AtomicU64; VARIANTS.len()],
+    closed_bytes_out: [AtomicU64; VARIANTS.len()],
     closed_dropped_frames: AtomicU64,
     handshake_failures: [AtomicU64; HandshakeFailure::ALL.len()],
     denials: [AtomicU64; 4],
@@ -204,9 +205,9 @@ impl Out {
 /// The Prometheus text exposition (format 0.0.4) of everything the gateway counts.
 pub fn render(shared: &Shared) -> String {
     let m = &shared.metrics;
-    let mut live_sessions = [[0u64; 3]; 6];
-    let mut live_in = [0u64; 6];
-    let mut live_out = [0u64; 6];
+    let mut live_sessions = [[0u64; 3]; VARIANTS.len()];
+    let mut live_in = [0u64; VARIANTS.len()];
+    let mut live_out = [0u64; VARIANTS.len()];
     let mut live_dropped = 0u64;
     for entry in shared.sessions.entries() {
         let state = entry.state();

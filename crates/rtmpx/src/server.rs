@@ -56,6 +56,8 @@ pub struct Shared {
     pub rtmpe_budget: crate::rtmpe_budget::RtmpeBudget,
     /// Memory held per client address (`limits.max_memory_per_ip`).
     pub budgets: Arc<AddressBudgets>,
+    /// Bound listeners that serve HTTP-FLV/WebSocket-FLV: (inside TLS, address), for the preview page.
+    pub flv_listeners: std::sync::OnceLock<Vec<(bool, SocketAddr)>>,
 }
 
 impl Shared {
@@ -78,6 +80,7 @@ impl Shared {
             relays: RelayManager::new(shutdown, load),
             acme: OnceLock::new(),
             rtmpe_budget: Default::default(),
+            flv_listeners: std::sync::OnceLock::new(),
         }
     }
 
@@ -239,6 +242,9 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         listeners.push((lc.clone(), listener, tls));
     }
     warn_open_publishing(&config);
+    let flv = listeners.iter().filter(|(lc, ..)| lc.http_flv);
+    let flv = flv.filter_map(|(lc, listener, _)| Some((lc.proto.is_tls(), listener.local_addr().ok()?)));
+    let _ = shared.flv_listeners.set(flv.collect());
     let reloader = Arc::new(Reloader::new(shared.clone(), config_path, listener_tls.stores.clone()));
     let mut background = JoinSet::new();
     background.spawn(admin::sample_bitrates(shared.clone()));
@@ -312,7 +318,8 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
                 sessions.spawn(async move {
                     let _admission = admission;
                     let encryption = listener.encryption.policy();
-                    let origin = |transport| Origin { transport, encryption };
+                    let http_flv = listener.http_flv;
+                    let origin = |transport| Origin { transport, encryption, http_flv };
                     // Each protocol's future is boxed on its own: a task's memory is then what its
                     // protocol needs, not the largest of them (TLS and HTTP states are big, and
                     // memory per idle plain-RTMP player is a target).
@@ -375,7 +382,8 @@ pub async fn issue_acme_certificate(config: Config) -> Result<Arc<crate::acme::I
             lc.proto.scheme(),
             lc.addr
         )))?;
-        let origin = Origin { transport: Transport::Http, encryption: lc.encryption.policy() };
+        let origin =
+            Origin { transport: Transport::Http, encryption: lc.encryption.policy(), http_flv: false };
         let (proto, shared) = (lc.proto, shared.clone());
         answering.spawn(async move {
             while let Ok((stream, peer)) = listener.accept().await {
@@ -409,6 +417,16 @@ fn announce(lc: &ListenerConfig, local: SocketAddr, config: &Config) {
             (false, false) => "nothing (app disabled)",
         };
         info!("{} listener on {local}: {what} at {url}", lc.proto.scheme());
+    }
+    if lc.http_flv {
+        let (http, ws) = if lc.proto.is_tls() { ("https", "wss") } else { ("http", "ws") };
+        for app in config.apps.iter().filter(|app| app.play) {
+            let path = format!("{host}:{}/{}/<stream>.flv", local.port(), app.name);
+            info!(
+                "{} listener on {local}: HTTP-FLV {http}://{path} and WebSocket-FLV {ws}://{path}",
+                lc.proto.scheme()
+            );
+        }
     }
     if matches!(lc.proto, Proto::Rtmp | Proto::Rtmps) {
         let tunnel = if lc.proto == Proto::Rtmp { "rtmpt" } else { "rtmpts" };

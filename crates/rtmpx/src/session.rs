@@ -123,11 +123,13 @@ pub struct Origin {
     pub transport: Transport,
     /// Whether RTMPE is allowed, required or forbidden on this listener.
     pub encryption: EncryptionPolicy,
+    /// Whether an HTTP `GET` of `/app/stream.flv` plays HTTP-FLV or WebSocket-FLV here.
+    pub http_flv: bool,
 }
 
 impl From<Transport> for Origin {
     fn from(transport: Transport) -> Self {
-        Origin { transport, encryption: EncryptionPolicy::Allow }
+        Origin { transport, encryption: EncryptionPolicy::Allow, http_flv: true }
     }
 }
 
@@ -196,7 +198,7 @@ pub async fn run<S>(stream: S, peer: SocketAddr, origin: impl Into<Origin>, shar
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Origin { transport, encryption } = origin.into();
+    let Origin { transport, encryption, .. } = origin.into();
     let started = Instant::now();
     let id = shared.next_session_id();
     let mut conn = Connection {

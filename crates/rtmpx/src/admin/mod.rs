@@ -29,6 +29,8 @@ use crate::server::Shared;
 pub use crate::config::AdminSection;
 
 const STATUS_PAGE: &str = include_str!("status.html");
+/// The live preview (`/watch/APP/STREAM`): WebSocket-FLV decoded with WebCodecs onto a canvas.
+const PREVIEW_PAGE: &str = include_str!("preview.html");
 
 struct Admin {
     shared: Arc<Shared>,
@@ -217,6 +219,7 @@ impl Admin {
             (&Method::GET, "/api/v1/streams") => json(StatusCode::OK, &api::streams(shared)),
             (&Method::GET, "/api/v1/sessions") => json(StatusCode::OK, &api::sessions(shared)),
             (&Method::GET, "/api/v1/relays") => json(StatusCode::OK, &shared.relay_states()),
+            (&Method::GET, p) if p.starts_with("/watch/") => self.preview(&req, &p["/watch/".len()..]),
             (&Method::POST, "/api/v1/reload") => self.reload().await,
             (
                 _,
@@ -310,6 +313,44 @@ impl Admin {
             StatusCode::ACCEPTED,
             &serde_json::json!({ "reconnect": id, "tcUrl": tc_url, "capable": capable }),
         )
+    }
+
+    /// The preview page of `app/stream`, pointed at the first listener that serves WebSocket-FLV
+    /// (plain before TLS), on the host name the browser used for this page. The page's query
+    /// (a play `key` or token, not the admin token) goes along to the stream.
+    fn preview(&self, req: &Request<Incoming>, app_stream: &str) -> Reply {
+        let Some((app, stream)) = app_stream.split_once('/').filter(|(a, s)| !a.is_empty() && !s.is_empty())
+        else {
+            return error(StatusCode::NOT_FOUND, "use /watch/APP/STREAM");
+        };
+        let listeners = self.shared.flv_listeners.get().cloned().unwrap_or_default();
+        let Some((tls, addr)) = listeners.iter().min_by_key(|(tls, _)| *tls).copied() else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "no listener serves WebSocket-FLV (listener http_flv = false)",
+            );
+        };
+        let authority = req.headers().get(hyper::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+        let host = match authority.rsplit_once(':') {
+            Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+            _ => authority,
+        };
+        let host = if host.is_empty() { addr.ip().to_string() } else { host.to_owned() };
+        let query: Vec<&str> = req
+            .uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter(|p| !p.is_empty() && !p.starts_with("token="))
+            .collect();
+        let query = if query.is_empty() { String::new() } else { format!("?{}", query.join("&")) };
+        let scheme = if tls { "wss" } else { "ws" };
+        let source = format!("{scheme}://{host}:{}/{app}/{stream}.flv{query}", addr.port());
+        let source = serde_json::to_string(&source).unwrap_or_default().replace('<', "\\u003c");
+        let title =
+            serde_json::to_string(&format!("{app}/{stream}")).unwrap_or_default().replace('<', "\\u003c");
+        let page = PREVIEW_PAGE.replace("\"__SOURCE__\"", &source).replace("\"__TITLE__\"", &title);
+        reply(StatusCode::OK, "text/html; charset=utf-8", page)
     }
 
     async fn reload(&self) -> Reply {

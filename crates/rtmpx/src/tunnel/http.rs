@@ -1,4 +1,5 @@
-//! The RTMPT request handler: `open`, `send`, `idle`, `close` over HTTP/1.1 keep-alive (hyper).
+//! The HTTP server of the sniffed ports (hyper): RTMPT's `open`, `send`, `idle`, `close` over
+//! HTTP/1.1 keep-alive, and the HTTP-FLV / WebSocket-FLV players ([`crate::flv`]).
 
 use std::convert::Infallible;
 use std::future::poll_fn;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::server::conn::http1;
@@ -23,6 +24,8 @@ use super::pipe::{pipe, PipeEnd};
 use super::table::{ConnectionId, OpenRefused, SessionId, TableLimits, TunnelIo};
 use crate::budget::Charge;
 use crate::config::RtmptSection;
+use crate::flv::deadline::WriteDeadline;
+use crate::flv::http::{FlvBody, FlvConn};
 use crate::server::Shared;
 use crate::session::{self, Origin};
 
@@ -52,6 +55,7 @@ struct Ctx {
     connection: ConnectionId,
     /// Sessions this connection carried requests for, most recent last.
     served: std::sync::Mutex<Vec<SessionId>>,
+    flv: FlvConn,
 }
 
 impl Ctx {
@@ -65,15 +69,29 @@ impl Ctx {
     }
 }
 
-/// Serves RTMPT requests on one HTTP/1.1 connection until the client closes it or shutdown.
+/// Every answer's body: RTMPT's are whole, FLV players' are streams.
+type AnyBody = Either<Full<Bytes>, FlvBody>;
+
+/// Serves HTTP requests on one HTTP/1.1 connection until the client closes it or shutdown; a
+/// WebSocket-FLV player then goes on on the same task.
 pub async fn serve_connection<S>(io: S, peer: SocketAddr, origin: Origin, shared: Arc<Shared>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let request_timeout = shared.config().rtmpt.request_timeout();
+    let config = shared.config();
+    let request_timeout = config.rtmpt.request_timeout();
     let mut shutdown = shared.shutdown_signal();
     let connection = shared.tunnels.connection();
-    let ctx = Arc::new(Ctx { shared, peer, origin, connection, served: Default::default() });
+    let write_timed_out = Arc::default();
+    let io = WriteDeadline::new(io, config.timeouts.write(), Arc::clone(&write_timed_out));
+    let flv = FlvConn {
+        shared: shared.clone(),
+        peer,
+        transport: origin.transport,
+        write_timed_out,
+        upgrade: Default::default(),
+    };
+    let ctx = Arc::new(Ctx { shared, peer, origin, connection, served: Default::default(), flv });
     let service_ctx = ctx.clone();
     let service = service_fn(move |request| {
         let ctx = service_ctx.clone();
@@ -88,12 +106,12 @@ where
         .header_read_timeout(request_timeout)
         .max_header_size(super::sniff::MAX_HEAD)
         .max_buf_size(64 * 1024);
-    let connection = builder.serve_connection(TokioIo::new(io), service);
+    let connection = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
     tokio::pin!(connection);
     tokio::select! {
         result = connection.as_mut() => {
             if let Err(e) = result {
-                debug!(%peer, "rtmpt connection ended: {e}");
+                debug!(%peer, "http connection ended: {e}");
             }
             // librtmp's last request is a `send` (deleteStream) on a connection it then closes.
             let served = std::mem::take(&mut *ctx.served.lock().unwrap_or_else(|p| p.into_inner()));
@@ -106,6 +124,25 @@ where
             let _ = timeout(request_timeout, connection).await;
         }
     }
+    // Run here rather than on a task of its own: the connection keeps its place in the limits.
+    let upgraded = ctx.flv.upgrade.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(job) = upgraded {
+        crate::flv::ws::run(job).await;
+    }
+}
+
+/// The dispatch point of the HTTP ports: POST is the RTMPT tunnel; GET, HEAD and OPTIONS are
+/// HTTP-FLV and WebSocket-FLV players (404 for other paths) where the listener serves them.
+async fn handle(request: Request<Incoming>, ctx: &Ctx) -> Response<AnyBody> {
+    // ACME HTTP-01 validations (tls.acme): one path prefix, answered apart from RTMPT and FLV.
+    if let Some(token) = request.uri().path().strip_prefix(crate::acme::CHALLENGE_PATH) {
+        let challenges = ctx.shared.acme.get().map(|acme| acme.challenges());
+        return crate::acme::http01_response(challenges, request.method(), token).map(Either::Left);
+    }
+    if request.method() != Method::POST && ctx.origin.http_flv {
+        return crate::flv::http::answer(request, &ctx.flv).await.map(Either::Right);
+    }
+    handle_rtmpt(request, ctx).await.map(Either::Left)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,12 +206,7 @@ fn fcs(body: Bytes) -> Response<Full<Bytes>> {
     response
 }
 
-async fn handle(request: Request<Incoming>, ctx: &Ctx) -> Response<Full<Bytes>> {
-    // ACME HTTP-01 validations (tls.acme): one path prefix, answered apart from RTMPT.
-    if let Some(token) = request.uri().path().strip_prefix(crate::acme::CHALLENGE_PATH) {
-        let challenges = ctx.shared.acme.get().map(|acme| acme.challenges());
-        return crate::acme::http01_response(challenges, request.method(), token);
-    }
+async fn handle_rtmpt(request: Request<Incoming>, ctx: &Ctx) -> Response<Full<Bytes>> {
     let config = ctx.shared.config();
     let limits = &config.rtmpt;
     let route = route(request.method(), request.uri().path());
