@@ -279,7 +279,7 @@ mod tests {
     fn seeds_and_regressions_replay() {
         let fuzz = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
         type Entry = fn(&[u8]);
-        let targets: [(&str, Entry); 8] = [
+        let targets: [(&str, Entry); 9] = [
             ("chunk_decoder", rtmpx_core::fuzzing::chunk_decoder),
             ("amf", rtmpx_core::fuzzing::amf),
             ("handshake", rtmpx_core::fuzzing::server_handshake),
