@@ -44,13 +44,23 @@ pub struct Shared {
     pub auth: crate::auth::Gate,
     /// Whether fan-out batches its writes now (workers busy).
     pub load: Arc<crate::load::Load>,
+    /// The Redis stream directory shared with other nodes (`[cluster]`).
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 impl Shared {
     pub fn new(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Shared {
         let load = Arc::<crate::load::Load>::default();
+        let router = Router::new(router_config(&config));
+        // The section was validated with the configuration; starting only fails outside a runtime.
+        let cluster = config.cluster.as_ref().and_then(|section| {
+            crate::cluster::Cluster::start(section, router.clone(), shutdown.clone())
+                .map_err(|e| tracing::error!("cluster disabled: {e}"))
+                .ok()
+        });
         Shared {
-            router: Router::new(router_config(&config)),
+            router,
+            cluster,
             config: Mutex::new(config),
             next_id: AtomicU64::new(1),
             shutdown: shutdown.clone(),

@@ -25,12 +25,15 @@ pub(super) struct PullJob {
     pub(super) shutdown: watch::Receiver<bool>,
     /// Pulled streams batch their players' writes like published ones.
     pub(super) batching: Batching,
+    /// Cluster pulls: the owning node's URL as the directory says (None: the entry is gone).
+    pub(super) origin: Option<watch::Receiver<Option<String>>>,
 }
 
 /// Why a pull stops.
 enum Stop {
     NoPlayers,
     PublishedLocally,
+    OriginGone,
     Shutdown,
 }
 
@@ -39,6 +42,7 @@ impl Stop {
         match self {
             Stop::NoPlayers => "no players left",
             Stop::PublishedLocally => "the stream is published locally",
+            Stop::OriginGone => "the stream left the cluster directory",
             Stop::Shutdown => "shutting down",
         }
     }
@@ -53,7 +57,7 @@ impl PullJob {
     pub(super) async fn run(mut self) {
         let key = self.key.clone();
         let url = self.status.url();
-        let source = stream_url(&self.app_url, &key.name);
+        let mut source = stream_url(&self.app_url, &key.name);
         let options = self.options.clone();
         let mut backoff = Backoff::new(self.options.backoff_initial, self.options.backoff_max);
         let mut state = Pulling { idle_since: None, publisher: None };
@@ -61,6 +65,11 @@ impl PullJob {
         let mut attempt = 0u32;
         info!("relay pull {key} <- {url}: starting (a player asked for it)");
         let stop = 'relay: loop {
+            match self.current_origin() {
+                Some(None) => break 'relay Stop::OriginGone,
+                Some(Some(owner)) => source = owner,
+                None => {}
+            }
             self.status.connecting();
             attempt += 1;
             let connect = connect(&source, &options);
@@ -118,7 +127,17 @@ impl PullJob {
         info!("relay pull {key} <- {url}: pull ended ({})", stop.reason());
     }
 
+    /// Cluster pulls: where the stream is now (`Some(None)` when it left the directory).
+    fn current_origin(&self) -> Option<Option<RtmpUrl>> {
+        let owner = self.origin.as_ref()?.borrow().clone();
+        let app = owner.and_then(|node| super::config::upstream_app(&format!("{node}/{}", self.key.app)).ok());
+        Some(app.map(|app| stream_url(&app, &self.key.name)))
+    }
+
     fn should_stop(&self, state: &mut Pulling) -> Option<Stop> {
+        if matches!(self.current_origin(), Some(None)) {
+            return Some(Stop::OriginGone);
+        }
         let Pulling { idle_since, publisher } = state;
         let idle = self.manager.pull_idle(
             &self.router,

@@ -1,0 +1,70 @@
+//! `[cluster]`: the Redis stream directory shared by several nodes.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// The directory: `redis://HOST:PORT/DB` (or `rediss://` for TLS).
+    pub redis: String,
+    /// How other nodes reach this one: `SCHEME://ADDRESS:PORT` (any variant, e.g. rtmps between sites).
+    pub node: String,
+    /// Entries of live local streams are refreshed this often.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// An entry not refreshed for this long vanishes (the node is gone).
+    #[serde(default = "default_ttl_ms")]
+    pub ttl_ms: u64,
+    /// A pull from another node stays up this long after its last local player left.
+    #[serde(default = "default_linger_secs")]
+    pub linger_secs: u64,
+}
+
+fn default_heartbeat_ms() -> u64 {
+    2000
+}
+
+fn default_ttl_ms() -> u64 {
+    6000
+}
+
+fn default_linger_secs() -> u64 {
+    5
+}
+
+impl ClusterSection {
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
+    }
+
+    pub fn ttl(&self) -> Duration {
+        Duration::from_millis(self.ttl_ms)
+    }
+
+    pub fn linger(&self) -> Duration {
+        Duration::from_secs(self.linger_secs)
+    }
+
+    /// check-config: a parsable Redis URL, a node URL without app, and a TTL that outlives
+    /// two missed heartbeats.
+    pub fn validate(&self) -> Result<(), String> {
+        redis::Client::open(self.redis.as_str()).map_err(|e| format!("cluster.redis: {:?}: {e}", self.redis))?;
+        let node = rtmpx_client::RtmpUrl::parse(&self.node)
+            .map_err(|e| format!("cluster.node: {:?}: {e}", self.node))?;
+        if !node.app.is_empty() || self.node.contains('?') {
+            return Err(format!("cluster.node: {:?}: expected SCHEME://ADDRESS:PORT, no app", self.node));
+        }
+        if self.heartbeat_ms < 100 {
+            return Err("cluster.heartbeat_ms: at least 100".into());
+        }
+        if self.ttl_ms < 2 * self.heartbeat_ms {
+            return Err(format!(
+                "cluster.ttl_ms: {} must be at least twice heartbeat_ms ({}), or entries of live streams expire",
+                self.ttl_ms, self.heartbeat_ms
+            ));
+        }
+        Ok(())
+    }
+}
