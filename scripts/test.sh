@@ -21,6 +21,9 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # tests/ops.rs: the status page in a headless browser, and docker-compose.yml parsed as YAML.
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 /usr/bin/python3 -c 'import yaml' >/dev/null 2>&1 || missing+=(python3-yaml)
+# tests/cluster.rs: the Redis stream directory and a TCP balancer in front of the nodes.
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 # FFmpeg 9 goes into a virtualenv (below): Debian's python3 needs python3-venv for that.
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 

@@ -51,9 +51,10 @@ impl ClusterSection {
     /// two missed heartbeats.
     pub fn validate(&self) -> Result<(), String> {
         redis::Client::open(self.redis.as_str()).map_err(|e| format!("cluster.redis: {:?}: {e}", self.redis))?;
-        let node = rtmpx_client::RtmpUrl::parse(&self.node)
+        // Checked with an app appended: pulls play `NODE/APP/STREAM`.
+        let node = rtmpx_client::RtmpUrl::parse(&format!("{}/app", self.node))
             .map_err(|e| format!("cluster.node: {:?}: {e}", self.node))?;
-        if !node.app.is_empty() || self.node.contains('?') {
+        if node.app != "app" || !node.stream.is_empty() || self.node.contains('?') {
             return Err(format!("cluster.node: {:?}: expected SCHEME://ADDRESS:PORT, no app", self.node));
         }
         if self.heartbeat_ms < 100 {
