@@ -7,8 +7,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rtmpx_e2e::{
-    assert_good_recording, exclusive, free_port, publish_testsrc, record_ffmpeg, record_rtmpdump, require_tool,
-    Gateway, PacketKind, Proc, ProbeReport, TempDir,
+    assert_good_recording, exclusive, free_port, publish_testsrc, record_ffmpeg, record_rtmpdump,
+    require_tool, Gateway, PacketKind, ProbeReport, Proc, TempDir,
 };
 
 const LOG_WAIT: Duration = Duration::from_secs(15);
@@ -45,7 +45,8 @@ fn start_redis(port: u16) -> Proc {
 }
 
 fn redis_cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli").args(["-p", &port.to_string()]).args(args).output().expect("redis-cli");
+    let out =
+        Command::new("redis-cli").args(["-p", &port.to_string()]).args(args).output().expect("redis-cli");
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
@@ -115,7 +116,10 @@ fn largest_video_gap(report: &ProbeReport) -> f64 {
 /// How many times `node` accepted a publisher of `stream`.
 fn publishes(node: &Gateway, stream: &str) -> usize {
     let field = format!("stream={stream}");
-    node.logs().lines().filter(|l| l.contains("publishing") && l.split_whitespace().any(|w| w == field)).count()
+    node.logs()
+        .lines()
+        .filter(|l| l.contains("publishing") && l.split_whitespace().any(|w| w == field))
+        .count()
 }
 
 fn entry_exists(redis_port: u16, stream: &str) -> bool {
@@ -154,8 +158,16 @@ fn three_nodes_behind_haproxy_serve_every_player_and_survive_the_origin() {
     }
     for (i, node) in nodes.iter().enumerate() {
         assert!(node.count_log("playing") >= 1, "node {i} had no player; log:\n{}", node.logs());
-        let pulled = node.logs().lines().any(|l| l.contains("relay pull live/s <-") && l.contains("connected over rtmp"));
-        assert_eq!(pulled, i != origin, "node {i} pulls exactly when it is not the origin; log:\n{}", node.logs());
+        let pulled = node
+            .logs()
+            .lines()
+            .any(|l| l.contains("relay pull live/s <-") && l.contains("connected over rtmp"));
+        assert_eq!(
+            pulled,
+            i != origin,
+            "node {i} pulls exactly when it is not the origin; log:\n{}",
+            node.logs()
+        );
     }
 
     // Long players on the other nodes, then the origin dies.
@@ -171,13 +183,19 @@ fn three_nodes_behind_haproxy_serve_every_player_and_survive_the_origin() {
     thread::sleep(Duration::from_secs(4));
     nodes[origin].signal("KILL");
     let killed = Instant::now();
-    let gone = wait_until("the origin's entry leaves the directory", TTL * 3, || !entry_exists(redis_port, "live/s"));
+    let gone = wait_until("the origin's entry leaves the directory", TTL * 3, || {
+        !entry_exists(redis_port, "live/s")
+    });
     eprintln!("[e2e] directory entry gone {gone:?} after the origin died");
     assert!(gone <= TTL + HEARTBEAT, "entry outlived the TTL: {gone:?}");
     let node_key = format!("rtmpx:node:rtmp://127.0.0.1:{}", ports[origin]);
-    wait_until("the origin's node entry expires", TTL * 2, || redis_cli(redis_port, &["EXISTS", &node_key]) == "0");
+    wait_until("the origin's node entry expires", TTL * 2, || {
+        redis_cli(redis_port, &["EXISTS", &node_key]) == "0"
+    });
     for (label, mut player, out) in survivors {
-        wait_until(&format!("{label} ends by itself"), Duration::from_secs(15), || player.try_status().is_some());
+        wait_until(&format!("{label} ends by itself"), Duration::from_secs(15), || {
+            player.try_status().is_some()
+        });
         eprintln!("[e2e] {label} ended {:?} after the origin died: {}", killed.elapsed(), player.describe());
         assert_good_recording(&label, &out, 40, 60);
     }
@@ -204,7 +222,8 @@ fn three_nodes_behind_haproxy_serve_every_player_and_survive_the_origin() {
         let _ = publisher.stop();
     };
     wait_until("the new origin is in the directory", LOG_WAIT, || {
-        redis_cli(redis_port, &["HGET", "rtmpx:stream:live/s", "node"]) == format!("rtmp://127.0.0.1:{}", ports[new_origin])
+        redis_cli(redis_port, &["HGET", "rtmpx:stream:live/s", "node"])
+            == format!("rtmp://127.0.0.1:{}", ports[new_origin])
     });
     thread::sleep(Duration::from_secs(2));
     let mut players = Vec::new();
@@ -265,7 +284,9 @@ fn redis_outage_keeps_local_streams_and_lookups_recover_after_it() {
     eprintln!("[e2e] a remote look-up served {:?} after Redis returned", back.elapsed());
     assert_good_recording("player of live/s2 on node 1 after the outage", &found_out, 40, 60);
 
-    for (label, mut player, out) in [("local player", local, local_out), ("remote player", remote, remote_out)] {
+    for (label, mut player, out) in
+        [("local player", local, local_out), ("remote player", remote, remote_out)]
+    {
         player.finish();
         let report = assert_good_recording(label, &out, 400, 700);
         let gap = largest_video_gap(&report);

@@ -779,7 +779,8 @@ async fn on_publish(
             conn.registry.entry().set_role(Role::Publisher, &key.name);
             conn.stream_name = Some(key.name.clone());
             let fan_out = FanOut::new(Batching::new(&config.server, shared.load.clone()));
-            conn.publishing = Some(Publishing { stream_id, publisher, fan_out, _grant: grant, _claim: claim });
+            conn.publishing =
+                Some(Publishing { stream_id, publisher, fan_out, _grant: grant, _claim: claim });
             info!(session = conn.id, peer = %conn.peer, variant = conn.variant(), stream = %key, "publishing");
             // Relays: republish to the app's push upstreams (pulled streams never come here).
             shared.relays.start_pushes(&shared.router, &shared.config(), &key);
@@ -861,7 +862,8 @@ fn pull_from_cluster(shared: &Shared, config: &Arc<crate::config::Config>, key: 
     if static_pull || shared.router.is_live(key) || shared.relays.is_pulling(key) {
         return;
     }
-    let (router, relays, config, key) = (shared.router.clone(), shared.relays.clone(), config.clone(), key.clone());
+    let (router, relays, config, key) =
+        (shared.router.clone(), shared.relays.clone(), config.clone(), key.clone());
     tokio::spawn(async move {
         if let Ok(Some(owner)) = cluster.locate(&key).await {
             let origin = cluster.follow(&key, &owner);

@@ -50,7 +50,8 @@ impl ClusterSection {
     /// check-config: a parsable Redis URL, a node URL without app, and a TTL that outlives
     /// two missed heartbeats.
     pub fn validate(&self) -> Result<(), String> {
-        redis::Client::open(self.redis.as_str()).map_err(|e| format!("cluster.redis: {:?}: {e}", self.redis))?;
+        redis::Client::open(self.redis.as_str())
+            .map_err(|e| format!("cluster.redis: {:?}: {e}", self.redis))?;
         // Checked with an app appended: pulls play `NODE/APP/STREAM`.
         let node = rtmpx_client::RtmpUrl::parse(&format!("{}/app", self.node))
             .map_err(|e| format!("cluster.node: {:?}: {e}", self.node))?;

@@ -162,7 +162,8 @@ impl Cluster {
         router: Router,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Cluster, String> {
-        let client = redis::Client::open(section.redis.as_str()).map_err(|e| format!("cluster.redis: {e}"))?;
+        let client =
+            redis::Client::open(section.redis.as_str()).map_err(|e| format!("cluster.redis: {e}"))?;
         let settings = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CALL_TIMEOUT))
             .set_response_timeout(Some(CALL_TIMEOUT))
@@ -280,7 +281,8 @@ impl Cluster {
             *by_node.entry(entry.node.as_str()).or_default() += 1;
         }
         for (node, count) in by_node {
-            let _ = writeln!(out, "rtmpx_cluster_streams{{node=\"{}\"}} {count}", node.replace(['"', '\\'], "_"));
+            let _ =
+                writeln!(out, "rtmpx_cluster_streams{{node=\"{}\"}} {count}", node.replace(['"', '\\'], "_"));
         }
         let _ = writeln!(out, "# HELP rtmpx_cluster_remote_pulls Streams pulled here from other nodes now.");
         let _ = writeln!(out, "# TYPE rtmpx_cluster_remote_pulls gauge");
@@ -297,7 +299,12 @@ impl Cluster {
         }
     }
 
-    async fn run_claim(&self, key: &StreamKey, claim: &LocalClaim, codecs: &str) -> redis::RedisResult<Option<String>> {
+    async fn run_claim(
+        &self,
+        key: &StreamKey,
+        claim: &LocalClaim,
+        codecs: &str,
+    ) -> redis::RedisResult<Option<String>> {
         let mut redis = self.inner.redis.clone();
         let mut call = self.inner.claim_script.key(stream_key(key));
         call.arg(self.node()).arg(&claim.token).arg(claim.started).arg(codecs).arg(self.inner.section.ttl_ms);
@@ -367,7 +374,9 @@ impl Cluster {
         for (key, claim) in &claims {
             let codecs = codecs.get(key).map(String::as_str).unwrap_or_default();
             if let Some(owner) = self.run_claim(key, claim, codecs).await? {
-                warn!("cluster: {key} is published here and on {owner} (registered there while Redis was away)");
+                warn!(
+                    "cluster: {key} is published here and on {owner} (registered there while Redis was away)"
+                );
             }
         }
         let mut redis = self.inner.redis.clone();
@@ -386,7 +395,8 @@ impl Cluster {
             follows.keys().cloned().collect()
         };
         for key in followed {
-            let owner: Option<String> = redis::cmd("HGET").arg(stream_key(&key)).arg("node").query_async(&mut redis).await?;
+            let owner: Option<String> =
+                redis::cmd("HGET").arg(stream_key(&key)).arg("node").query_async(&mut redis).await?;
             if let Some(sender) = lock(&self.inner.follows).get(&key) {
                 sender.send_if_modified(|seen| {
                     let changed = *seen != owner;

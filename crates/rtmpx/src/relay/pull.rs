@@ -130,7 +130,8 @@ impl PullJob {
     /// Cluster pulls: where the stream is now (`Some(None)` when it left the directory).
     fn current_origin(&self) -> Option<Option<RtmpUrl>> {
         let owner = self.origin.as_ref()?.borrow().clone();
-        let app = owner.and_then(|node| super::config::upstream_app(&format!("{node}/{}", self.key.app)).ok());
+        let app =
+            owner.and_then(|node| super::config::upstream_app(&format!("{node}/{}", self.key.app)).ok());
         Some(app.map(|app| stream_url(&app, &self.key.name)))
     }
 
