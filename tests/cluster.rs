@@ -7,8 +7,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rtmpx_e2e::{
-    assert_good_recording, exclusive, free_port, publish_testsrc, record_ffmpeg, record_rtmpdump,
-    require_tool, Gateway, PacketKind, ProbeReport, Proc, TempDir,
+    admin_addr, assert_good_recording, exclusive, free_port, http, metrics, publish_testsrc, record_ffmpeg,
+    record_rtmpdump, require_tool, sample, Gateway, PacketKind, ProbeReport, Proc, TempDir,
 };
 
 const LOG_WAIT: Duration = Duration::from_secs(15);
@@ -70,6 +70,9 @@ node = "rtmp://127.0.0.1:{port}"
 heartbeat_ms = {}
 ttl_ms = {}
 linger_secs = 1
+
+[admin]
+addr = "127.0.0.1:0"
 "#,
         HEARTBEAT.as_millis(),
         TTL.as_millis()
@@ -170,6 +173,26 @@ fn three_nodes_behind_haproxy_serve_every_player_and_survive_the_origin() {
         );
     }
 
+    // Every node's API and metrics show the directory.
+    let edge = (origin + 1) % 3;
+    thread::sleep(HEARTBEAT * 2);
+    let reply = http(admin_addr(&nodes[edge]), "GET", "/api/v1/cluster", None);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let view: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(view["nodes"].as_array().map(Vec::len), Some(3), "{view}");
+    assert_eq!(view["redis_up"], true, "{view}");
+    let entry = &view["streams"][0];
+    assert_eq!((entry["app"].as_str(), entry["stream"].as_str()), (Some("live"), Some("s")), "{view}");
+    assert_eq!(entry["node"].as_str(), Some(owner.as_str()), "{view}");
+    assert_eq!(entry["codecs"].as_str(), Some("h264,aac"), "{view}");
+    let text = metrics(admin_addr(&nodes[edge]));
+    assert_eq!(sample(&text, "rtmpx_cluster_redis_up"), 1);
+    assert_eq!(sample(&text, "rtmpx_cluster_nodes"), 3);
+    assert_eq!(sample(&text, &format!("rtmpx_cluster_streams{{node=\"{owner}\"}}")), 1);
+    assert!(sample(&text, "rtmpx_cluster_pulls_started_total") >= 1, "{text}");
+    let text = metrics(admin_addr(&nodes[origin]));
+    assert_eq!(sample(&text, "rtmpx_cluster_pulls_started_total"), 0, "the origin pulls nothing");
+
     // Long players on the other nodes, then the origin dies.
     let others: Vec<usize> = (0..3).filter(|&i| i != origin).collect();
     let mut survivors = Vec::new();
@@ -268,6 +291,9 @@ fn redis_outage_keeps_local_streams_and_lookups_recover_after_it() {
     let mut blind = record_ffmpeg(&url(1, "s2"), &dir.file("blind.flv"), 3.0);
     wait_line(&nodes[1], &["look-up of live/s2 failed"]);
     let _ = blind.stop();
+    let text = metrics(admin_addr(&nodes[1]));
+    assert_eq!(sample(&text, "rtmpx_cluster_redis_up"), 0, "{text}");
+    assert!(sample(&text, "rtmpx_cluster_lookups_failed_total") >= 1, "{text}");
     assert_eq!(nodes[1].count_log("relay pull live/s2"), 0, "failed look-ups pull nothing");
     thread::sleep(Duration::from_secs(3));
 

@@ -13,10 +13,9 @@
 pub mod config;
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use rtmpx_router::{Router, StreamKey};
@@ -76,6 +75,9 @@ struct Inner {
     /// Streams pulled from other nodes: the owner as the heartbeat last saw it (None: gone).
     follows: Mutex<HashMap<StreamKey, watch::Sender<Option<String>>>>,
     redis_up: AtomicBool,
+    /// Since when Redis answers without a failure. An entry missing for less than a TTL after an
+    /// outage may just not be registered again yet (Redis restarted empty).
+    answering_since: Mutex<Option<Instant>>,
     view: Mutex<View>,
     lookups_failed: AtomicU64,
     claims_refused: AtomicU64,
@@ -182,6 +184,7 @@ impl Cluster {
                 follows: Mutex::new(HashMap::new()),
                 // Assumed up until a call fails, so the first failure is logged.
                 redis_up: AtomicBool::new(true),
+                answering_since: Mutex::new(Some(Instant::now())),
                 view: Mutex::new(View { node: section.node.clone(), ..View::default() }),
                 lookups_failed: AtomicU64::new(0),
                 claims_refused: AtomicU64::new(0),
@@ -264,41 +267,6 @@ impl Cluster {
         view
     }
 
-    /// Prometheus lines for `/metrics`.
-    pub fn write_metrics(&self, out: &mut String) {
-        let view = self.view();
-        let _ = writeln!(out, "# HELP rtmpx_cluster_redis_up Whether the Redis stream directory answers.");
-        let _ = writeln!(out, "# TYPE rtmpx_cluster_redis_up gauge");
-        let _ = writeln!(out, "rtmpx_cluster_redis_up {}", u8::from(view.redis_up));
-        let _ = writeln!(out, "# HELP rtmpx_cluster_nodes Nodes with a live heartbeat.");
-        let _ = writeln!(out, "# TYPE rtmpx_cluster_nodes gauge");
-        let _ = writeln!(out, "rtmpx_cluster_nodes {}", view.nodes.len());
-        let _ = writeln!(out, "# HELP rtmpx_cluster_streams Streams in the directory, by owning node.");
-        let _ = writeln!(out, "# TYPE rtmpx_cluster_streams gauge");
-        let mut by_node: std::collections::BTreeMap<&str, usize> =
-            view.nodes.iter().map(|n| (n.as_str(), 0)).collect();
-        for entry in &view.streams {
-            *by_node.entry(entry.node.as_str()).or_default() += 1;
-        }
-        for (node, count) in by_node {
-            let _ =
-                writeln!(out, "rtmpx_cluster_streams{{node=\"{}\"}} {count}", node.replace(['"', '\\'], "_"));
-        }
-        let _ = writeln!(out, "# HELP rtmpx_cluster_remote_pulls Streams pulled here from other nodes now.");
-        let _ = writeln!(out, "# TYPE rtmpx_cluster_remote_pulls gauge");
-        let _ = writeln!(out, "rtmpx_cluster_remote_pulls {}", view.remote_pulls);
-        let counters = [
-            ("pulls_started", "Pulls from other nodes started.", view.pulls_started),
-            ("lookups_failed", "Look-ups that failed (Redis unavailable).", view.lookups_failed),
-            ("claims_refused", "Publishes refused because another node has the stream.", view.claims_refused),
-        ];
-        for (name, help, value) in counters {
-            let _ = writeln!(out, "# HELP rtmpx_cluster_{name}_total {help}");
-            let _ = writeln!(out, "# TYPE rtmpx_cluster_{name}_total counter");
-            let _ = writeln!(out, "rtmpx_cluster_{name}_total {value}");
-        }
-    }
-
     async fn run_claim(
         &self,
         key: &StreamKey,
@@ -313,12 +281,14 @@ impl Cluster {
     }
 
     fn redis_answered(&self) {
+        lock(&self.inner.answering_since).get_or_insert_with(Instant::now);
         if !self.inner.redis_up.swap(true, Ordering::Relaxed) {
             info!("cluster: Redis at {} answers again", self.inner.section.redis);
         }
     }
 
     fn redis_failed(&self, error: &redis::RedisError) {
+        *lock(&self.inner.answering_since) = None;
         if self.inner.redis_up.swap(false, Ordering::Relaxed) {
             warn!(
                 "cluster: Redis at {} unavailable ({error}): local streams go on, streams of other nodes cannot be found until it returns",
@@ -394,9 +364,14 @@ impl Cluster {
             follows.retain(|_, sender| !sender.is_closed());
             follows.keys().cloned().collect()
         };
+        let ttl_passed = lock(&self.inner.answering_since)
+            .is_some_and(|since| since.elapsed() >= self.inner.section.ttl());
         for key in followed {
             let owner: Option<String> =
                 redis::cmd("HGET").arg(stream_key(&key)).arg("node").query_async(&mut redis).await?;
+            if owner.is_none() && !ttl_passed {
+                continue;
+            }
             if let Some(sender) = lock(&self.inner.follows).get(&key) {
                 sender.send_if_modified(|seen| {
                     let changed = *seen != owner;
