@@ -50,7 +50,8 @@ fn redis_cli(port: u16, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-fn node_config(port: u16, redis_port: u16) -> String {
+/// Node `index` on `port`; its RTMPT session ids start with `a<index>` (the balancer's rule).
+fn node_config(index: usize, port: u16, redis_port: u16) -> String {
     format!(
         r#"
 [[listener]]
@@ -70,6 +71,7 @@ node = "rtmp://127.0.0.1:{port}"
 heartbeat_ms = {}
 ttl_ms = {}
 linger_secs = 1
+tunnel_tag = "a{index}"
 
 [admin]
 addr = "127.0.0.1:0"
@@ -81,23 +83,34 @@ addr = "127.0.0.1:0"
 
 fn start_nodes(count: usize, redis_port: u16) -> (Vec<Gateway>, Vec<u16>) {
     let ports: Vec<u16> = (0..count).map(|_| free_port()).collect();
-    let nodes = ports.iter().map(|&port| Gateway::start(&node_config(port, redis_port))).collect();
+    let nodes = ports
+        .iter()
+        .enumerate()
+        .map(|(i, &port)| Gateway::start(&node_config(i, port, redis_port)))
+        .collect();
     (nodes, ports)
 }
 
-/// HAProxy in TCP mode, round robin over `ports`, skipping a dead node at once (health checks
-/// every 200 ms, redispatch on a refused connection).
-fn start_haproxy(dir: &TempDir, ports: &[u16]) -> (Proc, u16) {
-    let port = free_port();
+/// HAProxy in front of the nodes on `ports`: RTMP in TCP mode, round robin, skipping a dead
+/// node at once (health checks every 200 ms, redispatch on a refused connection); RTMPT in HTTP
+/// mode, each request balanced on its own, except that a tunnel's requests go to the node whose
+/// tag starts the session id (README: "Cluster"). Returns the RTMP and the RTMPT port.
+fn start_haproxy(dir: &TempDir, ports: &[u16]) -> (Proc, u16, u16) {
+    let (port, http_port) = (free_port(), free_port());
+    let pins: String = (0..ports.len())
+        .map(|i| format!("  use-server node{i} if {{ path_reg ^/(send|idle|close)/a{i} }}\n"))
+        .collect();
     let servers: String = ports
         .iter()
         .enumerate()
         .map(|(i, p)| format!("  server node{i} 127.0.0.1:{p} check inter 200 fall 1 rise 2\n"))
         .collect();
     let config = format!(
-        "global\n  maxconn 1000\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 60s\n  \
+        "global\n  maxconn 1000\n{CASE_ADJUST}defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 60s\n  \
          timeout server 60s\n  retries 3\n  option redispatch\nlisten rtmp\n  bind 127.0.0.1:{port}\n  \
-         balance roundrobin\n{servers}"
+         balance roundrobin\n{servers}listen rtmpt\n  mode http\n  bind 127.0.0.1:{http_port}\n  \
+         option h1-case-adjust-bogus-client\n  \
+         balance roundrobin\n{pins}{servers}"
     );
     let path = dir.file("haproxy.cfg");
     std::fs::write(&path, config).unwrap();
@@ -107,8 +120,13 @@ fn start_haproxy(dir: &TempDir, ports: &[u16]) -> (Proc, u16) {
     wait_until("haproxy listens", Duration::from_secs(10), || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
-    (proc, port)
+    (proc, port, http_port)
 }
+
+/// HAProxy writes header names in lower case; librtmp (rtmpdump) looks for `Content-Length:`.
+const CASE_ADJUST: &str = "  h1-case-adjust content-length Content-Length\n  \
+    h1-case-adjust content-type Content-Type\n  h1-case-adjust cache-control Cache-Control\n  \
+    h1-case-adjust connection Connection\n";
 
 fn largest_video_gap(report: &ProbeReport) -> f64 {
     let times: Vec<f64> =
@@ -137,7 +155,7 @@ fn three_nodes_behind_haproxy_serve_every_player_and_survive_the_origin() {
     let redis_port = free_port();
     let _redis = start_redis(redis_port);
     let (nodes, ports) = start_nodes(3, redis_port);
-    let (_haproxy, lb) = start_haproxy(&dir, &ports);
+    let (_haproxy, lb, lb_http) = start_haproxy(&dir, &ports);
     let via_lb = format!("rtmp://127.0.0.1:{lb}/live/s");
 
     let mut publisher = publish_testsrc(&via_lb, 90.0);
@@ -172,6 +190,32 @@ fn three_nodes_behind_haproxy_serve_every_player_and_survive_the_origin() {
             node.logs()
         );
     }
+
+    // RTMPT and RTMPTE through the HTTP balancer: each request may go to any node but those of
+    // a session, pinned by the tag in its id. Opens go round robin: the players land on every node.
+    let mut tunnels = Vec::new();
+    for i in 0..3 {
+        for scheme in ["rtmpt", "rtmpte"] {
+            let out = dir.file(&format!("{scheme}-{i}.flv"));
+            let url = format!("{scheme}://127.0.0.1:{lb_http}/live/s");
+            // Debian's ffmpeg has no rtmpte: librtmp's rtmpdump plays that one.
+            let player = if scheme == "rtmpt" {
+                record_ffmpeg(&url, &out, 5.0)
+            } else {
+                record_rtmpdump(&url, &out, 6.0)
+            };
+            tunnels.push((format!("{scheme} player {i}"), player, out));
+            thread::sleep(Duration::from_millis(300));
+        }
+    }
+    for (label, mut player, out) in tunnels {
+        player.finish();
+        assert_good_recording(&label, &out, 50, 80);
+    }
+    let tunnelled: Vec<usize> = (0..3)
+        .filter(|&i| nodes[i].logs().lines().any(|l| l.contains("playing") && l.contains("variant=\"rtmpt")))
+        .collect();
+    assert!(tunnelled.len() >= 2, "RTMPT players on nodes {tunnelled:?} only");
 
     // Every node's API and metrics show the directory.
     let edge = (origin + 1) % 3;

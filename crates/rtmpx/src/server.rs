@@ -58,6 +58,7 @@ impl Shared {
                 .map_err(|e| tracing::error!("cluster disabled: {e}"))
                 .ok()
         });
+        let tunnel_tag = config.cluster.as_ref().and_then(|c| c.tunnel_tag_byte());
         Shared {
             router,
             cluster,
@@ -66,7 +67,7 @@ impl Shared {
             shutdown: shutdown.clone(),
             connections: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
-            tunnels: SessionTable::new(),
+            tunnels: SessionTable::with_tag(tunnel_tag),
             metrics: Metrics::default(),
             sessions: Registry::default(),
             load: load.clone(),

@@ -20,6 +20,10 @@ pub struct ClusterSection {
     /// A pull from another node stays up this long after its last local player left.
     #[serde(default = "default_linger_secs")]
     pub linger_secs: u64,
+    /// Two hex digits every RTMPT session id of this node starts with, so that a balancer can
+    /// send a tunnel's later requests to the node that opened it (README: "Cluster").
+    #[serde(default)]
+    pub tunnel_tag: Option<String>,
 }
 
 fn default_heartbeat_ms() -> u64 {
@@ -47,6 +51,13 @@ impl ClusterSection {
         Duration::from_secs(self.linger_secs)
     }
 
+    /// The first byte of this node's RTMPT session ids.
+    pub fn tunnel_tag_byte(&self) -> Option<u8> {
+        let tag = self.tunnel_tag.as_deref()?;
+        let valid = tag.len() == 2 && tag.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+        valid.then(|| u8::from_str_radix(tag, 16).ok()).flatten()
+    }
+
     /// check-config: a parsable Redis URL, a node URL without app, and a TTL that outlives
     /// two missed heartbeats.
     pub fn validate(&self) -> Result<(), String> {
@@ -57,6 +68,9 @@ impl ClusterSection {
             .map_err(|e| format!("cluster.node: {:?}: {e}", self.node))?;
         if node.app != "app" || !node.stream.is_empty() || self.node.contains('?') {
             return Err(format!("cluster.node: {:?}: expected SCHEME://ADDRESS:PORT, no app", self.node));
+        }
+        if self.tunnel_tag.is_some() && self.tunnel_tag_byte().is_none() {
+            return Err(format!("cluster.tunnel_tag: {:?}: two lowercase hex digits", self.tunnel_tag));
         }
         if self.heartbeat_ms < 100 {
             return Err("cluster.heartbeat_ms: at least 100".into());
