@@ -84,3 +84,46 @@ impl ClusterSection {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn check(cluster: &str) -> Result<Config, String> {
+        let text = format!(
+            "[[listener]]\nproto = \"rtmp\"\naddr = \"127.0.0.1:0\"\n[[app]]\nname = \"live\"\n[cluster]\n{cluster}"
+        );
+        Config::from_toml(&text, "test").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_valid_section_parses_with_defaults() {
+        let config =
+            check("redis = \"redis://127.0.0.1:6379/0\"\nnode = \"rtmps://10.0.0.1:443\"\n").unwrap();
+        let cluster = config.cluster.unwrap();
+        assert_eq!((cluster.heartbeat_ms, cluster.ttl_ms, cluster.linger_secs), (2000, 6000, 5));
+        assert_eq!(cluster.tunnel_tag_byte(), None);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let node = "node = \"rtmp://10.0.0.1:1935\"\n";
+        let cases = [
+            (format!("redis = \"http://x\"\n{node}"), "cluster.redis"),
+            ("redis = \"redis://h:1/0\"\nnode = \"rtmp://10.0.0.1:1935/live\"\n".into(), "cluster.node"),
+            ("redis = \"redis://h:1/0\"\nnode = \"10.0.0.1:1935\"\n".into(), "cluster.node"),
+            (
+                format!("redis = \"redis://h:1/0\"\n{node}heartbeat_ms = 1000\nttl_ms = 1500\n"),
+                "cluster.ttl_ms",
+            ),
+            (format!("redis = \"redis://h:1/0\"\n{node}tunnel_tag = \"A1\"\n"), "cluster.tunnel_tag"),
+            (format!("redis = \"redis://h:1/0\"\n{node}tunnel_tag = \"a10\"\n"), "cluster.tunnel_tag"),
+        ];
+        for (section, field) in cases {
+            let error = check(&section).expect_err(&section);
+            assert!(error.contains(field), "{section}: {error}");
+        }
+        let tagged = check(&format!("redis = \"redis://h:1/0\"\n{node}tunnel_tag = \"a1\"\n")).unwrap();
+        assert_eq!(tagged.cluster.unwrap().tunnel_tag_byte(), Some(0xa1));
+    }
+}
