@@ -24,6 +24,9 @@ command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 # tests/http_flv.rs: mpegts.js from npm (below).
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# tests/cluster.rs: the Redis stream directory and a TCP balancer in front of the nodes.
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 # FFmpeg 9 goes into a virtualenv (below): Debian's python3 needs python3-venv for that.
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 # tests/acme.rs: Pebble, the ACME test CA, issues the certificates rtmpx orders.

@@ -616,6 +616,12 @@ print("depends", " ".join(gw.get("depends_on", [])))
 print("origin_image", origin.get("image", origin.get("build", "")))
 print("build", gw["build"]["dockerfile"] if isinstance(gw["build"], dict) else gw["build"])
 print("nofile", gw.get("ulimits", {}).get("nofile", {}).get("soft", 0))
+cluster = [n for n, s in services.items() if "cluster" in s.get("profiles", [])]
+print("cluster", " ".join(sorted(cluster)))
+print("redis_image", services["redis"]["image"])
+print("node_configs", " ".join(services[n]["command"][-1] for n in ("node-a", "node-b")))
+print("node_volumes", " ".join(str(v) for n in ("node-a", "node-b") for v in services[n]["volumes"]))
+print("balancer", services["balancer"]["image"], " ".join(str(v) for v in services["balancer"]["volumes"]))
 "#;
     let python = ["/usr/bin/python3", "python3"]
         .into_iter()
@@ -637,6 +643,29 @@ print("nofile", gw.get("ulimits", {}).get("nofile", {}).get("soft", 0))
     // One descriptor per connection: the default max_connections (20000) plus the reserve.
     let nofile: u64 = field("nofile").parse().unwrap_or(0);
     assert!(nofile >= 20_000 + 128, "ulimits.nofile.soft is {nofile}: {out}");
+    // The cluster profile: Redis and two nodes (each with its own config) behind HAProxy.
+    assert_eq!(field("cluster"), "balancer node-a node-b redis", "{out}");
+    assert!(field("redis_image").starts_with("redis"), "{out}");
+    assert_eq!(field("node_configs"), "/etc/rtmpx/node-a.toml /etc/rtmpx/node-b.toml", "{out}");
+    assert!(field("node_volumes").contains("./deploy/cluster:/etc/rtmpx"), "{out}");
+    assert!(
+        field("balancer").starts_with("haproxy") && field("balancer").contains("deploy/cluster/haproxy.cfg"),
+        "{out}"
+    );
+    for node in ["node-a", "node-b"] {
+        let mut check = Command::new(rtmpx_e2e::rtmpx_binary());
+        check.arg("check-config").arg(root.join(format!("deploy/cluster/{node}.toml")));
+        let (status, out, err) = run_bounded(check, Duration::from_secs(30));
+        assert!(status.success(), "deploy/cluster/{node}.toml: {out}{err}");
+        assert!(std::fs::read_to_string(root.join(format!("deploy/cluster/{node}.toml")))
+            .unwrap()
+            .contains(&format!("rtmp://{node}:1935")));
+    }
+    rtmpx_e2e::require_tool("haproxy");
+    let mut check = Command::new("haproxy");
+    check.arg("-c").arg("-f").arg(root.join("deploy/cluster/haproxy.cfg"));
+    let (status, out, err) = run_bounded(check, Duration::from_secs(30));
+    assert!(status.success(), "deploy/cluster/haproxy.cfg: {out}{err}");
 
     let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).expect("Dockerfile");
     let stages =

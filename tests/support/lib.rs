@@ -103,6 +103,7 @@ pub fn require_tool(name: &str) {
         "openssl" => runs(Command::new("openssl").arg("version")),
         "curl" => runs(Command::new("curl").arg("--version")),
         "ffmpeg9" => ffmpeg9_lookup().is_some(),
+        "redis-server" | "redis-cli" | "haproxy" => runs(Command::new(name).arg("-v")),
         other => panic!("require_tool: unknown tool {other:?}"),
     };
     if ok {

@@ -41,6 +41,8 @@ pub struct Config {
     pub relay: RelaySection,
     /// The admin HTTP listener (metrics, JSON API, status page); off without `[admin]`.
     pub admin: Option<AdminSection>,
+    /// Several nodes sharing a stream directory in Redis; off without `[cluster]`.
+    pub cluster: Option<crate::cluster::config::ClusterSection>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -577,6 +579,9 @@ impl Config {
             }
             validate_app_auth(i, app)?;
             crate::relay::config::validate_app(i, &app.push, app.pull.as_ref())?;
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
         }
         let s = &self.server;
         if !(128..=65_536).contains(&s.chunk_size) {

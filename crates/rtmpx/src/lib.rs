@@ -5,6 +5,7 @@ pub mod acme;
 pub mod admin;
 pub mod auth;
 pub mod budget;
+pub mod cluster;
 pub mod config;
 pub mod descriptors;
 pub mod devcert;

@@ -202,6 +202,35 @@ impl Out {
     }
 }
 
+/// `[cluster]`: the directory as the last heartbeat saw it, and this node's pulls from others.
+fn render_cluster(out: &mut Out, view: &crate::cluster::View) {
+    out.header("rtmpx_cluster_redis_up", "gauge", "Whether the Redis stream directory answers.");
+    out.sample("rtmpx_cluster_redis_up", &[], u64::from(view.redis_up));
+    out.header("rtmpx_cluster_nodes", "gauge", "Nodes with a live heartbeat in the directory.");
+    out.sample("rtmpx_cluster_nodes", &[], view.nodes.len() as u64);
+    out.header("rtmpx_cluster_streams", "gauge", "Streams in the directory by owning node.");
+    let mut by_node: std::collections::BTreeMap<&str, u64> =
+        view.nodes.iter().map(|n| (n.as_str(), 0)).collect();
+    for entry in &view.streams {
+        *by_node.entry(entry.node.as_str()).or_default() += 1;
+    }
+    for (node, count) in by_node {
+        out.sample("rtmpx_cluster_streams", &[("node", node)], count);
+    }
+    out.header("rtmpx_cluster_remote_pulls", "gauge", "Streams this node pulls from other nodes now.");
+    out.sample("rtmpx_cluster_remote_pulls", &[], view.remote_pulls as u64);
+    out.header("rtmpx_cluster_pulls_started_total", "counter", "Pulls from other nodes started.");
+    out.sample("rtmpx_cluster_pulls_started_total", &[], view.pulls_started);
+    out.header("rtmpx_cluster_lookups_failed_total", "counter", "Look-ups that failed (Redis unavailable).");
+    out.sample("rtmpx_cluster_lookups_failed_total", &[], view.lookups_failed);
+    out.header(
+        "rtmpx_cluster_claims_refused_total",
+        "counter",
+        "Publishes refused because another node publishes the stream.",
+    );
+    out.sample("rtmpx_cluster_claims_refused_total", &[], view.claims_refused);
+}
+
 /// The Prometheus text exposition (format 0.0.4) of everything the gateway counts.
 pub fn render(shared: &Shared) -> String {
     let m = &shared.metrics;
@@ -360,6 +389,9 @@ pub fn render(shared: &Shared) -> String {
     out.header("rtmpx_relay_reconnects_total", "counter", "Connections a relay made after its first.");
     for r in &relays {
         out.sample("rtmpx_relay_reconnects_total", &relay_labels(r), r.reconnects);
+    }
+    if let Some(cluster) = &shared.cluster {
+        render_cluster(&mut out, &cluster.view());
     }
     out.header("rtmpx_rtmpt_sessions", "gauge", "Open RTMPT and RTMPTS tunnel sessions.");
     out.sample("rtmpx_rtmpt_sessions", &[], shared.tunnels.len() as u64);

@@ -58,20 +58,31 @@ pub struct Shared {
     pub budgets: Arc<AddressBudgets>,
     /// Bound listeners that serve HTTP-FLV/WebSocket-FLV: (inside TLS, address), for the preview page.
     pub flv_listeners: std::sync::OnceLock<Vec<(bool, SocketAddr)>>,
+    /// The Redis stream directory shared with other nodes (`[cluster]`).
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 impl Shared {
     pub fn new(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Shared {
         let load = Arc::<crate::load::Load>::default();
+        let router = Router::new(router_config(&config));
+        // The section was validated with the configuration; starting only fails outside a runtime.
+        let cluster = config.cluster.as_ref().and_then(|section| {
+            crate::cluster::Cluster::start(section, router.clone(), shutdown.clone())
+                .map_err(|e| tracing::error!("cluster disabled: {e}"))
+                .ok()
+        });
+        let tunnel_tag = config.cluster.as_ref().and_then(|c| c.tunnel_tag_byte());
         Shared {
-            router: Router::new(router_config(&config)),
+            router,
+            cluster,
             config: Mutex::new(config),
             next_id: AtomicU64::new(1),
             shutdown: shutdown.clone(),
             connections: AtomicUsize::new(0),
             descriptor_cap: AtomicUsize::new(usize::MAX),
             per_ip: Mutex::new(HashMap::new()),
-            tunnels: SessionTable::new(),
+            tunnels: SessionTable::with_tag(tunnel_tag),
             metrics: Metrics::default(),
             sessions: Registry::default(),
             load: load.clone(),

@@ -147,6 +147,8 @@ struct Publishing {
     publisher: Publisher,
     fan_out: FanOut,
     _grant: auth::Grant,
+    /// The stream's entry in the cluster directory (removed on drop).
+    _claim: Option<crate::cluster::Claim>,
 }
 
 /// Everything about one connection that outlives a single event.
@@ -845,13 +847,31 @@ async fn on_publish(
     let key = StreamKey::new(&app, &grant.name);
     match shared.router.publish(key.clone(), conn.info()) {
         Ok(publisher) => {
+            let claim = match &shared.cluster {
+                Some(cluster) => match cluster.claim(&key).await {
+                    Ok(claim) => Some(claim),
+                    Err(refused) => {
+                        drop(publisher);
+                        grant.cancel();
+                        warn!(session = conn.id, peer = %conn.peer, stream = %Escaped(&key), owner = refused.owner, "publish rejected: the stream is published on another node");
+                        out.lock().session.reject_publish(
+                            stream_id,
+                            "NetStream.Publish.BadName",
+                            "Stream is already published.",
+                        )?;
+                        return Ok(());
+                    }
+                },
+                None => None,
+            };
             out.lock().session.accept_publish(stream_id)?;
             conn.role = "publisher";
             conn.registry.entry().set_role(Role::Publisher, &key.name);
             conn.stream_name = Some(key.name.clone());
             let fan_out = FanOut::new(Batching::new(&config.server, shared.load.clone()));
             let takeover = publisher.is_takeover();
-            conn.publishing = Some(Publishing { stream_id, publisher, fan_out, _grant: grant });
+            conn.publishing =
+                Some(Publishing { stream_id, publisher, fan_out, _grant: grant, _claim: claim });
             if takeover {
                 // A reconnecting client: it replaces the live publisher at its first keyframe, and
                 // the stream's pushes go on.
@@ -933,7 +953,26 @@ async fn on_play(
     info!(session = conn.id, peer = %conn.peer, variant = conn.variant(), stream = %Escaped(&key), legacy, "playing");
     // Relays: a stream that is not live here is pulled from the app's upstream, if it has one.
     shared.relays.ensure_pull(&shared.router, &shared.config(), &key);
+    pull_from_cluster(shared, &config, &key);
     Ok(())
+}
+
+/// Cluster: a stream that is not live here (nor pulled from a configured upstream) is looked up
+/// in the directory and pulled from its node, in a task of its own so the play never waits.
+fn pull_from_cluster(shared: &Shared, config: &Arc<crate::config::Config>, key: &StreamKey) {
+    let Some(cluster) = shared.cluster.clone() else { return };
+    let static_pull = config.app(&key.app).is_some_and(|app| app.pull.is_some());
+    if static_pull || shared.router.is_live(key) || shared.relays.is_pulling(key) {
+        return;
+    }
+    let (router, relays, config, key) =
+        (shared.router.clone(), shared.relays.clone(), config.clone(), key.clone());
+    tokio::spawn(async move {
+        if let Ok(Some(owner)) = cluster.locate(&key).await {
+            let origin = cluster.follow(&key, &owner);
+            relays.ensure_cluster_pull(&router, &config, &key, origin, cluster.linger());
+        }
+    });
 }
 
 /// Tells the client why (`onStatus` error), logs the reason, and ends the session: a client

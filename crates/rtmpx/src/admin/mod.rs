@@ -220,11 +220,15 @@ impl Admin {
             (&Method::GET, "/api/v1/sessions") => json(StatusCode::OK, &api::sessions(shared)),
             (&Method::GET, "/api/v1/relays") => json(StatusCode::OK, &shared.relay_states()),
             (&Method::GET, p) if p.starts_with("/watch/") => self.preview(&req, &p["/watch/".len()..]),
+            (&Method::GET, "/api/v1/cluster") => match &shared.cluster {
+                Some(cluster) => json(StatusCode::OK, &cluster.view()),
+                None => error(StatusCode::NOT_FOUND, "no [cluster] configured"),
+            },
             (&Method::POST, "/api/v1/reload") => self.reload().await,
             (
                 _,
                 "" | "/metrics" | "/api/v1/streams" | "/api/v1/sessions" | "/api/v1/relays"
-                | "/api/v1/reload",
+                | "/api/v1/cluster" | "/api/v1/reload",
             ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here"),
             (_, p) if p.starts_with("/api/v1/sessions/") && p.ends_with("/reconnect") => {
                 let id = &p["/api/v1/sessions/".len()..p.len() - "/reconnect".len()];

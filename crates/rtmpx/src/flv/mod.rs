@@ -176,7 +176,7 @@ impl FlvSession {
         session.player = Some(shared.router.play(key.clone(), info));
         session.grant = Some(grant);
         session.registry.entry().set_role(Role::Player, &key.name);
-        info!(session = id, %peer, variant, stream = %key, "playing");
+        info!(session = id, %peer, variant, stream = %crate::logsafe::Escaped(&key), "playing");
         shared.relays.ensure_pull(&shared.router, &config, &key);
         Ok(session)
     }

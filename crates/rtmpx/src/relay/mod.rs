@@ -173,6 +173,47 @@ impl RelayManager {
             status,
             shutdown: self.inner.shutdown.clone(),
             batching: crate::session::Batching::new(&config.server, self.inner.load.clone()),
+            origin: None,
+        };
+        tokio::spawn(job.run());
+    }
+
+    /// Whether a pull of `key` runs.
+    pub fn is_pulling(&self, key: &StreamKey) -> bool {
+        lock(&self.inner.pulls).contains_key(key)
+    }
+
+    /// Cluster: a player asked for `key`, which another node publishes. Starts one pull from
+    /// the owner that follows `origin` (the directory's owner) and ends when the entry does.
+    pub fn ensure_cluster_pull(
+        &self,
+        router: &Router,
+        config: &Config,
+        key: &StreamKey,
+        origin: watch::Receiver<Option<String>>,
+        linger: Duration,
+    ) {
+        let Some(owner) = origin.borrow().clone() else { return };
+        let Ok(app_url) = config::upstream_app(&format!("{owner}/{}", key.app)) else { return };
+        let mut pulls = lock(&self.inner.pulls);
+        if pulls.contains_key(key) || router.is_live(key) {
+            return;
+        }
+        let shown = config::redacted(&app_url, &key.name, false);
+        let status = self.register(key, Direction::Pull, shown);
+        pulls.insert(key.clone(), status.id);
+        drop(pulls);
+        let job = pull::PullJob {
+            router: router.clone(),
+            key: key.clone(),
+            app_url,
+            linger,
+            options: RelayOptions::new(&config.relay, config.timeouts.write()),
+            manager: self.clone(),
+            status,
+            shutdown: self.inner.shutdown.clone(),
+            batching: crate::session::Batching::new(&config.server, self.inner.load.clone()),
+            origin: Some(origin),
         };
         tokio::spawn(job.run());
     }

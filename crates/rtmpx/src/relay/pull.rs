@@ -29,12 +29,15 @@ pub(super) struct PullJob {
     pub(super) shutdown: watch::Receiver<bool>,
     /// Pulled streams batch their players' writes like published ones.
     pub(super) batching: Batching,
+    /// Cluster pulls: the owning node's URL as the directory says (None: the entry is gone).
+    pub(super) origin: Option<watch::Receiver<Option<String>>>,
 }
 
 /// Why a pull stops.
 enum Stop {
     NoPlayers,
     PublishedLocally,
+    OriginGone,
     Shutdown,
 }
 
@@ -43,6 +46,7 @@ impl Stop {
         match self {
             Stop::NoPlayers => "no players left",
             Stop::PublishedLocally => "the stream is published locally",
+            Stop::OriginGone => "the stream left the cluster directory",
             Stop::Shutdown => "shutting down",
         }
     }
@@ -65,6 +69,11 @@ impl PullJob {
         let mut attempt = 0u32;
         info!("relay pull {} <- {url}: starting (a player asked for it)", Escaped(&key));
         let stop = 'relay: loop {
+            match self.current_origin() {
+                Some(None) => break 'relay Stop::OriginGone,
+                Some(Some(owner)) => source = owner,
+                None => {}
+            }
             self.status.connecting();
             attempt += 1;
             let connect = connect_owned(source.clone(), options.clone());
@@ -126,7 +135,18 @@ impl PullJob {
         info!("relay pull {} <- {url}: pull ended ({})", Escaped(&key), stop.reason());
     }
 
+    /// Cluster pulls: where the stream is now (`Some(None)` when it left the directory).
+    fn current_origin(&self) -> Option<Option<RtmpUrl>> {
+        let owner = self.origin.as_ref()?.borrow().clone();
+        let app =
+            owner.and_then(|node| super::config::upstream_app(&format!("{node}/{}", self.key.app)).ok());
+        Some(app.map(|app| stream_url(&app, &self.key.name)))
+    }
+
     fn should_stop(&self, state: &mut Pulling) -> Option<Stop> {
+        if matches!(self.current_origin(), Some(None)) {
+            return Some(Stop::OriginGone);
+        }
         let Pulling { idle_since, publisher } = state;
         let idle = self.manager.pull_idle(
             &self.router,

@@ -121,6 +121,8 @@ pub struct SessionTable {
     expired: AtomicU64,
     next_connection: AtomicU64,
     epoch: Instant,
+    /// Cluster: the first byte of every id, naming this node to the balancer.
+    tag: Option<u8>,
 }
 
 impl Default for SessionTable {
@@ -131,7 +133,13 @@ impl Default for SessionTable {
 
 impl SessionTable {
     pub fn new() -> Self {
+        Self::with_tag(None)
+    }
+
+    /// A table whose session ids all start with `tag` (120 random bits stay).
+    pub fn with_tag(tag: Option<u8>) -> Self {
         SessionTable {
+            tag,
             sessions: DashMap::new(),
             per_ip: Mutex::new(HashMap::new()),
             total: AtomicUsize::new(0),
@@ -177,7 +185,10 @@ impl SessionTable {
         }
         let io = TunnelIo { pipe, next_seq: None, empty_polls: 0 };
         loop {
-            let id = SessionId::random();
+            let mut id = SessionId::random();
+            if let Some(tag) = self.tag {
+                id.0[0] = tag;
+            }
             // A repeated id is a 2^-128 event; still, never hand one out twice.
             if let dashmap::Entry::Vacant(slot) = self.sessions.entry(id) {
                 let session = Arc::new(TunnelSession {
@@ -330,6 +341,17 @@ mod tests {
         assert!(SessionId::parse("0123456789abcdef0123456789abcdeg").is_none());
         assert!(SessionId::parse("").is_none());
         assert_eq!(SessionId::parse("000102030405060708090a0b0c0d0eff").unwrap().0[15], 0xff);
+    }
+
+    #[tokio::test]
+    async fn a_tagged_table_starts_every_id_with_its_tag() {
+        let table = SessionTable::with_tag(Some(0xa1));
+        let limits = TableLimits { max_sessions: 10, max_sessions_per_ip: 10 };
+        let ids: Vec<String> = (0..4)
+            .map(|_| table.open(ip(1), Transport::Http, pipe(), limits).unwrap().id.to_string())
+            .collect();
+        assert!(ids.iter().all(|id| id.starts_with("a1") && id.len() == 32), "{ids:?}");
+        assert!(ids[1..].iter().all(|id| id != &ids[0]), "{ids:?}");
     }
 
     #[tokio::test]
