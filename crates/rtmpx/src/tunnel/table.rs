@@ -348,7 +348,7 @@ mod tests {
         let table = SessionTable::with_tag(Some(0xa1));
         let limits = TableLimits { max_sessions: 10, max_sessions_per_ip: 10 };
         let ids: Vec<String> = (0..4)
-            .map(|_| table.open(ip(1), Transport::Http, pipe(), limits).unwrap().id.to_string())
+            .map(|_| table.open(ip(1), Transport::Http, pipe(), limits, CONNECTION).unwrap().id.to_string())
             .collect();
         assert!(ids.iter().all(|id| id.starts_with("a1") && id.len() == 32), "{ids:?}");
         assert!(ids[1..].iter().all(|id| id != &ids[0]), "{ids:?}");
