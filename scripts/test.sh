@@ -21,6 +21,8 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # tests/ops.rs: the status page in a headless browser, and docker-compose.yml parsed as YAML.
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 /usr/bin/python3 -c 'import yaml' >/dev/null 2>&1 || missing+=(python3-yaml)
+# tests/enhanced_rtmp.rs: GStreamer 1.22's rtmp2src as a legacy player.
+gst-inspect-1.0 --exists rtmp2src >/dev/null 2>&1 || missing+=(gstreamer1.0-tools gstreamer1.0-plugins-bad)
 # tests/http_flv.rs: mpegts.js from npm (below).
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 command -v curl >/dev/null 2>&1 || missing+=(curl)

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use rtmpx_e2e::{
     admin_addr, assert_good_recording, exclusive, ffmpeg9, flv_tags, http, metrics, record_ffmpeg,
-    record_rtmpdump, require_tool, run_bounded, Gateway, NginxRtmp, Proc, TempDir,
+    record_gstreamer, record_rtmpdump, require_tool, run_bounded, Gateway, NginxRtmp, Proc, TempDir,
 };
 
 const LOG_WAIT: Duration = Duration::from_secs(20);
@@ -145,7 +145,7 @@ addr = "127.0.0.1:0"
 #[test]
 fn multitrack_audio_reaches_late_players_enhanced_with_every_track_legacy_with_the_default_one() {
     let _serial = exclusive();
-    for tool in ["ffmpeg", "ffprobe", "rtmpdump"] {
+    for tool in ["ffmpeg", "ffprobe", "rtmpdump", "gstreamer"] {
         require_tool(tool);
     }
     let dir = TempDir::new("ertmp-audio");
@@ -159,7 +159,8 @@ fn multitrack_audio_reaches_late_players_enhanced_with_every_track_legacy_with_t
     let mut enhanced = record_ffmpeg9(&url, &enhanced_out, 5.0, true);
     let mut legacy_ffmpeg = record_ffmpeg(&url, &dir.file("ffmpeg51.flv"), 5.0);
     let mut legacy_rtmpdump = record_rtmpdump(&url, &dir.file("rtmpdump.flv"), 6.0);
-    assert!(gw.wait_for_log_count("playing", 3, LOG_WAIT), "{}", gw.logs());
+    let mut legacy_gstreamer = record_gstreamer(&url, &dir.file("gstreamer.flv"), 6.0);
+    assert!(gw.wait_for_log_count("playing", 4, LOG_WAIT), "{}", gw.logs());
     thread::sleep(Duration::from_secs(2));
 
     // The API, the metrics and the status page see every track and who is legacy.
@@ -174,7 +175,7 @@ fn multitrack_audio_reaches_late_players_enhanced_with_every_track_legacy_with_t
         .map(|t| format!("{}{}:{}", t["kind"].as_str().unwrap(), t["id"], t["codec"].as_str().unwrap()))
         .collect();
     assert_eq!(tracks, ["video0:h264", "audio0:aac", "audio1:aac"], "{stream}");
-    assert_eq!(stream["legacy_players"], 2, "{stream}");
+    assert_eq!(stream["legacy_players"], 3, "{stream}");
     let sessions: serde_json::Value =
         serde_json::from_str(&http(admin, "GET", "/api/v1/sessions", None).body).unwrap();
     let enhanced_players = sessions
@@ -189,11 +190,12 @@ fn multitrack_audio_reaches_late_players_enhanced_with_every_track_legacy_with_t
         text.contains(r#"rtmpx_stream_track{app="live",stream="mt",kind="audio",track="1",codec="aac"} 1"#),
         "{text}"
     );
-    assert!(text.contains(r#"rtmpx_stream_legacy_players{app="live",stream="mt"} 2"#), "{text}");
+    assert!(text.contains(r#"rtmpx_stream_legacy_players{app="live",stream="mt"} 3"#), "{text}");
 
     assert!(enhanced.finish().success(), "{}", enhanced.describe());
     assert!(legacy_ffmpeg.finish().success(), "{}", legacy_ffmpeg.describe());
     legacy_rtmpdump.finish();
+    legacy_gstreamer.finish();
     assert!(publisher.finish().success(), "{}", publisher.describe());
 
     // The late enhanced player: video and both audio tracks, each with its own configuration.
@@ -204,7 +206,7 @@ fn multitrack_audio_reaches_late_players_enhanced_with_every_track_legacy_with_t
         60,
     );
     // Legacy players: a clean file of the default tracks, never an Enhanced RTMP tag.
-    for name in ["ffmpeg51.flv", "rtmpdump.flv"] {
+    for name in ["ffmpeg51.flv", "rtmpdump.flv", "gstreamer.flv"] {
         let path = dir.file(name);
         assert_only_legacy_tags(name, &path);
         assert_good_recording(name, &path, 60, 100);

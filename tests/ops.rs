@@ -679,3 +679,24 @@ print("balancer", services["balancer"]["image"], " ".join(str(v) for v in servic
     let (status, out, err) = run_bounded(check, Duration::from_secs(30));
     assert!(status.success(), "deploy/rtmpx.toml: {out}{err}");
 }
+
+/// `deploy/rtmpx.service`: enough descriptors for the default `max_connections` plus the reserve,
+/// more time to stop than the documented drain, and a reload that is the SIGHUP reload.
+#[test]
+fn systemd_unit_gives_descriptors_and_drain_time() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let unit = std::fs::read_to_string(root.join("deploy/rtmpx.service")).expect("deploy/rtmpx.service");
+    let value = |key: &str| {
+        unit.lines()
+            .find_map(|line| line.trim().strip_prefix(key)?.strip_prefix('='))
+            .unwrap_or_else(|| panic!("{key} missing:\n{unit}"))
+            .trim()
+            .to_owned()
+    };
+    let nofile: u64 = value("LimitNOFILE").parse().unwrap_or(0);
+    assert!(nofile >= 20_000 + 128, "LimitNOFILE={nofile}");
+    let stop: u64 = value("TimeoutStopSec").parse().unwrap_or(0);
+    assert!(stop > 30, "TimeoutStopSec={stop} must exceed server.shutdown_grace_secs (30)");
+    assert!(value("ExecReload").contains("-HUP"), "{unit}");
+    assert!(value("ExecStart").contains("serve --config"), "{unit}");
+}

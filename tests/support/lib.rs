@@ -97,6 +97,8 @@ pub fn require_tool(name: &str) {
         "ffmpeg" | "ffprobe" => runs(Command::new(name).arg("-version")),
         // rtmpdump has no version flag that exits 0; being able to start it is enough.
         "rtmpdump" => Command::new("rtmpdump").arg("--help").output().is_ok(),
+        // GStreamer 1.22's own RTMP client (gst-plugins-bad), a legacy player.
+        "gstreamer" => runs(Command::new("gst-inspect-1.0").args(["--exists", "rtmp2src"])),
         "nginx" => nginx_binary().is_some() && Path::new(NGINX_RTMP_MODULE).exists(),
         "python3-librtmp" => python3_with_librtmp().is_some(),
         "chromium" => runs(Command::new("chromium").arg("--version")),
@@ -946,6 +948,17 @@ pub fn record_rtmpdump(url: &str, out: &Path, seconds: f64) -> Proc {
     cmd.args(["-q", "--live", "-m", "10", "-r", url, "-o"]).arg(out);
     let wall = Duration::from_secs_f64(seconds);
     Proc::spawn("rtmpdump", cmd, Some(wall), wall + Duration::from_secs(30))
+}
+
+/// GStreamer's `rtmp2src` saving the live stream `url` (an FLV byte stream, header included) to
+/// `out` for `seconds` of wall time; SIGINT with `-e` ends it with an EOS, so the file is whole.
+pub fn record_gstreamer(url: &str, out: &Path, seconds: f64) -> Proc {
+    require_tool("gstreamer");
+    let mut cmd = Command::new("gst-launch-1.0");
+    cmd.args(["-q", "-e", "rtmp2src"]).arg(format!("location={url}"));
+    cmd.args(["!", "filesink"]).arg(format!("location={}", out.display()));
+    let wall = Duration::from_secs_f64(seconds);
+    Proc::spawn("gstreamer", cmd, Some(wall), wall + Duration::from_secs(30))
 }
 
 /// An H.264 (keyframe every second) and AAC FLV file of `seconds`, made by ffmpeg from testsrc
