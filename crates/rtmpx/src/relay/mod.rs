@@ -154,28 +154,7 @@ impl RelayManager {
     pub fn ensure_pull(&self, router: &Router, config: &Config, key: &StreamKey) {
         let Some(pull) = config.app(&key.app).and_then(|app| app.pull.as_ref()) else { return };
         let Ok(app_url) = config::upstream_app(&pull.url) else { return };
-        let mut pulls = lock(&self.inner.pulls);
-        // Under the lock: a pull that is ending unpublishes before it leaves the table.
-        if pulls.contains_key(key) || router.is_live(key) {
-            return;
-        }
-        let shown = config::redacted(&app_url, &key.name, false);
-        let status = self.register(key, Direction::Pull, shown);
-        pulls.insert(key.clone(), status.id);
-        drop(pulls);
-        let job = pull::PullJob {
-            router: router.clone(),
-            key: key.clone(),
-            app_url,
-            linger: pull.linger(),
-            options: RelayOptions::new(&config.relay, config.timeouts.write()),
-            manager: self.clone(),
-            status,
-            shutdown: self.inner.shutdown.clone(),
-            batching: crate::session::Batching::new(&config.server, self.inner.load.clone()),
-            origin: None,
-        };
-        tokio::spawn(job.run());
+        self.start_pull(router, config, key, app_url, pull.linger(), None);
     }
 
     /// Whether a pull of `key` runs.
@@ -195,7 +174,21 @@ impl RelayManager {
     ) {
         let Some(owner) = origin.borrow().clone() else { return };
         let Ok(app_url) = config::upstream_app(&format!("{owner}/{}", key.app)) else { return };
+        self.start_pull(router, config, key, app_url, linger, Some(origin));
+    }
+
+    /// Starts a pull of `key` from `app_url` unless the stream is live or a pull runs.
+    fn start_pull(
+        &self,
+        router: &Router,
+        config: &Config,
+        key: &StreamKey,
+        app_url: RtmpUrl,
+        linger: Duration,
+        origin: Option<watch::Receiver<Option<String>>>,
+    ) {
         let mut pulls = lock(&self.inner.pulls);
+        // Under the lock: a pull that is ending unpublishes before it leaves the table.
         if pulls.contains_key(key) || router.is_live(key) {
             return;
         }
@@ -213,7 +206,7 @@ impl RelayManager {
             status,
             shutdown: self.inner.shutdown.clone(),
             batching: crate::session::Batching::new(&config.server, self.inner.load.clone()),
-            origin: Some(origin),
+            origin,
         };
         tokio::spawn(job.run());
     }
