@@ -230,7 +230,12 @@ async fn http_exchange(data: &[u8]) -> Vec<u8> {
     drop((from_server, to_server));
     let _ = tokio::time::timeout(Duration::from_secs(600), server).await;
     if data.first().is_some_and(u8::is_ascii_uppercase) && !answer.is_empty() {
-        assert!(answer.starts_with(b"HTTP/1.1 "), "an HTTP request got no HTTP answer");
+        // hyper answers an HTTP/1.0 request in HTTP/1.0 (found by this target: the first
+        // version of this check wanted "HTTP/1.1 " always).
+        assert!(
+            answer.starts_with(b"HTTP/1.1 ") || answer.starts_with(b"HTTP/1.0 "),
+            "an HTTP request got no HTTP answer"
+        );
     }
     answer
 }
