@@ -501,3 +501,46 @@ fn a_player_waits_for_its_publisher_when_configured() {
     assert!(media.len() > 10_000, "the early player got {} bytes", media.len());
     publisher.stop();
 }
+
+/// 1,000 idle players of `play_url` (a fresh gateway each, players waiting for their publisher):
+/// the gateway's RSS growth per player in KiB, as `rtmpx-bench --idle` measures it.
+fn idle_kib_per_player(variant: &str, dir: &TempDir) -> f64 {
+    let gw = Gateway::start(&format!("{CONFIG}\n[http_flv]\nwait_for_publisher = true\n"));
+    let addr = gw.addr("rtmp");
+    let json = dir.file(&format!("{variant}.json"));
+    let mut cmd = Command::new(rtmpx_e2e::rtmpx_bench_binary());
+    cmd.args(["--url", &gw.url("rtmp", "live", "idle"), "--idle", "--publishers", "0", "--players", "1000"]);
+    if variant != "rtmp" {
+        cmd.args(["--play-url", &format!("{variant}://{addr}/live/idle.flv")]);
+    }
+    cmd.args([
+        "--connect-concurrency",
+        "128",
+        "--warmup",
+        "2",
+        "--duration",
+        "1",
+        "--quiet",
+        "--label",
+        variant,
+    ]);
+    cmd.args(["--server-pid", &gw.pid().to_string(), "--json"]).arg(&json);
+    let (status, stdout, stderr) = run_bounded(cmd, Duration::from_secs(120));
+    assert!(status.success(), "rtmpx-bench {variant} failed ({status}):\n{stdout}{stderr}");
+    let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(run["players_connected"], 1000, "{run}");
+    assert_eq!(run["errors"], 0, "{run}");
+    let per_player = run["server_rss_per_player_kib"].as_f64().unwrap_or_else(|| panic!("no RSS in {run}"));
+    eprintln!("[e2e] idle {variant} player: {per_player:.2} KiB");
+    per_player
+}
+
+#[test]
+fn idle_http_flv_players_cost_about_what_idle_rtmp_players_cost() {
+    let _serial = exclusive();
+    let dir = TempDir::new("http-flv-idle");
+    let rtmp = idle_kib_per_player("rtmp", &dir);
+    let http = idle_kib_per_player("http", &dir);
+    assert!(rtmp > 1.0, "an idle RTMP player cost {rtmp:.2} KiB: the measurement is broken");
+    assert!(http <= 1.3 * rtmp, "an idle HTTP-FLV player costs {http:.2} KiB, an RTMP one {rtmp:.2} KiB");
+}
