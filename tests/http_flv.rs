@@ -324,8 +324,11 @@ fn malformed_http_and_data_on_a_play_socket_get_a_status_or_a_close() {
 
     let (_, head) = send(addr, "GET /live/x.flv HTTP/9.9\r\n\r\n");
     assert!(head.status == 400 || head.status == 505, "{}", head.headers);
-    let (_, head) = send(addr, "GET\x01 / HTTP/1.1\r\n\r\n");
-    assert_eq!(head.status, 400, "{}", head.headers);
+    // Bytes that cannot start a request are closed at once (tunnel::sniff), without an answer.
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.write_all(b"GET\x01 / HTTP/1.1\r\n\r\n").unwrap();
+    let (answer, closed) = read_for(&mut stream, Duration::from_secs(5));
+    assert!(closed && answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
     let (_, head) = send(addr, "DELETE /live/x.flv HTTP/1.1\r\nHost: a\r\n\r\n");
     assert_eq!(head.status, 405, "{}", head.headers);
     // Huge headers: refused with 431 once the limit is reached, never buffered without bound.

@@ -14,6 +14,7 @@ use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
+use tracing::debug;
 
 use super::http::{decide, Answer, FlvBody, FlvConn};
 use super::FlvSession;
@@ -111,8 +112,9 @@ where
         if !pieces.is_empty() {
             match timeout(write_timeout, write_pieces(io, pieces)).await {
                 Ok(Ok(())) => {}
+                // A player that goes away is a normal end (as with hyper): only a stall is logged.
                 Ok(Err(e)) => {
-                    session.end(Error::Io { context: "writing to the client".into(), source: e });
+                    debug!(session = session.id(), "http-flv write: {e}");
                     return false;
                 }
                 Err(_) => {
@@ -141,7 +143,7 @@ where
                     reading = false;
                 }
                 Err(e) => {
-                    session.end(Error::Io { context: "reading from the client".into(), source: e });
+                    debug!(session = session.id(), "http-flv read: {e}");
                     return false;
                 }
             },

@@ -38,7 +38,7 @@ pub async fn answer(mut request: Request<Incoming>, conn: &FlvConn) -> Response<
     match decide(&mut request, conn).await {
         Answer::Done(response) => response,
         Answer::Play(response, session) => {
-            response.map(|_| FlvBody::streaming(session, conn.write_timed_out.clone()))
+            response.map(|_| FlvBody::streaming(*session, conn.write_timed_out.clone()))
         }
     }
 }
@@ -46,7 +46,7 @@ pub async fn answer(mut request: Request<Incoming>, conn: &FlvConn) -> Response<
 /// What a request gets: a whole answer, or a player's answer head and its session.
 pub(super) enum Answer {
     Done(Response<FlvBody>),
-    Play(Response<FlvBody>, FlvSession),
+    Play(Response<FlvBody>, Box<FlvSession>),
 }
 
 pub(super) async fn decide<B>(request: &mut Request<B>, conn: &FlvConn) -> Answer {
@@ -139,7 +139,7 @@ pub(super) async fn decide<B>(request: &mut Request<B>, conn: &FlvConn) -> Answe
     headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     let response = with_cors(response);
     if subscribe {
-        Answer::Play(response, session)
+        Answer::Play(response, Box::new(session))
     } else {
         Answer::Done(response)
     }
