@@ -17,6 +17,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::Message;
 
 mod browser;
+mod rtmp_client;
 
 const CONFIG: &str = r#"
 [[listener]]
@@ -546,4 +547,33 @@ fn idle_http_flv_players_cost_about_what_idle_rtmp_players_cost() {
     let http = idle_kib_per_player("http", &dir);
     assert!(rtmp > 1.0, "an idle RTMP player cost {rtmp:.2} KiB: the measurement is broken");
     assert!(http <= 1.3 * rtmp, "an idle HTTP-FLV player costs {http:.2} KiB, an RTMP one {rtmp:.2} KiB");
+}
+
+#[test]
+fn wss_flv_plays_through_an_rtmpts_listener() {
+    let _serial = exclusive();
+    let gw = Gateway::start(&format!("{CONFIG}\n[[listener]]\nproto = \"rtmpts\"\naddr = \"127.0.0.1:0\"\n"));
+    let mut publisher = publish(&gw.url("rtmp", "live", "wss"), &PublishOptions::new(14.0));
+    assert!(gw.wait_for_log("publishing", Duration::from_secs(20)), "{}", gw.logs());
+    thread::sleep(Duration::from_millis(1500));
+    let addr = gw.addr("rtmpts");
+    let tls = rtmp_client::tls_with_read_timeout(addr, Duration::from_secs(10));
+    let (mut ws, answer) = tungstenite::client(format!("wss://{addr}/live/wss.flv"), tls).unwrap();
+    assert_eq!(answer.status(), 101);
+    let mut flv = Vec::new();
+    while flv.len() < 200_000 {
+        match ws.read().unwrap() {
+            Message::Binary(data) => flv.extend_from_slice(&data),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(&flv[..4], b"FLV\x01");
+    let dir = TempDir::new("wss-flv");
+    std::fs::write(dir.file("wss.flv"), &flv).unwrap();
+    keep_whole_tags(&dir.file("wss.flv"));
+    assert_good_recording("wss-flv", &dir.file("wss.flv"), 20, 20);
+    let playing = gw.wait_for_log_line(&["playing", "wss-flv"], Duration::from_secs(5));
+    assert!(playing.is_some(), "{}", gw.logs());
+    drop(ws);
+    publisher.stop();
 }
