@@ -17,6 +17,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::Message;
 
 mod browser;
+mod rtmp_client;
 
 const CONFIG: &str = r#"
 [[listener]]
@@ -324,13 +325,11 @@ fn malformed_http_and_data_on_a_play_socket_get_a_status_or_a_close() {
 
     let (_, head) = send(addr, "GET /live/x.flv HTTP/9.9\r\n\r\n");
     assert!(head.status == 400 || head.status == 505, "{}", head.headers);
-    // Bytes that cannot start a request are cut by the sniffer at once, before HTTP parsing.
+    // Bytes that cannot start a request are closed at once (tunnel::sniff), without an answer.
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.write_all(b"GET\x01 / HTTP/1.1\r\n\r\n").unwrap();
     let (answer, closed) = read_for(&mut stream, Duration::from_secs(5));
-    let answer = String::from_utf8_lossy(&answer);
-    assert!(closed, "a garbage method left the connection open");
-    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(closed && answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
     let (_, head) = send(addr, "DELETE /live/x.flv HTTP/1.1\r\nHost: a\r\n\r\n");
     assert_eq!(head.status, 405, "{}", head.headers);
     // Huge headers: refused with 431 once the limit is reached, never buffered without bound.
@@ -504,5 +503,77 @@ fn a_player_waits_for_its_publisher_when_configured() {
     assert_good_recording("waited", &dir.file("later.flv"), 50, 50);
     let (media, _) = read_for(&mut early, Duration::from_secs(1));
     assert!(media.len() > 10_000, "the early player got {} bytes", media.len());
+    publisher.stop();
+}
+
+/// 1,000 idle players of `play_url` (a fresh gateway each, players waiting for their publisher):
+/// the gateway's RSS growth per player in KiB, as `rtmpx-bench --idle` measures it.
+fn idle_kib_per_player(variant: &str, dir: &TempDir) -> f64 {
+    let gw = Gateway::start(&format!("{CONFIG}\n[http_flv]\nwait_for_publisher = true\n"));
+    let addr = gw.addr("rtmp");
+    let json = dir.file(&format!("{variant}.json"));
+    let mut cmd = Command::new(rtmpx_e2e::rtmpx_bench_binary());
+    cmd.args(["--url", &gw.url("rtmp", "live", "idle"), "--idle", "--publishers", "0", "--players", "1000"]);
+    if variant != "rtmp" {
+        cmd.args(["--play-url", &format!("{variant}://{addr}/live/idle.flv")]);
+    }
+    cmd.args([
+        "--connect-concurrency",
+        "128",
+        "--warmup",
+        "2",
+        "--duration",
+        "1",
+        "--quiet",
+        "--label",
+        variant,
+    ]);
+    cmd.args(["--server-pid", &gw.pid().to_string(), "--json"]).arg(&json);
+    let (status, stdout, stderr) = run_bounded(cmd, Duration::from_secs(120));
+    assert!(status.success(), "rtmpx-bench {variant} failed ({status}):\n{stdout}{stderr}");
+    let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(run["players_connected"], 1000, "{run}");
+    assert_eq!(run["errors"], 0, "{run}");
+    let per_player = run["server_rss_per_player_kib"].as_f64().unwrap_or_else(|| panic!("no RSS in {run}"));
+    eprintln!("[e2e] idle {variant} player: {per_player:.2} KiB");
+    per_player
+}
+
+#[test]
+fn idle_http_flv_players_cost_about_what_idle_rtmp_players_cost() {
+    let _serial = exclusive();
+    let dir = TempDir::new("http-flv-idle");
+    let rtmp = idle_kib_per_player("rtmp", &dir);
+    let http = idle_kib_per_player("http", &dir);
+    assert!(rtmp > 1.0, "an idle RTMP player cost {rtmp:.2} KiB: the measurement is broken");
+    assert!(http <= 1.3 * rtmp, "an idle HTTP-FLV player costs {http:.2} KiB, an RTMP one {rtmp:.2} KiB");
+}
+
+#[test]
+fn wss_flv_plays_through_an_rtmpts_listener() {
+    let _serial = exclusive();
+    let gw = Gateway::start(&format!("{CONFIG}\n[[listener]]\nproto = \"rtmpts\"\naddr = \"127.0.0.1:0\"\n"));
+    let mut publisher = publish(&gw.url("rtmp", "live", "wss"), &PublishOptions::new(14.0));
+    assert!(gw.wait_for_log("publishing", Duration::from_secs(20)), "{}", gw.logs());
+    thread::sleep(Duration::from_millis(1500));
+    let addr = gw.addr("rtmpts");
+    let tls = rtmp_client::tls_with_read_timeout(addr, Duration::from_secs(10));
+    let (mut ws, answer) = tungstenite::client(format!("wss://{addr}/live/wss.flv"), tls).unwrap();
+    assert_eq!(answer.status(), 101);
+    let mut flv = Vec::new();
+    while flv.len() < 200_000 {
+        match ws.read().unwrap() {
+            Message::Binary(data) => flv.extend_from_slice(&data),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(&flv[..4], b"FLV\x01");
+    let dir = TempDir::new("wss-flv");
+    std::fs::write(dir.file("wss.flv"), &flv).unwrap();
+    keep_whole_tags(&dir.file("wss.flv"));
+    assert_good_recording("wss-flv", &dir.file("wss.flv"), 20, 20);
+    let playing = gw.wait_for_log_line(&["playing", "wss-flv"], Duration::from_secs(5));
+    assert!(playing.is_some(), "{}", gw.logs());
+    drop(ws);
     publisher.stop();
 }

@@ -25,8 +25,13 @@ pub fn tcp(addr: SocketAddr) -> Box<dyn Wire> {
 
 /// TLS (any certificate accepted: the gateway uses its development certificate).
 pub fn tls(addr: SocketAddr) -> Box<dyn Wire> {
+    tls_with_read_timeout(addr, Duration::from_millis(20))
+}
+
+/// TLS as [`tls`], with reads that wait up to `read_timeout`.
+pub fn tls_with_read_timeout(addr: SocketAddr, read_timeout: Duration) -> Box<dyn Wire> {
     let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
-    stream.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    stream.set_read_timeout(Some(read_timeout)).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -35,6 +35,21 @@ pub struct FlvConn {
 /// Answers a non-POST request on a port that serves HTTP-FLV: the players, their CORS
 /// preflight, and 404 for any other path.
 pub async fn answer(mut request: Request<Incoming>, conn: &FlvConn) -> Response<FlvBody> {
+    match decide(&mut request, conn).await {
+        Answer::Done(response) => response,
+        Answer::Play(response, session) => {
+            response.map(|_| FlvBody::streaming(*session, conn.write_timed_out.clone()))
+        }
+    }
+}
+
+/// What a request gets: a whole answer, or a player's answer head and its session.
+pub(super) enum Answer {
+    Done(Response<FlvBody>),
+    Play(Response<FlvBody>, Box<FlvSession>),
+}
+
+pub(super) async fn decide<B>(request: &mut Request<B>, conn: &FlvConn) -> Answer {
     let config = conn.shared.config();
     let origin = config.http_flv.allow_origin.clone();
     let with_cors = |mut response: Response<FlvBody>| {
@@ -46,7 +61,7 @@ pub async fn answer(mut request: Request<Incoming>, conn: &FlvConn) -> Response<
         response
     };
     let Some((app, stream)) = super::route(request.uri().path()) else {
-        return with_cors(status(StatusCode::NOT_FOUND));
+        return Answer::Done(with_cors(status(StatusCode::NOT_FOUND)));
     };
     let (app, stream) = (app.to_owned(), stream.to_owned());
     let method = request.method().clone();
@@ -55,12 +70,12 @@ pub async fn answer(mut request: Request<Incoming>, conn: &FlvConn) -> Response<
         let headers = response.headers_mut();
         headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, HEAD, OPTIONS"));
         headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("*"));
-        return with_cors(response);
+        return Answer::Done(with_cors(response));
     }
     if method != Method::GET && method != Method::HEAD {
         let mut response = status(StatusCode::METHOD_NOT_ALLOWED);
         response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, OPTIONS"));
-        return with_cors(response);
+        return Answer::Done(with_cors(response));
     }
     let websocket = method == Method::GET && wants_websocket(request.headers());
     let accept_key = if websocket {
@@ -72,7 +87,7 @@ pub async fn answer(mut request: Request<Incoming>, conn: &FlvConn) -> Response<
                     let version = HeaderValue::from_static("13");
                     response.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, version);
                 }
-                return with_cors(response);
+                return Answer::Done(with_cors(response));
             }
         }
     } else {
@@ -102,11 +117,11 @@ pub async fn answer(mut request: Request<Incoming>, conn: &FlvConn) -> Response<
     let subscribe = method == Method::GET;
     let session = match FlvSession::open(&conn.shared, conn.peer, variant, play, subscribe).await {
         Ok(session) => session,
-        Err(Refusal::NotFound) => return with_cors(status(StatusCode::NOT_FOUND)),
-        Err(Refusal::Forbidden) => return with_cors(status(StatusCode::FORBIDDEN)),
+        Err(Refusal::NotFound) => return Answer::Done(with_cors(status(StatusCode::NOT_FOUND))),
+        Err(Refusal::Forbidden) => return Answer::Done(with_cors(status(StatusCode::FORBIDDEN))),
     };
     if let Some(accept) = accept_key {
-        let on_upgrade = hyper::upgrade::on(&mut request);
+        let on_upgrade = hyper::upgrade::on(&mut *request);
         *conn.upgrade.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(super::ws::Job { session, on_upgrade });
         let mut response = status(StatusCode::SWITCHING_PROTOCOLS);
@@ -114,21 +129,20 @@ pub async fn answer(mut request: Request<Incoming>, conn: &FlvConn) -> Response<
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
-        return response;
+        return Answer::Done(response);
     }
-    let body = if subscribe {
-        FlvBody::streaming(session, conn.write_timed_out.clone())
-    } else {
-        drop(session);
-        FlvBody::open_ended_empty()
-    };
-    let mut response = Response::new(body);
+    let mut response = Response::new(FlvBody::open_ended_empty());
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("video/x-flv"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // One player per connection: the response ends the connection.
     headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    with_cors(response)
+    let response = with_cors(response);
+    if subscribe {
+        Answer::Play(response, Box::new(session))
+    } else {
+        Answer::Done(response)
+    }
 }
 
 fn status(code: StatusCode) -> Response<FlvBody> {

@@ -6,6 +6,7 @@
 //! are the RTMP player's, through [`FlvSession`].
 
 pub mod deadline;
+pub mod direct;
 pub mod http;
 pub mod ws;
 

@@ -51,7 +51,7 @@ where
     };
     // Boxed apart: a plain RTMP session's task does not carry the HTTP server's state.
     match stream {
-        (sniff::FirstByte::Http, stream) => Box::pin(serve_http(stream, peer, http, shared)).await,
+        (sniff::FirstByte::Http, stream) => Box::pin(serve_head_read(stream, peer, http, shared)).await,
         (sniff::FirstByte::Rtmp, stream) => Box::pin(session::run(stream, peer, rtmp, shared)).await,
     }
 }
@@ -70,10 +70,27 @@ where
         }
     };
     match tokio::time::timeout(wait, head).await {
-        Ok(Ok(Some(stream))) => serve_http(stream, peer, http, shared).await,
+        Ok(Ok(Some(stream))) => serve_head_read(stream, peer, http, shared).await,
         Ok(Ok(None)) => {}
         Ok(Err::<_, std::io::Error>(e)) => debug!(%peer, "connection failed before its first request: {e}"),
         Err(_) => debug!(%peer, "no request head within the handshake timeout"),
+    }
+}
+
+/// Serves an HTTP connection whose first request head is read: a plain HTTP-FLV `GET` outside
+/// hyper ([`crate::flv::direct`]: an idle player then costs no HTTP state), the rest with hyper.
+async fn serve_head_read<S>(stream: sniff::Prefixed<S>, peer: SocketAddr, http: Origin, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let player = http.http_flv.then(|| crate::flv::direct::player_request(stream.buffered())).flatten();
+    // Each boxed apart: the task of an idle player does not carry hyper's connection.
+    match player {
+        Some(request) => {
+            let io = stream.into_inner();
+            Box::pin(crate::flv::direct::serve(request, io, peer, http.transport, shared)).await
+        }
+        None => Box::pin(serve_http(stream, peer, http, shared)).await,
     }
 }
 

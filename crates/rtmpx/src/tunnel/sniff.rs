@@ -80,6 +80,18 @@ pub struct Prefixed<S> {
     inner: S,
 }
 
+impl<S> Prefixed<S> {
+    /// The bytes read and not yet replayed (after [`read_head`]: the first request's head).
+    pub fn buffered(&self) -> &[u8] {
+        &self.read[self.replayed..]
+    }
+
+    /// The stream without the buffered bytes (their request is answered apart).
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
