@@ -276,6 +276,33 @@ fn der_serial(der: &[u8]) -> String {
 // ---------------------------------------------------------------------------------------------
 // The gateway and its clients
 
+/// A DNS responder, a Pebble (`validity` seconds per certificate, or its default) that validates
+/// against two fresh ports, a cache folder, and the gateway config that uses them.
+struct Setup {
+    pebble: Pebble,
+    cache: TempDir,
+    rtmps_port: u16,
+    config: String,
+    // Last: Pebble asks it until Pebble is gone.
+    _dns: Dns,
+}
+
+fn setup(validity: Option<u64>, challenge: &str) -> Setup {
+    let dns = Dns::start();
+    let (rtmp_port, rtmps_port) = (free_port(), free_port());
+    let pebble = Pebble::start(rtmp_port, rtmps_port, validity, &dns);
+    let cache = TempDir::new("acme-cache");
+    let config = gateway_config(
+        rtmp_port,
+        rtmps_port,
+        &pebble.directory(),
+        &pebble.https_ca(),
+        cache.path(),
+        challenge,
+    );
+    Setup { pebble, cache, rtmps_port, config, _dns: dns }
+}
+
 fn gateway_config(
     rtmp_port: u16,
     rtmps_port: u16,
@@ -372,18 +399,7 @@ fn largest_video_gap_ms(path: &Path) -> u32 {
 fn http01_on_the_rtmp_port_gives_a_certificate_ffmpeg9_verifies_and_a_restart_reuses_it() {
     let _serial = exclusive();
     require_tool("rtmpdump");
-    let dns = Dns::start();
-    let (rtmp_port, rtmps_port) = (free_port(), free_port());
-    let pebble = Pebble::start(rtmp_port, rtmps_port, None, &dns);
-    let cache = TempDir::new("acme-cache");
-    let config = gateway_config(
-        rtmp_port,
-        rtmps_port,
-        &pebble.directory(),
-        &pebble.https_ca(),
-        cache.path(),
-        "http-01",
-    );
+    let Setup { pebble, cache, rtmps_port, config, _dns, .. } = setup(None, "http-01");
     let gw = Gateway::start(&config);
     let issued = gw.wait_for_log_line(&[ISSUED], Duration::from_secs(60)).expect("no certificate issued");
     let serial = serial_in(&issued);
@@ -440,18 +456,7 @@ fn http01_on_the_rtmp_port_gives_a_certificate_ffmpeg9_verifies_and_a_restart_re
 #[test]
 fn tls_alpn01_on_the_rtmps_port_gives_a_certificate_ffmpeg9_verifies() {
     let _serial = exclusive();
-    let dns = Dns::start();
-    let (rtmp_port, rtmps_port) = (free_port(), free_port());
-    let pebble = Pebble::start(rtmp_port, rtmps_port, None, &dns);
-    let cache = TempDir::new("acme-cache");
-    let config = gateway_config(
-        rtmp_port,
-        rtmps_port,
-        &pebble.directory(),
-        &pebble.https_ca(),
-        cache.path(),
-        "tls-alpn-01",
-    );
+    let Setup { pebble, cache: _cache, rtmps_port, config, _dns, .. } = setup(None, "tls-alpn-01");
     // Debug logs of the TLS acceptor say when a validation handshake was answered.
     let gw = Gateway::start_in(TempDir::new("gateway"), &config, "info,rtmpx::tls=debug");
     let issued = gw.wait_for_log_line(&[ISSUED], Duration::from_secs(60)).expect("no certificate issued");
@@ -475,19 +480,8 @@ fn tls_alpn01_on_the_rtmps_port_gives_a_certificate_ffmpeg9_verifies() {
 fn short_lived_certificates_renew_under_live_sessions_and_a_ca_outage_keeps_the_old_one() {
     let _serial = exclusive();
     require_tool("rtmpdump");
-    let dns = Dns::start();
-    let (rtmp_port, rtmps_port) = (free_port(), free_port());
     // 30-second certificates: renewed about 20 s after issuance.
-    let mut pebble = Pebble::start(rtmp_port, rtmps_port, Some(30), &dns);
-    let cache = TempDir::new("acme-cache");
-    let config = gateway_config(
-        rtmp_port,
-        rtmps_port,
-        &pebble.directory(),
-        &pebble.https_ca(),
-        cache.path(),
-        "http-01",
-    );
+    let Setup { mut pebble, cache: _cache, rtmps_port, config, _dns, .. } = setup(Some(30), "http-01");
     let gw = Gateway::start(&config);
     let first = serial_in(&gw.wait_for_log_line(&[ISSUED], Duration::from_secs(60)).expect("no certificate"));
     let root = pebble.root("root-1.pem");
@@ -613,19 +607,8 @@ fn a_silent_or_garbage_ca_never_holds_up_the_listeners_and_unknown_tokens_get_40
 #[test]
 fn cert_acme_issues_once_and_exits_then_reuses_the_cache() {
     let _serial = exclusive();
-    let dns = Dns::start();
-    let (rtmp_port, rtmps_port) = (free_port(), free_port());
-    let pebble = Pebble::start(rtmp_port, rtmps_port, None, &dns);
-    let cache = TempDir::new("acme-cache");
-    let config = gateway_config(
-        rtmp_port,
-        rtmps_port,
-        &pebble.directory(),
-        &pebble.https_ca(),
-        cache.path(),
-        "http-01",
-    )
-    .replace("$DIR", &cache.path().display().to_string());
+    let Setup { pebble, cache, config, _dns, .. } = setup(None, "http-01");
+    let config = config.replace("$DIR", &cache.path().display().to_string());
     let config_path = cache.file("rtmpx.toml");
     fs::write(&config_path, config).unwrap();
     let cert_acme = || {
