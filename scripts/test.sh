@@ -73,4 +73,5 @@ cargo clippy --workspace --all-targets -- -D warnings
 # The end-to-end suites drive the real binary: build it once, outside any test process.
 cargo build -p rtmpx --bin rtmpx
 export RTMPX_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/rtmpx"
-cargo test --workspace
+# Every suite runs even after one fails, so one run reports every failure.
+cargo test --workspace --no-fail-fast

@@ -498,7 +498,7 @@ fn sigterm_stops_the_gateway_and_closes_its_clients() {
 }
 
 /// Plays `live/{stream}` with rtmpx-core's client for `window` (after a second of warm-up) and
-/// returns (media messages, bursts): a burst is media arriving within 40 ms of the previous read.
+/// returns (media messages, bursts): a burst is media arriving within 20 ms of the previous read.
 fn media_bursts(gw: &Gateway, stream: &str, window: Duration) -> (usize, usize) {
     use rtmp_client::{attempt, tcp, Intent, Outcome};
     let addr = gw.addr("rtmp");
@@ -533,7 +533,7 @@ fn media_bursts(gw: &Gateway, stream: &str, window: Duration) -> (usize, usize) 
         }
         if got_media {
             let now = Instant::now();
-            if last_media.is_none_or(|at| now - at > Duration::from_millis(40)) {
+            if last_media.is_none_or(|at| now - at > Duration::from_millis(20)) {
                 bursts += 1;
             }
             last_media = Some(now);
@@ -547,7 +547,11 @@ fn media_bursts(gw: &Gateway, stream: &str, window: Duration) -> (usize, usize) 
 fn write_coalescing_sends_media_in_batches_and_loses_nothing() {
     let _serial = exclusive();
     require_clients();
-    let config = |ms: u64| format!("[server]\nwrite_coalesce_ms = {ms}\n{DEFAULT_TEST_CONFIG}");
+    // Load-driven batching off, so that the plain run writes frames as they come even when the
+    // machine running the suite is busy.
+    let config = |ms: u64| {
+        format!("[server]\nwrite_coalesce_ms = {ms}\nwrite_coalesce_under_load_ms = 0\n{DEFAULT_TEST_CONFIG}")
+    };
     let dir = TempDir::new("coalesce");
     let mut measured = Vec::new();
     for ms in [0u64, 300] {
@@ -572,8 +576,9 @@ fn write_coalescing_sends_media_in_batches_and_loses_nothing() {
     for messages in [plain_messages, batched_messages] {
         assert!((150..=260).contains(&messages), "{measured:?}");
     }
-    // Written as they come, frames arrive in dozens of separate bursts; batched per 300 ms
-    // window, in about ten.
-    assert!(plain_bursts >= 40, "{measured:?}");
+    // Written as they come, 25 video and ~43 audio frames a second arrive in dozens of separate
+    // bursts (ffmpeg -re paces them, a busy machine merges some); batched per 300 ms window, in
+    // about ten.
+    assert!(plain_bursts >= 30 && plain_bursts >= 2 * batched_bursts, "{measured:?}");
     assert!((6..=16).contains(&batched_bursts), "{measured:?}");
 }
