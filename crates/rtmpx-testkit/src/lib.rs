@@ -1,0 +1,82 @@
+//! Test helpers shared by the end-to-end tests (the root package's `tests/`) and rtmpx-client's
+//! tests: starting the gateway, nginx-rtmp and real clients (ffmpeg, ffprobe, rtmpdump,
+//! librtmp, GStreamer, Chromium, FFmpeg 9), and reading what they recorded. One module per
+//! thing it starts or reads.
+//!
+//! Rules every helper follows:
+//! - Everything is bounded in time; a hung client or server turns into a failure, not a hang.
+//! - Every child process is wrapped in a guard that kills it when dropped (also on panic).
+//! - A missing client tool is a failure with a message saying how to install it, never a skip
+//!   ([`require_tool`]).
+//! - Heavy tests take [`exclusive`] first, so on a 2-core machine they run one at a time even
+//!   though libtest runs a binary's tests on several threads (cargo runs test binaries one
+//!   after the other, so one in-process lock is enough).
+//!
+//! Environment knobs: `RTMPX_BIN` (use this binary instead of building `rtmpx`),
+//! `RTMPX_E2E_KEEP` (keep temporary directories and logs), `RTMPX_E2E_VERBOSE` (echo gateway
+//! log lines as they arrive), `RTMPX_E2E_LOG` (the gateway's `RUST_LOG`), `RTMPX_FFMPEG9` (the
+//! FFmpeg 9 executable), `RTMPX_MPEGTS_JS` (mpegts.js's browser bundle).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+mod admin;
+mod binaries;
+pub mod browser;
+pub mod certs;
+mod clients;
+mod flv;
+mod gateway;
+mod logs;
+mod media;
+mod metrics;
+mod nginx;
+mod process;
+pub mod rtmp_client;
+pub mod synthetic;
+mod tmp;
+mod tools;
+
+pub use admin::{admin_addr, http, HttpReply};
+pub use binaries::{rtmpx_bench_binary, rtmpx_binary};
+pub use clients::{
+    publish, publish_librtmp, publish_testsrc, record_ffmpeg, record_gstreamer, record_rtmpdump,
+    PublishOptions,
+};
+pub use flv::{flv_tags, FlvTag};
+pub use gateway::{Gateway, DEFAULT_TEST_CONFIG, READY_TIMEOUT};
+pub use media::{
+    assert_good_recording, decode_check, make_testsrc_flv, probe, Packet, PacketKind, ProbeReport,
+};
+pub use metrics::{metrics, sample};
+pub use nginx::{NginxRtmp, NGINX_RTMP_MODULE};
+pub use process::{rss_kib_of, run_bounded, send_signal, Proc};
+pub use tmp::TempDir;
+pub use tools::{ffmpeg9, python3_with_librtmp, require_tool};
+
+/// Serialises heavy tests (encoders, many clients) within one test binary.
+pub fn exclusive() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A loopback TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("binding 127.0.0.1:0").port()
+}
+
+fn env_flag(name: &str) -> bool {
+    std::env::var_os(name).is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// The workspace's root folder (its Cargo.toml, and `target/` unless `CARGO_TARGET_DIR` says
+/// otherwise).
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The build folder: `CARGO_TARGET_DIR`, else the workspace's `target/`.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
+}
