@@ -8,7 +8,7 @@
 //!
 //! RTMPT: guessing tunnel session ids (random, near misses, malformed) never reaches a session.
 
-mod rtmp_client;
+use rtmpx_testkit::rtmp_client;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -21,7 +21,7 @@ use rtmp_client::{attempt, tcp, tls, Conn, Intent, Outcome, Wire};
 use rtmpx_core::amf::{encode_amf0, Amf0Value};
 use rtmpx_core::handshake::HandshakeVersion;
 use rtmpx_core::session::{ClientEvent, MediaKind};
-use rtmpx_e2e::{exclusive, Gateway, TempDir};
+use rtmpx_testkit::{exclusive, Gateway, TempDir};
 
 const CONFIG: &str = r#"
 [[listener]]

@@ -9,7 +9,7 @@
 //! - RTMPT sessions (counted by `max_connections_per_ip`) and unfinished RTMPT bodies (charged to
 //!   the address's budget).
 
-mod rtmp_client;
+use rtmpx_testkit::rtmp_client;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use rtmp_client::{attempt, tcp, Conn, Intent, Outcome};
 use rtmpx_core::handshake::HandshakeVersion;
-use rtmpx_e2e::{exclusive, Gateway};
+use rtmpx_testkit::{exclusive, Gateway};
 
 const CONFIG: &str = r#"
 [[listener]]

@@ -8,7 +8,7 @@
 //! RTMPT, RTMPTE and RTMPTS go through rtmpx-client's tunnel transport, and through ffmpeg
 //! (rtmpt) and rtmpdump (rtmpte).
 
-mod rtmp_client;
+use rtmpx_testkit::rtmp_client;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use hmac::{Hmac, Mac};
 use rtmp_client::{attempt, tcp, tls, Conn, Intent, Outcome, Wire};
 use rtmpx_core::handshake::HandshakeVersion;
-use rtmpx_e2e::{
+use rtmpx_testkit::{
     assert_good_recording, exclusive, make_testsrc_flv, publish_librtmp, publish_testsrc, record_ffmpeg,
     require_tool, run_bounded, Gateway, TempDir,
 };
@@ -669,7 +669,7 @@ fn callbacks_carry_nginx_rtmp_fields() {
     require_tool("nginx");
     require_tool("rtmpdump");
     let nginx_backend = Backend::start();
-    let nginx = rtmpx_e2e::NginxRtmp::start_with(&format!(
+    let nginx = rtmpx_testkit::NginxRtmp::start_with(&format!(
         "    application hook {{ live on; on_publish {0}/publish; on_play {0}/play; on_done {0}/done; }}\n",
         nginx_backend.url()
     ));

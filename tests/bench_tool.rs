@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use rtmpx_e2e::{
+use rtmpx_testkit::{
     exclusive, make_testsrc_flv, require_tool, rtmpx_bench_binary, run_bounded, Gateway, NginxRtmp, TempDir,
 };
 use serde_json::Value;

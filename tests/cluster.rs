@@ -6,7 +6,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rtmpx_e2e::{
+use rtmpx_testkit::{
     admin_addr, assert_good_recording, exclusive, free_port, http, metrics, publish_testsrc, record_ffmpeg,
     record_rtmpdump, require_tool, sample, Gateway, PacketKind, ProbeReport, Proc, TempDir,
 };

@@ -5,7 +5,7 @@
 //! can get. Players of a stream nobody publishes are closed after
 //! `timeouts.unpublished_play_secs`, players of a live stream are not.
 
-mod rtmp_client;
+use rtmpx_testkit::rtmp_client;
 
 use std::io::{ErrorKind, Read};
 use std::net::TcpStream;
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use rtmp_client::{attempt, tcp, Intent, Outcome};
 use rtmpx_core::handshake::HandshakeVersion;
-use rtmpx_e2e::{admin_addr, exclusive, http, Gateway, TempDir};
+use rtmpx_testkit::{admin_addr, exclusive, http, Gateway, TempDir};
 
 const CONFIG: &str = r#"
 [[listener]]

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::thread;
 use std::time::Duration;
 
-use rtmpx_e2e::{
+use rtmpx_testkit::{
     admin_addr, assert_good_recording, exclusive, ffmpeg9, flv_tags, http, metrics, record_ffmpeg,
     record_gstreamer, record_rtmpdump, require_tool, run_bounded, Gateway, NginxRtmp, Proc, TempDir,
 };

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rtmpx_e2e::{assert_good_recording, exclusive, ffmpeg9, run_bounded, Gateway, Proc, TempDir};
+use rtmpx_testkit::{assert_good_recording, exclusive, ffmpeg9, run_bounded, Gateway, Proc, TempDir};
 
 const CONFIG: &str = r#"
 [[listener]]

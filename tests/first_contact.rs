@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use rtmpx_e2e::{free_port, metrics, rtmpx_binary, run_bounded, send_signal, Proc, TempDir};
+use rtmpx_testkit::{free_port, metrics, rtmpx_binary, run_bounded, send_signal, Proc, TempDir};
 
 fn repo_file(path: &str) -> String {
     let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);

@@ -4,7 +4,7 @@
 use std::thread;
 use std::time::Duration;
 
-use rtmpx_e2e::{
+use rtmpx_testkit::{
     assert_good_recording, exclusive, publish_testsrc, record_ffmpeg, record_rtmpdump, require_tool,
     NginxRtmp,
 };
@@ -16,7 +16,7 @@ fn helpers_record_and_probe_a_stream_through_nginx_rtmp() {
         require_tool(tool);
     }
     let nginx = NginxRtmp::start();
-    let dir = rtmpx_e2e::TempDir::new("harness");
+    let dir = rtmpx_testkit::TempDir::new("harness");
     let url = nginx.url("live", "check");
 
     let mut publisher = publish_testsrc(&url, 6.0);

@@ -9,15 +9,15 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rtmpx_e2e::{
+use rtmpx_testkit::{
     admin_addr, assert_good_recording, exclusive, flv_tags, metrics, publish, record_ffmpeg, require_tool,
     run_bounded, sample, Gateway, PublishOptions, TempDir,
 };
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::Message;
 
-mod browser;
-mod rtmp_client;
+use rtmpx_testkit::browser;
+use rtmpx_testkit::rtmp_client;
 
 const CONFIG: &str = r#"
 [[listener]]
@@ -47,11 +47,11 @@ addr = "127.0.0.1:0"
 
 /// Starts the gateway and ffmpeg publishing `app/stream` for `seconds`; returns once the stream
 /// is live and its first GOP is cached.
-fn live(app: &str, stream: &str, seconds: f64) -> (Gateway, rtmpx_e2e::Proc) {
+fn live(app: &str, stream: &str, seconds: f64) -> (Gateway, rtmpx_testkit::Proc) {
     live_with(app, stream, &PublishOptions::new(seconds))
 }
 
-fn live_with(app: &str, stream: &str, options: &PublishOptions) -> (Gateway, rtmpx_e2e::Proc) {
+fn live_with(app: &str, stream: &str, options: &PublishOptions) -> (Gateway, rtmpx_testkit::Proc) {
     let gw = Gateway::start(CONFIG);
     let publisher = publish(&gw.url("rtmp", app, stream), options);
     assert!(gw
@@ -512,7 +512,7 @@ fn idle_kib_per_player(variant: &str, dir: &TempDir) -> f64 {
     let gw = Gateway::start(&format!("{CONFIG}\n[http_flv]\nwait_for_publisher = true\n"));
     let addr = gw.addr("rtmp");
     let json = dir.file(&format!("{variant}.json"));
-    let mut cmd = Command::new(rtmpx_e2e::rtmpx_bench_binary());
+    let mut cmd = Command::new(rtmpx_testkit::rtmpx_bench_binary());
     cmd.args(["--url", &gw.url("rtmp", "live", "idle"), "--idle", "--publishers", "0", "--players", "1000"]);
     if variant != "rtmp" {
         cmd.args(["--play-url", &format!("{variant}://{addr}/live/idle.flv")]);

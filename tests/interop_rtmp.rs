@@ -8,12 +8,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rtmpx_core::session::{ClientConfig, ClientEvent, ClientSession};
-use rtmpx_e2e::{
+use rtmpx_testkit::{
     assert_good_recording, exclusive, publish, publish_testsrc, record_ffmpeg, record_rtmpdump, require_tool,
     Gateway, PublishOptions, TempDir, DEFAULT_TEST_CONFIG,
 };
 
-mod rtmp_client;
+use rtmpx_testkit::rtmp_client;
 
 const LOG_WAIT: Duration = Duration::from_secs(10);
 

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rtmpx_e2e::{
+use rtmpx_testkit::{
     admin_addr, exclusive, http, metrics, probe, record_ffmpeg, record_rtmpdump, require_tool, run_bounded,
     sample, Gateway, Proc, TempDir,
 };
@@ -390,7 +390,7 @@ fn status_page_lists_the_live_stream_in_a_headless_browser() {
     let dir = TempDir::new("ops-browser");
     let gw = Gateway::start(&rtmps_config(&dir, "token = \"browser-token-123\""));
     let admin = admin_addr(&gw);
-    let mut publisher = rtmpx_e2e::publish_testsrc(&gw.url("rtmp", "live", "browser"), 20.0);
+    let mut publisher = rtmpx_testkit::publish_testsrc(&gw.url("rtmp", "live", "browser"), 20.0);
     assert!(gw.wait_for_log_line(&["publishing", "live/browser"], Duration::from_secs(20)).is_some());
     let mut player = record_rtmpdump(&gw.url("rtmps", "live", "browser"), &dir.file("p.flv"), 30.0);
     assert!(gw.wait_for_log_line(&["playing", "live/browser"], Duration::from_secs(20)).is_some());
@@ -457,7 +457,7 @@ fn reload_applies_new_rules_and_keeps_live_sessions() {
     let dir = TempDir::new("ops-reload");
     let rtmp = gw.addr("rtmp");
 
-    let mut publisher = rtmpx_e2e::publish_testsrc(&gw.url("rtmp", "live", "keep?key=old-key"), 16.0);
+    let mut publisher = rtmpx_testkit::publish_testsrc(&gw.url("rtmp", "live", "keep?key=old-key"), 16.0);
     assert!(gw.wait_for_log_line(&["publishing", "live/keep"], Duration::from_secs(20)).is_some());
     let recording = dir.file("keep.flv");
     let mut player = record_rtmpdump(&gw.url("rtmp", "live", "keep"), &recording, 40.0);
@@ -475,7 +475,7 @@ fn reload_applies_new_rules_and_keeps_live_sessions() {
     assert!(line.contains("\"app\"") && line.contains("\"limits\""), "{line}");
 
     // A new publisher with the old key is refused, one with the new key is taken...
-    let mut refused = rtmpx_e2e::publish_testsrc(&gw.url("rtmp", "live", "new?key=old-key"), 2.0);
+    let mut refused = rtmpx_testkit::publish_testsrc(&gw.url("rtmp", "live", "new?key=old-key"), 2.0);
     let status = refused.finish();
     assert!(!status.success(), "the old key still worked after the reload: {}", refused.describe());
     assert!(
@@ -487,7 +487,7 @@ fn reload_applies_new_rules_and_keeps_live_sessions() {
         "{}",
         gw.logs()
     );
-    let mut accepted = rtmpx_e2e::publish_testsrc(&gw.url("rtmp", "live", "new?key=new-key"), 2.0);
+    let mut accepted = rtmpx_testkit::publish_testsrc(&gw.url("rtmp", "live", "new?key=new-key"), 2.0);
     assert!(accepted.finish().success(), "the new key was refused: {}", accepted.describe());
     // ...the third connection is admitted and the fourth refused.
     let third = TcpStream::connect(rtmp).unwrap();
@@ -561,7 +561,7 @@ fn sigterm_lets_live_players_finish_then_exits() {
     );
     let rtmp = gw.addr("rtmp");
     let dir = TempDir::new("ops-drain");
-    let mut publisher = rtmpx_e2e::publish_testsrc(&gw.url("rtmp", "live", "drain"), 10.0);
+    let mut publisher = rtmpx_testkit::publish_testsrc(&gw.url("rtmp", "live", "drain"), 10.0);
     assert!(gw.wait_for_log_line(&["publishing", "live/drain"], Duration::from_secs(20)).is_some());
     let recording = dir.file("drain.flv");
     let mut player = record_rtmpdump(&gw.url("rtmp", "live", "drain"), &recording, 60.0);
@@ -653,7 +653,7 @@ print("balancer", services["balancer"]["image"], " ".join(str(v) for v in servic
         "{out}"
     );
     for node in ["node-a", "node-b"] {
-        let mut check = Command::new(rtmpx_e2e::rtmpx_binary());
+        let mut check = Command::new(rtmpx_testkit::rtmpx_binary());
         check.arg("check-config").arg(root.join(format!("deploy/cluster/{node}.toml")));
         let (status, out, err) = run_bounded(check, Duration::from_secs(30));
         assert!(status.success(), "deploy/cluster/{node}.toml: {out}{err}");
@@ -661,7 +661,7 @@ print("balancer", services["balancer"]["image"], " ".join(str(v) for v in servic
             .unwrap()
             .contains(&format!("rtmp://{node}:1935")));
     }
-    rtmpx_e2e::require_tool("haproxy");
+    rtmpx_testkit::require_tool("haproxy");
     let mut check = Command::new("haproxy");
     check.arg("-c").arg("-f").arg(root.join("deploy/cluster/haproxy.cfg"));
     let (status, out, err) = run_bounded(check, Duration::from_secs(30));
@@ -674,7 +674,7 @@ print("balancer", services["balancer"]["image"], " ".join(str(v) for v in servic
 
     // The config the compose file mounts passes check-config.
     let config = root.join("deploy/rtmpx.toml");
-    let mut check = Command::new(rtmpx_e2e::rtmpx_binary());
+    let mut check = Command::new(rtmpx_testkit::rtmpx_binary());
     check.arg("check-config").arg(&config);
     let (status, out, err) = run_bounded(check, Duration::from_secs(30));
     assert!(status.success(), "deploy/rtmpx.toml: {out}{err}");

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rtmpx_e2e::{
+use rtmpx_testkit::{
     admin_addr, assert_good_recording, exclusive, ffmpeg9, flv_tags, http, publish_testsrc, record_ffmpeg,
     require_tool, Gateway, Proc, TempDir,
 };

@@ -5,7 +5,7 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rtmpx_e2e::{
+use rtmpx_testkit::{
     admin_addr, assert_good_recording, exclusive, free_port, http, publish_testsrc, record_ffmpeg,
     record_rtmpdump, require_tool, Gateway, NginxRtmp, PacketKind, ProbeReport, TempDir,
 };

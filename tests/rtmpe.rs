@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use rtmpx_core::handshake::HandshakeVersion;
 use rtmpx_core::session::{ClientConfig, ClientEvent, ClientSession, MediaKind};
-use rtmpx_e2e::{
+use rtmpx_testkit::{
     admin_addr, assert_good_recording, exclusive, make_testsrc_flv, metrics, publish_librtmp,
     publish_testsrc, record_ffmpeg, record_rtmpdump, require_tool, run_bounded, sample, Gateway, TempDir,
 };

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use rtmpx_e2e::{
+use rtmpx_testkit::{
     assert_good_recording, exclusive, publish, record_ffmpeg, record_rtmpdump, require_tool, rtmpx_binary,
     run_bounded, Gateway, PublishOptions, TempDir,
 };
@@ -20,7 +20,7 @@ fn start(label: &str, config: &str) -> Gateway {
 }
 
 /// ffmpeg publishing the test source for `seconds` with more output options (`extra`).
-fn publish_with(url: &str, seconds: f64, extra: &[&str]) -> rtmpx_e2e::Proc {
+fn publish_with(url: &str, seconds: f64, extra: &[&str]) -> rtmpx_testkit::Proc {
     let output_args = extra.iter().map(|s| s.to_string()).collect();
     publish(url, &PublishOptions { output_args, ..PublishOptions::new(seconds) })
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rtmpx_e2e::{
+use rtmpx_testkit::{
     admin_addr, assert_good_recording, exclusive, free_port, metrics, publish_testsrc, record_ffmpeg,
     record_rtmpdump, rss_kib_of, sample, Gateway, Proc, TempDir,
 };
