@@ -1,23 +1,21 @@
 //! The client against the real rtmpx gateway, over every transport it serves.
 
-mod common;
-
-use common::{round_trip, Expect, Gateway};
 use rtmpx_client::{ClientOptions, Connection, Error, HandshakeVersion, RtmpUrl};
+use rtmpx_testkit::synthetic::{live_url, round_trip, start_gateway, Expect};
 
 const TCP_LISTENER: &str = "[[listener]]\nproto = \"rtmp\"\naddr = \"127.0.0.1:0\"\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rtmp_publish_and_play() {
-    let gw = Gateway::start(TCP_LISTENER).await;
-    let url = gw.url("rtmp", "plain");
+    let gw = start_gateway(TCP_LISTENER);
+    let url = live_url(&gw, "rtmp", "plain");
     round_trip(&url, &url, &ClientOptions::default(), Expect { metadata_intact: true }).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rtmpe_publish_and_play_every_type() {
-    let gw = Gateway::start(TCP_LISTENER).await;
-    let base = gw.url("rtmp", "x");
+    let gw = start_gateway(TCP_LISTENER);
+    let base = live_url(&gw, "rtmp", "x");
     for (i, version) in
         [HandshakeVersion::Rtmpe, HandshakeVersion::RtmpeXtea, HandshakeVersion::RtmpeBlowfish]
             .into_iter()
@@ -31,16 +29,16 @@ async fn rtmpe_publish_and_play_every_type() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rtmpe_publisher_plain_player() {
-    let gw = Gateway::start(TCP_LISTENER).await;
-    let play = gw.url("rtmp", "mixed");
+    let gw = start_gateway(TCP_LISTENER);
+    let play = live_url(&gw, "rtmp", "mixed");
     let publish = RtmpUrl::parse(&format!("rtmpe://127.0.0.1:{}/live/mixed", play.port)).unwrap();
     round_trip(&publish, &play, &ClientOptions::default(), Expect { metadata_intact: true }).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_app_is_rejected() {
-    let gw = Gateway::start(TCP_LISTENER).await;
-    let port = gw.url("rtmp", "x").port;
+    let gw = start_gateway(TCP_LISTENER);
+    let port = live_url(&gw, "rtmp", "x").port;
     let url = RtmpUrl::parse(&format!("rtmp://127.0.0.1:{port}/nosuchapp/s")).unwrap();
     match Connection::connect(&url, &ClientOptions::default()).await {
         Err(Error::Rejected { code, .. }) => assert!(code.contains("Connect"), "{code}"),
@@ -51,8 +49,8 @@ async fn unknown_app_is_rejected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_publisher_of_a_stream_is_rejected() {
-    let gw = Gateway::start(TCP_LISTENER).await;
-    let url = gw.url("rtmp", "taken");
+    let gw = start_gateway(TCP_LISTENER);
+    let url = live_url(&gw, "rtmp", "taken");
     let mut first = Connection::connect(&url, &ClientOptions::default()).await.unwrap();
     first.publish("taken").await.unwrap();
     let mut second = Connection::connect(&url, &ClientOptions::default()).await.unwrap();

@@ -1,13 +1,13 @@
 //! rtmps against the gateway's TLS listener, with a private CA made for the test.
 
-mod common;
-
 use std::path::Path;
 
-use common::{make_certs, round_trip, Certs, Expect, Gateway};
 use rtmpx_client::{ClientOptions, Connection, Error, RtmpUrl, TlsOptions};
+use rtmpx_testkit::certs::{make_certs, Certs};
+use rtmpx_testkit::synthetic::{live_url, round_trip, start_gateway, Expect};
+use rtmpx_testkit::{Gateway, TempDir};
 
-async fn tls_gateway(dir: &Path) -> (Gateway, Certs) {
+fn tls_gateway(dir: &Path) -> (Gateway, Certs) {
     let certs = make_certs(dir);
     let listeners = format!(
         "[[listener]]\nproto = \"rtmps\"\naddr = \"127.0.0.1:0\"\ntls = [{{ cert = {:?}, key = {:?} }}]\n\
@@ -16,7 +16,7 @@ async fn tls_gateway(dir: &Path) -> (Gateway, Certs) {
         certs.key,
         dir.join("devcerts"),
     );
-    (Gateway::start(&listeners).await, certs)
+    (start_gateway(&listeners), certs)
 }
 
 fn trusting(ca: &Path) -> ClientOptions {
@@ -28,28 +28,28 @@ fn trusting(ca: &Path) -> ClientOptions {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rtmps_publish_and_play_with_a_private_ca() {
-    let dir = tempfile::tempdir().unwrap();
-    let (gw, certs) = tls_gateway(dir.path()).await;
+    let dir = TempDir::new("client-tls");
+    let (gw, certs) = tls_gateway(dir.path());
     // By name (SNI and a DNS name check) and by address (an IP address check).
-    let by_ip = gw.url("rtmps", "secure");
+    let by_ip = live_url(&gw, "rtmps", "secure");
     let by_name = RtmpUrl::parse(&format!("rtmps://localhost:{}/live/secure", by_ip.port)).unwrap();
     round_trip(&by_name, &by_ip, &trusting(&certs.ca), Expect { metadata_intact: true }).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rtmps_publisher_reaches_plain_player() {
-    let dir = tempfile::tempdir().unwrap();
-    let (gw, certs) = tls_gateway(dir.path()).await;
-    let publish = gw.url("rtmps", "bridged");
-    let play = gw.url("rtmp", "bridged");
+    let dir = TempDir::new("client-tls");
+    let (gw, certs) = tls_gateway(dir.path());
+    let publish = live_url(&gw, "rtmps", "bridged");
+    let play = live_url(&gw, "rtmp", "bridged");
     round_trip(&publish, &play, &trusting(&certs.ca), Expect { metadata_intact: true }).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rtmps_refuses_an_unknown_issuer_unless_told_not_to_check() {
-    let dir = tempfile::tempdir().unwrap();
-    let (gw, _certs) = tls_gateway(dir.path()).await;
-    let url = gw.url("rtmps", "s");
+    let dir = TempDir::new("client-tls");
+    let (gw, _certs) = tls_gateway(dir.path());
+    let url = live_url(&gw, "rtmps", "s");
     match Connection::connect(&url, &ClientOptions::default()).await {
         Err(Error::Io { source, .. }) => {
             assert!(source.to_string().to_lowercase().contains("certificate"), "{source}")

@@ -192,7 +192,7 @@ async fn rtmpt_carries_bytes_both_ways_and_closes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rtmpts_carries_bytes_both_ways_and_closes() {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = rtmpx_testkit::TempDir::new("client-tunnel");
     let ca = dir.path().join("cert.pem");
     std::fs::write(&ca, cert.cert.pem()).unwrap();
     let key = rustls_pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
