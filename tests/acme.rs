@@ -356,24 +356,10 @@ fn serial_in(line: &str) -> String {
         .to_owned()
 }
 
-/// FFmpeg 9 publishing testsrc and a sine (H.264 + AAC) for `seconds`, with `extra` output options.
+/// FFmpeg 9 publishing the test source for `seconds`, with `extra` output options.
 fn publish_ffmpeg9(url: &str, seconds: f64, extra: &[&str]) -> Proc {
-    let mut cmd = Command::new(ffmpeg9());
-    cmd.args(["-hide_banner", "-nostdin", "-loglevel", "error", "-re"]);
-    cmd.args([
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc=size=320x240:rate=25",
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=frequency=440:sample_rate=44100",
-    ]);
-    cmd.args(["-t", &seconds.to_string(), "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency"]);
-    cmd.args(["-g", "25", "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "64k", "-f", "flv"]);
-    cmd.args(extra).arg(url);
-    Proc::spawn("ffmpeg9-publish", cmd, None, Duration::from_secs_f64(seconds) + Duration::from_secs(60))
+    let output_args = extra.iter().map(|arg| arg.to_string()).collect();
+    publish_by(&ffmpeg9(), url, &PublishOptions { output_args, ..PublishOptions::new(seconds) })
 }
 
 /// The serial of the `n`th (from 0) certificate the gateway logged as issued.

@@ -11,6 +11,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use rtmpx_testkit::browser;
 use rtmpx_testkit::{
     admin_addr, exclusive, http, metrics, probe, record_ffmpeg, record_rtmpdump, require_tool, run_bounded,
     sample, Gateway, Proc, TempDir,
@@ -363,21 +364,8 @@ fn without_a_token_the_admin_api_answers_only_addresses_and_listed_names() {
 
 /// The DOM after the page's scripts ran (`--virtual-time-budget` lets its fetches finish).
 fn rendered_dom(url: &str, profile: &Path) -> String {
-    require_tool("chromium");
-    let mut cmd = Command::new("chromium");
-    cmd.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--virtual-time-budget=5000",
-    ]);
-    cmd.arg(format!("--user-data-dir={}", profile.display()));
-    cmd.args(["--dump-dom", url]);
+    let mut cmd = browser::headless_chromium(profile);
+    cmd.args(["--virtual-time-budget=5000", "--dump-dom", url]);
     let (status, dom, stderr) = run_bounded(cmd, Duration::from_secs(90));
     assert!(status.success(), "chromium failed ({status}):\n{stderr}");
     dom

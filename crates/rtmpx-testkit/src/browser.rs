@@ -59,26 +59,36 @@ pub struct Chromium {
     next_id: u64,
 }
 
+/// Chromium without a window, a sandbox (tests run as root), a GPU or any background traffic, on
+/// the fresh `profile` folder; add the page and what to do with it.
+pub fn headless_chromium(profile: &Path) -> Command {
+    require_tool("chromium");
+    let mut cmd = Command::new("chromium");
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+    ]);
+    cmd.arg(format!("--user-data-dir={}", profile.display()));
+    cmd
+}
+
 impl Chromium {
     /// Starts headless Chromium on `url` with a fresh profile and attaches to the page.
     pub fn open(profile: &Path, url: &str) -> Chromium {
-        require_tool("chromium");
-        let mut cmd = Command::new("chromium");
+        let mut cmd = headless_chromium(profile);
         cmd.args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
             "--mute-audio",
             "--autoplay-policy=no-user-gesture-required",
             "--window-size=800,600",
             "--remote-debugging-port=0",
         ]);
-        cmd.arg(format!("--user-data-dir={}", profile.display())).arg(url);
+        cmd.arg(url);
         let proc = Proc::spawn("chromium", cmd, None, Duration::from_secs(300));
         let deadline = Instant::now() + Duration::from_secs(60);
         let port = loop {

@@ -31,9 +31,16 @@ pub fn publish_testsrc(url: &str, seconds: f64) -> Proc {
     publish(url, &PublishOptions::new(seconds))
 }
 
+/// ffmpeg publishing the test source as `options` say.
 pub fn publish(url: &str, options: &PublishOptions) -> Proc {
     require_tool("ffmpeg");
-    let mut cmd = Command::new("ffmpeg");
+    publish_by(Path::new("ffmpeg"), url, options)
+}
+
+/// [`publish`] by another ffmpeg executable, e.g. [`ffmpeg9`](crate::ffmpeg9) (rtmps that
+/// verifies certificates, rtmpte, Enhanced RTMP).
+pub fn publish_by(ffmpeg: &Path, url: &str, options: &PublishOptions) -> Proc {
+    let mut cmd = Command::new(ffmpeg);
     cmd.args(["-hide_banner", "-nostdin", "-loglevel", "error", "-re"]);
     cmd.args(["-f", "lavfi", "-i", &format!("testsrc=size={}:rate={}", options.size, options.fps)]);
     cmd.args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"]);
@@ -46,7 +53,8 @@ pub fn publish(url: &str, options: &PublishOptions) -> Proc {
     }
     cmd.args(["-c:a", "aac", "-b:a", "64k", "-f", "flv"]).args(&options.output_args).arg(url);
     let budget = Duration::from_secs_f64(options.seconds) + Duration::from_secs(30);
-    Proc::spawn("ffmpeg-publish", cmd, None, budget)
+    let name = ffmpeg.file_name().map_or("ffmpeg".into(), |n| n.to_string_lossy());
+    Proc::spawn(&format!("{name}-publish"), cmd, None, budget)
 }
 
 /// ffmpeg playing `url` and copying `seconds` (of stream time) of it into the FLV file `out`,

@@ -41,7 +41,7 @@ mod tools;
 pub use admin::{admin_addr, http, HttpReply};
 pub use binaries::{rtmpx_bench_binary, rtmpx_binary};
 pub use clients::{
-    publish, publish_librtmp, publish_testsrc, record_ffmpeg, record_gstreamer, record_rtmpdump,
+    publish, publish_by, publish_librtmp, publish_testsrc, record_ffmpeg, record_gstreamer, record_rtmpdump,
     PublishOptions,
 };
 pub use flv::{flv_tags, FlvTag};
