@@ -3,7 +3,7 @@
 # checks formatting, runs clippy and every test of the workspace (unit, property and e2e).
 #
 # The e2e tests (tests/*.rs of the root package) start rtmpx, nginx-rtmp, ffmpeg and rtmpdump.
-# Heavy ones take a process-wide lock (rtmpx_e2e::exclusive), and cargo runs test binaries one
+# Heavy ones take a process-wide lock (rtmpx_testkit::exclusive), and cargo runs test binaries one
 # after another, so at most one heavy test runs at a time without slowing the unit tests down.
 set -euo pipefail
 cd "$(dirname "$0")/.."

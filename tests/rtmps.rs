@@ -1,5 +1,5 @@
 //! RTMPS end to end: the real `rtmpx` binary with real clients: ffmpeg/ffprobe (GnuTLS),
-//! rtmpdump (librtmp, GnuTLS) and openssl s_client, on the shared harness (tests/support).
+//! rtmpdump (librtmp, GnuTLS) and openssl s_client, on the shared harness (rtmpx-testkit).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -1,5 +1,5 @@
 //! End-to-end tests of RTMPT (RTMP tunnelled in HTTP) with real clients: ffmpeg, ffprobe, rtmpdump
-//! and nginx as a reverse proxy, against the real `rtmpx` binary (`tests/support` runs them).
+//! and nginx as a reverse proxy, against the real `rtmpx` binary (`rtmpx-testkit` runs them).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
