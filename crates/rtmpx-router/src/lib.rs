@@ -233,9 +233,8 @@ pub trait MemoryCharge: Send {
     fn set(&mut self, bytes: usize) -> bool;
 }
 
-/// Queued memory is billed in steps of this, with one to two steps of headroom, so a lagging
-/// player touches its bill about once per step of growth (not per frame) and a reading one
-/// hardly ever.
+/// Queued memory is billed in steps of this (rounded up), so a lagging player touches its bill
+/// about once per step of growth or shrinkage, not per frame; an empty queue is billed nothing.
 pub const CHARGE_STEP: usize = 64 << 10;
 
 #[derive(Clone, Debug)]
@@ -519,14 +518,14 @@ impl PlayerState {
         }
     }
 
-    /// Brings the bill in line with what the queue holds, when it left its band (grows past the
-    /// bill, or falls three steps under it). On refusal the queue is emptied at once, so the
+    /// Brings the bill in line with what the queue holds when it left its band: grew past the
+    /// bill, fell a step under it, or emptied. On refusal the queue is emptied at once, so the
     /// memory is free before the player's task even notices; returns false then.
     fn recharge(&mut self) -> bool {
         let Some(charge) = &mut self.charge else { return true };
         let held = self.queue.held_bytes();
-        let wanted = (held / CHARGE_STEP + 2) * CHARGE_STEP;
-        if held <= self.charged && self.charged <= wanted + CHARGE_STEP {
+        let wanted = held.div_ceil(CHARGE_STEP) * CHARGE_STEP;
+        if held <= self.charged && self.charged <= wanted + CHARGE_STEP && (held > 0 || self.charged == 0) {
             return true;
         }
         if charge.set(wanted) {

@@ -174,23 +174,24 @@ mod tests {
                 assert!(budgets.held(a) >= pinned, "frame {i}: {} < {pinned}", budgets.held(a));
             }
         }
-        // The reader keeps its two steps of headroom; the stalled player, refused at its 14th
-        // frame (16 steps with the reader's would pass the limit), was emptied and billed nothing.
+        // The reader, caught up, is billed nothing; the stalled player was refused at its 14th
+        // frame (15 steps, plus the reader's 2 for the frame it had not read yet, pass 16),
+        // emptied, and billed nothing more.
         assert!(stalled.is_over_budget());
         assert_eq!(stalled_refused.get().map(|over| over.limit), Some(LIMIT));
         assert!(stalled.try_recv().is_none());
         assert_eq!(stalled.dropped_frames(), 14);
-        assert_eq!(budgets.held(a), 2 * CHARGE_STEP);
+        assert_eq!(budgets.held(a), 0);
         assert!(!reader.is_over_budget() && reader_refused.get().is_none());
         // Another address has its own budget: its player holds all 14 frames.
         assert!(!elsewhere.is_over_budget());
-        assert_eq!(budgets.held(b), 16 * CHARGE_STEP);
+        assert_eq!(budgets.held(b), 15 * CHARGE_STEP);
         let mut received = 0;
         while let Some(event) = elsewhere.try_recv() {
             received += usize::from(matches!(event, PlayerEvent::Frame(_)));
         }
         assert_eq!(received, 14);
-        assert_eq!(budgets.held(b), 2 * CHARGE_STEP, "released as the queue is read");
+        assert_eq!(budgets.held(b), 0, "released as the queue is read");
         drop((reader, stalled, elsewhere));
         assert_eq!((budgets.held(a), budgets.held(b)), (0, 0));
     }
