@@ -439,7 +439,7 @@ fn players_that_stop_reading_are_bounded_per_address() {
         let mut bytes = Vec::new();
         for _ in 0..count {
             let mut payload = vec![0u8; FRAME];
-            payload[0] = if sent % 8 == 0 { 0x17 } else { 0x27 };
+            payload[0] = if sent.is_multiple_of(8) { 0x17 } else { 0x27 };
             payload[1] = 0x01;
             payload[5..9].copy_from_slice(&sent.to_be_bytes());
             bytes.extend(message(6, 9, id, &payload, 1 << 20));
