@@ -522,6 +522,9 @@ impl PlayerState {
     /// bill, fell a step under it, or emptied. On refusal the queue is emptied at once, so the
     /// memory is free before the player's task even notices; returns false then.
     fn recharge(&mut self) -> bool {
+        if self.over_budget {
+            return false;
+        }
         let Some(charge) = &mut self.charge else { return true };
         let held = self.queue.held_bytes();
         let wanted = held.div_ceil(CHARGE_STEP) * CHARGE_STEP;
@@ -927,7 +930,7 @@ impl Player {
         let state = &mut *state;
         loop {
             let entry = state.queue.pop()?;
-            // Shrinking is never refused.
+            // Shrinking is never refused (and an emptied queue is not billed again).
             state.recharge();
             return Some(match entry {
                 Entry::PublishStarted => {
@@ -991,6 +994,8 @@ impl Player {
         let billed = state.recharge();
         if !billed {
             self.shared.evicted.notify_one();
+            // Consumers that only wait for changes (HTTP-FLV) look at once.
+            self.shared.notify.notify_one();
         }
         billed
     }

@@ -1,7 +1,8 @@
 //! What one client address may make the gateway hold in memory, all its connections together:
 //! receive buffers and partial messages, the caches of the streams it publishes, unfinished
-//! RTMPT request bodies, the frames queued for its players that they have not read. Each holder keeps a [`Charge`] up to date; growing past the address's
-//! budget is refused and the holder closes its connection (or answers the request with an error).
+//! RTMPT request bodies, the frames queued for its players that they have not read. Each holder
+//! keeps a [`Charge`] up to date; growing past the address's budget is refused and the holder
+//! closes its connection (or answers the request with an error).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -168,7 +169,7 @@ mod tests {
         for i in 0..14 {
             publisher.send(frame(if i == 0 { 0x17 } else { 0x27 }));
             assert!(matches!(reader.try_recv(), Some(PlayerEvent::Frame(f)) if f.payload.len() == FRAME));
-            // Billed in steps with headroom: the stalled player pins what it queued.
+            // Billed rounded up to steps: the stalled player pins what it queued.
             let pinned = (i + 1) * (FRAME + FRAME_OVERHEAD);
             if !stalled.is_over_budget() {
                 assert!(budgets.held(a) >= pinned, "frame {i}: {} < {pinned}", budgets.held(a));
