@@ -7,17 +7,21 @@
 //! - partial 8 MiB messages on many connections (`limits.max_memory_per_ip`), and one trickled
 //!   a byte at a time (`timeouts.partial_message_secs`);
 //! - RTMPT sessions (counted by `max_connections_per_ip`) and unfinished RTMPT bodies (charged to
-//!   the address's budget).
+//!   the address's budget);
+//! - many players of a big stream that stop reading (their queued frames are charged).
 
 use rtmpx_testkit::rtmp_client;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rtmp_client::{attempt, tcp, Conn, Intent, Outcome};
+use rtmp_client::{attempt, tcp, Conn, Intent, Outcome, Wire};
 use rtmpx_core::handshake::HandshakeVersion;
+use rtmpx_core::session::{ClientEvent, MediaKind};
 use rtmpx_testkit::{exclusive, Gateway};
 
 const CONFIG: &str = r#"
@@ -356,4 +360,128 @@ fn rtmpt_sessions_and_unfinished_bodies_count_against_the_address() {
     eprintln!("[rtmpt bodies] VmRSS +{growth} KiB, {unavailable} requests refused over the budget");
     assert!(unavailable >= 1, "no body was refused over the budget; log:\n{}", gw.logs());
     assert!(growth < 40 * MIB, "VmRSS grew by {growth} KiB");
+}
+
+/// Plain TCP to `addr` from `source` (every 127/8 address is loopback: another client address),
+/// with a receive buffer of `receive_buffer` bytes when not 0 (set before connecting, so the
+/// window stays small).
+fn tcp_from(addr: std::net::SocketAddr, source: [u8; 4], receive_buffer: usize) -> Box<dyn Wire> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&std::net::SocketAddr::from((source, 0)).into()).unwrap();
+    if receive_buffer > 0 {
+        socket.set_recv_buffer_size(receive_buffer).unwrap();
+    }
+    socket.connect(&addr.into()).unwrap_or_else(|e| panic!("connecting to {addr} from {source:?}: {e}"));
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    stream.set_nodelay(true).unwrap();
+    Box::new(stream)
+}
+
+fn session_from(gw: &Gateway, source: [u8; 4], receive_buffer: usize, intent: Intent) -> Conn {
+    let addr = gw.addr("rtmp");
+    let wire = tcp_from(addr, source, receive_buffer);
+    let url = format!("rtmp://{addr}/live");
+    let (outcome, conn) =
+        attempt(wire, HandshakeVersion::Plain, "live", &url, intent, Duration::from_secs(10));
+    assert_eq!(outcome, Outcome::Started, "log:\n{}", gw.logs());
+    conn
+}
+
+#[test]
+fn players_that_stop_reading_are_bounded_per_address() {
+    // 40 players of one address join a 256 KiB-per-frame stream one after another and stop
+    // reading (4 KiB receive buffers): each pins the next 8 MiB of frames in its queue
+    // (player_queue_bytes), ~320 MiB for `write_secs` without the budget. Charged to the address,
+    // the players past 64 MiB are closed. The publisher and a reading canary come from other
+    // addresses; the canary must get every frame, in order.
+    let _serial = exclusive();
+    let gw = Gateway::start(
+        &CONFIG.replace("partial_message_secs = 4\n", "partial_message_secs = 4\nwrite_secs = 120\n"),
+    );
+    const FRAME: usize = 256 << 10;
+    const FRAMES_PER_PLAYER: u32 = 36; // 9 MiB: more than one player's queue holds
+    const PLAYERS: u32 = 40;
+    let mut publisher = session_from(&gw, [127, 0, 0, 2], 0, Intent::Publish("big".into()));
+    let id = publisher.stream_id.unwrap();
+    publisher.wire.write_all(&set_chunk_size(1 << 20)).unwrap();
+
+    let received = Arc::new(AtomicU32::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let mut canary = session_from(&gw, [127, 0, 0, 3], 0, Intent::Play("big".into()));
+    let canary = thread::spawn({
+        let (received, done) = (received.clone(), done.clone());
+        move || -> Result<(), String> {
+            while !done.load(Ordering::Relaxed) {
+                let events = canary.pump(Duration::from_millis(50)).map_err(|_| "the canary was closed")?;
+                for event in events {
+                    let ClientEvent::Media(media) = event else { continue };
+                    if media.kind != MediaKind::Video {
+                        continue;
+                    }
+                    let index = u32::from_be_bytes(media.payload[5..9].try_into().unwrap());
+                    let expected = received.load(Ordering::Relaxed);
+                    if index != expected || media.payload.len() != FRAME {
+                        return Err(format!(
+                            "frame {index} ({} B), expected {expected}",
+                            media.payload.len()
+                        ));
+                    }
+                    received.store(expected + 1, Ordering::Relaxed);
+                }
+            }
+            Ok(())
+        }
+    });
+    let mut sent = 0u32;
+    // A keyframe every 8 frames: a 2 MiB GOP, cached, so each player starts at once.
+    let mut send_frames = |publisher: &mut Conn, count: u32| {
+        let mut bytes = Vec::new();
+        for _ in 0..count {
+            let mut payload = vec![0u8; FRAME];
+            payload[0] = if sent.is_multiple_of(8) { 0x17 } else { 0x27 };
+            payload[1] = 0x01;
+            payload[5..9].copy_from_slice(&sent.to_be_bytes());
+            bytes.extend(message(6, 9, id, &payload, 1 << 20));
+            sent += 1;
+        }
+        publisher.wire.write_all(&bytes).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while received.load(Ordering::Relaxed) < sent {
+            assert!(
+                Instant::now() < deadline,
+                "the canary got {} of {sent} frames",
+                received.load(Ordering::Relaxed)
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    };
+    // Warm up (the allocator, the canary's buffers), then measure from there.
+    send_frames(&mut publisher, FRAMES_PER_PLAYER);
+    let baseline = gw.rss_kib();
+    let mut peak = baseline;
+    let mut stalled = Vec::new();
+    for _ in 0..PLAYERS {
+        // Once the address is at its budget, a new player may be closed at once (the GOP it
+        // starts with cannot be charged): that is one of the closes counted below.
+        let addr = gw.addr("rtmp");
+        let wire = tcp_from(addr, [127, 0, 0, 1], 4096);
+        let url = format!("rtmp://{addr}/live");
+        let intent = Intent::Play("big".into());
+        stalled.push(attempt(wire, HandshakeVersion::Plain, "live", &url, intent, Duration::from_secs(10)));
+        send_frames(&mut publisher, FRAMES_PER_PLAYER);
+        peak = peak.max(gw.rss_kib());
+    }
+    let growth = peak_growth_kib(&gw, baseline, Duration::from_secs(1)).max(peak - baseline);
+    let started = stalled.iter().filter(|(outcome, _)| *outcome == Outcome::Started).count();
+    done.store(true, Ordering::Relaxed);
+    let canary = canary.join().unwrap();
+    let closed = gw.count_log("frames queued for a player that is not reading");
+    eprintln!("[stalled players] {PLAYERS} players ({started} started), {sent} frames of 256 KiB, VmRSS +{growth} KiB, {closed} closed over the budget");
+    assert_eq!(canary, Ok(()), "log:\n{}", gw.logs());
+    assert!(growth < 112 * MIB, "VmRSS grew by {growth} KiB; log:\n{}", gw.logs());
+    assert!(closed >= 20, "{closed} stalled players closed; log:\n{}", gw.logs());
+    assert!(gw.wait_for_log_line(&["closed:", "max_memory_per_ip"], Duration::from_secs(1)).is_some());
+    assert_eq!(gw.count_log("role=publisher"), 0, "the publisher was closed; log:\n{}", gw.logs());
+    drop(stalled);
 }

@@ -225,6 +225,18 @@ pub trait DirectSink: Send + Sync {
     }
 }
 
+/// Bills the memory a player's queue holds to whoever answers for it (the gateway: the client
+/// address's budget). Called from the publisher's task under the player's lock: must be cheap.
+pub trait MemoryCharge: Send {
+    /// Sets the bytes billed. `false`: refused (over budget), the bill stays as it was; the
+    /// player's queue is then emptied and the player marked [`Player::is_over_budget`].
+    fn set(&mut self, bytes: usize) -> bool;
+}
+
+/// Queued memory is billed in steps of this (rounded up), so a lagging player touches its bill
+/// about once per step of growth or shrinkage, not per frame; an empty queue is billed nothing.
+pub const CHARGE_STEP: usize = 64 << 10;
+
 #[derive(Clone, Debug)]
 pub enum PlayerEvent {
     PublishStarted,
@@ -479,15 +491,58 @@ struct PlayerShared {
     legacy: bool,
     state: Mutex<PlayerState>,
     notify: Notify,
+    /// Signalled once when the queue's bill is refused ([`Player::over_budget`]).
+    evicted: Notify,
 }
 
 struct PlayerState {
     queue: PlayerQueue,
     rebaser: Rebaser,
     sink: Option<Arc<dyn DirectSink>>,
+    /// Where the queue's memory is billed ([`Player::set_memory_charge`]) and how much is billed.
+    charge: Option<Box<dyn MemoryCharge>>,
+    charged: usize,
+    /// The bill was refused: the queue was emptied and takes nothing more.
+    over_budget: bool,
 }
 
 impl PlayerState {
+    fn new(queue: PlayerQueue) -> Self {
+        PlayerState {
+            queue,
+            rebaser: Rebaser::default(),
+            sink: None,
+            charge: None,
+            charged: 0,
+            over_budget: false,
+        }
+    }
+
+    /// Brings the bill in line with what the queue holds when it left its band: grew past the
+    /// bill, fell a step under it, or emptied. On refusal the queue is emptied at once, so the
+    /// memory is free before the player's task even notices; returns false then.
+    fn recharge(&mut self) -> bool {
+        if self.over_budget {
+            return false;
+        }
+        let Some(charge) = &mut self.charge else { return true };
+        let held = self.queue.held_bytes();
+        let wanted = held.div_ceil(CHARGE_STEP) * CHARGE_STEP;
+        if held <= self.charged && self.charged <= wanted + CHARGE_STEP && (held > 0 || self.charged == 0) {
+            return true;
+        }
+        if charge.set(wanted) {
+            self.charged = wanted;
+            return true;
+        }
+        self.over_budget = true;
+        self.queue.clear();
+        self.sink = None;
+        charge.set(0);
+        self.charged = 0;
+        false
+    }
+
     /// Hands a live frame to the sink when nothing is queued before it; false if it must be queued.
     fn try_direct(&mut self, frame: &Frame, notify: &Notify) -> bool {
         let Some(sink) = &self.sink else { return false };
@@ -593,12 +648,9 @@ impl Router {
         let shared = Arc::new(PlayerShared {
             id,
             legacy,
-            state: Mutex::new(PlayerState {
-                queue: PlayerQueue::new(limit),
-                rebaser: Rebaser::default(),
-                sink: None,
-            }),
+            state: Mutex::new(PlayerState::new(PlayerQueue::new(limit))),
             notify: Notify::new(),
+            evicted: Notify::new(),
         });
         let stream = self.with_stream(&key, |stream, state| {
             let live = state.publisher.is_some();
@@ -778,10 +830,13 @@ impl StreamState {
                 &frame
             };
             let mut player_state = lock(&player.state);
-            if player_state.try_direct(frame, &player.notify) {
+            if player_state.over_budget || player_state.try_direct(frame, &player.notify) {
                 continue;
             }
             player_state.queue.push_frame(frame.clone(), has_video);
+            if !player_state.recharge() {
+                player.evicted.notify_one();
+            }
             drop(player_state);
             player.notify.notify_one();
         }
@@ -874,7 +929,10 @@ impl Player {
         let mut state = lock(&self.shared.state);
         let state = &mut *state;
         loop {
-            return Some(match state.queue.pop()? {
+            let entry = state.queue.pop()?;
+            // Shrinking is never refused (and an emptied queue is not billed again).
+            state.recharge();
+            return Some(match entry {
                 Entry::PublishStarted => {
                     state.rebaser.publish_started();
                     PlayerEvent::PublishStarted
@@ -924,6 +982,38 @@ impl Player {
     /// (`None`: everything goes through the queue again).
     pub fn set_direct_sink(&self, sink: Option<Arc<dyn DirectSink>>) {
         lock(&self.shared.state).sink = sink;
+    }
+
+    /// Bills what this player's queue holds to `charge` from now on (at once for what is queued
+    /// already, e.g. a late joiner's GOP). Returns false if that was refused (see
+    /// [`MemoryCharge::set`]).
+    pub fn set_memory_charge(&self, charge: Box<dyn MemoryCharge>) -> bool {
+        let mut state = lock(&self.shared.state);
+        state.charge = Some(charge);
+        state.charged = 0;
+        let billed = state.recharge();
+        if !billed {
+            self.shared.evicted.notify_one();
+            // Consumers that only wait for changes (HTTP-FLV) look at once.
+            self.shared.notify.notify_one();
+        }
+        billed
+    }
+
+    /// Whether the queue's bill was refused: the queue was emptied, takes nothing more, and the
+    /// player should be closed.
+    pub fn is_over_budget(&self) -> bool {
+        lock(&self.shared.state).over_budget
+    }
+
+    /// Returns once the queue's bill was refused (at once if it was before). Cancel-safe.
+    pub async fn over_budget(&self) {
+        loop {
+            if self.is_over_budget() {
+                return;
+            }
+            self.shared.evicted.notified().await;
+        }
     }
 
     /// Frames discarded because this player fell behind.

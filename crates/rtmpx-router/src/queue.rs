@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 
-use crate::{Frame, FrameKind};
+use crate::{Frame, FrameKind, FRAME_OVERHEAD};
 
 /// Cap on queued entries whatever their size, so tiny messages or a publish/unpublish loop
 /// cannot grow a stalled player's queue without bound: the queue's own memory stays about 0.5 MiB
@@ -87,6 +87,18 @@ impl PlayerQueue {
 
     pub(crate) fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Memory the queue keeps from being freed: payloads plus [`FRAME_OVERHEAD`] per entry.
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.bytes + self.entries.len() * FRAME_OVERHEAD
+    }
+
+    /// Empties the queue (its player is being closed); queued media counts as dropped.
+    pub(crate) fn clear(&mut self) {
+        self.dropped += self.entries.iter().filter(|entry| is_media(entry)).count() as u64;
+        self.entries = VecDeque::new();
+        self.bytes = 0;
     }
 
     pub(crate) fn dropped(&self) -> u64 {

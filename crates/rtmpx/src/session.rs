@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{ready, Waker};
 use std::time::Instant;
 
@@ -35,7 +35,7 @@ pub(crate) use fan_out::{Batching, FanOut};
 pub(crate) use seal_pairing::seal_counts as rtmpe_seal_counts;
 
 use crate::auth;
-use crate::budget::Charge;
+use crate::budget::{Charge, OverBudget, QueueCharge};
 use crate::error::{Error, Result};
 use crate::logsafe::Escaped;
 use crate::metrics::{Denial, Role};
@@ -140,6 +140,8 @@ struct Playing {
     unpublished_since: Option<tokio::time::Instant>,
     /// Holds the player's limit slot; dropping it sends `on_done` when configured.
     _grant: auth::Grant,
+    /// Set when the router refused to bill the player's queue to its address (then emptied).
+    queue_refused: Arc<OnceLock<OverBudget>>,
 }
 
 struct Publishing {
@@ -479,7 +481,15 @@ async fn drive_io(out: &Arc<SessionIo>, conn: &mut Connection, shared: &Shared) 
 
     loop {
         if hold_until.is_none() {
-            flush(out, timeouts.write()).await?;
+            // A player that does not read waits here; its queue's bill may be refused meanwhile.
+            tokio::select! {
+                written = flush(out, timeouts.write()) => written?,
+                () = player_over_budget(&conn.playing) => {}
+            }
+        }
+        if let Some(over) = conn.playing.as_ref().and_then(|p| p.queue_refused.get().copied()) {
+            warn!(session = conn.id, peer = %conn.peer, "{over} (frames queued for a player that is not reading)");
+            return Err(over.into());
         }
         {
             let mut st = out.lock();
@@ -636,6 +646,13 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
 async fn fan_out_window_end(publishing: &mut Option<Publishing>) {
     match publishing {
         Some(p) => p.fan_out.window_end().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn player_over_budget(playing: &Option<Playing>) {
+    match playing {
+        Some(p) => p.player.over_budget().await,
         None => std::future::pending().await,
     }
 }
@@ -923,6 +940,10 @@ async fn on_play(
     let legacy = !out.lock().session.peer_capabilities().is_enhanced();
     let mut player =
         shared.router.play_with(key.clone(), conn.info(), PlayOptions { legacy, ..PlayOptions::default() });
+    // What its queue holds counts against the address (a refusal closes it in drive_io).
+    let (charge, queue_refused) =
+        QueueCharge::new(shared.budgets.charge(conn.peer.ip()), config.limits.max_memory_per_ip);
+    player.set_memory_charge(Box::new(charge));
     let mut unpublished_since = (!shared.router.is_live(&key)).then(tokio::time::Instant::now);
     {
         let mut st = out.lock();
@@ -949,7 +970,7 @@ async fn on_play(
     conn.role = "player";
     conn.registry.entry().set_role(Role::Player, &key.name);
     conn.stream_name = Some(key.name.clone());
-    conn.playing = Some(Playing { stream_id, player, unpublished_since, _grant: grant });
+    conn.playing = Some(Playing { stream_id, player, unpublished_since, _grant: grant, queue_refused });
     info!(session = conn.id, peer = %conn.peer, variant = conn.variant(), stream = %Escaped(&key), legacy, "playing");
     // Relays: a stream that is not live here is pulled from the app's upstream, if it has one.
     shared.relays.ensure_pull(&shared.router, &shared.config(), &key);

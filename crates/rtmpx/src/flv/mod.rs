@@ -12,7 +12,7 @@ pub mod ws;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -22,6 +22,7 @@ use rtmpx_router::{FrameKind, Player, PlayerEvent, SessionInfo, StreamKey};
 use tracing::{info, warn};
 
 use crate::auth::{self, Grant};
+use crate::budget::{OverBudget, QueueCharge};
 use crate::error::Error;
 use crate::metrics::{Denial, Role};
 use crate::registry::SessionGuard;
@@ -94,6 +95,8 @@ pub struct FlvSession {
     bytes_out: u64,
     /// How it ended, for the log line; `None` is a normal close.
     end: Option<Error>,
+    /// Set when the player's queue could not be billed to its address (then emptied).
+    queue_refused: Arc<OnceLock<OverBudget>>,
 }
 
 impl FlvSession {
@@ -123,6 +126,7 @@ impl FlvSession {
             tracks: (true, true),
             bytes_in: 0,
             bytes_out: 0,
+            queue_refused: Arc::default(),
             end: None,
         };
         let config = shared.config();
@@ -174,7 +178,13 @@ impl FlvSession {
             }
         }
         let info = SessionInfo { id, peer: peer.to_string(), variant };
-        session.player = Some(shared.router.play(key.clone(), info));
+        let player = shared.router.play(key.clone(), info);
+        // What its queue holds counts against the address, as for RTMP players.
+        let (charge, refused) =
+            QueueCharge::new(shared.budgets.charge(peer.ip()), config.limits.max_memory_per_ip);
+        player.set_memory_charge(Box::new(charge));
+        session.queue_refused = refused;
+        session.player = Some(player);
         session.grant = Some(grant);
         session.registry.entry().set_role(Role::Player, &key.name);
         info!(session = id, %peer, variant, stream = %crate::logsafe::Escaped(&key), "playing");
@@ -210,8 +220,14 @@ impl FlvSession {
     }
 
     /// Turns queued router events into FLV pieces in `out`, up to about [`WRITE_BATCH`] bytes.
-    /// Returns false when the stream ended (its publisher left): the player is done.
+    /// Returns false when the stream ended (its publisher left) or its queue went over the
+    /// address's memory budget: the player is done.
     pub fn take_queued(&mut self, out: &mut VecDeque<Bytes>) -> bool {
+        if let Some(over) = self.queue_refused.get().copied() {
+            warn!(session = self.id, peer = %self.peer, "{over} (frames queued for a player that is not reading)");
+            self.end(over.into());
+            return false;
+        }
         let mut produced = 0;
         while produced < WRITE_BATCH {
             let Some(event) = self.player.as_mut().and_then(Player::try_recv) else { break };
