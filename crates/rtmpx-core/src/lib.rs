@@ -13,6 +13,8 @@
 //! - [`media`]: keyframe and sequence-header detection (FLV legacy and Enhanced RTMP).
 //! - [`session`]: server and client session state machines that tie it all together.
 
+#![forbid(unsafe_code)]
+
 pub mod amf;
 pub mod chunk;
 pub mod error;

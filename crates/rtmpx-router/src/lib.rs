@@ -28,6 +28,9 @@ use rtmpx_core::media::enhanced::{ExTag, MediaType, PacketKind};
 use rtmpx_core::media::{inspect_audio, inspect_video, legacy_payload, Codec, LegacyForm, MediaInfo};
 use tokio::sync::Notify;
 
+/// What a [`Frame`] carries: the core's media kind, so sessions and the router speak one type.
+pub use rtmpx_core::session::MediaKind;
+
 use queue::{Entry, PlayerQueue};
 use rebase::Rebaser;
 
@@ -60,8 +63,10 @@ impl Default for RouterConfig {
 /// shared header and allocator rounding), so that many tiny frames count for what they hold.
 pub const FRAME_OVERHEAD: usize = 160;
 
+/// What the router refuses.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum RouterError {
+    /// A second publisher for a stream (the first must leave first).
     #[error("the stream already has a publisher")]
     AlreadyPublishing,
 }
@@ -69,7 +74,9 @@ pub enum RouterError {
 /// `app/name`, the identity of a stream.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StreamKey {
+    /// The application (no leading or trailing '/').
     pub app: String,
+    /// The stream name without its query string.
     pub name: String,
 }
 
@@ -90,68 +97,60 @@ impl fmt::Display for StreamKey {
 /// Who is publishing or playing, for logs and stats.
 #[derive(Clone, Debug)]
 pub struct SessionInfo {
+    /// The gateway's session id.
     pub id: u64,
+    /// The peer's address.
     pub peer: String,
     /// The transport variant ("rtmp", "rtmps", "rtmpt", ...).
     pub variant: &'static str,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FrameKind {
-    Audio,
-    Video,
-    Metadata,
-}
-
-impl FrameKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            FrameKind::Audio => "audio",
-            FrameKind::Video => "video",
-            FrameKind::Metadata => "data",
-        }
-    }
-}
-
 /// One audio, video or data message. The payload is shared, never copied, across players.
 #[derive(Clone, Debug)]
 pub struct Frame {
-    pub kind: FrameKind,
+    /// Audio, video or data.
+    pub kind: MediaKind,
+    /// Milliseconds as the publisher stamped them (each player rebases them).
     pub timestamp: u32,
+    /// The message body, shared by every player.
     pub payload: Bytes,
+    /// Codec, keyframe and sequence header, inspected once on arrival.
     pub info: MediaInfo,
 }
 
 impl Frame {
+    /// An audio frame, inspected for codec and sequence header.
     pub fn audio(timestamp: u32, payload: Bytes) -> Self {
         let info = inspect_audio(&payload);
-        Frame { kind: FrameKind::Audio, timestamp, payload, info }
+        Frame { kind: MediaKind::Audio, timestamp, payload, info }
     }
 
+    /// A video frame, inspected for codec, keyframe and sequence header.
     pub fn video(timestamp: u32, payload: Bytes) -> Self {
         let info = inspect_video(&payload);
-        Frame { kind: FrameKind::Video, timestamp, payload, info }
+        Frame { kind: MediaKind::Video, timestamp, payload, info }
     }
 
     /// `payload` is the AMF0 body ("onMetaData", ECMA array); opaque to the router.
     pub fn metadata(timestamp: u32, payload: Bytes) -> Self {
-        Frame { kind: FrameKind::Metadata, timestamp, payload, info: MediaInfo::default() }
+        Frame { kind: MediaKind::Data, timestamp, payload, info: MediaInfo::default() }
     }
 
     /// Audio or video that is not a sequence header.
     pub fn is_media(&self) -> bool {
-        self.kind != FrameKind::Metadata && !self.info.sequence_header
+        self.kind != MediaKind::Data && !self.info.sequence_header
     }
 
+    /// A video frame a decoder can start from.
     pub fn is_keyframe(&self) -> bool {
-        self.kind == FrameKind::Video && self.info.keyframe
+        self.kind == MediaKind::Video && self.info.keyframe
     }
 
     fn media_type(&self) -> Option<MediaType> {
         match self.kind {
-            FrameKind::Audio => Some(MediaType::Audio),
-            FrameKind::Video => Some(MediaType::Video),
-            FrameKind::Metadata => None,
+            MediaKind::Audio => Some(MediaType::Audio),
+            MediaKind::Video => Some(MediaType::Video),
+            MediaKind::Data => None,
         }
     }
 
@@ -225,21 +224,29 @@ pub trait DirectSink: Send + Sync {
     }
 }
 
+/// What a player receives.
 #[derive(Clone, Debug)]
 pub enum PlayerEvent {
+    /// A publisher arrived (the player waited for it).
     PublishStarted,
+    /// Media in order, caches first.
     Frame(Frame),
+    /// The publisher left; the player may wait for the next one.
     Unpublished,
 }
 
 /// State of one stream for stats.
 #[derive(Clone, Debug)]
 pub struct StreamSnapshot {
+    /// The stream.
     pub key: StreamKey,
+    /// Who publishes it, if anyone.
     pub publisher: Option<SessionInfo>,
+    /// How many players are attached.
     pub players: usize,
     /// Codecs of the default tracks.
     pub video_codec: Option<&'static str>,
+    /// Codec of the default audio track.
     pub audio_codec: Option<&'static str>,
     /// Every track seen (sequence starts, and the default tracks), ordered by kind and id.
     pub tracks: Vec<TrackSnapshot>,
@@ -256,8 +263,11 @@ pub struct StreamSnapshot {
 /// One audio or video track of a stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TrackSnapshot {
-    pub kind: FrameKind,
+    /// Audio or video.
+    pub kind: MediaKind,
+    /// Track id (0: the default track).
     pub id: u8,
+    /// Codec name ("h264", "aac", ...).
     pub codec: &'static str,
 }
 
@@ -319,7 +329,7 @@ struct Cache {
     /// The latest sequence start of every (kind, track): late joiners need each track's.
     headers: Vec<CachedHeader>,
     /// Codec of every track seen in a sequence start, and of the default tracks.
-    track_codecs: Vec<(FrameKind, u8, Codec)>,
+    track_codecs: Vec<(MediaKind, u8, Codec)>,
     /// From the last keyframe on, audio included; empty while not caching.
     gop: Vec<Frame>,
     gop_bytes: usize,
@@ -329,7 +339,7 @@ struct Cache {
 }
 
 struct CachedHeader {
-    kind: FrameKind,
+    kind: MediaKind,
     track: u8,
     frame: Frame,
 }
@@ -353,7 +363,7 @@ impl Cache {
         }
     }
 
-    fn note_codec(&mut self, kind: FrameKind, track: u8, codec: Codec) {
+    fn note_codec(&mut self, kind: MediaKind, track: u8, codec: Codec) {
         match self.track_codecs.iter_mut().find(|(k, id, _)| *k == kind && *id == track) {
             Some(entry) => entry.2 = codec,
             None => self.track_codecs.push((kind, track, codec)),
@@ -368,8 +378,8 @@ impl Cache {
             self.note_codec(frame.kind, 0, codec);
         }
         match frame.kind {
-            FrameKind::Metadata => self.metadata = header(),
-            FrameKind::Video => {
+            MediaKind::Data => self.metadata = header(),
+            MediaKind::Video => {
                 self.has_video = true;
                 if frame.info.codec.is_some() && frame.info.default_track {
                     self.video_codec = frame.info.codec;
@@ -390,7 +400,7 @@ impl Cache {
                     self.extend_gop(frame, config);
                 }
             }
-            FrameKind::Audio => {
+            MediaKind::Audio => {
                 if frame.info.codec.is_some() && frame.info.default_track {
                     self.audio_codec = frame.info.codec;
                 }
@@ -409,7 +419,7 @@ impl Cache {
             .iter()
             .map(|&(kind, id, codec)| TrackSnapshot { kind, id, codec: codec.name() })
             .collect();
-        tracks.sort_by_key(|track| (track.kind != FrameKind::Video, track.id));
+        tracks.sort_by_key(|track| (track.kind != MediaKind::Video, track.id));
         tracks
     }
 
@@ -450,7 +460,7 @@ impl Cache {
         }
         // Video headers first, as publishers send them; a ManyTracks header is cached once per track.
         let mut sent: Vec<&Bytes> = Vec::new();
-        for kind in [FrameKind::Video, FrameKind::Audio] {
+        for kind in [MediaKind::Video, MediaKind::Audio] {
             for cached in self.headers.iter().filter(|cached| cached.kind == kind) {
                 if sent.iter().any(|payload| payload.as_ptr() == cached.frame.payload.as_ptr()) {
                     continue;
@@ -508,6 +518,7 @@ impl PlayerState {
 }
 
 impl Router {
+    /// A router with no streams.
     pub fn new(config: RouterConfig) -> Self {
         Router {
             inner: Arc::new(RouterInner {
@@ -518,6 +529,7 @@ impl Router {
         }
     }
 
+    /// The current settings.
     pub fn config(&self) -> RouterConfig {
         *lock(&self.inner.config)
     }
@@ -626,6 +638,7 @@ impl Router {
         stream.map_or(0, |stream| lock(&stream.state).players.len())
     }
 
+    /// A snapshot of every stream, for stats and the admin API.
     pub fn streams(&self) -> Vec<StreamSnapshot> {
         let streams: Vec<Arc<Stream>> = lock(&self.inner.streams).values().cloned().collect();
         let mut snapshots: Vec<StreamSnapshot> = streams
@@ -721,6 +734,7 @@ impl Publisher {
         }
     }
 
+    /// The stream this publisher feeds.
     pub fn key(&self) -> &StreamKey {
         &self.key
     }
@@ -841,6 +855,7 @@ impl Drop for Publisher {
 pub struct PlayerWaker(Weak<PlayerShared>);
 
 impl PlayerWaker {
+    /// Wakes the player's task (no-op once the player is gone).
     pub fn wake(&self) {
         if let Some(shared) = self.0.upgrade() {
             shared.notify.notify_one();
@@ -936,6 +951,7 @@ impl Player {
         lock(&self.shared.state).queue.bytes()
     }
 
+    /// The stream this player plays.
     pub fn key(&self) -> &StreamKey {
         &self.key
     }

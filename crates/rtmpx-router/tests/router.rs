@@ -1,8 +1,10 @@
+//! The router against its contract: publish/play fan-out, caches, limits and slow players.
+
 use std::time::Duration;
 
 use bytes::Bytes;
 use rtmpx_router::{
-    DirectSend, DirectSink, Frame, FrameKind, Player, PlayerEvent, Router, RouterConfig, RouterError,
+    DirectSend, DirectSink, Frame, MediaKind, Player, PlayerEvent, Router, RouterConfig, RouterError,
     SessionInfo, StreamKey,
 };
 
@@ -57,12 +59,12 @@ fn describe(event: &PlayerEvent) -> Seen {
         PlayerEvent::PublishStarted => Seen::Started,
         PlayerEvent::Unpublished => Seen::Unpublished,
         PlayerEvent::Frame(frame) => match frame.kind {
-            FrameKind::Metadata => Seen::Meta(frame.timestamp),
-            FrameKind::Video if frame.info.sequence_header => Seen::VideoHeader(frame.timestamp),
-            FrameKind::Video if frame.info.keyframe => Seen::Key(frame.timestamp),
-            FrameKind::Video => Seen::Inter(frame.timestamp),
-            FrameKind::Audio if frame.info.sequence_header => Seen::AudioHeader(frame.timestamp),
-            FrameKind::Audio => Seen::Audio(frame.timestamp),
+            MediaKind::Data => Seen::Meta(frame.timestamp),
+            MediaKind::Video if frame.info.sequence_header => Seen::VideoHeader(frame.timestamp),
+            MediaKind::Video if frame.info.keyframe => Seen::Key(frame.timestamp),
+            MediaKind::Video => Seen::Inter(frame.timestamp),
+            MediaKind::Audio if frame.info.sequence_header => Seen::AudioHeader(frame.timestamp),
+            MediaKind::Audio => Seen::Audio(frame.timestamp),
         },
     }
 }

@@ -17,8 +17,8 @@ use rtmpx_core::session::{
     CAPS_EX_RECONNECT,
 };
 use rtmpx_router::{
-    DirectSend, DirectSink, Frame, FrameKind, PlayOptions, Player, PlayerEvent, PlayerWaker, Publisher,
-    RouterError, SessionInfo, StreamKey,
+    DirectSend, DirectSink, Frame, PlayOptions, Player, PlayerEvent, PlayerWaker, Publisher, RouterError,
+    SessionInfo, StreamKey,
 };
 use std::cell::RefCell;
 use std::future::poll_fn;
@@ -347,11 +347,7 @@ impl IoState {
     }
 
     fn encode(&mut self, stream_id: u32, frame: &Frame, timestamp: u32) {
-        let kind = match frame.kind {
-            FrameKind::Audio => MediaKind::Audio,
-            FrameKind::Video => MediaKind::Video,
-            FrameKind::Metadata => MediaKind::Data,
-        };
+        let kind = frame.kind;
         if self.shared_payloads {
             self.session.send_media_shared(stream_id, kind, timestamp, &frame.payload);
         } else {

@@ -54,7 +54,7 @@ fn gateway_binary() -> PathBuf {
 }
 
 /// The rtmpx gateway running on loopback with an app `live`.
-pub struct Gateway {
+pub(crate) struct Gateway {
     _child: Child,
     _dir: tempfile::TempDir,
     /// scheme → `scheme://127.0.0.1:port/live`.
@@ -64,7 +64,7 @@ pub struct Gateway {
 impl Gateway {
     /// Starts the gateway with these `[[listener]]` tables (addresses on 127.0.0.1:0) and waits
     /// until it is ready.
-    pub async fn start(listeners: &str) -> Gateway {
+    pub(crate) async fn start(listeners: &str) -> Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("rtmpx.toml");
         let text = format!("{listeners}\n[[app]]\nname = \"live\"\npublish = true\nplay = true\n");
@@ -103,7 +103,7 @@ impl Gateway {
         Gateway { _child: child, _dir: dir, bases }
     }
 
-    pub fn url(&self, scheme: &str, stream: &str) -> RtmpUrl {
+    pub(crate) fn url(&self, scheme: &str, stream: &str) -> RtmpUrl {
         let base =
             self.bases.get(scheme).unwrap_or_else(|| panic!("no {scheme} listener in {:?}", self.bases));
         RtmpUrl::parse(&format!("{base}/{stream}")).expect("gateway URL")
@@ -112,14 +112,14 @@ impl Gateway {
 
 /// nginx with the RTMP module on a loopback port, application `live` (with `publish_notify`, so
 /// players hear of unpublishing as they do from the gateway).
-pub struct Nginx {
+pub(crate) struct Nginx {
     child: Child,
     _dir: tempfile::TempDir,
     pub port: u16,
 }
 
 impl Nginx {
-    pub async fn start() -> Nginx {
+    pub(crate) async fn start() -> Nginx {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let conf = dir.path().join("nginx.conf");
@@ -149,7 +149,7 @@ impl Nginx {
         panic!("nginx-rtmp did not start listening on {port}");
     }
 
-    pub fn url(&self, stream: &str) -> RtmpUrl {
+    pub(crate) fn url(&self, stream: &str) -> RtmpUrl {
         RtmpUrl::parse(&format!("rtmp://127.0.0.1:{}/live/{stream}", self.port)).unwrap()
     }
 }
@@ -160,14 +160,14 @@ impl Drop for Nginx {
     }
 }
 
-pub struct Certs {
+pub(crate) struct Certs {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
 }
 
 /// A CA and a server certificate it signed, for localhost and 127.0.0.1.
-pub fn make_certs(dir: &Path) -> Certs {
+pub(crate) fn make_certs(dir: &Path) -> Certs {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::new()).unwrap();
@@ -186,13 +186,13 @@ pub fn make_certs(dir: &Path) -> Certs {
 
 /// One message of the synthetic stream.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Frame {
+pub(crate) struct Frame {
     pub kind: MediaKind,
     pub timestamp: u32,
     pub payload: Vec<u8>,
 }
 
-pub fn metadata() -> Vec<u8> {
+pub(crate) fn metadata() -> Vec<u8> {
     let mut buf = BytesMut::new();
     encode_amf0(&Amf0Value::from("onMetaData"), &mut buf);
     let fields = Amf0Value::object([
@@ -205,7 +205,7 @@ pub fn metadata() -> Vec<u8> {
 }
 
 /// AVC and AAC sequence headers: what a player needs before frames.
-pub fn sequence_headers() -> Vec<Frame> {
+pub(crate) fn sequence_headers() -> Vec<Frame> {
     let avc =
         vec![0x17, 0x00, 0, 0, 0, 0x01, 0x64, 0x00, 0x1f, 0xff, 0xe1, 0x00, 0x04, 0x67, 0x64, 0x00, 0x1f];
     let aac = vec![0xaf, 0x00, 0x12, 0x10];
@@ -218,7 +218,7 @@ pub fn sequence_headers() -> Vec<Frame> {
 /// `count` video frames at 25 fps (a keyframe every 25, sizes from 50 bytes to 120 KB so that
 /// messages span many chunks) interleaved with AAC frames every 23 ms. Each payload carries its
 /// index, so every frame is distinct.
-pub fn frames(count: u32) -> Vec<Frame> {
+pub(crate) fn frames(count: u32) -> Vec<Frame> {
     let mut out = Vec::new();
     let mut audio_ts = 0;
     for i in 0..count {
@@ -249,7 +249,7 @@ fn is_sequence_header(kind: MediaKind, payload: &[u8]) -> bool {
 }
 
 /// What a round trip should check beyond frame order and payloads.
-pub struct Expect {
+pub(crate) struct Expect {
     /// The server passes metadata through unchanged (nginx-rtmp rewrites it).
     pub metadata_intact: bool,
 }
@@ -257,7 +257,12 @@ pub struct Expect {
 /// Publishes the synthetic stream on `publish_url`, plays it on `play_url`, and checks that the
 /// player gets every frame, in order, intact, with the publisher's timestamp spacing; then that
 /// the player hears of the unpublish.
-pub async fn round_trip(publish_url: &RtmpUrl, play_url: &RtmpUrl, opts: &ClientOptions, expect: Expect) {
+pub(crate) async fn round_trip(
+    publish_url: &RtmpUrl,
+    play_url: &RtmpUrl,
+    opts: &ClientOptions,
+    expect: Expect,
+) {
     let mut publisher = Connection::connect(publish_url, opts).await.expect("publisher connect");
     let pub_id = publisher.publish(&publish_url.stream).await.expect("publish");
     let mut player = Connection::connect(play_url, opts).await.expect("player connect");

@@ -50,10 +50,15 @@ impl Default for ChunkLimits {
 /// A whole message as it came off the chunk stream: absolute timestamp, payload shared.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawMessage {
+    /// The chunk stream it arrived on.
     pub chunk_stream_id: u32,
+    /// Absolute timestamp in milliseconds.
     pub timestamp: u32,
+    /// Message type (see [`crate::message::type_id`]).
     pub type_id: u8,
+    /// Message stream id (0: the connection).
     pub stream_id: u32,
+    /// The whole message body.
     pub payload: Bytes,
 }
 

@@ -45,6 +45,7 @@ pub enum HandshakeVersion {
 }
 
 impl HandshakeVersion {
+    /// The version a C0/S0 byte asks for, `None` for an unknown one.
     pub fn from_byte(b: u8) -> Option<Self> {
         match b {
             3 => Some(Self::Plain),
@@ -55,6 +56,7 @@ impl HandshakeVersion {
         }
     }
 
+    /// The C0/S0 byte.
     pub fn to_byte(self) -> u8 {
         match self {
             Self::Plain => 3,
@@ -64,6 +66,7 @@ impl HandshakeVersion {
         }
     }
 
+    /// Whether this is an RTMPE version (RC4 after the handshake).
     pub fn is_encrypted(self) -> bool {
         self != Self::Plain
     }

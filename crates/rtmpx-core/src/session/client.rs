@@ -15,10 +15,14 @@ use super::capabilities::EnhancedCapabilities;
 use super::link::Link;
 use super::{csid, Media, MediaKind};
 
+/// Client-side settings.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
+    /// The application to connect to.
     pub app: String,
+    /// `tcUrl` in `connect`.
     pub tc_url: String,
+    /// `flashVer` in `connect` (servers log it).
     pub flash_ver: String,
     /// 3 for plain RTMP, 6/8/9 for RTMPE.
     pub version: HandshakeVersion,
@@ -28,13 +32,16 @@ pub struct ClientConfig {
     pub chunk_size: u32,
     /// Sent as SetBufferLength when playing.
     pub buffer_length_ms: u32,
+    /// Bounds on what the server may make us buffer.
     pub chunk_limits: ChunkLimits,
+    /// Bounds on AMF decoding of the server's commands.
     pub amf_limits: AmfLimits,
     /// Announced in `connect` (empty: we present ourselves as a legacy client).
     pub capabilities: EnhancedCapabilities,
 }
 
 impl ClientConfig {
+    /// Settings for `app` at `tc_url` with the defaults (plain digest handshake, 4096-byte chunks).
     pub fn new(app: &str, tc_url: &str) -> Self {
         ClientConfig {
             app: app.to_owned(),
@@ -51,32 +58,48 @@ impl ClientConfig {
     }
 }
 
+/// What the client session reports, in the order it happened.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientEvent {
+    /// C0/C1 ↔ S0/S1/S2 done; `connect` is on its way.
     HandshakeComplete {
+        /// The version in use.
         version: HandshakeVersion,
+        /// Whether the digest handshake was used.
         digest: bool,
     },
+    /// `connect` succeeded; queued publish/play requests go out now.
     Connected,
     /// `_error` to connect, or an error status to publish/play. The session stays usable only
     /// if the server keeps the connection.
     Rejected {
+        /// The status code, e.g. `NetConnection.Connect.Rejected`.
         code: String,
+        /// The server's description.
         description: String,
     },
+    /// `NetStream.Publish.Start`: media may be sent on the stream.
     PublishStarted {
+        /// The message stream to send on.
         stream_id: u32,
     },
+    /// `NetStream.Play.Start`: media follows as [`ClientEvent::Media`].
     PlayStarted {
+        /// The message stream media arrives on.
         stream_id: u32,
     },
     /// Any other `onStatus` (PublishNotify, UnpublishNotify, ...).
     Status {
+        /// The message stream it concerns (0: the connection).
         stream_id: u32,
+        /// `status`, `warning` or `error`, as the server wrote it.
         level: String,
+        /// The status code, e.g. `NetStream.Play.UnpublishNotify`.
         code: String,
+        /// The server's description.
         description: String,
     },
+    /// Audio, video or metadata of a stream we play.
     Media(Media),
     /// The server asks us to reconnect (Enhanced RTMP), to `tc_url` or the current tcUrl. The
     /// session goes on until the caller closes it.
@@ -132,6 +155,7 @@ impl ClientSession {
         }
     }
 
+    /// Feeds received bytes. An error means the connection must be closed.
     pub fn handle_input(&mut self, data: &[u8]) -> Result<()> {
         if matches!(self.phase, Phase::Closed) {
             return Err(Error::Closed);
@@ -165,22 +189,27 @@ impl ClientSession {
         Ok(())
     }
 
+    /// The next event, if any; call until `None` after each input.
     pub fn poll_event(&mut self) -> Option<ClientEvent> {
         self.events.pop_front()
     }
 
+    /// Bytes to send to the server, if any (encrypted under RTMPE).
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
         self.link.take_output()
     }
 
+    /// The handshake's outcome once it completed.
     pub fn handshake(&self) -> Option<&HandshakeOutcome> {
         self.outcome.as_ref()
     }
 
+    /// Whether `connect` succeeded.
     pub fn is_connected(&self) -> bool {
         matches!(self.phase, Phase::Connected)
     }
 
+    /// Whether the session failed or was rejected (input is refused).
     pub fn is_closed(&self) -> bool {
         matches!(self.phase, Phase::Closed)
     }

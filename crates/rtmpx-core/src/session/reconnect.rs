@@ -16,6 +16,7 @@ pub struct ReconnectRequest {
     /// Where to reconnect: absolute (`rtmp://host/app`) or relative to the current tcUrl
     /// (`//host/app`, `/app`). `None`: the current tcUrl.
     pub tc_url: Option<String>,
+    /// Human-readable reason.
     pub description: String,
 }
 

@@ -26,8 +26,11 @@ pub struct ServerConfig {
     pub window_ack_size: u32,
     /// Set Peer Bandwidth we announce.
     pub peer_bandwidth: u32,
+    /// Bounds on what the client may make us buffer.
     pub chunk_limits: ChunkLimits,
+    /// Bounds on AMF decoding of the client's commands.
     pub amf_limits: AmfLimits,
+    /// Whether RTMPE handshakes are allowed, required or refused.
     pub encryption: EncryptionPolicy,
     /// Most message streams (createStream) per connection.
     pub max_streams: u32,
@@ -56,11 +59,17 @@ impl Default for ServerConfig {
 /// `connect` as the client sent it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConnectRequest {
+    /// The application (`app`).
     pub app: String,
+    /// `tcUrl`: the URL the client connected to.
     pub tc_url: Option<String>,
+    /// `flashVer`: the client's name and version.
     pub flash_ver: Option<String>,
+    /// `swfUrl`.
     pub swf_url: Option<String>,
+    /// `pageUrl`.
     pub page_url: Option<String>,
+    /// `objectEncoding`: 0 (AMF0) or 3 (AMF3), echoed in the result.
     pub object_encoding: f64,
     /// The whole command object, for anything else (auth callbacks forward it).
     pub properties: Properties,
@@ -78,10 +87,14 @@ impl ConnectRequest {
     }
 }
 
+/// The second argument of `publish`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PublishMode {
+    /// `live` (and anything unknown): not recorded.
     Live,
+    /// `record`: a new recording.
     Record,
+    /// `append`: appended to a recording.
     Append,
 }
 
@@ -89,22 +102,37 @@ pub enum PublishMode {
 /// `accept_connect`/`reject_connect`, `accept_publish`/`reject_publish`, `accept_play`/`reject_play`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ServerEvent {
+    /// C0/C1 ↔ S0/S1/S2 done; commands follow.
     HandshakeComplete {
+        /// The version the client asked for in C0.
         requested: HandshakeVersion,
+        /// The version in use (RTMPE types may fall back).
         version: HandshakeVersion,
+        /// Whether the digest (Flash Player 9+) handshake was used.
         digest: bool,
     },
+    /// `connect`: answer with `accept_connect` or `reject_connect`.
     ConnectRequested(ConnectRequest),
+    /// `publish`: answer with `accept_publish` or `reject_publish`.
     PublishRequested {
+        /// The message stream from createStream.
         stream_id: u32,
+        /// As sent, query string (keys, tokens) included.
         stream_name: String,
+        /// Live, record or append.
         mode: PublishMode,
     },
+    /// `play`/`play2`: answer with `accept_play` or `reject_play`.
     PlayRequested {
+        /// The message stream from createStream.
         stream_id: u32,
+        /// As sent, query string (keys, tokens) included.
         stream_name: String,
+        /// Where to start (seconds; −2 live or recorded, −1 live only).
         start: f64,
+        /// Seconds to play, −1 until the end.
         duration: f64,
+        /// Whether to flush a playlist.
         reset: bool,
     },
     /// Audio, video or metadata from a publishing stream.
@@ -112,11 +140,14 @@ pub enum ServerEvent {
     /// The client stopped publishing or playing on this stream (deleteStream, closeStream,
     /// FCUnpublish).
     StreamClosed {
+        /// The message stream.
         stream_id: u32,
     },
     /// `pause` on a playing stream; live playback resumes at the next keyframe.
     PauseChanged {
+        /// The message stream.
         stream_id: u32,
+        /// True for pause, false for unpause.
         paused: bool,
     },
 }
@@ -252,6 +283,7 @@ impl ServerSession {
         self.link.take_output()
     }
 
+    /// Whether output is queued (without taking it).
     pub fn has_transmit(&self) -> bool {
         self.link.has_output()
     }
@@ -283,6 +315,7 @@ impl ServerSession {
         self.link.encoder.chunk_size()
     }
 
+    /// Whether the session failed or was closed (input is refused).
     pub fn is_closed(&self) -> bool {
         matches!(self.phase, Phase::Closed)
     }

@@ -18,7 +18,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use rtmpx_core::flv::{FlvWriter, TagKind};
 use rtmpx_core::session::ConnectRequest;
-use rtmpx_router::{FrameKind, Player, PlayerEvent, SessionInfo, StreamKey};
+use rtmpx_router::{MediaKind, Player, PlayerEvent, SessionInfo, StreamKey};
 use tracing::{info, warn};
 
 use crate::auth::{self, Grant};
@@ -245,9 +245,9 @@ impl FlvSession {
             out.push_back(header);
         }
         let kind = match frame.kind {
-            FrameKind::Audio => TagKind::Audio,
-            FrameKind::Video => TagKind::Video,
-            FrameKind::Metadata => TagKind::Script,
+            MediaKind::Audio => TagKind::Audio,
+            MediaKind::Video => TagKind::Video,
+            MediaKind::Data => TagKind::Script,
         };
         n += self.writer.tag(kind, frame.timestamp, &frame.payload, out);
         self.bytes_out += n as u64;

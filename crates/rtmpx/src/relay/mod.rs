@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use crate::logsafe::Escaped;
 use rtmpx_client::{ClientOptions, RtmpUrl, TlsOptions};
-use rtmpx_router::{Frame, FrameKind, Publisher, Router, SessionInfo, StreamKey};
+use rtmpx_router::{Frame, MediaKind, Publisher, Router, SessionInfo, StreamKey};
 use serde::Serialize;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -394,19 +394,19 @@ struct Headers {
     metadata: Option<Frame>,
     /// The latest sequence start of every (kind, track), in arrival order (Enhanced RTMP
     /// multitrack has one per track).
-    sequence_starts: Vec<(FrameKind, u8, Frame)>,
+    sequence_starts: Vec<(MediaKind, u8, Frame)>,
     has_video: bool,
 }
 
 impl Headers {
     /// Remembers `frame` if it is a header; true if it was.
     fn update(&mut self, frame: &Frame) -> bool {
-        if frame.kind == FrameKind::Video {
+        if frame.kind == MediaKind::Video {
             self.has_video = true;
         }
         match frame.kind {
-            FrameKind::Metadata => self.metadata = Some(frame.clone()),
-            FrameKind::Video | FrameKind::Audio if frame.info.sequence_header => {
+            MediaKind::Data => self.metadata = Some(frame.clone()),
+            MediaKind::Video | MediaKind::Audio if frame.info.sequence_header => {
                 let tracks = frame.sequence_start_tracks();
                 self.sequence_starts
                     .retain(|(kind, track, _)| *kind != frame.kind || !tracks.contains(track));
@@ -422,7 +422,7 @@ impl Headers {
     /// per track).
     fn all(&self) -> Vec<Frame> {
         let mut all: Vec<Frame> = self.metadata.iter().cloned().collect();
-        for kind in [FrameKind::Video, FrameKind::Audio] {
+        for kind in [MediaKind::Video, MediaKind::Audio] {
             for (_, _, frame) in self.sequence_starts.iter().filter(|(k, _, _)| *k == kind) {
                 if !all.iter().any(|sent| sent.payload.as_ptr() == frame.payload.as_ptr()) {
                     all.push(frame.clone());
