@@ -41,6 +41,18 @@ pub struct Connection {
     eof: bool,
 }
 
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("session", &self.session)
+            .field("version", &self.version)
+            .field("bytes_in", &self.bytes_in)
+            .field("bytes_out", &self.bytes_out)
+            .field("eof", &self.eof)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Connection {
     /// Opens the URL's transport, handshakes and connects to its app.
     pub async fn connect(url: &RtmpUrl, opts: &ClientOptions) -> Result<Self> {

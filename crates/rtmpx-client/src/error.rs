@@ -4,6 +4,7 @@ use std::io;
 
 /// Everything that can end a client connection or refuse to start one.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A URL that is not `scheme://host[:port]/app[/...]/stream`.
     #[error("invalid RTMP URL {url:?}: {reason}")]

@@ -32,6 +32,7 @@ pub use url::{RtmpUrl, Scheme};
 
 /// How to connect. `Default` suits most servers.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ClientOptions {
     /// Certificate checks for `rtmps`/`rtmpts`.
     pub tls: TlsOptions,

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{make_certs, round_trip, Expect, Gateway};
-use rtmpx_client::{ClientOptions, Connection, HandshakeVersion, RtmpUrl, TlsOptions};
+use rtmpx_client::{ClientOptions, Connection, HandshakeVersion, RtmpUrl};
 
 const LISTENERS: &str = "[[listener]]\nproto = \"rtmpt\"\naddr = \"127.0.0.1:0\"\n\
                          [[listener]]\nproto = \"rtmp\"\naddr = \"127.0.0.1:0\"\n";
@@ -22,7 +22,8 @@ async fn rtmpte_publish_and_play() {
     let port = gw.url("rtmpt", "x").port;
     for (i, version) in [HandshakeVersion::Rtmpe, HandshakeVersion::RtmpeXtea].into_iter().enumerate() {
         let url = RtmpUrl::parse(&format!("rtmpte://127.0.0.1:{port}/live/enc{i}")).unwrap();
-        let opts = ClientOptions { rtmpe_version: version, ..ClientOptions::default() };
+        let mut opts = ClientOptions::default();
+        opts.rtmpe_version = version;
         round_trip(&url, &url, &opts, Expect { metadata_intact: true }).await;
     }
 }
@@ -55,10 +56,8 @@ async fn https_gateway(dir: &std::path::Path) -> (Gateway, ClientOptions) {
          [[listener]]\nproto = \"rtmps\"\naddr = \"127.0.0.1:0\"\n{tls}\n[tls]\ncert_dir = {:?}\n",
         dir.join("devcerts"),
     );
-    let opts = ClientOptions {
-        tls: TlsOptions { ca_file: Some(certs.ca), ..TlsOptions::default() },
-        ..ClientOptions::default()
-    };
+    let mut opts = ClientOptions::default();
+    opts.tls.ca_file = Some(certs.ca);
     (Gateway::start(&listeners).await, opts)
 }
 

@@ -3,6 +3,7 @@
 /// Everything that can go wrong while speaking RTMP. Each variant names the layer and carries
 /// enough context to log one useful line; none of them is recoverable for the session it ends.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// AMF0/AMF3 data that does not parse.
     #[error("malformed AMF at byte {offset}: {reason}")]

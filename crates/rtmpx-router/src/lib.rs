@@ -36,6 +36,7 @@ use rebase::Rebaser;
 
 /// Limits. Changing them with [`Router::set_config`] affects players and publishes that start later.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RouterConfig {
     /// Bound on each player's queued payload bytes.
     pub player_queue_bytes: usize,
@@ -65,6 +66,7 @@ pub const FRAME_OVERHEAD: usize = 160;
 
 /// What the router refuses.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RouterError {
     /// A second publisher for a stream (the first must leave first).
     #[error("the stream already has a publisher")]
@@ -191,12 +193,27 @@ impl Frame {
 
 /// How a player subscribes ([`Router::play_with`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PlayOptions {
     /// Its own queue bound instead of `player_queue_bytes` (relays).
     pub queue_limit: Option<usize>,
     /// A player that announced no Enhanced RTMP support: it gets only what it can parse
     /// ([`Frame::for_legacy_player`]).
     pub legacy: bool,
+}
+
+impl PlayOptions {
+    /// These options with `queue_limit` set.
+    pub fn with_queue_limit(mut self, limit: usize) -> Self {
+        self.queue_limit = Some(limit);
+        self
+    }
+
+    /// These options with `legacy` set.
+    pub fn with_legacy(mut self, legacy: bool) -> Self {
+        self.legacy = legacy;
+        self
+    }
 }
 
 /// What a [`DirectSink`] did with a frame.
@@ -226,6 +243,7 @@ pub trait DirectSink: Send + Sync {
 
 /// What a player receives.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub enum PlayerEvent {
     /// A publisher arrived (the player waited for it).
     PublishStarted,
@@ -685,6 +703,29 @@ impl RouterInner {
     }
 }
 
+// Debug without taking locks: printing a router, publisher or player must never block or
+// deadlock (it may happen inside a log call while a lock is held).
+impl fmt::Debug for Router {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Router").finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Publisher")
+            .field("key", &self.key)
+            .field("takeover", &self.takeover)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for Player {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Player").field("key", &self.key).finish_non_exhaustive()
+    }
+}
+
 /// The right to push frames into a stream. Dropping it unpublishes.
 pub struct Publisher {
     router: Arc<RouterInner>,
@@ -885,6 +926,7 @@ impl Player {
     }
 
     /// The next event if one is queued; timestamps are rebased for this player.
+    #[must_use]
     pub fn try_recv(&mut self) -> Option<PlayerEvent> {
         let mut state = lock(&self.shared.state);
         let state = &mut *state;

@@ -60,8 +60,7 @@ fn late_joiner_gets_every_tracks_sequence_start() {
 fn legacy_player_gets_the_default_tracks_only() {
     let router = Router::new(RouterConfig::default());
     let publisher = publish_two_audio_tracks(&router);
-    let mut legacy =
-        router.play_with(key(), session(2), PlayOptions { legacy: true, ..PlayOptions::default() });
+    let mut legacy = router.play_with(key(), session(2), PlayOptions::default().with_legacy(true));
     assert_eq!(router.streams()[0].legacy_players, 1);
     // Live: AV1 has no legacy form; an avc1 ManyTracks keyframe becomes a legacy AVC tag.
     publisher.send(Frame::video(20, Bytes::from_static(b"\x93av01\x09")));

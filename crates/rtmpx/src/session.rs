@@ -17,8 +17,8 @@ use rtmpx_core::session::{
     CAPS_EX_RECONNECT,
 };
 use rtmpx_router::{
-    DirectSend, DirectSink, Frame, PlayOptions, Player, PlayerEvent, PlayerWaker, Publisher, RouterError,
-    SessionInfo, StreamKey,
+    DirectSend, DirectSink, Frame, PlayOptions, Player, PlayerEvent, PlayerWaker, Publisher, SessionInfo,
+    StreamKey,
 };
 use std::cell::RefCell;
 use std::future::poll_fn;
@@ -186,7 +186,9 @@ impl Connection {
 
 fn server_config(shared: &Shared, encryption: EncryptionPolicy) -> ServerConfig {
     let config = shared.config();
-    let mut sc = ServerConfig { chunk_size: config.server.chunk_size, encryption, ..ServerConfig::default() };
+    let mut sc = ServerConfig::default();
+    sc.chunk_size = config.server.chunk_size;
+    sc.encryption = encryption;
     sc.chunk_limits.max_chunk_size = config.limits.max_chunk_size;
     sc.chunk_limits.max_message_size = config.limits.max_message_size;
     sc.chunk_limits.max_chunk_streams = config.limits.max_chunk_streams;
@@ -615,7 +617,7 @@ fn deliver_queued(out: &SessionIo, conn: &mut Connection) -> bool {
         match event {
             PlayerEvent::PublishStarted => playing.unpublished_since = None,
             PlayerEvent::Unpublished => playing.unpublished_since = Some(tokio::time::Instant::now()),
-            PlayerEvent::Frame(_) => {}
+            _ => {}
         }
         only_frames &= deliver(event, &mut st, playing.stream_id);
     }
@@ -727,6 +729,7 @@ fn deliver(event: PlayerEvent, out: &mut IoState, stream_id: u32) -> bool {
             out.encode(stream_id, &frame, frame.timestamp);
             true
         }
+        _ => false,
     }
 }
 
@@ -811,6 +814,7 @@ async fn handle_event(
             }
         }
         ServerEvent::PauseChanged { .. } => {}
+        _ => {}
     }
     Ok(())
 }
@@ -878,7 +882,7 @@ async fn on_publish(
                 shared.relays.start_pushes(&shared.router, &shared.config(), &key);
             }
         }
-        Err(RouterError::AlreadyPublishing) => {
+        Err(_) => {
             grant.cancel();
             warn!(session = conn.id, peer = %conn.peer, stream = %Escaped(&key), "publish rejected: stream is already published");
             out.lock().session.reject_publish(
@@ -918,7 +922,7 @@ async fn on_play(
     // A player that announced no Enhanced RTMP gets only the tracks and tags it can parse.
     let legacy = !out.lock().session.peer_capabilities().is_enhanced();
     let mut player =
-        shared.router.play_with(key.clone(), conn.info(), PlayOptions { legacy, ..PlayOptions::default() });
+        shared.router.play_with(key.clone(), conn.info(), PlayOptions::default().with_legacy(legacy));
     let mut unpublished_since = (!shared.router.is_live(&key)).then(tokio::time::Instant::now);
     {
         let mut st = out.lock();

@@ -34,6 +34,7 @@ pub type Properties = Vec<(String, Amf0Value)>;
 
 /// Bounds every decoder obeys, so hostile input cannot allocate or recurse without bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AmfLimits {
     /// Nesting of objects/arrays (a top-level value is depth 1); never more than [`DEPTH_CEILING`].
     pub max_depth: usize,

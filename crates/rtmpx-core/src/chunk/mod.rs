@@ -25,6 +25,7 @@ pub const CONTROL_CHUNK_STREAM: u32 = 2;
 
 /// Bounds on what a peer can make the decoder hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ChunkLimits {
     /// Largest Set Chunk Size accepted from the peer (at most [`MAX_CHUNK_SIZE`]).
     pub max_chunk_size: u32,

@@ -17,6 +17,7 @@ use super::{csid, Media, MediaKind};
 
 /// Client-side settings.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ClientConfig {
     /// The application to connect to.
     pub app: String,
@@ -60,6 +61,7 @@ impl ClientConfig {
 
 /// What the client session reports, in the order it happened.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum ClientEvent {
     /// C0/C1 ↔ S0/S1/S2 done; `connect` is on its way.
     HandshakeComplete {
@@ -119,6 +121,17 @@ enum Phase {
     Closed,
 }
 
+impl Phase {
+    fn name(&self) -> &'static str {
+        match self {
+            Phase::Handshake(_) => "handshake",
+            Phase::Connecting { .. } => "connecting",
+            Phase::Connected => "connected",
+            Phase::Closed => "closed",
+        }
+    }
+}
+
 /// One client-side RTMP connection.
 pub struct ClientSession {
     config: ClientConfig,
@@ -133,6 +146,21 @@ pub struct ClientSession {
     outcome: Option<HandshakeOutcome>,
     scratch: BytesMut,
     server_capabilities: EnhancedCapabilities,
+}
+
+// Without keys or buffers: what a log line about the session needs.
+impl std::fmt::Debug for ClientSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientSession")
+            .field("app", &self.config.app)
+            .field("phase", &self.phase.name())
+            .field("encrypted", &self.link.is_encrypted())
+            .field("pending", &self.pending)
+            .field("queued", &self.queued)
+            .field("queued_events", &self.events.len())
+            .field("pending_output", &self.link.output_len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ClientSession {
@@ -190,11 +218,13 @@ impl ClientSession {
     }
 
     /// The next event, if any; call until `None` after each input.
+    #[must_use]
     pub fn poll_event(&mut self) -> Option<ClientEvent> {
         self.events.pop_front()
     }
 
     /// Bytes to send to the server, if any (encrypted under RTMPE).
+    #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
         self.link.take_output()
     }

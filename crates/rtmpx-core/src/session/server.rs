@@ -19,6 +19,7 @@ use super::{csid, Media, MediaKind, StatusLevel};
 
 /// Server-side settings.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ServerConfig {
     /// Our outgoing chunk size (sent right after connect).
     pub chunk_size: u32,
@@ -101,6 +102,7 @@ pub enum PublishMode {
 /// What the server session reports. Connect, publish and play wait for a decision:
 /// `accept_connect`/`reject_connect`, `accept_publish`/`reject_publish`, `accept_play`/`reject_play`.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum ServerEvent {
     /// C0/C1 ↔ S0/S1/S2 done; commands follow.
     HandshakeComplete {
@@ -180,6 +182,18 @@ enum Phase {
     Closed,
 }
 
+impl Phase {
+    fn name(&self) -> &'static str {
+        match self {
+            Phase::Handshake(_) => "handshake",
+            Phase::AwaitConnect => "await-connect",
+            Phase::ConnectPending { .. } => "connect-pending",
+            Phase::Connected => "connected",
+            Phase::Closed => "closed",
+        }
+    }
+}
+
 /// One server-side RTMP connection.
 pub struct ServerSession {
     config: ServerConfig,
@@ -190,6 +204,20 @@ pub struct ServerSession {
     next_stream_id: u32,
     outcome: Option<HandshakeOutcome>,
     peer_capabilities: EnhancedCapabilities,
+}
+
+// Without keys, buffers or the peer's data: what a log line about the session needs.
+impl std::fmt::Debug for ServerSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerSession")
+            .field("phase", &self.phase.name())
+            .field("encrypted", &self.is_encrypted())
+            .field("streams", &self.streams)
+            .field("queued_events", &self.events.len())
+            .field("pending_output", &self.pending_output())
+            .field("held_input", &self.held_input_bytes())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ServerSession {
@@ -274,11 +302,13 @@ impl ServerSession {
     }
 
     /// The next event, if any.
+    #[must_use]
     pub fn poll_event(&mut self) -> Option<ServerEvent> {
         self.events.pop_front()
     }
 
     /// Bytes to send to the client, if any (encrypted under RTMPE).
+    #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
         self.link.take_output()
     }

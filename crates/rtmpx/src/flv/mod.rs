@@ -237,6 +237,7 @@ impl FlvSession {
                 return None;
             }
             PlayerEvent::Frame(frame) => frame,
+            _ => return Some(0),
         };
         let mut n = 0;
         if !self.writer.started() {

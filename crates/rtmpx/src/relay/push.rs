@@ -166,6 +166,7 @@ impl PushJob {
                                     send(&mut upstream.conn, upstream.stream_id, &frame, ts, write_timeout).await?;
                                 }
                             }
+                            _ => {}
                         }
                         event = self.player.try_recv();
                     }
@@ -334,7 +335,7 @@ async fn drain_until_unpublished(player: &mut Player, headers: &mut Headers) {
             Some(PlayerEvent::Frame(frame)) => {
                 headers.update(&frame);
             }
-            Some(PlayerEvent::PublishStarted) => {}
+            Some(_) => {}
         }
     }
 }
