@@ -218,6 +218,11 @@ impl Connection {
     }
 
     fn keep(&mut self, event: ClientEvent) -> Result<()> {
+        // Skipped messages seen while waiting for a reply: nobody is listening for them yet, and
+        // a server sending many must not fill the backlog.
+        if matches!(event, ClientEvent::Unknown { .. }) {
+            return Ok(());
+        }
         if self.backlog.len() >= MAX_BACKLOG {
             let (value, limit) = (self.backlog.len() as u64 + 1, MAX_BACKLOG as u64);
             return Err(Error::Rtmp(rtmpx_core::Error::LimitExceeded {

@@ -13,8 +13,8 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rtmpx_core::handshake::EncryptionPolicy;
 use rtmpx_core::session::{
-    MediaKind, PublishMode, ReconnectRequest, ServerConfig, ServerEvent, ServerSession, StatusLevel,
-    CAPS_EX_RECONNECT,
+    MediaKind, PlayRequest, PublishMode, ReconnectRequest, ServerConfig, ServerEvent, ServerSession,
+    StatusLevel, CAPS_EX_RECONNECT,
 };
 use rtmpx_router::{
     DirectSend, DirectSink, Frame, PlayOptions, Player, PlayerEvent, PlayerWaker, Publisher, SessionInfo,
@@ -26,7 +26,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{sleep_until, timeout};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, trace, warn};
 
 mod fan_out;
 mod seal_pairing;
@@ -789,8 +789,8 @@ async fn handle_event(
         ServerEvent::PublishRequested { stream_id, stream_name, mode } => {
             on_publish(stream_id, &stream_name, mode, out, conn, shared).await?
         }
-        ServerEvent::PlayRequested { stream_id, stream_name, start, duration, reset } => {
-            on_play(stream_id, &stream_name, (start, duration, reset), out, conn, shared).await?
+        ServerEvent::PlayRequested { stream_id, stream_name, request } => {
+            on_play(stream_id, &stream_name, request, out, conn, shared).await?
         }
         ServerEvent::Media(media) => {
             if let Some(p) = &mut conn.publishing {
@@ -814,6 +814,9 @@ async fn handle_event(
             }
         }
         ServerEvent::PauseChanged { .. } => {}
+        ServerEvent::Unknown { stream_id, type_id, len } => {
+            trace!(session = conn.id, stream_id, type_id, len, "skipped a message of an unhandled type");
+        }
         _ => {}
     }
     Ok(())
@@ -898,7 +901,7 @@ async fn on_publish(
 async fn on_play(
     stream_id: u32,
     stream_name: &str,
-    (start, duration, reset): (f64, f64, bool),
+    request: PlayRequest,
     out: &Arc<SessionIo>,
     conn: &mut Connection,
     shared: &Shared,
@@ -912,7 +915,7 @@ async fn on_play(
     }
     let config = shared.config();
     let Some(client) = conn.client.as_ref() else { return Err(Error::Denied("play before connect".into())) };
-    let grant = match shared.auth.play(&config, client, stream_name, start, duration, reset).await {
+    let grant = match shared.auth.play(&config, client, stream_name, request).await {
         Ok(grant) => grant,
         Err(denial) => {
             return deny(&mut out.lock().session, conn, shared, stream_id, false, stream_name, denial)

@@ -13,7 +13,7 @@ use crate::{Error, Result};
 
 use super::capabilities::EnhancedCapabilities;
 use super::link::Link;
-use super::{csid, Media, MediaKind};
+use super::{csid, Media, MediaKind, StatusLevel};
 
 /// Client-side settings.
 #[derive(Debug, Clone)]
@@ -106,6 +106,16 @@ pub enum ClientEvent {
     /// The server asks us to reconnect (Enhanced RTMP), to `tc_url` or the current tcUrl. The
     /// session goes on until the caller closes it.
     ReconnectRequested(super::ReconnectRequest),
+    /// A message the session does not handle (shared objects, unassigned types): skipped, and
+    /// reported so the caller may count or log it.
+    Unknown {
+        /// The message stream it came on.
+        stream_id: u32,
+        /// Its message type.
+        type_id: u8,
+        /// Its payload length in bytes.
+        len: usize,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -374,7 +384,13 @@ impl ClientSession {
                 )?;
                 self.handle_command(msg.stream_id, cmd)?;
             }
-            _ => {}
+            type_id::SET_CHUNK_SIZE | type_id::ABORT | type_id::ACKNOWLEDGEMENT => {}
+            // Shared objects and unassigned types: skipped, but reported.
+            _ => self.events.push_back(ClientEvent::Unknown {
+                stream_id: msg.stream_id,
+                type_id: msg.type_id,
+                len: msg.payload.len(),
+            }),
         }
         Ok(())
     }
@@ -456,7 +472,9 @@ impl ClientSession {
                 let event = match code.as_str() {
                     "NetStream.Publish.Start" => ClientEvent::PublishStarted { stream_id },
                     "NetStream.Play.Start" => ClientEvent::PlayStarted { stream_id },
-                    _ if level == "error" => ClientEvent::Rejected { code, description: text("description") },
+                    _ if level == StatusLevel::Error.as_str() => {
+                        ClientEvent::Rejected { code, description: text("description") }
+                    }
                     _ => ClientEvent::Status { stream_id, level, code, description: text("description") },
                 };
                 self.events.push_back(event);

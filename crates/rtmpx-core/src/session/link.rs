@@ -11,7 +11,7 @@ use crate::handshake::{HandshakeOutcome, Rc4Pair};
 use crate::message::{type_id, BandwidthLimit, Command, UserControl};
 use crate::Result;
 
-use super::csid;
+use super::{csid, StatusLevel};
 
 /// Shared payloads shorter than this are copied: a small copy costs less than an extra piece
 /// (and an iovec) per player.
@@ -309,9 +309,9 @@ impl Link {
     }
 
     /// `onStatus` on a message stream.
-    pub(super) fn send_status(&mut self, stream_id: u32, level: &str, code: &str, description: &str) {
+    pub(super) fn send_status(&mut self, stream_id: u32, level: StatusLevel, code: &str, description: &str) {
         let info = Amf0Value::object([
-            ("level", Amf0Value::from(level)),
+            ("level", level.into()),
             ("code", Amf0Value::from(code)),
             ("description", Amf0Value::from(description)),
         ]);

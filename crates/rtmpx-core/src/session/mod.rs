@@ -21,7 +21,9 @@ mod tests;
 pub use capabilities::EnhancedCapabilities;
 pub use client::{ClientConfig, ClientEvent, ClientSession};
 pub use reconnect::{caps_ex, ReconnectRequest, CAPS_EX_RECONNECT, RECONNECT_REQUEST_CODE};
-pub use server::{ConnectRequest, PublishMode, ServerConfig, ServerEvent, ServerSession};
+pub use server::{
+    ConnectRequest, PlayRequest, PlayStart, PublishMode, ServerConfig, ServerEvent, ServerSession,
+};
 
 use bytes::Bytes;
 
@@ -79,6 +81,12 @@ impl StatusLevel {
             StatusLevel::Error => "error",
             StatusLevel::Warning => "warning",
         }
+    }
+}
+
+impl From<StatusLevel> for crate::amf::Amf0Value {
+    fn from(level: StatusLevel) -> Self {
+        level.as_str().into()
     }
 }
 

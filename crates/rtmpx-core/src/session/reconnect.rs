@@ -25,7 +25,7 @@ impl ReconnectRequest {
     pub fn info(&self) -> Amf0Value {
         let mut props = vec![
             ("code", Amf0Value::from(RECONNECT_REQUEST_CODE)),
-            ("level", Amf0Value::from("status")),
+            ("level", super::StatusLevel::Status.into()),
             ("description", Amf0Value::from(self.description.as_str())),
         ];
         if let Some(tc_url) = &self.tc_url {

@@ -99,6 +99,70 @@ pub enum PublishMode {
     Append,
 }
 
+/// Where `play` starts: its `start` argument.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PlayStart {
+    /// −2, the default: the live stream, else a recording of that name.
+    LiveOrRecorded,
+    /// −1: the live stream only.
+    Live,
+    /// Any other number, as sent: a position in a recording. (FFmpeg scales the two values above
+    /// by 1000; they are kept as sent, since servers forward them to callbacks.)
+    At(f64),
+}
+
+impl PlayStart {
+    /// The `start` argument; absent means −2.
+    pub fn from_arg(start: Option<f64>) -> Self {
+        match start {
+            None => PlayStart::LiveOrRecorded,
+            Some(-2.0) => PlayStart::LiveOrRecorded,
+            Some(-1.0) => PlayStart::Live,
+            Some(v) => PlayStart::At(v),
+        }
+    }
+
+    /// The number on the wire (−2, −1 or the position as sent).
+    pub fn as_f64(self) -> f64 {
+        match self {
+            PlayStart::LiveOrRecorded => -2.0,
+            PlayStart::Live => -1.0,
+            PlayStart::At(v) => v,
+        }
+    }
+}
+
+/// What `play`/`play2` asks for besides the stream name.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct PlayRequest {
+    /// Where to start.
+    pub start: PlayStart,
+    /// Seconds to play; `None` (−1, any negative number, or absent) until the end.
+    pub duration: Option<u32>,
+    /// Whether to flush a playlist (`play`'s fourth argument, true when absent).
+    pub reset: bool,
+}
+
+impl Default for PlayRequest {
+    /// What a `play` with only a stream name asks for.
+    fn default() -> Self {
+        PlayRequest { start: PlayStart::LiveOrRecorded, duration: None, reset: true }
+    }
+}
+
+impl PlayRequest {
+    /// From `play`'s arguments after the name, as sent.
+    pub fn from_args(start: Option<f64>, duration: Option<f64>, reset: Option<bool>) -> Self {
+        PlayRequest {
+            start: PlayStart::from_arg(start),
+            // NaN fails the comparison too: until the end.
+            duration: duration.filter(|d| *d >= 0.0).map(|d| d as u32),
+            reset: reset.unwrap_or(true),
+        }
+    }
+}
+
 /// What the server session reports. Connect, publish and play wait for a decision:
 /// `accept_connect`/`reject_connect`, `accept_publish`/`reject_publish`, `accept_play`/`reject_play`.
 #[derive(Debug, Clone, PartialEq)]
@@ -130,12 +194,8 @@ pub enum ServerEvent {
         stream_id: u32,
         /// As sent, query string (keys, tokens) included.
         stream_name: String,
-        /// Where to start (seconds; −2 live or recorded, −1 live only).
-        start: f64,
-        /// Seconds to play, −1 until the end.
-        duration: f64,
-        /// Whether to flush a playlist.
-        reset: bool,
+        /// Start, duration and reset.
+        request: PlayRequest,
     },
     /// Audio, video or metadata from a publishing stream.
     Media(Media),
@@ -151,6 +211,16 @@ pub enum ServerEvent {
         stream_id: u32,
         /// True for pause, false for unpause.
         paused: bool,
+    },
+    /// A message the session does not handle (shared objects, unassigned types): skipped, and
+    /// reported so the caller may count or log it.
+    Unknown {
+        /// The message stream it came on.
+        stream_id: u32,
+        /// Its message type.
+        type_id: u8,
+        /// Its payload length in bytes.
+        len: usize,
     },
 }
 
@@ -425,9 +495,16 @@ impl ServerSession {
                 }
                 Ok(())
             }
-            // Shared objects are a Flash-era feature nobody streams with: ignored.
-            type_id::SHARED_OBJECT_AMF0 | type_id::SHARED_OBJECT_AMF3 => Ok(()),
-            _ => Ok(()),
+            // Shared objects (a Flash-era feature nobody streams with) and unassigned types:
+            // skipped, but reported so the caller can count them.
+            _ => {
+                self.events.push_back(ServerEvent::Unknown {
+                    stream_id: msg.stream_id,
+                    type_id: msg.type_id,
+                    len: msg.payload.len(),
+                });
+                Ok(())
+            }
         }
     }
 
@@ -531,7 +608,7 @@ impl ServerSession {
         }
         let properties = Amf0Value::Object(properties);
         let info = Amf0Value::object([
-            ("level", Amf0Value::from("status")),
+            ("level", StatusLevel::Status.into()),
             ("code", "NetConnection.Connect.Success".into()),
             ("description", "Connection succeeded.".into()),
             ("objectEncoding", object_encoding.into()),
@@ -551,7 +628,7 @@ impl ServerSession {
             return Err(Error::Protocol("reject_connect without a pending connect".into()));
         };
         let info = Amf0Value::object([
-            ("level", Amf0Value::from("error")),
+            ("level", StatusLevel::Error.into()),
             ("code", "NetConnection.Connect.Rejected".into()),
             ("description", description.into()),
         ]);
@@ -652,26 +729,20 @@ impl ServerSession {
                 self.events.push_back(ServerEvent::PublishRequested { stream_id, stream_name, mode });
             }
             "play" | "play2" => {
-                let (stream_name, start, duration, reset) = if cmd.name == "play2" {
+                let (stream_name, request) = if cmd.name == "play2" {
                     let params = cmd.arg(0);
                     let name = params.and_then(|p| p.get("streamName")).and_then(Amf0Value::as_str);
                     let start = params.and_then(|p| p.get("start")).and_then(Amf0Value::as_f64);
-                    (name.unwrap_or_default().to_owned(), start.unwrap_or(-2.0), -1.0, true)
+                    (name.unwrap_or_default().to_owned(), PlayRequest::from_args(start, None, None))
                 } else {
-                    let start = cmd.arg(1).and_then(Amf0Value::as_f64).unwrap_or(-2.0);
-                    let duration = cmd.arg(2).and_then(Amf0Value::as_f64).unwrap_or(-1.0);
+                    let start = cmd.arg(1).and_then(Amf0Value::as_f64);
+                    let duration = cmd.arg(2).and_then(Amf0Value::as_f64);
                     let reset = cmd.arg(3).map(|v| v.as_bool().unwrap_or(v.as_f64().unwrap_or(1.0) != 0.0));
-                    (name_arg(0), start, duration, reset.unwrap_or(true))
+                    (name_arg(0), PlayRequest::from_args(start, duration, reset))
                 };
                 let stream = self.idle_stream(stream_id, "play")?;
                 stream.state = StreamState::PlayPending { transaction_id: cmd.transaction_id };
-                self.events.push_back(ServerEvent::PlayRequested {
-                    stream_id,
-                    stream_name,
-                    start,
-                    duration,
-                    reset,
-                });
+                self.events.push_back(ServerEvent::PlayRequested { stream_id, stream_name, request });
             }
             "deleteStream" => {
                 let id = cmd.arg(0).and_then(Amf0Value::as_f64).unwrap_or(f64::from(stream_id)) as u32;
@@ -702,7 +773,7 @@ impl ServerSession {
                 let code = if paused { "NetStream.Pause.Notify" } else { "NetStream.Unpause.Notify" };
                 self.link.send_status(
                     stream_id,
-                    "status",
+                    StatusLevel::Status,
                     code,
                     if paused { "Paused." } else { "Unpaused." },
                 );
@@ -712,7 +783,7 @@ impl ServerSession {
             _ => {
                 if cmd.transaction_id > 0.0 {
                     let info = Amf0Value::object([
-                        ("level", Amf0Value::from("error")),
+                        ("level", StatusLevel::Error.into()),
                         ("code", "NetConnection.Call.Failed".into()),
                         ("description", format!("Method not found ({}).", cmd.name).into()),
                     ]);
@@ -745,7 +816,7 @@ impl ServerSession {
             StreamState::Publishing if send_status => {
                 self.link.send_status(
                     stream_id,
-                    "status",
+                    StatusLevel::Status,
                     "NetStream.Unpublish.Success",
                     "Stopped publishing.",
                 );
@@ -773,7 +844,7 @@ impl ServerSession {
         let (s, _) = self.pending(stream_id, true)?;
         s.state = StreamState::Publishing;
         self.link.send_user_control(UserControl::StreamBegin(stream_id));
-        self.link.send_status(stream_id, "status", "NetStream.Publish.Start", "Start publishing.");
+        self.link.send_status(stream_id, StatusLevel::Status, "NetStream.Publish.Start", "Start publishing.");
         self.continue_input()
     }
 
@@ -781,7 +852,7 @@ impl ServerSession {
     pub fn reject_publish(&mut self, stream_id: u32, code: &str, description: &str) -> Result<()> {
         let (s, _) = self.pending(stream_id, true)?;
         s.state = StreamState::Idle;
-        self.link.send_status(stream_id, StatusLevel::Error.as_str(), code, description);
+        self.link.send_status(stream_id, StatusLevel::Error, code, description);
         self.continue_input()
     }
 
@@ -793,13 +864,13 @@ impl ServerSession {
         self.link.send_user_control(UserControl::StreamBegin(stream_id));
         self.link.send_status(
             stream_id,
-            "status",
+            StatusLevel::Status,
             "NetStream.Play.Reset",
             &format!("Playing and resetting {stream_name}."),
         );
         self.link.send_status(
             stream_id,
-            "status",
+            StatusLevel::Status,
             "NetStream.Play.Start",
             &format!("Started playing {stream_name}."),
         );
@@ -823,7 +894,7 @@ impl ServerSession {
     pub fn reject_play(&mut self, stream_id: u32, code: &str, description: &str) -> Result<()> {
         let (s, _) = self.pending(stream_id, false)?;
         s.state = StreamState::Idle;
-        self.link.send_status(stream_id, StatusLevel::Error.as_str(), code, description);
+        self.link.send_status(stream_id, StatusLevel::Error, code, description);
         self.continue_input()
     }
 
@@ -832,7 +903,7 @@ impl ServerSession {
         self.link.send_user_control(UserControl::StreamBegin(stream_id));
         self.link.send_status(
             stream_id,
-            "status",
+            StatusLevel::Status,
             "NetStream.Play.PublishNotify",
             "Stream is now published.",
         );
@@ -843,7 +914,7 @@ impl ServerSession {
         self.link.send_user_control(UserControl::StreamEof(stream_id));
         self.link.send_status(
             stream_id,
-            "status",
+            StatusLevel::Status,
             "NetStream.Play.UnpublishNotify",
             "Stream was unpublished.",
         );
@@ -851,7 +922,7 @@ impl ServerSession {
 
     /// Sends any status to the client (e.g. on shutdown).
     pub fn send_status(&mut self, stream_id: u32, level: StatusLevel, code: &str, description: &str) {
-        self.link.send_status(stream_id, level.as_str(), code, description);
+        self.link.send_status(stream_id, level, code, description);
     }
 
     /// Asks the client to reconnect (Enhanced RTMP); meant for clients whose `connect` announced
