@@ -21,7 +21,8 @@ pub const COPY_BYTES_PER_VALUE: usize = 64;
 
 /// Runs both decoders over arbitrary bytes and ignores the outcome (the body of a fuzz target:
 /// it must never panic, hang or allocate without bound).
-pub fn fuzz_decode(data: &[u8]) {
+#[cfg(any(test, fuzzing, feature = "fuzzing"))]
+pub(crate) fn fuzz_decode(data: &[u8]) {
     let limits = AmfLimits::default();
     let _ = decode_amf0_all(data, limits);
     let mut amf3 = Amf3Decoder::new(data, limits);

@@ -10,7 +10,7 @@ pub mod header;
 #[cfg(test)]
 mod tests;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 pub use decoder::{ChunkDecoder, MAX_PIN_FACTOR};
 pub use encoder::{ChunkEncoder, ContinuationHeader};
@@ -66,7 +66,8 @@ pub struct RawMessage {
 /// Feeds arbitrary bytes to a decoder with default limits, in up to three fragments cut where
 /// the first bytes say, checking invariants on the way: for fuzz targets. Never panics on its
 /// own unless the decoder misbehaves.
-pub fn fuzz_decode(data: &[u8]) {
+#[cfg(any(test, fuzzing, feature = "fuzzing"))]
+pub(crate) fn fuzz_decode(data: &[u8]) {
     let mut decoder = ChunkDecoder::new(ChunkLimits::default());
     let limits = ChunkLimits::default();
     let (first_cut, second_cut) = match data {
@@ -76,7 +77,7 @@ pub fn fuzz_decode(data: &[u8]) {
         }
         _ => (0, 0),
     };
-    let mut buf = BytesMut::new();
+    let mut buf = bytes::BytesMut::new();
     for fragment in [&data[..first_cut], &data[first_cut..second_cut], &data[second_cut..]] {
         buf.extend_from_slice(fragment);
         loop {

@@ -642,8 +642,8 @@ impl ClientHandshake {
 
 /// Fuzz entry: feeds `data` to a server handshake (fixed-seed rng) in pieces whose sizes come
 /// from the data itself, then decrypts whatever follows a completed RTMPE handshake.
-#[doc(hidden)]
-pub fn fuzz_server_handshake(data: &[u8]) {
+#[cfg(any(test, fuzzing, feature = "fuzzing"))]
+pub(crate) fn fuzz_server_handshake(data: &[u8]) {
     use rand::SeedableRng;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
     let mut server = ServerHandshake::new(EncryptionPolicy::Allow, &mut rng);
