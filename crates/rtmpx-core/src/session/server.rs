@@ -252,6 +252,58 @@ enum Phase {
     Closed,
 }
 
+/// The calls a connected client may make besides `connect`, parsed from the command name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamCommand {
+    CreateStream,
+    ReleaseStream,
+    FcPublish,
+    FcUnpublish,
+    FcSubscribe,
+    GetStreamLength,
+    CheckBandwidth,
+    Publish,
+    Play,
+    Play2,
+    DeleteStream,
+    CloseStream,
+    ReceiveAudio,
+    ReceiveVideo,
+    Pause,
+}
+
+impl StreamCommand {
+    /// Names as clients send them; anything else gets `_error` ("Method not found").
+    const NAMES: [(&'static str, StreamCommand); 17] = [
+        ("createStream", StreamCommand::CreateStream),
+        ("releaseStream", StreamCommand::ReleaseStream),
+        ("FCPublish", StreamCommand::FcPublish),
+        ("FCUnpublish", StreamCommand::FcUnpublish),
+        ("FCSubscribe", StreamCommand::FcSubscribe),
+        ("FCUnsubscribe", StreamCommand::FcSubscribe),
+        ("getStreamLength", StreamCommand::GetStreamLength),
+        ("_checkbw", StreamCommand::CheckBandwidth),
+        ("publish", StreamCommand::Publish),
+        ("play", StreamCommand::Play),
+        ("play2", StreamCommand::Play2),
+        ("deleteStream", StreamCommand::DeleteStream),
+        ("closeStream", StreamCommand::CloseStream),
+        ("receiveAudio", StreamCommand::ReceiveAudio),
+        ("receiveVideo", StreamCommand::ReceiveVideo),
+        ("pause", StreamCommand::Pause),
+        ("pauseRaw", StreamCommand::Pause),
+    ];
+
+    fn parse(name: &str) -> Option<StreamCommand> {
+        Self::NAMES.iter().find(|(known, _)| *known == name).map(|&(_, command)| command)
+    }
+}
+
+/// Argument `index` as a string, empty when absent or not a string.
+fn string_arg(cmd: &Command, index: usize) -> String {
+    cmd.arg(index).and_then(Amf0Value::as_str).unwrap_or_default().to_owned()
+}
+
 impl Phase {
     fn name(&self) -> &'static str {
         match self {
@@ -657,150 +709,160 @@ impl ServerSession {
     }
 
     fn on_stream_command(&mut self, stream_id: u32, cmd: Command) -> Result<()> {
-        let name_arg = |i: usize| cmd.arg(i).and_then(Amf0Value::as_str).unwrap_or_default().to_owned();
-        match cmd.name.as_str() {
-            "createStream" => {
-                if self.streams.len() as u32 >= self.config.max_streams {
-                    return Err(Error::limit(
-                        "message streams",
-                        self.streams.len() + 1,
-                        self.config.max_streams,
-                    ));
-                }
-                let id = self.next_stream_id;
-                self.next_stream_id += 1;
-                self.streams.push(MessageStream {
-                    id,
-                    state: StreamState::Idle,
-                    receive_audio: true,
-                    receive_video: true,
-                    paused: false,
-                    wait_keyframe: false,
-                });
-                self.send_result(cmd.transaction_id, vec![f64::from(id).into()]);
-            }
-            "releaseStream" => self.send_result(cmd.transaction_id, vec![Amf0Value::Undefined]),
-            "FCPublish" => {
-                let name = name_arg(0);
-                let info = Amf0Value::object([
-                    ("code", Amf0Value::from("NetStream.Publish.Start")),
-                    ("description", name.into()),
-                ]);
-                self.link.send_values(
-                    csid::COMMAND,
-                    type_id::COMMAND_AMF0,
-                    0,
-                    &["onFCPublish".into(), 0.0.into(), Amf0Value::Null, info],
-                );
-                self.send_result(cmd.transaction_id, vec![Amf0Value::Undefined]);
-            }
-            "FCUnpublish" => {
-                let name = name_arg(0);
-                let info = Amf0Value::object([
-                    ("code", Amf0Value::from("NetStream.Unpublish.Success")),
-                    ("description", name.into()),
-                ]);
-                self.link.send_values(
-                    csid::COMMAND,
-                    type_id::COMMAND_AMF0,
-                    0,
-                    &["onFCUnpublish".into(), 0.0.into(), Amf0Value::Null, info],
-                );
-                self.send_result(cmd.transaction_id, vec![Amf0Value::Undefined]);
-                let publishing: Vec<u32> = self
-                    .streams
-                    .iter()
-                    .filter(|s| s.state == StreamState::Publishing)
-                    .map(|s| s.id)
-                    .collect();
-                for id in publishing {
-                    self.close_stream(id, true);
-                }
-            }
-            "FCSubscribe" | "FCUnsubscribe" => {
+        use StreamCommand::*;
+        let Some(command) = StreamCommand::parse(&cmd.name) else {
+            self.method_not_found(&cmd);
+            return Ok(());
+        };
+        match command {
+            CreateStream => self.create_stream(&cmd)?,
+            ReleaseStream | FcSubscribe | CheckBandwidth => {
                 self.send_result(cmd.transaction_id, vec![Amf0Value::Undefined])
             }
-            "getStreamLength" => self.send_result(cmd.transaction_id, vec![0.0.into()]),
-            "_checkbw" => self.send_result(cmd.transaction_id, vec![Amf0Value::Undefined]),
-            "publish" => {
-                let stream_name = name_arg(0);
-                let mode = match cmd.arg(1).and_then(Amf0Value::as_str) {
-                    Some("record") => PublishMode::Record,
-                    Some("append") => PublishMode::Append,
-                    _ => PublishMode::Live,
-                };
-                let stream = self.idle_stream(stream_id, "publish")?;
-                stream.state = StreamState::PublishPending { transaction_id: cmd.transaction_id };
-                self.events.push_back(ServerEvent::PublishRequested { stream_id, stream_name, mode });
-            }
-            "play" | "play2" => {
-                let (stream_name, request) = if cmd.name == "play2" {
-                    let params = cmd.arg(0);
-                    let name = params.and_then(|p| p.get("streamName")).and_then(Amf0Value::as_str);
-                    let start = params.and_then(|p| p.get("start")).and_then(Amf0Value::as_f64);
-                    (name.unwrap_or_default().to_owned(), PlayRequest::from_args(start, None, None))
-                } else {
-                    let start = cmd.arg(1).and_then(Amf0Value::as_f64);
-                    let duration = cmd.arg(2).and_then(Amf0Value::as_f64);
-                    let reset = cmd.arg(3).map(|v| v.as_bool().unwrap_or(v.as_f64().unwrap_or(1.0) != 0.0));
-                    (name_arg(0), PlayRequest::from_args(start, duration, reset))
-                };
-                let stream = self.idle_stream(stream_id, "play")?;
-                stream.state = StreamState::PlayPending { transaction_id: cmd.transaction_id };
-                self.events.push_back(ServerEvent::PlayRequested { stream_id, stream_name, request });
-            }
-            "deleteStream" => {
+            FcPublish => self.fc_publish(&cmd),
+            FcUnpublish => self.fc_unpublish(&cmd),
+            GetStreamLength => self.send_result(cmd.transaction_id, vec![0.0.into()]),
+            Publish => self.publish(stream_id, &cmd)?,
+            Play | Play2 => self.play(stream_id, &cmd, command == Play2)?,
+            DeleteStream => {
                 let id = cmd.arg(0).and_then(Amf0Value::as_f64).unwrap_or(f64::from(stream_id)) as u32;
                 self.close_stream(id, false);
                 self.streams.retain(|s| s.id != id);
             }
-            "closeStream" => self.close_stream(stream_id, true),
-            "receiveAudio" | "receiveVideo" => {
-                let on = cmd.arg(0).and_then(Amf0Value::as_bool).unwrap_or(true);
-                let video = cmd.name == "receiveVideo";
-                if let Some(s) = self.stream_mut(stream_id) {
-                    if video {
-                        s.wait_keyframe |= on && !s.receive_video;
-                        s.receive_video = on;
-                    } else {
-                        s.receive_audio = on;
-                    }
-                }
-            }
-            "pause" | "pauseRaw" => {
-                let paused = cmd.arg(0).and_then(Amf0Value::as_bool).unwrap_or(true);
-                let Some(s) = self.stream_mut(stream_id) else { return Ok(()) };
-                if s.state != StreamState::Playing || s.paused == paused {
-                    return Ok(());
-                }
-                s.paused = paused;
-                s.wait_keyframe |= !paused;
-                let code = if paused { "NetStream.Pause.Notify" } else { "NetStream.Unpause.Notify" };
-                self.link.send_status(
-                    stream_id,
-                    StatusLevel::Status,
-                    code,
-                    if paused { "Paused." } else { "Unpaused." },
-                );
-                self.events.push_back(ServerEvent::PauseChanged { stream_id, paused });
-            }
-            // Unknown calls: answer so a client waiting on the transaction does not hang.
-            _ => {
-                if cmd.transaction_id > 0.0 {
-                    let info = Amf0Value::object([
-                        ("level", StatusLevel::Error.into()),
-                        ("code", "NetConnection.Call.Failed".into()),
-                        ("description", format!("Method not found ({}).", cmd.name).into()),
-                    ]);
-                    self.link.send_command(
-                        csid::COMMAND,
-                        0,
-                        &Command::new("_error", cmd.transaction_id, Amf0Value::Null, vec![info]),
-                    );
-                }
-            }
+            CloseStream => self.close_stream(stream_id, true),
+            ReceiveAudio | ReceiveVideo => self.receive_media(stream_id, &cmd, command == ReceiveVideo),
+            Pause => self.pause(stream_id, &cmd),
         }
         Ok(())
+    }
+
+    /// Unknown calls: answered so that a client waiting on the transaction does not hang.
+    fn method_not_found(&mut self, cmd: &Command) {
+        if cmd.transaction_id > 0.0 {
+            let info = Amf0Value::object([
+                ("level", StatusLevel::Error.into()),
+                ("code", "NetConnection.Call.Failed".into()),
+                ("description", format!("Method not found ({}).", cmd.name).into()),
+            ]);
+            self.link.send_command(
+                csid::COMMAND,
+                0,
+                &Command::new("_error", cmd.transaction_id, Amf0Value::Null, vec![info]),
+            );
+        }
+    }
+
+    fn create_stream(&mut self, cmd: &Command) -> Result<()> {
+        if self.streams.len() as u32 >= self.config.max_streams {
+            return Err(Error::limit("message streams", self.streams.len() + 1, self.config.max_streams));
+        }
+        let id = self.next_stream_id;
+        self.next_stream_id += 1;
+        self.streams.push(MessageStream {
+            id,
+            state: StreamState::Idle,
+            receive_audio: true,
+            receive_video: true,
+            paused: false,
+            wait_keyframe: false,
+        });
+        self.send_result(cmd.transaction_id, vec![f64::from(id).into()]);
+        Ok(())
+    }
+
+    fn fc_publish(&mut self, cmd: &Command) {
+        let info = Amf0Value::object([
+            ("code", Amf0Value::from("NetStream.Publish.Start")),
+            ("description", string_arg(cmd, 0).into()),
+        ]);
+        self.link.send_values(
+            csid::COMMAND,
+            type_id::COMMAND_AMF0,
+            0,
+            &["onFCPublish".into(), 0.0.into(), Amf0Value::Null, info],
+        );
+        self.send_result(cmd.transaction_id, vec![Amf0Value::Undefined]);
+    }
+
+    fn fc_unpublish(&mut self, cmd: &Command) {
+        let info = Amf0Value::object([
+            ("code", Amf0Value::from("NetStream.Unpublish.Success")),
+            ("description", string_arg(cmd, 0).into()),
+        ]);
+        self.link.send_values(
+            csid::COMMAND,
+            type_id::COMMAND_AMF0,
+            0,
+            &["onFCUnpublish".into(), 0.0.into(), Amf0Value::Null, info],
+        );
+        self.send_result(cmd.transaction_id, vec![Amf0Value::Undefined]);
+        let publishing: Vec<u32> =
+            self.streams.iter().filter(|s| s.state == StreamState::Publishing).map(|s| s.id).collect();
+        for id in publishing {
+            self.close_stream(id, true);
+        }
+    }
+
+    fn publish(&mut self, stream_id: u32, cmd: &Command) -> Result<()> {
+        let stream_name = string_arg(cmd, 0);
+        let mode = match cmd.arg(1).and_then(Amf0Value::as_str) {
+            Some("record") => PublishMode::Record,
+            Some("append") => PublishMode::Append,
+            _ => PublishMode::Live,
+        };
+        let stream = self.idle_stream(stream_id, "publish")?;
+        stream.state = StreamState::PublishPending { transaction_id: cmd.transaction_id };
+        self.events.push_back(ServerEvent::PublishRequested { stream_id, stream_name, mode });
+        Ok(())
+    }
+
+    /// `play` (name, start, duration, reset) or `play2` (one object: streamName, start...).
+    fn play(&mut self, stream_id: u32, cmd: &Command, play2: bool) -> Result<()> {
+        let (stream_name, request) = if play2 {
+            let params = cmd.arg(0);
+            let name = params.and_then(|p| p.get("streamName")).and_then(Amf0Value::as_str);
+            let start = params.and_then(|p| p.get("start")).and_then(Amf0Value::as_f64);
+            (name.unwrap_or_default().to_owned(), PlayRequest::from_args(start, None, None))
+        } else {
+            let start = cmd.arg(1).and_then(Amf0Value::as_f64);
+            let duration = cmd.arg(2).and_then(Amf0Value::as_f64);
+            let reset = cmd.arg(3).map(|v| v.as_bool().unwrap_or(v.as_f64().unwrap_or(1.0) != 0.0));
+            (string_arg(cmd, 0), PlayRequest::from_args(start, duration, reset))
+        };
+        let stream = self.idle_stream(stream_id, "play")?;
+        stream.state = StreamState::PlayPending { transaction_id: cmd.transaction_id };
+        self.events.push_back(ServerEvent::PlayRequested { stream_id, stream_name, request });
+        Ok(())
+    }
+
+    fn receive_media(&mut self, stream_id: u32, cmd: &Command, video: bool) {
+        let on = cmd.arg(0).and_then(Amf0Value::as_bool).unwrap_or(true);
+        if let Some(s) = self.stream_mut(stream_id) {
+            if video {
+                s.wait_keyframe |= on && !s.receive_video;
+                s.receive_video = on;
+            } else {
+                s.receive_audio = on;
+            }
+        }
+    }
+
+    fn pause(&mut self, stream_id: u32, cmd: &Command) {
+        let paused = cmd.arg(0).and_then(Amf0Value::as_bool).unwrap_or(true);
+        let Some(s) = self.stream_mut(stream_id) else { return };
+        if s.state != StreamState::Playing || s.paused == paused {
+            return;
+        }
+        s.paused = paused;
+        s.wait_keyframe |= !paused;
+        let code = if paused { "NetStream.Pause.Notify" } else { "NetStream.Unpause.Notify" };
+        self.link.send_status(
+            stream_id,
+            StatusLevel::Status,
+            code,
+            if paused { "Paused." } else { "Unpaused." },
+        );
+        self.events.push_back(ServerEvent::PauseChanged { stream_id, paused });
     }
 
     fn idle_stream(&mut self, stream_id: u32, what: &str) -> Result<&mut MessageStream> {
