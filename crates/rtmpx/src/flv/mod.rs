@@ -147,16 +147,8 @@ impl FlvSession {
         };
         session.registry.entry().set_app(&client.app);
         // HTTP players start at once at the live edge: RTMP's `start = -2, duration = -1`.
-        let grant = match shared
-            .auth
-            .play(
-                &config,
-                &client,
-                &request.stream,
-                rtmpx_core::session::PlayRequest::from_args(None, None, Some(false)),
-            )
-            .await
-        {
+        let live_edge = rtmpx_core::session::PlayRequest::from_args(None, None, Some(false));
+        let grant = match shared.auth.play(&config, &client, &request.stream, live_edge).await {
             Ok(grant) => grant,
             Err(denial) => {
                 warn!(session = id, %peer, variant, stream = %session.stream, code = %denial.code, "play denied: {}", denial.reason);
