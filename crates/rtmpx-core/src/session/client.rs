@@ -249,7 +249,7 @@ impl ClientSession {
         matches!(self.phase, Phase::Connected)
     }
 
-    /// Whether the session failed or was rejected (input is refused).
+    /// Whether the session failed or its `connect` was rejected (input is refused).
     pub fn is_closed(&self) -> bool {
         matches!(self.phase, Phase::Closed)
     }
