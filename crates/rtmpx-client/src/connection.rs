@@ -41,6 +41,18 @@ pub struct Connection {
     eof: bool,
 }
 
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("session", &self.session)
+            .field("version", &self.version)
+            .field("bytes_in", &self.bytes_in)
+            .field("bytes_out", &self.bytes_out)
+            .field("eof", &self.eof)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Connection {
     /// Opens the URL's transport, handshakes and connects to its app.
     pub async fn connect(url: &RtmpUrl, opts: &ClientOptions) -> Result<Self> {
@@ -206,6 +218,11 @@ impl Connection {
     }
 
     fn keep(&mut self, event: ClientEvent) -> Result<()> {
+        // Skipped messages seen while waiting for a reply: nobody is listening for them yet, and
+        // a server sending many must not fill the backlog.
+        if matches!(event, ClientEvent::Unknown { .. }) {
+            return Ok(());
+        }
         if self.backlog.len() >= MAX_BACKLOG {
             let (value, limit) = (self.backlog.len() as u64 + 1, MAX_BACKLOG as u64);
             return Err(Error::Rtmp(rtmpx_core::Error::LimitExceeded {

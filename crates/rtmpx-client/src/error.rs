@@ -4,15 +4,23 @@ use std::io;
 
 /// Everything that can end a client connection or refuse to start one.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A URL that is not `scheme://host[:port]/app[/...]/stream`.
     #[error("invalid RTMP URL {url:?}: {reason}")]
-    Url { url: String, reason: &'static str },
+    Url {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
 
     /// The transport failed (connect, read, write, or the HTTP tunnel below it).
     #[error("{context}: {source}")]
     Io {
+        /// What we were doing.
         context: &'static str,
+        /// The operating system's error.
         #[source]
         source: io::Error,
     },
@@ -27,7 +35,12 @@ pub enum Error {
 
     /// The server said no to connect, publish or play.
     #[error("rejected by the server: {code}: {description}")]
-    Rejected { code: String, description: String },
+    Rejected {
+        /// The status code, e.g. `NetStream.Publish.BadName`.
+        code: String,
+        /// The server's description.
+        description: String,
+    },
 
     /// No answer in time.
     #[error("timed out waiting for {0}")]
@@ -38,6 +51,7 @@ pub enum Error {
     Closed(&'static str),
 }
 
+/// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {

@@ -32,7 +32,9 @@ pub use url::{RtmpUrl, Scheme};
 
 /// How to connect. `Default` suits most servers.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ClientOptions {
+    /// Certificate checks for `rtmps`/`rtmpts`.
     pub tls: TlsOptions,
     /// Transport, handshake and `connect` together.
     pub connect_timeout: Duration,

@@ -22,9 +22,11 @@ pub enum Scheme {
 }
 
 impl Scheme {
+    /// Every scheme, in the order of the docs.
     pub const ALL: [Scheme; 6] =
         [Scheme::Rtmp, Scheme::Rtmps, Scheme::Rtmpt, Scheme::Rtmpts, Scheme::Rtmpe, Scheme::Rtmpte];
 
+    /// The scheme as written in URLs.
     pub fn as_str(self) -> &'static str {
         match self {
             Scheme::Rtmp => "rtmp",
@@ -78,10 +80,13 @@ impl fmt::Display for Scheme {
 /// keeps its query string (`stream?key=...`), which servers use for keys and tokens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RtmpUrl {
+    /// The transport and handshake to use.
     pub scheme: Scheme,
     /// Host name or IP address, without the brackets of an IPv6 literal.
     pub host: String,
+    /// The given port, else the scheme's default (1935, 443 or 80).
     pub port: u16,
+    /// The application, sent in `connect`.
     pub app: String,
     /// May be empty (a URL naming only the app, for connect-only use).
     pub stream: String,
@@ -90,6 +95,7 @@ pub struct RtmpUrl {
 }
 
 impl RtmpUrl {
+    /// Parses `scheme://host[:port]/app[/...]/stream`.
     pub fn parse(s: &str) -> Result<Self> {
         let fail = |reason| Error::Url { url: s.to_owned(), reason };
         let (scheme_name, rest) = s.split_once("://").ok_or_else(|| fail("missing scheme://"))?;

@@ -22,7 +22,8 @@ async fn rtmpe_publish_and_play_every_type() {
             .enumerate()
     {
         let url = RtmpUrl::parse(&format!("rtmpe://127.0.0.1:{}/live/enc{i}", base.port)).unwrap();
-        let opts = ClientOptions { rtmpe_version: version, ..ClientOptions::default() };
+        let mut opts = ClientOptions::default();
+        opts.rtmpe_version = version;
         round_trip(&url, &url, &opts, Expect { metadata_intact: true }).await;
     }
 }

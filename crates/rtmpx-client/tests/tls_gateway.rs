@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use rtmpx_client::{ClientOptions, Connection, Error, RtmpUrl, TlsOptions};
+use rtmpx_client::{ClientOptions, Connection, Error, RtmpUrl};
 use rtmpx_testkit::certs::{make_certs, Certs};
 use rtmpx_testkit::synthetic::{live_url, round_trip, start_gateway, Expect};
 use rtmpx_testkit::{Gateway, TempDir};
@@ -20,10 +20,9 @@ fn tls_gateway(dir: &Path) -> (Gateway, Certs) {
 }
 
 fn trusting(ca: &Path) -> ClientOptions {
-    ClientOptions {
-        tls: TlsOptions { ca_file: Some(ca.to_owned()), ..TlsOptions::default() },
-        ..Default::default()
-    }
+    let mut options = ClientOptions::default();
+    options.tls.ca_file = Some(ca.to_owned());
+    options
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,10 +56,8 @@ async fn rtmps_refuses_an_unknown_issuer_unless_told_not_to_check() {
         Err(e) => panic!("expected a certificate error, got {e}"),
         Ok(_) => panic!("connected to a server with an unknown issuer"),
     }
-    let dangerous = ClientOptions {
-        tls: TlsOptions { dangerous_accept_any_certificate: true, ..TlsOptions::default() },
-        ..Default::default()
-    };
+    let mut dangerous = ClientOptions::default();
+    dangerous.tls.dangerous_accept_any_certificate = true;
     let mut conn = Connection::connect(&url, &dangerous).await.expect("connect without verification");
     conn.publish("s").await.expect("publish");
     conn.close().await.unwrap();

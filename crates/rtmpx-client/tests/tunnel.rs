@@ -203,10 +203,8 @@ async fn rtmpts_carries_bytes_both_ways_and_closes() {
         .with_no_client_auth()
         .with_single_cert(vec![cert.cert.der().clone()], key)
         .unwrap();
-    let opts = ClientOptions {
-        tls: rtmpx_client::TlsOptions { ca_file: Some(ca), ..Default::default() },
-        ..Default::default()
-    };
+    let mut opts = ClientOptions::default();
+    opts.tls.ca_file = Some(ca);
     echo_through_tunnel("rtmpts", Some(TlsAcceptor::from(Arc::new(config))), opts).await;
 }
 

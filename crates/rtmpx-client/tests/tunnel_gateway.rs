@@ -1,7 +1,7 @@
 //! rtmpt, rtmpte and rtmpts against the gateway's HTTP tunnel listeners (and its rtmp and rtmps
 //! ports, which also answer HTTP).
 
-use rtmpx_client::{ClientOptions, Connection, HandshakeVersion, RtmpUrl, TlsOptions};
+use rtmpx_client::{ClientOptions, Connection, HandshakeVersion, RtmpUrl};
 use rtmpx_testkit::certs::make_certs;
 use rtmpx_testkit::synthetic::{live_url, round_trip, start_gateway, Expect};
 use rtmpx_testkit::{Gateway, TempDir};
@@ -22,7 +22,8 @@ async fn rtmpte_publish_and_play() {
     let port = live_url(&gw, "rtmpt", "x").port;
     for (i, version) in [HandshakeVersion::Rtmpe, HandshakeVersion::RtmpeXtea].into_iter().enumerate() {
         let url = RtmpUrl::parse(&format!("rtmpte://127.0.0.1:{port}/live/enc{i}")).unwrap();
-        let opts = ClientOptions { rtmpe_version: version, ..ClientOptions::default() };
+        let mut opts = ClientOptions::default();
+        opts.rtmpe_version = version;
         round_trip(&url, &url, &opts, Expect { metadata_intact: true }).await;
     }
 }
@@ -55,10 +56,8 @@ fn https_gateway(dir: &std::path::Path) -> (Gateway, ClientOptions) {
          [[listener]]\nproto = \"rtmps\"\naddr = \"127.0.0.1:0\"\n{tls}\n[tls]\ncert_dir = {:?}\n",
         dir.join("devcerts"),
     );
-    let opts = ClientOptions {
-        tls: TlsOptions { ca_file: Some(certs.ca), ..TlsOptions::default() },
-        ..ClientOptions::default()
-    };
+    let mut opts = ClientOptions::default();
+    opts.tls.ca_file = Some(certs.ca);
     (start_gateway(&listeners), opts)
 }
 

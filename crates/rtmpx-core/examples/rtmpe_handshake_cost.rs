@@ -10,6 +10,7 @@ use rtmpx_core::handshake::HandshakeVersion;
 use rtmpx_core::session::{ClientConfig, ClientSession, ServerConfig, ServerEvent, ServerSession};
 
 /// CPU time this thread has used.
+#[allow(unsafe_code)]
 fn thread_cpu() -> Duration {
     let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes one timespec to a valid pointer.

@@ -3,10 +3,16 @@
 /// Everything that can go wrong while speaking RTMP. Each variant names the layer and carries
 /// enough context to log one useful line; none of them is recoverable for the session it ends.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// AMF0/AMF3 data that does not parse.
     #[error("malformed AMF at byte {offset}: {reason}")]
-    Amf { reason: &'static str, offset: usize },
+    Amf {
+        /// What is wrong.
+        reason: &'static str,
+        /// Where in the buffer.
+        offset: usize,
+    },
 
     /// A handshake that cannot complete (bad version byte, failed signature, bad DH key...).
     #[error("handshake failed: {0}")]
@@ -18,7 +24,14 @@ pub enum Error {
 
     /// A configured or protocol limit was passed by the peer.
     #[error("limit exceeded: {what} is {value}, the limit is {limit}")]
-    LimitExceeded { what: &'static str, value: u64, limit: u64 },
+    LimitExceeded {
+        /// What grew too large.
+        what: &'static str,
+        /// How large it got.
+        value: u64,
+        /// The limit.
+        limit: u64,
+    },
 
     /// An audio/video message whose Enhanced RTMP header does not parse (reserved packet type,
     /// truncated FourCC, a multitrack size beyond the message...).
@@ -34,6 +47,7 @@ pub enum Error {
     Closed,
 }
 
+/// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {

@@ -11,8 +11,11 @@ use bytes::{BufMut, Bytes, BytesMut};
 /// Tag types of the FLV file format (the RTMP message type ids of the same messages).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TagKind {
+    /// Message type 8.
     Audio = 8,
+    /// Message type 9.
     Video = 9,
+    /// AMF0 data (`onMetaData`), message type 18.
     Script = 18,
 }
 
@@ -46,6 +49,7 @@ pub struct FlvWriter {
 }
 
 impl FlvWriter {
+    /// A writer that has not written the file header yet.
     pub fn new() -> Self {
         Self::default()
     }

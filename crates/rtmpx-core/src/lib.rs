@@ -13,10 +13,15 @@
 //! - [`media`]: keyframe and sequence-header detection (FLV legacy and Enhanced RTMP).
 //! - [`session`]: server and client session state machines that tie it all together.
 
+#![forbid(unsafe_code)]
+
 pub mod amf;
 pub mod chunk;
 pub mod error;
 pub mod flv;
+/// Entry points of the fuzz targets: built by cargo-fuzz (which sets `--cfg fuzzing`), with the
+/// `fuzzing` feature (the gateway's replay of seeds and regressions), and for the unit tests.
+#[cfg(any(test, fuzzing, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod handshake;
 pub mod media;

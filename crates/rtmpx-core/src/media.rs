@@ -42,25 +42,41 @@ pub enum LegacyForm {
     Unreadable,
 }
 
+/// A codec, legacy (FLV codec id) or Enhanced RTMP (FourCC).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Codec {
+    /// AVC (FLV id 7, `avc1`).
     H264,
+    /// HEVC (`hvc1`, or FLV id 12 of the Chinese extension).
     Hevc,
+    /// `av01`.
     Av1,
+    /// `vp09`.
     Vp9,
+    /// `vp08`.
     Vp8,
+    /// `vvc1`.
     Vvc,
+    /// Another video codec: its FourCC or FLV codec id.
     OtherVideo(u32),
+    /// AAC (FLV id 10, `mp4a`).
     Aac,
+    /// MP3 (FLV id 2, `.mp3`).
     Mp3,
+    /// `Opus`.
     Opus,
+    /// `fLaC`.
     Flac,
+    /// `ac-3`.
     Ac3,
+    /// `ec-3`.
     Eac3,
+    /// Another audio codec: its FourCC or FLV sound format.
     OtherAudio(u32),
 }
 
 impl Codec {
+    /// A short name for logs and stats ("h264", "aac", ...).
     pub fn name(self) -> &'static str {
         match self {
             Codec::H264 => "h264",

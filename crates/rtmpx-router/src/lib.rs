@@ -28,11 +28,15 @@ use rtmpx_core::media::enhanced::{ExTag, MediaType, PacketKind};
 use rtmpx_core::media::{inspect_audio, inspect_video, legacy_payload, Codec, LegacyForm, MediaInfo};
 use tokio::sync::Notify;
 
+/// What a [`Frame`] carries: the core's media kind, so sessions and the router speak one type.
+pub use rtmpx_core::session::MediaKind;
+
 use queue::{Entry, PlayerQueue};
 use rebase::Rebaser;
 
 /// Limits. Changing them with [`Router::set_config`] affects players and publishes that start later.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RouterConfig {
     /// Bound on each player's queued payload bytes.
     pub player_queue_bytes: usize,
@@ -60,8 +64,11 @@ impl Default for RouterConfig {
 /// shared header and allocator rounding), so that many tiny frames count for what they hold.
 pub const FRAME_OVERHEAD: usize = 160;
 
+/// What the router refuses.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RouterError {
+    /// A second publisher for a stream (the first must leave first).
     #[error("the stream already has a publisher")]
     AlreadyPublishing,
 }
@@ -69,7 +76,9 @@ pub enum RouterError {
 /// `app/name`, the identity of a stream.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StreamKey {
+    /// The application (no leading or trailing '/').
     pub app: String,
+    /// The stream name without its query string.
     pub name: String,
 }
 
@@ -90,68 +99,60 @@ impl fmt::Display for StreamKey {
 /// Who is publishing or playing, for logs and stats.
 #[derive(Clone, Debug)]
 pub struct SessionInfo {
+    /// The gateway's session id.
     pub id: u64,
+    /// The peer's address.
     pub peer: String,
     /// The transport variant ("rtmp", "rtmps", "rtmpt", ...).
     pub variant: &'static str,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FrameKind {
-    Audio,
-    Video,
-    Metadata,
-}
-
-impl FrameKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            FrameKind::Audio => "audio",
-            FrameKind::Video => "video",
-            FrameKind::Metadata => "data",
-        }
-    }
-}
-
 /// One audio, video or data message. The payload is shared, never copied, across players.
 #[derive(Clone, Debug)]
 pub struct Frame {
-    pub kind: FrameKind,
+    /// Audio, video or data.
+    pub kind: MediaKind,
+    /// Milliseconds as the publisher stamped them (each player rebases them).
     pub timestamp: u32,
+    /// The message body, shared by every player.
     pub payload: Bytes,
+    /// Codec, keyframe and sequence header, inspected once on arrival.
     pub info: MediaInfo,
 }
 
 impl Frame {
+    /// An audio frame, inspected for codec and sequence header.
     pub fn audio(timestamp: u32, payload: Bytes) -> Self {
         let info = inspect_audio(&payload);
-        Frame { kind: FrameKind::Audio, timestamp, payload, info }
+        Frame { kind: MediaKind::Audio, timestamp, payload, info }
     }
 
+    /// A video frame, inspected for codec, keyframe and sequence header.
     pub fn video(timestamp: u32, payload: Bytes) -> Self {
         let info = inspect_video(&payload);
-        Frame { kind: FrameKind::Video, timestamp, payload, info }
+        Frame { kind: MediaKind::Video, timestamp, payload, info }
     }
 
     /// `payload` is the AMF0 body ("onMetaData", ECMA array); opaque to the router.
     pub fn metadata(timestamp: u32, payload: Bytes) -> Self {
-        Frame { kind: FrameKind::Metadata, timestamp, payload, info: MediaInfo::default() }
+        Frame { kind: MediaKind::Data, timestamp, payload, info: MediaInfo::default() }
     }
 
     /// Audio or video that is not a sequence header.
     pub fn is_media(&self) -> bool {
-        self.kind != FrameKind::Metadata && !self.info.sequence_header
+        self.kind != MediaKind::Data && !self.info.sequence_header
     }
 
+    /// A video frame a decoder can start from.
     pub fn is_keyframe(&self) -> bool {
-        self.kind == FrameKind::Video && self.info.keyframe
+        self.kind == MediaKind::Video && self.info.keyframe
     }
 
     fn media_type(&self) -> Option<MediaType> {
         match self.kind {
-            FrameKind::Audio => Some(MediaType::Audio),
-            FrameKind::Video => Some(MediaType::Video),
-            FrameKind::Metadata => None,
+            MediaKind::Audio => Some(MediaType::Audio),
+            MediaKind::Video => Some(MediaType::Video),
+            MediaKind::Data => None,
         }
     }
 
@@ -192,12 +193,27 @@ impl Frame {
 
 /// How a player subscribes ([`Router::play_with`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PlayOptions {
     /// Its own queue bound instead of `player_queue_bytes` (relays).
     pub queue_limit: Option<usize>,
     /// A player that announced no Enhanced RTMP support: it gets only what it can parse
     /// ([`Frame::for_legacy_player`]).
     pub legacy: bool,
+}
+
+impl PlayOptions {
+    /// These options with `queue_limit` set.
+    pub fn with_queue_limit(mut self, limit: usize) -> Self {
+        self.queue_limit = Some(limit);
+        self
+    }
+
+    /// These options with `legacy` set.
+    pub fn with_legacy(mut self, legacy: bool) -> Self {
+        self.legacy = legacy;
+        self
+    }
 }
 
 /// What a [`DirectSink`] did with a frame.
@@ -237,21 +253,30 @@ pub trait MemoryCharge: Send {
 /// about once per step of growth or shrinkage, not per frame; an empty queue is billed nothing.
 pub const CHARGE_STEP: usize = 64 << 10;
 
+/// What a player receives.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub enum PlayerEvent {
+    /// A publisher arrived (the player waited for it).
     PublishStarted,
+    /// Media in order, caches first.
     Frame(Frame),
+    /// The publisher left; the player may wait for the next one.
     Unpublished,
 }
 
 /// State of one stream for stats.
 #[derive(Clone, Debug)]
 pub struct StreamSnapshot {
+    /// The stream.
     pub key: StreamKey,
+    /// Who publishes it, if anyone.
     pub publisher: Option<SessionInfo>,
+    /// How many players are attached.
     pub players: usize,
     /// Codecs of the default tracks.
     pub video_codec: Option<&'static str>,
+    /// Codec of the default audio track.
     pub audio_codec: Option<&'static str>,
     /// Every track seen (sequence starts, and the default tracks), ordered by kind and id.
     pub tracks: Vec<TrackSnapshot>,
@@ -268,8 +293,11 @@ pub struct StreamSnapshot {
 /// One audio or video track of a stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TrackSnapshot {
-    pub kind: FrameKind,
+    /// Audio or video.
+    pub kind: MediaKind,
+    /// Track id (0: the default track).
     pub id: u8,
+    /// Codec name ("h264", "aac", ...).
     pub codec: &'static str,
 }
 
@@ -331,7 +359,7 @@ struct Cache {
     /// The latest sequence start of every (kind, track): late joiners need each track's.
     headers: Vec<CachedHeader>,
     /// Codec of every track seen in a sequence start, and of the default tracks.
-    track_codecs: Vec<(FrameKind, u8, Codec)>,
+    track_codecs: Vec<(MediaKind, u8, Codec)>,
     /// From the last keyframe on, audio included; empty while not caching.
     gop: Vec<Frame>,
     gop_bytes: usize,
@@ -341,7 +369,7 @@ struct Cache {
 }
 
 struct CachedHeader {
-    kind: FrameKind,
+    kind: MediaKind,
     track: u8,
     frame: Frame,
 }
@@ -365,7 +393,7 @@ impl Cache {
         }
     }
 
-    fn note_codec(&mut self, kind: FrameKind, track: u8, codec: Codec) {
+    fn note_codec(&mut self, kind: MediaKind, track: u8, codec: Codec) {
         match self.track_codecs.iter_mut().find(|(k, id, _)| *k == kind && *id == track) {
             Some(entry) => entry.2 = codec,
             None => self.track_codecs.push((kind, track, codec)),
@@ -380,8 +408,8 @@ impl Cache {
             self.note_codec(frame.kind, 0, codec);
         }
         match frame.kind {
-            FrameKind::Metadata => self.metadata = header(),
-            FrameKind::Video => {
+            MediaKind::Data => self.metadata = header(),
+            MediaKind::Video => {
                 self.has_video = true;
                 if frame.info.codec.is_some() && frame.info.default_track {
                     self.video_codec = frame.info.codec;
@@ -402,7 +430,7 @@ impl Cache {
                     self.extend_gop(frame, config);
                 }
             }
-            FrameKind::Audio => {
+            MediaKind::Audio => {
                 if frame.info.codec.is_some() && frame.info.default_track {
                     self.audio_codec = frame.info.codec;
                 }
@@ -421,7 +449,7 @@ impl Cache {
             .iter()
             .map(|&(kind, id, codec)| TrackSnapshot { kind, id, codec: codec.name() })
             .collect();
-        tracks.sort_by_key(|track| (track.kind != FrameKind::Video, track.id));
+        tracks.sort_by_key(|track| (track.kind != MediaKind::Video, track.id));
         tracks
     }
 
@@ -462,7 +490,7 @@ impl Cache {
         }
         // Video headers first, as publishers send them; a ManyTracks header is cached once per track.
         let mut sent: Vec<&Bytes> = Vec::new();
-        for kind in [FrameKind::Video, FrameKind::Audio] {
+        for kind in [MediaKind::Video, MediaKind::Audio] {
             for cached in self.headers.iter().filter(|cached| cached.kind == kind) {
                 if sent.iter().any(|payload| payload.as_ptr() == cached.frame.payload.as_ptr()) {
                     continue;
@@ -563,6 +591,7 @@ impl PlayerState {
 }
 
 impl Router {
+    /// A router with no streams.
     pub fn new(config: RouterConfig) -> Self {
         Router {
             inner: Arc::new(RouterInner {
@@ -573,6 +602,7 @@ impl Router {
         }
     }
 
+    /// The current settings.
     pub fn config(&self) -> RouterConfig {
         *lock(&self.inner.config)
     }
@@ -678,6 +708,7 @@ impl Router {
         stream.map_or(0, |stream| lock(&stream.state).players.len())
     }
 
+    /// A snapshot of every stream, for stats and the admin API.
     pub fn streams(&self) -> Vec<StreamSnapshot> {
         let streams: Vec<Arc<Stream>> = lock(&self.inner.streams).values().cloned().collect();
         let mut snapshots: Vec<StreamSnapshot> = streams
@@ -721,6 +752,29 @@ impl RouterInner {
                 streams.remove(&stream.key);
             }
         }
+    }
+}
+
+// Debug without taking locks: printing a router, publisher or player must never block or
+// deadlock (it may happen inside a log call while a lock is held).
+impl fmt::Debug for Router {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Router").finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Publisher")
+            .field("key", &self.key)
+            .field("takeover", &self.takeover)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for Player {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Player").field("key", &self.key).finish_non_exhaustive()
     }
 }
 
@@ -773,6 +827,7 @@ impl Publisher {
         }
     }
 
+    /// The stream this publisher feeds.
     pub fn key(&self) -> &StreamKey {
         &self.key
     }
@@ -896,6 +951,7 @@ impl Drop for Publisher {
 pub struct PlayerWaker(Weak<PlayerShared>);
 
 impl PlayerWaker {
+    /// Wakes the player's task (no-op once the player is gone).
     pub fn wake(&self) {
         if let Some(shared) = self.0.upgrade() {
             shared.notify.notify_one();
@@ -925,6 +981,7 @@ impl Player {
     }
 
     /// The next event if one is queued; timestamps are rebased for this player.
+    #[must_use]
     pub fn try_recv(&mut self) -> Option<PlayerEvent> {
         let mut state = lock(&self.shared.state);
         let state = &mut *state;
@@ -1026,6 +1083,7 @@ impl Player {
         lock(&self.shared.state).queue.bytes()
     }
 
+    /// The stream this player plays.
     pub fn key(&self) -> &StreamKey {
         &self.key
     }

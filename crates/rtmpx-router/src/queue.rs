@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 
-use crate::{Frame, FrameKind, FRAME_OVERHEAD};
+use crate::{Frame, MediaKind, FRAME_OVERHEAD};
 
 /// Cap on queued entries whatever their size, so tiny messages or a publish/unpublish loop
 /// cannot grow a stalled player's queue without bound: the queue's own memory stays about 0.5 MiB
@@ -43,9 +43,9 @@ enum ConfigClass {
 
 fn config_class(frame: &Frame) -> Option<ConfigClass> {
     match frame.kind {
-        FrameKind::Metadata => Some(ConfigClass::Metadata),
-        FrameKind::Video if frame.info.sequence_header => Some(ConfigClass::VideoHeader(frame.info.track)),
-        FrameKind::Audio if frame.info.sequence_header => Some(ConfigClass::AudioHeader(frame.info.track)),
+        MediaKind::Data => Some(ConfigClass::Metadata),
+        MediaKind::Video if frame.info.sequence_header => Some(ConfigClass::VideoHeader(frame.info.track)),
+        MediaKind::Audio if frame.info.sequence_header => Some(ConfigClass::AudioHeader(frame.info.track)),
         _ => None,
     }
 }
@@ -164,7 +164,7 @@ impl PlayerQueue {
             self.push_entry(Entry::Frame(frame));
             return;
         }
-        let resume_point = (frame.kind == FrameKind::Video && frame.info.keyframe) || !stream_has_video;
+        let resume_point = (frame.kind == MediaKind::Video && frame.info.keyframe) || !stream_has_video;
         match self.mode {
             Mode::Normal => {
                 if self.would_overflow(len, 1) && !self.entries.is_empty() {

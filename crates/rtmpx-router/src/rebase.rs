@@ -2,17 +2,17 @@
 //! across late joins, drops, publisher changes and jumps in the publisher's clock (a publisher
 //! sending 2^32-1 must not pin every later frame there).
 
-use crate::FrameKind;
+use crate::MediaKind;
 
 /// A source timestamp this far (ms) from the previous one is a discontinuity, not time passing:
 /// the timeline continues from where it was instead of jumping with it.
 pub(crate) const MAX_JUMP_MS: i64 = 30_000;
 
-fn kind_index(kind: FrameKind) -> usize {
+fn kind_index(kind: MediaKind) -> usize {
     match kind {
-        FrameKind::Audio => 0,
-        FrameKind::Video => 1,
-        FrameKind::Metadata => 2,
+        MediaKind::Audio => 0,
+        MediaKind::Video => 1,
+        MediaKind::Data => 2,
     }
 }
 
@@ -49,7 +49,7 @@ impl Rebaser {
 
     /// Maps a source timestamp. `media` is false for metadata and sequence headers, which do not
     /// set the base (before it exists they get the kind's last timestamp, 0 at first).
-    pub(crate) fn map(&mut self, kind: FrameKind, media: bool, timestamp: u32) -> u32 {
+    pub(crate) fn map(&mut self, kind: MediaKind, media: bool, timestamp: u32) -> u32 {
         if media && std::mem::take(&mut self.check_continuity) {
             if let (Some(offset), Some(max)) = (self.offset, self.max_media) {
                 let shifted = i64::from(timestamp) + offset;
@@ -81,12 +81,12 @@ impl Rebaser {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use FrameKind::{Audio, Metadata, Video};
+    use MediaKind::{Audio, Data, Video};
 
     #[test]
     fn first_media_frame_is_zero_and_headers_before_it_are_zero() {
         let mut rebaser = Rebaser::default();
-        assert_eq!(rebaser.map(Metadata, false, 5000), 0);
+        assert_eq!(rebaser.map(Data, false, 5000), 0);
         assert_eq!(rebaser.map(Video, false, 5000), 0);
         assert_eq!(rebaser.map(Video, true, 10_000), 0);
         assert_eq!(rebaser.map(Audio, true, 10_023), 23);
@@ -145,9 +145,9 @@ mod tests {
         assert_eq!(rebaser.map(Audio, true, 1100), 62);
         assert_eq!(rebaser.map(Video, true, 1120), 82);
         // Metadata from the far future does not pin its kind either.
-        assert_eq!(rebaser.map(Metadata, false, u32::MAX - 5), 83);
+        assert_eq!(rebaser.map(Data, false, u32::MAX - 5), 83);
         assert_eq!(rebaser.map(Video, true, 1160), 84);
-        assert_eq!(rebaser.map(Metadata, false, 1170), 94);
+        assert_eq!(rebaser.map(Data, false, 1170), 94);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use rtmpx_router::{
-    Frame, FrameKind, PlayOptions, Player, PlayerEvent, Router, RouterConfig, SessionInfo, StreamKey,
+    Frame, MediaKind, PlayOptions, Player, PlayerEvent, Router, RouterConfig, SessionInfo, StreamKey,
 };
 
 fn session(id: u64) -> SessionInfo {
@@ -42,16 +42,16 @@ fn late_joiner_gets_every_tracks_sequence_start() {
     let _publisher = publish_two_audio_tracks(&router);
     let mut late = router.play(key(), session(2));
     let got = frames(&mut late);
-    let headers: Vec<(FrameKind, u8)> =
+    let headers: Vec<(MediaKind, u8)> =
         got.iter().filter(|f| f.info.sequence_header).map(|f| (f.kind, f.info.track)).collect();
-    assert_eq!(headers, [(FrameKind::Video, 0), (FrameKind::Audio, 0), (FrameKind::Audio, 1)]);
+    assert_eq!(headers, [(MediaKind::Video, 0), (MediaKind::Audio, 0), (MediaKind::Audio, 1)]);
     // Then the GOP: keyframe and both audio tracks' frames.
     assert_eq!(got.iter().filter(|f| !f.info.sequence_header).count(), 3);
     let snapshot = &router.streams()[0];
     let tracks: Vec<_> = snapshot.tracks.iter().map(|t| (t.kind, t.id, t.codec)).collect();
     assert_eq!(
         tracks,
-        [(FrameKind::Video, 0, "h264"), (FrameKind::Audio, 0, "aac"), (FrameKind::Audio, 1, "aac")]
+        [(MediaKind::Video, 0, "h264"), (MediaKind::Audio, 0, "aac"), (MediaKind::Audio, 1, "aac")]
     );
     assert_eq!(snapshot.legacy_players, 0);
 }
@@ -60,8 +60,7 @@ fn late_joiner_gets_every_tracks_sequence_start() {
 fn legacy_player_gets_the_default_tracks_only() {
     let router = Router::new(RouterConfig::default());
     let publisher = publish_two_audio_tracks(&router);
-    let mut legacy =
-        router.play_with(key(), session(2), PlayOptions { legacy: true, ..PlayOptions::default() });
+    let mut legacy = router.play_with(key(), session(2), PlayOptions::default().with_legacy(true));
     assert_eq!(router.streams()[0].legacy_players, 1);
     // Live: AV1 has no legacy form; an avc1 ManyTracks keyframe becomes a legacy AVC tag.
     publisher.send(Frame::video(20, Bytes::from_static(b"\x93av01\x09")));

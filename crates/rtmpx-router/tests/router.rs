@@ -1,13 +1,22 @@
+//! The router against its contract: publish/play fan-out, caches, limits and slow players.
+
 use std::time::Duration;
 
 use bytes::Bytes;
 use rtmpx_router::{
-    DirectSend, DirectSink, Frame, FrameKind, Player, PlayerEvent, Router, RouterConfig, RouterError,
+    DirectSend, DirectSink, Frame, MediaKind, Player, PlayerEvent, Router, RouterConfig, RouterError,
     SessionInfo, StreamKey,
 };
 
 fn session(id: u64) -> SessionInfo {
     SessionInfo { id, peer: format!("127.0.0.1:{}", 40000 + id), variant: "rtmp" }
+}
+
+/// The default router settings with one change.
+fn config(change: impl FnOnce(&mut RouterConfig)) -> RouterConfig {
+    let mut config = RouterConfig::default();
+    change(&mut config);
+    config
 }
 
 fn key() -> StreamKey {
@@ -57,13 +66,14 @@ fn describe(event: &PlayerEvent) -> Seen {
         PlayerEvent::PublishStarted => Seen::Started,
         PlayerEvent::Unpublished => Seen::Unpublished,
         PlayerEvent::Frame(frame) => match frame.kind {
-            FrameKind::Metadata => Seen::Meta(frame.timestamp),
-            FrameKind::Video if frame.info.sequence_header => Seen::VideoHeader(frame.timestamp),
-            FrameKind::Video if frame.info.keyframe => Seen::Key(frame.timestamp),
-            FrameKind::Video => Seen::Inter(frame.timestamp),
-            FrameKind::Audio if frame.info.sequence_header => Seen::AudioHeader(frame.timestamp),
-            FrameKind::Audio => Seen::Audio(frame.timestamp),
+            MediaKind::Data => Seen::Meta(frame.timestamp),
+            MediaKind::Video if frame.info.sequence_header => Seen::VideoHeader(frame.timestamp),
+            MediaKind::Video if frame.info.keyframe => Seen::Key(frame.timestamp),
+            MediaKind::Video => Seen::Inter(frame.timestamp),
+            MediaKind::Audio if frame.info.sequence_header => Seen::AudioHeader(frame.timestamp),
+            MediaKind::Audio => Seen::Audio(frame.timestamp),
         },
+        other => panic!("an event the router does not send: {other:?}"),
     }
 }
 
@@ -128,7 +138,7 @@ fn late_joiner_gets_headers_gop_and_rebased_timestamps() {
 
 #[test]
 fn late_joiner_without_usable_gop_waits_for_keyframe() {
-    let router = Router::new(RouterConfig { max_gop_bytes: 1000, ..RouterConfig::default() });
+    let router = Router::new(config(|c| c.max_gop_bytes = 1000));
     let publisher = router.publish(key(), session(1)).unwrap();
     send_headers(&publisher, 0);
     publisher.send(keyframe(0, 600));
@@ -151,7 +161,7 @@ fn late_joiner_without_usable_gop_waits_for_keyframe() {
 
 #[test]
 fn gop_cache_disabled_means_no_gop() {
-    let router = Router::new(RouterConfig { gop_cache: false, ..RouterConfig::default() });
+    let router = Router::new(config(|c| c.gop_cache = false));
     let publisher = router.publish(key(), session(1)).unwrap();
     send_headers(&publisher, 0);
     publisher.send(keyframe(0, 100));
@@ -393,7 +403,7 @@ fn threads_publish_and_play_concurrently() {
 #[test]
 fn stalled_player_stays_bounded_while_others_get_everything() {
     let limit = 64 * 1024;
-    let router = Router::new(RouterConfig { player_queue_bytes: limit, ..RouterConfig::default() });
+    let router = Router::new(config(|c| c.player_queue_bytes = limit));
     let publisher = router.publish(key(), session(1)).unwrap();
     let stalled = router.play(key(), session(2));
     let mut reader = router.play(key(), session(3));
@@ -425,7 +435,7 @@ fn stalled_player_stays_bounded_while_others_get_everything() {
 #[test]
 fn dropping_player_resumes_at_keyframe_after_draining() {
     let limit = 74 + 10_000; // headers plus ten 1000-byte frames
-    let router = Router::new(RouterConfig { player_queue_bytes: limit, ..RouterConfig::default() });
+    let router = Router::new(config(|c| c.player_queue_bytes = limit));
     let publisher = router.publish(key(), session(1)).unwrap();
     let mut player = router.play(key(), session(2));
     send_headers(&publisher, 0);
@@ -473,7 +483,7 @@ fn stream_key_normalization() {
 
 #[test]
 fn streams_snapshot_counts() {
-    let router = Router::new(RouterConfig { player_queue_bytes: 1000, ..RouterConfig::default() });
+    let router = Router::new(config(|c| c.player_queue_bytes = 1000));
     let publisher = router.publish(key(), session(7)).unwrap();
     let _idle = router.play(StreamKey::new("live", "idle"), session(8));
     let stalled = router.play(key(), session(9));
@@ -546,10 +556,10 @@ fn stream_entries_are_removed_when_empty() {
 
 #[test]
 fn new_config_applies_to_new_players() {
-    let router = Router::new(RouterConfig { player_queue_bytes: 1000, ..RouterConfig::default() });
+    let router = Router::new(config(|c| c.player_queue_bytes = 1000));
     let publisher = router.publish(key(), session(1)).unwrap();
     let small = router.play(key(), session(2));
-    router.set_config(RouterConfig { player_queue_bytes: 100_000, ..RouterConfig::default() });
+    router.set_config(config(|c| c.player_queue_bytes = 100_000));
     assert_eq!(router.config().player_queue_bytes, 100_000);
     let large = router.play(key(), session(3));
     publisher.send(keyframe(0, 500));
@@ -710,7 +720,7 @@ async fn sink_asking_for_its_task_wakes_the_player() {
 
 #[test]
 fn player_waiting_for_a_keyframe_is_not_served_directly_until_then() {
-    let router = Router::new(RouterConfig { gop_cache: false, ..RouterConfig::default() });
+    let router = Router::new(config(|c| c.gop_cache = false));
     let publisher = router.publish(key(), session(1)).unwrap();
     send_headers(&publisher, 0);
     publisher.send(keyframe(0, 100));
@@ -819,7 +829,7 @@ fn empty_frames_are_dropped() {
 fn tiny_frames_count_their_overhead_in_the_gop() {
     // 10,000 one-byte frames are 10 KB of payload but far more memory: the GOP bound sees that.
     let max_gop_bytes = 200_000;
-    let router = Router::new(RouterConfig { max_gop_bytes, ..RouterConfig::default() });
+    let router = Router::new(config(|c| c.max_gop_bytes = max_gop_bytes));
     let publisher = router.publish(key(), session(1)).unwrap();
     publisher.send(keyframe(0, 100));
     let mut most = 0;
@@ -839,7 +849,7 @@ fn tiny_frames_count_their_overhead_in_the_gop() {
 
 #[test]
 fn oversized_headers_reach_players_but_are_not_cached() {
-    let router = Router::new(RouterConfig { max_header_bytes: 1000, ..RouterConfig::default() });
+    let router = Router::new(config(|c| c.max_header_bytes = 1000));
     let publisher = router.publish(key(), session(1)).unwrap();
     let mut early = router.play(key(), session(2));
     drain(&mut early);

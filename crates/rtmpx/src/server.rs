@@ -167,12 +167,12 @@ impl Drop for Admission {
 }
 
 pub fn router_config(config: &Config) -> RouterConfig {
-    RouterConfig {
-        player_queue_bytes: config.limits.player_queue_bytes,
-        gop_cache: config.server.gop_cache,
-        max_gop_bytes: config.limits.max_gop_bytes,
-        max_header_bytes: config.limits.max_header_bytes,
-    }
+    let mut router = RouterConfig::default();
+    router.player_queue_bytes = config.limits.player_queue_bytes;
+    router.gop_cache = config.server.gop_cache;
+    router.max_gop_bytes = config.limits.max_gop_bytes;
+    router.max_header_bytes = config.limits.max_header_bytes;
+    router
 }
 
 /// Every check `serve` makes before it binds, beyond [`Config`]'s own validation: the files
@@ -201,10 +201,8 @@ pub fn check_before_start(config: &Config, origin: &str) -> Result<()> {
         check_dev_cert_dir(&config.tls.cert_dir).map_err(|e| fail(format!("tls.cert_dir: {e}")))?;
     }
     if let Some(ca_file) = &config.relay.ca_file {
-        let options = rtmpx_client::TlsOptions {
-            ca_file: Some(ca_file.clone()),
-            dangerous_accept_any_certificate: false,
-        };
+        let mut options = rtmpx_client::TlsOptions::default();
+        options.ca_file = Some(ca_file.clone());
         options.check().map_err(|e| fail(format!("relay.ca_file: {e}")))?;
     }
     Ok(())

@@ -13,12 +13,12 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rtmpx_core::handshake::EncryptionPolicy;
 use rtmpx_core::session::{
-    MediaKind, PublishMode, ReconnectRequest, ServerConfig, ServerEvent, ServerSession, StatusLevel,
-    CAPS_EX_RECONNECT,
+    MediaKind, PlayRequest, PublishMode, ReconnectRequest, ServerConfig, ServerEvent, ServerSession,
+    StatusLevel, CAPS_EX_RECONNECT,
 };
 use rtmpx_router::{
-    DirectSend, DirectSink, Frame, FrameKind, PlayOptions, Player, PlayerEvent, PlayerWaker, Publisher,
-    RouterError, SessionInfo, StreamKey,
+    DirectSend, DirectSink, Frame, PlayOptions, Player, PlayerEvent, PlayerWaker, Publisher, SessionInfo,
+    StreamKey,
 };
 use std::cell::RefCell;
 use std::future::poll_fn;
@@ -26,7 +26,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{sleep_until, timeout};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, trace, warn};
 
 mod fan_out;
 mod seal_pairing;
@@ -188,7 +188,9 @@ impl Connection {
 
 fn server_config(shared: &Shared, encryption: EncryptionPolicy) -> ServerConfig {
     let config = shared.config();
-    let mut sc = ServerConfig { chunk_size: config.server.chunk_size, encryption, ..ServerConfig::default() };
+    let mut sc = ServerConfig::default();
+    sc.chunk_size = config.server.chunk_size;
+    sc.encryption = encryption;
     sc.chunk_limits.max_chunk_size = config.limits.max_chunk_size;
     sc.chunk_limits.max_message_size = config.limits.max_message_size;
     sc.chunk_limits.max_chunk_streams = config.limits.max_chunk_streams;
@@ -349,11 +351,7 @@ impl IoState {
     }
 
     fn encode(&mut self, stream_id: u32, frame: &Frame, timestamp: u32) {
-        let kind = match frame.kind {
-            FrameKind::Audio => MediaKind::Audio,
-            FrameKind::Video => MediaKind::Video,
-            FrameKind::Metadata => MediaKind::Data,
-        };
+        let kind = frame.kind;
         if self.shared_payloads {
             self.session.send_media_shared(stream_id, kind, timestamp, &frame.payload);
         } else {
@@ -629,7 +627,7 @@ fn deliver_queued(out: &SessionIo, conn: &mut Connection) -> bool {
         match event {
             PlayerEvent::PublishStarted => playing.unpublished_since = None,
             PlayerEvent::Unpublished => playing.unpublished_since = Some(tokio::time::Instant::now()),
-            PlayerEvent::Frame(_) => {}
+            _ => {}
         }
         only_frames &= deliver(event, &mut st, playing.stream_id);
     }
@@ -748,6 +746,7 @@ fn deliver(event: PlayerEvent, out: &mut IoState, stream_id: u32) -> bool {
             out.encode(stream_id, &frame, frame.timestamp);
             true
         }
+        _ => false,
     }
 }
 
@@ -807,8 +806,8 @@ async fn handle_event(
         ServerEvent::PublishRequested { stream_id, stream_name, mode } => {
             on_publish(stream_id, &stream_name, mode, out, conn, shared).await?
         }
-        ServerEvent::PlayRequested { stream_id, stream_name, start, duration, reset } => {
-            on_play(stream_id, &stream_name, (start, duration, reset), out, conn, shared).await?
+        ServerEvent::PlayRequested { stream_id, stream_name, request } => {
+            on_play(stream_id, &stream_name, request, out, conn, shared).await?
         }
         ServerEvent::Media(media) => {
             if let Some(p) = &mut conn.publishing {
@@ -832,6 +831,10 @@ async fn handle_event(
             }
         }
         ServerEvent::PauseChanged { .. } => {}
+        ServerEvent::Unknown { stream_id, type_id, len } => {
+            trace!(session = conn.id, stream_id, type_id, len, "skipped a message of an unhandled type");
+        }
+        _ => {}
     }
     Ok(())
 }
@@ -899,7 +902,7 @@ async fn on_publish(
                 shared.relays.start_pushes(&shared.router, &shared.config(), &key);
             }
         }
-        Err(RouterError::AlreadyPublishing) => {
+        Err(_) => {
             grant.cancel();
             warn!(session = conn.id, peer = %conn.peer, stream = %Escaped(&key), "publish rejected: stream is already published");
             out.lock().session.reject_publish(
@@ -915,7 +918,7 @@ async fn on_publish(
 async fn on_play(
     stream_id: u32,
     stream_name: &str,
-    (start, duration, reset): (f64, f64, bool),
+    request: PlayRequest,
     out: &Arc<SessionIo>,
     conn: &mut Connection,
     shared: &Shared,
@@ -929,7 +932,7 @@ async fn on_play(
     }
     let config = shared.config();
     let Some(client) = conn.client.as_ref() else { return Err(Error::Denied("play before connect".into())) };
-    let grant = match shared.auth.play(&config, client, stream_name, start, duration, reset).await {
+    let grant = match shared.auth.play(&config, client, stream_name, request).await {
         Ok(grant) => grant,
         Err(denial) => {
             return deny(&mut out.lock().session, conn, shared, stream_id, false, stream_name, denial)
@@ -939,7 +942,7 @@ async fn on_play(
     // A player that announced no Enhanced RTMP gets only the tracks and tags it can parse.
     let legacy = !out.lock().session.peer_capabilities().is_enhanced();
     let mut player =
-        shared.router.play_with(key.clone(), conn.info(), PlayOptions { legacy, ..PlayOptions::default() });
+        shared.router.play_with(key.clone(), conn.info(), PlayOptions::default().with_legacy(legacy));
     // What its queue holds counts against the address (a refusal closes it in drive_io).
     let (charge, queue_refused) =
         QueueCharge::new(shared.budgets.charge(conn.peer.ip()), config.limits.max_memory_per_ip);

@@ -29,6 +29,7 @@ use crate::ClientOptions;
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
 
+/// Any transport, as one type (the connection does not care which).
 pub type BoxedStream = Box<dyn Stream>;
 
 /// Opens the transport for `url`: the returned stream carries the RTMP handshake and chunks.

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 
 /// How rtmps/rtmpts verify the server.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct TlsOptions {
     /// A PEM file of CA certificates trusted in addition to the built-in web roots
     /// (for servers with a private CA or a self-signed certificate).

@@ -8,24 +8,24 @@ use crate::{Error, Result};
 
 /// The AMF0 type markers.
 mod marker {
-    pub const NUMBER: u8 = 0x00;
-    pub const BOOLEAN: u8 = 0x01;
-    pub const STRING: u8 = 0x02;
-    pub const OBJECT: u8 = 0x03;
-    pub const MOVIECLIP: u8 = 0x04;
-    pub const NULL: u8 = 0x05;
-    pub const UNDEFINED: u8 = 0x06;
-    pub const REFERENCE: u8 = 0x07;
-    pub const ECMA_ARRAY: u8 = 0x08;
-    pub const OBJECT_END: u8 = 0x09;
-    pub const STRICT_ARRAY: u8 = 0x0A;
-    pub const DATE: u8 = 0x0B;
-    pub const LONG_STRING: u8 = 0x0C;
-    pub const UNSUPPORTED: u8 = 0x0D;
-    pub const RECORDSET: u8 = 0x0E;
-    pub const XML_DOCUMENT: u8 = 0x0F;
-    pub const TYPED_OBJECT: u8 = 0x10;
-    pub const AVMPLUS: u8 = 0x11;
+    pub(super) const NUMBER: u8 = 0x00;
+    pub(super) const BOOLEAN: u8 = 0x01;
+    pub(super) const STRING: u8 = 0x02;
+    pub(super) const OBJECT: u8 = 0x03;
+    pub(super) const MOVIECLIP: u8 = 0x04;
+    pub(super) const NULL: u8 = 0x05;
+    pub(super) const UNDEFINED: u8 = 0x06;
+    pub(super) const REFERENCE: u8 = 0x07;
+    pub(super) const ECMA_ARRAY: u8 = 0x08;
+    pub(super) const OBJECT_END: u8 = 0x09;
+    pub(super) const STRICT_ARRAY: u8 = 0x0A;
+    pub(super) const DATE: u8 = 0x0B;
+    pub(super) const LONG_STRING: u8 = 0x0C;
+    pub(super) const UNSUPPORTED: u8 = 0x0D;
+    pub(super) const RECORDSET: u8 = 0x0E;
+    pub(super) const XML_DOCUMENT: u8 = 0x0F;
+    pub(super) const TYPED_OBJECT: u8 = 0x10;
+    pub(super) const AVMPLUS: u8 = 0x11;
 }
 
 /// Appends the AMF0 encoding of `value` to `out`.
@@ -137,6 +137,7 @@ pub struct Amf0Decoder<'a> {
 }
 
 impl<'a> Amf0Decoder<'a> {
+    /// A decoder at the start of `buf`.
     pub fn new(buf: &'a [u8], limits: AmfLimits) -> Self {
         Amf0Decoder { cur: Cursor::new(buf), budget: Budget::new(limits), complex_values: 0 }
     }

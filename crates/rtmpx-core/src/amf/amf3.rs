@@ -9,31 +9,31 @@ use crate::{Error, Result};
 
 /// The AMF3 type markers.
 mod marker {
-    pub const UNDEFINED: u8 = 0x00;
-    pub const NULL: u8 = 0x01;
-    pub const FALSE: u8 = 0x02;
-    pub const TRUE: u8 = 0x03;
-    pub const INTEGER: u8 = 0x04;
-    pub const DOUBLE: u8 = 0x05;
-    pub const STRING: u8 = 0x06;
-    pub const XML_DOCUMENT: u8 = 0x07;
-    pub const DATE: u8 = 0x08;
-    pub const ARRAY: u8 = 0x09;
-    pub const OBJECT: u8 = 0x0A;
-    pub const XML: u8 = 0x0B;
-    pub const BYTE_ARRAY: u8 = 0x0C;
-    pub const VECTOR_INT: u8 = 0x0D;
-    pub const VECTOR_UINT: u8 = 0x0E;
-    pub const VECTOR_DOUBLE: u8 = 0x0F;
-    pub const VECTOR_OBJECT: u8 = 0x10;
-    pub const DICTIONARY: u8 = 0x11;
+    pub(super) const UNDEFINED: u8 = 0x00;
+    pub(super) const NULL: u8 = 0x01;
+    pub(super) const FALSE: u8 = 0x02;
+    pub(super) const TRUE: u8 = 0x03;
+    pub(super) const INTEGER: u8 = 0x04;
+    pub(super) const DOUBLE: u8 = 0x05;
+    pub(super) const STRING: u8 = 0x06;
+    pub(super) const XML_DOCUMENT: u8 = 0x07;
+    pub(super) const DATE: u8 = 0x08;
+    pub(super) const ARRAY: u8 = 0x09;
+    pub(super) const OBJECT: u8 = 0x0A;
+    pub(super) const XML: u8 = 0x0B;
+    pub(super) const BYTE_ARRAY: u8 = 0x0C;
+    pub(super) const VECTOR_INT: u8 = 0x0D;
+    pub(super) const VECTOR_UINT: u8 = 0x0E;
+    pub(super) const VECTOR_DOUBLE: u8 = 0x0F;
+    pub(super) const VECTOR_OBJECT: u8 = 0x10;
+    pub(super) const DICTIONARY: u8 = 0x11;
 }
 
 /// Largest value of a U29 (29-bit variable-length unsigned integer).
 const U29_MAX: u32 = (1 << 29) - 1;
 /// Range of the Integer type (signed 29-bit); other integers are written as doubles.
-pub const INTEGER_MIN: i32 = -(1 << 28);
-pub const INTEGER_MAX: i32 = (1 << 28) - 1;
+pub(super) const INTEGER_MIN: i32 = -(1 << 28);
+pub(super) const INTEGER_MAX: i32 = (1 << 28) - 1;
 /// Largest length or count a U29 with its inline flag bit can carry.
 const MAX_INLINE_LEN: usize = (1 << 28) - 1;
 /// Largest sealed-member count an inline traits header can carry.
@@ -290,6 +290,7 @@ enum Header {
 }
 
 impl<'a> Amf3Decoder<'a> {
+    /// A decoder at the start of `buf`, with empty reference tables.
     pub fn new(buf: &'a [u8], limits: AmfLimits) -> Self {
         Self::nested(Cursor::new(buf), Budget::new(limits), 1)
     }
@@ -312,10 +313,12 @@ impl<'a> Amf3Decoder<'a> {
         (self.cur, self.budget)
     }
 
+    /// Decodes the value at the current position (references resolve against earlier values).
     pub fn next_value(&mut self) -> Result<Amf3Value> {
         self.read_value(self.top_depth)
     }
 
+    /// Bytes consumed so far.
     pub fn position(&self) -> usize {
         self.cur.pos
     }

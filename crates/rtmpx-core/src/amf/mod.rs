@@ -21,7 +21,8 @@ pub const COPY_BYTES_PER_VALUE: usize = 64;
 
 /// Runs both decoders over arbitrary bytes and ignores the outcome (the body of a fuzz target:
 /// it must never panic, hang or allocate without bound).
-pub fn fuzz_decode(data: &[u8]) {
+#[cfg(any(test, fuzzing, feature = "fuzzing"))]
+pub(crate) fn fuzz_decode(data: &[u8]) {
     let limits = AmfLimits::default();
     let _ = decode_amf0_all(data, limits);
     let mut amf3 = Amf3Decoder::new(data, limits);
@@ -34,6 +35,7 @@ pub type Properties = Vec<(String, Amf0Value)>;
 
 /// Bounds every decoder obeys, so hostile input cannot allocate or recurse without bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AmfLimits {
     /// Nesting of objects/arrays (a top-level value is depth 1); never more than [`DEPTH_CEILING`].
     pub max_depth: usize,
@@ -53,29 +55,43 @@ impl Default for AmfLimits {
 /// An AMF0 value. `Avmplus` carries a value written in AMF3 after the 0x11 switch marker.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Amf0Value {
+    /// A double (0x00); AMF0 has no integers.
     Number(f64),
+    /// 0x01.
     Boolean(bool),
     /// Short (0x02) or long (0x0C) string; the encoder picks the form by length.
     String(String),
+    /// Anonymous object (0x03), properties in wire order.
     Object(Properties),
+    /// 0x05.
     Null,
+    /// 0x06.
     Undefined,
     /// Index into the objects decoded so far in this buffer (0x07).
     Reference(u16),
     /// Associative array (0x08); the count field is advisory and not trusted.
     EcmaArray(Properties),
+    /// Dense array (0x0A).
     StrictArray(Vec<Amf0Value>),
     /// Milliseconds since the epoch and the (ignored by everyone) time-zone field.
     Date {
+        /// Milliseconds since the Unix epoch.
         millis: f64,
+        /// Minutes from UTC; written as 0 by everyone.
         time_zone: i16,
     },
+    /// 0x0D: a value the sender could not serialise.
     Unsupported,
+    /// XML as text (0x0F).
     XmlDocument(String),
+    /// Object with a registered class name (0x10).
     TypedObject {
+        /// The registered ActionScript class.
         class_name: String,
+        /// Members in wire order.
         properties: Properties,
     },
+    /// An AMF3 value behind the 0x11 switch marker.
     Avmplus(Amf3Value),
 }
 
@@ -83,41 +99,70 @@ pub enum Amf0Value {
 /// re-created by the encoder for repeated strings; the tree itself has no references.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Amf3Value {
+    /// 0x00.
     Undefined,
+    /// 0x01.
     Null,
+    /// False (0x02) or true (0x03).
     Boolean(bool),
     /// 29-bit signed integer.
     Integer(i32),
+    /// 0x05.
     Double(f64),
+    /// 0x06.
     String(String),
+    /// Legacy XML document (0x07).
     XmlDocument(String),
+    /// Milliseconds since the Unix epoch (0x08).
     Date(f64),
+    /// Array (0x09): an associative part and a dense part.
     Array {
+        /// Named members, in wire order.
         associative: Vec<(String, Amf3Value)>,
+        /// Indexed members.
         dense: Vec<Amf3Value>,
     },
+    /// 0x0A.
     Object(Amf3Object),
+    /// E4X XML (0x0B).
     Xml(String),
+    /// 0x0C.
     ByteArray(Vec<u8>),
+    /// Vector of int (0x0D).
     VectorInt {
+        /// Whether the vector has a fixed length.
         fixed: bool,
+        /// The elements.
         items: Vec<i32>,
     },
+    /// Vector of uint (0x0E).
     VectorUint {
+        /// Whether the vector has a fixed length.
         fixed: bool,
+        /// The elements.
         items: Vec<u32>,
     },
+    /// Vector of Number (0x0F).
     VectorDouble {
+        /// Whether the vector has a fixed length.
         fixed: bool,
+        /// The elements.
         items: Vec<f64>,
     },
+    /// Vector of objects of one type (0x10).
     VectorObject {
+        /// Whether the vector has a fixed length.
         fixed: bool,
+        /// The element type's class name ("*" for any).
         type_name: String,
+        /// The elements.
         items: Vec<Amf3Value>,
     },
+    /// Dictionary (0x11): keys may be any value.
     Dictionary {
+        /// Whether the sender's keys were weakly referenced (no meaning on the wire).
         weak_keys: bool,
+        /// Key/value pairs in wire order.
         entries: Vec<(Amf3Value, Amf3Value)>,
     },
 }
@@ -125,8 +170,11 @@ pub enum Amf3Value {
 /// An AMF3 object: sealed members in trait order, then dynamic members.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Amf3Object {
+    /// Empty for an anonymous object.
     pub class_name: String,
+    /// Members the traits declare.
     pub sealed: Vec<(String, Amf3Value)>,
+    /// Members of a dynamic object (`None`: the traits are not dynamic).
     pub dynamic: Option<Vec<(String, Amf3Value)>>,
 }
 
@@ -150,6 +198,7 @@ impl Amf0Value {
         }
     }
 
+    /// The boolean inside `Boolean` or an AMF3 boolean.
     pub fn as_bool(&self) -> Option<bool> {
         match self {
             Amf0Value::Boolean(b) => Some(*b),

@@ -91,6 +91,7 @@ pub struct ChunkDecoder {
 }
 
 impl ChunkDecoder {
+    /// A decoder at the default chunk size of 128.
     pub fn new(limits: ChunkLimits) -> Self {
         let limits = ChunkLimits { max_chunk_size: limits.max_chunk_size.min(MAX_CHUNK_SIZE), ..limits };
         ChunkDecoder {

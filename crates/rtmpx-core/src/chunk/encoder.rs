@@ -54,6 +54,7 @@ impl ContinuationHeader {
         ContinuationHeader { bytes, len: len as u8 }
     }
 
+    /// The encoded bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes[..usize::from(self.len)]
     }
@@ -66,6 +67,7 @@ impl Default for ChunkEncoder {
 }
 
 impl ChunkEncoder {
+    /// An encoder at the default chunk size of 128.
     pub fn new() -> Self {
         ChunkEncoder { chunk_size: DEFAULT_CHUNK_SIZE, streams: Vec::new() }
     }
@@ -79,6 +81,7 @@ impl ChunkEncoder {
         self.chunk_size = size;
     }
 
+    /// The chunk size we write with.
     pub fn chunk_size(&self) -> u32 {
         self.chunk_size
     }

@@ -54,9 +54,13 @@ impl HeaderFormat {
 /// the delta for types 1–3; values of [`EXTENDED_TIMESTAMP`] and up go in the extended field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MessageHeader {
+    /// The timestamp field as sent (see above).
     pub timestamp: u32,
+    /// Message length in bytes.
     pub length: u32,
+    /// Message type (see [`crate::message::type_id`]).
     pub type_id: u8,
+    /// Message stream id (0: the connection).
     pub stream_id: u32,
 }
 

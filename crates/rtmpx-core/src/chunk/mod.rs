@@ -10,7 +10,7 @@ pub mod header;
 #[cfg(test)]
 mod tests;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 pub use decoder::{ChunkDecoder, MAX_PIN_FACTOR};
 pub use encoder::{ChunkEncoder, ContinuationHeader};
@@ -25,6 +25,7 @@ pub const CONTROL_CHUNK_STREAM: u32 = 2;
 
 /// Bounds on what a peer can make the decoder hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ChunkLimits {
     /// Largest Set Chunk Size accepted from the peer (at most [`MAX_CHUNK_SIZE`]).
     pub max_chunk_size: u32,
@@ -50,17 +51,23 @@ impl Default for ChunkLimits {
 /// A whole message as it came off the chunk stream: absolute timestamp, payload shared.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawMessage {
+    /// The chunk stream it arrived on.
     pub chunk_stream_id: u32,
+    /// Absolute timestamp in milliseconds.
     pub timestamp: u32,
+    /// Message type (see [`crate::message::type_id`]).
     pub type_id: u8,
+    /// Message stream id (0: the connection).
     pub stream_id: u32,
+    /// The whole message body.
     pub payload: Bytes,
 }
 
 /// Feeds arbitrary bytes to a decoder with default limits, in up to three fragments cut where
 /// the first bytes say, checking invariants on the way: for fuzz targets. Never panics on its
 /// own unless the decoder misbehaves.
-pub fn fuzz_decode(data: &[u8]) {
+#[cfg(any(test, fuzzing, feature = "fuzzing"))]
+pub(crate) fn fuzz_decode(data: &[u8]) {
     let mut decoder = ChunkDecoder::new(ChunkLimits::default());
     let limits = ChunkLimits::default();
     let (first_cut, second_cut) = match data {
@@ -70,7 +77,7 @@ pub fn fuzz_decode(data: &[u8]) {
         }
         _ => (0, 0),
     };
-    let mut buf = BytesMut::new();
+    let mut buf = bytes::BytesMut::new();
     for fragment in [&data[..first_cut], &data[first_cut..second_cut], &data[second_cut..]] {
         buf.extend_from_slice(fragment);
         loop {

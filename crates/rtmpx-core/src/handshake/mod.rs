@@ -45,6 +45,7 @@ pub enum HandshakeVersion {
 }
 
 impl HandshakeVersion {
+    /// The version a C0/S0 byte asks for, `None` for an unknown one.
     pub fn from_byte(b: u8) -> Option<Self> {
         match b {
             3 => Some(Self::Plain),
@@ -55,6 +56,7 @@ impl HandshakeVersion {
         }
     }
 
+    /// The C0/S0 byte.
     pub fn to_byte(self) -> u8 {
         match self {
             Self::Plain => 3,
@@ -64,6 +66,7 @@ impl HandshakeVersion {
         }
     }
 
+    /// Whether this is an RTMPE version (RC4 after the handshake).
     pub fn is_encrypted(self) -> bool {
         self != Self::Plain
     }
@@ -639,8 +642,8 @@ impl ClientHandshake {
 
 /// Fuzz entry: feeds `data` to a server handshake (fixed-seed rng) in pieces whose sizes come
 /// from the data itself, then decrypts whatever follows a completed RTMPE handshake.
-#[doc(hidden)]
-pub fn fuzz_server_handshake(data: &[u8]) {
+#[cfg(any(test, fuzzing, feature = "fuzzing"))]
+pub(crate) fn fuzz_server_handshake(data: &[u8]) {
     use rand::SeedableRng;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
     let mut server = ServerHandshake::new(EncryptionPolicy::Allow, &mut rng);

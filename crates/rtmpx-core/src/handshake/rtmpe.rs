@@ -19,21 +19,21 @@ const PRIME_HEX: &str = "FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E0
     0BFF5CB6F406B7EDEE386BFB5A899FA5AE9F24117C4B1FE649286651ECE65381FFFFFFFFFFFFFFFF";
 
 /// The DH modulus p.
-pub const PRIME: U1024 = U1024::from_be_hex(PRIME_HEX);
+pub(super) const PRIME: U1024 = U1024::from_be_hex(PRIME_HEX);
 
 const_monty_params!(Oakley2, U1024, PRIME_HEX, "The RFC 2409 group 2 prime as a Montgomery modulus");
 
 type GroupElement = ConstMontyForm<Oakley2, { U1024::LIMBS }>;
 
 /// Our half of a Diffie-Hellman exchange.
-pub struct DhKeyPair {
+pub(super) struct DhKeyPair {
     private: U1024,
     public: [u8; DH_KEY_LEN],
 }
 
 impl DhKeyPair {
     /// Turns 128 random bytes into a private exponent in [2, 2^1023) and computes the public key.
-    pub fn from_random_bytes(mut bytes: [u8; DH_KEY_LEN]) -> Self {
+    pub(super) fn from_random_bytes(mut bytes: [u8; DH_KEY_LEN]) -> Self {
         // Below 2^1023 keeps the exponent under p (whose top 64 bits are set) without a reduction.
         bytes[0] &= 0x7f;
         let mut private = U1024::from_be_slice(&bytes);
@@ -44,13 +44,13 @@ impl DhKeyPair {
         DhKeyPair { private, public: public.to_be_bytes().into() }
     }
 
-    pub fn public_key(&self) -> &[u8; DH_KEY_LEN] {
+    pub(super) fn public_key(&self) -> &[u8; DH_KEY_LEN] {
         &self.public
     }
 
     /// (peer's key)^private mod p, left-padded to 128 bytes. Rejects keys outside [2, p-2], which
     /// would force the secret to 0, 1 or ±1.
-    pub fn shared_secret(&self, peer_public: &[u8]) -> Result<[u8; DH_KEY_LEN]> {
+    pub(super) fn shared_secret(&self, peer_public: &[u8]) -> Result<[u8; DH_KEY_LEN]> {
         let peer = validate_public_key(peer_public)?;
         let secret = GroupElement::new(&peer).pow(&self.private).retrieve();
         Ok(secret.to_be_bytes().into())
@@ -58,7 +58,7 @@ impl DhKeyPair {
 }
 
 /// Parses a 128-byte public key and checks 1 < y < p-1.
-pub fn validate_public_key(bytes: &[u8]) -> Result<U1024> {
+pub(super) fn validate_public_key(bytes: &[u8]) -> Result<U1024> {
     if bytes.len() != DH_KEY_LEN {
         return Err(Error::Handshake("DH public key has the wrong length"));
     }
@@ -72,7 +72,7 @@ pub fn validate_public_key(bytes: &[u8]) -> Result<U1024> {
 
 /// The two RC4 keys: (for what we send, for what we receive). Each side keys its sending stream
 /// with HMAC(secret, the peer's public key) and its receiving stream with HMAC(secret, its own).
-pub fn rc4_keys(
+pub(super) fn rc4_keys(
     secret: &[u8; DH_KEY_LEN],
     own_public: &[u8; DH_KEY_LEN],
     peer_public: &[u8; DH_KEY_LEN],

@@ -98,7 +98,7 @@ const RTMPE9_KEYS: [[u8; 24]; 16] = [
 ];
 
 /// XTEA encryption (32 rounds) of one 8-byte block, halves read little endian.
-pub fn xtea_block(block: &mut [u8; 8], key_index: usize) {
+pub(super) fn xtea_block(block: &mut [u8; 8], key_index: usize) {
     let mut key = [0u8; 16];
     for (chunk, word) in key.chunks_exact_mut(4).zip(RTMPE8_KEYS[key_index]) {
         chunk.copy_from_slice(&word.to_le_bytes());
@@ -111,7 +111,7 @@ pub fn xtea_block(block: &mut [u8; 8], key_index: usize) {
 }
 
 /// Blowfish encryption of one 8-byte block, halves read little endian.
-pub fn blowfish_block(block: &mut [u8; 8], key_index: usize) {
+pub(super) fn blowfish_block(block: &mut [u8; 8], key_index: usize) {
     let cipher: Blowfish = Blowfish::new_from_slice(&RTMPE9_KEYS[key_index]).expect("24-byte key fits");
     // The crate reads halves big endian: reverse each half around the call.
     block[..4].reverse();
@@ -125,7 +125,7 @@ pub fn blowfish_block(block: &mut [u8; 8], key_index: usize) {
 
 /// Applies the type 8/9 transform (nothing for 3 and 6) to a C2/S2 signature; block i/8 uses key
 /// number `signature_key[i] % 15`.
-pub fn transform_signature(
+pub(super) fn transform_signature(
     version: HandshakeVersion,
     signature: &mut [u8; DIGEST_LEN],
     signature_key: &[u8; DIGEST_LEN],

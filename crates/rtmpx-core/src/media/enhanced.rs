@@ -13,7 +13,9 @@ use super::Codec;
 /// Audio (message type 8) or video (message type 9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MediaType {
+    /// Message type 8.
     Audio,
+    /// Message type 9.
     Video,
 }
 
@@ -24,6 +26,7 @@ pub enum PacketKind {
     SequenceStart,
     /// Coded frames (video CodedFrames/CodedFramesX, audio CodedFrames).
     CodedFrames,
+    /// The end of a sequence (the decoder may be flushed).
     SequenceEnd,
     /// Video metadata (HDR), audio MultichannelConfig, video commands: forwarded, never cached.
     Other,
@@ -32,8 +35,11 @@ pub enum PacketKind {
 /// How the tracks of a multitrack message are laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MultitrackType {
+    /// Several tracks of one codec, one track per message.
     OneTrack,
+    /// Several tracks of one codec in one message.
     ManyTracks,
+    /// Several tracks with their own codecs in one message.
     ManyTracksManyCodecs,
 }
 
@@ -87,11 +93,13 @@ pub fn codec_of(media: MediaType, fourcc: u32) -> Codec {
 /// One parsed Enhanced RTMP header; the tracks follow at `body`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExTag<'a> {
+    /// Audio or video.
     pub media: MediaType,
     /// Video frame type (1 key, 2 inter, 3 disposable, 4 generated key, 5 command); 0 for audio.
     pub frame_type: u8,
     /// The packet type every track carries (after ModEx and Multitrack are resolved).
     pub packet_type: u8,
+    /// `None` outside a multitrack message.
     pub multitrack: Option<MultitrackType>,
     /// TimestampNanoOffset from a ModEx block, carried in the bytes unchanged.
     pub nano_offset: Option<u32>,
@@ -105,8 +113,11 @@ pub struct ExTag<'a> {
 pub struct Track<'a> {
     /// 0 outside multitrack: the default track.
     pub id: u8,
+    /// The track's codec as a FourCC.
     pub fourcc: u32,
+    /// The codec that FourCC names.
     pub codec: Codec,
+    /// What the packet carries.
     pub packet: PacketKind,
     /// A video frame a decoder can start from (coded frames of a key frame).
     pub keyframe: bool,
@@ -115,6 +126,7 @@ pub struct Track<'a> {
     pub data: &'a [u8],
     /// The raw packet type, for a rewrite into the legacy tag form.
     pub packet_type: u8,
+    /// The message's video frame type (0 for audio).
     pub frame_type: u8,
 }
 
@@ -348,18 +360,22 @@ impl<'a> Iterator for Tracks<'a> {
 pub struct LegacyTag<'a> {
     header: [u8; 5],
     header_len: usize,
+    /// The track's payload, unchanged.
     pub data: &'a [u8],
 }
 
 impl LegacyTag<'_> {
+    /// The legacy tag header bytes that go before `data`.
     pub fn header(&self) -> &[u8] {
         &self.header[..self.header_len]
     }
 
+    /// Header plus data.
     pub fn len(&self) -> usize {
         self.header_len + self.data.len()
     }
 
+    /// Never: a legacy tag always has a header.
     pub fn is_empty(&self) -> bool {
         false
     }

@@ -5,16 +5,21 @@ use bytes::BufMut;
 use crate::amf::{encode_amf0, Amf0Decoder, Amf0Value, AmfLimits};
 use crate::{Error, Result};
 
+/// An AMF command message (types 20 and 17): name, transaction and arguments.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Command {
+    /// The method called (`connect`, `publish`, `_result`, ...).
     pub name: String,
+    /// Pairs a call with its `_result`/`_error`; 0 when no answer is expected.
     pub transaction_id: f64,
     /// The command object (often `Null`).
     pub object: Amf0Value,
+    /// The values after the command object.
     pub args: Vec<Amf0Value>,
 }
 
 impl Command {
+    /// A command with these parts.
     pub fn new(name: &str, transaction_id: f64, object: Amf0Value, args: Vec<Amf0Value>) -> Self {
         Command { name: name.to_owned(), transaction_id, object, args }
     }
@@ -51,6 +56,7 @@ impl Command {
         }
     }
 
+    /// The argument at `index` (after the command object), if present.
     pub fn arg(&self, index: usize) -> Option<&Amf0Value> {
         self.args.get(index)
     }

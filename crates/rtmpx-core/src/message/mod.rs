@@ -14,32 +14,51 @@ use crate::{Error, Result};
 
 /// Message type ids (RTMP spec section 5.4 and 7.1).
 pub mod type_id {
+    /// Protocol control: the sender's new chunk size.
     pub const SET_CHUNK_SIZE: u8 = 1;
+    /// Protocol control: drop a partly sent message.
     pub const ABORT: u8 = 2;
+    /// Protocol control: bytes received so far.
     pub const ACKNOWLEDGEMENT: u8 = 3;
+    /// User control events (StreamBegin, ping...).
     pub const USER_CONTROL: u8 = 4;
+    /// Protocol control: how often the peer should acknowledge.
     pub const WINDOW_ACK_SIZE: u8 = 5;
+    /// Protocol control: the peer's output bandwidth limit.
     pub const SET_PEER_BANDWIDTH: u8 = 6;
+    /// Audio data.
     pub const AUDIO: u8 = 8;
+    /// Video data.
     pub const VIDEO: u8 = 9;
+    /// Data message in AMF3 (a leading 0 byte, then AMF0 in practice).
     pub const DATA_AMF3: u8 = 15;
+    /// Shared object in AMF3 (not supported).
     pub const SHARED_OBJECT_AMF3: u8 = 16;
+    /// Command in AMF3 (a leading 0 byte, then AMF0 in practice).
     pub const COMMAND_AMF3: u8 = 17;
+    /// Data message (`onMetaData`, `@setDataFrame`) in AMF0.
     pub const DATA_AMF0: u8 = 18;
+    /// Shared object in AMF0 (not supported).
     pub const SHARED_OBJECT_AMF0: u8 = 19;
+    /// Command in AMF0.
     pub const COMMAND_AMF0: u8 = 20;
+    /// Several audio/video/data messages in one.
     pub const AGGREGATE: u8 = 22;
 }
 
 /// Set Peer Bandwidth limit types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BandwidthLimit {
+    /// Limit output to the window.
     Hard,
+    /// Limit to the window or the current limit, whichever is smaller.
     Soft,
+    /// Hard if the last limit was hard, else ignored.
     Dynamic,
 }
 
 impl BandwidthLimit {
+    /// The limit type byte.
     pub fn to_byte(self) -> u8 {
         match self {
             BandwidthLimit::Hard => 0,
@@ -80,8 +99,11 @@ pub fn data_message_name(payload: &[u8]) -> Option<&str> {
 /// (copied when small next to it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AggregatePart {
+    /// Audio, video or data (see [`type_id`]).
     pub type_id: u8,
+    /// Absolute timestamp in milliseconds.
     pub timestamp: u32,
+    /// The sub-message's body.
     pub payload: Bytes,
 }
 

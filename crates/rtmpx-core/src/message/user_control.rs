@@ -4,25 +4,37 @@ use bytes::BufMut;
 
 use crate::{Error, Result};
 
+/// A User Control message (type 4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UserControl {
+    /// The stream is ready to carry data.
     StreamBegin(u32),
+    /// Playback of the stream ended.
     StreamEof(u32),
+    /// No more data on the stream for now.
     StreamDry(u32),
+    /// The client's playback buffer length.
     SetBufferLength {
+        /// The stream it applies to.
         stream_id: u32,
+        /// Buffer length in milliseconds.
         millis: u32,
     },
+    /// The stream is recorded (not live).
     StreamIsRecorded(u32),
+    /// A ping with the sender's timestamp, to be echoed.
     PingRequest(u32),
+    /// The echo of a ping request.
     PingResponse(u32),
     /// Event types we do not act on (e.g. SWF verification 26/27, buffer empty/ready 31/32).
     Other {
+        /// The event type.
         event_type: u16,
     },
 }
 
 impl UserControl {
+    /// Parses a User Control payload.
     pub fn parse(payload: &[u8]) -> Result<Self> {
         let short = || Error::Protocol("user control message too short".into());
         if payload.len() < 2 {
@@ -44,6 +56,7 @@ impl UserControl {
         })
     }
 
+    /// Writes the payload (event type and data).
     pub fn encode(&self, out: &mut impl BufMut) {
         let (event, a, b) = match *self {
             UserControl::StreamBegin(id) => (0u16, id, None),

@@ -5,17 +5,23 @@ use crate::amf::{Amf0Value, Properties};
 
 /// `capsEx` bits.
 pub const CAPS_EX_RECONNECT: u32 = 0x01;
+/// `capsEx` bit: multitrack audio/video.
 pub const CAPS_EX_MULTITRACK: u32 = 0x02;
+/// `capsEx` bit: ModEx signals in media headers.
 pub const CAPS_EX_MOD_EX: u32 = 0x04;
+/// `capsEx` bit: nanosecond timestamp offsets.
 pub const CAPS_EX_TIMESTAMP_NANO_OFFSET: u32 = 0x08;
 
 /// `[audio|video]FourCcInfoMap` flags.
 pub const FOURCC_CAN_DECODE: u32 = 0x01;
+/// `FourCcInfoMap` flag: can encode the codec.
 pub const FOURCC_CAN_ENCODE: u32 = 0x02;
+/// `FourCcInfoMap` flag: can forward the codec untouched.
 pub const FOURCC_CAN_FORWARD: u32 = 0x04;
 
 /// Every FourCC rtmpx parses (and forwards); "*" stands for any other.
 pub const VIDEO_FOURCCS: [&str; 6] = ["avc1", "hvc1", "av01", "vp09", "vp08", "vvc1"];
+/// Every audio FourCC rtmpx parses (and forwards).
 pub const AUDIO_FOURCCS: [&str; 6] = ["mp4a", ".mp3", "Opus", "fLaC", "ac-3", "ec-3"];
 
 /// At most this many FourCC entries are kept from a peer (the rest is ignored).
@@ -24,9 +30,13 @@ const MAX_ENTRIES: usize = 32;
 /// What a peer announced. Empty: a legacy peer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EnhancedCapabilities {
+    /// `fourCcList`: codecs the peer supports (any direction).
     pub fourcc_list: Vec<String>,
+    /// `videoFourCcInfoMap`: FourCC and `FOURCC_CAN_*` flags.
     pub video_fourcc_info: Vec<(String, u32)>,
+    /// `audioFourCcInfoMap`: FourCC and `FOURCC_CAN_*` flags.
     pub audio_fourcc_info: Vec<(String, u32)>,
+    /// `capsEx` bits (`CAPS_EX_*`).
     pub caps_ex: u32,
 }
 

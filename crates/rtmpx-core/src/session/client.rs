@@ -13,12 +13,17 @@ use crate::{Error, Result};
 
 use super::capabilities::EnhancedCapabilities;
 use super::link::Link;
-use super::{csid, Media, MediaKind};
+use super::{csid, Media, MediaKind, StatusLevel};
 
+/// Client-side settings.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ClientConfig {
+    /// The application to connect to.
     pub app: String,
+    /// `tcUrl` in `connect`.
     pub tc_url: String,
+    /// `flashVer` in `connect` (servers log it).
     pub flash_ver: String,
     /// 3 for plain RTMP, 6/8/9 for RTMPE.
     pub version: HandshakeVersion,
@@ -28,13 +33,16 @@ pub struct ClientConfig {
     pub chunk_size: u32,
     /// Sent as SetBufferLength when playing.
     pub buffer_length_ms: u32,
+    /// Bounds on what the server may make us buffer.
     pub chunk_limits: ChunkLimits,
+    /// Bounds on AMF decoding of the server's commands.
     pub amf_limits: AmfLimits,
     /// Announced in `connect` (empty: we present ourselves as a legacy client).
     pub capabilities: EnhancedCapabilities,
 }
 
 impl ClientConfig {
+    /// Settings for `app` at `tc_url` with the defaults (plain digest handshake, 4096-byte chunks).
     pub fn new(app: &str, tc_url: &str) -> Self {
         ClientConfig {
             app: app.to_owned(),
@@ -51,36 +59,63 @@ impl ClientConfig {
     }
 }
 
+/// What the client session reports, in the order it happened.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum ClientEvent {
+    /// C0/C1 ↔ S0/S1/S2 done; `connect` is on its way.
     HandshakeComplete {
+        /// The version in use.
         version: HandshakeVersion,
+        /// Whether the digest handshake was used.
         digest: bool,
     },
+    /// `connect` succeeded; queued publish/play requests go out now.
     Connected,
     /// `_error` to connect, or an error status to publish/play. The session stays usable only
     /// if the server keeps the connection.
     Rejected {
+        /// The status code, e.g. `NetConnection.Connect.Rejected`.
         code: String,
+        /// The server's description.
         description: String,
     },
+    /// `NetStream.Publish.Start`: media may be sent on the stream.
     PublishStarted {
+        /// The message stream to send on.
         stream_id: u32,
     },
+    /// `NetStream.Play.Start`: media follows as [`ClientEvent::Media`].
     PlayStarted {
+        /// The message stream media arrives on.
         stream_id: u32,
     },
     /// Any other `onStatus` (PublishNotify, UnpublishNotify, ...).
     Status {
+        /// The message stream it concerns (0: the connection).
         stream_id: u32,
+        /// `status`, `warning` or `error`, as the server wrote it.
         level: String,
+        /// The status code, e.g. `NetStream.Play.UnpublishNotify`.
         code: String,
+        /// The server's description.
         description: String,
     },
+    /// Audio, video or metadata of a stream we play.
     Media(Media),
     /// The server asks us to reconnect (Enhanced RTMP), to `tc_url` or the current tcUrl. The
     /// session goes on until the caller closes it.
     ReconnectRequested(super::ReconnectRequest),
+    /// A message the session does not handle (shared objects, unassigned types): skipped, and
+    /// reported so the caller may count or log it.
+    Unknown {
+        /// The message stream it came on.
+        stream_id: u32,
+        /// Its message type.
+        type_id: u8,
+        /// Its payload length in bytes.
+        len: usize,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -94,6 +129,17 @@ enum Phase {
     Connecting { transaction_id: f64 },
     Connected,
     Closed,
+}
+
+impl Phase {
+    fn name(&self) -> &'static str {
+        match self {
+            Phase::Handshake(_) => "handshake",
+            Phase::Connecting { .. } => "connecting",
+            Phase::Connected => "connected",
+            Phase::Closed => "closed",
+        }
+    }
 }
 
 /// One client-side RTMP connection.
@@ -110,6 +156,21 @@ pub struct ClientSession {
     outcome: Option<HandshakeOutcome>,
     scratch: BytesMut,
     server_capabilities: EnhancedCapabilities,
+}
+
+// Without keys or buffers: what a log line about the session needs.
+impl std::fmt::Debug for ClientSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientSession")
+            .field("app", &self.config.app)
+            .field("phase", &self.phase.name())
+            .field("encrypted", &self.link.is_encrypted())
+            .field("pending", &self.pending)
+            .field("queued", &self.queued)
+            .field("queued_events", &self.events.len())
+            .field("pending_output", &self.link.output_len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ClientSession {
@@ -132,6 +193,7 @@ impl ClientSession {
         }
     }
 
+    /// Feeds received bytes. An error means the connection must be closed.
     pub fn handle_input(&mut self, data: &[u8]) -> Result<()> {
         if matches!(self.phase, Phase::Closed) {
             return Err(Error::Closed);
@@ -165,22 +227,29 @@ impl ClientSession {
         Ok(())
     }
 
+    /// The next event, if any; call until `None` after each input.
+    #[must_use]
     pub fn poll_event(&mut self) -> Option<ClientEvent> {
         self.events.pop_front()
     }
 
+    /// Bytes to send to the server, if any (encrypted under RTMPE).
+    #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
         self.link.take_output()
     }
 
+    /// The handshake's outcome once it completed.
     pub fn handshake(&self) -> Option<&HandshakeOutcome> {
         self.outcome.as_ref()
     }
 
+    /// Whether `connect` succeeded.
     pub fn is_connected(&self) -> bool {
         matches!(self.phase, Phase::Connected)
     }
 
+    /// Whether the session failed or its `connect` was rejected (input is refused).
     pub fn is_closed(&self) -> bool {
         matches!(self.phase, Phase::Closed)
     }
@@ -315,7 +384,13 @@ impl ClientSession {
                 )?;
                 self.handle_command(msg.stream_id, cmd)?;
             }
-            _ => {}
+            type_id::SET_CHUNK_SIZE | type_id::ABORT | type_id::ACKNOWLEDGEMENT => {}
+            // Shared objects and unassigned types: skipped, but reported.
+            _ => self.events.push_back(ClientEvent::Unknown {
+                stream_id: msg.stream_id,
+                type_id: msg.type_id,
+                len: msg.payload.len(),
+            }),
         }
         Ok(())
     }
@@ -397,7 +472,9 @@ impl ClientSession {
                 let event = match code.as_str() {
                     "NetStream.Publish.Start" => ClientEvent::PublishStarted { stream_id },
                     "NetStream.Play.Start" => ClientEvent::PlayStarted { stream_id },
-                    _ if level == "error" => ClientEvent::Rejected { code, description: text("description") },
+                    _ if level == StatusLevel::Error.as_str() => {
+                        ClientEvent::Rejected { code, description: text("description") }
+                    }
                     _ => ClientEvent::Status { stream_id, level, code, description: text("description") },
                 };
                 self.events.push_back(event);

@@ -11,7 +11,7 @@ use crate::handshake::{HandshakeOutcome, Rc4Pair};
 use crate::message::{type_id, BandwidthLimit, Command, UserControl};
 use crate::Result;
 
-use super::csid;
+use super::{csid, StatusLevel};
 
 /// Shared payloads shorter than this are copied: a small copy costs less than an extra piece
 /// (and an iovec) per player.
@@ -52,7 +52,7 @@ pub(crate) struct Link {
 }
 
 impl Link {
-    pub fn new(limits: ChunkLimits) -> Self {
+    pub(super) fn new(limits: ChunkLimits) -> Self {
         Link {
             // Buffers grow with use; an idle connection should cost little memory.
             input: BytesMut::new(),
@@ -74,7 +74,7 @@ impl Link {
     }
 
     /// Appends received bytes, decrypting them when the session is RTMPE.
-    pub fn receive(&mut self, data: &[u8]) {
+    pub(super) fn receive(&mut self, data: &[u8]) {
         self.bytes_received += data.len() as u64;
         self.reserve_input(data.len());
         let start = self.input.len();
@@ -109,7 +109,7 @@ impl Link {
     /// Runs one handshake step (`step` reads the input and writes the output buffer). When the
     /// handshake completes, installs the RTMPE cipher (bytes already buffered after it are
     /// decrypted) and drops the handshake-sized input buffer: most sessions send little after it.
-    pub fn advance_handshake(
+    pub(super) fn advance_handshake(
         &mut self,
         step: impl FnOnce(&mut BytesMut, &mut BytesMut) -> Result<Option<HandshakeOutcome>>,
     ) -> Result<Option<HandshakeOutcome>> {
@@ -131,18 +131,18 @@ impl Link {
     }
 
     /// Memory the receive side holds: the input buffer and partly received messages.
-    pub fn held_input_bytes(&self) -> usize {
+    pub(super) fn held_input_bytes(&self) -> usize {
         self.input.capacity() + self.decoder.partial_capacity()
     }
 
-    pub fn next_message(&mut self) -> Result<Option<RawMessage>> {
+    pub(super) fn next_message(&mut self) -> Result<Option<RawMessage>> {
         let message = self.decoder.decode(&mut self.input)?;
         self.messages_decoded += u64::from(message.is_some());
         Ok(message)
     }
 
     /// Sends an Acknowledgement when the peer's window has been passed.
-    pub fn acknowledge_if_due(&mut self) {
+    pub(super) fn acknowledge_if_due(&mut self) {
         if self.ack_window > 0 && self.bytes_received - self.last_ack >= u64::from(self.ack_window) {
             self.last_ack = self.bytes_received;
             let seq = (self.bytes_received & 0xFFFF_FFFF) as u32;
@@ -150,20 +150,20 @@ impl Link {
         }
     }
 
-    pub fn raw_output(&mut self) -> &mut BytesMut {
+    pub(super) fn raw_output(&mut self) -> &mut BytesMut {
         &mut self.output
     }
 
-    pub fn output_len(&self) -> usize {
+    pub(super) fn output_len(&self) -> usize {
         self.pieces_len + self.output.len()
     }
 
-    pub fn has_output(&self) -> bool {
+    pub(super) fn has_output(&self) -> bool {
         !self.pieces.is_empty() || !self.output.is_empty()
     }
 
     /// The next piece queued for the peer (encrypted if needed); call until `None`.
-    pub fn take_output(&mut self) -> Option<Bytes> {
+    pub(super) fn take_output(&mut self) -> Option<Bytes> {
         if let Some(piece) = self.pieces.pop_front() {
             self.pieces_len -= piece.len();
             return Some(piece);
@@ -181,24 +181,31 @@ impl Link {
     /// Encrypts the unsealed output of two RTMPE links in one pass (the cipher's table loads of
     /// two streams overlap); [`take_output`](Self::take_output) then hands it out as is. Links
     /// without a cipher are left alone.
-    pub fn seal_pair(a: &mut Link, b: &mut Link) {
+    pub(super) fn seal_pair(a: &mut Link, b: &mut Link) {
         let (Some(a_cipher), Some(b_cipher)) = (&mut a.cipher, &mut b.cipher) else { return };
         Rc4Pair::encrypt_pair(a_cipher, &mut a.output[a.sealed..], b_cipher, &mut b.output[b.sealed..]);
         a.sealed = a.output.len();
         b.sealed = b.output.len();
     }
 
-    pub fn is_encrypted(&self) -> bool {
+    pub(super) fn is_encrypted(&self) -> bool {
         self.cipher.is_some()
     }
 
-    pub fn send_message(&mut self, csid: u32, timestamp: u32, type_id: u8, stream_id: u32, payload: &[u8]) {
+    pub(super) fn send_message(
+        &mut self,
+        csid: u32,
+        timestamp: u32,
+        type_id: u8,
+        stream_id: u32,
+        payload: &[u8],
+    ) {
         self.encoder.encode(csid, timestamp, type_id, stream_id, payload, &mut self.output);
     }
 
     /// Like [`send_message`](Self::send_message), but the payload is not copied: its chunks go
     /// out as slices of `payload` between header pieces. RTMPE sessions and small payloads copy.
-    pub fn send_message_shared(
+    pub(super) fn send_message_shared(
         &mut self,
         csid: u32,
         timestamp: u32,
@@ -240,7 +247,7 @@ impl Link {
     }
 
     /// Gives back buffer memory while nothing is queued (idle connections).
-    pub fn release_buffers(&mut self) {
+    pub(super) fn release_buffers(&mut self) {
         if self.output.is_empty() && self.output.capacity() > 0 {
             self.output = BytesMut::new();
         }
@@ -262,20 +269,20 @@ impl Link {
         self.scratch.clear();
     }
 
-    pub fn send_control(&mut self, type_id: u8, payload: &[u8]) {
+    pub(super) fn send_control(&mut self, type_id: u8, payload: &[u8]) {
         self.encoder.encode(csid::CONTROL, 0, type_id, 0, payload, &mut self.output);
     }
 
-    pub fn send_user_control(&mut self, event: UserControl) {
+    pub(super) fn send_user_control(&mut self, event: UserControl) {
         event.encode(&mut self.scratch);
         self.send_scratch(csid::CONTROL, type_id::USER_CONTROL, 0);
     }
 
-    pub fn send_window_ack_size(&mut self, size: u32) {
+    pub(super) fn send_window_ack_size(&mut self, size: u32) {
         self.send_control(type_id::WINDOW_ACK_SIZE, &size.to_be_bytes());
     }
 
-    pub fn send_peer_bandwidth(&mut self, size: u32, limit: BandwidthLimit) {
+    pub(super) fn send_peer_bandwidth(&mut self, size: u32, limit: BandwidthLimit) {
         let mut body = [0u8; 5];
         body[..4].copy_from_slice(&size.to_be_bytes());
         body[4] = limit.to_byte();
@@ -283,18 +290,18 @@ impl Link {
     }
 
     /// Sends Set Chunk Size and switches the encoder after it.
-    pub fn send_chunk_size(&mut self, size: u32) {
+    pub(super) fn send_chunk_size(&mut self, size: u32) {
         self.send_control(type_id::SET_CHUNK_SIZE, &size.to_be_bytes());
         self.encoder.set_chunk_size(size);
     }
 
-    pub fn send_command(&mut self, csid: u32, stream_id: u32, command: &Command) {
+    pub(super) fn send_command(&mut self, csid: u32, stream_id: u32, command: &Command) {
         command.encode(&mut self.scratch);
         self.send_scratch(csid, type_id::COMMAND_AMF0, stream_id);
     }
 
     /// Sends a command built from values without constructing a [`Command`].
-    pub fn send_values(&mut self, csid: u32, type_id: u8, stream_id: u32, values: &[Amf0Value]) {
+    pub(super) fn send_values(&mut self, csid: u32, type_id: u8, stream_id: u32, values: &[Amf0Value]) {
         for v in values {
             encode_amf0(v, &mut self.scratch);
         }
@@ -302,9 +309,9 @@ impl Link {
     }
 
     /// `onStatus` on a message stream.
-    pub fn send_status(&mut self, stream_id: u32, level: &str, code: &str, description: &str) {
+    pub(super) fn send_status(&mut self, stream_id: u32, level: StatusLevel, code: &str, description: &str) {
         let info = Amf0Value::object([
-            ("level", Amf0Value::from(level)),
+            ("level", level.into()),
             ("code", Amf0Value::from(code)),
             ("description", Amf0Value::from(description)),
         ]);

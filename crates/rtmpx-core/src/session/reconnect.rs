@@ -16,6 +16,7 @@ pub struct ReconnectRequest {
     /// Where to reconnect: absolute (`rtmp://host/app`) or relative to the current tcUrl
     /// (`//host/app`, `/app`). `None`: the current tcUrl.
     pub tc_url: Option<String>,
+    /// Human-readable reason.
     pub description: String,
 }
 
@@ -24,7 +25,7 @@ impl ReconnectRequest {
     pub fn info(&self) -> Amf0Value {
         let mut props = vec![
             ("code", Amf0Value::from(RECONNECT_REQUEST_CODE)),
-            ("level", Amf0Value::from("status")),
+            ("level", super::StatusLevel::Status.into()),
             ("description", Amf0Value::from(self.description.as_str())),
         ];
         if let Some(tc_url) = &self.tc_url {

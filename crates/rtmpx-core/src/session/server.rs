@@ -19,6 +19,7 @@ use super::{csid, Media, MediaKind, StatusLevel};
 
 /// Server-side settings.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ServerConfig {
     /// Our outgoing chunk size (sent right after connect).
     pub chunk_size: u32,
@@ -26,8 +27,11 @@ pub struct ServerConfig {
     pub window_ack_size: u32,
     /// Set Peer Bandwidth we announce.
     pub peer_bandwidth: u32,
+    /// Bounds on what the client may make us buffer.
     pub chunk_limits: ChunkLimits,
+    /// Bounds on AMF decoding of the client's commands.
     pub amf_limits: AmfLimits,
+    /// Whether RTMPE handshakes are allowed, required or refused.
     pub encryption: EncryptionPolicy,
     /// Most message streams (createStream) per connection.
     pub max_streams: u32,
@@ -56,11 +60,17 @@ impl Default for ServerConfig {
 /// `connect` as the client sent it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConnectRequest {
+    /// The application (`app`).
     pub app: String,
+    /// `tcUrl`: the URL the client connected to.
     pub tc_url: Option<String>,
+    /// `flashVer`: the client's name and version.
     pub flash_ver: Option<String>,
+    /// `swfUrl`.
     pub swf_url: Option<String>,
+    /// `pageUrl`.
     pub page_url: Option<String>,
+    /// `objectEncoding`: 0 (AMF0) or 3 (AMF3), echoed in the result.
     pub object_encoding: f64,
     /// The whole command object, for anything else (auth callbacks forward it).
     pub properties: Properties,
@@ -78,46 +88,139 @@ impl ConnectRequest {
     }
 }
 
+/// The second argument of `publish`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PublishMode {
+    /// `live` (and anything unknown): not recorded.
     Live,
+    /// `record`: a new recording.
     Record,
+    /// `append`: appended to a recording.
     Append,
+}
+
+/// Where `play` starts: its `start` argument.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PlayStart {
+    /// −2, the default: the live stream, else a recording of that name.
+    LiveOrRecorded,
+    /// −1: the live stream only.
+    Live,
+    /// Any other number, as sent: a position in a recording. (FFmpeg scales the two values above
+    /// by 1000; they are kept as sent, since servers forward them to callbacks.)
+    At(f64),
+}
+
+impl PlayStart {
+    /// The `start` argument; absent means −2.
+    pub fn from_arg(start: Option<f64>) -> Self {
+        match start {
+            None => PlayStart::LiveOrRecorded,
+            Some(-2.0) => PlayStart::LiveOrRecorded,
+            Some(-1.0) => PlayStart::Live,
+            Some(v) => PlayStart::At(v),
+        }
+    }
+
+    /// The number on the wire (−2, −1 or the position as sent).
+    pub fn as_f64(self) -> f64 {
+        match self {
+            PlayStart::LiveOrRecorded => -2.0,
+            PlayStart::Live => -1.0,
+            PlayStart::At(v) => v,
+        }
+    }
+}
+
+/// What `play`/`play2` asks for besides the stream name.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct PlayRequest {
+    /// Where to start.
+    pub start: PlayStart,
+    /// Seconds to play; `None` (−1, any negative number, or absent) until the end.
+    pub duration: Option<u32>,
+    /// Whether to flush a playlist (`play`'s fourth argument, true when absent).
+    pub reset: bool,
+}
+
+impl Default for PlayRequest {
+    /// What a `play` with only a stream name asks for.
+    fn default() -> Self {
+        PlayRequest { start: PlayStart::LiveOrRecorded, duration: None, reset: true }
+    }
+}
+
+impl PlayRequest {
+    /// From `play`'s arguments after the name, as sent.
+    pub fn from_args(start: Option<f64>, duration: Option<f64>, reset: Option<bool>) -> Self {
+        PlayRequest {
+            start: PlayStart::from_arg(start),
+            // NaN fails the comparison too: until the end.
+            duration: duration.filter(|d| *d >= 0.0).map(|d| d as u32),
+            reset: reset.unwrap_or(true),
+        }
+    }
 }
 
 /// What the server session reports. Connect, publish and play wait for a decision:
 /// `accept_connect`/`reject_connect`, `accept_publish`/`reject_publish`, `accept_play`/`reject_play`.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum ServerEvent {
+    /// C0/C1 ↔ S0/S1/S2 done; commands follow.
     HandshakeComplete {
+        /// The version the client asked for in C0.
         requested: HandshakeVersion,
+        /// The version in use (RTMPE types may fall back).
         version: HandshakeVersion,
+        /// Whether the digest (Flash Player 9+) handshake was used.
         digest: bool,
     },
+    /// `connect`: answer with `accept_connect` or `reject_connect`.
     ConnectRequested(ConnectRequest),
+    /// `publish`: answer with `accept_publish` or `reject_publish`.
     PublishRequested {
+        /// The message stream from createStream.
         stream_id: u32,
+        /// As sent, query string (keys, tokens) included.
         stream_name: String,
+        /// Live, record or append.
         mode: PublishMode,
     },
+    /// `play`/`play2`: answer with `accept_play` or `reject_play`.
     PlayRequested {
+        /// The message stream from createStream.
         stream_id: u32,
+        /// As sent, query string (keys, tokens) included.
         stream_name: String,
-        start: f64,
-        duration: f64,
-        reset: bool,
+        /// Start, duration and reset.
+        request: PlayRequest,
     },
     /// Audio, video or metadata from a publishing stream.
     Media(Media),
     /// The client stopped publishing or playing on this stream (deleteStream, closeStream,
     /// FCUnpublish).
     StreamClosed {
+        /// The message stream.
         stream_id: u32,
     },
     /// `pause` on a playing stream; live playback resumes at the next keyframe.
     PauseChanged {
+        /// The message stream.
         stream_id: u32,
+        /// True for pause, false for unpause.
         paused: bool,
+    },
+    /// A message the session does not handle (shared objects, unassigned types): skipped, and
+    /// reported so the caller may count or log it.
+    Unknown {
+        /// The message stream it came on.
+        stream_id: u32,
+        /// Its message type.
+        type_id: u8,
+        /// Its payload length in bytes.
+        len: usize,
     },
 }
 
@@ -149,6 +252,70 @@ enum Phase {
     Closed,
 }
 
+/// The calls a connected client may make besides `connect`, parsed from the command name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamCommand {
+    CreateStream,
+    ReleaseStream,
+    FcPublish,
+    FcUnpublish,
+    FcSubscribe,
+    GetStreamLength,
+    CheckBandwidth,
+    Publish,
+    Play,
+    Play2,
+    DeleteStream,
+    CloseStream,
+    ReceiveAudio,
+    ReceiveVideo,
+    Pause,
+}
+
+impl StreamCommand {
+    /// Names as clients send them; anything else gets `_error` ("Method not found").
+    const NAMES: [(&'static str, StreamCommand); 17] = [
+        ("createStream", StreamCommand::CreateStream),
+        ("releaseStream", StreamCommand::ReleaseStream),
+        ("FCPublish", StreamCommand::FcPublish),
+        ("FCUnpublish", StreamCommand::FcUnpublish),
+        ("FCSubscribe", StreamCommand::FcSubscribe),
+        ("FCUnsubscribe", StreamCommand::FcSubscribe),
+        ("getStreamLength", StreamCommand::GetStreamLength),
+        ("_checkbw", StreamCommand::CheckBandwidth),
+        ("publish", StreamCommand::Publish),
+        ("play", StreamCommand::Play),
+        ("play2", StreamCommand::Play2),
+        ("deleteStream", StreamCommand::DeleteStream),
+        ("closeStream", StreamCommand::CloseStream),
+        ("receiveAudio", StreamCommand::ReceiveAudio),
+        ("receiveVideo", StreamCommand::ReceiveVideo),
+        ("pause", StreamCommand::Pause),
+        ("pauseRaw", StreamCommand::Pause),
+    ];
+
+    fn parse(name: &str) -> Option<StreamCommand> {
+        Self::NAMES.iter().find(|(known, _)| *known == name).map(|&(_, command)| command)
+    }
+}
+
+/// Argument `index` as a string, empty when absent or not a string.
+fn string_arg(cmd: &Command, index: usize) -> String {
+    cmd.arg(index).and_then(Amf0Value::as_str).unwrap_or_default().to_owned()
+}
+
+impl Phase {
+    fn name(&self) -> &'static str {
+        match self {
+            Phase::Handshake(_) => "handshake",
+            Phase::AwaitConnect => "await-connect",
+            Phase::ConnectPending { .. } => "connect-pending",
+            Phase::Connected => "connected",
+            Phase::Closed => "closed",
+        }
+    }
+}
+
 /// One server-side RTMP connection.
 pub struct ServerSession {
     config: ServerConfig,
@@ -159,6 +326,20 @@ pub struct ServerSession {
     next_stream_id: u32,
     outcome: Option<HandshakeOutcome>,
     peer_capabilities: EnhancedCapabilities,
+}
+
+// Without keys, buffers or the peer's data: what a log line about the session needs.
+impl std::fmt::Debug for ServerSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerSession")
+            .field("phase", &self.phase.name())
+            .field("encrypted", &self.is_encrypted())
+            .field("streams", &self.streams)
+            .field("queued_events", &self.events.len())
+            .field("pending_output", &self.pending_output())
+            .field("held_input", &self.held_input_bytes())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ServerSession {
@@ -243,15 +424,18 @@ impl ServerSession {
     }
 
     /// The next event, if any.
+    #[must_use]
     pub fn poll_event(&mut self) -> Option<ServerEvent> {
         self.events.pop_front()
     }
 
     /// Bytes to send to the client, if any (encrypted under RTMPE).
+    #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
         self.link.take_output()
     }
 
+    /// Whether output is queued (without taking it).
     pub fn has_transmit(&self) -> bool {
         self.link.has_output()
     }
@@ -261,9 +445,14 @@ impl ServerSession {
         self.link.is_encrypted()
     }
 
-    /// Encrypts what two RTMPE sessions have queued in one interleaved pass, 1.7x the speed of
-    /// encrypting each alone (the fan-out pairs its RTMPE players). The output and what
-    /// [`poll_transmit`](Self::poll_transmit) returns are unchanged; without RTMPE, does nothing.
+    /// Encrypts what two RTMPE sessions have queued so far in one interleaved RC4 pass: an
+    /// optional speed-up (1.7x over encrypting each alone) for callers that send the same media
+    /// to many RTMPE players, such as a fan-out that pairs them up.
+    ///
+    /// Part of the public API on purpose: it changes no byte. What
+    /// [`poll_transmit`](Self::poll_transmit) returns afterwards is exactly what it would have
+    /// returned without the call, and output queued later is encrypted as usual. Unless both
+    /// sessions are RTMPE, it does nothing; calling it at any time, or never, is correct.
     pub fn seal_output_paired(&mut self, other: &mut ServerSession) {
         Link::seal_pair(&mut self.link, &mut other.link);
     }
@@ -283,6 +472,7 @@ impl ServerSession {
         self.link.encoder.chunk_size()
     }
 
+    /// Whether the session failed or was closed (input is refused).
     pub fn is_closed(&self) -> bool {
         matches!(self.phase, Phase::Closed)
     }
@@ -362,9 +552,16 @@ impl ServerSession {
                 }
                 Ok(())
             }
-            // Shared objects are a Flash-era feature nobody streams with: ignored.
-            type_id::SHARED_OBJECT_AMF0 | type_id::SHARED_OBJECT_AMF3 => Ok(()),
-            _ => Ok(()),
+            // Shared objects (a Flash-era feature nobody streams with) and unassigned types:
+            // skipped, but reported so the caller can count them.
+            _ => {
+                self.events.push_back(ServerEvent::Unknown {
+                    stream_id: msg.stream_id,
+                    type_id: msg.type_id,
+                    len: msg.payload.len(),
+                });
+                Ok(())
+            }
         }
     }
 
@@ -468,7 +665,7 @@ impl ServerSession {
         }
         let properties = Amf0Value::Object(properties);
         let info = Amf0Value::object([
-            ("level", Amf0Value::from("status")),
+            ("level", StatusLevel::Status.into()),
             ("code", "NetConnection.Connect.Success".into()),
             ("description", "Connection succeeded.".into()),
             ("objectEncoding", object_encoding.into()),
@@ -488,7 +685,7 @@ impl ServerSession {
             return Err(Error::Protocol("reject_connect without a pending connect".into()));
         };
         let info = Amf0Value::object([
-            ("level", Amf0Value::from("error")),
+            ("level", StatusLevel::Error.into()),
             ("code", "NetConnection.Connect.Rejected".into()),
             ("description", description.into()),
         ]);
@@ -512,156 +709,160 @@ impl ServerSession {
     }
 
     fn on_stream_command(&mut self, stream_id: u32, cmd: Command) -> Result<()> {
-        let name_arg = |i: usize| cmd.arg(i).and_then(Amf0Value::as_str).unwrap_or_default().to_owned();
-        match cmd.name.as_str() {
-            "createStream" => {
-                if self.streams.len() as u32 >= self.config.max_streams {
-                    return Err(Error::limit(
-                        "message streams",
-                        self.streams.len() + 1,
-                        self.config.max_streams,
-                    ));
-                }
-                let id = self.next_stream_id;
-                self.next_stream_id += 1;
-                self.streams.push(MessageStream {
-                    id,
-                    state: StreamState::Idle,
-                    receive_audio: true,
-                    receive_video: true,
-                    paused: false,
-                    wait_keyframe: false,
-                });
-                self.send_result(cmd.transaction_id, vec![f64::from(id).into()]);
-            }
-            "releaseStream" => self.send_result(cmd.transaction_id, vec![Amf0Value::Undefined]),
-            "FCPublish" => {
-                let name = name_arg(0);
-                let info = Amf0Value::object([
-                    ("code", Amf0Value::from("NetStream.Publish.Start")),
-                    ("description", name.into()),
-                ]);
-                self.link.send_values(
-                    csid::COMMAND,
-                    type_id::COMMAND_AMF0,
-                    0,
-                    &["onFCPublish".into(), 0.0.into(), Amf0Value::Null, info],
-                );
-                self.send_result(cmd.transaction_id, vec![Amf0Value::Undefined]);
-            }
-            "FCUnpublish" => {
-                let name = name_arg(0);
-                let info = Amf0Value::object([
-                    ("code", Amf0Value::from("NetStream.Unpublish.Success")),
-                    ("description", name.into()),
-                ]);
-                self.link.send_values(
-                    csid::COMMAND,
-                    type_id::COMMAND_AMF0,
-                    0,
-                    &["onFCUnpublish".into(), 0.0.into(), Amf0Value::Null, info],
-                );
-                self.send_result(cmd.transaction_id, vec![Amf0Value::Undefined]);
-                let publishing: Vec<u32> = self
-                    .streams
-                    .iter()
-                    .filter(|s| s.state == StreamState::Publishing)
-                    .map(|s| s.id)
-                    .collect();
-                for id in publishing {
-                    self.close_stream(id, true);
-                }
-            }
-            "FCSubscribe" | "FCUnsubscribe" => {
+        use StreamCommand::*;
+        let Some(command) = StreamCommand::parse(&cmd.name) else {
+            self.method_not_found(&cmd);
+            return Ok(());
+        };
+        match command {
+            CreateStream => self.create_stream(&cmd)?,
+            ReleaseStream | FcSubscribe | CheckBandwidth => {
                 self.send_result(cmd.transaction_id, vec![Amf0Value::Undefined])
             }
-            "getStreamLength" => self.send_result(cmd.transaction_id, vec![0.0.into()]),
-            "_checkbw" => self.send_result(cmd.transaction_id, vec![Amf0Value::Undefined]),
-            "publish" => {
-                let stream_name = name_arg(0);
-                let mode = match cmd.arg(1).and_then(Amf0Value::as_str) {
-                    Some("record") => PublishMode::Record,
-                    Some("append") => PublishMode::Append,
-                    _ => PublishMode::Live,
-                };
-                let stream = self.idle_stream(stream_id, "publish")?;
-                stream.state = StreamState::PublishPending { transaction_id: cmd.transaction_id };
-                self.events.push_back(ServerEvent::PublishRequested { stream_id, stream_name, mode });
-            }
-            "play" | "play2" => {
-                let (stream_name, start, duration, reset) = if cmd.name == "play2" {
-                    let params = cmd.arg(0);
-                    let name = params.and_then(|p| p.get("streamName")).and_then(Amf0Value::as_str);
-                    let start = params.and_then(|p| p.get("start")).and_then(Amf0Value::as_f64);
-                    (name.unwrap_or_default().to_owned(), start.unwrap_or(-2.0), -1.0, true)
-                } else {
-                    let start = cmd.arg(1).and_then(Amf0Value::as_f64).unwrap_or(-2.0);
-                    let duration = cmd.arg(2).and_then(Amf0Value::as_f64).unwrap_or(-1.0);
-                    let reset = cmd.arg(3).map(|v| v.as_bool().unwrap_or(v.as_f64().unwrap_or(1.0) != 0.0));
-                    (name_arg(0), start, duration, reset.unwrap_or(true))
-                };
-                let stream = self.idle_stream(stream_id, "play")?;
-                stream.state = StreamState::PlayPending { transaction_id: cmd.transaction_id };
-                self.events.push_back(ServerEvent::PlayRequested {
-                    stream_id,
-                    stream_name,
-                    start,
-                    duration,
-                    reset,
-                });
-            }
-            "deleteStream" => {
+            FcPublish => self.fc_publish(&cmd),
+            FcUnpublish => self.fc_unpublish(&cmd),
+            GetStreamLength => self.send_result(cmd.transaction_id, vec![0.0.into()]),
+            Publish => self.publish(stream_id, &cmd)?,
+            Play | Play2 => self.play(stream_id, &cmd, command == Play2)?,
+            DeleteStream => {
                 let id = cmd.arg(0).and_then(Amf0Value::as_f64).unwrap_or(f64::from(stream_id)) as u32;
                 self.close_stream(id, false);
                 self.streams.retain(|s| s.id != id);
             }
-            "closeStream" => self.close_stream(stream_id, true),
-            "receiveAudio" | "receiveVideo" => {
-                let on = cmd.arg(0).and_then(Amf0Value::as_bool).unwrap_or(true);
-                let video = cmd.name == "receiveVideo";
-                if let Some(s) = self.stream_mut(stream_id) {
-                    if video {
-                        s.wait_keyframe |= on && !s.receive_video;
-                        s.receive_video = on;
-                    } else {
-                        s.receive_audio = on;
-                    }
-                }
-            }
-            "pause" | "pauseRaw" => {
-                let paused = cmd.arg(0).and_then(Amf0Value::as_bool).unwrap_or(true);
-                let Some(s) = self.stream_mut(stream_id) else { return Ok(()) };
-                if s.state != StreamState::Playing || s.paused == paused {
-                    return Ok(());
-                }
-                s.paused = paused;
-                s.wait_keyframe |= !paused;
-                let code = if paused { "NetStream.Pause.Notify" } else { "NetStream.Unpause.Notify" };
-                self.link.send_status(
-                    stream_id,
-                    "status",
-                    code,
-                    if paused { "Paused." } else { "Unpaused." },
-                );
-                self.events.push_back(ServerEvent::PauseChanged { stream_id, paused });
-            }
-            // Unknown calls: answer so a client waiting on the transaction does not hang.
-            _ => {
-                if cmd.transaction_id > 0.0 {
-                    let info = Amf0Value::object([
-                        ("level", Amf0Value::from("error")),
-                        ("code", "NetConnection.Call.Failed".into()),
-                        ("description", format!("Method not found ({}).", cmd.name).into()),
-                    ]);
-                    self.link.send_command(
-                        csid::COMMAND,
-                        0,
-                        &Command::new("_error", cmd.transaction_id, Amf0Value::Null, vec![info]),
-                    );
-                }
-            }
+            CloseStream => self.close_stream(stream_id, true),
+            ReceiveAudio | ReceiveVideo => self.receive_media(stream_id, &cmd, command == ReceiveVideo),
+            Pause => self.pause(stream_id, &cmd),
         }
         Ok(())
+    }
+
+    /// Unknown calls: answered so that a client waiting on the transaction does not hang.
+    fn method_not_found(&mut self, cmd: &Command) {
+        if cmd.transaction_id > 0.0 {
+            let info = Amf0Value::object([
+                ("level", StatusLevel::Error.into()),
+                ("code", "NetConnection.Call.Failed".into()),
+                ("description", format!("Method not found ({}).", cmd.name).into()),
+            ]);
+            self.link.send_command(
+                csid::COMMAND,
+                0,
+                &Command::new("_error", cmd.transaction_id, Amf0Value::Null, vec![info]),
+            );
+        }
+    }
+
+    fn create_stream(&mut self, cmd: &Command) -> Result<()> {
+        if self.streams.len() as u32 >= self.config.max_streams {
+            return Err(Error::limit("message streams", self.streams.len() + 1, self.config.max_streams));
+        }
+        let id = self.next_stream_id;
+        self.next_stream_id += 1;
+        self.streams.push(MessageStream {
+            id,
+            state: StreamState::Idle,
+            receive_audio: true,
+            receive_video: true,
+            paused: false,
+            wait_keyframe: false,
+        });
+        self.send_result(cmd.transaction_id, vec![f64::from(id).into()]);
+        Ok(())
+    }
+
+    fn fc_publish(&mut self, cmd: &Command) {
+        let info = Amf0Value::object([
+            ("code", Amf0Value::from("NetStream.Publish.Start")),
+            ("description", string_arg(cmd, 0).into()),
+        ]);
+        self.link.send_values(
+            csid::COMMAND,
+            type_id::COMMAND_AMF0,
+            0,
+            &["onFCPublish".into(), 0.0.into(), Amf0Value::Null, info],
+        );
+        self.send_result(cmd.transaction_id, vec![Amf0Value::Undefined]);
+    }
+
+    fn fc_unpublish(&mut self, cmd: &Command) {
+        let info = Amf0Value::object([
+            ("code", Amf0Value::from("NetStream.Unpublish.Success")),
+            ("description", string_arg(cmd, 0).into()),
+        ]);
+        self.link.send_values(
+            csid::COMMAND,
+            type_id::COMMAND_AMF0,
+            0,
+            &["onFCUnpublish".into(), 0.0.into(), Amf0Value::Null, info],
+        );
+        self.send_result(cmd.transaction_id, vec![Amf0Value::Undefined]);
+        let publishing: Vec<u32> =
+            self.streams.iter().filter(|s| s.state == StreamState::Publishing).map(|s| s.id).collect();
+        for id in publishing {
+            self.close_stream(id, true);
+        }
+    }
+
+    fn publish(&mut self, stream_id: u32, cmd: &Command) -> Result<()> {
+        let stream_name = string_arg(cmd, 0);
+        let mode = match cmd.arg(1).and_then(Amf0Value::as_str) {
+            Some("record") => PublishMode::Record,
+            Some("append") => PublishMode::Append,
+            _ => PublishMode::Live,
+        };
+        let stream = self.idle_stream(stream_id, "publish")?;
+        stream.state = StreamState::PublishPending { transaction_id: cmd.transaction_id };
+        self.events.push_back(ServerEvent::PublishRequested { stream_id, stream_name, mode });
+        Ok(())
+    }
+
+    /// `play` (name, start, duration, reset) or `play2` (one object: streamName, start...).
+    fn play(&mut self, stream_id: u32, cmd: &Command, play2: bool) -> Result<()> {
+        let (stream_name, request) = if play2 {
+            let params = cmd.arg(0);
+            let name = params.and_then(|p| p.get("streamName")).and_then(Amf0Value::as_str);
+            let start = params.and_then(|p| p.get("start")).and_then(Amf0Value::as_f64);
+            (name.unwrap_or_default().to_owned(), PlayRequest::from_args(start, None, None))
+        } else {
+            let start = cmd.arg(1).and_then(Amf0Value::as_f64);
+            let duration = cmd.arg(2).and_then(Amf0Value::as_f64);
+            let reset = cmd.arg(3).map(|v| v.as_bool().unwrap_or(v.as_f64().unwrap_or(1.0) != 0.0));
+            (string_arg(cmd, 0), PlayRequest::from_args(start, duration, reset))
+        };
+        let stream = self.idle_stream(stream_id, "play")?;
+        stream.state = StreamState::PlayPending { transaction_id: cmd.transaction_id };
+        self.events.push_back(ServerEvent::PlayRequested { stream_id, stream_name, request });
+        Ok(())
+    }
+
+    fn receive_media(&mut self, stream_id: u32, cmd: &Command, video: bool) {
+        let on = cmd.arg(0).and_then(Amf0Value::as_bool).unwrap_or(true);
+        if let Some(s) = self.stream_mut(stream_id) {
+            if video {
+                s.wait_keyframe |= on && !s.receive_video;
+                s.receive_video = on;
+            } else {
+                s.receive_audio = on;
+            }
+        }
+    }
+
+    fn pause(&mut self, stream_id: u32, cmd: &Command) {
+        let paused = cmd.arg(0).and_then(Amf0Value::as_bool).unwrap_or(true);
+        let Some(s) = self.stream_mut(stream_id) else { return };
+        if s.state != StreamState::Playing || s.paused == paused {
+            return;
+        }
+        s.paused = paused;
+        s.wait_keyframe |= !paused;
+        let code = if paused { "NetStream.Pause.Notify" } else { "NetStream.Unpause.Notify" };
+        self.link.send_status(
+            stream_id,
+            StatusLevel::Status,
+            code,
+            if paused { "Paused." } else { "Unpaused." },
+        );
+        self.events.push_back(ServerEvent::PauseChanged { stream_id, paused });
     }
 
     fn idle_stream(&mut self, stream_id: u32, what: &str) -> Result<&mut MessageStream> {
@@ -682,7 +883,7 @@ impl ServerSession {
             StreamState::Publishing if send_status => {
                 self.link.send_status(
                     stream_id,
-                    "status",
+                    StatusLevel::Status,
                     "NetStream.Unpublish.Success",
                     "Stopped publishing.",
                 );
@@ -710,7 +911,7 @@ impl ServerSession {
         let (s, _) = self.pending(stream_id, true)?;
         s.state = StreamState::Publishing;
         self.link.send_user_control(UserControl::StreamBegin(stream_id));
-        self.link.send_status(stream_id, "status", "NetStream.Publish.Start", "Start publishing.");
+        self.link.send_status(stream_id, StatusLevel::Status, "NetStream.Publish.Start", "Start publishing.");
         self.continue_input()
     }
 
@@ -718,7 +919,7 @@ impl ServerSession {
     pub fn reject_publish(&mut self, stream_id: u32, code: &str, description: &str) -> Result<()> {
         let (s, _) = self.pending(stream_id, true)?;
         s.state = StreamState::Idle;
-        self.link.send_status(stream_id, StatusLevel::Error.as_str(), code, description);
+        self.link.send_status(stream_id, StatusLevel::Error, code, description);
         self.continue_input()
     }
 
@@ -730,13 +931,13 @@ impl ServerSession {
         self.link.send_user_control(UserControl::StreamBegin(stream_id));
         self.link.send_status(
             stream_id,
-            "status",
+            StatusLevel::Status,
             "NetStream.Play.Reset",
             &format!("Playing and resetting {stream_name}."),
         );
         self.link.send_status(
             stream_id,
-            "status",
+            StatusLevel::Status,
             "NetStream.Play.Start",
             &format!("Started playing {stream_name}."),
         );
@@ -760,7 +961,7 @@ impl ServerSession {
     pub fn reject_play(&mut self, stream_id: u32, code: &str, description: &str) -> Result<()> {
         let (s, _) = self.pending(stream_id, false)?;
         s.state = StreamState::Idle;
-        self.link.send_status(stream_id, StatusLevel::Error.as_str(), code, description);
+        self.link.send_status(stream_id, StatusLevel::Error, code, description);
         self.continue_input()
     }
 
@@ -769,7 +970,7 @@ impl ServerSession {
         self.link.send_user_control(UserControl::StreamBegin(stream_id));
         self.link.send_status(
             stream_id,
-            "status",
+            StatusLevel::Status,
             "NetStream.Play.PublishNotify",
             "Stream is now published.",
         );
@@ -780,7 +981,7 @@ impl ServerSession {
         self.link.send_user_control(UserControl::StreamEof(stream_id));
         self.link.send_status(
             stream_id,
-            "status",
+            StatusLevel::Status,
             "NetStream.Play.UnpublishNotify",
             "Stream was unpublished.",
         );
@@ -788,7 +989,7 @@ impl ServerSession {
 
     /// Sends any status to the client (e.g. on shutdown).
     pub fn send_status(&mut self, stream_id: u32, level: StatusLevel, code: &str, description: &str) {
-        self.link.send_status(stream_id, level.as_str(), code, description);
+        self.link.send_status(stream_id, level, code, description);
     }
 
     /// Asks the client to reconnect (Enhanced RTMP); meant for clients whose `connect` announced

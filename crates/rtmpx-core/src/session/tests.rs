@@ -5,6 +5,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use super::*;
+use crate::amf::Amf0Value;
 use crate::handshake::HandshakeVersion;
 
 fn rng(seed: u64) -> StdRng {
@@ -619,4 +620,142 @@ fn malformed_multitrack_media_closes_the_publisher() {
     let bytes = publisher.poll_transmit().unwrap();
     let error = server.handle_input(&bytes).unwrap_err();
     assert_eq!(error.to_string(), "malformed enhanced media: track size beyond the message");
+}
+
+/// What the server makes of a `play` with these arguments after the stream name.
+fn play_request_for(args: Vec<Amf0Value>) -> PlayRequest {
+    use crate::message::{type_id, Command};
+    let (_client, mut server) = connected_pair(HandshakeVersion::Plain, true, usize::MAX);
+    let mut create = bytes::BytesMut::new();
+    Command::new("createStream", 2.0, Amf0Value::Null, vec![]).encode(&mut create);
+    server.handle_input(&one_chunk(type_id::COMMAND_AMF0, 0, &create)).unwrap();
+    let mut play = bytes::BytesMut::new();
+    let mut all = vec![Amf0Value::from("cam")];
+    all.extend(args);
+    Command::new("play", 0.0, Amf0Value::Null, all).encode(&mut play);
+    server.handle_input(&one_chunk(type_id::COMMAND_AMF0, 1, &play)).unwrap();
+    match server_events(&mut server).pop() {
+        Some(ServerEvent::PlayRequested { stream_id: 1, stream_name, request }) if stream_name == "cam" => {
+            request
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn play_arguments_become_a_play_request() {
+    let request = play_request_for(vec![]);
+    assert_eq!(request, PlayRequest::default());
+    assert_eq!((request.start, request.duration, request.reset), (PlayStart::LiveOrRecorded, None, true));
+    let request = play_request_for(vec![(-1.0).into(), 30.0.into(), false.into()]);
+    assert_eq!((request.start, request.duration, request.reset), (PlayStart::Live, Some(30), false));
+    // FFmpeg's scaled "live or recorded" and a numeric reset are kept as sent.
+    let request = play_request_for(vec![(-2000.0).into(), (-1.0).into(), 0.0.into()]);
+    assert_eq!((request.start, request.duration, request.reset), (PlayStart::At(-2000.0), None, false));
+    assert_eq!(request.start.as_f64(), -2000.0);
+    assert_eq!(PlayStart::LiveOrRecorded.as_f64(), -2.0);
+    assert_eq!(PlayStart::Live.as_f64(), -1.0);
+    let request = play_request_for(vec![5.5.into(), f64::NAN.into()]);
+    assert_eq!((request.start, request.duration), (PlayStart::At(5.5), None));
+}
+
+#[test]
+fn unhandled_messages_are_reported_and_skipped() {
+    let (mut server, stream_id) = publishing_server();
+    let mut input = one_chunk(19, stream_id, &[1, 2, 3]);
+    input.extend(one_chunk(0x30, stream_id, &[0; 5]));
+    input.extend(one_chunk(8, stream_id, &[0xaf, 0x01, 0x21]));
+    server.handle_input(&input).unwrap();
+    let events = server_events(&mut server);
+    assert!(
+        matches!(
+            events[..],
+            [
+                ServerEvent::Unknown { type_id: 19, len: 3, stream_id: a },
+                ServerEvent::Unknown { type_id: 0x30, len: 5, stream_id: b },
+                ServerEvent::Media(_)
+            ] if a == stream_id && b == stream_id
+        ),
+        "{events:?}"
+    );
+    let (mut client, _server) = connected_pair(HandshakeVersion::Plain, true, usize::MAX);
+    client_events(&mut client);
+    client.handle_input(&one_chunk(16, 0, &[0; 7])).unwrap();
+    assert_eq!(client_events(&mut client), [ClientEvent::Unknown { stream_id: 0, type_id: 16, len: 7 }]);
+}
+
+#[test]
+fn stream_commands_are_answered_by_the_table() {
+    use crate::chunk::{ChunkDecoder, ChunkLimits};
+    use crate::message::{type_id, Command};
+    let mut client = ClientSession::new(ClientConfig::new("live", "rtmp://127.0.0.1/live"), &mut rng(1));
+    let mut server = ServerSession::new(ServerConfig::default(), &mut rng(2));
+    let mut written = Vec::new();
+    let mut exchange = |client: &mut ClientSession, server: &mut ServerSession| {
+        for _ in 0..8 {
+            while let Some(bytes) = client.poll_transmit() {
+                server.handle_input(&bytes).unwrap();
+            }
+            while let Some(bytes) = server.poll_transmit() {
+                written.extend_from_slice(&bytes);
+                client.handle_input(&bytes).unwrap();
+            }
+        }
+    };
+    exchange(&mut client, &mut server);
+    server_events(&mut server);
+    server.accept_connect().unwrap();
+    exchange(&mut client, &mut server);
+    let mut calls = Vec::new();
+    for (name, transaction_id) in
+        [("FCSubscribe", 5.0), ("getStreamLength", 6.0), ("noSuchCall", 7.0), ("noSuchCall", 0.0)]
+    {
+        let mut body = bytes::BytesMut::new();
+        Command::new(name, transaction_id, Amf0Value::Null, vec!["cam".into()]).encode(&mut body);
+        calls.extend(one_chunk(type_id::COMMAND_AMF0, 0, &body));
+    }
+    server.handle_input(&calls).unwrap();
+    exchange(&mut client, &mut server);
+
+    // Everything after S0/S1/S2, decoded: the answers to transactions 5 to 7, and none to 0.
+    let mut decoder = ChunkDecoder::new(ChunkLimits::default());
+    let mut input = bytes::BytesMut::from(&written[1 + 2 * 1536..]);
+    let mut answers = Vec::new();
+    while let Some(message) = decoder.decode(&mut input).unwrap() {
+        if message.type_id == type_id::COMMAND_AMF0 {
+            let command = Command::parse(&message.payload, false, Default::default()).unwrap();
+            if command.transaction_id >= 5.0 {
+                answers.push(command);
+            }
+        }
+    }
+    assert_eq!(answers.len(), 3, "{answers:?}");
+    assert_eq!((answers[0].name.as_str(), answers[0].transaction_id), ("_result", 5.0));
+    assert_eq!(answers[0].args, [Amf0Value::Undefined]);
+    assert_eq!((answers[1].name.as_str(), answers[1].transaction_id), ("_result", 6.0));
+    assert_eq!(answers[1].args, [Amf0Value::Number(0.0)]);
+    assert_eq!((answers[2].name.as_str(), answers[2].transaction_id), ("_error", 7.0));
+    let info = &answers[2].args[0];
+    assert_eq!(info.get("level").and_then(Amf0Value::as_str), Some("error"));
+    assert_eq!(info.get("code").and_then(Amf0Value::as_str), Some("NetConnection.Call.Failed"));
+    assert_eq!(info.get("description").and_then(Amf0Value::as_str), Some("Method not found (noSuchCall)."));
+}
+
+#[test]
+fn pause_and_unpause_are_reported_once_each() {
+    use crate::message::{type_id, Command};
+    let (_client, mut server, stream_id) = playing_server();
+    server_events(&mut server);
+    for (name, paused) in [("pause", true), ("pauseRaw", true), ("pause", false), ("pause", false)] {
+        let mut body = bytes::BytesMut::new();
+        Command::new(name, 0.0, Amf0Value::Null, vec![paused.into(), 0.0.into()]).encode(&mut body);
+        server.handle_input(&one_chunk(type_id::COMMAND_AMF0, stream_id, &body)).unwrap();
+    }
+    assert_eq!(
+        server_events(&mut server),
+        [
+            ServerEvent::PauseChanged { stream_id, paused: true },
+            ServerEvent::PauseChanged { stream_id, paused: false }
+        ]
+    );
 }

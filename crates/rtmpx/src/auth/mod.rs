@@ -21,7 +21,7 @@ pub mod token;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rtmpx_core::session::{ConnectRequest, PublishMode};
+use rtmpx_core::session::{ConnectRequest, PlayRequest, PublishMode};
 
 use crate::config::{AppConfig, Config};
 use crate::logsafe::Escaped;
@@ -241,16 +241,15 @@ impl Gate {
         config: &Config,
         client: &Client,
         requested: &str,
-        start: f64,
-        duration: f64,
-        reset: bool,
+        request: PlayRequest,
     ) -> Result<Grant, Denial> {
-        // nginx-rtmp sends these as unsigned 32-bit numbers (so -2 becomes 4294967294).
+        // nginx-rtmp sends these as unsigned 32-bit numbers (so -2 becomes 4294967294, and the
+        // duration "until the end", -1, 4294967295).
         let as_u32 = |v: f64| if v.is_finite() { (v as i64 as u32).to_string() } else { "0".into() };
         self.decide(config, client, requested, Action::Play, |form| {
-            form.add("start", &as_u32(start))
-                .add("duration", &as_u32(duration))
-                .add("reset", if reset { "1" } else { "0" });
+            form.add("start", &as_u32(request.start.as_f64()))
+                .add("duration", &request.duration.unwrap_or(u32::MAX).to_string())
+                .add("reset", if request.reset { "1" } else { "0" });
         })
         .await
     }

@@ -11,6 +11,11 @@ use tokio::net::TcpListener;
 
 use super::*;
 
+/// A `play` with only a stream name (start -2, duration -1, reset).
+fn live() -> PlayRequest {
+    PlayRequest::default()
+}
+
 /// How the test server answers one request.
 #[derive(Clone, Debug)]
 enum Reply {
@@ -240,9 +245,9 @@ async fn publish_and_play_callbacks_allow_redirect_deny() {
     backend.reply(Reply::Status(404));
     assert!(gate.publish(&config, &c, "cam4", PublishMode::Live).await.is_err());
     backend.reply(Reply::Status(500));
-    assert!(gate.play(&config, &c, "cam", -2.0, -1.0, true).await.is_err());
+    assert!(gate.play(&config, &c, "cam", live()).await.is_err());
 
-    let grant = gate.play(&config, &c, "cam?x=1", -2.0, -1.0, true).await.unwrap();
+    let grant = gate.play(&config, &c, "cam?x=1", live()).await.unwrap();
     assert_eq!(grant.name, "cam");
     let (path, form) = backend.requests().last().cloned().unwrap();
     assert_eq!(path, "/play");
@@ -273,8 +278,8 @@ async fn static_keys() {
         gate.publish(&config, &c, "cam?key=K1", PublishMode::Live).await.is_err(),
         "keys are case-sensitive"
     );
-    assert!(gate.play(&config, &c, "cam?key=k1", 0.0, 0.0, true).await.is_err(), "publish keys do not play");
-    assert!(gate.play(&config, &c, "cam?key=viewer", 0.0, 0.0, true).await.is_ok());
+    assert!(gate.play(&config, &c, "cam?key=k1", live()).await.is_err(), "publish keys do not play");
+    assert!(gate.play(&config, &c, "cam?key=viewer", live()).await.is_ok());
 }
 
 #[tokio::test]
@@ -306,7 +311,7 @@ async fn tokens() {
         .unwrap_err()
         .reason
         .contains("token missing"));
-    assert!(gate.play(&config, &c, "cam", 0.0, 0.0, true).await.is_ok(), "play = false needs no token");
+    assert!(gate.play(&config, &c, "cam", live()).await.is_ok(), "play = false needs no token");
 }
 
 #[tokio::test]
@@ -318,7 +323,7 @@ async fn ip_lists() {
     let c = client(&gate, &config).await; // 10.1.2.3
     let denial = gate.publish(&config, &c, "cam", PublishMode::Live).await.unwrap_err();
     assert!(denial.reason.contains("deny list"), "{denial:?}");
-    assert!(gate.play(&config, &c, "cam", 0.0, 0.0, true).await.unwrap_err().reason.contains("deny list"));
+    assert!(gate.play(&config, &c, "cam", live()).await.unwrap_err().reason.contains("deny list"));
     let mut other = c.clone();
     other.addr = "10.2.0.1:1".parse().unwrap();
     assert!(gate.publish(&config, &other, "cam", PublishMode::Live).await.is_ok());
@@ -329,7 +334,7 @@ async fn ip_lists() {
         .unwrap_err()
         .reason
         .contains("allow list"));
-    assert!(gate.play(&config, &other, "cam", 0.0, 0.0, true).await.is_ok());
+    assert!(gate.play(&config, &other, "cam", live()).await.is_ok());
 }
 
 #[tokio::test]
@@ -343,20 +348,20 @@ async fn limits_per_app_and_stream() {
     assert!(third.reason.contains("max_publishers_per_app (2)"), "{third:?}");
     drop(a);
     let _c = gate.publish(&config, &c, "c", PublishMode::Live).await.unwrap();
-    let p = gate.play(&config, &c, "a", 0.0, 0.0, true).await.unwrap();
-    let second = gate.play(&config, &c, "a?x=1", 0.0, 0.0, true).await.unwrap_err();
+    let p = gate.play(&config, &c, "a", live()).await.unwrap();
+    let second = gate.play(&config, &c, "a?x=1", live()).await.unwrap_err();
     assert!(second.reason.contains("max_players_per_stream (1) on live/a"), "{second:?}");
-    assert!(gate.play(&config, &c, "b", 0.0, 0.0, true).await.is_ok());
+    assert!(gate.play(&config, &c, "b", live()).await.is_ok());
     drop(p);
-    assert!(gate.play(&config, &c, "a", 0.0, 0.0, true).await.is_ok());
+    assert!(gate.play(&config, &c, "a", live()).await.is_ok());
     // The global limits apply without a per-app override.
     let global = Config::from_toml(
         "[[listener]]\nproto = \"rtmp\"\naddr = \"127.0.0.1:0\"\n[[app]]\nname = \"live\"\n[limits]\nmax_players_per_stream = 1\n",
         "t",
     )
     .unwrap();
-    let _p = gate.play(&global, &c, "g", 0.0, 0.0, true).await.unwrap();
-    assert!(gate.play(&global, &c, "g", 0.0, 0.0, true).await.is_err());
+    let _p = gate.play(&global, &c, "g", live()).await.unwrap();
+    assert!(gate.play(&global, &c, "g", live()).await.is_err());
 }
 
 #[tokio::test]
@@ -385,7 +390,7 @@ async fn done_notifications() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(backend.requests().len(), 2);
     // Plays send on_done too (no on_play_done configured).
-    drop(gate.play(&config, &c, "cam", 0.0, 0.0, true).await.unwrap());
+    drop(gate.play(&config, &c, "cam", live()).await.unwrap());
     let seen = backend.wait_requests(3).await;
     assert_eq!(field(&seen[2].1, "call"), Some("done"));
 }
@@ -423,7 +428,7 @@ async fn a_redirect_without_a_usable_location_denies() {
     backend.reply(Reply::RawRedirect(302, "José".as_bytes()));
     assert_eq!(gate.publish(&config, &c, "secret-key", PublishMode::Live).await.unwrap().name, "José");
     backend.reply(Reply::Redirect(302, "Jos%C3%A9"));
-    assert_eq!(gate.play(&config, &c, "secret-key", 0.0, 0.0, true).await.unwrap().name, "Jos%C3%A9");
+    assert_eq!(gate.play(&config, &c, "secret-key", live()).await.unwrap().name, "Jos%C3%A9");
     // Latin-1, no Location at all, an empty one, a too long one: denied, never the client's name.
     for reply in [
         Reply::RawRedirect(302, b"Jos\xe9"),
@@ -437,7 +442,7 @@ async fn a_redirect_without_a_usable_location_denies() {
         let denial = gate.publish(&config, &c, "secret-key", PublishMode::Live).await.unwrap_err();
         assert_eq!(denial.code, "NetStream.Publish.Denied", "{reply:?}");
         backend.reply(reply.clone());
-        assert!(gate.play(&config, &c, "secret-key", 0.0, 0.0, true).await.is_err(), "{reply:?}");
+        assert!(gate.play(&config, &c, "secret-key", live()).await.is_err(), "{reply:?}");
         backend.reply(reply.clone());
         assert!(gate.connect(&config, 8, peer(), &request("live")).await.is_err(), "{reply:?}");
     }
@@ -476,7 +481,7 @@ async fn names_are_capped_at_256_bytes() {
     let denial = gate.publish(&config, &c, &too_long, PublishMode::Live).await.unwrap_err();
     assert_eq!(denial.code, "NetStream.Publish.BadName");
     assert!(denial.reason.contains("longer than 256 bytes"), "{denial:?}");
-    let denial = gate.play(&config, &c, &too_long, 0.0, 0.0, true).await.unwrap_err();
+    let denial = gate.play(&config, &c, &too_long, live()).await.unwrap_err();
     assert_eq!(denial.code, "NetStream.Play.StreamNotFound");
     let long_query = format!("cam?x={}", "q".repeat(MAX_QUERY));
     assert!(gate.publish(&config, &c, &long_query, PublishMode::Live).await.is_err());

@@ -18,7 +18,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use rtmpx_core::flv::{FlvWriter, TagKind};
 use rtmpx_core::session::ConnectRequest;
-use rtmpx_router::{FrameKind, Player, PlayerEvent, SessionInfo, StreamKey};
+use rtmpx_router::{MediaKind, Player, PlayerEvent, SessionInfo, StreamKey};
 use tracing::{info, warn};
 
 use crate::auth::{self, Grant};
@@ -151,7 +151,8 @@ impl FlvSession {
         };
         session.registry.entry().set_app(&client.app);
         // HTTP players start at once at the live edge: RTMP's `start = -2, duration = -1`.
-        let grant = match shared.auth.play(&config, &client, &request.stream, -2.0, -1.0, false).await {
+        let live_edge = rtmpx_core::session::PlayRequest::from_args(None, None, Some(false));
+        let grant = match shared.auth.play(&config, &client, &request.stream, live_edge).await {
             Ok(grant) => grant,
             Err(denial) => {
                 warn!(session = id, %peer, variant, stream = %session.stream, code = %denial.code, "play denied: {}", denial.reason);
@@ -253,6 +254,7 @@ impl FlvSession {
                 return None;
             }
             PlayerEvent::Frame(frame) => frame,
+            _ => return Some(0),
         };
         let mut n = 0;
         if !self.writer.started() {
@@ -261,9 +263,9 @@ impl FlvSession {
             out.push_back(header);
         }
         let kind = match frame.kind {
-            FrameKind::Audio => TagKind::Audio,
-            FrameKind::Video => TagKind::Video,
-            FrameKind::Metadata => TagKind::Script,
+            MediaKind::Audio => TagKind::Audio,
+            MediaKind::Video => TagKind::Video,
+            MediaKind::Data => TagKind::Script,
         };
         n += self.writer.tag(kind, frame.timestamp, &frame.payload, out);
         self.bytes_out += n as u64;

@@ -24,8 +24,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::logsafe::Escaped;
-use rtmpx_client::{ClientOptions, RtmpUrl, TlsOptions};
-use rtmpx_router::{Frame, FrameKind, Publisher, Router, SessionInfo, StreamKey};
+use rtmpx_client::{ClientOptions, RtmpUrl};
+use rtmpx_router::{Frame, MediaKind, Publisher, Router, SessionInfo, StreamKey};
 use serde::Serialize;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -340,18 +340,14 @@ struct RelayOptions {
 impl RelayOptions {
     fn new(section: &RelaySection, write_timeout: Duration) -> Self {
         let connect_timeout = Duration::from_secs(section.connect_timeout_secs);
-        let client = ClientOptions {
-            tls: TlsOptions {
-                ca_file: section.ca_file.clone(),
-                dangerous_accept_any_certificate: section.insecure,
-            },
-            connect_timeout,
-            command_timeout: connect_timeout,
-            flash_ver: "FMLE/3.0 (compatible; rtmpx relay)".into(),
-            // Relays follow reconnect requests (push.rs, pull.rs) unless told not to.
-            caps_ex: if section.follow_reconnect { rtmpx_client::CAPS_EX_RECONNECT } else { 0 },
-            ..ClientOptions::default()
-        };
+        let mut client = ClientOptions::default();
+        client.tls.ca_file = section.ca_file.clone();
+        client.tls.dangerous_accept_any_certificate = section.insecure;
+        client.connect_timeout = connect_timeout;
+        client.command_timeout = connect_timeout;
+        client.flash_ver = "FMLE/3.0 (compatible; rtmpx relay)".into();
+        // Relays follow reconnect requests (push.rs, pull.rs) unless told not to.
+        client.caps_ex = if section.follow_reconnect { rtmpx_client::CAPS_EX_RECONNECT } else { 0 };
         RelayOptions {
             client,
             backoff_initial: Duration::from_millis(section.backoff_initial_ms),
@@ -394,19 +390,19 @@ struct Headers {
     metadata: Option<Frame>,
     /// The latest sequence start of every (kind, track), in arrival order (Enhanced RTMP
     /// multitrack has one per track).
-    sequence_starts: Vec<(FrameKind, u8, Frame)>,
+    sequence_starts: Vec<(MediaKind, u8, Frame)>,
     has_video: bool,
 }
 
 impl Headers {
     /// Remembers `frame` if it is a header; true if it was.
     fn update(&mut self, frame: &Frame) -> bool {
-        if frame.kind == FrameKind::Video {
+        if frame.kind == MediaKind::Video {
             self.has_video = true;
         }
         match frame.kind {
-            FrameKind::Metadata => self.metadata = Some(frame.clone()),
-            FrameKind::Video | FrameKind::Audio if frame.info.sequence_header => {
+            MediaKind::Data => self.metadata = Some(frame.clone()),
+            MediaKind::Video | MediaKind::Audio if frame.info.sequence_header => {
                 let tracks = frame.sequence_start_tracks();
                 self.sequence_starts
                     .retain(|(kind, track, _)| *kind != frame.kind || !tracks.contains(track));
@@ -422,7 +418,7 @@ impl Headers {
     /// per track).
     fn all(&self) -> Vec<Frame> {
         let mut all: Vec<Frame> = self.metadata.iter().cloned().collect();
-        for kind in [FrameKind::Video, FrameKind::Audio] {
+        for kind in [MediaKind::Video, MediaKind::Audio] {
             for (_, _, frame) in self.sequence_starts.iter().filter(|(k, _, _)| *k == kind) {
                 if !all.iter().any(|sent| sent.payload.as_ptr() == frame.payload.as_ptr()) {
                     all.push(frame.clone());
@@ -650,8 +646,9 @@ mod tests {
         ));
         let (_tx, rx) = watch::channel(false);
         let manager = RelayManager::new(rx, Arc::default());
-        let router =
-            Router::new(rtmpx_router::RouterConfig { player_queue_bytes: 64 << 20, ..Default::default() });
+        let mut router_config = rtmpx_router::RouterConfig::default();
+        router_config.player_queue_bytes = 64 << 20;
+        let router = Router::new(router_config);
         let key = StreamKey::new("live", "big");
         let info = SessionInfo { id: 1, peer: "p".into(), variant: "rtmp" };
         let publisher = router.publish(key.clone(), info.clone()).unwrap();

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::logsafe::Escaped;
 use rtmpx_client::{ClientEvent, Connection, MediaKind, RtmpUrl};
-use rtmpx_router::{Frame, Publisher, Router, RouterError, SessionInfo, StreamKey};
+use rtmpx_router::{Frame, Publisher, Router, SessionInfo, StreamKey};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
@@ -280,7 +280,7 @@ impl PullJob {
                         SessionInfo { id: self.status.id, peer: self.status.url(), variant: "relay-pull" };
                     match self.router.publish(self.key.clone(), session) {
                         Ok(publisher) => state.publisher = Some(publisher),
-                        Err(RouterError::AlreadyPublishing) => return Ok(Stop::PublishedLocally),
+                        Err(_) => return Ok(Stop::PublishedLocally),
                     }
                 }
                 if let Some(publisher) = &state.publisher {

@@ -5,8 +5,8 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use crate::logsafe::Escaped;
-use rtmpx_client::{ClientEvent, Connection, MediaKind, RtmpUrl};
-use rtmpx_router::{Frame, FrameKind, Player, PlayerEvent};
+use rtmpx_client::{ClientEvent, Connection, RtmpUrl};
+use rtmpx_router::{Frame, Player, PlayerEvent};
 use tokio::sync::watch;
 use tokio::time::timeout;
 use tracing::{debug, info, warn};
@@ -166,6 +166,7 @@ impl PushJob {
                                     send(&mut upstream.conn, upstream.stream_id, &frame, ts, write_timeout).await?;
                                 }
                             }
+                            _ => {}
                         }
                         event = self.player.try_recv();
                     }
@@ -318,11 +319,7 @@ async fn send(
     timestamp: u32,
     write_timeout: Duration,
 ) -> Result<(), String> {
-    let kind = match frame.kind {
-        FrameKind::Audio => MediaKind::Audio,
-        FrameKind::Video => MediaKind::Video,
-        FrameKind::Metadata => MediaKind::Data,
-    };
+    let kind = frame.kind;
     timeout(write_timeout, conn.send(stream_id, kind, timestamp, &frame.payload))
         .await
         .map_err(|_| "the upstream stopped reading".to_string())?
@@ -338,7 +335,7 @@ async fn drain_until_unpublished(player: &mut Player, headers: &mut Headers) {
             Some(PlayerEvent::Frame(frame)) => {
                 headers.update(&frame);
             }
-            Some(PlayerEvent::PublishStarted) => {}
+            Some(_) => {}
         }
     }
 }

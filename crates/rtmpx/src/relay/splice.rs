@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rtmpx_router::{Frame, FrameKind};
+use rtmpx_router::{Frame, MediaKind};
 
 /// Keyframes of the current connection remembered for matching.
 const HISTORY: usize = 8;
@@ -23,20 +23,20 @@ const MAX_BUFFERED_BYTES: usize = 16 << 20;
 /// How long the new connection's frames wait for a common keyframe before it takes over anyway.
 pub(super) const MATCH_WAIT: Duration = Duration::from_secs(3);
 
-fn kind_index(kind: FrameKind) -> usize {
+fn kind_index(kind: MediaKind) -> usize {
     match kind {
-        FrameKind::Audio => 0,
-        FrameKind::Video => 1,
-        FrameKind::Metadata => 2,
+        MediaKind::Audio => 0,
+        MediaKind::Video => 1,
+        MediaKind::Data => 2,
     }
 }
 
 /// Which header slot a non-media frame fills: metadata, video or audio sequence header.
 fn header_slot(frame: &Frame) -> usize {
     match frame.kind {
-        FrameKind::Metadata => 0,
-        FrameKind::Video => 1,
-        FrameKind::Audio => 2,
+        MediaKind::Data => 0,
+        MediaKind::Video => 1,
+        MediaKind::Audio => 2,
     }
 }
 
@@ -221,7 +221,7 @@ impl Splicer {
             }
             self.dedup[kind] = false;
         }
-        if frame.kind == FrameKind::Video {
+        if frame.kind == MediaKind::Video {
             self.prev_video = self.last[1];
             if frame.is_keyframe() {
                 if self.history.len() == HISTORY {
