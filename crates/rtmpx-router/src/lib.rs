@@ -17,6 +17,7 @@
 
 mod queue;
 mod rebase;
+mod shard;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -30,6 +31,9 @@ use tokio::sync::Notify;
 
 use queue::{Entry, PlayerQueue};
 use rebase::Rebaser;
+use shard::{Control, ShardSet, Work};
+
+pub use shard::{FanOutScope, ShardConfig, SHARD_QUEUE_BYTES, SHARD_QUEUE_JOBS};
 
 /// Limits. Changing them with [`Router::set_config`] affects players and publishes that start later.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -275,6 +279,7 @@ pub struct Router {
 
 struct RouterInner {
     config: Mutex<RouterConfig>,
+    sharding: Mutex<ShardConfig>,
     streams: Mutex<HashMap<StreamKey, Arc<Stream>>>,
     next_id: AtomicU64,
 }
@@ -296,12 +301,17 @@ struct StreamState {
     bytes_in: u64,
     frames_in: u64,
     dropped_by_departed: u64,
+    /// Set while the players are served by shards on the worker threads (a hot stream).
+    shards: Option<ShardSet>,
+    /// The last shard job's number, kept across shardings so numbers never repeat.
+    shard_seq: u64,
 }
 
 struct ActivePublisher {
     token: u64,
     session: SessionInfo,
     config: RouterConfig,
+    sharding: ShardConfig,
     /// The publisher was asked to reconnect: until then a new publish may take the stream over.
     takeover_until: Option<std::time::Instant>,
 }
@@ -485,6 +495,8 @@ struct PlayerState {
     queue: PlayerQueue,
     rebaser: Rebaser,
     sink: Option<Arc<dyn DirectSink>>,
+    /// The last shard job this player was given (see [`shard`]).
+    delivered: u64,
 }
 
 impl PlayerState {
@@ -512,6 +524,7 @@ impl Router {
         Router {
             inner: Arc::new(RouterInner {
                 config: Mutex::new(config),
+                sharding: Mutex::new(ShardConfig::default()),
                 streams: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
             }),
@@ -525,6 +538,15 @@ impl Router {
     /// New limits apply to players and publishes that start afterwards.
     pub fn set_config(&self, config: RouterConfig) {
         *lock(&self.inner.config) = config;
+    }
+
+    pub fn sharding(&self) -> ShardConfig {
+        *lock(&self.inner.sharding)
+    }
+
+    /// How hot streams spread over worker threads; applies to publishes that start afterwards.
+    pub fn set_sharding(&self, sharding: ShardConfig) {
+        *lock(&self.inner.sharding) = sharding;
     }
 
     /// The stream's entry with its state locked (an entry removed concurrently is looked up again).
@@ -547,13 +569,14 @@ impl Router {
     /// Claims the stream; fails with [`RouterError::AlreadyPublishing`] while another publisher is live.
     pub fn publish(&self, key: StreamKey, session: SessionInfo) -> Result<Publisher, RouterError> {
         let config = self.config();
+        let sharding = self.sharding();
         let token = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (stream, takeover) = self.with_stream(&key, |stream, state| {
             if let Some(active) = &state.publisher {
                 let open = active.takeover_until.is_some_and(|until| std::time::Instant::now() < until);
                 if open && state.standby.is_none() {
                     tracing::debug!(stream = %key, session = session.id, live = active.session.id, "publish: takes over at its first keyframe");
-                    let publisher = ActivePublisher { token, session, config, takeover_until: None };
+                    let publisher = ActivePublisher { token, session, config, sharding, takeover_until: None };
                     state.standby = Some(Standby { publisher, headers: Vec::new() });
                     return Ok((Arc::clone(stream), true));
                 }
@@ -561,14 +584,11 @@ impl Router {
                 return Err(RouterError::AlreadyPublishing);
             }
             tracing::debug!(stream = %key, session = session.id, peer = %session.peer, variant = session.variant, "publish");
-            state.publisher = Some(ActivePublisher { token, session, config, takeover_until: None });
+            state.publisher = Some(ActivePublisher { token, session, config, sharding, takeover_until: None });
             state.cache = Cache::default();
             state.bytes_in = 0;
             state.frames_in = 0;
-            for player in &state.players {
-                lock(&player.state).queue.push_publish_started();
-                player.notify.notify_one();
-            }
+            state.broadcast(Control::PublishStarted);
             Ok((Arc::clone(stream), false))
         })?;
         Ok(Publisher { router: Arc::clone(&self.inner), stream, key, token, takeover })
@@ -597,6 +617,7 @@ impl Router {
                 queue: PlayerQueue::new(limit),
                 rebaser: Rebaser::default(),
                 sink: None,
+                delivered: 0,
             }),
             notify: Notify::new(),
         });
@@ -609,6 +630,9 @@ impl Router {
                 state.cache.prime(queue, legacy);
             }
             state.players.push(Arc::clone(&shared));
+            if let Some(shards) = &mut state.shards {
+                shards.join(&shared);
+            }
             Arc::clone(stream)
         });
         Player { router: Arc::clone(&self.inner), stream, key, shared }
@@ -711,7 +735,11 @@ impl Publisher {
     /// Lets every player's sink write what it held back: with write batching the publisher's task
     /// calls this once per batch window instead of a timer per player.
     pub fn flush_direct(&self) {
-        let state = lock(&self.stream.state);
+        let mut state = lock(&self.stream.state);
+        if let Some(shards) = &mut state.shards {
+            shards.push(Work::Flush);
+            return;
+        }
         for player in &state.players {
             let player_state = lock(&player.state);
             let Some(sink) = &player_state.sink else { continue };
@@ -762,10 +790,16 @@ impl StreamState {
             return;
         };
         let config = active.config;
+        let sharding = active.sharding;
         self.bytes_in += frame.payload.len() as u64;
         self.frames_in += 1;
         self.cache.update(&frame, &config);
         let has_video = self.cache.has_video;
+        self.reshard(&sharding);
+        if let Some(shards) = &mut self.shards {
+            shards.push(Work::Frame { frame, has_video });
+            return;
+        }
         // Built once, on the first legacy player that needs it.
         let mut legacy_frame: Option<Option<Frame>> = None;
         for player in &self.players {
@@ -787,16 +821,44 @@ impl StreamState {
         }
     }
 
+    /// Shards a stream that grew past `min_players`, and serves one that shrank from here again.
+    fn reshard(&mut self, sharding: &ShardConfig) {
+        match &self.shards {
+            None if self.players.len() > sharding.min_players => {
+                self.shards = ShardSet::start(&self.players, sharding, self.shard_seq);
+            }
+            Some(shards) if shards.may_dissolve(self.players.len()) => {
+                self.shard_seq = shards.seq();
+                self.shards = None;
+                tracing::debug!(
+                    players = self.players.len(),
+                    "stream's fan-out back on the publisher's task"
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// Gives every player a publish start, end or takeover: through the shards when sharded (in
+    /// order with the frames they still hold), else at once.
+    fn broadcast(&mut self, control: Control) {
+        if let Some(shards) = &mut self.shards {
+            shards.push(Work::Control(control));
+            return;
+        }
+        for player in &self.players {
+            control.apply(&mut lock(&player.state).queue);
+            player.notify.notify_one();
+        }
+    }
+
     /// The standby publisher replaces the active one; returns its headers that differ from the
     /// cached ones (to be sent on).
     fn take_over(&mut self) -> Vec<Frame> {
         let Some(standby) = self.standby.take() else { return Vec::new() };
         tracing::debug!(session = standby.publisher.session.id, "publisher taken over");
         self.publisher = Some(standby.publisher);
-        for player in &self.players {
-            lock(&player.state).queue.push_publisher_replaced();
-            player.notify.notify_one();
-        }
+        self.broadcast(Control::PublisherReplaced);
         let cache = &self.cache;
         let is_cached = |header: &Frame| {
             let mut cached = cache.metadata.iter().chain(cache.headers.iter().map(|cached| &cached.frame));
@@ -828,10 +890,7 @@ impl Drop for Publisher {
         tracing::debug!(stream = %self.key, "unpublish");
         state.publisher = None;
         state.cache = Cache::default();
-        for player in &state.players {
-            lock(&player.state).queue.push_unpublished();
-            player.notify.notify_one();
-        }
+        state.broadcast(Control::Unpublished);
         RouterInner::remove_if_unused(&mut streams, &self.stream, &mut state);
     }
 }
@@ -947,6 +1006,9 @@ impl Drop for Player {
         let mut state = lock(&self.stream.state);
         if let Some(index) = state.players.iter().position(|player| player.id == self.shared.id) {
             state.players.swap_remove(index);
+            if let Some(shards) = &mut state.shards {
+                shards.leave(&self.shared);
+            }
             let mut player_state = lock(&self.shared.state);
             state.dropped_by_departed += player_state.queue.dropped();
             // The sink may hold the session that owns this player; let it go now.
