@@ -9,6 +9,13 @@
 //! caught-up player costs no queue entry and no task wake-up per frame. A sink that cannot take a
 //! frame at once (its socket is full, its session is busy) refuses it and the frame is queued.
 //!
+//! A hot stream uses every worker thread: past [`ShardConfig::min_players`] players (64) and with
+//! more than one worker, a stream's players are split into one shard per worker, each served by
+//! its own task. The publisher's task then hands each frame to each shard once (a queue push and a
+//! notify) and the shards do the per-player work above, in parallel. Jobs are numbered so that no
+//! player gets one twice or out of order, and a shard that falls behind is spilled into its
+//! players' queues by the publisher, which never waits for a shard (module `shard`).
+//!
 //! Locking: the router's stream map, then a stream's state, then a player's queue; all held
 //! briefly and never across an await. A sink is only tried (never waited for) under the queue
 //! lock, so a session holding its own lock while popping its queue cannot deadlock with it. The
