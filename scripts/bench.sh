@@ -13,7 +13,7 @@
 # never batches on load: write_coalesce_under_load_ms 0), SCENARIOS ("fanout idle ingest variants handshakes"; also idle-flv),
 # SERVER_CPU (0), TOOL_CPU (1), FLV (a file to publish instead of synthetic frames).
 # Scenario "hot" (not in the default list): one stream to HOT (2000) players on rtmpx with
-# --threads N for each N in HOT_THREADS ("1 2"), server on HOT_SERVER_CPUS and the tool on
+# --threads N for each N in HOT_THREADS ("1 2"), as each of HOT_SERVERS ("rtmpx rtmpx-nobatch"), server on HOT_SERVER_CPUS and the tool on
 # HOT_TOOL_CPUS (default: every CPU for both; give the server N cores of its own where there are
 # more); reports CPU per delivered GB and each worker thread's share of the workers' CPU.
 set -euo pipefail
@@ -38,6 +38,7 @@ TOOL_CPU=${TOOL_CPU:-1}
 FLV=${FLV:-}
 HOT=${HOT:-2000}
 HOT_THREADS=${HOT_THREADS:-"1 2"}
+HOT_SERVERS=${HOT_SERVERS:-"rtmpx rtmpx-nobatch"}
 HOT_SERVER_CPUS=${HOT_SERVER_CPUS:-0-$(($(nproc) - 1))}
 HOT_TOOL_CPUS=${HOT_TOOL_CPUS:-$HOT_SERVER_CPUS}
 NGINX_MODULE=/usr/lib/nginx/modules/ngx_rtmp_module.so
@@ -79,13 +80,14 @@ SPID=
 # start_server nginx|rtmpx|rtmpx-cN|rtmpx-nobatch|rtmpx-tN: sets SPID and the ports RTMP_PORT (rtmpx also
 # RTMPS_PORT, RTMPT_PORT). rtmpx-cN is rtmpx with server.write_coalesce_ms = N; rtmpx-nobatch
 # has server.write_coalesce_under_load_ms = 0 (every frame written at once, whatever the load);
-# rtmpx-tN runs N worker threads. The server runs on SERVER_CPUS if set, else on SERVER_CPU.
+# a suffix -tN (rtmpx-tN, rtmpx-nobatch-tN) runs N worker threads. The server runs on SERVER_CPUS if set, else on SERVER_CPU.
 start_server() {
     local kind=$1 dir=$OUT/servers/$2 coalesce=0 under_load=20 threads=1
-    if [[ $kind == rtmpx-t* ]]; then
-        threads=${kind#rtmpx-t}
-        kind=rtmpx
-    elif [[ $kind == rtmpx-c* ]]; then
+    if [[ $kind =~ ^(rtmpx.*)-t([0-9]+)$ ]]; then
+        kind=${BASH_REMATCH[1]}
+        threads=${BASH_REMATCH[2]}
+    fi
+    if [[ $kind == rtmpx-c* ]]; then
         coalesce=${kind#rtmpx-c}
         kind=rtmpx
     elif [[ $kind == rtmpx-nobatch ]]; then
@@ -202,9 +204,11 @@ for scenario in $SCENARIOS; do
         ;;
     hot)
         # One stream's players on every worker thread (the router's fan-out shards).
-        for t in $HOT_THREADS; do
-            SERVER_CPUS=$HOT_SERVER_CPUS TOOL_CPUS=$HOT_TOOL_CPUS run_case "hot-$HOT-t$t" "rtmpx-t$t" \
-                --url "$URL" --players "$HOT" --connect-concurrency 128
+        for s in $HOT_SERVERS; do
+            for t in $HOT_THREADS; do
+                SERVER_CPUS=$HOT_SERVER_CPUS TOOL_CPUS=$HOT_TOOL_CPUS run_case "hot-$HOT-$s-t$t" "$s-t$t" \
+                    --url "$URL" --players "$HOT" --connect-concurrency 128
+            done
         done
         ;;
     idle)

@@ -112,23 +112,24 @@ def ingest_table(runs):
 
 
 def hot_table(runs):
-    """hot-<players>-t<threads>: one stream on rtmpx with 1, 2... worker threads."""
-    rows = sorted((k for k in runs if k.startswith("hot-")), key=lambda k: int(k.rsplit("-t", 1)[1]))
+    """hot-<players>-<server>-t<threads>: one stream on rtmpx with 1, 2... worker threads."""
+    rows = sorted((k for k in runs if k.startswith("hot-")), key=lambda k: (k.rsplit("-t", 1)[0], int(k.rsplit("-t", 1)[1])))
     if not rows:
         return []
     lines = [
         "### Hot stream: one stream's players on every worker thread",
         "",
-        "| players | --threads | delivered Mbit/s (offered) | server CPU | CPU s per delivered GB | × --threads 1 | worker threads' shares of their CPU | frames dropped | latency p50 / p99 ms |",
-        "|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+        "| players | server | --threads | delivered Mbit/s (offered) | server CPU | CPU s per delivered GB | × --threads 1 | worker threads' shares of their CPU | frames dropped | latency p50 / p99 ms |",
+        "|---:|---|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
-    one = next((runs[k] for k in rows if k.endswith("-t1")), None)
     for k in rows:
         r = runs[k]
+        server = k.split("-", 2)[2].rsplit("-t", 1)[0]
+        one = runs.get(f"{k.rsplit('-t', 1)[0]}-t1")
         shares = sorted((t["worker_share"] for t in r.get("server_threads", []) if t.get("worker_share") is not None), reverse=True)
         rel = fmt(ratio(r["server_cpu_secs_per_delivered_gb"], one and one["server_cpu_secs_per_delivered_gb"])) + "×"
         lines.append(
-            f"| {r['players_connected']} | {k.rsplit('-t', 1)[1]} | {fmt(r['delivered_mbps'], 0)} ({fmt(r['expected_mbps'], 0)}) "
+            f"| {r['players_connected']} | {server} | {k.rsplit('-t', 1)[1]} | {fmt(r['delivered_mbps'], 0)} ({fmt(r['expected_mbps'], 0)}) "
             f"| {fmt(r['server_cpu_pct'], 0)} % | {fmt(r['server_cpu_secs_per_delivered_gb'], 3)} | {rel} "
             f"| {' / '.join(f'{s * 100:.0f} %' for s in shares)} | {r['frames_dropped']} "
             f"| {fmt(r['latency_ms_p50'])} / {fmt(r['latency_ms_p99'])} |"
