@@ -542,7 +542,9 @@ fn summarize(
     let worker_max_share = threads.iter().filter_map(|(_, share)| *share).reduce(f64::max);
     let threads_json: Vec<serde_json::Value> = threads
         .iter()
-        .map(|(t, share)| json!({"tid": t.tid, "name": t.name, "cpu_secs": t.cpu_secs, "worker_share": share}))
+        .map(
+            |(t, share)| json!({"tid": t.tid, "name": t.name, "cpu_secs": t.cpu_secs, "worker_share": share}),
+        )
         .collect();
     let cpu_per_gb = |bytes: u64| server_cpu.filter(|_| bytes > 0).map(|cpu| cpu / (bytes as f64 / 1e9));
     let ms = |us: u64| us as f64 / 1e3;
@@ -643,7 +645,9 @@ fn summarize(
     let per_thread: Vec<String> = threads
         .iter()
         .map(|(t, share)| match share {
-            Some(share) => format!("{} {} {:.2} s ({:.0}% of workers)", t.name, t.tid, t.cpu_secs, share * 100.0),
+            Some(share) => {
+                format!("{} {} {:.2} s ({:.0}% of workers)", t.name, t.tid, t.cpu_secs, share * 100.0)
+            }
             None => format!("{} {} {:.2} s", t.name, t.tid, t.cpu_secs),
         })
         .collect();

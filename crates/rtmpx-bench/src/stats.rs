@@ -263,7 +263,8 @@ mod tests {
             sample(3, "tokio-runtime-worker", 1.0),
         ];
         let used = thread_cpu_between(&start, &end);
-        let summary: Vec<(u32, f64, Option<f64>)> = used.iter().map(|(t, s)| (t.tid, t.cpu_secs, *s)).collect();
+        let summary: Vec<(u32, f64, Option<f64>)> =
+            used.iter().map(|(t, s)| (t.tid, t.cpu_secs, *s)).collect();
         assert_eq!(summary, [(2, 3.0, Some(0.75)), (3, 1.0, Some(0.25))]);
         assert!(!sample_threads(std::process::id()).is_empty());
     }
