@@ -12,6 +12,10 @@
 # SERVERS ("nginx rtmpx"; rtmpx-cN = rtmpx with write_coalesce_ms N, rtmpx-nobatch = rtmpx that
 # never batches on load: write_coalesce_under_load_ms 0), SCENARIOS ("fanout idle ingest variants handshakes"; also idle-flv),
 # SERVER_CPU (0), TOOL_CPU (1), FLV (a file to publish instead of synthetic frames).
+# Scenario "hot" (not in the default list): one stream to HOT (2000) players on rtmpx with
+# --threads N for each N in HOT_THREADS ("1 2"), as each of HOT_SERVERS ("rtmpx rtmpx-nobatch"), server on HOT_SERVER_CPUS and the tool on
+# HOT_TOOL_CPUS (default: every CPU for both; give the server N cores of its own where there are
+# more); reports CPU per delivered GB and each worker thread's share of the workers' CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -32,6 +36,11 @@ SCENARIOS=${SCENARIOS:-"fanout idle ingest variants handshakes"}
 SERVER_CPU=${SERVER_CPU:-0}
 TOOL_CPU=${TOOL_CPU:-1}
 FLV=${FLV:-}
+HOT=${HOT:-2000}
+HOT_THREADS=${HOT_THREADS:-"1 2"}
+HOT_SERVERS=${HOT_SERVERS:-"rtmpx rtmpx-nobatch"}
+HOT_SERVER_CPUS=${HOT_SERVER_CPUS:-0-$(($(nproc) - 1))}
+HOT_TOOL_CPUS=${HOT_TOOL_CPUS:-$HOT_SERVER_CPUS}
 NGINX_MODULE=/usr/lib/nginx/modules/ngx_rtmp_module.so
 
 command -v nginx >/dev/null || { echo "bench.sh: nginx not found (apt-get install nginx-light libnginx-mod-rtmp)" >&2; exit 1; }
@@ -68,11 +77,16 @@ wait_port() {
 }
 
 SPID=
-# start_server nginx|rtmpx|rtmpx-cN|rtmpx-nobatch: sets SPID and the ports RTMP_PORT (rtmpx also
+# start_server nginx|rtmpx|rtmpx-cN|rtmpx-nobatch|rtmpx-tN: sets SPID and the ports RTMP_PORT (rtmpx also
 # RTMPS_PORT, RTMPT_PORT). rtmpx-cN is rtmpx with server.write_coalesce_ms = N; rtmpx-nobatch
-# has server.write_coalesce_under_load_ms = 0 (every frame written at once, whatever the load).
+# has server.write_coalesce_under_load_ms = 0 (every frame written at once, whatever the load);
+# a suffix -tN (rtmpx-tN, rtmpx-nobatch-tN) runs N worker threads. The server runs on SERVER_CPUS if set, else on SERVER_CPU.
 start_server() {
-    local kind=$1 dir=$OUT/servers/$2 coalesce=0 under_load=20
+    local kind=$1 dir=$OUT/servers/$2 coalesce=0 under_load=20 threads=1
+    if [[ $kind =~ ^(rtmpx.*)-t([0-9]+)$ ]]; then
+        kind=${BASH_REMATCH[1]}
+        threads=${BASH_REMATCH[2]}
+    fi
     if [[ $kind == rtmpx-c* ]]; then
         coalesce=${kind#rtmpx-c}
         kind=rtmpx
@@ -111,7 +125,7 @@ EOF
         cat >"$dir/rtmpx.toml" <<EOF
 [server]
 chunk_size = 4096
-worker_threads = 1
+worker_threads = $threads
 write_coalesce_ms = $coalesce
 write_coalesce_under_load_ms = $under_load
 [[listener]]
@@ -144,7 +158,7 @@ cert_dir = "$OUT/certs"
 # Idle HTTP-FLV players (idle-flv) wait for a publisher like RTMP players.
 wait_for_publisher = true
 EOF
-        RUST_LOG=warn taskset -c "$SERVER_CPU" "$RTMPX" serve --config "$dir/rtmpx.toml" --threads 1 \
+        RUST_LOG=warn taskset -c "${SERVER_CPUS:-$SERVER_CPU}" "$RTMPX" serve --config "$dir/rtmpx.toml" --threads "$threads" \
             >"$dir/logs/stdout.log" 2>&1 &
         SPID=$!
         ;;
@@ -174,7 +188,7 @@ run_case() {
     local window=()
     [[ " ${args[*]} " == *" --duration "* ]] || window+=(--duration "$DURATION")
     [[ " ${args[*]} " == *" --warmup "* ]] || window+=(--warmup "$WARMUP")
-    taskset -c "$TOOL_CPU" "$BENCH" --label "$name" --server-pid "$SPID" --insecure \
+    taskset -c "${TOOL_CPUS:-$TOOL_CPU}" "$BENCH" --label "$name" --server-pid "$SPID" --insecure \
         "${window[@]}" --json "$OUT/$name.json" "${input[@]}" "${args[@]}" 2>"$OUT/$name.progress.log" \
         | tee "$OUT/$name.txt" || echo "bench.sh: $name reported failures (see $OUT/$name.txt)" >&2
     stop_server
@@ -186,6 +200,15 @@ for scenario in $SCENARIOS; do
     fanout)
         for n in $FANOUT; do
             for s in $SERVERS; do run_case "fanout-$n-$s" "$s" --url "$URL" --players "$n"; done
+        done
+        ;;
+    hot)
+        # One stream's players on every worker thread (the router's fan-out shards).
+        for s in $HOT_SERVERS; do
+            for t in $HOT_THREADS; do
+                SERVER_CPUS=$HOT_SERVER_CPUS TOOL_CPUS=$HOT_TOOL_CPUS run_case "hot-$HOT-$s-t$t" "$s-t$t" \
+                    --url "$URL" --players "$HOT" --connect-concurrency 128
+            done
         done
         ;;
     idle)

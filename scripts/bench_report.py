@@ -111,6 +111,32 @@ def ingest_table(runs):
     return lines + [""]
 
 
+def hot_table(runs):
+    """hot-<players>-<server>-t<threads>: one stream on rtmpx with 1, 2... worker threads."""
+    rows = sorted((k for k in runs if k.startswith("hot-")), key=lambda k: (k.rsplit("-t", 1)[0], int(k.rsplit("-t", 1)[1])))
+    if not rows:
+        return []
+    lines = [
+        "### Hot stream: one stream's players on every worker thread",
+        "",
+        "| players | server | --threads | delivered Mbit/s (offered) | server CPU | CPU s per delivered GB | × --threads 1 | worker threads' shares of their CPU | frames dropped | latency p50 / p99 ms |",
+        "|---:|---|---:|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for k in rows:
+        r = runs[k]
+        server = k.split("-", 2)[2].rsplit("-t", 1)[0]
+        one = runs.get(f"{k.rsplit('-t', 1)[0]}-t1")
+        shares = sorted((t["worker_share"] for t in r.get("server_threads", []) if t.get("worker_share") is not None), reverse=True)
+        rel = fmt(ratio(r["server_cpu_secs_per_delivered_gb"], one and one["server_cpu_secs_per_delivered_gb"])) + "×"
+        lines.append(
+            f"| {r['players_connected']} | {server} | {k.rsplit('-t', 1)[1]} | {fmt(r['delivered_mbps'], 0)} ({fmt(r['expected_mbps'], 0)}) "
+            f"| {fmt(r['server_cpu_pct'], 0)} % | {fmt(r['server_cpu_secs_per_delivered_gb'], 3)} | {rel} "
+            f"| {' / '.join(f'{s * 100:.0f} %' for s in shares)} | {r['frames_dropped']} "
+            f"| {fmt(r['latency_ms_p50'])} / {fmt(r['latency_ms_p99'])} |"
+        )
+    return lines + [""]
+
+
 def variant_runs(runs, v):
     """The runs of variant `v`: `variant-v` or its repetitions `variant-v-rN`."""
     return [r for k, r in runs.items() if k == f"variant-{v}" or k.startswith(f"variant-{v}-r")]
@@ -243,7 +269,7 @@ def main():
     if os.path.exists(machine):
         with open(machine) as f:
             lines += ["```", f.read().rstrip(), "```", ""]
-    for table in (fanout_table, idle_table, ingest_table, variant_table):
+    for table in (fanout_table, hot_table, idle_table, ingest_table, variant_table):
         lines += table(runs)
     errors = [(k, r["errors"], r.get("first_error")) for k, r in sorted(runs.items()) if r.get("errors")]
     if errors:

@@ -11,7 +11,7 @@ use tokio::time::sleep_until;
 
 use crate::flv::FlvUrl;
 use crate::media::{self, FlvTag, SideTable, SyntheticPlan};
-use crate::stats::{sample_process, ProcSample, Stats};
+use crate::stats::{sample_process, sample_threads, thread_cpu_between, ProcSample, Stats, ThreadSample};
 use crate::Args;
 
 /// A publisher sending this late (ms) counts as fallen behind.
@@ -46,7 +46,7 @@ impl Ctx {
 }
 
 /// Counter values at one moment, to take differences over phases.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Default)]
 struct Snapshot {
     at: Option<Instant>,
     rx_bytes: u64,
@@ -57,6 +57,7 @@ struct Snapshot {
     errors: u64,
     players_connected: u64,
     server: Option<ProcSample>,
+    server_threads: Vec<ThreadSample>,
     tool: Option<ProcSample>,
 }
 
@@ -72,6 +73,7 @@ fn snapshot(ctx: &Ctx) -> Snapshot {
         errors: s.errors.load(Relaxed),
         players_connected: s.players_connected.load(Relaxed),
         server: ctx.args.server_pid.and_then(|pid| sample_process(Some(pid))),
+        server_threads: ctx.args.server_pid.map(sample_threads).unwrap_or_default(),
         tool: sample_process(None),
     }
 }
@@ -535,6 +537,15 @@ fn summarize(
         (Some(b), Some(a)) if connected > 0 => Some((a as f64 - b as f64) / connected as f64),
         _ => None,
     };
+    // Per thread over the window: with several workers, how evenly the work spreads.
+    let threads = thread_cpu_between(&window_start.server_threads, &window_end.server_threads);
+    let worker_max_share = threads.iter().filter_map(|(_, share)| *share).reduce(f64::max);
+    let threads_json: Vec<serde_json::Value> = threads
+        .iter()
+        .map(
+            |(t, share)| json!({"tid": t.tid, "name": t.name, "cpu_secs": t.cpu_secs, "worker_share": share}),
+        )
+        .collect();
     let cpu_per_gb = |bytes: u64| server_cpu.filter(|_| bytes > 0).map(|cpu| cpu / (bytes as f64 / 1e9));
     let ms = |us: u64| us as f64 / 1e3;
     let lat = &s.latency;
@@ -584,6 +595,8 @@ fn summarize(
         "server_cpu_pct": server_cpu.map(|c| c / window * 100.0),
         "server_cpu_secs_per_delivered_gb": cpu_per_gb(rx),
         "server_cpu_secs_per_ingested_gb": cpu_per_gb(tx),
+        "server_threads": threads_json,
+        "server_worker_max_share": worker_max_share,
         "server_rss_before_kib": rss_before,
         "server_rss_after_kib": rss_after,
         "server_rss_per_player_kib": rss_per_player,
@@ -629,6 +642,18 @@ fn summarize(
     );
     println!("{:<34} {}", "server CPU s per delivered GB", opt(cpu_per_gb(rx), 3));
     println!("{:<34} {}", "server CPU s per ingested GB", opt(cpu_per_gb(tx), 3));
+    let per_thread: Vec<String> = threads
+        .iter()
+        .map(|(t, share)| match share {
+            Some(share) => {
+                format!("{} {} {:.2} s ({:.0}% of workers)", t.name, t.tid, t.cpu_secs, share * 100.0)
+            }
+            None => format!("{} {} {:.2} s", t.name, t.tid, t.cpu_secs),
+        })
+        .collect();
+    if !per_thread.is_empty() {
+        println!("{:<34} {}", "server CPU per thread", per_thread.join(", "));
+    }
     println!(
         "{:<34} {} -> {} KiB ({} KiB per player)",
         "server RSS",

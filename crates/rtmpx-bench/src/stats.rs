@@ -155,6 +155,56 @@ pub fn sample_process(pid: Option<u32>) -> Option<ProcSample> {
     Some(ProcSample { cpu_secs: (utime + stime) as f64 / ticks, rss_kib })
 }
 
+/// One thread of a process: its id, name and CPU seconds (user + system) so far.
+#[derive(Debug, Clone)]
+pub struct ThreadSample {
+    pub tid: u32,
+    pub name: String,
+    pub cpu_secs: f64,
+}
+
+/// Every thread of `pid`, from `/proc/PID/task/TID/stat` (a thread gone meanwhile is skipped).
+pub fn sample_threads(pid: u32) -> Vec<ThreadSample> {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    let mut threads: Vec<ThreadSample> = tasks
+        .flatten()
+        .filter_map(|task| {
+            let tid: u32 = task.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            let name = stat[stat.find('(')? + 1..stat.rfind(')')?].to_owned();
+            let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+            let utime: u64 = fields.get(11)?.parse().ok()?;
+            let stime: u64 = fields.get(12)?.parse().ok()?;
+            Some(ThreadSample { tid, name, cpu_secs: (utime + stime) as f64 / ticks })
+        })
+        .collect();
+    threads.sort_by_key(|thread| thread.tid);
+    threads
+}
+
+/// CPU seconds each thread of `end` used since `start` (threads that did nothing left out), and
+/// each one's share of what the threads named like a tokio worker used together.
+pub fn thread_cpu_between(start: &[ThreadSample], end: &[ThreadSample]) -> Vec<(ThreadSample, Option<f64>)> {
+    let used: Vec<ThreadSample> = end
+        .iter()
+        .map(|thread| {
+            let before = start.iter().find(|t| t.tid == thread.tid).map_or(0.0, |t| t.cpu_secs);
+            ThreadSample { cpu_secs: thread.cpu_secs - before, ..thread.clone() }
+        })
+        .filter(|thread| thread.cpu_secs > 0.0)
+        .collect();
+    let is_worker = |thread: &ThreadSample| thread.name.contains("worker");
+    let workers: f64 = used.iter().filter(|t| is_worker(t)).map(|t| t.cpu_secs).sum();
+    used.into_iter()
+        .map(|thread| {
+            let share = (is_worker(&thread) && workers > 0.0).then(|| thread.cpu_secs / workers);
+            (thread, share)
+        })
+        .collect()
+}
+
 /// Raises the soft open-file limit to the hard one; returns the new soft limit.
 pub fn raise_nofile_limit() -> u64 {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
@@ -201,6 +251,22 @@ mod tests {
         assert_eq!(h.count(), 10_000);
         h.reset();
         assert_eq!(h.quantile(0.5), 0);
+    }
+
+    #[test]
+    fn thread_shares_split_the_workers_cpu() {
+        let sample = |tid, name: &str, cpu_secs| ThreadSample { tid, name: name.into(), cpu_secs };
+        let start = [sample(1, "rtmpx", 1.0), sample(2, "tokio-runtime-worker", 2.0)];
+        let end = [
+            sample(1, "rtmpx", 1.0),
+            sample(2, "tokio-runtime-worker", 5.0),
+            sample(3, "tokio-runtime-worker", 1.0),
+        ];
+        let used = thread_cpu_between(&start, &end);
+        let summary: Vec<(u32, f64, Option<f64>)> =
+            used.iter().map(|(t, s)| (t.tid, t.cpu_secs, *s)).collect();
+        assert_eq!(summary, [(2, 3.0, Some(0.75)), (3, 1.0, Some(0.25))]);
+        assert!(!sample_threads(std::process::id()).is_empty());
     }
 
     #[test]

@@ -9,6 +9,13 @@
 //! caught-up player costs no queue entry and no task wake-up per frame. A sink that cannot take a
 //! frame at once (its socket is full, its session is busy) refuses it and the frame is queued.
 //!
+//! A hot stream uses every worker thread: past [`ShardConfig::min_players`] players (64) and with
+//! more than one worker, a stream's players are split into one shard per worker, each served by
+//! its own task. The publisher's task then hands each frame to each shard once (a queue push and a
+//! notify) and the shards do the per-player work above, in parallel. Jobs are numbered so that no
+//! player gets one twice or out of order, and a shard that falls behind is spilled into its
+//! players' queues by the publisher, which never waits for a shard (module `shard`).
+//!
 //! Locking: the router's stream map, then a stream's state, then a player's queue; all held
 //! briefly and never across an await. A sink is only tried (never waited for) under the queue
 //! lock, so a session holding its own lock while popping its queue cannot deadlock with it. The
@@ -17,6 +24,7 @@
 
 mod queue;
 mod rebase;
+mod shard;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -33,6 +41,9 @@ pub use rtmpx_core::session::MediaKind;
 
 use queue::{Entry, PlayerQueue};
 use rebase::Rebaser;
+use shard::{Control, ShardSet, Work};
+
+pub use shard::{FanOutScope, ShardConfig, SHARD_QUEUE_BYTES, SHARD_QUEUE_JOBS};
 
 /// Limits. Changing them with [`Router::set_config`] affects players and publishes that start later.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -315,6 +326,7 @@ pub struct Router {
 
 struct RouterInner {
     config: Mutex<RouterConfig>,
+    sharding: Mutex<ShardConfig>,
     streams: Mutex<HashMap<StreamKey, Arc<Stream>>>,
     next_id: AtomicU64,
 }
@@ -336,12 +348,17 @@ struct StreamState {
     bytes_in: u64,
     frames_in: u64,
     dropped_by_departed: u64,
+    /// Set while the players are served by shards on the worker threads (a hot stream).
+    shards: Option<ShardSet>,
+    /// The last shard job's number, kept across shardings so numbers never repeat.
+    shard_seq: u64,
 }
 
 struct ActivePublisher {
     token: u64,
     session: SessionInfo,
     config: RouterConfig,
+    sharding: ShardConfig,
     /// The publisher was asked to reconnect: until then a new publish may take the stream over.
     takeover_until: Option<std::time::Instant>,
 }
@@ -532,6 +549,8 @@ struct PlayerState {
     charged: usize,
     /// The bill was refused: the queue was emptied and takes nothing more.
     over_budget: bool,
+    /// The last shard job this player was given (see [`shard`]).
+    delivered: u64,
 }
 
 impl PlayerState {
@@ -543,6 +562,7 @@ impl PlayerState {
             charge: None,
             charged: 0,
             over_budget: false,
+            delivered: 0,
         }
     }
 
@@ -571,6 +591,15 @@ impl PlayerState {
         false
     }
 
+    /// Queues a live frame and bills it; a refused bill empties the queue and wakes whoever
+    /// waits for [`Player::over_budget`].
+    fn queue_billed(&mut self, frame: Frame, has_video: bool, player: &PlayerShared) {
+        self.queue.push_frame(frame, has_video);
+        if !self.recharge() {
+            player.evicted.notify_one();
+        }
+    }
+
     /// Hands a live frame to the sink when nothing is queued before it; false if it must be queued.
     fn try_direct(&mut self, frame: &Frame, notify: &Notify) -> bool {
         let Some(sink) = &self.sink else { return false };
@@ -596,6 +625,7 @@ impl Router {
         Router {
             inner: Arc::new(RouterInner {
                 config: Mutex::new(config),
+                sharding: Mutex::new(ShardConfig::default()),
                 streams: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
             }),
@@ -610,6 +640,16 @@ impl Router {
     /// New limits apply to players and publishes that start afterwards.
     pub fn set_config(&self, config: RouterConfig) {
         *lock(&self.inner.config) = config;
+    }
+
+    /// How hot streams spread over worker threads now.
+    pub fn sharding(&self) -> ShardConfig {
+        *lock(&self.inner.sharding)
+    }
+
+    /// How hot streams spread over worker threads; applies to publishes that start afterwards.
+    pub fn set_sharding(&self, sharding: ShardConfig) {
+        *lock(&self.inner.sharding) = sharding;
     }
 
     /// The stream's entry with its state locked (an entry removed concurrently is looked up again).
@@ -632,13 +672,14 @@ impl Router {
     /// Claims the stream; fails with [`RouterError::AlreadyPublishing`] while another publisher is live.
     pub fn publish(&self, key: StreamKey, session: SessionInfo) -> Result<Publisher, RouterError> {
         let config = self.config();
+        let sharding = self.sharding();
         let token = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (stream, takeover) = self.with_stream(&key, |stream, state| {
             if let Some(active) = &state.publisher {
                 let open = active.takeover_until.is_some_and(|until| std::time::Instant::now() < until);
                 if open && state.standby.is_none() {
                     tracing::debug!(stream = %key, session = session.id, live = active.session.id, "publish: takes over at its first keyframe");
-                    let publisher = ActivePublisher { token, session, config, takeover_until: None };
+                    let publisher = ActivePublisher { token, session, config, sharding, takeover_until: None };
                     state.standby = Some(Standby { publisher, headers: Vec::new() });
                     return Ok((Arc::clone(stream), true));
                 }
@@ -646,14 +687,11 @@ impl Router {
                 return Err(RouterError::AlreadyPublishing);
             }
             tracing::debug!(stream = %key, session = session.id, peer = %session.peer, variant = session.variant, "publish");
-            state.publisher = Some(ActivePublisher { token, session, config, takeover_until: None });
+            state.publisher = Some(ActivePublisher { token, session, config, sharding, takeover_until: None });
             state.cache = Cache::default();
             state.bytes_in = 0;
             state.frames_in = 0;
-            for player in &state.players {
-                lock(&player.state).queue.push_publish_started();
-                player.notify.notify_one();
-            }
+            state.broadcast(Control::PublishStarted);
             Ok((Arc::clone(stream), false))
         })?;
         Ok(Publisher { router: Arc::clone(&self.inner), stream, key, token, takeover })
@@ -691,6 +729,9 @@ impl Router {
                 state.cache.prime(queue, legacy);
             }
             state.players.push(Arc::clone(&shared));
+            if let Some(shards) = &mut state.shards {
+                shards.join(&shared);
+            }
             Arc::clone(stream)
         });
         Player { router: Arc::clone(&self.inner), stream, key, shared }
@@ -817,7 +858,11 @@ impl Publisher {
     /// Lets every player's sink write what it held back: with write batching the publisher's task
     /// calls this once per batch window instead of a timer per player.
     pub fn flush_direct(&self) {
-        let state = lock(&self.stream.state);
+        let mut state = lock(&self.stream.state);
+        if let Some(shards) = &mut state.shards {
+            shards.push(Work::Flush);
+            return;
+        }
         for player in &state.players {
             let player_state = lock(&player.state);
             let Some(sink) = &player_state.sink else { continue };
@@ -869,10 +914,16 @@ impl StreamState {
             return;
         };
         let config = active.config;
+        let sharding = active.sharding;
         self.bytes_in += frame.payload.len() as u64;
         self.frames_in += 1;
         self.cache.update(&frame, &config);
         let has_video = self.cache.has_video;
+        self.reshard(&sharding);
+        if let Some(shards) = &mut self.shards {
+            shards.push(Work::Frame { frame, has_video });
+            return;
+        }
         // Built once, on the first legacy player that needs it.
         let mut legacy_frame: Option<Option<Frame>> = None;
         for player in &self.players {
@@ -888,11 +939,39 @@ impl StreamState {
             if player_state.over_budget || player_state.try_direct(frame, &player.notify) {
                 continue;
             }
-            player_state.queue.push_frame(frame.clone(), has_video);
-            if !player_state.recharge() {
-                player.evicted.notify_one();
-            }
+            player_state.queue_billed(frame.clone(), has_video, player);
             drop(player_state);
+            player.notify.notify_one();
+        }
+    }
+
+    /// Shards a stream that grew past `min_players`, and serves one that shrank from here again.
+    fn reshard(&mut self, sharding: &ShardConfig) {
+        match &self.shards {
+            None if self.players.len() > sharding.min_players => {
+                self.shards = ShardSet::start(&self.players, sharding, self.shard_seq);
+            }
+            Some(shards) if shards.may_dissolve(self.players.len()) => {
+                self.shard_seq = shards.seq();
+                self.shards = None;
+                tracing::debug!(
+                    players = self.players.len(),
+                    "stream's fan-out back on the publisher's task"
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// Gives every player a publish start, end or takeover: through the shards when sharded (in
+    /// order with the frames they still hold), else at once.
+    fn broadcast(&mut self, control: Control) {
+        if let Some(shards) = &mut self.shards {
+            shards.push(Work::Control(control));
+            return;
+        }
+        for player in &self.players {
+            control.apply(&mut lock(&player.state).queue);
             player.notify.notify_one();
         }
     }
@@ -903,10 +982,7 @@ impl StreamState {
         let Some(standby) = self.standby.take() else { return Vec::new() };
         tracing::debug!(session = standby.publisher.session.id, "publisher taken over");
         self.publisher = Some(standby.publisher);
-        for player in &self.players {
-            lock(&player.state).queue.push_publisher_replaced();
-            player.notify.notify_one();
-        }
+        self.broadcast(Control::PublisherReplaced);
         let cache = &self.cache;
         let is_cached = |header: &Frame| {
             let mut cached = cache.metadata.iter().chain(cache.headers.iter().map(|cached| &cached.frame));
@@ -938,10 +1014,7 @@ impl Drop for Publisher {
         tracing::debug!(stream = %self.key, "unpublish");
         state.publisher = None;
         state.cache = Cache::default();
-        for player in &state.players {
-            lock(&player.state).queue.push_unpublished();
-            player.notify.notify_one();
-        }
+        state.broadcast(Control::Unpublished);
         RouterInner::remove_if_unused(&mut streams, &self.stream, &mut state);
     }
 }
@@ -1095,6 +1168,9 @@ impl Drop for Player {
         let mut state = lock(&self.stream.state);
         if let Some(index) = state.players.iter().position(|player| player.id == self.shared.id) {
             state.players.swap_remove(index);
+            if let Some(shards) = &mut state.shards {
+                shards.leave(&self.shared);
+            }
             let mut player_state = lock(&self.shared.state);
             state.dropped_by_departed += player_state.queue.dropped();
             // The sink may hold the session that owns this player; let it go now.

@@ -66,6 +66,10 @@ impl Shared {
     pub fn new(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Shared {
         let load = Arc::<crate::load::Load>::default();
         let router = Router::new(router_config(&config));
+        // A hot stream's shards pair RTMPE players' encryption as the publisher's fan-out does.
+        let mut sharding = rtmpx_router::ShardConfig::default();
+        sharding.scope = Some(crate::session::rtmpe_shard_scope as rtmpx_router::FanOutScope);
+        router.set_sharding(sharding);
         // The section was validated with the configuration; starting only fails outside a runtime.
         let cluster = config.cluster.as_ref().and_then(|section| {
             crate::cluster::Cluster::start(section, router.clone(), shutdown.clone())

@@ -32,7 +32,7 @@ mod fan_out;
 mod seal_pairing;
 
 pub(crate) use fan_out::{Batching, FanOut};
-pub(crate) use seal_pairing::seal_counts as rtmpe_seal_counts;
+pub(crate) use seal_pairing::{seal_counts as rtmpe_seal_counts, shard_scope as rtmpe_shard_scope};
 
 use crate::auth;
 use crate::budget::{Charge, OverBudget, QueueCharge};

@@ -81,6 +81,11 @@ pub(super) fn paired<R>(fan_out: impl FnOnce() -> R) -> R {
     fan_out()
 }
 
+/// [`paired`] around each frame a hot stream's fan-out shard delivers ([`rtmpx_router::ShardConfig`]).
+pub(crate) fn shard_scope(deliver: &mut dyn FnMut()) {
+    paired(deliver)
+}
+
 /// Offers an RTMPE player whose output was just encoded (`io`, locked; `me`, the same session for
 /// parking). `None`: no fan-out pairs on this thread, the caller writes as usual. Otherwise the
 /// player is parked, or sealed with the parked partner and both are written.
