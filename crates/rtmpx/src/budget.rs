@@ -8,6 +8,8 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+pub use crate::error::OverBudget;
+
 /// Bytes held per address. Updates are atomic on the address's own counter; the map lock is only
 /// taken when a holder appears or goes.
 #[derive(Default)]
@@ -27,14 +29,6 @@ impl AddressBudgets {
         let counter = self.held.lock().expect("budget lock").get(&ip).cloned();
         counter.map_or(0, |counter| counter.load(Ordering::Relaxed))
     }
-}
-
-/// Refused: the address would hold `total` bytes, over its `limit`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the client address would hold {total} bytes, over limits.max_memory_per_ip ({limit})")]
-pub struct OverBudget {
-    pub total: usize,
-    pub limit: usize,
 }
 
 /// One holder's share of its address's budget; released when dropped.

@@ -22,5 +22,6 @@ pub mod reload;
 pub mod rtmpe_budget;
 pub mod server;
 pub mod session;
+pub mod sync;
 pub mod tls;
 pub mod tunnel;

@@ -13,7 +13,7 @@
 //! the code the client gets in `onStatus` and a reason that is logged.
 
 pub mod callback;
-pub mod cidr;
+pub use crate::config::cidr;
 pub mod query;
 pub mod quota;
 pub mod token;

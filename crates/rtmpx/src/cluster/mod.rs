@@ -10,7 +10,7 @@
 //! - Redis unavailable: local publishes are accepted (registered when Redis returns) and look-ups
 //!   fail closed (no pull), with one log line per outage.
 
-pub mod config;
+pub use crate::config::cluster as config;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -13,7 +13,7 @@
 //!   never pushed, so it cannot go back to its origin. (Two servers pushing the same app to each
 //!   other still loop: do not configure that.)
 
-pub mod config;
+pub use crate::config::relay as config;
 mod pull;
 mod push;
 mod splice;

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::{ListenerConfig, Proto};
+
 /// Let's Encrypt's production directory, the default CA.
 pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
 
@@ -122,6 +124,23 @@ impl AcmeSection {
     pub fn wants(&self, kind: ChallengeKind) -> bool {
         self.challenges.contains(&kind)
     }
+}
+
+/// `[tls.acme]` with the listeners that must answer its challenges.
+pub fn validate(settings: &AcmeSection, listeners: &[ListenerConfig]) -> std::result::Result<(), String> {
+    settings.validate()?;
+    let http = listeners.iter().any(|l| matches!(l.proto, Proto::Rtmp | Proto::Rtmpt));
+    let tls = listeners.iter().any(|l| l.proto == Proto::Rtmps);
+    let answerable = settings.challenges.iter().any(|kind| match kind {
+        ChallengeKind::Http01 => http,
+        ChallengeKind::TlsAlpn01 => tls,
+    });
+    if !answerable {
+        return Err("tls.acme.challenges: no listener can answer them (http-01 needs an rtmp or rtmpt \
+                    listener on port 80, tls-alpn-01 an rtmps listener on port 443)"
+            .into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -8,13 +8,20 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::acme::config::AcmeSection;
-use crate::auth::cidr::IpNet;
+pub mod acme;
+pub mod cidr;
+pub mod cluster;
+mod handle;
+pub mod relay;
+
+use self::acme::AcmeSection;
+use self::cidr::IpNet;
+use self::relay::{PullConfig, PushConfig, RelaySection};
 use crate::error::{Error, Result};
-use crate::relay::config::{PullConfig, PushConfig, RelaySection};
+pub use handle::ConfigHandle;
 
 /// The configuration used when no file is given (also `config/default.toml`).
-pub const DEFAULT_CONFIG: &str = include_str!("../../../config/default.toml");
+pub const DEFAULT_CONFIG: &str = include_str!("../../../../config/default.toml");
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,7 +49,7 @@ pub struct Config {
     /// The admin HTTP listener (metrics, JSON API, status page); off without `[admin]`.
     pub admin: Option<AdminSection>,
     /// Several nodes sharing a stream directory in Redis; off without `[cluster]`.
-    pub cluster: Option<crate::cluster::config::ClusterSection>,
+    pub cluster: Option<cluster::ClusterSection>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -236,7 +243,7 @@ pub struct AppConfig {
     pub publish: bool,
     #[serde(default = "yes")]
     pub play: bool,
-    // Authorisation (see `crate::auth` and config/rtmpx.toml).
+    // Authorisation (see the auth module and config/rtmpx.toml).
     /// Publishing needs one of these keys: as `?key=K` on the stream name, or as the name itself.
     #[serde(default)]
     pub publish_keys: Vec<String>,
@@ -578,7 +585,7 @@ impl Config {
                 return Err(format!("app[{i}].name: {:?} is defined twice", app.name));
             }
             validate_app_auth(i, app)?;
-            crate::relay::config::validate_app(i, &app.push, app.pull.as_ref())?;
+            self::relay::validate_app(i, &app.push, app.pull.as_ref())?;
         }
         if let Some(cluster) = &self.cluster {
             cluster.validate()?;
@@ -664,7 +671,7 @@ impl Config {
             admin.validate()?;
         }
         if let Some(acme) = &tls.acme {
-            crate::acme::validate(acme, &self.listeners)?;
+            self::acme::validate(acme, &self.listeners)?;
         }
         if let Some(bad) =
             tls.hosts.iter().find(|h| h.is_empty() || h.contains(|c: char| c.is_whitespace() || c == '/'))
@@ -777,7 +784,7 @@ mod tests {
 
     #[test]
     fn documented_example_is_valid() {
-        Config::from_toml(include_str!("../../../config/rtmpx.toml"), "rtmpx.toml").unwrap();
+        Config::from_toml(include_str!("../../../../config/rtmpx.toml"), "rtmpx.toml").unwrap();
     }
 
     #[test]
@@ -840,7 +847,7 @@ mod tests {
     #[test]
     fn relays_parse_and_bad_ones_name_the_key() {
         // The documented example's edge app is commented out (its origin does not exist).
-        let documented = include_str!("../../../config/rtmpx.toml");
+        let documented = include_str!("../../../../config/rtmpx.toml");
         let edge = documented.replace(
             "# [[app]]\n# name = \"edge\"\n# publish = false\n# pull =",
             "[[app]]\nname = \"edge\"\npublish = false\npull =",

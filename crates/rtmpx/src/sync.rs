@@ -1,0 +1,10 @@
+//! The one rule for locks: a panic elsewhere never takes the gateway down with a poisoned lock.
+//! Every mutex here guards state that stays consistent between statements, so a poisoned one
+//! is used as it is.
+
+use std::sync::{Mutex, MutexGuard};
+
+/// Locks `mutex`, recovering it if a panicking thread held it.
+pub fn lock<T: ?Sized>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
