@@ -3,6 +3,7 @@
 
 pub mod acme;
 pub mod admin;
+pub mod admission;
 pub mod auth;
 pub mod budget;
 pub mod cluster;
@@ -11,6 +12,7 @@ pub mod descriptors;
 pub mod devcert;
 pub mod drain;
 pub mod error;
+pub mod fan_out;
 pub mod flv;
 pub mod fuzzing;
 pub mod load;
@@ -22,6 +24,7 @@ pub mod reload;
 pub mod rtmpe_budget;
 pub mod server;
 pub mod session;
+pub mod shutdown;
 pub mod sync;
 pub mod tls;
 pub mod tunnel;

@@ -9,9 +9,9 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use rtmpx_router::StreamSnapshot;
+
 use crate::error::Error;
-use crate::relay::RelayState;
-use crate::server::Shared;
 
 /// Every variant, in the order of the metric arrays.
 pub const VARIANTS: [&str; 10] =
@@ -114,7 +114,7 @@ impl Denial {
     }
 }
 
-/// The gateway's counters. Lives in [`Shared`].
+/// The gateway's counters, shared by the registry, the sessions and the transports.
 #[derive(Default)]
 pub struct Metrics {
     sessions_opened: [AtomicU64; VARIANTS.len()],
@@ -166,8 +166,82 @@ impl Metrics {
     }
 }
 
-fn relay_labels(r: &RelayState) -> [(&'static str, &str); 4] {
-    [("app", &r.app), ("stream", &r.stream), ("direction", r.direction.as_str()), ("url", &r.url)]
+/// Live sessions' numbers by variant, read from the session registry at scrape time.
+#[derive(Debug, Default)]
+pub struct LiveSessions {
+    /// Open sessions by variant and [`Role`].
+    pub sessions: [[u64; Role::ALL.len()]; VARIANTS.len()],
+    /// Bytes of live sessions whose handshake completed, by variant.
+    pub bytes_in: [u64; VARIANTS.len()],
+    pub bytes_out: [u64; VARIANTS.len()],
+    pub dropped_frames: u64,
+}
+
+/// One relay as `/metrics` shows it.
+#[derive(Debug)]
+pub struct RelaySample {
+    pub app: String,
+    pub stream: String,
+    pub direction: &'static str,
+    pub url: String,
+    pub state: &'static str,
+    pub bytes: u64,
+    pub reconnects: u64,
+}
+
+/// The cluster directory as the last heartbeat saw it (`[cluster]`).
+#[derive(Debug)]
+pub struct ClusterSample {
+    pub redis_up: bool,
+    /// Nodes with a live heartbeat (this one included).
+    pub nodes: Vec<String>,
+    /// The owning node of each stream in the directory.
+    pub stream_owners: Vec<String>,
+    pub remote_pulls: usize,
+    pub pulls_started: u64,
+    pub lookups_failed: u64,
+    pub claims_refused: u64,
+}
+
+/// Everything [`render`] prints, gathered by whoever serves `/metrics`.
+pub struct MetricsView<'a> {
+    pub counters: &'a Metrics,
+    pub live: LiveSessions,
+    pub streams: Vec<StreamSnapshot>,
+    /// How busy the runtime's workers were (0..=1).
+    pub worker_busy: f64,
+    pub write_batching: bool,
+    /// RTMPE players' fan-out writes: (sealed in a pair, sealed alone).
+    pub rtmpe_seals: (u64, u64),
+    pub relays: Vec<RelaySample>,
+    pub cluster: Option<ClusterSample>,
+    pub rtmpt_sessions: usize,
+    pub rtmpt_sessions_expired: u64,
+    /// The ACME certificates' lines, already in the text format (empty without ACME).
+    pub acme: String,
+}
+
+impl<'a> MetricsView<'a> {
+    /// The sessions' numbers alone: no streams, relays, cluster, tunnels or ACME.
+    pub fn sessions(counters: &'a Metrics, live: LiveSessions) -> MetricsView<'a> {
+        MetricsView {
+            counters,
+            live,
+            streams: Vec::new(),
+            worker_busy: 0.0,
+            write_batching: false,
+            rtmpe_seals: (0, 0),
+            relays: Vec::new(),
+            cluster: None,
+            rtmpt_sessions: 0,
+            rtmpt_sessions_expired: 0,
+            acme: String::new(),
+        }
+    }
+}
+
+fn relay_labels(r: &RelaySample) -> [(&'static str, &str); 4] {
+    [("app", &r.app), ("stream", &r.stream), ("direction", r.direction), ("url", &r.url)]
 }
 
 fn get(counter: &AtomicU64) -> u64 {
@@ -203,7 +277,7 @@ impl Out {
 }
 
 /// `[cluster]`: the directory as the last heartbeat saw it, and this node's pulls from others.
-fn render_cluster(out: &mut Out, view: &crate::cluster::View) {
+fn render_cluster(out: &mut Out, view: &ClusterSample) {
     out.header("rtmpx_cluster_redis_up", "gauge", "Whether the Redis stream directory answers.");
     out.sample("rtmpx_cluster_redis_up", &[], u64::from(view.redis_up));
     out.header("rtmpx_cluster_nodes", "gauge", "Nodes with a live heartbeat in the directory.");
@@ -211,8 +285,8 @@ fn render_cluster(out: &mut Out, view: &crate::cluster::View) {
     out.header("rtmpx_cluster_streams", "gauge", "Streams in the directory by owning node.");
     let mut by_node: std::collections::BTreeMap<&str, u64> =
         view.nodes.iter().map(|n| (n.as_str(), 0)).collect();
-    for entry in &view.streams {
-        *by_node.entry(entry.node.as_str()).or_default() += 1;
+    for node in &view.stream_owners {
+        *by_node.entry(node.as_str()).or_default() += 1;
     }
     for (node, count) in by_node {
         out.sample("rtmpx_cluster_streams", &[("node", node)], count);
@@ -232,23 +306,15 @@ fn render_cluster(out: &mut Out, view: &crate::cluster::View) {
 }
 
 /// The Prometheus text exposition (format 0.0.4) of everything the gateway counts.
-pub fn render(shared: &Shared) -> String {
-    let m = &shared.metrics;
-    let mut live_sessions = [[0u64; 3]; VARIANTS.len()];
-    let mut live_in = [0u64; VARIANTS.len()];
-    let mut live_out = [0u64; VARIANTS.len()];
-    let mut live_dropped = 0u64;
-    for entry in shared.sessions.entries() {
-        let state = entry.state();
-        let v = variant_index(state.variant);
-        live_sessions[v][state.role as usize] += 1;
-        if state.handshake_done {
-            live_in[v] += entry.bytes_in();
-            live_out[v] += entry.bytes_out();
-        }
-        live_dropped += entry.dropped_frames();
-    }
-    let streams = shared.router.streams();
+pub fn render(view: &MetricsView) -> String {
+    let m = view.counters;
+    let LiveSessions {
+        sessions: live_sessions,
+        bytes_in: live_in,
+        bytes_out: live_out,
+        dropped_frames: live_dropped,
+    } = &view.live;
+    let streams = &view.streams;
 
     let mut out = Out(String::with_capacity(8 * 1024));
     out.header("rtmpx_sessions", "gauge", "Open sessions by variant and role.");
@@ -280,14 +346,14 @@ pub fn render(shared: &Shared) -> String {
         "gauge",
         "How busy the runtime's workers were over the last 250 ms.",
     );
-    out.sample("rtmpx_worker_busy_percent", &[], (shared.load.busy() * 100.0).round() as u64);
+    out.sample("rtmpx_worker_busy_percent", &[], (view.worker_busy * 100.0).round() as u64);
     out.header(
         "rtmpx_write_batching",
         "gauge",
         "1 while players' media is batched because the workers are busy (write_coalesce_under_load_ms).",
     );
-    out.sample("rtmpx_write_batching", &[], u64::from(shared.load.batching()));
-    let (paired, alone) = crate::session::rtmpe_seal_counts();
+    out.sample("rtmpx_write_batching", &[], u64::from(view.write_batching));
+    let (paired, alone) = view.rtmpe_seals;
     out.header(
         "rtmpx_rtmpe_fan_out_writes_total",
         "counter",
@@ -334,7 +400,7 @@ pub fn render(shared: &Shared) -> String {
     out.header("rtmpx_dropped_frames_total", "counter", "Frames skipped for players that could not keep up.");
     out.sample("rtmpx_dropped_frames_total", &[], get(&m.closed_dropped_frames) + live_dropped);
     out.header("rtmpx_stream_dropped_frames", "gauge", "Frames skipped for slow players of each stream.");
-    for s in &streams {
+    for s in streams {
         out.sample(
             "rtmpx_stream_dropped_frames",
             &[("app", &s.key.app), ("stream", &s.key.name)],
@@ -342,7 +408,7 @@ pub fn render(shared: &Shared) -> String {
         );
     }
     out.header("rtmpx_stream_players", "gauge", "Players of each stream.");
-    for s in &streams {
+    for s in streams {
         out.sample("rtmpx_stream_players", &[("app", &s.key.app), ("stream", &s.key.name)], s.players as u64);
     }
     out.header(
@@ -350,7 +416,7 @@ pub fn render(shared: &Shared) -> String {
         "gauge",
         "Players of each stream without Enhanced RTMP support.",
     );
-    for s in &streams {
+    for s in streams {
         let labels = [("app", s.key.app.as_str()), ("stream", s.key.name.as_str())];
         out.sample("rtmpx_stream_legacy_players", &labels, s.legacy_players as u64);
     }
@@ -359,7 +425,7 @@ pub fn render(shared: &Shared) -> String {
         "gauge",
         "The audio and video tracks of each stream, by id and codec (always 1).",
     );
-    for s in &streams {
+    for s in streams {
         for t in &s.tracks {
             let id = t.id.to_string();
             let labels = [
@@ -373,34 +439,34 @@ pub fn render(shared: &Shared) -> String {
         }
     }
     out.header("rtmpx_stream_bytes_in", "gauge", "Media payload bytes from each stream's current publisher.");
-    for s in &streams {
+    for s in streams {
         out.sample("rtmpx_stream_bytes_in", &[("app", &s.key.app), ("stream", &s.key.name)], s.bytes_in);
     }
-    let relays = shared.relay_states();
+    let relays = &view.relays;
     out.header("rtmpx_relay_state", "gauge", "Relays by state (1 for the current state).");
-    for r in &relays {
+    for r in relays {
         let labels = relay_labels(r);
-        out.sample("rtmpx_relay_state", &[&labels[..], &[("state", r.state.as_str())]].concat(), 1);
+        out.sample("rtmpx_relay_state", &[&labels[..], &[("state", r.state)]].concat(), 1);
     }
     out.header("rtmpx_relay_bytes_total", "counter", "Bytes a relay sent (push) or received (pull).");
-    for r in &relays {
+    for r in relays {
         out.sample("rtmpx_relay_bytes_total", &relay_labels(r), r.bytes);
     }
     out.header("rtmpx_relay_reconnects_total", "counter", "Connections a relay made after its first.");
-    for r in &relays {
+    for r in relays {
         out.sample("rtmpx_relay_reconnects_total", &relay_labels(r), r.reconnects);
     }
-    if let Some(cluster) = &shared.cluster {
-        render_cluster(&mut out, &cluster.view());
+    if let Some(cluster) = &view.cluster {
+        render_cluster(&mut out, cluster);
     }
     out.header("rtmpx_rtmpt_sessions", "gauge", "Open RTMPT and RTMPTS tunnel sessions.");
-    out.sample("rtmpx_rtmpt_sessions", &[], shared.tunnels.len() as u64);
+    out.sample("rtmpx_rtmpt_sessions", &[], view.rtmpt_sessions as u64);
     out.header(
         "rtmpx_rtmpt_sessions_expired_total",
         "counter",
         "Tunnel sessions closed for going without requests.",
     );
-    out.sample("rtmpx_rtmpt_sessions_expired_total", &[], shared.tunnels.expired_total());
+    out.sample("rtmpx_rtmpt_sessions_expired_total", &[], view.rtmpt_sessions_expired);
     out.header("rtmpx_rtmpt_polls_total", "counter", "RTMPT requests (send, idle, close) for open sessions.");
     out.sample("rtmpx_rtmpt_polls_total", &[], get(&m.rtmpt_polls));
     out.header("rtmpx_admin_kicks_total", "counter", "Sessions closed through the admin API.");
@@ -408,9 +474,7 @@ pub fn render(shared: &Shared) -> String {
     out.header("rtmpx_config_reloads_total", "counter", "Configuration reloads by result.");
     out.sample("rtmpx_config_reloads_total", &[("result", "ok")], get(&m.reloads_ok));
     out.sample("rtmpx_config_reloads_total", &[("result", "rejected")], get(&m.reloads_failed));
-    if let Some(acme) = shared.acme.get() {
-        acme.render_metrics(&mut out.0);
-    }
+    out.0.push_str(&view.acme);
     out.0
 }
 

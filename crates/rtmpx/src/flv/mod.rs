@@ -25,8 +25,7 @@ use crate::auth::{self, Grant};
 use crate::error::Error;
 use crate::metrics::{Denial, Role};
 use crate::registry::SessionGuard;
-use crate::server::Shared;
-use crate::session::Transport;
+use crate::session::{SessionContext, Transport};
 
 /// Output gathered before one write (one WebSocket message, or before the body yields).
 pub const WRITE_BATCH: usize = 64 * 1024;
@@ -77,7 +76,7 @@ pub enum Refusal {
 
 /// One FLV player: its router subscription, limit slot, registry entry and log line.
 pub struct FlvSession {
-    shared: Arc<Shared>,
+    ctx: Arc<SessionContext>,
     id: u64,
     peer: SocketAddr,
     variant: &'static str,
@@ -99,18 +98,18 @@ pub struct FlvSession {
 impl FlvSession {
     /// Authorises the play and subscribes to the stream (unless `subscribe` is false: HEAD).
     pub async fn open(
-        shared: &Arc<Shared>,
+        ctx: &Arc<SessionContext>,
         peer: SocketAddr,
         variant: &'static str,
         request: PlayRequest<'_>,
         subscribe: bool,
     ) -> Result<FlvSession, Refusal> {
-        let id = shared.next_session_id();
-        let registry = SessionGuard::open(shared, id, peer, variant);
+        let id = ctx.next_session_id();
+        let registry = SessionGuard::open(&ctx.sessions, id, peer, variant);
         registry.handshake_complete(variant);
         let name = auth::query::split_name(&request.stream).0.to_owned();
         let mut session = FlvSession {
-            shared: shared.clone(),
+            ctx: ctx.clone(),
             id,
             peer,
             variant,
@@ -125,7 +124,7 @@ impl FlvSession {
             bytes_out: 0,
             end: None,
         };
-        let config = shared.config();
+        let config = ctx.config();
         let connect = ConnectRequest {
             app: request.app.to_owned(),
             tc_url: Some(request.tc_url.clone()),
@@ -135,23 +134,23 @@ impl FlvSession {
             object_encoding: 0.0,
             properties: Default::default(),
         };
-        let client = match shared.auth.connect(&config, id, peer, &connect).await {
+        let client = match ctx.auth.connect(&config, id, peer, &connect).await {
             Ok(client) => client,
             Err(denial) => {
                 let missing = config.app(auth::normalize_app(request.app)).is_none();
                 warn!(session = id, %peer, variant, app = request.app, "connect rejected: {}", denial.reason);
-                shared.metrics.denied(Denial::Connect);
+                ctx.metrics.denied(Denial::Connect);
                 session.end = Some(Error::Denied(denial.reason));
                 return Err(if missing { Refusal::NotFound } else { Refusal::Forbidden });
             }
         };
         session.registry.entry().set_app(&client.app);
         // HTTP players start at once at the live edge: RTMP's `start = -2, duration = -1`.
-        let grant = match shared.auth.play(&config, &client, &request.stream, -2.0, -1.0, false).await {
+        let grant = match ctx.auth.play(&config, &client, &request.stream, -2.0, -1.0, false).await {
             Ok(grant) => grant,
             Err(denial) => {
                 warn!(session = id, %peer, variant, stream = %session.stream, code = %denial.code, "play denied: {}", denial.reason);
-                shared.metrics.denied(Denial::Play);
+                ctx.metrics.denied(Denial::Play);
                 session.end = Some(Error::Denied(denial.reason));
                 return Err(Refusal::Forbidden);
             }
@@ -159,7 +158,7 @@ impl FlvSession {
         let key = StreamKey::new(&client.app, &grant.name);
         session.stream = key.to_string();
         let pulled = config.app(&client.app).is_some_and(|app| app.pull.is_some());
-        if !shared.router.is_live(&key) && !config.http_flv.wait_for_publisher && !pulled {
+        if !ctx.router.is_live(&key) && !config.http_flv.wait_for_publisher && !pulled {
             grant.cancel();
             session.end = Some(Error::Kicked("the stream is not live"));
             return Err(Refusal::NotFound);
@@ -168,17 +167,17 @@ impl FlvSession {
             grant.cancel();
             return Ok(session);
         }
-        if let Some(snapshot) = shared.router.streams().into_iter().find(|s| s.key == key) {
+        if let Some(snapshot) = ctx.router.streams().into_iter().find(|s| s.key == key) {
             if snapshot.video_codec.is_some() || snapshot.audio_codec.is_some() {
                 session.tracks = (snapshot.audio_codec.is_some(), snapshot.video_codec.is_some());
             }
         }
         let info = SessionInfo { id, peer: peer.to_string(), variant };
-        session.player = Some(shared.router.play(key.clone(), info));
+        session.player = Some(ctx.router.play(key.clone(), info));
         session.grant = Some(grant);
         session.registry.entry().set_role(Role::Player, &key.name);
         info!(session = id, %peer, variant, stream = %crate::logsafe::Escaped(&key), "playing");
-        shared.relays.ensure_pull(&shared.router, &config, &key);
+        ctx.relays.ensure_pull(&ctx.router, &config, &key);
         Ok(session)
     }
 
@@ -195,8 +194,8 @@ impl FlvSession {
         self.registry.shared_entry()
     }
 
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+    pub fn context(&self) -> &Arc<SessionContext> {
+        &self.ctx
     }
 
     /// Records how the session ended (the first reason wins).

@@ -31,6 +31,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::fan_out::{Batching, Scope};
 use crate::load::Load;
 use config::RelaySection;
 
@@ -105,10 +106,12 @@ struct Inner {
     shutdown: watch::Receiver<bool>,
     /// Pulled streams batch their players' writes under load like published ones.
     load: Arc<Load>,
+    /// How pulled streams' fan-outs run (the session layer's RTMPE pairing).
+    scope: Scope,
 }
 
 impl RelayManager {
-    pub fn new(shutdown: watch::Receiver<bool>, load: Arc<Load>) -> Self {
+    pub fn new(shutdown: watch::Receiver<bool>, load: Arc<Load>, scope: Scope) -> Self {
         RelayManager {
             inner: Arc::new(Inner {
                 next_id: AtomicU64::new(1),
@@ -116,6 +119,7 @@ impl RelayManager {
                 pulls: Mutex::new(HashMap::new()),
                 shutdown,
                 load,
+                scope,
             }),
         }
     }
@@ -205,7 +209,8 @@ impl RelayManager {
             manager: self.clone(),
             status,
             shutdown: self.inner.shutdown.clone(),
-            batching: crate::session::Batching::new(&config.server, self.inner.load.clone()),
+            batching: Batching::new(&config.server, self.inner.load.clone()),
+            scope: self.inner.scope,
             origin,
         };
         tokio::spawn(job.run());
@@ -536,7 +541,7 @@ mod tests {
              [relay]\nbackoff_initial_ms = 10\nbackoff_max_ms = 20\n"
         ));
         let (_tx, rx) = watch::channel(false);
-        let manager = RelayManager::new(rx, Arc::default());
+        let manager = RelayManager::new(rx, Arc::default(), crate::fan_out::plain);
         let router = Router::new(Default::default());
         let info = SessionInfo { id: 1, peer: "p".into(), variant: "rtmp" };
 
@@ -580,7 +585,7 @@ mod tests {
              [relay]\nbackoff_initial_ms = 10\nbackoff_max_ms = 20\n"
         ));
         let (_tx, rx) = watch::channel(false);
-        let manager = RelayManager::new(rx, Arc::default());
+        let manager = RelayManager::new(rx, Arc::default(), crate::fan_out::plain);
         let router = Router::new(Default::default());
         let key = StreamKey::new("edge", "s");
         let info = SessionInfo { id: 1, peer: "p".into(), variant: "rtmp" };
@@ -649,7 +654,7 @@ mod tests {
              [relay]\nmax_relay_queue_bytes = 65536\nbackoff_initial_ms = 5000\n[timeouts]\nwrite_secs = 1\n"
         ));
         let (_tx, rx) = watch::channel(false);
-        let manager = RelayManager::new(rx, Arc::default());
+        let manager = RelayManager::new(rx, Arc::default(), crate::fan_out::plain);
         let router =
             Router::new(rtmpx_router::RouterConfig { player_queue_bytes: 64 << 20, ..Default::default() });
         let key = StreamKey::new("live", "big");

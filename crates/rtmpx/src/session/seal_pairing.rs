@@ -58,6 +58,11 @@ impl Parked {
     }
 }
 
+/// The fan-out [`Scope`](crate::fan_out::Scope) of the gateway's sessions.
+pub(crate) fn scope(fan_out: &mut dyn FnMut()) {
+    paired(fan_out)
+}
+
 /// Runs a fan-out with RTMPE players' encryption paired on this thread.
 pub(super) fn paired<R>(fan_out: impl FnOnce() -> R) -> R {
     /// Ends the pairing even if the fan-out panics (the parked player's task then writes).

@@ -25,22 +25,22 @@ use std::future::poll_fn;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{sleep_until, timeout};
+use tokio::time::timeout;
 use tracing::{debug, info, warn};
 
-mod fan_out;
+mod context;
 mod seal_pairing;
 
-pub(crate) use fan_out::{Batching, FanOut};
+pub use context::{router_config, SessionContext};
 pub(crate) use seal_pairing::seal_counts as rtmpe_seal_counts;
 
 use crate::auth;
 use crate::budget::Charge;
 use crate::error::{Error, Result};
+use crate::fan_out::{sleep_until_opt, Batching, FanOut};
 use crate::logsafe::Escaped;
 use crate::metrics::{Denial, Role};
 use crate::registry::{SessionEntry, SessionGuard};
-use crate::server::Shared;
 
 /// Bytes of player output gathered before one write: fewer, larger writes.
 const WRITE_BATCH: usize = 64 * 1024;
@@ -184,8 +184,8 @@ impl Connection {
     }
 }
 
-fn server_config(shared: &Shared, encryption: EncryptionPolicy) -> ServerConfig {
-    let config = shared.config();
+fn server_config(ctx: &SessionContext, encryption: EncryptionPolicy) -> ServerConfig {
+    let config = ctx.config();
     let mut sc = ServerConfig { chunk_size: config.server.chunk_size, encryption, ..ServerConfig::default() };
     sc.chunk_limits.max_chunk_size = config.limits.max_chunk_size;
     sc.chunk_limits.max_message_size = config.limits.max_message_size;
@@ -196,13 +196,13 @@ fn server_config(shared: &Shared, encryption: EncryptionPolicy) -> ServerConfig 
 }
 
 /// Runs a session to its end and logs one line about it.
-pub async fn run<S>(stream: S, peer: SocketAddr, origin: impl Into<Origin>, shared: Arc<Shared>)
+pub async fn run<S>(stream: S, peer: SocketAddr, origin: impl Into<Origin>, ctx: Arc<SessionContext>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Origin { transport, encryption, .. } = origin.into();
     let started = Instant::now();
-    let id = shared.next_session_id();
+    let id = ctx.next_session_id();
     let mut conn = Connection {
         id,
         peer,
@@ -217,11 +217,11 @@ where
         playing: None,
         bytes_in: 0,
         bytes_out: 0,
-        registry: SessionGuard::open(&shared, id, peer, transport.variant(false)),
-        memory: shared.budgets.charge(peer.ip()),
+        registry: SessionGuard::open(&ctx.sessions, id, peer, transport.variant(false)),
+        memory: ctx.budgets.charge(peer.ip()),
     };
     debug!(session = conn.id, %peer, "session opened");
-    let result = drive(stream, &mut conn, encryption, &shared).await;
+    let result = drive(stream, &mut conn, encryption, &ctx).await;
     // A peer that resets or vanishes after a normal session is a normal close for logs.
     let result = match result {
         Err(Error::Io { source, .. })
@@ -418,12 +418,12 @@ async fn drive<S>(
     stream: S,
     conn: &mut Connection,
     encryption: EncryptionPolicy,
-    shared: &Shared,
+    ctx: &SessionContext,
 ) -> Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let session = ServerSession::new(server_config(shared, encryption), &mut StdRng::from_entropy());
+    let session = ServerSession::new(server_config(ctx, encryption), &mut StdRng::from_entropy());
     // Streams that take vectored writes get media payloads uncopied (one buffer for all players).
     let shared_payloads = stream.is_write_vectored();
     let out = Arc::new(SessionIo {
@@ -438,7 +438,7 @@ where
             entry: conn.registry.shared_entry(),
         }),
     });
-    let result = drive_io(&out, conn, shared).await;
+    let result = drive_io(&out, conn, ctx).await;
     // The router lets go of the session when the player leaves; the session is over either way.
     if let Some(p) = &conn.playing {
         p.player.set_direct_sink(None);
@@ -447,13 +447,15 @@ where
     result
 }
 
-async fn drive_io(out: &Arc<SessionIo>, conn: &mut Connection, shared: &Shared) -> Result<()> {
-    let timeouts = shared.config().timeouts.clone();
-    let memory_limit = shared.config().limits.max_memory_per_ip;
+async fn drive_io(out: &Arc<SessionIo>, conn: &mut Connection, ctx: &SessionContext) -> Result<()> {
+    // One snapshot for the connection's own settings (limits and timeouts apply as it started).
+    let config = ctx.config();
+    let timeouts = config.timeouts.clone();
+    let memory_limit = config.limits.max_memory_per_ip;
     // What is pending of an incomplete message (ServerSession::incomplete_input) and since when:
     // it must complete in `partial_message_secs`, however slowly its bytes trickle in.
     let mut partial: Option<((u64, u64), tokio::time::Instant)> = None;
-    let mut shutdown = shared.shutdown_signal();
+    let mut shutdown = ctx.shutdown_signal();
     let handshake_deadline = tokio::time::Instant::now() + timeouts.handshake();
     let mut connected = false;
     let mut last_read = tokio::time::Instant::now();
@@ -462,14 +464,16 @@ async fn drive_io(out: &Arc<SessionIo>, conn: &mut Connection, shared: &Shared) 
     let mut release_after_flush = false;
     // Write coalescing for a player behind its queue: media held back until this instant (or
     // WRITE_BATCH bytes), the same window the publisher's direct writes use.
-    let batching = Batching::new(&shared.config().server, shared.load.clone());
+    let batching = Batching::new(&config.server, ctx.load.clone());
     let mut hold_until: Option<tokio::time::Instant> = None;
     let peer_ip = conn.peer.ip();
-    let rtmpe_per_ip = shared.config().limits.rtmpe_handshakes_per_ip;
+    let rtmpe_per_ip = config.limits.rtmpe_handshakes_per_ip;
+    // A reload replaces the configuration; this connection keeps only what it copied.
+    drop(config);
     // An RTMPE handshake costs two modular exponentiations before anything is authorised.
     let admit_c0 = |c0: u8| {
         let rtmpe = rtmpx_core::handshake::HandshakeVersion::from_byte(c0).is_some_and(|v| v.is_encrypted());
-        if rtmpe && !shared.rtmpe_budget.take(peer_ip, rtmpe_per_ip) {
+        if rtmpe && !ctx.rtmpe_budget.take(peer_ip, rtmpe_per_ip) {
             return Err(Error::RateLimited(
                 "RTMPE handshakes from this address (limits.rtmpe_handshakes_per_ip)",
             ));
@@ -529,7 +533,7 @@ async fn drive_io(out: &Arc<SessionIo>, conn: &mut Connection, shared: &Shared) 
                     let Some(event) = event else { break };
                     // Connect/publish/play decisions may wait for an HTTP callback; meanwhile nothing
                     // is read, and the session holds what the client pipelined.
-                    if let Err(e) = handle_event(event, out, conn, shared, &mut connected).await {
+                    if let Err(e) = handle_event(event, out, conn, ctx, &mut connected).await {
                         outcome = Err(e);
                         break;
                     }
@@ -624,13 +628,6 @@ fn deliver_queued(out: &SessionIo, conn: &mut Connection) -> bool {
         only_frames &= deliver(event, &mut st, playing.stream_id);
     }
     only_frames
-}
-
-async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => sleep_until(d).await,
-        None => std::future::pending().await,
-    }
 }
 
 async fn fan_out_window_end(publishing: &mut Option<Publishing>) {
@@ -738,7 +735,7 @@ async fn handle_event(
     event: ServerEvent,
     out: &Arc<SessionIo>,
     conn: &mut Connection,
-    shared: &Shared,
+    ctx: &SessionContext,
     connected: &mut bool,
 ) -> Result<()> {
     match event {
@@ -763,8 +760,8 @@ async fn handle_event(
                 flash_ver = ?request.flash_ver.as_deref().map(Escaped),
                 "connect"
             );
-            let config = shared.config();
-            match shared.auth.connect(&config, conn.id, conn.peer, &request).await {
+            let config = ctx.config();
+            match ctx.auth.connect(&config, conn.id, conn.peer, &request).await {
                 Ok(client) => {
                     conn.registry.entry().set_app(&client.app);
                     conn.registry.entry().set_reconnect_capable(request.caps_ex() & CAPS_EX_RECONNECT != 0);
@@ -781,17 +778,17 @@ async fn handle_event(
                 }
                 Err(denial) => {
                     warn!(session = conn.id, peer = %conn.peer, app = %Escaped(app_name), "connect rejected: {}", Escaped(&denial.reason));
-                    shared.metrics.denied(Denial::Connect);
+                    ctx.metrics.denied(Denial::Connect);
                     out.lock().session.reject_connect(&denial.reason)?;
                     return Err(Error::Denied(denial.reason));
                 }
             }
         }
         ServerEvent::PublishRequested { stream_id, stream_name, mode } => {
-            on_publish(stream_id, &stream_name, mode, out, conn, shared).await?
+            on_publish(stream_id, &stream_name, mode, out, conn, ctx).await?
         }
         ServerEvent::PlayRequested { stream_id, stream_name, start, duration, reset } => {
-            on_play(stream_id, &stream_name, (start, duration, reset), out, conn, shared).await?
+            on_play(stream_id, &stream_name, (start, duration, reset), out, conn, ctx).await?
         }
         ServerEvent::Media(media) => {
             if let Some(p) = &mut conn.publishing {
@@ -825,7 +822,7 @@ async fn on_publish(
     mode: PublishMode,
     out: &Arc<SessionIo>,
     conn: &mut Connection,
-    shared: &Shared,
+    ctx: &SessionContext,
 ) -> Result<()> {
     let app = conn.app.clone().unwrap_or_default();
     if conn.publishing.is_some() {
@@ -834,20 +831,18 @@ async fn on_publish(
         out.lock().session.reject_publish(stream_id, "NetStream.Publish.BadName", "Already publishing.")?;
         return Ok(());
     }
-    let config = shared.config();
+    let config = ctx.config();
     let Some(client) = conn.client.as_ref() else {
         return Err(Error::Denied("publish before connect".into()));
     };
-    let grant = match shared.auth.publish(&config, client, stream_name, mode).await {
+    let grant = match ctx.auth.publish(&config, client, stream_name, mode).await {
         Ok(grant) => grant,
-        Err(denial) => {
-            return deny(&mut out.lock().session, conn, shared, stream_id, true, stream_name, denial)
-        }
+        Err(denial) => return deny(&mut out.lock().session, conn, ctx, stream_id, true, stream_name, denial),
     };
     let key = StreamKey::new(&app, &grant.name);
-    match shared.router.publish(key.clone(), conn.info()) {
+    match ctx.router.publish(key.clone(), conn.info()) {
         Ok(publisher) => {
-            let claim = match &shared.cluster {
+            let claim = match &ctx.cluster {
                 Some(cluster) => match cluster.claim(&key).await {
                     Ok(claim) => Some(claim),
                     Err(refused) => {
@@ -868,7 +863,7 @@ async fn on_publish(
             conn.role = "publisher";
             conn.registry.entry().set_role(Role::Publisher, &key.name);
             conn.stream_name = Some(key.name.clone());
-            let fan_out = FanOut::new(Batching::new(&config.server, shared.load.clone()));
+            let fan_out = FanOut::new(Batching::new(&config.server, ctx.load.clone()), seal_pairing::scope);
             let takeover = publisher.is_takeover();
             conn.publishing =
                 Some(Publishing { stream_id, publisher, fan_out, _grant: grant, _claim: claim });
@@ -879,7 +874,7 @@ async fn on_publish(
             } else {
                 info!(session = conn.id, peer = %conn.peer, variant = conn.variant(), stream = %Escaped(&key), "publishing");
                 // Relays: republish to the app's push upstreams (pulled streams never come here).
-                shared.relays.start_pushes(&shared.router, &shared.config(), &key);
+                ctx.relays.start_pushes(&ctx.router, &config, &key);
             }
         }
         Err(RouterError::AlreadyPublishing) => {
@@ -901,7 +896,7 @@ async fn on_play(
     (start, duration, reset): (f64, f64, bool),
     out: &Arc<SessionIo>,
     conn: &mut Connection,
-    shared: &Shared,
+    ctx: &SessionContext,
 ) -> Result<()> {
     let app = conn.app.clone().unwrap_or_default();
     if conn.playing.is_some() {
@@ -910,20 +905,20 @@ async fn on_play(
         out.lock().session.reject_play(stream_id, "NetStream.Play.Failed", "Already playing.")?;
         return Ok(());
     }
-    let config = shared.config();
+    let config = ctx.config();
     let Some(client) = conn.client.as_ref() else { return Err(Error::Denied("play before connect".into())) };
-    let grant = match shared.auth.play(&config, client, stream_name, start, duration, reset).await {
+    let grant = match ctx.auth.play(&config, client, stream_name, start, duration, reset).await {
         Ok(grant) => grant,
         Err(denial) => {
-            return deny(&mut out.lock().session, conn, shared, stream_id, false, stream_name, denial)
+            return deny(&mut out.lock().session, conn, ctx, stream_id, false, stream_name, denial)
         }
     };
     let key = StreamKey::new(&app, &grant.name);
     // A player that announced no Enhanced RTMP gets only the tracks and tags it can parse.
     let legacy = !out.lock().session.peer_capabilities().is_enhanced();
     let mut player =
-        shared.router.play_with(key.clone(), conn.info(), PlayOptions { legacy, ..PlayOptions::default() });
-    let mut unpublished_since = (!shared.router.is_live(&key)).then(tokio::time::Instant::now);
+        ctx.router.play_with(key.clone(), conn.info(), PlayOptions { legacy, ..PlayOptions::default() });
+    let mut unpublished_since = (!ctx.router.is_live(&key)).then(tokio::time::Instant::now);
     {
         let mut st = out.lock();
         st.session.accept_play(stream_id, &key.name)?;
@@ -942,7 +937,7 @@ async fn on_play(
             io: Arc::clone(out),
             stream_id,
             waker: player.waker(),
-            batching: Batching::new(&config.server, shared.load.clone()),
+            batching: Batching::new(&config.server, ctx.load.clone()),
         };
         player.set_direct_sink(Some(Arc::new(sink)));
     }
@@ -952,21 +947,20 @@ async fn on_play(
     conn.playing = Some(Playing { stream_id, player, unpublished_since, _grant: grant });
     info!(session = conn.id, peer = %conn.peer, variant = conn.variant(), stream = %Escaped(&key), legacy, "playing");
     // Relays: a stream that is not live here is pulled from the app's upstream, if it has one.
-    shared.relays.ensure_pull(&shared.router, &shared.config(), &key);
-    pull_from_cluster(shared, &config, &key);
+    ctx.relays.ensure_pull(&ctx.router, &config, &key);
+    pull_from_cluster(ctx, &config, &key);
     Ok(())
 }
 
 /// Cluster: a stream that is not live here (nor pulled from a configured upstream) is looked up
 /// in the directory and pulled from its node, in a task of its own so the play never waits.
-fn pull_from_cluster(shared: &Shared, config: &Arc<crate::config::Config>, key: &StreamKey) {
-    let Some(cluster) = shared.cluster.clone() else { return };
+fn pull_from_cluster(ctx: &SessionContext, config: &Arc<crate::config::Config>, key: &StreamKey) {
+    let Some(cluster) = ctx.cluster.clone() else { return };
     let static_pull = config.app(&key.app).is_some_and(|app| app.pull.is_some());
-    if static_pull || shared.router.is_live(key) || shared.relays.is_pulling(key) {
+    if static_pull || ctx.router.is_live(key) || ctx.relays.is_pulling(key) {
         return;
     }
-    let (router, relays, config, key) =
-        (shared.router.clone(), shared.relays.clone(), config.clone(), key.clone());
+    let (router, relays, config, key) = (ctx.router.clone(), ctx.relays.clone(), config.clone(), key.clone());
     tokio::spawn(async move {
         if let Ok(Some(owner)) = cluster.locate(&key).await {
             let origin = cluster.follow(&key, &owner);
@@ -980,7 +974,7 @@ fn pull_from_cluster(shared: &Shared, config: &Arc<crate::config::Config>, key: 
 fn deny(
     session: &mut ServerSession,
     conn: &Connection,
-    shared: &Shared,
+    ctx: &SessionContext,
     stream_id: u32,
     publish: bool,
     stream_name: &str,
@@ -990,10 +984,10 @@ fn deny(
     let app = conn.app.as_deref().unwrap_or("-");
     warn!(session = conn.id, peer = %conn.peer, variant = %conn.variant(), stream = %Escaped(format_args!("{app}/{name}")), code = %denial.code, "{what} denied: {}", Escaped(&denial.reason));
     if publish {
-        shared.metrics.denied(Denial::Publish);
+        ctx.metrics.denied(Denial::Publish);
         session.reject_publish(stream_id, denial.code, &denial.reason)?;
     } else {
-        shared.metrics.denied(Denial::Play);
+        ctx.metrics.denied(Denial::Play);
         session.reject_play(stream_id, denial.code, &denial.reason)?;
     }
     Err(Error::Denied(denial.reason))
