@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use rtmpx_router::{DirectSend, PlayerWaker};
 
-use super::{IoState, SessionIo};
+use super::io::{IoState, SessionIo};
 
 thread_local! {
     static PAIRING: RefCell<Pairing> = const { RefCell::new(Pairing { active: false, parked: None }) };
