@@ -3,6 +3,7 @@
 //! RTMPT request bodies. Each holder keeps a [`Charge`] up to date; growing past the address's
 //! budget is refused and the holder closes its connection (or answers the request with an error).
 
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,13 +21,13 @@ pub struct AddressBudgets {
 impl AddressBudgets {
     /// A holder for `ip`, holding nothing yet.
     pub fn charge(self: &Arc<Self>, ip: IpAddr) -> Charge {
-        let counter = self.held.lock().expect("budget lock").entry(ip).or_default().clone();
+        let counter = lock(&self.held).entry(ip).or_default().clone();
         Charge { budgets: self.clone(), ip, counter, held: 0 }
     }
 
     /// Bytes charged to `ip` now.
     pub fn held(&self, ip: IpAddr) -> usize {
-        let counter = self.held.lock().expect("budget lock").get(&ip).cloned();
+        let counter = lock(&self.held).get(&ip).cloned();
         counter.map_or(0, |counter| counter.load(Ordering::Relaxed))
     }
 }
@@ -65,7 +66,7 @@ impl Charge {
 impl Drop for Charge {
     fn drop(&mut self) {
         let _ = self.set(0, usize::MAX);
-        let mut held = self.budgets.held.lock().expect("budget lock");
+        let mut held = lock(&self.budgets.held);
         // Let go of ours under the lock: if only the map's reference is left, nobody else charges
         // this address and its entry goes.
         drop(std::mem::take(&mut self.counter));

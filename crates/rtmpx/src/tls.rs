@@ -27,6 +27,7 @@ use crate::acme::Acme;
 use crate::config::{CertPaths, Config, Proto, TlsSection};
 use crate::devcert;
 use crate::error::{Error, Result};
+use crate::sync::{read, write};
 
 /// Largest certificate or key file read; real chains are a few KiB.
 const MAX_PEM_FILE: u64 = 1 << 20;
@@ -71,17 +72,17 @@ impl CertStore {
         for cert in &certs {
             info!(cert = %cert.paths.cert.display(), fingerprint = %cert.fingerprint, "TLS certificate reloaded");
         }
-        *self.current.write().expect("cert store lock") = Arc::new(certs);
+        *write(&self.current) = Arc::new(certs);
         Ok(())
     }
 
     /// SHA-256 fingerprints (`AB:CD:...`) of the leaf certificates in use, in configured order.
     pub fn fingerprints(&self) -> Vec<String> {
-        self.current.read().expect("cert store lock").iter().map(|c| c.fingerprint.clone()).collect()
+        read(&self.current).iter().map(|c| c.fingerprint.clone()).collect()
     }
 
     pub(crate) fn select(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
-        let certs = self.current.read().expect("cert store lock").clone();
+        let certs = read(&self.current).clone();
         let by_name = server_name.and_then(|name| {
             let name = ServerName::try_from(name).ok()?;
             certs.iter().find(|c| covers(&c.key, &name))

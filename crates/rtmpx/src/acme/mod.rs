@@ -25,6 +25,7 @@ pub use challenge::{http01_response, Challenges, ACME_TLS_ALPN, CHALLENGE_PATH};
 use config::AcmeSection;
 
 use crate::error::{Error, Result};
+use crate::sync::{read, write};
 
 /// An issued certificate in use.
 pub struct Issued {
@@ -157,13 +158,13 @@ impl Acme {
 
     /// The certificate in use, if one was issued or cached.
     pub fn certificate(&self) -> Option<Arc<Issued>> {
-        self.current.read().expect("acme lock").clone()
+        read(&self.current).clone()
     }
 
     /// New handshakes get `issued` from now on.
     pub(crate) fn install(&self, issued: Issued) -> Arc<Issued> {
         let issued = Arc::new(issued);
-        *self.current.write().expect("acme lock") = Some(issued.clone());
+        *write(&self.current) = Some(issued.clone());
         issued
     }
 

@@ -19,6 +19,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use super::{FlvSession, PlayRequest, Refusal};
 use crate::error::Error;
 use crate::session::{SessionContext, Transport};
+use crate::sync::lock;
 
 /// The connection an FLV request arrived on.
 pub struct FlvConn {
@@ -121,8 +122,7 @@ pub(super) async fn decide<B>(request: &mut Request<B>, conn: &FlvConn) -> Answe
     };
     if let Some(accept) = accept_key {
         let on_upgrade = hyper::upgrade::on(&mut *request);
-        *conn.upgrade.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(super::ws::Job { session, on_upgrade });
+        *lock(&conn.upgrade) = Some(super::ws::Job { session, on_upgrade });
         let mut response = status(StatusCode::SWITCHING_PROTOCOLS);
         let headers = response.headers_mut();
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));

@@ -20,7 +20,7 @@ mod splice;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::logsafe::Escaped;
@@ -33,6 +33,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::fan_out::{Batching, Scope};
 use crate::load::Load;
+use crate::sync::lock;
 use config::RelaySection;
 
 /// Which way a relay moves a stream.
@@ -86,10 +87,6 @@ pub struct RelayState {
     pub last_error: Option<String>,
     /// Connections made after the first.
     pub reconnects: u64,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Starts pushes and pulls and knows every running relay. Cheap to clone.

@@ -28,6 +28,7 @@ use crate::config::RtmptSection;
 use crate::flv::deadline::WriteDeadline;
 use crate::flv::http::{FlvBody, FlvConn};
 use crate::session::{self, Origin};
+use crate::sync::lock;
 
 /// Bytes buffered in each direction between the tunnel and its gateway session. A player that
 /// polls slowly fills the pipe; the session's writes then wait and its router queue drops to
@@ -60,7 +61,7 @@ struct Ctx {
 
 impl Ctx {
     fn served(&self, id: SessionId) {
-        let mut served = self.served.lock().unwrap_or_else(|p| p.into_inner());
+        let mut served = lock(&self.served);
         served.retain(|&s| s != id);
         if served.len() == SESSIONS_PER_CONNECTION {
             served.remove(0);
@@ -114,7 +115,7 @@ where
                 debug!(%peer, "http connection ended: {e}");
             }
             // librtmp's last request is a `send` (deleteStream) on a connection it then closes.
-            let served = std::mem::take(&mut *ctx.served.lock().unwrap_or_else(|p| p.into_inner()));
+            let served = std::mem::take(&mut *lock(&ctx.served));
             for id in served {
                 ctx.transport.tunnels.hung_up(id, ctx.connection);
             }
@@ -125,7 +126,7 @@ where
         }
     }
     // Run here rather than on a task of its own: the connection keeps its place in the limits.
-    let upgraded = ctx.flv.upgrade.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let upgraded = lock(&ctx.flv.upgrade).take();
     if let Some(job) = upgraded {
         crate::flv::ws::run(job).await;
     }
