@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
+use crate::config::Config;
 use crate::metrics::Role;
 use crate::registry::ReconnectOrder;
 use crate::session::SessionContext;
@@ -49,8 +50,7 @@ fn close_idle_sessions(ctx: &SessionContext) -> usize {
 /// Asks every client that follows Enhanced RTMP reconnect requests to move (to
 /// `server.reconnect_url`, or where it is): they connect anew and then leave, before the drain
 /// has to close anyone. Returns how many were asked.
-fn request_reconnects(ctx: &SessionContext) -> usize {
-    let config = ctx.config();
+fn request_reconnects(ctx: &SessionContext, config: &Config) -> usize {
     let mut asked = 0;
     for entry in ctx.sessions.entries().iter().filter(|e| e.reconnect_capable()) {
         let app = entry.state().app.unwrap_or_default();
@@ -68,15 +68,16 @@ pub async fn drain(
     shutdown: &watch::Sender<bool>,
 ) {
     accept_tasks.shutdown().await;
-    let asked = request_reconnects(ctx);
+    let config = ctx.config();
+    let asked = request_reconnects(ctx, &config);
     if asked > 0 {
         info!(
             sessions = asked,
-            to = ctx.config().server.reconnect_url.as_deref().unwrap_or("(the URL each used)"),
+            to = config.server.reconnect_url.as_deref().unwrap_or("(the URL each used)"),
             "draining: asked the clients that follow Enhanced RTMP reconnect requests to move"
         );
     }
-    let grace = Duration::from_secs(ctx.config().server.shutdown_grace_secs);
+    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     let live = ctx.sessions.entries().len();
     if live > 0 {
         // On the terminal too, not only in the log: whoever pressed Ctrl-C is waiting.

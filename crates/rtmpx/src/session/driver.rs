@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use super::io::{deliver, flush, poll_read_into, IoState, SessionIo};
 use super::{policy, Connection, Playing, Publishing, SessionContext, WRITE_BATCH};
-use crate::config::Timeouts;
+use crate::config::{Config, Timeouts};
 use crate::error::{Error, Result};
 use crate::fan_out::{sleep_until_opt, Batching};
 use crate::registry::ReconnectOrder;
@@ -31,8 +31,7 @@ const FAN_OUT_SLICE: std::time::Duration = std::time::Duration::from_millis(5);
 /// What an event leaves the loop with: go on, or end the session with this result.
 type Step = ControlFlow<Result<()>>;
 
-fn server_config(ctx: &SessionContext, encryption: EncryptionPolicy) -> ServerConfig {
-    let config = ctx.config();
+fn server_config(config: &Config, encryption: EncryptionPolicy) -> ServerConfig {
     let mut sc = ServerConfig { chunk_size: config.server.chunk_size, encryption, ..ServerConfig::default() };
     sc.chunk_limits.max_chunk_size = config.limits.max_chunk_size;
     sc.chunk_limits.max_message_size = config.limits.max_message_size;
@@ -51,7 +50,9 @@ pub(super) async fn drive<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let session = ServerSession::new(server_config(ctx, encryption), &mut StdRng::from_entropy());
+    // One snapshot for the connection's own settings (a reload applies to new connections).
+    let config = ctx.config();
+    let session = ServerSession::new(server_config(&config, encryption), &mut StdRng::from_entropy());
     // Streams that take vectored writes get media payloads uncopied (one buffer for all players).
     let shared_payloads = stream.is_write_vectored();
     let out = Arc::new(SessionIo {
@@ -66,7 +67,9 @@ where
             entry: conn.registry.shared_entry(),
         }),
     });
-    let result = Driver::new(&out, conn, ctx).run().await;
+    let driver = Driver::new(&out, conn, ctx, &config);
+    drop(config);
+    let result = driver.run().await;
     // The router lets go of the session when the player leaves; the session is over either way.
     if let Some(p) = &conn.playing {
         p.player.set_direct_sink(None);
@@ -100,8 +103,12 @@ struct Driver<'a> {
 }
 
 impl<'a> Driver<'a> {
-    fn new(out: &'a Arc<SessionIo>, conn: &'a mut Connection, ctx: &'a SessionContext) -> Driver<'a> {
-        let config = ctx.config();
+    fn new(
+        out: &'a Arc<SessionIo>,
+        conn: &'a mut Connection,
+        ctx: &'a SessionContext,
+        config: &Config,
+    ) -> Driver<'a> {
         let now = Instant::now();
         Driver {
             out,
