@@ -13,7 +13,7 @@ pub fn config(data: &[u8]) {
         // Whatever validates must be usable: every app resolves, timeouts convert.
         for app in &config.apps {
             assert!(config.app(&app.name).is_some());
-            let _ = app.callback_timeout();
+            let _ = app.callbacks.timeout;
         }
         let _ = (config.timeouts.handshake(), config.timeouts.idle(), config.tls.handshake_timeout());
     }

@@ -303,10 +303,10 @@ fn announce(lc: &ListenerConfig, local: SocketAddr, config: &Config) {
 fn warn_open_publishing(config: &Config) {
     let Some(exposed) = config.listeners.iter().find(|l| !l.addr.ip().is_loopback()) else { return };
     for app in config.apps.iter().filter(|a| a.publish) {
-        let guarded = !app.publish_keys.is_empty()
-            || app.token.as_ref().is_some_and(|t| t.publish)
-            || !app.allow_publish.is_empty()
-            || app.on_publish.is_some();
+        let guarded = !app.auth.publish_keys.is_empty()
+            || app.auth.token.as_ref().is_some_and(|t| t.publish)
+            || !app.auth.allow_publish.is_empty()
+            || app.callbacks.on_publish.is_some();
         if !guarded {
             warn!(
                 "app {}: anyone who reaches {} may publish; require a key with publish_keys = [\"...\"] \

@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rtmpx_core::session::{ConnectRequest, PublishMode};
 
-use crate::config::{AppConfig, Config};
+use crate::config::Config;
 use crate::logsafe::Escaped;
 use callback::{Answer, Notifier};
 use query::{param, parse_query, split_name, Form};
@@ -187,7 +187,7 @@ impl Gate {
             page_url: request.page_url.clone().unwrap_or_default(),
             connect_args: parse_query(query),
         };
-        if let Some(url) = &app_config.on_connect {
+        if let Some(url) = &app_config.callbacks.on_connect {
             let mut form = Form::default();
             form.add("app", &client.app)
                 .add("flashver", &client.flash_ver)
@@ -199,7 +199,7 @@ impl Gate {
                 .add("epoch", "0")
                 .add("call", "connect");
             add_args(&mut form, &client.connect_args);
-            match self.notifier.call(url, form.into_string(), app_config.callback_timeout()).await {
+            match self.notifier.call(url, form.into_string(), app_config.callbacks.timeout).await {
                 Answer::Allow => {}
                 Answer::Redirect(location) => {
                     let target = normalize_app(&location);
@@ -284,9 +284,15 @@ impl Gate {
             ));
         }
         let (allowed, allow, deny_list, keys, verb) = if publish {
-            (app.publish, &app.allow_publish, &app.deny_publish, &app.publish_keys, "publishing")
+            (
+                app.publish,
+                &app.auth.allow_publish,
+                &app.auth.deny_publish,
+                &app.auth.publish_keys,
+                "publishing",
+            )
         } else {
-            (app.play, &app.allow_play, &app.deny_play, &app.play_keys, "playing")
+            (app.play, &app.auth.allow_play, &app.auth.deny_play, &app.auth.play_keys, "playing")
         };
         if !allowed {
             return Err(deny(format!("{verb} is not allowed in app '{}'", app.name)));
@@ -299,7 +305,7 @@ impl Gate {
                 return Err(deny(format!("{verb} refused: stream key not accepted")));
             }
         }
-        if let Some(t) = app.token.as_ref().filter(|t| if publish { t.publish } else { t.play }) {
+        if let Some(t) = app.auth.token.as_ref().filter(|t| if publish { t.publish } else { t.play }) {
             token::verify(t.secret.as_bytes(), &app.name, &name, &args, now_unix(), t.max_ttl_secs)
                 .map_err(|why| deny(format!("{verb} refused: {why}")))?;
         }
@@ -309,13 +315,13 @@ impl Gate {
             add_args(&mut form, args);
             form
         };
-        let callback = if publish { &app.on_publish } else { &app.on_play };
+        let callback = if publish { &app.callbacks.on_publish } else { &app.callbacks.on_play };
         if let Some(url) = callback {
             let mut form = session_form(client);
             form.add("call", if publish { "publish" } else { "play" }).add("name", &name);
             extra_fields(&mut form);
             add_args(&mut form, &args);
-            match self.notifier.call(url, form.into_string(), app.callback_timeout()).await {
+            match self.notifier.call(url, form.into_string(), app.callbacks.timeout).await {
                 Answer::Allow => {}
                 Answer::Redirect(location) => {
                     if location.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("rtmp://")) {
@@ -339,30 +345,33 @@ impl Gate {
             }
         }
         let slot = if publish {
-            let limit = app.max_publishers.unwrap_or(config.limits.max_publishers_per_app);
+            let limit = app.limits.max_publishers.unwrap_or(config.limits.max_publishers_per_app);
             self.quotas.publisher(&app.name, limit).ok_or_else(|| {
                 deny(format!("limit hit: max_publishers_per_app ({limit}) in app '{}'", app.name))
             })?
         } else {
-            let limit = app.max_players_per_stream.unwrap_or(config.limits.max_players_per_stream);
+            let limit = app.limits.max_players_per_stream.unwrap_or(config.limits.max_players_per_stream);
             self.quotas.player(&app.name, &name, limit).ok_or_else(|| {
                 deny(format!("limit hit: max_players_per_stream ({limit}) on {}/{name}", app.name))
             })?
         };
         let mut targets = Vec::new();
-        let specific =
-            if publish { ("publish_done", &app.on_publish_done) } else { ("play_done", &app.on_play_done) };
+        let specific = if publish {
+            ("publish_done", &app.callbacks.on_publish_done)
+        } else {
+            ("play_done", &app.callbacks.on_play_done)
+        };
         if let Some(url) = specific.1 {
             targets.push((url.clone(), specific.0));
         }
-        if let Some(url) = &app.on_done {
+        if let Some(url) = &app.callbacks.on_done {
             targets.push((url.clone(), "done"));
         }
         let done = (!targets.is_empty()).then(|| DoneNotice {
             notifier: NotifierHandle(self.notifier.clone()),
             targets,
             form: base_form(&name, &args),
-            timeout: app.callback_timeout(),
+            timeout: app.callbacks.timeout,
         });
         Ok(Grant { name, _slot: slot, done })
     }
@@ -400,12 +409,6 @@ fn shadows_a_field(name: &str) -> bool {
     let folded: String =
         base.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_lowercase()).collect();
     RESERVED_FIELDS.contains(&folded.as_str())
-}
-
-impl AppConfig {
-    pub fn callback_timeout(&self) -> Duration {
-        Duration::from_millis(self.callback_timeout_ms)
-    }
 }
 
 #[cfg(test)]

@@ -112,13 +112,7 @@ impl AcmeSection {
         if self.retry_initial_secs == 0 || self.retry_max_secs < self.retry_initial_secs {
             return Err("tls.acme.retry_initial_secs must be at least 1 and at most retry_max_secs".into());
         }
-        if !(5..=3600).contains(&self.order_timeout_secs) {
-            return Err(format!(
-                "tls.acme.order_timeout_secs: {} is outside 5..=3600",
-                self.order_timeout_secs
-            ));
-        }
-        Ok(())
+        super::in_range("tls.acme.order_timeout_secs", self.order_timeout_secs, 5..=3600)
     }
 
     pub fn wants(&self, kind: ChallengeKind) -> bool {

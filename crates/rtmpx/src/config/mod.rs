@@ -3,6 +3,7 @@
 //! `config/rtmpx.toml` documents every key; [`DEFAULT_CONFIG`] is what runs with no file.
 
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -235,60 +236,155 @@ impl Encryption {
     }
 }
 
+/// One `[[app]]`: what clients may do there, grouped by concern (the TOML keys stay flat).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "AppFields")]
 pub struct AppConfig {
     pub name: String,
-    #[serde(default = "yes")]
     pub publish: bool,
-    #[serde(default = "yes")]
     pub play: bool,
+    /// Keys, tokens and address rules (see the auth module and config/rtmpx.toml).
+    pub auth: AppAuth,
+    /// nginx-rtmp compatible HTTP callbacks (http:// URLs).
+    pub callbacks: AppCallbacks,
+    pub limits: AppLimits,
+    pub relays: AppRelays,
+}
+
+/// Who may publish and play in an app.
+#[derive(Debug, Clone, Default)]
+pub struct AppAuth {
+    /// Publishing needs one of these keys: as `?key=K` on the stream name, or as the name itself.
+    pub publish_keys: Vec<String>,
+    /// Playing needs one of these keys, presented the same way.
+    pub play_keys: Vec<String>,
+    /// Signed expiring tokens in the stream name's query.
+    pub token: Option<TokenConfig>,
+    pub allow_publish: Vec<IpNet>,
+    pub deny_publish: Vec<IpNet>,
+    pub allow_play: Vec<IpNet>,
+    pub deny_play: Vec<IpNet>,
+}
+
+/// The HTTP callbacks of an app and how long each may take.
+#[derive(Debug, Clone)]
+pub struct AppCallbacks {
+    pub on_connect: Option<String>,
+    pub on_publish: Option<String>,
+    pub on_play: Option<String>,
+    pub on_done: Option<String>,
+    pub on_publish_done: Option<String>,
+    pub on_play_done: Option<String>,
+    /// `callback_timeout_ms`: no answer in time denies.
+    pub timeout: Duration,
+}
+
+/// Per-app overrides of `[limits]`.
+#[derive(Debug, Clone, Default)]
+pub struct AppLimits {
+    /// Overrides `limits.max_publishers_per_app`.
+    pub max_publishers: Option<usize>,
+    /// Overrides `limits.max_players_per_stream`.
+    pub max_players_per_stream: Option<usize>,
+}
+
+/// An app's relays.
+#[derive(Debug, Clone, Default)]
+pub struct AppRelays {
+    /// Upstreams every stream published here is republished to.
+    pub push: Vec<PushConfig>,
+    /// Where streams that are not live here are pulled from when a player asks.
+    pub pull: Option<PullConfig>,
+}
+
+impl From<AppFields> for AppConfig {
+    fn from(f: AppFields) -> AppConfig {
+        AppConfig {
+            name: f.name,
+            publish: f.publish,
+            play: f.play,
+            auth: AppAuth {
+                publish_keys: f.publish_keys,
+                play_keys: f.play_keys,
+                token: f.token,
+                allow_publish: f.allow_publish,
+                deny_publish: f.deny_publish,
+                allow_play: f.allow_play,
+                deny_play: f.deny_play,
+            },
+            callbacks: AppCallbacks {
+                on_connect: f.on_connect,
+                on_publish: f.on_publish,
+                on_play: f.on_play,
+                on_done: f.on_done,
+                on_publish_done: f.on_publish_done,
+                on_play_done: f.on_play_done,
+                timeout: Duration::from_millis(f.callback_timeout_ms),
+            },
+            limits: AppLimits {
+                max_publishers: f.max_publishers,
+                max_players_per_stream: f.max_players_per_stream,
+            },
+            relays: AppRelays { push: f.push, pull: f.pull },
+        }
+    }
+}
+
+/// `[[app]]` as it is written: flat keys (grouped in [`AppConfig`]).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppFields {
+    name: String,
+    #[serde(default = "yes")]
+    publish: bool,
+    #[serde(default = "yes")]
+    play: bool,
     // Authorisation (see the auth module and config/rtmpx.toml).
     /// Publishing needs one of these keys: as `?key=K` on the stream name, or as the name itself.
     #[serde(default)]
-    pub publish_keys: Vec<String>,
+    publish_keys: Vec<String>,
     /// Playing needs one of these keys, presented the same way.
     #[serde(default)]
-    pub play_keys: Vec<String>,
+    play_keys: Vec<String>,
     /// Signed expiring tokens in the stream name's query.
     #[serde(default)]
-    pub token: Option<TokenConfig>,
+    token: Option<TokenConfig>,
     #[serde(default)]
-    pub allow_publish: Vec<IpNet>,
+    allow_publish: Vec<IpNet>,
     #[serde(default)]
-    pub deny_publish: Vec<IpNet>,
+    deny_publish: Vec<IpNet>,
     #[serde(default)]
-    pub allow_play: Vec<IpNet>,
+    allow_play: Vec<IpNet>,
     #[serde(default)]
-    pub deny_play: Vec<IpNet>,
+    deny_play: Vec<IpNet>,
     /// nginx-rtmp compatible HTTP callbacks (http:// URLs).
     #[serde(default)]
-    pub on_connect: Option<String>,
+    on_connect: Option<String>,
     #[serde(default)]
-    pub on_publish: Option<String>,
+    on_publish: Option<String>,
     #[serde(default)]
-    pub on_play: Option<String>,
+    on_play: Option<String>,
     #[serde(default)]
-    pub on_done: Option<String>,
+    on_done: Option<String>,
     #[serde(default)]
-    pub on_publish_done: Option<String>,
+    on_publish_done: Option<String>,
     #[serde(default)]
-    pub on_play_done: Option<String>,
+    on_play_done: Option<String>,
     /// How long a callback may take; no answer in time denies.
     #[serde(default = "default_callback_timeout_ms")]
-    pub callback_timeout_ms: u64,
+    callback_timeout_ms: u64,
     /// Overrides `limits.max_publishers_per_app` for this app.
     #[serde(default)]
-    pub max_publishers: Option<usize>,
+    max_publishers: Option<usize>,
     /// Overrides `limits.max_players_per_stream` for this app.
     #[serde(default)]
-    pub max_players_per_stream: Option<usize>,
+    max_players_per_stream: Option<usize>,
     /// Upstreams every stream published here is republished to.
     #[serde(default)]
-    pub push: Vec<PushConfig>,
+    push: Vec<PushConfig>,
     /// Where streams that are not live here are pulled from when a player asks.
     #[serde(default)]
-    pub pull: Option<PullConfig>,
+    pull: Option<PullConfig>,
 }
 
 /// `[app.token]`: `?expires=UNIX&token=HEX(HMAC-SHA256(secret, "app/stream/expires"))`.
@@ -585,46 +681,24 @@ impl Config {
                 return Err(format!("app[{i}].name: {:?} is defined twice", app.name));
             }
             validate_app_auth(i, app)?;
-            self::relay::validate_app(i, &app.push, app.pull.as_ref())?;
+            self::relay::validate_app(i, &app.relays.push, app.relays.pull.as_ref())?;
         }
         if let Some(cluster) = &self.cluster {
             cluster.validate()?;
         }
         let s = &self.server;
-        if !(128..=65_536).contains(&s.chunk_size) {
-            return Err(format!("server.chunk_size: {} is outside 128..=65536", s.chunk_size));
-        }
-        if s.write_coalesce_ms > 1000 {
-            return Err(format!("server.write_coalesce_ms: {} is outside 0..=1000", s.write_coalesce_ms));
-        }
-        if s.write_coalesce_under_load_ms > 1000 {
-            return Err(format!(
-                "server.write_coalesce_under_load_ms: {} is outside 0..=1000",
-                s.write_coalesce_under_load_ms
-            ));
-        }
-        if s.worker_threads > 1024 {
-            return Err(format!("server.worker_threads: {} is outside 0..=1024", s.worker_threads));
-        }
+        in_range("server.chunk_size", s.chunk_size, 128..=65_536)?;
+        in_range("server.write_coalesce_ms", s.write_coalesce_ms, 0..=1000)?;
+        in_range("server.write_coalesce_under_load_ms", s.write_coalesce_under_load_ms, 0..=1000)?;
+        in_range("server.worker_threads", s.worker_threads, 0..=1024)?;
         if let Some(url) = &s.reconnect_url {
             validate_reconnect_url(url)?;
         }
         let l = &self.limits;
-        if !(128..=0x7FFF_FFFF).contains(&l.max_chunk_size) {
-            return Err(format!("limits.max_chunk_size: {} is outside 128..=2147483647", l.max_chunk_size));
-        }
-        if !(1024..=0xFF_FFFF).contains(&l.max_message_size) {
-            return Err(format!(
-                "limits.max_message_size: {} is outside 1024..=16777215",
-                l.max_message_size
-            ));
-        }
-        if !(4..=65_599).contains(&l.max_chunk_streams) {
-            return Err(format!("limits.max_chunk_streams: {} is outside 4..=65599", l.max_chunk_streams));
-        }
-        if !(2..=256).contains(&l.max_amf_depth) {
-            return Err(format!("limits.max_amf_depth: {} is outside 2..=256", l.max_amf_depth));
-        }
+        in_range("limits.max_chunk_size", l.max_chunk_size, 128..=0x7FFF_FFFF)?;
+        in_range("limits.max_message_size", l.max_message_size, 1024..=0xFF_FFFF)?;
+        in_range("limits.max_chunk_streams", l.max_chunk_streams, 4..=65_599)?;
+        in_range("limits.max_amf_depth", l.max_amf_depth, 2..=256)?;
         if l.player_queue_bytes < 64 * 1024 {
             return Err(format!("limits.player_queue_bytes: {} is below 65536", l.player_queue_bytes));
         }
@@ -653,12 +727,8 @@ impl Config {
         if r.max_sessions == 0 || r.max_sessions_per_ip == 0 {
             return Err("rtmpt.max_sessions and rtmpt.max_sessions_per_ip must be at least 1".into());
         }
-        if !(100..=600_000).contains(&r.hangup_timeout_ms) {
-            return Err(format!("rtmpt.hangup_timeout_ms: {} is outside 100..=600000", r.hangup_timeout_ms));
-        }
-        if !(4096..=64 << 20).contains(&r.max_request_body) {
-            return Err(format!("rtmpt.max_request_body: {} is outside 4096..=67108864", r.max_request_body));
-        }
+        in_range("rtmpt.hangup_timeout_ms", r.hangup_timeout_ms, 100..=600_000)?;
+        in_range("rtmpt.max_request_body", r.max_request_body, 4096..=64 << 20)?;
         self.relay.validate()?;
         let tls = &self.tls;
         if tls.handshake_timeout_secs == 0 {
@@ -700,26 +770,37 @@ fn sockets_clash(a: SocketAddr, b: SocketAddr) -> bool {
     x == y || covers(x, y) || covers(y, x)
 }
 
+/// The one range check of the configuration: `key: value is outside a..=b`.
+pub(crate) fn in_range<T>(key: &str, value: T, range: RangeInclusive<T>) -> std::result::Result<(), String>
+where
+    T: PartialOrd + std::fmt::Display,
+{
+    if range.contains(&value) {
+        return Ok(());
+    }
+    Err(format!("{key}: {value} is outside {}..={}", range.start(), range.end()))
+}
+
 fn validate_app_auth(i: usize, app: &AppConfig) -> std::result::Result<(), String> {
-    for (field, keys) in [("publish_keys", &app.publish_keys), ("play_keys", &app.play_keys)] {
+    for (field, keys) in [("publish_keys", &app.auth.publish_keys), ("play_keys", &app.auth.play_keys)] {
         if let Some(bad) = keys.iter().find(|k| k.is_empty() || k.contains(['?', '&', '/', ' '])) {
             return Err(format!(
                 "app[{i}].{field}: {bad:?} must be non-empty without '?', '&', '/' or spaces"
             ));
         }
     }
-    if let Some(token) = &app.token {
+    if let Some(token) = &app.auth.token {
         if token.secret.len() < 16 {
             return Err(format!("app[{i}].token.secret: use at least 16 characters"));
         }
     }
     let callbacks = [
-        ("on_connect", &app.on_connect),
-        ("on_publish", &app.on_publish),
-        ("on_play", &app.on_play),
-        ("on_done", &app.on_done),
-        ("on_publish_done", &app.on_publish_done),
-        ("on_play_done", &app.on_play_done),
+        ("on_connect", &app.callbacks.on_connect),
+        ("on_publish", &app.callbacks.on_publish),
+        ("on_play", &app.callbacks.on_play),
+        ("on_done", &app.callbacks.on_done),
+        ("on_publish_done", &app.callbacks.on_publish_done),
+        ("on_play_done", &app.callbacks.on_play_done),
     ];
     for (field, url) in callbacks {
         let Some(url) = url else { continue };
@@ -729,13 +810,8 @@ fn validate_app_auth(i: usize, app: &AppConfig) -> std::result::Result<(), Strin
             return Err(format!("app[{i}].{field}: {url:?} is not an http:// URL (https is not supported)"));
         }
     }
-    if !(100..=60_000).contains(&app.callback_timeout_ms) {
-        return Err(format!(
-            "app[{i}].callback_timeout_ms: {} is outside 100..=60000",
-            app.callback_timeout_ms
-        ));
-    }
-    if app.max_publishers == Some(0) || app.max_players_per_stream == Some(0) {
+    in_range(&format!("app[{i}].callback_timeout_ms"), app.callbacks.timeout.as_millis(), 100..=60_000)?;
+    if app.limits.max_publishers == Some(0) || app.limits.max_players_per_stream == Some(0) {
         return Err(format!("app[{i}].max_publishers and max_players_per_stream must be at least 1"));
     }
     Ok(())
@@ -855,7 +931,7 @@ mod tests {
         assert_ne!(edge, documented, "the example still shows an edge app");
         let c = Config::from_toml(&edge, "rtmpx.toml").unwrap();
         let edge = c.app("edge").expect("the uncommented edge app");
-        assert_eq!(edge.pull.as_ref().map(|p| p.linger_secs), Some(5));
+        assert_eq!(edge.relays.pull.as_ref().map(|p| p.linger_secs), Some(5));
         assert_eq!(c.relay.backoff_initial_ms, 500);
         let base = "[[listener]]\nproto = \"rtmp\"\naddr = \"127.0.0.1:0\"\n[[app]]\nname = \"live\"\n";
         let c = Config::from_toml(
@@ -863,7 +939,7 @@ mod tests {
             "t",
         )
         .unwrap();
-        assert_eq!(c.apps[0].push[0].name.apply("cam"), "cam_hd");
+        assert_eq!(c.apps[0].relays.push[0].name.apply("cam"), "cam_hd");
         let err = |text: &str| Config::from_toml(text, "t").unwrap_err().to_string();
         assert!(err(&format!("{base}push = [{{ url = \"ftp://h/a\" }}]\n")).contains("app[0].push[0].url"));
         assert!(

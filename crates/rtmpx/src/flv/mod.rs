@@ -157,7 +157,7 @@ impl FlvSession {
         };
         let key = StreamKey::new(&client.app, &grant.name);
         session.stream = key.to_string();
-        let pulled = config.app(&client.app).is_some_and(|app| app.pull.is_some());
+        let pulled = config.app(&client.app).is_some_and(|app| app.relays.pull.is_some());
         if !ctx.router.is_live(&key) && !config.http_flv.wait_for_publisher && !pulled {
             grant.cancel();
             session.end = Some(Error::Kicked("the stream is not live"));

@@ -130,7 +130,7 @@ impl RelayManager {
     /// router accepted the publish; the relay players are primed from the router's caches.
     pub fn start_pushes(&self, router: &Router, config: &Config, key: &StreamKey) {
         let Some(app) = config.app(&key.app) else { return };
-        for target in app.push.iter().filter(|p| p.matches(&key.name)) {
+        for target in app.relays.push.iter().filter(|p| p.matches(&key.name)) {
             let Ok(app_url) = config::upstream_app(&target.url) else { continue };
             let remote_name = target.name.apply(&key.name);
             let shown = config::redacted(&app_url, &remote_name, target.name.is_secret());
@@ -153,7 +153,7 @@ impl RelayManager {
     /// A player asked for `key`: starts the app's pull unless the stream is live or a pull runs.
     /// Call after the player subscribed (the pull ends when the stream has no players).
     pub fn ensure_pull(&self, router: &Router, config: &Config, key: &StreamKey) {
-        let Some(pull) = config.app(&key.app).and_then(|app| app.pull.as_ref()) else { return };
+        let Some(pull) = config.app(&key.app).and_then(|app| app.relays.pull.as_ref()) else { return };
         let Ok(app_url) = config::upstream_app(&pull.url) else { return };
         self.start_pull(router, config, key, app_url, pull.linger(), None);
     }

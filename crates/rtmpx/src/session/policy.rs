@@ -241,7 +241,7 @@ async fn on_play(
 /// in the directory and pulled from its node, in a task of its own so the play never waits.
 fn pull_from_cluster(ctx: &SessionContext, config: &Arc<crate::config::Config>, key: &StreamKey) {
     let Some(cluster) = ctx.cluster.clone() else { return };
-    let static_pull = config.app(&key.app).is_some_and(|app| app.pull.is_some());
+    let static_pull = config.app(&key.app).is_some_and(|app| app.relays.pull.is_some());
     if static_pull || ctx.router.is_live(key) || ctx.relays.is_pulling(key) {
         return;
     }
