@@ -221,7 +221,7 @@ mod tests {
         assert_eq!(report.applied, ["timeouts"]);
         let config = ctx.config();
         assert_eq!(config.listeners[0].addr.port(), 0, "the running listener stays in the config");
-        assert_eq!(config.timeouts.idle_secs, 5);
+        assert_eq!(config.timeouts.idle, std::time::Duration::from_secs(5));
         // Still different from what runs: reported again.
         assert_eq!(reloader.reload().unwrap().restart_needed, ["listener"]);
         let _ = std::fs::remove_file(path);

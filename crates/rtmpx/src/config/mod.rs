@@ -471,48 +471,46 @@ impl Default for Limits {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
-    /// From accept to a completed handshake and connect.
-    pub handshake_secs: u64,
-    /// A publisher (or a connection that neither plays nor publishes) that sends nothing.
-    pub idle_secs: u64,
-    /// A write that makes no progress (the peer stopped reading).
-    pub write_secs: u64,
-    /// A player of a stream that nobody publishes (each one holds a file descriptor); 0 waits
-    /// for ever, as nginx-rtmp does.
-    pub unpublished_play_secs: u64,
-    /// A message left incomplete this long closes the connection, however slowly its bytes
-    /// trickle in (each partial message is timed from its first chunk).
-    pub partial_message_secs: u64,
+    /// `handshake_secs`: from accept to a completed handshake and connect.
+    #[serde(rename = "handshake_secs", with = "secs")]
+    pub handshake: Duration,
+    /// `idle_secs`: a publisher (or a connection that neither plays nor publishes) that sends
+    /// nothing.
+    #[serde(rename = "idle_secs", with = "secs")]
+    pub idle: Duration,
+    /// `write_secs`: a write that makes no progress (the peer stopped reading).
+    #[serde(rename = "write_secs", with = "secs")]
+    pub write: Duration,
+    /// `unpublished_play_secs`: a player of a stream that nobody publishes (each one holds a
+    /// file descriptor); 0 waits for ever, as nginx-rtmp does.
+    #[serde(rename = "unpublished_play_secs", with = "secs")]
+    pub unpublished_play: Duration,
+    /// `partial_message_secs`: a message left incomplete this long closes the connection,
+    /// however slowly its bytes trickle in (each partial message is timed from its first chunk).
+    #[serde(rename = "partial_message_secs", with = "secs")]
+    pub partial_message: Duration,
 }
 
 impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
-            handshake_secs: 10,
-            idle_secs: 60,
-            write_secs: 30,
-            unpublished_play_secs: 60,
-            partial_message_secs: 30,
+            handshake: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+            write: Duration::from_secs(30),
+            unpublished_play: Duration::from_secs(60),
+            partial_message: Duration::from_secs(30),
         }
     }
 }
 
-impl Timeouts {
-    pub fn handshake(&self) -> Duration {
-        Duration::from_secs(self.handshake_secs)
-    }
-    pub fn idle(&self) -> Duration {
-        Duration::from_secs(self.idle_secs)
-    }
-    pub fn write(&self) -> Duration {
-        Duration::from_secs(self.write_secs)
-    }
-    pub fn unpublished_play(&self) -> Duration {
-        Duration::from_secs(self.unpublished_play_secs)
-    }
+/// Durations written as whole seconds (`*_secs` keys).
+mod secs {
+    use std::time::Duration;
 
-    pub fn partial_message(&self) -> Duration {
-        Duration::from_secs(self.partial_message_secs)
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        u64::deserialize(deserializer).map(Duration::from_secs)
     }
 }
 
@@ -717,7 +715,7 @@ impl Config {
             ));
         }
         let t = &self.timeouts;
-        if t.handshake_secs == 0 || t.idle_secs == 0 || t.write_secs == 0 || t.partial_message_secs == 0 {
+        if t.handshake.is_zero() || t.idle.is_zero() || t.write.is_zero() || t.partial_message.is_zero() {
             return Err("timeouts.*_secs must be at least 1".into());
         }
         let r = &self.rtmpt;

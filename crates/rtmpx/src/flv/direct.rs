@@ -54,7 +54,7 @@ pub async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let write_timeout = ctx.config().timeouts.write();
+    let write_timeout = ctx.config().timeouts.write;
     let chunked = request.version() == Version::HTTP_11;
     let conn = FlvConn { ctx, peer, transport, write_timed_out: Arc::default(), upgrade: Default::default() };
     let answer = {
@@ -98,7 +98,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let ctx = session.context().clone();
-    let write_timeout = ctx.config().timeouts.write();
+    let write_timeout = ctx.config().timeouts.write;
     let entry = session.entry();
     let mut shutdown = ctx.shutdown_signal();
     // A player sends nothing after its request: the first read shows a close; after data, reads

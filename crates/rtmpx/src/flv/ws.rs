@@ -49,7 +49,7 @@ pub async fn run(job: Job) {
     let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
     let (mut sink, mut incoming) = ws.split();
     let ctx = session.context().clone();
-    let write_timeout = ctx.config().timeouts.write();
+    let write_timeout = ctx.config().timeouts.write;
     let entry = session.entry();
     let mut shutdown = ctx.shutdown_signal();
     let mut pieces = VecDeque::new();

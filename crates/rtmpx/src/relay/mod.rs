@@ -142,7 +142,7 @@ impl RelayManager {
                 player,
                 app_url,
                 remote_name,
-                options: RelayOptions::new(&config.relay, config.timeouts.write()),
+                options: RelayOptions::new(&config.relay, config.timeouts.write),
                 status,
                 shutdown: self.inner.shutdown.clone(),
             };
@@ -202,7 +202,7 @@ impl RelayManager {
             key: key.clone(),
             app_url,
             linger,
-            options: RelayOptions::new(&config.relay, config.timeouts.write()),
+            options: RelayOptions::new(&config.relay, config.timeouts.write),
             manager: self.clone(),
             status,
             shutdown: self.inner.shutdown.clone(),

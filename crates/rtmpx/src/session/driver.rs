@@ -118,7 +118,7 @@ impl<'a> Driver<'a> {
             memory_limit: config.limits.max_memory_per_ip,
             rtmpe_per_ip: config.limits.rtmpe_handshakes_per_ip,
             partial: None,
-            handshake_deadline: now + config.timeouts.handshake(),
+            handshake_deadline: now + config.timeouts.handshake,
             connected: false,
             last_read: now,
             release_after_flush: false,
@@ -142,7 +142,7 @@ impl<'a> Driver<'a> {
         };
         loop {
             if self.hold_until.is_none() {
-                flush(out, self.timeouts.write()).await?;
+                flush(out, self.timeouts.write).await?;
             }
             {
                 let mut st = out.lock();
@@ -165,7 +165,7 @@ impl<'a> Driver<'a> {
                     };
                     self.on_input(n, verdict).await
                 }
-                _ = sleep_until_opt(self.partial.map(|(_, since)| since + self.timeouts.partial_message())) => {
+                _ = sleep_until_opt(self.partial.map(|(_, since)| since + self.timeouts.partial_message)) => {
                     ControlFlow::Break(Err(Error::Timeout("a message left incomplete")))
                 }
                 _ = fan_out_window_end(&mut self.conn.publishing) => self.on_fan_out_window_end().await,
@@ -193,13 +193,13 @@ impl<'a> Driver<'a> {
         } else if let (Some(playing), None) = (&self.conn.playing, &self.conn.publishing) {
             // Players may send nothing for a long time; their writes are bounded instead. A stream
             // nobody publishes holds them only so long (each one holds a file descriptor).
-            let limit = self.timeouts.unpublished_play();
+            let limit = self.timeouts.unpublished_play;
             playing
                 .unpublished_since
                 .filter(|_| !limit.is_zero())
                 .map(|since| (since + limit, "the stream was not published"))
         } else {
-            Some((self.last_read + self.timeouts.idle(), "no data from the client"))
+            Some((self.last_read + self.timeouts.idle, "no data from the client"))
         }
     }
 
@@ -236,7 +236,7 @@ impl<'a> Driver<'a> {
         }
         if let Err(e) = outcome {
             // Whatever the session produced before the error (e.g. a reject) still goes out.
-            let _ = flush(self.out, self.timeouts.write()).await;
+            let _ = flush(self.out, self.timeouts.write).await;
             return ControlFlow::Break(Err(e));
         }
         let (held_input, oldest) = {
@@ -299,7 +299,7 @@ impl<'a> Driver<'a> {
     /// Shutdown or a kick: tells the client, writes what is left, and ends with `result`.
     async fn goodbye(&mut self, result: Result<()>) -> Result<()> {
         say_goodbye(&mut self.out.lock().session, self.conn);
-        let _ = flush(self.out, self.timeouts.write()).await;
+        let _ = flush(self.out, self.timeouts.write).await;
         result
     }
 }

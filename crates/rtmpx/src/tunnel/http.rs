@@ -84,7 +84,7 @@ where
     let mut shutdown = transport.session.shutdown_signal();
     let connection = transport.tunnels.connection();
     let write_timed_out = Arc::default();
-    let io = WriteDeadline::new(io, config.timeouts.write(), Arc::clone(&write_timed_out));
+    let io = WriteDeadline::new(io, config.timeouts.write, Arc::clone(&write_timed_out));
     let flv = FlvConn {
         ctx: transport.session.clone(),
         peer,

@@ -63,7 +63,7 @@ pub async fn serve_sniffed<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let wait = transport.session.config().timeouts.handshake();
+    let wait = transport.session.config().timeouts.handshake;
     // An HTTP client has as long for its first request's head as an RTMP client for its first byte.
     let sniffed = async {
         match sniff::sniff(stream).await? {
@@ -96,7 +96,7 @@ pub async fn serve_tunnel<S>(stream: S, peer: SocketAddr, http: Origin, transpor
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let wait = transport.session.config().timeouts.handshake();
+    let wait = transport.session.config().timeouts.handshake;
     let head = async {
         match sniff::sniff(stream).await? {
             Some((_, stream)) => sniff::read_head(stream).await.map(Some),
