@@ -13,15 +13,60 @@ use rtmpx_router::StreamSnapshot;
 
 use crate::error::Error;
 
-/// Every variant, in the order of the metric arrays.
-pub const VARIANTS: [&str; 10] =
-    ["rtmp", "rtmps", "rtmpt", "rtmpts", "rtmpe", "rtmpte", "http-flv", "https-flv", "ws-flv", "wss-flv"];
-
-/// Index of a variant name in [`VARIANTS`]. RTMPE inside RTMPTS ("rtmpts+rtmpe") counts as rtmpts.
-pub fn variant_index(name: &str) -> usize {
-    let base = name.split('+').next().unwrap_or(name);
-    VARIANTS.iter().position(|v| *v == base).unwrap_or(0)
+/// How a client reached the gateway: the label of logs and metrics. RTMPE inside TLS is no
+/// variant of its own (it counts as rtmps or rtmpts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Variant {
+    Rtmp,
+    Rtmps,
+    Rtmpt,
+    Rtmpts,
+    Rtmpe,
+    Rtmpte,
+    HttpFlv,
+    HttpsFlv,
+    WsFlv,
+    WssFlv,
 }
+
+impl Variant {
+    /// Every variant, in the order of the metric arrays.
+    pub const ALL: [Variant; 10] = [
+        Variant::Rtmp,
+        Variant::Rtmps,
+        Variant::Rtmpt,
+        Variant::Rtmpts,
+        Variant::Rtmpe,
+        Variant::Rtmpte,
+        Variant::HttpFlv,
+        Variant::HttpsFlv,
+        Variant::WsFlv,
+        Variant::WssFlv,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Rtmp => "rtmp",
+            Variant::Rtmps => "rtmps",
+            Variant::Rtmpt => "rtmpt",
+            Variant::Rtmpts => "rtmpts",
+            Variant::Rtmpe => "rtmpe",
+            Variant::Rtmpte => "rtmpte",
+            Variant::HttpFlv => "http-flv",
+            Variant::HttpsFlv => "https-flv",
+            Variant::WsFlv => "ws-flv",
+            Variant::WssFlv => "wss-flv",
+        }
+    }
+}
+
+impl std::fmt::Display for Variant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+const VARIANTS: usize = Variant::ALL.len();
 
 /// What a session does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,9 +162,9 @@ impl Denial {
 /// The gateway's counters, shared by the registry, the sessions and the transports.
 #[derive(Default)]
 pub struct Metrics {
-    sessions_opened: [AtomicU64; VARIANTS.len()],
-    closed_bytes_in: [AtomicU64; VARIANTS.len()],
-    closed_bytes_out: [AtomicU64; VARIANTS.len()],
+    sessions_opened: [AtomicU64; VARIANTS],
+    closed_bytes_in: [AtomicU64; VARIANTS],
+    closed_bytes_out: [AtomicU64; VARIANTS],
     closed_dropped_frames: AtomicU64,
     handshake_failures: [AtomicU64; HandshakeFailure::ALL.len()],
     denials: [AtomicU64; 4],
@@ -131,13 +176,13 @@ pub struct Metrics {
 
 impl Metrics {
     /// A session's handshake completed and it is now counted as `variant`.
-    pub fn session_opened(&self, variant: &str) {
-        self.sessions_opened[variant_index(variant)].fetch_add(1, Ordering::Relaxed);
+    pub fn session_opened(&self, variant: Variant) {
+        self.sessions_opened[variant as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A session ended: its bytes and dropped frames move into the totals.
-    pub fn session_closed(&self, variant: &str, bytes_in: u64, bytes_out: u64, dropped_frames: u64) {
-        let i = variant_index(variant);
+    pub fn session_closed(&self, variant: Variant, bytes_in: u64, bytes_out: u64, dropped_frames: u64) {
+        let i = variant as usize;
         self.closed_bytes_in[i].fetch_add(bytes_in, Ordering::Relaxed);
         self.closed_bytes_out[i].fetch_add(bytes_out, Ordering::Relaxed);
         self.closed_dropped_frames.fetch_add(dropped_frames, Ordering::Relaxed);
@@ -170,10 +215,10 @@ impl Metrics {
 #[derive(Debug, Default)]
 pub struct LiveSessions {
     /// Open sessions by variant and [`Role`].
-    pub sessions: [[u64; Role::ALL.len()]; VARIANTS.len()],
+    pub sessions: [[u64; Role::ALL.len()]; VARIANTS],
     /// Bytes of live sessions whose handshake completed, by variant.
-    pub bytes_in: [u64; VARIANTS.len()],
-    pub bytes_out: [u64; VARIANTS.len()],
+    pub bytes_in: [u64; VARIANTS],
+    pub bytes_out: [u64; VARIANTS],
     pub dropped_frames: u64,
 }
 
@@ -318,7 +363,7 @@ pub fn render(view: &MetricsView) -> String {
 
     let mut out = Out(String::with_capacity(8 * 1024));
     out.header("rtmpx_sessions", "gauge", "Open sessions by variant and role.");
-    for (v, variant) in VARIANTS.iter().enumerate() {
+    for (v, variant) in Variant::ALL.iter().map(|v| v.name()).enumerate() {
         for role in Role::ALL {
             out.sample(
                 "rtmpx_sessions",
@@ -332,7 +377,7 @@ pub fn render(view: &MetricsView) -> String {
         "counter",
         "Sessions that completed their handshake, by variant.",
     );
-    for (v, variant) in VARIANTS.iter().enumerate() {
+    for (v, variant) in Variant::ALL.iter().map(|v| v.name()).enumerate() {
         out.sample("rtmpx_sessions_opened_total", &[("variant", variant)], get(&m.sessions_opened[v]));
     }
     out.header("rtmpx_streams", "gauge", "Streams with a publisher or players.");
@@ -366,11 +411,11 @@ pub fn render(view: &MetricsView) -> String {
         "counter",
         "Bytes received from clients (after TLS/HTTP), by variant.",
     );
-    for (v, variant) in VARIANTS.iter().enumerate() {
+    for (v, variant) in Variant::ALL.iter().map(|v| v.name()).enumerate() {
         out.sample("rtmpx_bytes_in_total", &[("variant", variant)], get(&m.closed_bytes_in[v]) + live_in[v]);
     }
     out.header("rtmpx_bytes_out_total", "counter", "Bytes sent to clients (before TLS/HTTP), by variant.");
-    for (v, variant) in VARIANTS.iter().enumerate() {
+    for (v, variant) in Variant::ALL.iter().map(|v| v.name()).enumerate() {
         out.sample(
             "rtmpx_bytes_out_total",
             &[("variant", variant)],
@@ -483,12 +528,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn variant_names_map_to_their_slot() {
-        assert_eq!(variant_index("rtmp"), 0);
-        assert_eq!(variant_index("rtmps"), 1);
-        assert_eq!(variant_index("rtmpte"), 5);
-        assert_eq!(variant_index("rtmpts+rtmpe"), 3);
-        assert_eq!(VARIANTS[variant_index("rtmpe")], "rtmpe");
+    fn variants_have_their_slot_and_a_distinct_name() {
+        for (i, variant) in Variant::ALL.into_iter().enumerate() {
+            assert_eq!(variant as usize, i);
+        }
+        assert_eq!(Variant::Rtmpte as usize, 5);
+        let names: std::collections::BTreeSet<_> = Variant::ALL.iter().map(|v| v.name()).collect();
+        assert_eq!(names.len(), VARIANTS);
+        assert_eq!(Variant::WssFlv.to_string(), "wss-flv");
     }
 
     #[test]

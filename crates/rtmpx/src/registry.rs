@@ -15,7 +15,7 @@ use dashmap::DashMap;
 use tokio::sync::Notify;
 
 use crate::error::Error;
-use crate::metrics::{variant_index, HandshakeFailure, LiveSessions, Metrics, Role};
+use crate::metrics::{HandshakeFailure, LiveSessions, Metrics, Role, Variant};
 use crate::sync::lock;
 
 /// Bitrates are measured over this much time (samples every [`SAMPLE_EVERY`]).
@@ -43,7 +43,7 @@ impl Registry {
         let mut live = LiveSessions::default();
         for entry in self.map.iter() {
             let state = entry.state();
-            let v = variant_index(state.variant);
+            let v = state.variant as usize;
             live.sessions[v][state.role as usize] += 1;
             if state.handshake_done {
                 live.bytes_in[v] += entry.bytes_in();
@@ -99,7 +99,7 @@ impl Registry {
 /// What can change about a session after it opened.
 #[derive(Debug, Clone)]
 pub struct EntryState {
-    pub variant: &'static str,
+    pub variant: Variant,
     /// Whether the handshake completed (before that, `variant` may still turn into rtmpe).
     pub handshake_done: bool,
     pub app: Option<String>,
@@ -245,7 +245,7 @@ pub struct SessionGuard {
 
 impl SessionGuard {
     /// Registers session `id`, whose variant is `variant` until the handshake says otherwise.
-    pub fn open(registry: &Arc<Registry>, id: u64, peer: SocketAddr, variant: &'static str) -> SessionGuard {
+    pub fn open(registry: &Arc<Registry>, id: u64, peer: SocketAddr, variant: Variant) -> SessionGuard {
         let entry = Arc::new(SessionEntry {
             id,
             peer,
@@ -283,7 +283,7 @@ impl SessionGuard {
     }
 
     /// The handshake completed as `variant`.
-    pub fn handshake_complete(&self, variant: &'static str) {
+    pub fn handshake_complete(&self, variant: Variant) {
         let mut state = self.entry.lock();
         state.variant = variant;
         state.handshake_done = true;
@@ -325,14 +325,14 @@ mod tests {
     fn a_guard_registers_its_session_and_moves_its_bytes_into_the_totals_on_drop() {
         let registry = registry();
         let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
-        let guard = SessionGuard::open(&registry, 7, peer, "rtmp");
+        let guard = SessionGuard::open(&registry, 7, peer, Variant::Rtmp);
         guard.entry().add_in(1000);
         guard.entry().add_out(500);
         guard.entry().set_app("live");
         guard.entry().set_role(Role::Player, "s");
         // Before the handshake the bytes count under no variant yet (it may become rtmpe).
         assert!(render(&registry).contains("rtmpx_bytes_in_total{variant=\"rtmpe\"} 0"));
-        guard.handshake_complete("rtmpe");
+        guard.handshake_complete(Variant::Rtmpe);
         let text = render(&registry);
         assert!(text.contains("rtmpx_sessions{variant=\"rtmpe\",role=\"player\"} 1"), "{text}");
         assert!(text.contains("rtmpx_bytes_in_total{variant=\"rtmpe\"} 1000"), "{text}");
@@ -356,7 +356,7 @@ mod tests {
             (2, Ok(())),
             (3, Err(Error::Kicked("gateway shutting down"))),
         ] {
-            let guard = SessionGuard::open(&registry, id, peer, "rtmp");
+            let guard = SessionGuard::open(&registry, id, peer, Variant::Rtmp);
             guard.finish(&result);
         }
         let text = render(&registry);
@@ -368,7 +368,7 @@ mod tests {
     #[tokio::test]
     async fn a_kick_wakes_the_session_with_its_reason() {
         let registry = registry();
-        let guard = SessionGuard::open(&registry, 9, "127.0.0.1:1".parse().unwrap(), "rtmp");
+        let guard = SessionGuard::open(&registry, 9, "127.0.0.1:1".parse().unwrap(), Variant::Rtmp);
         assert!(registry.kick(9, "kicked through the admin API"));
         assert!(!registry.kick(10, "nobody"));
         let why = tokio::time::timeout(Duration::from_secs(1), guard.entry().kicked()).await.unwrap();
@@ -378,7 +378,7 @@ mod tests {
     #[tokio::test]
     async fn a_reconnect_order_reaches_the_session_once() {
         let registry = registry();
-        let guard = SessionGuard::open(&registry, 9, "127.0.0.1:1".parse().unwrap(), "rtmp");
+        let guard = SessionGuard::open(&registry, 9, "127.0.0.1:1".parse().unwrap(), Variant::Rtmp);
         let entry = guard.entry();
         assert!(!entry.reconnect_capable());
         entry.set_reconnect_capable(true);
@@ -396,7 +396,7 @@ mod tests {
     #[test]
     fn bitrates_cover_the_window() {
         let registry = registry();
-        let guard = SessionGuard::open(&registry, 1, "127.0.0.1:1".parse().unwrap(), "rtmp");
+        let guard = SessionGuard::open(&registry, 1, "127.0.0.1:1".parse().unwrap(), Variant::Rtmp);
         let entry = guard.entry();
         // Samples 12 s, 8 s and 4 s ago: the window starts at the oldest one within reach.
         let now = Instant::now();

@@ -96,7 +96,7 @@ fn session_json(entry: &SessionEntry, codecs: &CodecsByStream) -> SessionJson {
     SessionJson {
         id: entry.id,
         peer: entry.peer.to_string(),
-        variant: state.variant,
+        variant: state.variant.name(),
         app: state.app,
         stream: state.stream,
         role: state.role.name(),
@@ -129,7 +129,7 @@ pub fn streams(ctx: &SessionContext) -> Vec<StreamJson> {
     for entry in &entries {
         let state = entry.state();
         if let (Role::Player, Some(app), Some(stream)) = (state.role, state.app, state.stream) {
-            *player_variants.entry((app, stream)).or_default().entry(state.variant).or_default() += 1;
+            *player_variants.entry((app, stream)).or_default().entry(state.variant.name()).or_default() += 1;
         }
     }
     ctx.router
@@ -144,7 +144,7 @@ pub fn streams(ctx: &SessionContext) -> Vec<StreamJson> {
                 publisher: s.publisher.map(|p| PublisherJson {
                     session: p.id,
                     peer: p.peer,
-                    variant: publisher_entry.as_ref().map(|e| e.state().variant).unwrap_or(p.variant),
+                    variant: publisher_entry.as_ref().map(|e| e.state().variant.name()).unwrap_or(p.variant),
                 }),
                 app: s.key.app,
                 stream: s.key.name,

@@ -72,8 +72,11 @@ impl Denial {
     fn play(reason: impl Into<String>) -> Self {
         Denial { code: "NetStream.Play.Failed", reason: reason.into() }
     }
-    fn bad_name(publish: bool, reason: impl Into<String>) -> Self {
-        let code = if publish { "NetStream.Publish.BadName" } else { "NetStream.Play.StreamNotFound" };
+    fn bad_name(action: Action, reason: impl Into<String>) -> Self {
+        let code = match action {
+            Action::Publish => "NetStream.Publish.BadName",
+            Action::Play => "NetStream.Play.StreamNotFound",
+        };
         Denial { code, reason: reason.into() }
     }
 }
@@ -141,10 +144,21 @@ fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Action {
+/// What a client asks to do with a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
     Publish,
     Play,
+}
+
+impl Action {
+    /// "publish" or "play", for logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Publish => "publish",
+            Action::Play => "play",
+        }
+    }
 }
 
 impl Gate {
@@ -272,16 +286,13 @@ impl Gate {
         let mut name = name.to_owned();
         let mut args = parse_query(query);
         if name.is_empty() {
-            return Err(Denial::bad_name(publish, "empty stream name"));
+            return Err(Denial::bad_name(action, "empty stream name"));
         }
         if name.len() > MAX_NAME {
-            return Err(Denial::bad_name(publish, format!("stream name longer than {MAX_NAME} bytes")));
+            return Err(Denial::bad_name(action, format!("stream name longer than {MAX_NAME} bytes")));
         }
         if query.len() > MAX_QUERY {
-            return Err(Denial::bad_name(
-                publish,
-                format!("stream name query longer than {MAX_QUERY} bytes"),
-            ));
+            return Err(Denial::bad_name(action, format!("stream name query longer than {MAX_QUERY} bytes")));
         }
         let (allowed, allow, deny_list, keys, verb) = if publish {
             (

@@ -23,7 +23,7 @@ use tracing::{info, warn};
 
 use crate::auth::{self, Grant};
 use crate::error::Error;
-use crate::metrics::{Denial, Role};
+use crate::metrics::{Denial, Role, Variant};
 use crate::registry::SessionGuard;
 use crate::session::{SessionContext, Transport};
 
@@ -43,14 +43,14 @@ pub fn route(path: &str) -> Option<(&str, &str)> {
     (valid(app) && valid(stream)).then_some((app, stream))
 }
 
-/// The variant name of a player on `transport`: `http-flv`, `https-flv`, `ws-flv` or `wss-flv`.
-pub fn variant(transport: Transport, websocket: bool) -> &'static str {
+/// The variant of a player on `transport`: `http-flv`, `https-flv`, `ws-flv` or `wss-flv`.
+pub fn variant(transport: Transport, websocket: bool) -> Variant {
     let tls = matches!(transport, Transport::Tls | Transport::HttpTls);
     match (tls, websocket) {
-        (false, false) => "http-flv",
-        (true, false) => "https-flv",
-        (false, true) => "ws-flv",
-        (true, true) => "wss-flv",
+        (false, false) => Variant::HttpFlv,
+        (true, false) => Variant::HttpsFlv,
+        (false, true) => Variant::WsFlv,
+        (true, true) => Variant::WssFlv,
     }
 }
 
@@ -79,7 +79,7 @@ pub struct FlvSession {
     ctx: Arc<SessionContext>,
     id: u64,
     peer: SocketAddr,
-    variant: &'static str,
+    variant: Variant,
     started: Instant,
     stream: String,
     registry: SessionGuard,
@@ -100,7 +100,7 @@ impl FlvSession {
     pub async fn open(
         ctx: &Arc<SessionContext>,
         peer: SocketAddr,
-        variant: &'static str,
+        variant: Variant,
         request: PlayRequest<'_>,
         subscribe: bool,
     ) -> Result<FlvSession, Refusal> {
@@ -138,7 +138,7 @@ impl FlvSession {
             Ok(client) => client,
             Err(denial) => {
                 let missing = config.app(auth::normalize_app(request.app)).is_none();
-                warn!(session = id, %peer, variant, app = request.app, "connect rejected: {}", denial.reason);
+                warn!(session = id, %peer, %variant, app = request.app, "connect rejected: {}", denial.reason);
                 ctx.metrics.denied(Denial::Connect);
                 session.end = Some(Error::Denied(denial.reason));
                 return Err(if missing { Refusal::NotFound } else { Refusal::Forbidden });
@@ -149,7 +149,7 @@ impl FlvSession {
         let grant = match ctx.auth.play(&config, &client, &request.stream, -2.0, -1.0, false).await {
             Ok(grant) => grant,
             Err(denial) => {
-                warn!(session = id, %peer, variant, stream = %session.stream, code = %denial.code, "play denied: {}", denial.reason);
+                warn!(session = id, %peer, %variant, stream = %session.stream, code = %denial.code, "play denied: {}", denial.reason);
                 ctx.metrics.denied(Denial::Play);
                 session.end = Some(Error::Denied(denial.reason));
                 return Err(Refusal::Forbidden);
@@ -172,11 +172,11 @@ impl FlvSession {
                 session.tracks = (snapshot.audio_codec.is_some(), snapshot.video_codec.is_some());
             }
         }
-        let info = SessionInfo { id, peer: peer.to_string(), variant };
+        let info = SessionInfo { id, peer: peer.to_string(), variant: variant.name() };
         session.player = Some(ctx.router.play(key.clone(), info));
         session.grant = Some(grant);
         session.registry.entry().set_role(Role::Player, &key.name);
-        info!(session = id, %peer, variant, stream = %crate::logsafe::Escaped(&key), "playing");
+        info!(session = id, %peer, %variant, stream = %crate::logsafe::Escaped(&key), "playing");
         ctx.relays.ensure_pull(&ctx.router, &config, &key);
         Ok(session)
     }
@@ -260,7 +260,7 @@ impl Drop for FlvSession {
         // Leave the router before `on_play_done` goes out (the grant drops after this).
         self.player = None;
         let reason = self.end.as_ref().map_or_else(|| "closed".to_string(), Error::to_string);
-        let role = if self.grant.is_some() { "player" } else { "none" };
+        let role = if self.grant.is_some() { Role::Player } else { Role::None }.name();
         let line = format!(
             "session {} closed: peer={} variant={} handshake=- stream={} role={role} in={}B out={}B duration={:.1}s reason={reason}",
             self.id,
@@ -295,9 +295,9 @@ mod tests {
 
     #[test]
     fn variants() {
-        assert_eq!(variant(Transport::Tcp, false), "http-flv");
-        assert_eq!(variant(Transport::Http, true), "ws-flv");
-        assert_eq!(variant(Transport::Tls, false), "https-flv");
-        assert_eq!(variant(Transport::HttpTls, true), "wss-flv");
+        assert_eq!(variant(Transport::Tcp, false), Variant::HttpFlv);
+        assert_eq!(variant(Transport::Http, true), Variant::WsFlv);
+        assert_eq!(variant(Transport::Tls, false), Variant::HttpsFlv);
+        assert_eq!(variant(Transport::HttpTls, true), Variant::WssFlv);
     }
 }

@@ -325,7 +325,12 @@ mod tests {
         use rand::SeedableRng;
         let (client, server) = tokio::io::duplex(capacity);
         let registry = Arc::new(crate::registry::Registry::new(Arc::default()));
-        let guard = crate::registry::SessionGuard::open(&registry, 1, "127.0.0.1:1".parse().unwrap(), "rtmp");
+        let guard = crate::registry::SessionGuard::open(
+            &registry,
+            1,
+            "127.0.0.1:1".parse().unwrap(),
+            crate::metrics::Variant::Rtmp,
+        );
         let session = ServerSession::new(Default::default(), &mut rand::rngs::StdRng::seed_from_u64(1));
         let io = SessionIo {
             state: Mutex::new(IoState {

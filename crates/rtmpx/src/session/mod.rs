@@ -29,6 +29,7 @@ use crate::budget::Charge;
 use crate::error::Error;
 use crate::fan_out::FanOut;
 use crate::logsafe::Escaped;
+use crate::metrics::{Role, Variant};
 use crate::registry::SessionGuard;
 
 /// Bytes of player output gathered before one write: fewer, larger writes.
@@ -46,17 +47,17 @@ pub enum Transport {
 }
 
 impl Transport {
-    /// The variant name for logs and metrics, given whether the handshake was RTMPE.
-    pub fn variant(self, encrypted: bool) -> &'static str {
+    /// The variant for logs and metrics, given whether the handshake was RTMPE.
+    pub fn variant(self, encrypted: bool) -> Variant {
         match (self, encrypted) {
-            (Transport::Tcp, false) => "rtmp",
-            (Transport::Tcp, true) => "rtmpe",
+            (Transport::Tcp, false) => Variant::Rtmp,
+            (Transport::Tcp, true) => Variant::Rtmpe,
             // RTMPE inside TLS is not a variant of its own.
-            (Transport::Tls, _) => "rtmps",
-            (Transport::Http, false) => "rtmpt",
-            (Transport::Http, true) => "rtmpte",
+            (Transport::Tls, _) => Variant::Rtmps,
+            (Transport::Http, false) => Variant::Rtmpt,
+            (Transport::Http, true) => Variant::Rtmpte,
             // RTMPE inside TLS is not a variant of its own.
-            (Transport::HttpTls, _) => "rtmpts",
+            (Transport::HttpTls, _) => Variant::Rtmpts,
         }
     }
 }
@@ -107,7 +108,7 @@ struct Connection {
     /// Who connected, as `connect` was accepted (for publish/play decisions and callbacks).
     client: Option<auth::Client>,
     stream_name: Option<String>,
-    role: &'static str,
+    role: Role,
     publishing: Option<Publishing>,
     playing: Option<Playing>,
     bytes_in: u64,
@@ -119,12 +120,12 @@ struct Connection {
 }
 
 impl Connection {
-    fn variant(&self) -> &'static str {
+    fn variant(&self) -> Variant {
         self.transport.variant(self.encrypted)
     }
 
     fn info(&self) -> SessionInfo {
-        SessionInfo { id: self.id, peer: self.peer.to_string(), variant: self.variant() }
+        SessionInfo { id: self.id, peer: self.peer.to_string(), variant: self.variant().name() }
     }
 }
 
@@ -145,7 +146,7 @@ where
         app: None,
         client: None,
         stream_name: None,
-        role: "none",
+        role: Role::None,
         publishing: None,
         playing: None,
         bytes_in: 0,
@@ -163,7 +164,7 @@ where
                 std::io::ErrorKind::ConnectionReset
                     | std::io::ErrorKind::BrokenPipe
                     | std::io::ErrorKind::UnexpectedEof
-            ) && conn.role != "none" =>
+            ) && conn.role != Role::None =>
         {
             Ok(())
         }
@@ -186,7 +187,7 @@ where
         conn.variant(),
         conn.handshake,
         Escaped(&app_stream),
-        conn.role,
+        conn.role.name(),
         conn.bytes_in,
         conn.bytes_out,
         started.elapsed().as_secs_f64(),

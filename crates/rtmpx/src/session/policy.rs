@@ -10,7 +10,7 @@ use tracing::{debug, info, warn};
 use super::direct::DirectPlayer;
 use super::io::{deliver, SessionIo};
 use super::{seal_pairing, Connection, Playing, Publishing, SessionContext};
-use crate::auth;
+use crate::auth::{self, Action};
 use crate::error::{Error, Result};
 use crate::fan_out::{Batching, FanOut};
 use crate::logsafe::Escaped;
@@ -122,7 +122,9 @@ async fn on_publish(
     };
     let grant = match ctx.auth.publish(&config, client, stream_name, mode).await {
         Ok(grant) => grant,
-        Err(denial) => return deny(&mut out.lock().session, conn, ctx, stream_id, true, stream_name, denial),
+        Err(denial) => {
+            return deny(&mut out.lock().session, conn, ctx, stream_id, Action::Publish, stream_name, denial)
+        }
     };
     let key = StreamKey::new(&app, &grant.name);
     match ctx.router.publish(key.clone(), conn.info()) {
@@ -145,7 +147,7 @@ async fn on_publish(
                 None => None,
             };
             out.lock().session.accept_publish(stream_id)?;
-            conn.role = "publisher";
+            conn.role = Role::Publisher;
             conn.registry.entry().set_role(Role::Publisher, &key.name);
             conn.stream_name = Some(key.name.clone());
             let fan_out = FanOut::new(Batching::new(&config.server, ctx.load.clone()), seal_pairing::scope);
@@ -155,9 +157,9 @@ async fn on_publish(
             if takeover {
                 // A reconnecting client: it replaces the live publisher at its first keyframe, and
                 // the stream's pushes go on.
-                info!(session = conn.id, peer = %conn.peer, variant = conn.variant(), stream = %Escaped(&key), "publishing (taking over from the reconnecting publisher)");
+                info!(session = conn.id, peer = %conn.peer, variant = %conn.variant(), stream = %Escaped(&key), "publishing (taking over from the reconnecting publisher)");
             } else {
-                info!(session = conn.id, peer = %conn.peer, variant = conn.variant(), stream = %Escaped(&key), "publishing");
+                info!(session = conn.id, peer = %conn.peer, variant = %conn.variant(), stream = %Escaped(&key), "publishing");
                 // Relays: republish to the app's push upstreams (pulled streams never come here).
                 ctx.relays.start_pushes(&ctx.router, &config, &key);
             }
@@ -195,7 +197,7 @@ async fn on_play(
     let grant = match ctx.auth.play(&config, client, stream_name, start, duration, reset).await {
         Ok(grant) => grant,
         Err(denial) => {
-            return deny(&mut out.lock().session, conn, ctx, stream_id, false, stream_name, denial)
+            return deny(&mut out.lock().session, conn, ctx, stream_id, Action::Play, stream_name, denial)
         }
     };
     let key = StreamKey::new(&app, &grant.name);
@@ -226,11 +228,11 @@ async fn on_play(
         };
         player.set_direct_sink(Some(Arc::new(sink)));
     }
-    conn.role = "player";
+    conn.role = Role::Player;
     conn.registry.entry().set_role(Role::Player, &key.name);
     conn.stream_name = Some(key.name.clone());
     conn.playing = Some(Playing { stream_id, player, unpublished_since, _grant: grant });
-    info!(session = conn.id, peer = %conn.peer, variant = conn.variant(), stream = %Escaped(&key), legacy, "playing");
+    info!(session = conn.id, peer = %conn.peer, variant = %conn.variant(), stream = %Escaped(&key), legacy, "playing");
     // Relays: a stream that is not live here is pulled from the app's upstream, if it has one.
     ctx.relays.ensure_pull(&ctx.router, &config, &key);
     pull_from_cluster(ctx, &config, &key);
@@ -261,19 +263,22 @@ fn deny(
     conn: &Connection,
     ctx: &SessionContext,
     stream_id: u32,
-    publish: bool,
+    action: Action,
     stream_name: &str,
     denial: auth::Denial,
 ) -> Result<()> {
-    let (what, name) = (if publish { "publish" } else { "play" }, auth::query::split_name(stream_name).0);
+    let (what, name) = (action.name(), auth::query::split_name(stream_name).0);
     let app = conn.app.as_deref().unwrap_or("-");
     warn!(session = conn.id, peer = %conn.peer, variant = %conn.variant(), stream = %Escaped(format_args!("{app}/{name}")), code = %denial.code, "{what} denied: {}", Escaped(&denial.reason));
-    if publish {
-        ctx.metrics.denied(Denial::Publish);
-        session.reject_publish(stream_id, denial.code, &denial.reason)?;
-    } else {
-        ctx.metrics.denied(Denial::Play);
-        session.reject_play(stream_id, denial.code, &denial.reason)?;
+    match action {
+        Action::Publish => {
+            ctx.metrics.denied(Denial::Publish);
+            session.reject_publish(stream_id, denial.code, &denial.reason)?;
+        }
+        Action::Play => {
+            ctx.metrics.denied(Denial::Play);
+            session.reject_play(stream_id, denial.code, &denial.reason)?;
+        }
     }
     Err(Error::Denied(denial.reason))
 }
