@@ -26,6 +26,7 @@ impl AddressBudgets {
     }
 
     /// Bytes charged to `ip` now.
+    #[cfg_attr(not(test), allow(dead_code, reason = "read by the tests"))]
     pub fn held(&self, ip: IpAddr) -> usize {
         let counter = lock(&self.held).get(&ip).cloned();
         counter.map_or(0, |counter| counter.load(Ordering::Relaxed))
@@ -58,6 +59,7 @@ impl Charge {
         Ok(())
     }
 
+    #[cfg_attr(not(test), allow(dead_code, reason = "read by the tests"))]
     pub fn held(&self) -> usize {
         self.held
     }

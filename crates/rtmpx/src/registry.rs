@@ -34,6 +34,7 @@ impl Registry {
     }
 
     /// The counters sessions add to when they open and close.
+    #[cfg(test)]
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }

@@ -54,6 +54,7 @@ impl RtmpeBudget {
     }
 
     /// Addresses with a bucket (for tests).
+    #[cfg_attr(not(test), allow(dead_code, reason = "read by the tests"))]
     pub fn tracked(&self) -> usize {
         lock(&self.buckets).len()
     }

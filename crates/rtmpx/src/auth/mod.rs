@@ -167,6 +167,7 @@ impl Gate {
     }
 
     /// Publisher and player slots in use (for leak checks).
+    #[cfg(test)]
     pub fn quota_entries(&self) -> usize {
         self.quotas.entries()
     }

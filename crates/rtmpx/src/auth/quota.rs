@@ -48,6 +48,7 @@ impl Quotas {
     }
 
     /// Entries with a count (tests check that nothing leaks).
+    #[cfg(test)]
     pub fn entries(&self) -> usize {
         lock(&self.counts).len()
     }

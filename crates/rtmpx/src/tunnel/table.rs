@@ -302,10 +302,6 @@ impl SessionTable {
         self.total.load(Ordering::Relaxed)
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Sessions closed by [`SessionTable::expire`] for being idle, since start.
     pub fn expired_total(&self) -> u64 {
         self.expired.load(Ordering::Relaxed)
