@@ -1,7 +1,7 @@
 //! The live sessions, for the admin API and the metrics: who, which variant, what they publish
 //! or play, bytes, bitrate, and a way to kick one.
 //!
-//! session.rs opens a [`SessionGuard`] per connection (dropping it removes the entry and moves
+//! The session driver opens a [`SessionGuard`] per connection (dropping it removes the entry and moves
 //! its bytes into the metrics), updates it as the session goes, and selects on
 //! [`SessionEntry::kicked`].
 

@@ -22,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::server::TlsStream;
 use tracing::{debug, info, warn};
 
-use crate::acme::config::ChallengeKind;
+use crate::config::acme::ChallengeKind;
 use crate::acme::Acme;
 use crate::config::{CertPaths, Config, Proto, TlsSection};
 use crate::devcert;

@@ -44,7 +44,7 @@ pub struct Config {
     pub http_flv: HttpFlvSection,
     #[serde(default)]
     pub tls: TlsSection,
-    /// Push/pull relays: upstream TLS trust, backoff, queue bound (see `relay::config`).
+    /// Push/pull relays: upstream TLS trust, backoff, queue bound (see `config/relay.rs`).
     #[serde(default)]
     pub relay: RelaySection,
     /// The admin HTTP listener (metrics, JSON API, status page); off without `[admin]`.
@@ -575,7 +575,7 @@ pub struct TlsSection {
     /// TLS 1.3 session tickets sent after each handshake. 0 keeps librtmp clients (rtmpdump)
     /// working: they fail on any record that carries no application data.
     pub tls13_session_tickets: usize,
-    /// Certificates from an ACME CA (`[tls.acme]`, see `acme::config`).
+    /// Certificates from an ACME CA (`[tls.acme]`, see `config/acme.rs`).
     pub acme: Option<AcmeSection>,
 }
 
