@@ -15,22 +15,28 @@ use crate::error::Error;
 
 /// How a client reached the gateway: the label of logs and metrics. RTMPE inside TLS is no
 /// variant of its own (it counts as rtmps or rtmpts).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// Its value is its slot in the metric arrays; [`Variant::ALL`] has the order of the output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Variant {
+    /// RTMP over TCP, and with RTMPE (RC4 after a Diffie-Hellman handshake).
     Rtmp,
-    Rtmps,
-    Rtmpt,
-    Rtmpts,
     Rtmpe,
+    /// RTMP in TLS.
+    Rtmps,
+    /// RTMP tunnelled in HTTP, with RTMPE, and in TLS.
+    Rtmpt,
     Rtmpte,
+    Rtmpts,
+    /// HTTP-FLV players, plain and in TLS.
     HttpFlv,
     HttpsFlv,
+    /// WebSocket-FLV players, plain and in TLS.
     WsFlv,
     WssFlv,
 }
 
 impl Variant {
-    /// Every variant, in the order of the metric arrays.
+    /// Every variant, in the order of the `/metrics` output.
     pub const ALL: [Variant; 10] = [
         Variant::Rtmp,
         Variant::Rtmps,
@@ -234,20 +240,6 @@ pub struct RelaySample {
     pub reconnects: u64,
 }
 
-/// The cluster directory as the last heartbeat saw it (`[cluster]`).
-#[derive(Debug)]
-pub struct ClusterSample {
-    pub redis_up: bool,
-    /// Nodes with a live heartbeat (this one included).
-    pub nodes: Vec<String>,
-    /// The owning node of each stream in the directory.
-    pub stream_owners: Vec<String>,
-    pub remote_pulls: usize,
-    pub pulls_started: u64,
-    pub lookups_failed: u64,
-    pub claims_refused: u64,
-}
-
 /// Everything [`render`] prints, gathered by whoever serves `/metrics`.
 pub struct MetricsView<'a> {
     pub counters: &'a Metrics,
@@ -259,7 +251,8 @@ pub struct MetricsView<'a> {
     /// RTMPE players' fan-out writes: (sealed in a pair, sealed alone).
     pub rtmpe_seals: (u64, u64),
     pub relays: Vec<RelaySample>,
-    pub cluster: Option<ClusterSample>,
+    /// The cluster directory's lines, already in the text format (empty without `[cluster]`).
+    pub cluster: String,
     pub rtmpt_sessions: usize,
     pub rtmpt_sessions_expired: u64,
     /// The ACME certificates' lines, already in the text format (empty without ACME).
@@ -277,7 +270,7 @@ impl<'a> MetricsView<'a> {
             write_batching: false,
             rtmpe_seals: (0, 0),
             relays: Vec::new(),
-            cluster: None,
+            cluster: String::new(),
             rtmpt_sessions: 0,
             rtmpt_sessions_expired: 0,
             acme: String::new(),
@@ -298,14 +291,20 @@ fn label(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-struct Out(String);
+/// Prometheus text being written (others add their own lines: the cluster directory).
+#[derive(Default)]
+pub struct Out(String);
 
 impl Out {
-    fn header(&mut self, name: &str, kind: &str, help: &str) {
+    pub fn into_string(self) -> String {
+        self.0
+    }
+
+    pub fn header(&mut self, name: &str, kind: &str, help: &str) {
         let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
         self.0.push_str(name);
         if !labels.is_empty() {
             self.0.push('{');
@@ -321,35 +320,6 @@ impl Out {
     }
 }
 
-/// `[cluster]`: the directory as the last heartbeat saw it, and this node's pulls from others.
-fn render_cluster(out: &mut Out, view: &ClusterSample) {
-    out.header("rtmpx_cluster_redis_up", "gauge", "Whether the Redis stream directory answers.");
-    out.sample("rtmpx_cluster_redis_up", &[], u64::from(view.redis_up));
-    out.header("rtmpx_cluster_nodes", "gauge", "Nodes with a live heartbeat in the directory.");
-    out.sample("rtmpx_cluster_nodes", &[], view.nodes.len() as u64);
-    out.header("rtmpx_cluster_streams", "gauge", "Streams in the directory by owning node.");
-    let mut by_node: std::collections::BTreeMap<&str, u64> =
-        view.nodes.iter().map(|n| (n.as_str(), 0)).collect();
-    for node in &view.stream_owners {
-        *by_node.entry(node.as_str()).or_default() += 1;
-    }
-    for (node, count) in by_node {
-        out.sample("rtmpx_cluster_streams", &[("node", node)], count);
-    }
-    out.header("rtmpx_cluster_remote_pulls", "gauge", "Streams this node pulls from other nodes now.");
-    out.sample("rtmpx_cluster_remote_pulls", &[], view.remote_pulls as u64);
-    out.header("rtmpx_cluster_pulls_started_total", "counter", "Pulls from other nodes started.");
-    out.sample("rtmpx_cluster_pulls_started_total", &[], view.pulls_started);
-    out.header("rtmpx_cluster_lookups_failed_total", "counter", "Look-ups that failed (Redis unavailable).");
-    out.sample("rtmpx_cluster_lookups_failed_total", &[], view.lookups_failed);
-    out.header(
-        "rtmpx_cluster_claims_refused_total",
-        "counter",
-        "Publishes refused because another node publishes the stream.",
-    );
-    out.sample("rtmpx_cluster_claims_refused_total", &[], view.claims_refused);
-}
-
 /// The Prometheus text exposition (format 0.0.4) of everything the gateway counts.
 pub fn render(view: &MetricsView) -> String {
     let m = view.counters;
@@ -363,7 +333,7 @@ pub fn render(view: &MetricsView) -> String {
 
     let mut out = Out(String::with_capacity(8 * 1024));
     out.header("rtmpx_sessions", "gauge", "Open sessions by variant and role.");
-    for (v, variant) in Variant::ALL.iter().map(|v| v.name()).enumerate() {
+    for (v, variant) in Variant::ALL.map(|v| (v as usize, v.name())) {
         for role in Role::ALL {
             out.sample(
                 "rtmpx_sessions",
@@ -377,7 +347,7 @@ pub fn render(view: &MetricsView) -> String {
         "counter",
         "Sessions that completed their handshake, by variant.",
     );
-    for (v, variant) in Variant::ALL.iter().map(|v| v.name()).enumerate() {
+    for (v, variant) in Variant::ALL.map(|v| (v as usize, v.name())) {
         out.sample("rtmpx_sessions_opened_total", &[("variant", variant)], get(&m.sessions_opened[v]));
     }
     out.header("rtmpx_streams", "gauge", "Streams with a publisher or players.");
@@ -411,11 +381,11 @@ pub fn render(view: &MetricsView) -> String {
         "counter",
         "Bytes received from clients (after TLS/HTTP), by variant.",
     );
-    for (v, variant) in Variant::ALL.iter().map(|v| v.name()).enumerate() {
+    for (v, variant) in Variant::ALL.map(|v| (v as usize, v.name())) {
         out.sample("rtmpx_bytes_in_total", &[("variant", variant)], get(&m.closed_bytes_in[v]) + live_in[v]);
     }
     out.header("rtmpx_bytes_out_total", "counter", "Bytes sent to clients (before TLS/HTTP), by variant.");
-    for (v, variant) in Variant::ALL.iter().map(|v| v.name()).enumerate() {
+    for (v, variant) in Variant::ALL.map(|v| (v as usize, v.name())) {
         out.sample(
             "rtmpx_bytes_out_total",
             &[("variant", variant)],
@@ -501,9 +471,7 @@ pub fn render(view: &MetricsView) -> String {
     for r in relays {
         out.sample("rtmpx_relay_reconnects_total", &relay_labels(r), r.reconnects);
     }
-    if let Some(cluster) = &view.cluster {
-        render_cluster(&mut out, cluster);
-    }
+    out.0.push_str(&view.cluster);
     out.header("rtmpx_rtmpt_sessions", "gauge", "Open RTMPT and RTMPTS tunnel sessions.");
     out.sample("rtmpx_rtmpt_sessions", &[], view.rtmpt_sessions as u64);
     out.header(
@@ -528,11 +496,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn variants_have_their_slot_and_a_distinct_name() {
-        for (i, variant) in Variant::ALL.into_iter().enumerate() {
-            assert_eq!(variant as usize, i);
-        }
-        assert_eq!(Variant::Rtmpte as usize, 5);
+    fn variants_have_a_slot_and_a_name_each() {
+        let slots: std::collections::BTreeSet<_> = Variant::ALL.iter().map(|&v| v as usize).collect();
+        assert_eq!(slots, (0..VARIANTS).collect(), "every slot once");
         let names: std::collections::BTreeSet<_> = Variant::ALL.iter().map(|v| v.name()).collect();
         assert_eq!(names.len(), VARIANTS);
         assert_eq!(Variant::WssFlv.to_string(), "wss-flv");

@@ -104,6 +104,7 @@ pub struct EntryState {
     /// Whether the handshake completed (before that, `variant` may still turn into rtmpe).
     pub handshake_done: bool,
     pub app: Option<String>,
+    /// The stream it publishes or plays (as `role` says).
     pub stream: Option<String>,
     pub role: Role,
     /// The client announced Enhanced RTMP in `connect` (a player then gets every track).

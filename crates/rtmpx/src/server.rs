@@ -93,11 +93,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let mut hangup = Hangup::new()?;
     let mut listeners = Vec::new();
     for (lc, tls) in config.listeners.iter().zip(listener_tls.acceptors) {
-        let listener = TcpListener::bind(lc.addr).await.map_err(Error::io(format!(
-            "binding {} listener on {}",
-            lc.proto.scheme(),
-            lc.addr
-        )))?;
+        let listener = bind(lc).await?;
         let local = listener.local_addr().map_err(Error::io("reading the bound address"))?;
         announce(lc, local, &config);
         listeners.push((lc.clone(), listener, tls));
@@ -238,11 +234,7 @@ pub async fn issue_acme_certificate(config: Config) -> Result<Arc<crate::acme::I
     let listener_tls = tls::listener_acceptors(&config, Some(&acme))?;
     let mut answering = JoinSet::new();
     for (lc, tls) in config.listeners.iter().zip(listener_tls.acceptors) {
-        let listener = TcpListener::bind(lc.addr).await.map_err(Error::io(format!(
-            "binding {} listener on {}",
-            lc.proto.scheme(),
-            lc.addr
-        )))?;
+        let listener = bind(lc).await?;
         let origin =
             Origin { transport: Transport::Http, encryption: lc.encryption.policy(), http_flv: false };
         let (proto, transports) = (lc.proto, transports.clone());
@@ -264,6 +256,11 @@ pub async fn issue_acme_certificate(config: Config) -> Result<Arc<crate::acme::I
     let result = acme.renew().await;
     answering.shutdown().await;
     result
+}
+
+async fn bind(lc: &ListenerConfig) -> Result<TcpListener> {
+    let context = format!("binding {} listener on {}", lc.proto.scheme(), lc.addr);
+    TcpListener::bind(lc.addr).await.map_err(Error::io(context))
 }
 
 fn announce(lc: &ListenerConfig, local: SocketAddr, config: &Config) {

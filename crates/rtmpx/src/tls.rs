@@ -22,8 +22,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::server::TlsStream;
 use tracing::{debug, info, warn};
 
-use crate::config::acme::ChallengeKind;
 use crate::acme::Acme;
+use crate::config::acme::ChallengeKind;
 use crate::config::{CertPaths, Config, Proto, TlsSection};
 use crate::devcert;
 use crate::error::{Error, Result};

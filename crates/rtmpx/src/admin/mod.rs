@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
 use crate::logsafe::Throttle;
-use crate::metrics::{ClusterSample, MetricsView, RelaySample};
+use crate::metrics::{MetricsView, Out, RelaySample};
 use crate::registry::Registry;
 use crate::reload::Reloader;
 use crate::tunnel::TransportContext;
@@ -118,18 +118,10 @@ pub fn render_metrics(transport: &TransportContext) -> String {
         bytes: r.bytes,
         reconnects: r.reconnects,
     });
-    let cluster = ctx.cluster.as_ref().map(|cluster| {
-        let view = cluster.view();
-        ClusterSample {
-            redis_up: view.redis_up,
-            nodes: view.nodes,
-            stream_owners: view.streams.into_iter().map(|entry| entry.node).collect(),
-            remote_pulls: view.remote_pulls,
-            pulls_started: view.pulls_started,
-            lookups_failed: view.lookups_failed,
-            claims_refused: view.claims_refused,
-        }
-    });
+    let mut cluster = Out::default();
+    if let Some(directory) = &ctx.cluster {
+        directory.render_metrics(&mut cluster);
+    }
     let mut acme = String::new();
     if let Some(certificates) = transport.acme.get() {
         certificates.render_metrics(&mut acme);
@@ -140,7 +132,7 @@ pub fn render_metrics(transport: &TransportContext) -> String {
         write_batching: ctx.load.batching(),
         rtmpe_seals: crate::session::rtmpe_seal_counts(),
         relays: relays.collect(),
-        cluster,
+        cluster: cluster.into_string(),
         rtmpt_sessions: transport.tunnels.len(),
         rtmpt_sessions_expired: transport.tunnels.expired_total(),
         acme,

@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use tokio::time::timeout;
 use tracing::{info, warn};
 
+use crate::metrics::Out;
 use crate::sync::lock;
 use config::ClusterSection;
 
@@ -251,6 +252,41 @@ impl Cluster {
         follows.insert(key.clone(), sender);
         self.inner.pulls_started.fetch_add(1, Ordering::Relaxed);
         receiver
+    }
+
+    /// `/metrics` lines: the directory as the last heartbeat saw it, and this node's pulls from
+    /// others.
+    pub fn render_metrics(&self, out: &mut Out) {
+        let view = self.view();
+        out.header("rtmpx_cluster_redis_up", "gauge", "Whether the Redis stream directory answers.");
+        out.sample("rtmpx_cluster_redis_up", &[], u64::from(view.redis_up));
+        out.header("rtmpx_cluster_nodes", "gauge", "Nodes with a live heartbeat in the directory.");
+        out.sample("rtmpx_cluster_nodes", &[], view.nodes.len() as u64);
+        out.header("rtmpx_cluster_streams", "gauge", "Streams in the directory by owning node.");
+        let mut by_node: std::collections::BTreeMap<&str, u64> =
+            view.nodes.iter().map(|n| (n.as_str(), 0)).collect();
+        for entry in &view.streams {
+            *by_node.entry(entry.node.as_str()).or_default() += 1;
+        }
+        for (node, count) in by_node {
+            out.sample("rtmpx_cluster_streams", &[("node", node)], count);
+        }
+        out.header("rtmpx_cluster_remote_pulls", "gauge", "Streams this node pulls from other nodes now.");
+        out.sample("rtmpx_cluster_remote_pulls", &[], view.remote_pulls as u64);
+        out.header("rtmpx_cluster_pulls_started_total", "counter", "Pulls from other nodes started.");
+        out.sample("rtmpx_cluster_pulls_started_total", &[], view.pulls_started);
+        out.header(
+            "rtmpx_cluster_lookups_failed_total",
+            "counter",
+            "Look-ups that failed (Redis unavailable).",
+        );
+        out.sample("rtmpx_cluster_lookups_failed_total", &[], view.lookups_failed);
+        out.header(
+            "rtmpx_cluster_claims_refused_total",
+            "counter",
+            "Publishes refused because another node publishes the stream.",
+        );
+        out.sample("rtmpx_cluster_claims_refused_total", &[], view.claims_refused);
     }
 
     /// The directory as the last heartbeat saw it.

@@ -260,8 +260,10 @@ pub struct AppAuth {
     pub play_keys: Vec<String>,
     /// Signed expiring tokens in the stream name's query.
     pub token: Option<TokenConfig>,
+    /// Addresses that may publish (any when empty), then those that may not.
     pub allow_publish: Vec<IpNet>,
     pub deny_publish: Vec<IpNet>,
+    /// Addresses that may play (any when empty), then those that may not.
     pub allow_play: Vec<IpNet>,
     pub deny_play: Vec<IpNet>,
 }
@@ -269,9 +271,12 @@ pub struct AppAuth {
 /// The HTTP callbacks of an app and how long each may take.
 #[derive(Debug, Clone)]
 pub struct AppCallbacks {
+    /// Asked before a `connect` is accepted (a 3xx moves the client to another app).
     pub on_connect: Option<String>,
+    /// Asked before a publish or a play is allowed (a 3xx renames the stream).
     pub on_publish: Option<String>,
     pub on_play: Option<String>,
+    /// Told when a publish or play ends (`on_done` for both).
     pub on_done: Option<String>,
     pub on_publish_done: Option<String>,
     pub on_play_done: Option<String>,

@@ -111,10 +111,7 @@ async fn on_publish(
 ) -> Result<()> {
     let app = conn.app.clone().unwrap_or_default();
     if conn.publishing.is_some() {
-        let stream = auth::query::split_name(stream_name).0;
-        warn!(session = conn.id, peer = %conn.peer, app = %Escaped(&app), stream = %Escaped(stream), "publish rejected: already publishing");
-        out.lock().session.reject_publish(stream_id, "NetStream.Publish.BadName", "Already publishing.")?;
-        return Ok(());
+        return refuse_second(Action::Publish, stream_id, stream_name, out, conn);
     }
     let config = ctx.config();
     let Some(client) = conn.client.as_ref() else {
@@ -187,10 +184,7 @@ async fn on_play(
 ) -> Result<()> {
     let app = conn.app.clone().unwrap_or_default();
     if conn.playing.is_some() {
-        let stream = auth::query::split_name(stream_name).0;
-        warn!(session = conn.id, peer = %conn.peer, app = %Escaped(&app), stream = %Escaped(stream), "play rejected: already playing");
-        out.lock().session.reject_play(stream_id, "NetStream.Play.Failed", "Already playing.")?;
-        return Ok(());
+        return refuse_second(Action::Play, stream_id, stream_name, out, conn);
     }
     let config = ctx.config();
     let Some(client) = conn.client.as_ref() else { return Err(Error::Denied("play before connect".into())) };
@@ -254,6 +248,30 @@ fn pull_from_cluster(ctx: &SessionContext, config: &Arc<crate::config::Config>, 
             relays.ensure_cluster_pull(&router, &config, &key, origin, cluster.linger());
         }
     });
+}
+
+/// A second publish (or play) on one connection is refused; the session goes on.
+fn refuse_second(
+    action: Action,
+    stream_id: u32,
+    stream_name: &str,
+    out: &SessionIo,
+    conn: &Connection,
+) -> Result<()> {
+    let (app, stream) = (conn.app.as_deref().unwrap_or_default(), auth::query::split_name(stream_name).0);
+    let doing = match action {
+        Action::Publish => "publishing",
+        Action::Play => "playing",
+    };
+    warn!(session = conn.id, peer = %conn.peer, app = %Escaped(app), stream = %Escaped(stream), "{} rejected: already {doing}", action.name());
+    let mut io = out.lock();
+    match action {
+        Action::Publish => {
+            io.session.reject_publish(stream_id, "NetStream.Publish.BadName", "Already publishing.")?
+        }
+        Action::Play => io.session.reject_play(stream_id, "NetStream.Play.Failed", "Already playing.")?,
+    }
+    Ok(())
 }
 
 /// Tells the client why (`onStatus` error), logs the reason, and ends the session: a client
