@@ -66,7 +66,7 @@ async fn rtmpt_exchange(mut ops: &[u8]) -> Vec<u16> {
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    use crate::session::{Origin, SessionContext, Transport};
+    use crate::session::{Origin, Transport};
     use crate::tunnel::TransportContext;
 
     fn take<'a>(ops: &mut &'a [u8], n: usize) -> &'a [u8] {
@@ -77,7 +77,8 @@ async fn rtmpt_exchange(mut ops: &[u8]) -> Vec<u16> {
 
     let config = Arc::new(Config::from_toml(RTMPT_CONFIG, "fuzz").expect("valid"));
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
-    let transport = Arc::new(TransportContext::new(Arc::new(SessionContext::new(config, shutdown))));
+    let transport =
+        Arc::new(TransportContext::new(Arc::new(crate::relay::session_context(config, shutdown).0)));
     let (mut client, server) = tokio::io::duplex(1 << 17);
     let peer = "127.0.0.1:1".parse().expect("address");
     let origin = Origin::from(Transport::Http);
@@ -191,12 +192,13 @@ async fn http_exchange(data: &[u8]) -> Vec<u8> {
     use rtmpx_router::{Frame, SessionInfo, StreamKey};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    use crate::session::{Origin, SessionContext, Transport};
+    use crate::session::{Origin, Transport};
     use crate::tunnel::TransportContext;
 
     let config = Arc::new(Config::from_toml(HTTP_CONFIG, "fuzz").expect("valid"));
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
-    let transport = Arc::new(TransportContext::new(Arc::new(SessionContext::new(config, shutdown))));
+    let transport =
+        Arc::new(TransportContext::new(Arc::new(crate::relay::session_context(config, shutdown).0)));
     let info = SessionInfo { id: 0, peer: "fuzz".into(), variant: "rtmp" };
     let publisher =
         transport.session.router.publish(StreamKey::new("live", "x"), info).expect("a fresh router");

@@ -170,7 +170,8 @@ mod tests {
         let path = std::env::temp_dir().join(format!("rtmpx-reload-{}-{n}.toml", std::process::id()));
         std::fs::write(&path, text).unwrap();
         let (tx, rx) = tokio::sync::watch::channel(false);
-        let ctx = Arc::new(SessionContext::new(Arc::new(Config::from_toml(text, "t").unwrap()), rx));
+        let ctx =
+            Arc::new(crate::relay::session_context(Arc::new(Config::from_toml(text, "t").unwrap()), rx).0);
         let reloader = Reloader::new(&ctx, Some(path.clone()), Vec::new());
         (ctx, reloader, path, tx)
     }

@@ -18,8 +18,9 @@ use crate::config::{Config, ListenerConfig, Proto};
 use crate::error::{Error, Result};
 use crate::logsafe::Throttle;
 use crate::metrics::HandshakeFailure;
+use crate::relay;
 use crate::reload::Reloader;
-use crate::session::{Origin, SessionContext, Transport};
+use crate::session::{Origin, Transport};
 use crate::shutdown;
 use crate::tls::{self, TlsAcceptor};
 use crate::tunnel::{self, TransportContext};
@@ -79,7 +80,8 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     check_before_start(&config, &origin)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let config = Arc::new(config);
-    let session = Arc::new(SessionContext::new(config.clone(), shutdown_rx));
+    let (session, relays) = relay::session_context(config.clone(), shutdown_rx);
+    let session = Arc::new(session);
     let transports = Arc::new(TransportContext::new(session.clone()));
     check_descriptors(&transports.admissions, &config);
 
@@ -110,7 +112,8 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         background.spawn(acme.run());
     }
     if let Some(settings) = &config.admin {
-        let server = admin::start(settings, transports.clone(), reloader.clone(), flv_listeners).await?;
+        let server =
+            admin::start(settings, transports.clone(), relays, reloader.clone(), flv_listeners).await?;
         background.spawn(async move {
             let _ = server.await;
         });
@@ -229,7 +232,8 @@ pub async fn issue_acme_certificate(config: Config) -> Result<Arc<crate::acme::I
     }
     let (_stop, shutdown) = watch::channel(false);
     let config = Arc::new(config);
-    let transports = Arc::new(TransportContext::new(Arc::new(SessionContext::new(config.clone(), shutdown))));
+    let (session, _relays) = relay::session_context(config.clone(), shutdown);
+    let transports = Arc::new(TransportContext::new(Arc::new(session)));
     let _ = transports.acme.set(acme.clone());
     let listener_tls = tls::listener_acceptors(&config, Some(&acme))?;
     let mut answering = JoinSet::new();

@@ -25,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::logsafe::Throttle;
 use crate::metrics::{MetricsView, Out, RelaySample};
 use crate::registry::Registry;
+use crate::relay::RelayManager;
 use crate::reload::Reloader;
 use crate::tunnel::TransportContext;
 
@@ -37,6 +38,7 @@ const PREVIEW_PAGE: &str = include_str!("preview.html");
 
 struct Admin {
     transport: Arc<TransportContext>,
+    relays: RelayManager,
     /// Bound listeners that serve HTTP-FLV/WebSocket-FLV: (inside TLS, address), for the preview page.
     flv_listeners: Vec<(bool, SocketAddr)>,
     reloader: Arc<Reloader>,
@@ -49,6 +51,7 @@ struct Admin {
 pub async fn start(
     settings: &AdminSection,
     transport: Arc<TransportContext>,
+    relays: RelayManager,
     reloader: Arc<Reloader>,
     flv_listeners: Vec<(bool, SocketAddr)>,
 ) -> Result<tokio::task::JoinHandle<()>> {
@@ -66,6 +69,7 @@ pub async fn start(
     }
     let admin = Arc::new(Admin {
         transport,
+        relays,
         flv_listeners,
         reloader,
         token: settings.token.clone(),
@@ -107,9 +111,9 @@ pub async fn start(
 }
 
 /// `/metrics`: the Prometheus text of everything the gateway counts, read now.
-pub fn render_metrics(transport: &TransportContext) -> String {
+pub fn render_metrics(transport: &TransportContext, relays: &RelayManager) -> String {
     let ctx = &transport.session;
-    let relays = ctx.relays.states().into_iter().map(|r| RelaySample {
+    let relays = relays.states().into_iter().map(|r| RelaySample {
         app: r.app,
         stream: r.stream,
         direction: r.direction.as_str(),
@@ -259,11 +263,11 @@ impl Admin {
             (&Method::GET, "/metrics") => reply(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
-                render_metrics(&self.transport),
+                render_metrics(&self.transport, &self.relays),
             ),
             (&Method::GET, "/api/v1/streams") => json(StatusCode::OK, &api::streams(ctx)),
             (&Method::GET, "/api/v1/sessions") => json(StatusCode::OK, &api::sessions(ctx)),
-            (&Method::GET, "/api/v1/relays") => json(StatusCode::OK, &ctx.relays.states()),
+            (&Method::GET, "/api/v1/relays") => json(StatusCode::OK, &self.relays.states()),
             (&Method::GET, p) if p.starts_with("/watch/") => self.preview(&req, &p["/watch/".len()..]),
             (&Method::GET, "/api/v1/cluster") => match &ctx.cluster {
                 Some(cluster) => json(StatusCode::OK, &cluster.view()),

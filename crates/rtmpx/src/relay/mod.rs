@@ -33,6 +33,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::fan_out::{Batching, Scope};
 use crate::load::Load;
+use crate::session::{Relays, SessionContext};
 use crate::sync::lock;
 use config::RelaySection;
 
@@ -87,6 +88,43 @@ pub struct RelayState {
     pub last_error: Option<String>,
     /// Connections made after the first.
     pub reconnects: u64,
+}
+
+/// The sessions' context, with relays that start on its publishes and plays (for the
+/// composition root and the fuzz targets).
+pub fn session_context(
+    config: Arc<Config>,
+    shutdown: watch::Receiver<bool>,
+) -> (SessionContext, RelayManager) {
+    let load = Arc::<Load>::default();
+    let relays = RelayManager::new(shutdown.clone(), load.clone(), crate::session::fan_out_scope);
+    let session = SessionContext::new(config, shutdown, load, Arc::new(relays.clone()));
+    (session, relays)
+}
+
+impl Relays for RelayManager {
+    fn start_pushes(&self, router: &Router, config: &Config, key: &StreamKey) {
+        RelayManager::start_pushes(self, router, config, key)
+    }
+
+    fn ensure_pull(&self, router: &Router, config: &Config, key: &StreamKey) {
+        RelayManager::ensure_pull(self, router, config, key)
+    }
+
+    fn is_pulling(&self, key: &StreamKey) -> bool {
+        RelayManager::is_pulling(self, key)
+    }
+
+    fn ensure_cluster_pull(
+        &self,
+        router: &Router,
+        config: &Config,
+        key: &StreamKey,
+        origin: watch::Receiver<Option<String>>,
+        linger: Duration,
+    ) {
+        RelayManager::ensure_cluster_pull(self, router, config, key, origin, linger)
+    }
 }
 
 /// Starts pushes and pulls and knows every running relay. Cheap to clone.

@@ -3,8 +3,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use rtmpx_router::{Router, RouterConfig};
+use rtmpx_router::{Router, RouterConfig, StreamKey};
 use tokio::sync::watch;
 
 use crate::auth::Gate;
@@ -14,7 +15,6 @@ use crate::config::{Config, ConfigHandle};
 use crate::load::Load;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
-use crate::relay::RelayManager;
 use crate::rtmpe_budget::RtmpeBudget;
 use crate::shutdown::Shutdown;
 
@@ -32,8 +32,8 @@ pub struct SessionContext {
     pub auth: Gate,
     /// Whether fan-out batches its writes now (workers busy).
     pub load: Arc<Load>,
-    /// Push and pull relays.
-    pub relays: RelayManager,
+    /// Push and pull relays (started on publishes and plays).
+    pub relays: Arc<dyn Relays>,
     /// RTMPE handshakes each address may still start (`limits.rtmpe_handshakes_per_ip`).
     pub rtmpe_budget: RtmpeBudget,
     /// Memory held per client address (`limits.max_memory_per_ip`).
@@ -43,8 +43,13 @@ pub struct SessionContext {
 }
 
 impl SessionContext {
-    pub fn new(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> SessionContext {
-        let load = Arc::<Load>::default();
+    /// `load` is shared with the relays' fan-outs; `relays` start on publishes and plays.
+    pub fn new(
+        config: Arc<Config>,
+        shutdown: watch::Receiver<bool>,
+        load: Arc<Load>,
+        relays: Arc<dyn Relays>,
+    ) -> SessionContext {
         let router = Router::new(router_config(&config));
         // The section was validated with the configuration; starting only fails outside a runtime.
         let cluster = config.cluster.as_ref().and_then(|section| {
@@ -61,10 +66,10 @@ impl SessionContext {
             shutdown: Shutdown::new(shutdown.clone()),
             sessions: Arc::new(Registry::new(metrics.clone())),
             metrics,
-            load: load.clone(),
+            load,
             auth: Gate::new(),
             budgets: Arc::default(),
-            relays: RelayManager::new(shutdown, load, super::seal_pairing::scope),
+            relays,
             rtmpe_budget: Default::default(),
         }
     }
@@ -81,6 +86,25 @@ impl SessionContext {
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown.receiver()
     }
+}
+
+/// What sessions start in the relays (the relay module's `RelayManager`, which sits above the
+/// sessions and is handed in by the composition root).
+pub trait Relays: Send + Sync {
+    /// Republishes a stream just published here to its app's push upstreams.
+    fn start_pushes(&self, router: &Router, config: &Config, key: &StreamKey);
+    /// Pulls a stream a player asked for from its app's upstream, when it has one.
+    fn ensure_pull(&self, router: &Router, config: &Config, key: &StreamKey);
+    fn is_pulling(&self, key: &StreamKey) -> bool;
+    /// Pulls a stream from the cluster node that publishes it (`origin` follows the directory).
+    fn ensure_cluster_pull(
+        &self,
+        router: &Router,
+        config: &Config,
+        key: &StreamKey,
+        origin: watch::Receiver<Option<String>>,
+        linger: Duration,
+    );
 }
 
 /// The router's part of the configuration.
