@@ -33,7 +33,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::fan_out::{Batching, Scope};
 use crate::load::Load;
-use crate::session::{Relays, SessionContext};
+use crate::session::{NodePull, Relays, SessionContext};
 use crate::sync::lock;
 use config::RelaySection;
 
@@ -103,27 +103,50 @@ pub fn session_context(
 }
 
 impl Relays for RelayManager {
+    /// A client session started publishing `key`: starts its pushes. Call right after the
+    /// router accepted the publish; the relay players are primed from the router's caches.
     fn start_pushes(&self, router: &Router, config: &Config, key: &StreamKey) {
-        RelayManager::start_pushes(self, router, config, key)
+        let Some(app) = config.app(&key.app) else { return };
+        for target in app.relays.push.iter().filter(|p| p.matches(&key.name)) {
+            let Ok(app_url) = config::upstream_app(&target.url) else { continue };
+            let remote_name = target.name.apply(&key.name);
+            let shown = config::redacted(&app_url, &remote_name, target.name.is_secret());
+            let status = self.register(key, Direction::Push, shown);
+            let session = SessionInfo { id: status.id, peer: status.url(), variant: "relay-push" };
+            let player =
+                router.play_with_queue_limit(key.clone(), session, config.relay.max_relay_queue_bytes);
+            let job = push::PushJob {
+                player,
+                app_url,
+                remote_name,
+                options: RelayOptions::new(&config.relay, config.timeouts.write),
+                status,
+                shutdown: self.inner.shutdown.clone(),
+            };
+            tokio::spawn(job.run());
+        }
     }
 
+    /// A player asked for `key`: starts the app's pull unless the stream is live or a pull runs.
+    /// Call after the player subscribed (the pull ends when the stream has no players).
     fn ensure_pull(&self, router: &Router, config: &Config, key: &StreamKey) {
-        RelayManager::ensure_pull(self, router, config, key)
+        let Some(pull) = config.app(&key.app).and_then(|app| app.relays.pull.as_ref()) else { return };
+        let Ok(app_url) = config::upstream_app(&pull.url) else { return };
+        self.start_pull(router, config, key, app_url, pull.linger(), None);
     }
 
+    /// Whether a pull of `key` runs.
     fn is_pulling(&self, key: &StreamKey) -> bool {
-        RelayManager::is_pulling(self, key)
+        lock(&self.inner.pulls).contains_key(key)
     }
 
-    fn ensure_cluster_pull(
-        &self,
-        router: &Router,
-        config: &Config,
-        key: &StreamKey,
-        origin: watch::Receiver<Option<String>>,
-        linger: Duration,
-    ) {
-        RelayManager::ensure_cluster_pull(self, router, config, key, origin, linger)
+    /// Cluster: a player asked for `key`, which another node publishes. Starts one pull from
+    /// the owner that follows `origin` (the directory's owner) and ends when the entry does.
+    fn ensure_cluster_pull(&self, router: &Router, config: &Config, key: &StreamKey, pull: NodePull) {
+        let NodePull { owner: origin, linger } = pull;
+        let Some(owner) = origin.borrow().clone() else { return };
+        let Ok(app_url) = config::upstream_app(&format!("{owner}/{}", key.app)) else { return };
+        self.start_pull(router, config, key, app_url, linger, Some(origin));
     }
 }
 
@@ -162,58 +185,6 @@ impl RelayManager {
     /// Every running relay, by id.
     pub fn states(&self) -> Vec<RelayState> {
         lock(&self.inner.relays).values().cloned().collect()
-    }
-
-    /// A client session started publishing `key`: starts its pushes. Call right after the
-    /// router accepted the publish; the relay players are primed from the router's caches.
-    pub fn start_pushes(&self, router: &Router, config: &Config, key: &StreamKey) {
-        let Some(app) = config.app(&key.app) else { return };
-        for target in app.relays.push.iter().filter(|p| p.matches(&key.name)) {
-            let Ok(app_url) = config::upstream_app(&target.url) else { continue };
-            let remote_name = target.name.apply(&key.name);
-            let shown = config::redacted(&app_url, &remote_name, target.name.is_secret());
-            let status = self.register(key, Direction::Push, shown);
-            let session = SessionInfo { id: status.id, peer: status.url(), variant: "relay-push" };
-            let player =
-                router.play_with_queue_limit(key.clone(), session, config.relay.max_relay_queue_bytes);
-            let job = push::PushJob {
-                player,
-                app_url,
-                remote_name,
-                options: RelayOptions::new(&config.relay, config.timeouts.write),
-                status,
-                shutdown: self.inner.shutdown.clone(),
-            };
-            tokio::spawn(job.run());
-        }
-    }
-
-    /// A player asked for `key`: starts the app's pull unless the stream is live or a pull runs.
-    /// Call after the player subscribed (the pull ends when the stream has no players).
-    pub fn ensure_pull(&self, router: &Router, config: &Config, key: &StreamKey) {
-        let Some(pull) = config.app(&key.app).and_then(|app| app.relays.pull.as_ref()) else { return };
-        let Ok(app_url) = config::upstream_app(&pull.url) else { return };
-        self.start_pull(router, config, key, app_url, pull.linger(), None);
-    }
-
-    /// Whether a pull of `key` runs.
-    pub fn is_pulling(&self, key: &StreamKey) -> bool {
-        lock(&self.inner.pulls).contains_key(key)
-    }
-
-    /// Cluster: a player asked for `key`, which another node publishes. Starts one pull from
-    /// the owner that follows `origin` (the directory's owner) and ends when the entry does.
-    pub fn ensure_cluster_pull(
-        &self,
-        router: &Router,
-        config: &Config,
-        key: &StreamKey,
-        origin: watch::Receiver<Option<String>>,
-        linger: Duration,
-    ) {
-        let Some(owner) = origin.borrow().clone() else { return };
-        let Ok(app_url) = config::upstream_app(&format!("{owner}/{}", key.app)) else { return };
-        self.start_pull(router, config, key, app_url, linger, Some(origin));
     }
 
     /// Starts a pull of `key` from `app_url` unless the stream is live or a pull runs.

@@ -96,15 +96,16 @@ pub trait Relays: Send + Sync {
     /// Pulls a stream a player asked for from its app's upstream, when it has one.
     fn ensure_pull(&self, router: &Router, config: &Config, key: &StreamKey);
     fn is_pulling(&self, key: &StreamKey) -> bool;
-    /// Pulls a stream from the cluster node that publishes it (`origin` follows the directory).
-    fn ensure_cluster_pull(
-        &self,
-        router: &Router,
-        config: &Config,
-        key: &StreamKey,
-        origin: watch::Receiver<Option<String>>,
-        linger: Duration,
-    );
+    /// Pulls a stream from the cluster node that publishes it.
+    fn ensure_cluster_pull(&self, router: &Router, config: &Config, key: &StreamKey, pull: NodePull);
+}
+
+/// A pull from another cluster node.
+pub struct NodePull {
+    /// The stream's owner as the directory says (`None`: the entry is gone, the pull ends).
+    pub owner: watch::Receiver<Option<String>>,
+    /// How long the pull outlives its last player.
+    pub linger: Duration,
 }
 
 /// The router's part of the configuration.

@@ -9,7 +9,7 @@ use tracing::{debug, info, warn};
 
 use super::direct::DirectPlayer;
 use super::io::{deliver, SessionIo};
-use super::{seal_pairing, Connection, Playing, Publishing, SessionContext};
+use super::{seal_pairing, Connection, NodePull, Playing, Publishing, SessionContext};
 use crate::auth::{self, Action};
 use crate::error::{Error, Result};
 use crate::fan_out::{Batching, FanOut};
@@ -245,7 +245,12 @@ fn pull_from_cluster(ctx: &SessionContext, config: &Arc<crate::config::Config>, 
     tokio::spawn(async move {
         if let Ok(Some(owner)) = cluster.locate(&key).await {
             let origin = cluster.follow(&key, &owner);
-            relays.ensure_cluster_pull(&router, &config, &key, origin, cluster.linger());
+            relays.ensure_cluster_pull(
+                &router,
+                &config,
+                &key,
+                NodePull { owner: origin, linger: cluster.linger() },
+            );
         }
     });
 }
