@@ -138,7 +138,7 @@ impl FlvSession {
             Ok(client) => client,
             Err(denial) => {
                 let missing = config.app(auth::normalize_app(request.app)).is_none();
-                warn!(session = id, %peer, %variant, app = request.app, "connect rejected: {}", denial.reason);
+                warn!(session = id, %peer, variant = variant.name(), app = request.app, "connect rejected: {}", denial.reason);
                 ctx.metrics.denied(Denial::Connect);
                 session.end = Some(Error::Denied(denial.reason));
                 return Err(if missing { Refusal::NotFound } else { Refusal::Forbidden });
@@ -149,7 +149,7 @@ impl FlvSession {
         let grant = match ctx.auth.play(&config, &client, &request.stream, -2.0, -1.0, false).await {
             Ok(grant) => grant,
             Err(denial) => {
-                warn!(session = id, %peer, %variant, stream = %session.stream, code = %denial.code, "play denied: {}", denial.reason);
+                warn!(session = id, %peer, variant = variant.name(), stream = %session.stream, code = %denial.code, "play denied: {}", denial.reason);
                 ctx.metrics.denied(Denial::Play);
                 session.end = Some(Error::Denied(denial.reason));
                 return Err(Refusal::Forbidden);
@@ -176,7 +176,7 @@ impl FlvSession {
         session.player = Some(ctx.router.play(key.clone(), info));
         session.grant = Some(grant);
         session.registry.entry().set_role(Role::Player, &key.name);
-        info!(session = id, %peer, %variant, stream = %crate::logsafe::Escaped(&key), "playing");
+        info!(session = id, %peer, variant = variant.name(), stream = %crate::logsafe::Escaped(&key), "playing");
         ctx.relays.ensure_pull(&ctx.router, &config, &key);
         Ok(session)
     }

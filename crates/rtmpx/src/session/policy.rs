@@ -154,9 +154,9 @@ async fn on_publish(
             if takeover {
                 // A reconnecting client: it replaces the live publisher at its first keyframe, and
                 // the stream's pushes go on.
-                info!(session = conn.id, peer = %conn.peer, variant = %conn.variant(), stream = %Escaped(&key), "publishing (taking over from the reconnecting publisher)");
+                info!(session = conn.id, peer = %conn.peer, variant = conn.variant().name(), stream = %Escaped(&key), "publishing (taking over from the reconnecting publisher)");
             } else {
-                info!(session = conn.id, peer = %conn.peer, variant = %conn.variant(), stream = %Escaped(&key), "publishing");
+                info!(session = conn.id, peer = %conn.peer, variant = conn.variant().name(), stream = %Escaped(&key), "publishing");
                 // Relays: republish to the app's push upstreams (pulled streams never come here).
                 ctx.relays.start_pushes(&ctx.router, &config, &key);
             }
@@ -226,7 +226,7 @@ async fn on_play(
     conn.registry.entry().set_role(Role::Player, &key.name);
     conn.stream_name = Some(key.name.clone());
     conn.playing = Some(Playing { stream_id, player, unpublished_since, _grant: grant });
-    info!(session = conn.id, peer = %conn.peer, variant = %conn.variant(), stream = %Escaped(&key), legacy, "playing");
+    info!(session = conn.id, peer = %conn.peer, variant = conn.variant().name(), stream = %Escaped(&key), legacy, "playing");
     // Relays: a stream that is not live here is pulled from the app's upstream, if it has one.
     ctx.relays.ensure_pull(&ctx.router, &config, &key);
     pull_from_cluster(ctx, &config, &key);
