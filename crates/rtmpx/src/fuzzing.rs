@@ -15,7 +15,7 @@ pub fn config(data: &[u8]) {
             assert!(config.app(&app.name).is_some());
             let _ = app.callbacks.timeout;
         }
-        let _ = (config.timeouts.handshake, config.timeouts.idle, config.tls.handshake_timeout());
+        let _ = (config.timeouts.handshake, config.timeouts.idle, config.tls.handshake_timeout);
     }
 }
 

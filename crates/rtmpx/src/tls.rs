@@ -195,7 +195,7 @@ pub struct TlsAcceptor {
 impl TlsAcceptor {
     pub fn new(store: Arc<dyn ResolvesServerCert>, settings: &TlsSection) -> Self {
         let acceptor = tokio_rustls::TlsAcceptor::from(server_config(store, settings));
-        TlsAcceptor { acceptor, handshake_timeout: settings.handshake_timeout(), acme_validation: None }
+        TlsAcceptor { acceptor, handshake_timeout: settings.handshake_timeout, acme_validation: None }
     }
 
     /// Runs the server side of the TLS handshake. rustls bounds what a handshake may buffer;
@@ -631,7 +631,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn a_stalled_or_non_tls_client_fails_in_bounded_time() {
-        let settings = TlsSection { handshake_timeout_secs: 1, ..TlsSection::default() };
+        let settings = TlsSection { handshake_timeout: Duration::from_secs(1), ..TlsSection::default() };
         let acceptor = TlsAcceptor::new(CertStore::load(vec![fixture("p256")]).unwrap(), &settings);
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
 

@@ -477,22 +477,22 @@ impl Default for Limits {
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
     /// `handshake_secs`: from accept to a completed handshake and connect.
-    #[serde(rename = "handshake_secs", with = "secs")]
+    #[serde(rename = "handshake_secs", deserialize_with = "duration::secs")]
     pub handshake: Duration,
     /// `idle_secs`: a publisher (or a connection that neither plays nor publishes) that sends
     /// nothing.
-    #[serde(rename = "idle_secs", with = "secs")]
+    #[serde(rename = "idle_secs", deserialize_with = "duration::secs")]
     pub idle: Duration,
     /// `write_secs`: a write that makes no progress (the peer stopped reading).
-    #[serde(rename = "write_secs", with = "secs")]
+    #[serde(rename = "write_secs", deserialize_with = "duration::secs")]
     pub write: Duration,
     /// `unpublished_play_secs`: a player of a stream that nobody publishes (each one holds a
     /// file descriptor); 0 waits for ever, as nginx-rtmp does.
-    #[serde(rename = "unpublished_play_secs", with = "secs")]
+    #[serde(rename = "unpublished_play_secs", deserialize_with = "duration::secs")]
     pub unpublished_play: Duration,
     /// `partial_message_secs`: a message left incomplete this long closes the connection,
     /// however slowly its bytes trickle in (each partial message is timed from its first chunk).
-    #[serde(rename = "partial_message_secs", with = "secs")]
+    #[serde(rename = "partial_message_secs", deserialize_with = "duration::secs")]
     pub partial_message: Duration,
 }
 
@@ -508,14 +508,19 @@ impl Default for Timeouts {
     }
 }
 
-/// Durations written as whole seconds (`*_secs` keys).
-mod secs {
+/// Durations in the configuration, written as whole seconds (`*_secs` keys) or milliseconds
+/// (`*_ms` keys).
+mod duration {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer};
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    pub fn secs<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
         u64::deserialize(deserializer).map(Duration::from_secs)
+    }
+
+    pub fn millis<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        u64::deserialize(deserializer).map(Duration::from_millis)
     }
 }
 
@@ -523,30 +528,35 @@ mod secs {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RtmptSection {
-    /// A tunnel session with no request for this long is closed (the client vanished).
-    pub idle_timeout_secs: u64,
+    /// `idle_timeout_secs`: a tunnel session with no request for this long is closed (the
+    /// client vanished).
+    #[serde(rename = "idle_timeout_secs", deserialize_with = "duration::secs")]
+    pub idle_timeout: Duration,
     /// Open tunnel sessions in total.
     pub max_sessions: usize,
     /// Open tunnel sessions per client address (the proxy's address behind a reverse proxy).
     pub max_sessions_per_ip: usize,
     /// Largest request body accepted (one `send` of client bytes).
     pub max_request_body: usize,
-    /// Reading one request's headers and body, and waiting between keep-alive requests.
-    pub request_timeout_secs: u64,
-    /// A session whose client closed the connection of its last request ends when no request
-    /// arrives on another connection within this many milliseconds.
-    pub hangup_timeout_ms: u64,
+    /// `request_timeout_secs`: reading one request's headers and body, and waiting between
+    /// keep-alive requests.
+    #[serde(rename = "request_timeout_secs", deserialize_with = "duration::secs")]
+    pub request_timeout: Duration,
+    /// `hangup_timeout_ms`: a session whose client closed the connection of its last request
+    /// ends when no request arrives on another connection within this long.
+    #[serde(rename = "hangup_timeout_ms", deserialize_with = "duration::millis")]
+    pub hangup_timeout: Duration,
 }
 
 impl Default for RtmptSection {
     fn default() -> Self {
         RtmptSection {
-            idle_timeout_secs: 30,
+            idle_timeout: Duration::from_secs(30),
             max_sessions: 10_000,
             max_sessions_per_ip: 200,
             max_request_body: 1 << 20,
-            request_timeout_secs: 30,
-            hangup_timeout_ms: 2000,
+            request_timeout: Duration::from_secs(30),
+            hangup_timeout: Duration::from_millis(2000),
         }
     }
 }
@@ -575,8 +585,9 @@ pub struct TlsSection {
     pub cert_dir: PathBuf,
     /// Names the development certificate covers besides localhost, 127.0.0.1 and ::1.
     pub hosts: Vec<String>,
-    /// From TCP accept to a finished TLS handshake.
-    pub handshake_timeout_secs: u64,
+    /// `handshake_timeout_secs`: from TCP accept to a finished TLS handshake.
+    #[serde(rename = "handshake_timeout_secs", deserialize_with = "duration::secs")]
+    pub handshake_timeout: Duration,
     /// TLS 1.3 session tickets sent after each handshake. 0 keeps librtmp clients (rtmpdump)
     /// working: they fail on any record that carries no application data.
     pub tls13_session_tickets: usize,
@@ -589,28 +600,10 @@ impl Default for TlsSection {
         TlsSection {
             cert_dir: PathBuf::from("certs"),
             hosts: vec!["localhost".into()],
-            handshake_timeout_secs: 10,
+            handshake_timeout: Duration::from_secs(10),
             tls13_session_tickets: 0,
             acme: None,
         }
-    }
-}
-
-impl RtmptSection {
-    pub fn idle_timeout(&self) -> Duration {
-        Duration::from_secs(self.idle_timeout_secs)
-    }
-    pub fn request_timeout(&self) -> Duration {
-        Duration::from_secs(self.request_timeout_secs)
-    }
-    pub fn hangup_timeout(&self) -> Duration {
-        Duration::from_millis(self.hangup_timeout_ms)
-    }
-}
-
-impl TlsSection {
-    pub fn handshake_timeout(&self) -> Duration {
-        Duration::from_secs(self.handshake_timeout_secs)
     }
 }
 
@@ -724,17 +717,17 @@ impl Config {
             return Err("timeouts.*_secs must be at least 1".into());
         }
         let r = &self.rtmpt;
-        if r.idle_timeout_secs == 0 || r.request_timeout_secs == 0 {
+        if r.idle_timeout.is_zero() || r.request_timeout.is_zero() {
             return Err("rtmpt.idle_timeout_secs and rtmpt.request_timeout_secs must be at least 1".into());
         }
         if r.max_sessions == 0 || r.max_sessions_per_ip == 0 {
             return Err("rtmpt.max_sessions and rtmpt.max_sessions_per_ip must be at least 1".into());
         }
-        in_range("rtmpt.hangup_timeout_ms", r.hangup_timeout_ms, 100..=600_000)?;
+        in_range("rtmpt.hangup_timeout_ms", r.hangup_timeout.as_millis(), 100..=600_000)?;
         in_range("rtmpt.max_request_body", r.max_request_body, 4096..=64 << 20)?;
         self.relay.validate()?;
         let tls = &self.tls;
-        if tls.handshake_timeout_secs == 0 {
+        if tls.handshake_timeout.is_zero() {
             return Err("tls.handshake_timeout_secs must be at least 1".into());
         }
         if tls.tls13_session_tickets > 16 {
@@ -963,7 +956,7 @@ mod tests {
         assert_eq!(c.listeners[0].tls.len(), 2);
         assert_eq!(c.listeners[0].tls[1].key, PathBuf::from("b.key"));
         assert_eq!(c.tls.cert_dir, PathBuf::from("/tmp/x"));
-        assert_eq!(c.tls.handshake_timeout(), Duration::from_secs(3));
+        assert_eq!(c.tls.handshake_timeout, Duration::from_secs(3));
         assert_eq!(c.tls.hosts, ["localhost"]);
         assert_eq!(c.tls.tls13_session_tickets, 0);
     }
@@ -974,7 +967,7 @@ mod tests {
                     [rtmpt]\nidle_timeout_secs = 2\nmax_sessions_per_ip = 5\n";
         let c = Config::from_toml(text, "t").unwrap();
         assert_eq!(c.listeners[0].proto, Proto::Rtmpt);
-        assert_eq!(c.rtmpt.idle_timeout(), Duration::from_secs(2));
+        assert_eq!(c.rtmpt.idle_timeout, Duration::from_secs(2));
         assert_eq!(c.rtmpt.max_sessions_per_ip, 5);
         assert_eq!(c.rtmpt.max_sessions, 10_000);
         let tls = text

@@ -80,7 +80,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let config = transport.session.config();
-    let request_timeout = config.rtmpt.request_timeout();
+    let request_timeout = config.rtmpt.request_timeout;
     let mut shutdown = transport.session.shutdown_signal();
     let connection = transport.tunnels.connection();
     let write_timed_out = Arc::default();
@@ -229,7 +229,7 @@ async fn handle_rtmpt(request: Request<Incoming>, ctx: &Ctx) -> Response<Full<By
         Some(Route::Open) => open(ctx, limits),
         Some(Route::Session { command, id, seq }) => {
             ctx.transport.session.metrics.rtmpt_poll();
-            match timeout(limits.request_timeout(), session_request(ctx, command, id, seq, body)).await {
+            match timeout(limits.request_timeout, session_request(ctx, command, id, seq, body)).await {
                 Ok(response) => response,
                 Err(_) => {
                     // The session's byte stream may be cut mid-request: it cannot go on.
@@ -278,7 +278,7 @@ async fn read_body(
         }
         Ok(first.unwrap_or_else(|| joined.freeze()))
     };
-    match timeout(limits.request_timeout(), collect).await {
+    match timeout(limits.request_timeout, collect).await {
         Err(_) => Err(StatusCode::REQUEST_TIMEOUT),
         Ok(result) => result,
     }

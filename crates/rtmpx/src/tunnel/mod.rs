@@ -141,7 +141,7 @@ pub async fn reap_idle_sessions(transport: Arc<TransportContext>) {
     loop {
         let (idle, hung_up) = {
             let config = transport.session.config();
-            (config.rtmpt.idle_timeout(), config.rtmpt.hangup_timeout())
+            (config.rtmpt.idle_timeout, config.rtmpt.hangup_timeout)
         };
         let period = (idle.min(hung_up) / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
         tokio::time::sleep(period).await;
