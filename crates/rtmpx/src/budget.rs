@@ -4,10 +4,13 @@
 //! keeps a [`Charge`] up to date; growing past the address's budget is refused and the holder
 //! closes its connection (or answers the request with an error).
 
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+
+pub use crate::error::OverBudget;
 
 /// Bytes held per address. Updates are atomic on the address's own counter; the map lock is only
 /// taken when a holder appears or goes.
@@ -19,23 +22,16 @@ pub struct AddressBudgets {
 impl AddressBudgets {
     /// A holder for `ip`, holding nothing yet.
     pub fn charge(self: &Arc<Self>, ip: IpAddr) -> Charge {
-        let counter = self.held.lock().expect("budget lock").entry(ip).or_default().clone();
+        let counter = lock(&self.held).entry(ip).or_default().clone();
         Charge { budgets: self.clone(), ip, counter, held: 0 }
     }
 
     /// Bytes charged to `ip` now.
+    #[cfg_attr(not(test), allow(dead_code, reason = "read by the tests"))]
     pub fn held(&self, ip: IpAddr) -> usize {
-        let counter = self.held.lock().expect("budget lock").get(&ip).cloned();
+        let counter = lock(&self.held).get(&ip).cloned();
         counter.map_or(0, |counter| counter.load(Ordering::Relaxed))
     }
-}
-
-/// Refused: the address would hold `total` bytes, over its `limit`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the client address would hold {total} bytes, over limits.max_memory_per_ip ({limit})")]
-pub struct OverBudget {
-    pub total: usize,
-    pub limit: usize,
 }
 
 /// One holder's share of its address's budget; released when dropped.
@@ -64,6 +60,7 @@ impl Charge {
         Ok(())
     }
 
+    #[cfg_attr(not(test), allow(dead_code, reason = "read by the tests"))]
     pub fn held(&self) -> usize {
         self.held
     }
@@ -100,7 +97,7 @@ impl rtmpx_router::MemoryCharge for QueueCharge {
 impl Drop for Charge {
     fn drop(&mut self) {
         let _ = self.set(0, usize::MAX);
-        let mut held = self.budgets.held.lock().expect("budget lock");
+        let mut held = lock(&self.budgets.held);
         // Let go of ours under the lock: if only the map's reference is left, nobody else charges
         // this address and its entry goes.
         drop(std::mem::take(&mut self.counter));

@@ -39,11 +39,19 @@ pub enum Error {
     RateLimited(&'static str),
     /// The client's address would hold more memory than `limits.max_memory_per_ip`.
     #[error("{0}")]
-    OverBudget(#[from] crate::budget::OverBudget),
+    OverBudget(#[from] OverBudget),
 
     /// Closed on purpose: by the admin API or because the gateway is draining.
     #[error("{0}")]
     Kicked(&'static str),
+}
+
+/// Refused: the address would hold `total` bytes, over its `limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the client address would hold {total} bytes, over limits.max_memory_per_ip ({limit})")]
+pub struct OverBudget {
+    pub total: usize,
+    pub limit: usize,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -13,9 +13,9 @@ pub fn config(data: &[u8]) {
         // Whatever validates must be usable: every app resolves, timeouts convert.
         for app in &config.apps {
             assert!(config.app(&app.name).is_some());
-            let _ = app.callback_timeout();
+            let _ = app.callbacks.timeout;
         }
-        let _ = (config.timeouts.handshake(), config.timeouts.idle(), config.tls.handshake_timeout());
+        let _ = (config.timeouts.handshake, config.timeouts.idle, config.tls.handshake_timeout);
     }
 }
 
@@ -66,8 +66,8 @@ async fn rtmpt_exchange(mut ops: &[u8]) -> Vec<u16> {
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    use crate::server::Shared;
     use crate::session::{Origin, Transport};
+    use crate::tunnel::TransportContext;
 
     fn take<'a>(ops: &mut &'a [u8], n: usize) -> &'a [u8] {
         let (head, tail) = ops.split_at(n.min(ops.len()));
@@ -77,11 +77,12 @@ async fn rtmpt_exchange(mut ops: &[u8]) -> Vec<u16> {
 
     let config = Arc::new(Config::from_toml(RTMPT_CONFIG, "fuzz").expect("valid"));
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
-    let shared = Arc::new(Shared::new(config, shutdown));
+    let transport =
+        Arc::new(TransportContext::new(Arc::new(crate::relay::session_context(config, shutdown).0)));
     let (mut client, server) = tokio::io::duplex(1 << 17);
     let peer = "127.0.0.1:1".parse().expect("address");
     let origin = Origin::from(Transport::Http);
-    let server = tokio::spawn(crate::tunnel::serve_http(server, peer, origin, shared.clone()));
+    let server = tokio::spawn(crate::tunnel::serve_http(server, peer, origin, transport.clone()));
     let (mut id, mut seq) = (String::from("00000000000000000000000000000000"), 0u64);
     let mut response = Vec::new();
     let mut statuses = Vec::new();
@@ -158,7 +159,7 @@ async fn rtmpt_exchange(mut ops: &[u8]) -> Vec<u16> {
     }
     drop(client);
     let _ = tokio::time::timeout(Duration::from_secs(600), server).await;
-    assert!(shared.tunnels.len() <= 3, "max_sessions is 3");
+    assert!(transport.tunnels.len() <= 3, "max_sessions is 3");
     statuses
 }
 
@@ -191,14 +192,16 @@ async fn http_exchange(data: &[u8]) -> Vec<u8> {
     use rtmpx_router::{Frame, SessionInfo, StreamKey};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    use crate::server::Shared;
     use crate::session::{Origin, Transport};
+    use crate::tunnel::TransportContext;
 
     let config = Arc::new(Config::from_toml(HTTP_CONFIG, "fuzz").expect("valid"));
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
-    let shared = Arc::new(Shared::new(config, shutdown));
+    let transport =
+        Arc::new(TransportContext::new(Arc::new(crate::relay::session_context(config, shutdown).0)));
     let info = SessionInfo { id: 0, peer: "fuzz".into(), variant: "rtmp" };
-    let publisher = shared.router.publish(StreamKey::new("live", "x"), info).expect("a fresh router");
+    let publisher =
+        transport.session.router.publish(StreamKey::new("live", "x"), info).expect("a fresh router");
     publisher.send(Frame::video(0, Bytes::from_static(&[0x17, 0, 0, 0, 0, 1, 0x42, 0, 0x1e, 0xff])));
     publisher.send(Frame::audio(0, Bytes::from_static(&[0xaf, 0, 0x12, 0x10])));
     publisher.send(Frame::video(40, Bytes::from(vec![0x17; 300])));
@@ -206,7 +209,7 @@ async fn http_exchange(data: &[u8]) -> Vec<u8> {
     let (mut from_server, mut to_server) = tokio::io::split(client);
     let peer = "127.0.0.1:1".parse().expect("address");
     let (rtmp, http) = (Origin::from(Transport::Tcp), Origin::from(Transport::Http));
-    let server = tokio::spawn(crate::tunnel::serve_sniffed(server, peer, rtmp, http, shared.clone()));
+    let server = tokio::spawn(crate::tunnel::serve_sniffed(server, peer, rtmp, http, transport.clone()));
     let mut answer = Vec::new();
     let mut buf = [0u8; 4096];
     let exchange = async {

@@ -1,26 +1,31 @@
 //! The gateway as a library: configuration, authorisation, transports and the session driver.
-//! The binary (`main.rs`) is only the command line; fuzz targets and tests use the modules here.
+//! The binary (`main.rs`) is only the command line and reaches `config`, `devcert` and `server`;
+//! fuzz targets reach the parsers through one door, [`fuzzing`]. Everything else is crate-private.
 
-pub mod acme;
-pub mod admin;
-pub mod auth;
-pub mod budget;
-pub mod cluster;
+pub(crate) mod acme;
+pub(crate) mod admin;
+pub(crate) mod admission;
+pub(crate) mod auth;
+pub(crate) mod budget;
+pub(crate) mod cluster;
 pub mod config;
-pub mod descriptors;
+pub(crate) mod descriptors;
 pub mod devcert;
-pub mod drain;
-pub mod error;
-pub mod flv;
+pub(crate) mod drain;
+pub(crate) mod error;
+pub(crate) mod fan_out;
+pub(crate) mod flv;
 pub mod fuzzing;
-pub mod load;
-pub mod logsafe;
-pub mod metrics;
-pub mod registry;
-pub mod relay;
-pub mod reload;
-pub mod rtmpe_budget;
+pub(crate) mod load;
+pub(crate) mod logsafe;
+pub(crate) mod metrics;
+pub(crate) mod registry;
+pub(crate) mod relay;
+pub(crate) mod reload;
+pub(crate) mod rtmpe_budget;
 pub mod server;
-pub mod session;
-pub mod tls;
-pub mod tunnel;
+pub(crate) mod session;
+pub(crate) mod shutdown;
+pub(crate) mod sync;
+pub(crate) mod tls;
+pub(crate) mod tunnel;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::info;
 
-use crate::server::Shared;
+use crate::config::ConfigHandle;
 
 /// Busy fraction (over one sample) at which batching starts.
 pub const BATCH_ABOVE: f64 = 0.70;
@@ -85,7 +85,7 @@ impl Load {
 }
 
 /// Samples the runtime's worker busy time until the task is dropped.
-pub async fn monitor(shared: Arc<Shared>) {
+pub async fn monitor(load: Arc<Load>, config: ConfigHandle) {
     let metrics = tokio::runtime::Handle::current().metrics();
     let busy_total =
         || (0..metrics.num_workers()).map(|w| metrics.worker_total_busy_duration(w)).sum::<Duration>();
@@ -96,12 +96,12 @@ pub async fn monitor(shared: Arc<Shared>) {
         let capacity = (now - last_at).as_secs_f64() * metrics.num_workers() as f64;
         let fraction = (busy - last_busy).as_secs_f64() / capacity.max(1e-9);
         (last_at, last_busy) = (now, busy);
-        let enabled = shared.config().server.write_coalesce_under_load_ms > 0;
-        match shared.load.update(fraction, enabled) {
+        let under_load_ms = config.get().server.write_coalesce_under_load_ms;
+        match load.update(fraction, under_load_ms > 0) {
             Some(true) => info!(
                 "workers {:.0} % busy: batching players' media in {} ms windows (longer while saturated)",
                 fraction * 100.0,
-                shared.config().server.write_coalesce_under_load_ms
+                under_load_ms
             ),
             Some(false) => {
                 info!("workers {:.0} % busy: writing players' media at once again", fraction * 100.0)

@@ -2,6 +2,7 @@
 //! (newline, NUL, terminal escapes, bidi overrides), and capped so that a 1 MiB name does not
 //! become a 1 MiB log line.
 
+use crate::sync::lock;
 use std::fmt::{self, Display, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -87,7 +88,7 @@ impl Throttle {
     }
 
     fn allow_at(&self, now: Instant) -> Option<u64> {
-        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut state = lock(&self.state);
         let (last, held_back) = &mut *state;
         if last.is_some_and(|last| now.saturating_duration_since(last) < self.period) {
             *held_back += 1;

@@ -9,19 +9,70 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use rtmpx_router::StreamSnapshot;
+
 use crate::error::Error;
-use crate::relay::RelayState;
-use crate::server::Shared;
 
-/// Every variant, in the order of the metric arrays.
-pub const VARIANTS: [&str; 10] =
-    ["rtmp", "rtmps", "rtmpt", "rtmpts", "rtmpe", "rtmpte", "http-flv", "https-flv", "ws-flv", "wss-flv"];
-
-/// Index of a variant name in [`VARIANTS`]. RTMPE inside RTMPTS ("rtmpts+rtmpe") counts as rtmpts.
-pub fn variant_index(name: &str) -> usize {
-    let base = name.split('+').next().unwrap_or(name);
-    VARIANTS.iter().position(|v| *v == base).unwrap_or(0)
+/// How a client reached the gateway: the label of logs and metrics. RTMPE inside TLS is no
+/// variant of its own (it counts as rtmps or rtmpts).
+/// Its value is its slot in the metric arrays; [`Variant::ALL`] has the order of the output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// RTMP over TCP, and with RTMPE (RC4 after a Diffie-Hellman handshake).
+    Rtmp,
+    Rtmpe,
+    /// RTMP in TLS.
+    Rtmps,
+    /// RTMP tunnelled in HTTP, with RTMPE, and in TLS.
+    Rtmpt,
+    Rtmpte,
+    Rtmpts,
+    /// HTTP-FLV players, plain and in TLS.
+    HttpFlv,
+    HttpsFlv,
+    /// WebSocket-FLV players, plain and in TLS.
+    WsFlv,
+    WssFlv,
 }
+
+impl Variant {
+    /// Every variant, in the order of the `/metrics` output.
+    pub const ALL: [Variant; 10] = [
+        Variant::Rtmp,
+        Variant::Rtmps,
+        Variant::Rtmpt,
+        Variant::Rtmpts,
+        Variant::Rtmpe,
+        Variant::Rtmpte,
+        Variant::HttpFlv,
+        Variant::HttpsFlv,
+        Variant::WsFlv,
+        Variant::WssFlv,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Rtmp => "rtmp",
+            Variant::Rtmps => "rtmps",
+            Variant::Rtmpt => "rtmpt",
+            Variant::Rtmpts => "rtmpts",
+            Variant::Rtmpe => "rtmpe",
+            Variant::Rtmpte => "rtmpte",
+            Variant::HttpFlv => "http-flv",
+            Variant::HttpsFlv => "https-flv",
+            Variant::WsFlv => "ws-flv",
+            Variant::WssFlv => "wss-flv",
+        }
+    }
+}
+
+impl std::fmt::Display for Variant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+const VARIANTS: usize = Variant::ALL.len();
 
 /// What a session does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,12 +165,12 @@ impl Denial {
     }
 }
 
-/// The gateway's counters. Lives in [`Shared`].
+/// The gateway's counters, shared by the registry, the sessions and the transports.
 #[derive(Default)]
 pub struct Metrics {
-    sessions_opened: [AtomicU64; VARIANTS.len()],
-    closed_bytes_in: [AtomicU64; VARIANTS.len()],
-    closed_bytes_out: [AtomicU64; VARIANTS.len()],
+    sessions_opened: [AtomicU64; VARIANTS],
+    closed_bytes_in: [AtomicU64; VARIANTS],
+    closed_bytes_out: [AtomicU64; VARIANTS],
     closed_dropped_frames: AtomicU64,
     handshake_failures: [AtomicU64; HandshakeFailure::ALL.len()],
     denials: [AtomicU64; 4],
@@ -131,13 +182,13 @@ pub struct Metrics {
 
 impl Metrics {
     /// A session's handshake completed and it is now counted as `variant`.
-    pub fn session_opened(&self, variant: &str) {
-        self.sessions_opened[variant_index(variant)].fetch_add(1, Ordering::Relaxed);
+    pub fn session_opened(&self, variant: Variant) {
+        self.sessions_opened[variant as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A session ended: its bytes and dropped frames move into the totals.
-    pub fn session_closed(&self, variant: &str, bytes_in: u64, bytes_out: u64, dropped_frames: u64) {
-        let i = variant_index(variant);
+    pub fn session_closed(&self, variant: Variant, bytes_in: u64, bytes_out: u64, dropped_frames: u64) {
+        let i = variant as usize;
         self.closed_bytes_in[i].fetch_add(bytes_in, Ordering::Relaxed);
         self.closed_bytes_out[i].fetch_add(bytes_out, Ordering::Relaxed);
         self.closed_dropped_frames.fetch_add(dropped_frames, Ordering::Relaxed);
@@ -166,8 +217,69 @@ impl Metrics {
     }
 }
 
-fn relay_labels(r: &RelayState) -> [(&'static str, &str); 4] {
-    [("app", &r.app), ("stream", &r.stream), ("direction", r.direction.as_str()), ("url", &r.url)]
+/// Live sessions' numbers by variant, read from the session registry at scrape time.
+#[derive(Debug, Default)]
+pub struct LiveSessions {
+    /// Open sessions by variant and [`Role`].
+    pub sessions: [[u64; Role::ALL.len()]; VARIANTS],
+    /// Bytes of live sessions whose handshake completed, by variant.
+    pub bytes_in: [u64; VARIANTS],
+    pub bytes_out: [u64; VARIANTS],
+    pub dropped_frames: u64,
+}
+
+/// One relay as `/metrics` shows it.
+#[derive(Debug)]
+pub struct RelaySample {
+    pub app: String,
+    pub stream: String,
+    pub direction: &'static str,
+    pub url: String,
+    pub state: &'static str,
+    pub bytes: u64,
+    pub reconnects: u64,
+}
+
+/// Everything [`render`] prints, gathered by whoever serves `/metrics`.
+pub struct MetricsView<'a> {
+    pub counters: &'a Metrics,
+    pub live: LiveSessions,
+    pub streams: Vec<StreamSnapshot>,
+    /// How busy the runtime's workers were (0..=1).
+    pub worker_busy: f64,
+    pub write_batching: bool,
+    /// RTMPE players' fan-out writes: (sealed in a pair, sealed alone).
+    pub rtmpe_seals: (u64, u64),
+    pub relays: Vec<RelaySample>,
+    /// The cluster directory's lines, already in the text format (empty without `[cluster]`).
+    pub cluster: String,
+    pub rtmpt_sessions: usize,
+    pub rtmpt_sessions_expired: u64,
+    /// The ACME certificates' lines, already in the text format (empty without ACME).
+    pub acme: String,
+}
+
+impl<'a> MetricsView<'a> {
+    /// The sessions' numbers alone: no streams, relays, cluster, tunnels or ACME.
+    pub fn sessions(counters: &'a Metrics, live: LiveSessions) -> MetricsView<'a> {
+        MetricsView {
+            counters,
+            live,
+            streams: Vec::new(),
+            worker_busy: 0.0,
+            write_batching: false,
+            rtmpe_seals: (0, 0),
+            relays: Vec::new(),
+            cluster: String::new(),
+            rtmpt_sessions: 0,
+            rtmpt_sessions_expired: 0,
+            acme: String::new(),
+        }
+    }
+}
+
+fn relay_labels(r: &RelaySample) -> [(&'static str, &str); 4] {
+    [("app", &r.app), ("stream", &r.stream), ("direction", r.direction), ("url", &r.url)]
 }
 
 fn get(counter: &AtomicU64) -> u64 {
@@ -179,14 +291,20 @@ fn label(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-struct Out(String);
+/// Prometheus text being written (others add their own lines: the cluster directory).
+#[derive(Default)]
+pub struct Out(String);
 
 impl Out {
-    fn header(&mut self, name: &str, kind: &str, help: &str) {
+    pub fn into_string(self) -> String {
+        self.0
+    }
+
+    pub fn header(&mut self, name: &str, kind: &str, help: &str) {
         let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
         self.0.push_str(name);
         if !labels.is_empty() {
             self.0.push('{');
@@ -202,57 +320,20 @@ impl Out {
     }
 }
 
-/// `[cluster]`: the directory as the last heartbeat saw it, and this node's pulls from others.
-fn render_cluster(out: &mut Out, view: &crate::cluster::View) {
-    out.header("rtmpx_cluster_redis_up", "gauge", "Whether the Redis stream directory answers.");
-    out.sample("rtmpx_cluster_redis_up", &[], u64::from(view.redis_up));
-    out.header("rtmpx_cluster_nodes", "gauge", "Nodes with a live heartbeat in the directory.");
-    out.sample("rtmpx_cluster_nodes", &[], view.nodes.len() as u64);
-    out.header("rtmpx_cluster_streams", "gauge", "Streams in the directory by owning node.");
-    let mut by_node: std::collections::BTreeMap<&str, u64> =
-        view.nodes.iter().map(|n| (n.as_str(), 0)).collect();
-    for entry in &view.streams {
-        *by_node.entry(entry.node.as_str()).or_default() += 1;
-    }
-    for (node, count) in by_node {
-        out.sample("rtmpx_cluster_streams", &[("node", node)], count);
-    }
-    out.header("rtmpx_cluster_remote_pulls", "gauge", "Streams this node pulls from other nodes now.");
-    out.sample("rtmpx_cluster_remote_pulls", &[], view.remote_pulls as u64);
-    out.header("rtmpx_cluster_pulls_started_total", "counter", "Pulls from other nodes started.");
-    out.sample("rtmpx_cluster_pulls_started_total", &[], view.pulls_started);
-    out.header("rtmpx_cluster_lookups_failed_total", "counter", "Look-ups that failed (Redis unavailable).");
-    out.sample("rtmpx_cluster_lookups_failed_total", &[], view.lookups_failed);
-    out.header(
-        "rtmpx_cluster_claims_refused_total",
-        "counter",
-        "Publishes refused because another node publishes the stream.",
-    );
-    out.sample("rtmpx_cluster_claims_refused_total", &[], view.claims_refused);
-}
-
 /// The Prometheus text exposition (format 0.0.4) of everything the gateway counts.
-pub fn render(shared: &Shared) -> String {
-    let m = &shared.metrics;
-    let mut live_sessions = [[0u64; 3]; VARIANTS.len()];
-    let mut live_in = [0u64; VARIANTS.len()];
-    let mut live_out = [0u64; VARIANTS.len()];
-    let mut live_dropped = 0u64;
-    for entry in shared.sessions.entries() {
-        let state = entry.state();
-        let v = variant_index(state.variant);
-        live_sessions[v][state.role as usize] += 1;
-        if state.handshake_done {
-            live_in[v] += entry.bytes_in();
-            live_out[v] += entry.bytes_out();
-        }
-        live_dropped += entry.dropped_frames();
-    }
-    let streams = shared.router.streams();
+pub fn render(view: &MetricsView) -> String {
+    let m = view.counters;
+    let LiveSessions {
+        sessions: live_sessions,
+        bytes_in: live_in,
+        bytes_out: live_out,
+        dropped_frames: live_dropped,
+    } = &view.live;
+    let streams = &view.streams;
 
     let mut out = Out(String::with_capacity(8 * 1024));
     out.header("rtmpx_sessions", "gauge", "Open sessions by variant and role.");
-    for (v, variant) in VARIANTS.iter().enumerate() {
+    for (v, variant) in Variant::ALL.map(|v| (v as usize, v.name())) {
         for role in Role::ALL {
             out.sample(
                 "rtmpx_sessions",
@@ -266,7 +347,7 @@ pub fn render(shared: &Shared) -> String {
         "counter",
         "Sessions that completed their handshake, by variant.",
     );
-    for (v, variant) in VARIANTS.iter().enumerate() {
+    for (v, variant) in Variant::ALL.map(|v| (v as usize, v.name())) {
         out.sample("rtmpx_sessions_opened_total", &[("variant", variant)], get(&m.sessions_opened[v]));
     }
     out.header("rtmpx_streams", "gauge", "Streams with a publisher or players.");
@@ -280,14 +361,14 @@ pub fn render(shared: &Shared) -> String {
         "gauge",
         "How busy the runtime's workers were over the last 250 ms.",
     );
-    out.sample("rtmpx_worker_busy_percent", &[], (shared.load.busy() * 100.0).round() as u64);
+    out.sample("rtmpx_worker_busy_percent", &[], (view.worker_busy * 100.0).round() as u64);
     out.header(
         "rtmpx_write_batching",
         "gauge",
         "1 while players' media is batched because the workers are busy (write_coalesce_under_load_ms).",
     );
-    out.sample("rtmpx_write_batching", &[], u64::from(shared.load.batching()));
-    let (paired, alone) = crate::session::rtmpe_seal_counts();
+    out.sample("rtmpx_write_batching", &[], u64::from(view.write_batching));
+    let (paired, alone) = view.rtmpe_seals;
     out.header(
         "rtmpx_rtmpe_fan_out_writes_total",
         "counter",
@@ -300,11 +381,11 @@ pub fn render(shared: &Shared) -> String {
         "counter",
         "Bytes received from clients (after TLS/HTTP), by variant.",
     );
-    for (v, variant) in VARIANTS.iter().enumerate() {
+    for (v, variant) in Variant::ALL.map(|v| (v as usize, v.name())) {
         out.sample("rtmpx_bytes_in_total", &[("variant", variant)], get(&m.closed_bytes_in[v]) + live_in[v]);
     }
     out.header("rtmpx_bytes_out_total", "counter", "Bytes sent to clients (before TLS/HTTP), by variant.");
-    for (v, variant) in VARIANTS.iter().enumerate() {
+    for (v, variant) in Variant::ALL.map(|v| (v as usize, v.name())) {
         out.sample(
             "rtmpx_bytes_out_total",
             &[("variant", variant)],
@@ -334,7 +415,7 @@ pub fn render(shared: &Shared) -> String {
     out.header("rtmpx_dropped_frames_total", "counter", "Frames skipped for players that could not keep up.");
     out.sample("rtmpx_dropped_frames_total", &[], get(&m.closed_dropped_frames) + live_dropped);
     out.header("rtmpx_stream_dropped_frames", "gauge", "Frames skipped for slow players of each stream.");
-    for s in &streams {
+    for s in streams {
         out.sample(
             "rtmpx_stream_dropped_frames",
             &[("app", &s.key.app), ("stream", &s.key.name)],
@@ -342,7 +423,7 @@ pub fn render(shared: &Shared) -> String {
         );
     }
     out.header("rtmpx_stream_players", "gauge", "Players of each stream.");
-    for s in &streams {
+    for s in streams {
         out.sample("rtmpx_stream_players", &[("app", &s.key.app), ("stream", &s.key.name)], s.players as u64);
     }
     out.header(
@@ -350,7 +431,7 @@ pub fn render(shared: &Shared) -> String {
         "gauge",
         "Players of each stream without Enhanced RTMP support.",
     );
-    for s in &streams {
+    for s in streams {
         let labels = [("app", s.key.app.as_str()), ("stream", s.key.name.as_str())];
         out.sample("rtmpx_stream_legacy_players", &labels, s.legacy_players as u64);
     }
@@ -359,7 +440,7 @@ pub fn render(shared: &Shared) -> String {
         "gauge",
         "The audio and video tracks of each stream, by id and codec (always 1).",
     );
-    for s in &streams {
+    for s in streams {
         for t in &s.tracks {
             let id = t.id.to_string();
             let labels = [
@@ -373,34 +454,32 @@ pub fn render(shared: &Shared) -> String {
         }
     }
     out.header("rtmpx_stream_bytes_in", "gauge", "Media payload bytes from each stream's current publisher.");
-    for s in &streams {
+    for s in streams {
         out.sample("rtmpx_stream_bytes_in", &[("app", &s.key.app), ("stream", &s.key.name)], s.bytes_in);
     }
-    let relays = shared.relay_states();
+    let relays = &view.relays;
     out.header("rtmpx_relay_state", "gauge", "Relays by state (1 for the current state).");
-    for r in &relays {
+    for r in relays {
         let labels = relay_labels(r);
-        out.sample("rtmpx_relay_state", &[&labels[..], &[("state", r.state.as_str())]].concat(), 1);
+        out.sample("rtmpx_relay_state", &[&labels[..], &[("state", r.state)]].concat(), 1);
     }
     out.header("rtmpx_relay_bytes_total", "counter", "Bytes a relay sent (push) or received (pull).");
-    for r in &relays {
+    for r in relays {
         out.sample("rtmpx_relay_bytes_total", &relay_labels(r), r.bytes);
     }
     out.header("rtmpx_relay_reconnects_total", "counter", "Connections a relay made after its first.");
-    for r in &relays {
+    for r in relays {
         out.sample("rtmpx_relay_reconnects_total", &relay_labels(r), r.reconnects);
     }
-    if let Some(cluster) = &shared.cluster {
-        render_cluster(&mut out, &cluster.view());
-    }
+    out.0.push_str(&view.cluster);
     out.header("rtmpx_rtmpt_sessions", "gauge", "Open RTMPT and RTMPTS tunnel sessions.");
-    out.sample("rtmpx_rtmpt_sessions", &[], shared.tunnels.len() as u64);
+    out.sample("rtmpx_rtmpt_sessions", &[], view.rtmpt_sessions as u64);
     out.header(
         "rtmpx_rtmpt_sessions_expired_total",
         "counter",
         "Tunnel sessions closed for going without requests.",
     );
-    out.sample("rtmpx_rtmpt_sessions_expired_total", &[], shared.tunnels.expired_total());
+    out.sample("rtmpx_rtmpt_sessions_expired_total", &[], view.rtmpt_sessions_expired);
     out.header("rtmpx_rtmpt_polls_total", "counter", "RTMPT requests (send, idle, close) for open sessions.");
     out.sample("rtmpx_rtmpt_polls_total", &[], get(&m.rtmpt_polls));
     out.header("rtmpx_admin_kicks_total", "counter", "Sessions closed through the admin API.");
@@ -408,9 +487,7 @@ pub fn render(shared: &Shared) -> String {
     out.header("rtmpx_config_reloads_total", "counter", "Configuration reloads by result.");
     out.sample("rtmpx_config_reloads_total", &[("result", "ok")], get(&m.reloads_ok));
     out.sample("rtmpx_config_reloads_total", &[("result", "rejected")], get(&m.reloads_failed));
-    if let Some(acme) = shared.acme.get() {
-        acme.render_metrics(&mut out.0);
-    }
+    out.0.push_str(&view.acme);
     out.0
 }
 
@@ -419,12 +496,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn variant_names_map_to_their_slot() {
-        assert_eq!(variant_index("rtmp"), 0);
-        assert_eq!(variant_index("rtmps"), 1);
-        assert_eq!(variant_index("rtmpte"), 5);
-        assert_eq!(variant_index("rtmpts+rtmpe"), 3);
-        assert_eq!(VARIANTS[variant_index("rtmpe")], "rtmpe");
+    fn variants_have_a_slot_and_a_name_each() {
+        let slots: std::collections::BTreeSet<_> = Variant::ALL.iter().map(|&v| v as usize).collect();
+        assert_eq!(slots, (0..VARIANTS).collect(), "every slot once");
+        let names: std::collections::BTreeSet<_> = Variant::ALL.iter().map(|v| v.name()).collect();
+        assert_eq!(names.len(), VARIANTS);
+        assert_eq!(Variant::WssFlv.to_string(), "wss-flv");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The live sessions, for the admin API and the metrics: who, which variant, what they publish
 //! or play, bytes, bitrate, and a way to kick one.
 //!
-//! session.rs opens a [`SessionGuard`] per connection (dropping it removes the entry and moves
+//! The session driver opens a [`SessionGuard`] per connection (dropping it removes the entry and moves
 //! its bytes into the metrics), updates it as the session goes, and selects on
 //! [`SessionEntry::kicked`].
 
@@ -15,20 +15,46 @@ use dashmap::DashMap;
 use tokio::sync::Notify;
 
 use crate::error::Error;
-use crate::metrics::{HandshakeFailure, Role};
-use crate::server::Shared;
+use crate::metrics::{HandshakeFailure, LiveSessions, Metrics, Role, Variant};
+use crate::sync::lock;
 
 /// Bitrates are measured over this much time (samples every [`SAMPLE_EVERY`]).
 pub const RATE_WINDOW: Duration = Duration::from_secs(10);
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 
-/// The live sessions by id.
-#[derive(Default)]
+/// The live sessions by id; closing one moves its totals into the metrics it owns.
 pub struct Registry {
     map: DashMap<u64, Arc<SessionEntry>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Registry {
+    pub fn new(metrics: Arc<Metrics>) -> Registry {
+        Registry { map: DashMap::new(), metrics }
+    }
+
+    /// The counters sessions add to when they open and close.
+    #[cfg(test)]
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The live sessions' numbers for `/metrics`.
+    pub fn live(&self) -> LiveSessions {
+        let mut live = LiveSessions::default();
+        for entry in self.map.iter() {
+            let state = entry.state();
+            let v = state.variant as usize;
+            live.sessions[v][state.role as usize] += 1;
+            if state.handshake_done {
+                live.bytes_in[v] += entry.bytes_in();
+                live.bytes_out[v] += entry.bytes_out();
+            }
+            live.dropped_frames += entry.dropped_frames();
+        }
+        live
+    }
+
     pub fn get(&self, id: u64) -> Option<Arc<SessionEntry>> {
         self.map.get(&id).map(|e| e.value().clone())
     }
@@ -61,7 +87,7 @@ impl Registry {
         for entry in self.map.iter() {
             let entry = entry.value();
             let sample = (now, entry.bytes_in(), entry.bytes_out());
-            let mut window = entry.rates.lock().unwrap_or_else(|e| e.into_inner());
+            let mut window = lock(&entry.rates);
             window.push_back(sample);
             // Keep one sample at least RATE_WINDOW old, so the window always spans RATE_WINDOW.
             while window.len() > 2 && now.duration_since(window[1].0) >= RATE_WINDOW {
@@ -74,10 +100,11 @@ impl Registry {
 /// What can change about a session after it opened.
 #[derive(Debug, Clone)]
 pub struct EntryState {
-    pub variant: &'static str,
+    pub variant: Variant,
     /// Whether the handshake completed (before that, `variant` may still turn into rtmpe).
     pub handshake_done: bool,
     pub app: Option<String>,
+    /// The stream it publishes or plays (as `role` says).
     pub stream: Option<String>,
     pub role: Role,
     /// The client announced Enhanced RTMP in `connect` (a player then gets every track).
@@ -119,7 +146,7 @@ impl SessionEntry {
     }
 
     fn lock(&self) -> MutexGuard<'_, EntryState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     pub fn bytes_in(&self) -> u64 {
@@ -162,14 +189,14 @@ impl SessionEntry {
 
     /// Asks the session to close (it says goodbye to its client first).
     pub fn kick(&self, why: &'static str) {
-        *self.kick_reason.lock().unwrap_or_else(|e| e.into_inner()) = why;
+        *lock(&self.kick_reason) = why;
         self.kick.notify_one();
     }
 
     /// Resolves with the reason when someone asks this session to close.
     pub async fn kicked(&self) -> &'static str {
         self.kick.notified().await;
-        *self.kick_reason.lock().unwrap_or_else(|e| e.into_inner())
+        *lock(&self.kick_reason)
     }
 
     /// Records whether the client follows reconnect requests (from its `connect`).
@@ -184,7 +211,7 @@ impl SessionEntry {
     /// Asks the session to send its client a reconnect request (a newer order replaces one not
     /// yet sent).
     pub fn request_reconnect(&self, order: ReconnectOrder) {
-        *self.reconnect_order.lock().unwrap_or_else(|e| e.into_inner()) = Some(order);
+        *lock(&self.reconnect_order) = Some(order);
         self.reconnect.notify_one();
     }
 
@@ -192,7 +219,7 @@ impl SessionEntry {
     pub async fn reconnect_requested(&self) -> ReconnectOrder {
         loop {
             self.reconnect.notified().await;
-            if let Some(order) = self.reconnect_order.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            if let Some(order) = lock(&self.reconnect_order).take() {
                 return order;
             }
         }
@@ -202,12 +229,7 @@ impl SessionEntry {
     /// sessions).
     pub fn bitrates(&self) -> (u64, u64) {
         let now = Instant::now();
-        let (since, base_in, base_out) =
-            self.rates.lock().unwrap_or_else(|e| e.into_inner()).front().copied().unwrap_or((
-                self.started,
-                0,
-                0,
-            ));
+        let (since, base_in, base_out) = lock(&self.rates).front().copied().unwrap_or((self.started, 0, 0));
         let secs = now.duration_since(since).as_secs_f64();
         if secs < 0.5 {
             return (0, 0);
@@ -219,13 +241,13 @@ impl SessionEntry {
 
 /// A session's place in the registry; dropping it removes the entry and counts its totals.
 pub struct SessionGuard {
-    shared: Arc<Shared>,
+    registry: Arc<Registry>,
     entry: Arc<SessionEntry>,
 }
 
 impl SessionGuard {
     /// Registers session `id`, whose variant is `variant` until the handshake says otherwise.
-    pub fn open(shared: &Arc<Shared>, id: u64, peer: SocketAddr, variant: &'static str) -> SessionGuard {
+    pub fn open(registry: &Arc<Registry>, id: u64, peer: SocketAddr, variant: Variant) -> SessionGuard {
         let entry = Arc::new(SessionEntry {
             id,
             peer,
@@ -249,8 +271,8 @@ impl SessionGuard {
             reconnect_order: Mutex::new(None),
             rates: Mutex::new(VecDeque::new()),
         });
-        shared.sessions.map.insert(id, entry.clone());
-        SessionGuard { shared: shared.clone(), entry }
+        registry.map.insert(id, entry.clone());
+        SessionGuard { registry: registry.clone(), entry }
     }
 
     pub fn entry(&self) -> &SessionEntry {
@@ -263,62 +285,65 @@ impl SessionGuard {
     }
 
     /// The handshake completed as `variant`.
-    pub fn handshake_complete(&self, variant: &'static str) {
+    pub fn handshake_complete(&self, variant: Variant) {
         let mut state = self.entry.lock();
         state.variant = variant;
         state.handshake_done = true;
         drop(state);
-        self.shared.metrics.session_opened(variant);
+        self.registry.metrics.session_opened(variant);
     }
 
     /// Counts how the session ended (a handshake failure when it never got that far).
     pub fn finish(&self, result: &Result<(), Error>) {
         if !self.entry.lock().handshake_done && !matches!(result, Err(Error::Kicked(_))) {
-            self.shared.metrics.handshake_failed(HandshakeFailure::of(result));
+            self.registry.metrics.handshake_failed(HandshakeFailure::of(result));
         }
     }
 }
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
-        self.shared.sessions.map.remove(&self.entry.id);
+        self.registry.map.remove(&self.entry.id);
         let variant = self.entry.lock().variant;
         let e = &self.entry;
-        self.shared.metrics.session_closed(variant, e.bytes_in(), e.bytes_out(), e.dropped_frames());
+        self.registry.metrics.session_closed(variant, e.bytes_in(), e.bytes_out(), e.dropped_frames());
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::metrics::MetricsView;
 
-    fn shared() -> (Arc<Shared>, tokio::sync::watch::Sender<bool>) {
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        (Arc::new(Shared::new(Arc::new(Config::embedded_default()), rx)), tx)
+    fn registry() -> Arc<Registry> {
+        Arc::new(Registry::new(Arc::default()))
+    }
+
+    fn render(registry: &Registry) -> String {
+        crate::metrics::render(&MetricsView::sessions(registry.metrics(), registry.live()))
     }
 
     #[test]
     fn a_guard_registers_its_session_and_moves_its_bytes_into_the_totals_on_drop() {
-        let (shared, _tx) = shared();
+        let registry = registry();
         let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
-        let guard = SessionGuard::open(&shared, 7, peer, "rtmp");
+        let guard = SessionGuard::open(&registry, 7, peer, Variant::Rtmp);
         guard.entry().add_in(1000);
         guard.entry().add_out(500);
         guard.entry().set_app("live");
         guard.entry().set_role(Role::Player, "s");
         // Before the handshake the bytes count under no variant yet (it may become rtmpe).
-        assert!(crate::metrics::render(&shared).contains("rtmpx_bytes_in_total{variant=\"rtmpe\"} 0"));
-        guard.handshake_complete("rtmpe");
-        let text = crate::metrics::render(&shared);
+        assert!(render(&registry).contains("rtmpx_bytes_in_total{variant=\"rtmpe\"} 0"));
+        guard.handshake_complete(Variant::Rtmpe);
+        let text = render(&registry);
         assert!(text.contains("rtmpx_sessions{variant=\"rtmpe\",role=\"player\"} 1"), "{text}");
         assert!(text.contains("rtmpx_bytes_in_total{variant=\"rtmpe\"} 1000"), "{text}");
-        let state = shared.sessions.get(7).unwrap().state();
+        let state = registry.get(7).unwrap().state();
         assert_eq!((state.app.as_deref(), state.stream.as_deref()), (Some("live"), Some("s")));
         guard.entry().add_out(250);
         drop(guard);
-        assert!(shared.sessions.get(7).is_none());
-        let text = crate::metrics::render(&shared);
+        assert!(registry.get(7).is_none());
+        let text = render(&registry);
         assert!(text.contains("rtmpx_sessions{variant=\"rtmpe\",role=\"player\"} 0"), "{text}");
         assert!(text.contains("rtmpx_bytes_out_total{variant=\"rtmpe\"} 750"), "{text}");
         assert!(text.contains("rtmpx_sessions_opened_total{variant=\"rtmpe\"} 1"), "{text}");
@@ -326,17 +351,17 @@ mod tests {
 
     #[test]
     fn sessions_that_never_finish_the_handshake_count_as_failures() {
-        let (shared, _tx) = shared();
+        let registry = registry();
         let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         for (id, result) in [
             (1, Err(Error::Timeout("handshake and connect"))),
             (2, Ok(())),
             (3, Err(Error::Kicked("gateway shutting down"))),
         ] {
-            let guard = SessionGuard::open(&shared, id, peer, "rtmp");
+            let guard = SessionGuard::open(&registry, id, peer, Variant::Rtmp);
             guard.finish(&result);
         }
-        let text = crate::metrics::render(&shared);
+        let text = render(&registry);
         assert!(text.contains("rtmpx_handshake_failures_total{reason=\"timeout\"} 1"), "{text}");
         assert!(text.contains("rtmpx_handshake_failures_total{reason=\"closed\"} 1"), "{text}");
         assert!(text.contains("rtmpx_handshake_failures_total{reason=\"protocol\"} 0"), "{text}");
@@ -344,18 +369,18 @@ mod tests {
 
     #[tokio::test]
     async fn a_kick_wakes_the_session_with_its_reason() {
-        let (shared, _tx) = shared();
-        let guard = SessionGuard::open(&shared, 9, "127.0.0.1:1".parse().unwrap(), "rtmp");
-        assert!(shared.sessions.kick(9, "kicked through the admin API"));
-        assert!(!shared.sessions.kick(10, "nobody"));
+        let registry = registry();
+        let guard = SessionGuard::open(&registry, 9, "127.0.0.1:1".parse().unwrap(), Variant::Rtmp);
+        assert!(registry.kick(9, "kicked through the admin API"));
+        assert!(!registry.kick(10, "nobody"));
         let why = tokio::time::timeout(Duration::from_secs(1), guard.entry().kicked()).await.unwrap();
         assert_eq!(why, "kicked through the admin API");
     }
 
     #[tokio::test]
     async fn a_reconnect_order_reaches_the_session_once() {
-        let (shared, _tx) = shared();
-        let guard = SessionGuard::open(&shared, 9, "127.0.0.1:1".parse().unwrap(), "rtmp");
+        let registry = registry();
+        let guard = SessionGuard::open(&registry, 9, "127.0.0.1:1".parse().unwrap(), Variant::Rtmp);
         let entry = guard.entry();
         assert!(!entry.reconnect_capable());
         entry.set_reconnect_capable(true);
@@ -372,8 +397,8 @@ mod tests {
 
     #[test]
     fn bitrates_cover_the_window() {
-        let (shared, _tx) = shared();
-        let guard = SessionGuard::open(&shared, 1, "127.0.0.1:1".parse().unwrap(), "rtmp");
+        let registry = registry();
+        let guard = SessionGuard::open(&registry, 1, "127.0.0.1:1".parse().unwrap(), Variant::Rtmp);
         let entry = guard.entry();
         // Samples 12 s, 8 s and 4 s ago: the window starts at the oldest one within reach.
         let now = Instant::now();
@@ -388,7 +413,7 @@ mod tests {
         // 20,000 bytes over 12 s.
         assert!((13_000..=13_700).contains(&bps_in), "{bps_in}");
         assert_eq!(bps_out, 0);
-        shared.sessions.sample_rates();
+        registry.sample_rates();
         // The 12 s old sample stays while the next one (8 s) is younger than the window.
         assert_eq!(entry.rates.lock().unwrap().len(), 4);
     }

@@ -1,7 +1,7 @@
 //! Configuration reload (SIGHUP and `POST /api/v1/reload`).
 //!
 //! The file is parsed and validated first; an invalid file changes nothing. A valid one is
-//! swapped into `Shared` at once: apps, limits, timeouts, auth rules and the rest are read where
+//! swapped into the [`ConfigHandle`] at once: apps, limits, timeouts, auth rules and the rest are read where
 //! they are used, so new connections and new publish/play requests follow them while live
 //! sessions go on. The router gets its new settings and every certificate file is read again.
 //! What only a restart can change (listener addresses, the admin listener, the development
@@ -13,9 +13,13 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 use tracing::{error, info, warn};
 
-use crate::config::Config;
+use rtmpx_router::Router;
+
+use crate::config::{Config, ConfigHandle};
 use crate::error::{Error, Result};
-use crate::server::{router_config, Shared};
+use crate::metrics::Metrics;
+use crate::session::{router_config, SessionContext};
+use crate::sync::lock;
 use crate::tls::CertStore;
 
 /// Top-level keys whose changes need a restart: they describe sockets and certificate stores
@@ -38,7 +42,9 @@ pub struct ReloadReport {
 }
 
 pub struct Reloader {
-    shared: Arc<Shared>,
+    config: ConfigHandle,
+    router: Router,
+    metrics: Arc<Metrics>,
     path: Option<PathBuf>,
     stores: Vec<Arc<CertStore>>,
     /// The configuration in force as a TOML table, for the list of changed keys. Also
@@ -52,18 +58,25 @@ fn read_table(path: &std::path::Path) -> Option<toml::Table> {
 
 impl Reloader {
     /// `path` is the file the gateway started from (`None`: the embedded default).
-    pub fn new(shared: Arc<Shared>, path: Option<PathBuf>, stores: Vec<Arc<CertStore>>) -> Self {
+    pub fn new(ctx: &SessionContext, path: Option<PathBuf>, stores: Vec<Arc<CertStore>>) -> Self {
         let running = match &path {
             Some(p) => read_table(p).unwrap_or_default(),
             None => crate::config::DEFAULT_CONFIG.parse().unwrap_or_default(),
         };
-        Reloader { shared, path, stores, running: Mutex::new(running) }
+        Reloader {
+            config: ctx.config.clone(),
+            router: ctx.router.clone(),
+            metrics: ctx.metrics.clone(),
+            path,
+            stores,
+            running: Mutex::new(running),
+        }
     }
 
     /// Reloads and logs the outcome; on error the running configuration stays.
     pub fn reload(&self) -> Result<ReloadReport> {
         let result = self.try_reload();
-        self.shared.metrics.reloaded(result.is_ok());
+        self.metrics.reloaded(result.is_ok());
         match &result {
             Ok(report) => {
                 info!(
@@ -84,7 +97,7 @@ impl Reloader {
     }
 
     fn try_reload(&self) -> Result<ReloadReport> {
-        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let mut running = lock(&self.running);
         let mut report = ReloadReport {
             file: self.path.as_ref().map(|p| p.display().to_string()),
             applied: Vec::new(),
@@ -101,7 +114,7 @@ impl Reloader {
                 .parse()
                 .map_err(|e: toml::de::Error| Error::Config { origin, message: e.to_string() })?;
 
-            let old = self.shared.config();
+            let old = self.config.get();
             let mut keys: Vec<&String> = running.keys().chain(table.keys()).collect();
             keys.sort();
             keys.dedup();
@@ -125,8 +138,8 @@ impl Reloader {
                     None => table.remove(key),
                 };
             }
-            self.shared.router.set_config(router_config(&config));
-            self.shared.replace_config(Arc::new(config));
+            self.router.set_config(router_config(&config));
+            self.config.replace(Arc::new(config));
             *running = table;
         }
         for store in &self.stores {
@@ -149,20 +162,23 @@ mod tests {
 
     const BASE: &str = "[[listener]]\nproto = \"rtmp\"\naddr = \"127.0.0.1:0\"\n[[app]]\nname = \"live\"\n";
 
-    fn setup(text: &str) -> (Arc<Shared>, Reloader, std::path::PathBuf, tokio::sync::watch::Sender<bool>) {
+    fn setup(
+        text: &str,
+    ) -> (Arc<SessionContext>, Reloader, std::path::PathBuf, tokio::sync::watch::Sender<bool>) {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!("rtmpx-reload-{}-{n}.toml", std::process::id()));
         std::fs::write(&path, text).unwrap();
         let (tx, rx) = tokio::sync::watch::channel(false);
-        let shared = Arc::new(Shared::new(Arc::new(Config::from_toml(text, "t").unwrap()), rx));
-        let reloader = Reloader::new(shared.clone(), Some(path.clone()), Vec::new());
-        (shared, reloader, path, tx)
+        let ctx =
+            Arc::new(crate::relay::session_context(Arc::new(Config::from_toml(text, "t").unwrap()), rx).0);
+        let reloader = Reloader::new(&ctx, Some(path.clone()), Vec::new());
+        (ctx, reloader, path, tx)
     }
 
     #[test]
     fn a_valid_file_is_applied_and_the_changed_sections_reported() {
-        let (shared, reloader, path, _tx) = setup(BASE);
+        let (ctx, reloader, path, _tx) = setup(BASE);
         let changed = format!(
             "{}\npublish = false\n[limits]\nmax_connections_per_ip = 3\nplayer_queue_bytes = 100000\n",
             BASE.trim_end()
@@ -171,10 +187,10 @@ mod tests {
         let report = reloader.reload().unwrap();
         assert_eq!(report.applied, ["app", "limits"]);
         assert!(report.restart_needed.is_empty());
-        let config = shared.config();
+        let config = ctx.config();
         assert!(!config.app("live").unwrap().publish);
         assert_eq!(config.limits.max_connections_per_ip, 3);
-        assert_eq!(shared.router.config().player_queue_bytes, 100_000);
+        assert_eq!(ctx.router.config().player_queue_bytes, 100_000);
         // The same file again changes nothing.
         assert!(reloader.reload().unwrap().applied.is_empty());
         let _ = std::fs::remove_file(path);
@@ -182,30 +198,31 @@ mod tests {
 
     #[test]
     fn an_invalid_file_changes_nothing() {
-        let (shared, reloader, path, _tx) = setup(BASE);
+        let (ctx, reloader, path, _tx) = setup(BASE);
         std::fs::write(&path, format!("{BASE}[limits]\nmax_amf_depth = 1\n")).unwrap();
         let err = reloader.reload().unwrap_err().to_string();
         assert!(err.contains("limits.max_amf_depth"), "{err}");
         std::fs::write(&path, "[[app]\nname = ").unwrap();
         assert!(reloader.reload().is_err());
-        assert_eq!(shared.config().limits.max_amf_depth, 32);
-        assert!(shared.config().app("live").unwrap().publish);
-        let metrics = crate::metrics::render(&shared);
+        assert_eq!(ctx.config().limits.max_amf_depth, 32);
+        assert!(ctx.config().app("live").unwrap().publish);
+        let view = crate::metrics::MetricsView::sessions(&ctx.metrics, ctx.sessions.live());
+        let metrics = crate::metrics::render(&view);
         assert!(metrics.contains("rtmpx_config_reloads_total{result=\"rejected\"} 2"), "{metrics}");
         let _ = std::fs::remove_file(path);
     }
 
     #[test]
     fn listener_changes_wait_for_a_restart() {
-        let (shared, reloader, path, _tx) = setup(BASE);
+        let (ctx, reloader, path, _tx) = setup(BASE);
         std::fs::write(&path, BASE.replace("127.0.0.1:0", "127.0.0.1:1936") + "[timeouts]\nidle_secs = 5\n")
             .unwrap();
         let report = reloader.reload().unwrap();
         assert_eq!(report.restart_needed, ["listener"]);
         assert_eq!(report.applied, ["timeouts"]);
-        let config = shared.config();
+        let config = ctx.config();
         assert_eq!(config.listeners[0].addr.port(), 0, "the running listener stays in the config");
-        assert_eq!(config.timeouts.idle_secs, 5);
+        assert_eq!(config.timeouts.idle, std::time::Duration::from_secs(5));
         // Still different from what runs: reported again.
         assert_eq!(reloader.reload().unwrap().restart_needed, ["listener"]);
         let _ = std::fs::remove_file(path);

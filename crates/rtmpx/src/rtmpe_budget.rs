@@ -3,6 +3,7 @@
 //! address could otherwise keep cores busy. A token bucket per address (per /64 for IPv6):
 //! `limits.rtmpe_handshakes_per_ip` a second, bursts of four seconds' worth.
 
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -38,7 +39,7 @@ impl RtmpeBudget {
         let refilled = |bucket: &Bucket| {
             (bucket.tokens + now.saturating_duration_since(bucket.at).as_secs_f64() * rate).min(capacity)
         };
-        let mut buckets = self.buckets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut buckets = lock(&self.buckets);
         if buckets.len() > PRUNE_ABOVE {
             buckets.retain(|_, bucket| refilled(bucket) < capacity);
         }
@@ -53,8 +54,9 @@ impl RtmpeBudget {
     }
 
     /// Addresses with a bucket (for tests).
+    #[cfg_attr(not(test), allow(dead_code, reason = "read by the tests"))]
     pub fn tracked(&self) -> usize {
-        self.buckets.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).len()
+        lock(&self.buckets).len()
     }
 }
 

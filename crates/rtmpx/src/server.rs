@@ -1,13 +1,11 @@
-//! The running gateway: shared state, listeners, connection limits and shutdown.
+//! The composition root: builds the contexts every part works with, binds the listeners, and
+//! serves until shutdown. Nothing else in the crate imports this module.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use rtmpx_router::{Router, RouterConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -15,169 +13,17 @@ use tracing::{info, warn};
 
 use crate::acme::Acme;
 use crate::admin;
-use crate::budget::AddressBudgets;
+use crate::admission::{Admission, Admissions};
 use crate::config::{Config, ListenerConfig, Proto};
 use crate::error::{Error, Result};
 use crate::logsafe::Throttle;
-use crate::metrics::{Denial, HandshakeFailure, Metrics};
-use crate::registry::Registry;
-use crate::relay::{RelayManager, RelayState};
+use crate::metrics::HandshakeFailure;
+use crate::relay;
 use crate::reload::Reloader;
 use crate::session::{Origin, Transport};
+use crate::shutdown;
 use crate::tls::{self, TlsAcceptor};
-use crate::tunnel::{self, SessionTable};
-
-/// State every session and listener shares.
-pub struct Shared {
-    pub router: Router,
-    config: Mutex<Arc<Config>>,
-    next_id: AtomicU64,
-    shutdown: watch::Receiver<bool>,
-    connections: AtomicUsize,
-    /// Connections the process's file descriptors allow (see [`crate::descriptors`]).
-    descriptor_cap: AtomicUsize,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
-    /// RTMPT/RTMPTS sessions of every listener.
-    pub tunnels: SessionTable,
-    /// Push and pull relays.
-    pub relays: RelayManager,
-    /// Counters for `/metrics` (ops).
-    pub metrics: Metrics,
-    /// Live sessions for the admin API (ops).
-    pub sessions: Registry,
-    /// Publish/play authorisation and per-app/per-stream limits.
-    pub auth: crate::auth::Gate,
-    /// Whether fan-out batches its writes now (workers busy).
-    pub load: Arc<crate::load::Load>,
-    /// Certificates from an ACME CA, when `[tls.acme]` is set (its challenges are answered on
-    /// the listeners).
-    pub acme: OnceLock<Arc<Acme>>,
-    /// RTMPE handshakes each address may still start (`limits.rtmpe_handshakes_per_ip`).
-    pub rtmpe_budget: crate::rtmpe_budget::RtmpeBudget,
-    /// Memory held per client address (`limits.max_memory_per_ip`).
-    pub budgets: Arc<AddressBudgets>,
-    /// Bound listeners that serve HTTP-FLV/WebSocket-FLV: (inside TLS, address), for the preview page.
-    pub flv_listeners: std::sync::OnceLock<Vec<(bool, SocketAddr)>>,
-    /// The Redis stream directory shared with other nodes (`[cluster]`).
-    pub cluster: Option<crate::cluster::Cluster>,
-}
-
-impl Shared {
-    pub fn new(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Shared {
-        let load = Arc::<crate::load::Load>::default();
-        let router = Router::new(router_config(&config));
-        // A hot stream's shards pair RTMPE players' encryption as the publisher's fan-out does.
-        let mut sharding = rtmpx_router::ShardConfig::default();
-        sharding.scope = Some(crate::session::rtmpe_shard_scope as rtmpx_router::FanOutScope);
-        router.set_sharding(sharding);
-        // The section was validated with the configuration; starting only fails outside a runtime.
-        let cluster = config.cluster.as_ref().and_then(|section| {
-            crate::cluster::Cluster::start(section, router.clone(), shutdown.clone())
-                .map_err(|e| tracing::error!("cluster disabled: {e}"))
-                .ok()
-        });
-        let tunnel_tag = config.cluster.as_ref().and_then(|c| c.tunnel_tag_byte());
-        Shared {
-            router,
-            cluster,
-            config: Mutex::new(config),
-            next_id: AtomicU64::new(1),
-            shutdown: shutdown.clone(),
-            connections: AtomicUsize::new(0),
-            descriptor_cap: AtomicUsize::new(usize::MAX),
-            per_ip: Mutex::new(HashMap::new()),
-            tunnels: SessionTable::with_tag(tunnel_tag),
-            metrics: Metrics::default(),
-            sessions: Registry::default(),
-            load: load.clone(),
-            auth: crate::auth::Gate::new(),
-            budgets: Arc::default(),
-            relays: RelayManager::new(shutdown, load),
-            acme: OnceLock::new(),
-            rtmpe_budget: Default::default(),
-            flv_listeners: std::sync::OnceLock::new(),
-        }
-    }
-
-    pub fn config(&self) -> Arc<Config> {
-        self.config.lock().expect("config lock").clone()
-    }
-
-    /// Swaps in a validated configuration (reload); sessions read it at their next decision.
-    pub fn replace_config(&self, config: Arc<Config>) {
-        *self.config.lock().expect("config lock") = config;
-    }
-
-    pub fn next_session_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
-    }
-
-    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
-        self.shutdown.clone()
-    }
-
-    /// Every running relay (for stats): direction, redacted URL, state, bytes, last error.
-    pub fn relay_states(&self) -> Vec<RelayState> {
-        self.relays.states()
-    }
-
-    /// Counts a new connection (or RTMPT session) against the limits; `None` when a limit is hit.
-    pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Admission> {
-        let limits = self.config().limits.clone();
-        let cap = limits.max_connections.min(self.descriptor_cap.load(Ordering::Relaxed));
-        let total = self.connections.fetch_add(1, Ordering::AcqRel) + 1;
-        if total > cap {
-            self.connections.fetch_sub(1, Ordering::AcqRel);
-            self.metrics.denied(Denial::ConnectionLimit);
-            let which = if cap < limits.max_connections { "the open-files limit" } else { "max_connections" };
-            if let Some(held_back) = REFUSED_TOTAL_LOG.allow() {
-                warn!(%ip, limit = cap, held_back, "connection refused: {which} reached");
-            }
-            return None;
-        }
-        let mut per_ip = self.per_ip.lock().expect("per-ip lock");
-        let count = per_ip.entry(ip).or_insert(0);
-        if *count >= limits.max_connections_per_ip {
-            drop(per_ip);
-            self.connections.fetch_sub(1, Ordering::AcqRel);
-            self.metrics.denied(Denial::ConnectionLimit);
-            if let Some(held_back) = REFUSED_PER_IP_LOG.allow() {
-                warn!(%ip, limit = limits.max_connections_per_ip, held_back, "connection refused: max_connections_per_ip reached");
-            }
-            return None;
-        }
-        *count += 1;
-        Some(Admission { shared: self.clone(), ip })
-    }
-}
-
-/// Releases a connection's place in the limits when the session ends.
-pub(crate) struct Admission {
-    shared: Arc<Shared>,
-    ip: IpAddr,
-}
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        self.shared.connections.fetch_sub(1, Ordering::AcqRel);
-        let mut per_ip = self.shared.per_ip.lock().expect("per-ip lock");
-        if let Some(count) = per_ip.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                per_ip.remove(&self.ip);
-            }
-        }
-    }
-}
-
-pub fn router_config(config: &Config) -> RouterConfig {
-    let mut router = RouterConfig::default();
-    router.player_queue_bytes = config.limits.player_queue_bytes;
-    router.gop_cache = config.server.gop_cache;
-    router.max_gop_bytes = config.limits.max_gop_bytes;
-    router.max_header_bytes = config.limits.max_header_bytes;
-    router
-}
+use crate::tunnel::{self, TransportContext};
 
 /// Every check `serve` makes before it binds, beyond [`Config`]'s own validation: the files
 /// the configuration names (certificates and keys, the development certificate's directory,
@@ -232,24 +78,22 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     check_before_start(&config, &origin)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let config = Arc::new(config);
-    let shared = Arc::new(Shared::new(config.clone(), shutdown_rx));
-    check_descriptors(&shared, &config);
+    let (session, relays) = relay::session_context(config.clone(), shutdown_rx);
+    let session = Arc::new(session);
+    let transports = Arc::new(TransportContext::new(session.clone()));
+    check_descriptors(&transports.admissions, &config);
 
     // The cached ACME certificate (if any) serves at once; orders run in the background, so a
     // CA that is down or slow never holds up the listeners.
     let acme = config.tls.acme.clone().map(Acme::new);
     if let Some(acme) = &acme {
-        let _ = shared.acme.set(acme.clone());
+        let _ = transports.acme.set(acme.clone());
     }
     let listener_tls = tls::listener_acceptors(&config, acme.as_ref())?;
     let mut hangup = Hangup::new()?;
     let mut listeners = Vec::new();
     for (lc, tls) in config.listeners.iter().zip(listener_tls.acceptors) {
-        let listener = TcpListener::bind(lc.addr).await.map_err(Error::io(format!(
-            "binding {} listener on {}",
-            lc.proto.scheme(),
-            lc.addr
-        )))?;
+        let listener = bind(lc).await?;
         let local = listener.local_addr().map_err(Error::io("reading the bound address"))?;
         announce(lc, local, &config);
         listeners.push((lc.clone(), listener, tls));
@@ -257,16 +101,17 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     warn_open_publishing(&config);
     let flv = listeners.iter().filter(|(lc, ..)| lc.http_flv);
     let flv = flv.filter_map(|(lc, listener, _)| Some((lc.proto.is_tls(), listener.local_addr().ok()?)));
-    let _ = shared.flv_listeners.set(flv.collect());
-    let reloader = Arc::new(Reloader::new(shared.clone(), config_path, listener_tls.stores.clone()));
+    let flv_listeners = flv.collect();
+    let reloader = Arc::new(Reloader::new(&session, config_path, listener_tls.stores.clone()));
     let mut background = JoinSet::new();
-    background.spawn(admin::sample_bitrates(shared.clone()));
-    background.spawn(crate::load::monitor(shared.clone()));
+    background.spawn(admin::sample_bitrates(session.sessions.clone()));
+    background.spawn(crate::load::monitor(session.load.clone(), session.config.clone()));
     if let Some(acme) = acme {
         background.spawn(acme.run());
     }
     if let Some(settings) = &config.admin {
-        let server = admin::start(settings, shared.clone(), reloader.clone()).await?;
+        let server =
+            admin::start(settings, transports.clone(), relays, reloader.clone(), flv_listeners).await?;
         background.spawn(async move {
             let _ = server.await;
         });
@@ -280,8 +125,8 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let (session_tx, mut session_rx) = tokio::sync::mpsc::channel::<Accepted>(ACCEPT_QUEUE);
     for (lc, listener, tls) in listeners {
         let tx = session_tx.clone();
-        let mut stop = shared.shutdown_signal();
-        let shared = shared.clone();
+        let mut stop = session.shutdown_signal();
+        let admissions = transports.admissions.clone();
         accept_tasks.spawn(async move {
             let failed_log = Throttle::new(Duration::from_secs(10));
             let mut failures = 0u32;
@@ -293,7 +138,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
                             failures = 0;
                             // Admitted here, so that a refused connection gives its descriptor
                             // back at once and the queue holds only admitted ones.
-                            let Some(admission) = shared.admit(peer.ip()) else { continue };
+                            let Some(admission) = admissions.admit(peer.ip()) else { continue };
                             let _ = stream.set_nodelay(true);
                             if tx.send((stream, peer, lc.clone(), tls.clone(), admission)).await.is_err() {
                                 return;
@@ -314,9 +159,9 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         });
     }
     drop(session_tx);
-    accept_tasks.spawn(tunnel::reap_idle_sessions(shared.clone()));
+    accept_tasks.spawn(tunnel::reap_idle_sessions(transports.clone()));
 
-    let signal = shutdown_signal();
+    let signal = shutdown::signalled();
     tokio::pin!(signal);
     loop {
         tokio::select! {
@@ -327,7 +172,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
                 let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
             }
             Some((stream, peer, listener, tls, admission)) = session_rx.recv() => {
-                let shared = shared.clone();
+                let transports = transports.clone();
                 sessions.spawn(async move {
                     let _admission = admission;
                     let encryption = listener.encryption.policy();
@@ -338,21 +183,21 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
                     // memory per idle plain-RTMP player is a target).
                     match listener.proto {
                         Proto::Rtmp => {
-                            Box::pin(tunnel::serve_sniffed(stream, peer, origin(Transport::Tcp), origin(Transport::Http), shared)).await
+                            Box::pin(tunnel::serve_sniffed(stream, peer, origin(Transport::Tcp), origin(Transport::Http), transports)).await
                         }
-                        Proto::Rtmpt => Box::pin(tunnel::serve_tunnel(stream, peer, origin(Transport::Http), shared)).await,
+                        Proto::Rtmpt => Box::pin(tunnel::serve_tunnel(stream, peer, origin(Transport::Http), transports)).await,
                         Proto::Rtmps | Proto::Rtmpts => {
                             let tls = tls.expect("TLS listeners have an acceptor");
                             Box::pin(async move {
                                 match tls.accept(stream, peer).await {
                                     Ok(stream) if listener.proto == Proto::Rtmps => {
                                         let (rtmp, http) = (origin(Transport::Tls), origin(Transport::HttpTls));
-                                        tunnel::serve_sniffed(stream, peer, rtmp, http, shared).await
+                                        tunnel::serve_sniffed(stream, peer, rtmp, http, transports).await
                                     }
-                                    Ok(stream) => tunnel::serve_tunnel(stream, peer, origin(Transport::HttpTls), shared).await,
+                                    Ok(stream) => tunnel::serve_tunnel(stream, peer, origin(Transport::HttpTls), transports).await,
                                     Err(Error::AcmeValidation) => {}
                                     Err(e) => {
-                                        shared.metrics.handshake_failed(HandshakeFailure::Tls);
+                                        transports.session.metrics.handshake_failed(HandshakeFailure::Tls);
                                         warn!(%peer, "{e}")
                                     }
                                 }
@@ -367,7 +212,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     }
 
     drop(session_rx);
-    crate::drain::drain(&shared, &mut sessions, accept_tasks, &shutdown_tx).await;
+    crate::drain::drain(&session, &mut sessions, accept_tasks, &shutdown_tx).await;
     background.shutdown().await;
     info!("rtmpx stopped");
     Ok(())
@@ -385,26 +230,23 @@ pub async fn issue_acme_certificate(config: Config) -> Result<Arc<crate::acme::I
     }
     let (_stop, shutdown) = watch::channel(false);
     let config = Arc::new(config);
-    let shared = Arc::new(Shared::new(config.clone(), shutdown));
-    let _ = shared.acme.set(acme.clone());
+    let (session, _relays) = relay::session_context(config.clone(), shutdown);
+    let transports = Arc::new(TransportContext::new(Arc::new(session)));
+    let _ = transports.acme.set(acme.clone());
     let listener_tls = tls::listener_acceptors(&config, Some(&acme))?;
     let mut answering = JoinSet::new();
     for (lc, tls) in config.listeners.iter().zip(listener_tls.acceptors) {
-        let listener = TcpListener::bind(lc.addr).await.map_err(Error::io(format!(
-            "binding {} listener on {}",
-            lc.proto.scheme(),
-            lc.addr
-        )))?;
+        let listener = bind(lc).await?;
         let origin =
             Origin { transport: Transport::Http, encryption: lc.encryption.policy(), http_flv: false };
-        let (proto, shared) = (lc.proto, shared.clone());
+        let (proto, transports) = (lc.proto, transports.clone());
         answering.spawn(async move {
             while let Ok((stream, peer)) = listener.accept().await {
-                let (shared, tls) = (shared.clone(), tls.clone());
+                let (transports, tls) = (transports.clone(), tls.clone());
                 tokio::spawn(async move {
                     match (proto, tls) {
                         (Proto::Rtmp | Proto::Rtmpt, _) => {
-                            tunnel::serve_http(stream, peer, origin, shared).await
+                            tunnel::serve_http(stream, peer, origin, transports).await
                         }
                         (Proto::Rtmps, Some(tls)) => drop(tls.accept(stream, peer).await),
                         _ => {}
@@ -416,6 +258,11 @@ pub async fn issue_acme_certificate(config: Config) -> Result<Arc<crate::acme::I
     let result = acme.renew().await;
     answering.shutdown().await;
     result
+}
+
+async fn bind(lc: &ListenerConfig) -> Result<TcpListener> {
+    let context = format!("binding {} listener on {}", lc.proto.scheme(), lc.addr);
+    TcpListener::bind(lc.addr).await.map_err(Error::io(context))
 }
 
 fn announce(lc: &ListenerConfig, local: SocketAddr, config: &Config) {
@@ -455,10 +302,10 @@ fn announce(lc: &ListenerConfig, local: SocketAddr, config: &Config) {
 fn warn_open_publishing(config: &Config) {
     let Some(exposed) = config.listeners.iter().find(|l| !l.addr.ip().is_loopback()) else { return };
     for app in config.apps.iter().filter(|a| a.publish) {
-        let guarded = !app.publish_keys.is_empty()
-            || app.token.as_ref().is_some_and(|t| t.publish)
-            || !app.allow_publish.is_empty()
-            || app.on_publish.is_some();
+        let guarded = !app.auth.publish_keys.is_empty()
+            || app.auth.token.as_ref().is_some_and(|t| t.publish)
+            || !app.auth.allow_publish.is_empty()
+            || app.callbacks.on_publish.is_some();
         if !guarded {
             warn!(
                 "app {}: anyone who reaches {} may publish; require a key with publish_keys = [\"...\"] \
@@ -475,21 +322,16 @@ const ACCEPT_QUEUE: usize = 1024;
 /// A connection on its way from its listener to a session task.
 type Accepted = (TcpStream, SocketAddr, ListenerConfig, Option<TlsAcceptor>, Admission);
 
-/// Refused connections are logged at most once per 10 s for each limit (a flood would fill the
-/// log); `held_back` says how many were refused in between.
-static REFUSED_TOTAL_LOG: Throttle = Throttle::new(Duration::from_secs(10));
-static REFUSED_PER_IP_LOG: Throttle = Throttle::new(Duration::from_secs(10));
-
 /// Raises the open-files limit, caps admitted connections so that `limits.reserved_descriptors`
 /// stay free, and warns when `max_connections` cannot be reached under the limit.
-fn check_descriptors(shared: &Shared, config: &Config) {
+fn check_descriptors(admissions: &Admissions, config: &Config) {
     let Some((before, limit)) = crate::descriptors::raise_limit() else { return };
     if limit > before {
         info!("open-files limit raised from {before} to {limit}");
     }
     let reserve = config.limits.reserved_descriptors;
     let cap = crate::descriptors::connection_cap(limit, reserve);
-    shared.descriptor_cap.store(cap, Ordering::Relaxed);
+    admissions.set_descriptor_cap(cap);
     if cap < config.limits.max_connections {
         warn!(
             "limits.max_connections = {} needs {} file descriptors with limits.reserved_descriptors = {reserve}, \
@@ -522,22 +364,5 @@ impl Hangup {
             return;
         }
         std::future::pending::<()>().await
-    }
-}
-
-pub(crate) async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
     }
 }

@@ -22,11 +22,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::server::TlsStream;
 use tracing::{debug, info, warn};
 
-use crate::acme::config::ChallengeKind;
 use crate::acme::Acme;
+use crate::config::acme::ChallengeKind;
 use crate::config::{CertPaths, Config, Proto, TlsSection};
 use crate::devcert;
 use crate::error::{Error, Result};
+use crate::sync::{read, write};
 
 /// Largest certificate or key file read; real chains are a few KiB.
 const MAX_PEM_FILE: u64 = 1 << 20;
@@ -71,17 +72,17 @@ impl CertStore {
         for cert in &certs {
             info!(cert = %cert.paths.cert.display(), fingerprint = %cert.fingerprint, "TLS certificate reloaded");
         }
-        *self.current.write().expect("cert store lock") = Arc::new(certs);
+        *write(&self.current) = Arc::new(certs);
         Ok(())
     }
 
     /// SHA-256 fingerprints (`AB:CD:...`) of the leaf certificates in use, in configured order.
     pub fn fingerprints(&self) -> Vec<String> {
-        self.current.read().expect("cert store lock").iter().map(|c| c.fingerprint.clone()).collect()
+        read(&self.current).iter().map(|c| c.fingerprint.clone()).collect()
     }
 
     pub(crate) fn select(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
-        let certs = self.current.read().expect("cert store lock").clone();
+        let certs = read(&self.current).clone();
         let by_name = server_name.and_then(|name| {
             let name = ServerName::try_from(name).ok()?;
             certs.iter().find(|c| covers(&c.key, &name))
@@ -194,7 +195,7 @@ pub struct TlsAcceptor {
 impl TlsAcceptor {
     pub fn new(store: Arc<dyn ResolvesServerCert>, settings: &TlsSection) -> Self {
         let acceptor = tokio_rustls::TlsAcceptor::from(server_config(store, settings));
-        TlsAcceptor { acceptor, handshake_timeout: settings.handshake_timeout(), acme_validation: None }
+        TlsAcceptor { acceptor, handshake_timeout: settings.handshake_timeout, acme_validation: None }
     }
 
     /// Runs the server side of the TLS handshake. rustls bounds what a handshake may buffer;
@@ -630,7 +631,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn a_stalled_or_non_tls_client_fails_in_bounded_time() {
-        let settings = TlsSection { handshake_timeout_secs: 1, ..TlsSection::default() };
+        let settings = TlsSection { handshake_timeout: Duration::from_secs(1), ..TlsSection::default() };
         let acceptor = TlsAcceptor::new(CertStore::load(vec![fixture("p256")]).unwrap(), &settings);
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
 

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::sync::lock;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
@@ -28,12 +29,12 @@ pub struct Challenges {
 impl Challenges {
     /// The key authorization for an HTTP-01 `token`, while its order runs.
     pub fn http01(&self, token: &str) -> Option<String> {
-        self.http01.lock().expect("challenge lock").get(token).cloned()
+        lock(&self.http01).get(token).cloned()
     }
 
     /// The validation certificate for `domain` (case-insensitive), while its order runs.
     pub fn tls_alpn01(&self, domain: &str) -> Option<Arc<CertifiedKey>> {
-        self.tls_alpn01.lock().expect("challenge lock").get(&domain.to_ascii_lowercase()).cloned()
+        lock(&self.tls_alpn01).get(&domain.to_ascii_lowercase()).cloned()
     }
 }
 
@@ -50,7 +51,7 @@ impl<'a> Posted<'a> {
     }
 
     pub fn http01(&mut self, token: String, key_authorization: String) -> Result<(), String> {
-        let mut map = self.challenges.http01.lock().expect("challenge lock");
+        let mut map = lock(&self.challenges.http01);
         if map.len() >= MAX_PENDING {
             return Err("too many pending HTTP-01 challenges".into());
         }
@@ -62,7 +63,7 @@ impl<'a> Posted<'a> {
     pub fn tls_alpn01(&mut self, domain: &str, key_authorization_digest: &[u8]) -> Result<(), String> {
         let key = validation_certificate(domain, key_authorization_digest)?;
         let domain = domain.to_ascii_lowercase();
-        let mut map = self.challenges.tls_alpn01.lock().expect("challenge lock");
+        let mut map = lock(&self.challenges.tls_alpn01);
         if map.len() >= MAX_PENDING {
             return Err("too many pending TLS-ALPN-01 challenges".into());
         }
@@ -74,12 +75,12 @@ impl<'a> Posted<'a> {
 
 impl Drop for Posted<'_> {
     fn drop(&mut self) {
-        let mut http = self.challenges.http01.lock().expect("challenge lock");
+        let mut http = lock(&self.challenges.http01);
         for token in &self.tokens {
             http.remove(token);
         }
         drop(http);
-        let mut alpn = self.challenges.tls_alpn01.lock().expect("challenge lock");
+        let mut alpn = lock(&self.challenges.tls_alpn01);
         for domain in &self.domains {
             alpn.remove(domain);
         }

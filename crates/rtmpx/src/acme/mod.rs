@@ -8,7 +8,7 @@
 
 mod cache;
 pub mod challenge;
-pub mod config;
+pub use crate::config::acme as config;
 mod http_client;
 mod order;
 
@@ -22,10 +22,10 @@ use rustls::sign::CertifiedKey;
 use tracing::{info, warn};
 
 pub use challenge::{http01_response, Challenges, ACME_TLS_ALPN, CHALLENGE_PATH};
-use config::{AcmeSection, ChallengeKind};
+use config::AcmeSection;
 
-use crate::config::{ListenerConfig, Proto};
 use crate::error::{Error, Result};
+use crate::sync::{read, write};
 
 /// An issued certificate in use.
 pub struct Issued {
@@ -158,13 +158,13 @@ impl Acme {
 
     /// The certificate in use, if one was issued or cached.
     pub fn certificate(&self) -> Option<Arc<Issued>> {
-        self.current.read().expect("acme lock").clone()
+        read(&self.current).clone()
     }
 
     /// New handshakes get `issued` from now on.
     pub(crate) fn install(&self, issued: Issued) -> Arc<Issued> {
         let issued = Arc::new(issued);
-        *self.current.write().expect("acme lock") = Some(issued.clone());
+        *write(&self.current) = Some(issued.clone());
         issued
     }
 
@@ -271,23 +271,6 @@ impl std::fmt::Debug for Acme {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Acme").field("domains", &self.settings.domains).finish_non_exhaustive()
     }
-}
-
-/// `[tls.acme]` with the listeners that must answer its challenges.
-pub fn validate(settings: &AcmeSection, listeners: &[ListenerConfig]) -> std::result::Result<(), String> {
-    settings.validate()?;
-    let http = listeners.iter().any(|l| matches!(l.proto, Proto::Rtmp | Proto::Rtmpt));
-    let tls = listeners.iter().any(|l| l.proto == Proto::Rtmps);
-    let answerable = settings.challenges.iter().any(|kind| match kind {
-        ChallengeKind::Http01 => http,
-        ChallengeKind::TlsAlpn01 => tls,
-    });
-    if !answerable {
-        return Err("tls.acme.challenges: no listener can answer them (http-01 needs an rtmp or rtmpt \
-                    listener on port 80, tls-alpn-01 an rtmps listener on port 443)"
-            .into());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::metrics::Role;
 use crate::registry::SessionEntry;
-use crate::server::Shared;
+use crate::session::SessionContext;
 
 #[derive(Debug, Serialize)]
 pub struct SessionJson {
@@ -96,7 +96,7 @@ fn session_json(entry: &SessionEntry, codecs: &CodecsByStream) -> SessionJson {
     SessionJson {
         id: entry.id,
         peer: entry.peer.to_string(),
-        variant: state.variant,
+        variant: state.variant.name(),
         app: state.app,
         stream: state.stream,
         role: state.role.name(),
@@ -113,31 +113,30 @@ fn session_json(entry: &SessionEntry, codecs: &CodecsByStream) -> SessionJson {
     }
 }
 
-pub fn sessions(shared: &Shared) -> Vec<SessionJson> {
-    let codecs = codecs_by_stream(&shared.router.streams());
-    shared.sessions.entries().iter().map(|e| session_json(e, &codecs)).collect()
+pub fn sessions(ctx: &SessionContext) -> Vec<SessionJson> {
+    let codecs = codecs_by_stream(&ctx.router.streams());
+    ctx.sessions.entries().iter().map(|e| session_json(e, &codecs)).collect()
 }
 
-pub fn session(shared: &Shared, id: u64) -> Option<SessionJson> {
-    let entry = shared.sessions.get(id)?;
-    Some(session_json(&entry, &codecs_by_stream(&shared.router.streams())))
+pub fn session(ctx: &SessionContext, id: u64) -> Option<SessionJson> {
+    let entry = ctx.sessions.get(id)?;
+    Some(session_json(&entry, &codecs_by_stream(&ctx.router.streams())))
 }
 
-pub fn streams(shared: &Shared) -> Vec<StreamJson> {
-    let entries = shared.sessions.entries();
+pub fn streams(ctx: &SessionContext) -> Vec<StreamJson> {
+    let entries = ctx.sessions.entries();
     let mut player_variants: HashMap<(String, String), BTreeMap<&'static str, usize>> = HashMap::new();
     for entry in &entries {
         let state = entry.state();
         if let (Role::Player, Some(app), Some(stream)) = (state.role, state.app, state.stream) {
-            *player_variants.entry((app, stream)).or_default().entry(state.variant).or_default() += 1;
+            *player_variants.entry((app, stream)).or_default().entry(state.variant.name()).or_default() += 1;
         }
     }
-    shared
-        .router
+    ctx.router
         .streams()
         .into_iter()
         .map(|s| {
-            let publisher_entry = s.publisher.as_ref().and_then(|p| shared.sessions.get(p.id));
+            let publisher_entry = s.publisher.as_ref().and_then(|p| ctx.sessions.get(p.id));
             StreamJson {
                 player_variants: player_variants
                     .remove(&(s.key.app.clone(), s.key.name.clone()))
@@ -145,7 +144,7 @@ pub fn streams(shared: &Shared) -> Vec<StreamJson> {
                 publisher: s.publisher.map(|p| PublisherJson {
                     session: p.id,
                     peer: p.peer,
-                    variant: publisher_entry.as_ref().map(|e| e.state().variant).unwrap_or(p.variant),
+                    variant: publisher_entry.as_ref().map(|e| e.state().variant.name()).unwrap_or(p.variant),
                 }),
                 app: s.key.app,
                 stream: s.key.name,

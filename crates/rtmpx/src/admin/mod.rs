@@ -8,6 +8,7 @@
 mod api;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,8 +23,11 @@ use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
 use crate::logsafe::Throttle;
+use crate::metrics::{MetricsView, Out, RelaySample};
+use crate::registry::Registry;
+use crate::relay::RelayManager;
 use crate::reload::Reloader;
-use crate::server::Shared;
+use crate::tunnel::TransportContext;
 
 // `[admin]` is parsed with the rest of the configuration in the library target.
 pub use crate::config::AdminSection;
@@ -33,7 +37,10 @@ const STATUS_PAGE: &str = include_str!("status.html");
 const PREVIEW_PAGE: &str = include_str!("preview.html");
 
 struct Admin {
-    shared: Arc<Shared>,
+    transport: Arc<TransportContext>,
+    relays: RelayManager,
+    /// Bound listeners that serve HTTP-FLV/WebSocket-FLV: (inside TLS, address), for the preview page.
+    flv_listeners: Vec<(bool, SocketAddr)>,
     reloader: Arc<Reloader>,
     token: Option<String>,
     /// Host names accepted without a token besides addresses and `localhost` (`admin.hosts`).
@@ -43,8 +50,10 @@ struct Admin {
 /// Binds the admin listener and serves it until the returned task is aborted.
 pub async fn start(
     settings: &AdminSection,
-    shared: Arc<Shared>,
+    transport: Arc<TransportContext>,
+    relays: RelayManager,
     reloader: Arc<Reloader>,
+    flv_listeners: Vec<(bool, SocketAddr)>,
 ) -> Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(settings.addr)
         .await
@@ -58,8 +67,14 @@ pub async fn start(
             "the admin listener on {local} is reachable from other hosts and has no token: set admin.token"
         );
     }
-    let admin =
-        Arc::new(Admin { shared, reloader, token: settings.token.clone(), hosts: settings.hosts.clone() });
+    let admin = Arc::new(Admin {
+        transport,
+        relays,
+        flv_listeners,
+        reloader,
+        token: settings.token.clone(),
+        hosts: settings.hosts.clone(),
+    });
     Ok(tokio::spawn(async move {
         let failed_log = Throttle::new(Duration::from_secs(10));
         let mut failures = 0u32;
@@ -95,12 +110,46 @@ pub async fn start(
     }))
 }
 
+/// `/metrics`: the Prometheus text of everything the gateway counts, read now.
+pub fn render_metrics(transport: &TransportContext, relays: &RelayManager) -> String {
+    let ctx = &transport.session;
+    let relays = relays.states().into_iter().map(|r| RelaySample {
+        app: r.app,
+        stream: r.stream,
+        direction: r.direction.as_str(),
+        url: r.url,
+        state: r.state.as_str(),
+        bytes: r.bytes,
+        reconnects: r.reconnects,
+    });
+    let mut cluster = Out::default();
+    if let Some(directory) = &ctx.cluster {
+        directory.render_metrics(&mut cluster);
+    }
+    let mut acme = String::new();
+    if let Some(certificates) = transport.acme.get() {
+        certificates.render_metrics(&mut acme);
+    }
+    crate::metrics::render(&MetricsView {
+        streams: ctx.router.streams(),
+        worker_busy: ctx.load.busy(),
+        write_batching: ctx.load.batching(),
+        rtmpe_seals: crate::session::rtmpe_seal_counts(),
+        relays: relays.collect(),
+        cluster: cluster.into_string(),
+        rtmpt_sessions: transport.tunnels.len(),
+        rtmpt_sessions_expired: transport.tunnels.expired_total(),
+        acme,
+        ..MetricsView::sessions(&ctx.metrics, ctx.sessions.live())
+    })
+}
+
 /// Samples every session's byte counters for the bitrate window. Runs until aborted.
-pub async fn sample_bitrates(shared: Arc<Shared>) {
+pub async fn sample_bitrates(sessions: Arc<Registry>) {
     let mut tick = tokio::time::interval(crate::registry::SAMPLE_EVERY);
     loop {
         tick.tick().await;
-        shared.sessions.sample_rates();
+        sessions.sample_rates();
     }
 }
 
@@ -208,19 +257,19 @@ impl Admin {
         }
         let path = req.uri().path().trim_end_matches('/');
         let method = req.method();
-        let shared = &self.shared;
+        let ctx = &self.transport.session;
         match (method, path) {
             (&Method::GET, "") => reply(StatusCode::OK, "text/html; charset=utf-8", STATUS_PAGE),
             (&Method::GET, "/metrics") => reply(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
-                crate::metrics::render(shared),
+                render_metrics(&self.transport, &self.relays),
             ),
-            (&Method::GET, "/api/v1/streams") => json(StatusCode::OK, &api::streams(shared)),
-            (&Method::GET, "/api/v1/sessions") => json(StatusCode::OK, &api::sessions(shared)),
-            (&Method::GET, "/api/v1/relays") => json(StatusCode::OK, &shared.relay_states()),
+            (&Method::GET, "/api/v1/streams") => json(StatusCode::OK, &api::streams(ctx)),
+            (&Method::GET, "/api/v1/sessions") => json(StatusCode::OK, &api::sessions(ctx)),
+            (&Method::GET, "/api/v1/relays") => json(StatusCode::OK, &self.relays.states()),
             (&Method::GET, p) if p.starts_with("/watch/") => self.preview(&req, &p["/watch/".len()..]),
-            (&Method::GET, "/api/v1/cluster") => match &shared.cluster {
+            (&Method::GET, "/api/v1/cluster") => match &ctx.cluster {
                 Some(cluster) => json(StatusCode::OK, &cluster.view()),
                 None => error(StatusCode::NOT_FOUND, "no [cluster] configured"),
             },
@@ -245,13 +294,13 @@ impl Admin {
                     return error(StatusCode::NOT_FOUND, "no such session");
                 };
                 match *method {
-                    Method::GET => match api::session(shared, id) {
+                    Method::GET => match api::session(ctx, id) {
                         Some(s) => json(StatusCode::OK, &s),
                         None => error(StatusCode::NOT_FOUND, "no such session"),
                     },
                     Method::DELETE => {
-                        if shared.sessions.kick(id, "kicked through the admin API") {
-                            shared.metrics.kicked();
+                        if ctx.sessions.kick(id, "kicked through the admin API") {
+                            ctx.metrics.kicked();
                             info!(session = id, "session kicked through the admin API");
                             json(StatusCode::ACCEPTED, &serde_json::json!({ "kicked": id }))
                         } else {
@@ -293,7 +342,7 @@ impl Admin {
                 );
             }
         }
-        let Some(entry) = self.shared.sessions.get(id) else {
+        let Some(entry) = self.transport.session.sessions.get(id) else {
             return error(StatusCode::NOT_FOUND, "no such session");
         };
         let capable = entry.reconnect_capable();
@@ -327,7 +376,7 @@ impl Admin {
         else {
             return error(StatusCode::NOT_FOUND, "use /watch/APP/STREAM");
         };
-        let listeners = self.shared.flv_listeners.get().cloned().unwrap_or_default();
+        let listeners = &self.flv_listeners;
         let Some((tls, addr)) = listeners.iter().min_by_key(|(tls, _)| *tls).copied() else {
             return error(
                 StatusCode::NOT_FOUND,

@@ -13,7 +13,7 @@
 //! the code the client gets in `onStatus` and a reason that is logged.
 
 pub mod callback;
-pub mod cidr;
+pub use crate::config::cidr;
 pub mod query;
 pub mod quota;
 pub mod token;
@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rtmpx_core::session::{ConnectRequest, PlayRequest, PublishMode};
 
-use crate::config::{AppConfig, Config};
+use crate::config::Config;
 use crate::logsafe::Escaped;
 use callback::{Answer, Notifier};
 use query::{param, parse_query, split_name, Form};
@@ -72,8 +72,11 @@ impl Denial {
     fn play(reason: impl Into<String>) -> Self {
         Denial { code: "NetStream.Play.Failed", reason: reason.into() }
     }
-    fn bad_name(publish: bool, reason: impl Into<String>) -> Self {
-        let code = if publish { "NetStream.Publish.BadName" } else { "NetStream.Play.StreamNotFound" };
+    fn bad_name(action: Action, reason: impl Into<String>) -> Self {
+        let code = match action {
+            Action::Publish => "NetStream.Publish.BadName",
+            Action::Play => "NetStream.Play.StreamNotFound",
+        };
         Denial { code, reason: reason.into() }
     }
 }
@@ -141,10 +144,21 @@ fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Action {
+/// What a client asks to do with a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
     Publish,
     Play,
+}
+
+impl Action {
+    /// "publish" or "play", for logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Publish => "publish",
+            Action::Play => "play",
+        }
+    }
 }
 
 impl Gate {
@@ -153,6 +167,7 @@ impl Gate {
     }
 
     /// Publisher and player slots in use (for leak checks).
+    #[cfg(test)]
     pub fn quota_entries(&self) -> usize {
         self.quotas.entries()
     }
@@ -187,7 +202,7 @@ impl Gate {
             page_url: request.page_url.clone().unwrap_or_default(),
             connect_args: parse_query(query),
         };
-        if let Some(url) = &app_config.on_connect {
+        if let Some(url) = &app_config.callbacks.on_connect {
             let mut form = Form::default();
             form.add("app", &client.app)
                 .add("flashver", &client.flash_ver)
@@ -199,7 +214,7 @@ impl Gate {
                 .add("epoch", "0")
                 .add("call", "connect");
             add_args(&mut form, &client.connect_args);
-            match self.notifier.call(url, form.into_string(), app_config.callback_timeout()).await {
+            match self.notifier.call(url, form.into_string(), app_config.callbacks.timeout).await {
                 Answer::Allow => {}
                 Answer::Redirect(location) => {
                     let target = normalize_app(&location);
@@ -271,21 +286,24 @@ impl Gate {
         let mut name = name.to_owned();
         let mut args = parse_query(query);
         if name.is_empty() {
-            return Err(Denial::bad_name(publish, "empty stream name"));
+            return Err(Denial::bad_name(action, "empty stream name"));
         }
         if name.len() > MAX_NAME {
-            return Err(Denial::bad_name(publish, format!("stream name longer than {MAX_NAME} bytes")));
+            return Err(Denial::bad_name(action, format!("stream name longer than {MAX_NAME} bytes")));
         }
         if query.len() > MAX_QUERY {
-            return Err(Denial::bad_name(
-                publish,
-                format!("stream name query longer than {MAX_QUERY} bytes"),
-            ));
+            return Err(Denial::bad_name(action, format!("stream name query longer than {MAX_QUERY} bytes")));
         }
         let (allowed, allow, deny_list, keys, verb) = if publish {
-            (app.publish, &app.allow_publish, &app.deny_publish, &app.publish_keys, "publishing")
+            (
+                app.publish,
+                &app.auth.allow_publish,
+                &app.auth.deny_publish,
+                &app.auth.publish_keys,
+                "publishing",
+            )
         } else {
-            (app.play, &app.allow_play, &app.deny_play, &app.play_keys, "playing")
+            (app.play, &app.auth.allow_play, &app.auth.deny_play, &app.auth.play_keys, "playing")
         };
         if !allowed {
             return Err(deny(format!("{verb} is not allowed in app '{}'", app.name)));
@@ -298,7 +316,7 @@ impl Gate {
                 return Err(deny(format!("{verb} refused: stream key not accepted")));
             }
         }
-        if let Some(t) = app.token.as_ref().filter(|t| if publish { t.publish } else { t.play }) {
+        if let Some(t) = app.auth.token.as_ref().filter(|t| if publish { t.publish } else { t.play }) {
             token::verify(t.secret.as_bytes(), &app.name, &name, &args, now_unix(), t.max_ttl_secs)
                 .map_err(|why| deny(format!("{verb} refused: {why}")))?;
         }
@@ -308,13 +326,13 @@ impl Gate {
             add_args(&mut form, args);
             form
         };
-        let callback = if publish { &app.on_publish } else { &app.on_play };
+        let callback = if publish { &app.callbacks.on_publish } else { &app.callbacks.on_play };
         if let Some(url) = callback {
             let mut form = session_form(client);
             form.add("call", if publish { "publish" } else { "play" }).add("name", &name);
             extra_fields(&mut form);
             add_args(&mut form, &args);
-            match self.notifier.call(url, form.into_string(), app.callback_timeout()).await {
+            match self.notifier.call(url, form.into_string(), app.callbacks.timeout).await {
                 Answer::Allow => {}
                 Answer::Redirect(location) => {
                     if location.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("rtmp://")) {
@@ -338,30 +356,33 @@ impl Gate {
             }
         }
         let slot = if publish {
-            let limit = app.max_publishers.unwrap_or(config.limits.max_publishers_per_app);
+            let limit = app.limits.max_publishers.unwrap_or(config.limits.max_publishers_per_app);
             self.quotas.publisher(&app.name, limit).ok_or_else(|| {
                 deny(format!("limit hit: max_publishers_per_app ({limit}) in app '{}'", app.name))
             })?
         } else {
-            let limit = app.max_players_per_stream.unwrap_or(config.limits.max_players_per_stream);
+            let limit = app.limits.max_players_per_stream.unwrap_or(config.limits.max_players_per_stream);
             self.quotas.player(&app.name, &name, limit).ok_or_else(|| {
                 deny(format!("limit hit: max_players_per_stream ({limit}) on {}/{name}", app.name))
             })?
         };
         let mut targets = Vec::new();
-        let specific =
-            if publish { ("publish_done", &app.on_publish_done) } else { ("play_done", &app.on_play_done) };
+        let specific = if publish {
+            ("publish_done", &app.callbacks.on_publish_done)
+        } else {
+            ("play_done", &app.callbacks.on_play_done)
+        };
         if let Some(url) = specific.1 {
             targets.push((url.clone(), specific.0));
         }
-        if let Some(url) = &app.on_done {
+        if let Some(url) = &app.callbacks.on_done {
             targets.push((url.clone(), "done"));
         }
         let done = (!targets.is_empty()).then(|| DoneNotice {
             notifier: NotifierHandle(self.notifier.clone()),
             targets,
             form: base_form(&name, &args),
-            timeout: app.callback_timeout(),
+            timeout: app.callbacks.timeout,
         });
         Ok(Grant { name, _slot: slot, done })
     }
@@ -399,12 +420,6 @@ fn shadows_a_field(name: &str) -> bool {
     let folded: String =
         base.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_lowercase()).collect();
     RESERVED_FIELDS.contains(&folded.as_str())
-}
-
-impl AppConfig {
-    pub fn callback_timeout(&self) -> Duration {
-        Duration::from_millis(self.callback_timeout_ms)
-    }
 }
 
 #[cfg(test)]

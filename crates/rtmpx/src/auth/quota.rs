@@ -1,5 +1,6 @@
 //! Counters for publishers per app and players per stream, released by dropping a [`Slot`].
 
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -34,7 +35,7 @@ impl Quotas {
     }
 
     fn take(&self, key: Key, limit: usize) -> Option<Slot> {
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut counts = lock(&self.counts);
         let count = counts.entry(key.clone()).or_insert(0);
         if *count >= limit {
             if *count == 0 {
@@ -47,14 +48,15 @@ impl Quotas {
     }
 
     /// Entries with a count (tests check that nothing leaks).
+    #[cfg(test)]
     pub fn entries(&self) -> usize {
-        self.counts.lock().unwrap_or_else(|e| e.into_inner()).len()
+        lock(&self.counts).len()
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut counts = lock(&self.counts);
         if let Some(count) = counts.get_mut(&self.key) {
             *count -= 1;
             if *count == 0 {

@@ -10,11 +10,11 @@
 //! - Redis unavailable: local publishes are accepted (registered when Redis returns) and look-ups
 //!   fail closed (no pull), with one log line per outage.
 
-pub mod config;
+pub use crate::config::cluster as config;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -24,6 +24,8 @@ use tokio::sync::watch;
 use tokio::time::timeout;
 use tracing::{info, warn};
 
+use crate::metrics::Out;
+use crate::sync::lock;
 use config::ClusterSection;
 
 const STREAM_PREFIX: &str = "rtmpx:stream:";
@@ -45,10 +47,6 @@ const RELEASE_SCRIPT: &str = r"
 if redis.call('HGET', KEYS[1], 'token') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 ";
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
@@ -254,6 +252,41 @@ impl Cluster {
         follows.insert(key.clone(), sender);
         self.inner.pulls_started.fetch_add(1, Ordering::Relaxed);
         receiver
+    }
+
+    /// `/metrics` lines: the directory as the last heartbeat saw it, and this node's pulls from
+    /// others.
+    pub fn render_metrics(&self, out: &mut Out) {
+        let view = self.view();
+        out.header("rtmpx_cluster_redis_up", "gauge", "Whether the Redis stream directory answers.");
+        out.sample("rtmpx_cluster_redis_up", &[], u64::from(view.redis_up));
+        out.header("rtmpx_cluster_nodes", "gauge", "Nodes with a live heartbeat in the directory.");
+        out.sample("rtmpx_cluster_nodes", &[], view.nodes.len() as u64);
+        out.header("rtmpx_cluster_streams", "gauge", "Streams in the directory by owning node.");
+        let mut by_node: std::collections::BTreeMap<&str, u64> =
+            view.nodes.iter().map(|n| (n.as_str(), 0)).collect();
+        for entry in &view.streams {
+            *by_node.entry(entry.node.as_str()).or_default() += 1;
+        }
+        for (node, count) in by_node {
+            out.sample("rtmpx_cluster_streams", &[("node", node)], count);
+        }
+        out.header("rtmpx_cluster_remote_pulls", "gauge", "Streams this node pulls from other nodes now.");
+        out.sample("rtmpx_cluster_remote_pulls", &[], view.remote_pulls as u64);
+        out.header("rtmpx_cluster_pulls_started_total", "counter", "Pulls from other nodes started.");
+        out.sample("rtmpx_cluster_pulls_started_total", &[], view.pulls_started);
+        out.header(
+            "rtmpx_cluster_lookups_failed_total",
+            "counter",
+            "Look-ups that failed (Redis unavailable).",
+        );
+        out.sample("rtmpx_cluster_lookups_failed_total", &[], view.lookups_failed);
+        out.header(
+            "rtmpx_cluster_claims_refused_total",
+            "counter",
+            "Publishes refused because another node publishes the stream.",
+        );
+        out.sample("rtmpx_cluster_claims_refused_total", &[], view.claims_refused);
     }
 
     /// The directory as the last heartbeat saw it.

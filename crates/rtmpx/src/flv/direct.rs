@@ -19,8 +19,7 @@ use tracing::debug;
 use super::http::{decide, Answer, FlvBody, FlvConn};
 use super::FlvSession;
 use crate::error::Error;
-use crate::server::Shared;
-use crate::session::Transport;
+use crate::session::{SessionContext, Transport};
 
 /// Headers a player request may carry before it is left to hyper (which takes 100).
 const MAX_HEADERS: usize = 64;
@@ -51,14 +50,13 @@ pub async fn serve<S>(
     mut io: S,
     peer: SocketAddr,
     transport: Transport,
-    shared: Arc<Shared>,
+    ctx: Arc<SessionContext>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let write_timeout = shared.config().timeouts.write();
+    let write_timeout = ctx.config().timeouts.write;
     let chunked = request.version() == Version::HTTP_11;
-    let conn =
-        FlvConn { shared, peer, transport, write_timed_out: Arc::default(), upgrade: Default::default() };
+    let conn = FlvConn { ctx, peer, transport, write_timed_out: Arc::default(), upgrade: Default::default() };
     let answer = {
         let mut request = request;
         // Boxed: authorisation's futures do not stay in an idle player's task.
@@ -99,10 +97,10 @@ async fn play<S>(io: &mut S, session: &mut FlvSession, pieces: &mut VecDeque<Byt
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let shared = session.shared().clone();
-    let write_timeout = shared.config().timeouts.write();
+    let ctx = session.context().clone();
+    let write_timeout = ctx.config().timeouts.write;
     let entry = session.entry();
-    let mut shutdown = shared.shutdown_signal();
+    let mut shutdown = ctx.shutdown_signal();
     // A player sends nothing after its request: the first read shows a close; after data, reads
     // stop and the client's further bytes wait in the kernel (never buffered here).
     let mut reading = true;

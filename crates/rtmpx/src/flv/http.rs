@@ -18,12 +18,12 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use super::{FlvSession, PlayRequest, Refusal};
 use crate::error::Error;
-use crate::server::Shared;
-use crate::session::Transport;
+use crate::session::{SessionContext, Transport};
+use crate::sync::lock;
 
 /// The connection an FLV request arrived on.
 pub struct FlvConn {
-    pub shared: Arc<Shared>,
+    pub ctx: Arc<SessionContext>,
     pub peer: SocketAddr,
     pub transport: Transport,
     /// Set by the write-timeout wrapper of this connection ([`super::deadline`]).
@@ -50,7 +50,7 @@ pub(super) enum Answer {
 }
 
 pub(super) async fn decide<B>(request: &mut Request<B>, conn: &FlvConn) -> Answer {
-    let config = conn.shared.config();
+    let config = conn.ctx.config();
     let origin = config.http_flv.allow_origin.clone();
     let with_cors = |mut response: Response<FlvBody>| {
         if let Ok(value) = HeaderValue::from_str(&origin) {
@@ -115,15 +115,14 @@ pub(super) async fn decide<B>(request: &mut Request<B>, conn: &FlvConn) -> Answe
     };
     let variant = super::variant(conn.transport, websocket);
     let subscribe = method == Method::GET;
-    let session = match FlvSession::open(&conn.shared, conn.peer, variant, play, subscribe).await {
+    let session = match FlvSession::open(&conn.ctx, conn.peer, variant, play, subscribe).await {
         Ok(session) => session,
         Err(Refusal::NotFound) => return Answer::Done(with_cors(status(StatusCode::NOT_FOUND))),
         Err(Refusal::Forbidden) => return Answer::Done(with_cors(status(StatusCode::FORBIDDEN))),
     };
     if let Some(accept) = accept_key {
         let on_upgrade = hyper::upgrade::on(&mut *request);
-        *conn.upgrade.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(super::ws::Job { session, on_upgrade });
+        *lock(&conn.upgrade) = Some(super::ws::Job { session, on_upgrade });
         let mut response = status(StatusCode::SWITCHING_PROTOCOLS);
         let headers = response.headers_mut();
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
@@ -210,7 +209,7 @@ impl FlvBody {
 
     fn streaming(session: FlvSession, write_timed_out: Arc<AtomicBool>) -> Self {
         let entry = session.entry();
-        let mut shutdown = session.shared().shutdown_signal();
+        let mut shutdown = session.context().shutdown_signal();
         let stop = Box::pin(async move {
             tokio::select! {
                 why = entry.kicked() => why,

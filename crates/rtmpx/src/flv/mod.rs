@@ -24,10 +24,9 @@ use tracing::{info, warn};
 use crate::auth::{self, Grant};
 use crate::budget::{OverBudget, QueueCharge};
 use crate::error::Error;
-use crate::metrics::{Denial, Role};
+use crate::metrics::{Denial, Role, Variant};
 use crate::registry::SessionGuard;
-use crate::server::Shared;
-use crate::session::Transport;
+use crate::session::{SessionContext, Transport};
 
 /// Output gathered before one write (one WebSocket message, or before the body yields).
 pub const WRITE_BATCH: usize = 64 * 1024;
@@ -45,14 +44,14 @@ pub fn route(path: &str) -> Option<(&str, &str)> {
     (valid(app) && valid(stream)).then_some((app, stream))
 }
 
-/// The variant name of a player on `transport`: `http-flv`, `https-flv`, `ws-flv` or `wss-flv`.
-pub fn variant(transport: Transport, websocket: bool) -> &'static str {
+/// The variant of a player on `transport`: `http-flv`, `https-flv`, `ws-flv` or `wss-flv`.
+pub fn variant(transport: Transport, websocket: bool) -> Variant {
     let tls = matches!(transport, Transport::Tls | Transport::HttpTls);
     match (tls, websocket) {
-        (false, false) => "http-flv",
-        (true, false) => "https-flv",
-        (false, true) => "ws-flv",
-        (true, true) => "wss-flv",
+        (false, false) => Variant::HttpFlv,
+        (true, false) => Variant::HttpsFlv,
+        (false, true) => Variant::WsFlv,
+        (true, true) => Variant::WssFlv,
     }
 }
 
@@ -78,10 +77,10 @@ pub enum Refusal {
 
 /// One FLV player: its router subscription, limit slot, registry entry and log line.
 pub struct FlvSession {
-    shared: Arc<Shared>,
+    ctx: Arc<SessionContext>,
     id: u64,
     peer: SocketAddr,
-    variant: &'static str,
+    variant: Variant,
     started: Instant,
     stream: String,
     registry: SessionGuard,
@@ -102,18 +101,18 @@ pub struct FlvSession {
 impl FlvSession {
     /// Authorises the play and subscribes to the stream (unless `subscribe` is false: HEAD).
     pub async fn open(
-        shared: &Arc<Shared>,
+        ctx: &Arc<SessionContext>,
         peer: SocketAddr,
-        variant: &'static str,
+        variant: Variant,
         request: PlayRequest<'_>,
         subscribe: bool,
     ) -> Result<FlvSession, Refusal> {
-        let id = shared.next_session_id();
-        let registry = SessionGuard::open(shared, id, peer, variant);
+        let id = ctx.next_session_id();
+        let registry = SessionGuard::open(&ctx.sessions, id, peer, variant);
         registry.handshake_complete(variant);
         let name = auth::query::split_name(&request.stream).0.to_owned();
         let mut session = FlvSession {
-            shared: shared.clone(),
+            ctx: ctx.clone(),
             id,
             peer,
             variant,
@@ -129,7 +128,7 @@ impl FlvSession {
             queue_refused: Arc::default(),
             end: None,
         };
-        let config = shared.config();
+        let config = ctx.config();
         let connect = ConnectRequest {
             app: request.app.to_owned(),
             tc_url: Some(request.tc_url.clone()),
@@ -139,12 +138,12 @@ impl FlvSession {
             object_encoding: 0.0,
             properties: Default::default(),
         };
-        let client = match shared.auth.connect(&config, id, peer, &connect).await {
+        let client = match ctx.auth.connect(&config, id, peer, &connect).await {
             Ok(client) => client,
             Err(denial) => {
                 let missing = config.app(auth::normalize_app(request.app)).is_none();
-                warn!(session = id, %peer, variant, app = request.app, "connect rejected: {}", denial.reason);
-                shared.metrics.denied(Denial::Connect);
+                warn!(session = id, %peer, variant = variant.name(), app = request.app, "connect rejected: {}", denial.reason);
+                ctx.metrics.denied(Denial::Connect);
                 session.end = Some(Error::Denied(denial.reason));
                 return Err(if missing { Refusal::NotFound } else { Refusal::Forbidden });
             }
@@ -152,19 +151,19 @@ impl FlvSession {
         session.registry.entry().set_app(&client.app);
         // HTTP players start at once at the live edge: RTMP's `start = -2, duration = -1`.
         let live_edge = rtmpx_core::session::PlayRequest::from_args(None, None, Some(false));
-        let grant = match shared.auth.play(&config, &client, &request.stream, live_edge).await {
+        let grant = match ctx.auth.play(&config, &client, &request.stream, live_edge).await {
             Ok(grant) => grant,
             Err(denial) => {
-                warn!(session = id, %peer, variant, stream = %session.stream, code = %denial.code, "play denied: {}", denial.reason);
-                shared.metrics.denied(Denial::Play);
+                warn!(session = id, %peer, variant = variant.name(), stream = %session.stream, code = %denial.code, "play denied: {}", denial.reason);
+                ctx.metrics.denied(Denial::Play);
                 session.end = Some(Error::Denied(denial.reason));
                 return Err(Refusal::Forbidden);
             }
         };
         let key = StreamKey::new(&client.app, &grant.name);
         session.stream = key.to_string();
-        let pulled = config.app(&client.app).is_some_and(|app| app.pull.is_some());
-        if !shared.router.is_live(&key) && !config.http_flv.wait_for_publisher && !pulled {
+        let pulled = config.app(&client.app).is_some_and(|app| app.relays.pull.is_some());
+        if !ctx.router.is_live(&key) && !config.http_flv.wait_for_publisher && !pulled {
             grant.cancel();
             session.end = Some(Error::Kicked("the stream is not live"));
             return Err(Refusal::NotFound);
@@ -173,23 +172,23 @@ impl FlvSession {
             grant.cancel();
             return Ok(session);
         }
-        if let Some(snapshot) = shared.router.streams().into_iter().find(|s| s.key == key) {
+        if let Some(snapshot) = ctx.router.streams().into_iter().find(|s| s.key == key) {
             if snapshot.video_codec.is_some() || snapshot.audio_codec.is_some() {
                 session.tracks = (snapshot.audio_codec.is_some(), snapshot.video_codec.is_some());
             }
         }
-        let info = SessionInfo { id, peer: peer.to_string(), variant };
-        let player = shared.router.play(key.clone(), info);
+        let info = SessionInfo { id, peer: peer.to_string(), variant: variant.name() };
+        let player = ctx.router.play(key.clone(), info);
         // What its queue holds counts against the address, as for RTMP players.
         let (charge, refused) =
-            QueueCharge::new(shared.budgets.charge(peer.ip()), config.limits.max_memory_per_ip);
+            QueueCharge::new(ctx.budgets.charge(peer.ip()), config.limits.max_memory_per_ip);
         player.set_memory_charge(Box::new(charge));
         session.queue_refused = refused;
         session.player = Some(player);
         session.grant = Some(grant);
         session.registry.entry().set_role(Role::Player, &key.name);
-        info!(session = id, %peer, variant, stream = %crate::logsafe::Escaped(&key), "playing");
-        shared.relays.ensure_pull(&shared.router, &config, &key);
+        info!(session = id, %peer, variant = variant.name(), stream = %crate::logsafe::Escaped(&key), "playing");
+        ctx.relays.ensure_pull(&ctx.router, &config, &key);
         Ok(session)
     }
 
@@ -206,8 +205,8 @@ impl FlvSession {
         self.registry.shared_entry()
     }
 
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+    pub fn context(&self) -> &Arc<SessionContext> {
+        &self.ctx
     }
 
     /// Records how the session ended (the first reason wins).
@@ -279,7 +278,7 @@ impl Drop for FlvSession {
         // Leave the router before `on_play_done` goes out (the grant drops after this).
         self.player = None;
         let reason = self.end.as_ref().map_or_else(|| "closed".to_string(), Error::to_string);
-        let role = if self.grant.is_some() { "player" } else { "none" };
+        let role = if self.grant.is_some() { Role::Player } else { Role::None }.name();
         let line = format!(
             "session {} closed: peer={} variant={} handshake=- stream={} role={role} in={}B out={}B duration={:.1}s reason={reason}",
             self.id,
@@ -314,9 +313,9 @@ mod tests {
 
     #[test]
     fn variants() {
-        assert_eq!(variant(Transport::Tcp, false), "http-flv");
-        assert_eq!(variant(Transport::Http, true), "ws-flv");
-        assert_eq!(variant(Transport::Tls, false), "https-flv");
-        assert_eq!(variant(Transport::HttpTls, true), "wss-flv");
+        assert_eq!(variant(Transport::Tcp, false), Variant::HttpFlv);
+        assert_eq!(variant(Transport::Http, true), Variant::WsFlv);
+        assert_eq!(variant(Transport::Tls, false), Variant::HttpsFlv);
+        assert_eq!(variant(Transport::HttpTls, true), Variant::WssFlv);
     }
 }

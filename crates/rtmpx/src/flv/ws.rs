@@ -48,10 +48,10 @@ pub async fn run(job: Job) {
         .max_frame_size(Some(MAX_CLIENT_MESSAGE));
     let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
     let (mut sink, mut incoming) = ws.split();
-    let shared = session.shared().clone();
-    let write_timeout = shared.config().timeouts.write();
+    let ctx = session.context().clone();
+    let write_timeout = ctx.config().timeouts.write;
     let entry = session.entry();
-    let mut shutdown = shared.shutdown_signal();
+    let mut shutdown = ctx.shutdown_signal();
     let mut pieces = VecDeque::new();
     let close = |code: CloseCode, reason: &'static str| {
         Message::Close(Some(CloseFrame { code, reason: reason.into() }))

@@ -13,14 +13,14 @@
 //!   never pushed, so it cannot go back to its origin. (Two servers pushing the same app to each
 //!   other still loop: do not configure that.)
 
-pub mod config;
+pub use crate::config::relay as config;
 mod pull;
 mod push;
 mod splice;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::logsafe::Escaped;
@@ -31,7 +31,10 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::fan_out::{Batching, Scope};
 use crate::load::Load;
+use crate::session::{NodePull, Relays, SessionContext};
+use crate::sync::lock;
 use config::RelaySection;
 
 /// Which way a relay moves a stream.
@@ -87,8 +90,64 @@ pub struct RelayState {
     pub reconnects: u64,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+/// The sessions' context, with relays that start on its publishes and plays (for the
+/// composition root and the fuzz targets).
+pub fn session_context(
+    config: Arc<Config>,
+    shutdown: watch::Receiver<bool>,
+) -> (SessionContext, RelayManager) {
+    let load = Arc::<Load>::default();
+    let relays = RelayManager::new(shutdown.clone(), load.clone(), crate::session::fan_out_scope);
+    let session = SessionContext::new(config, shutdown, load, Arc::new(relays.clone()));
+    (session, relays)
+}
+
+impl Relays for RelayManager {
+    /// A client session started publishing `key`: starts its pushes. Call right after the
+    /// router accepted the publish; the relay players are primed from the router's caches.
+    fn start_pushes(&self, router: &Router, config: &Config, key: &StreamKey) {
+        let Some(app) = config.app(&key.app) else { return };
+        for target in app.relays.push.iter().filter(|p| p.matches(&key.name)) {
+            let Ok(app_url) = config::upstream_app(&target.url) else { continue };
+            let remote_name = target.name.apply(&key.name);
+            let shown = config::redacted(&app_url, &remote_name, target.name.is_secret());
+            let status = self.register(key, Direction::Push, shown);
+            let session = SessionInfo { id: status.id, peer: status.url(), variant: "relay-push" };
+            let player =
+                router.play_with_queue_limit(key.clone(), session, config.relay.max_relay_queue_bytes);
+            let job = push::PushJob {
+                player,
+                app_url,
+                remote_name,
+                options: RelayOptions::new(&config.relay, config.timeouts.write),
+                status,
+                shutdown: self.inner.shutdown.clone(),
+            };
+            tokio::spawn(job.run());
+        }
+    }
+
+    /// A player asked for `key`: starts the app's pull unless the stream is live or a pull runs.
+    /// Call after the player subscribed (the pull ends when the stream has no players).
+    fn ensure_pull(&self, router: &Router, config: &Config, key: &StreamKey) {
+        let Some(pull) = config.app(&key.app).and_then(|app| app.relays.pull.as_ref()) else { return };
+        let Ok(app_url) = config::upstream_app(&pull.url) else { return };
+        self.start_pull(router, config, key, app_url, pull.linger(), None);
+    }
+
+    /// Whether a pull of `key` runs.
+    fn is_pulling(&self, key: &StreamKey) -> bool {
+        lock(&self.inner.pulls).contains_key(key)
+    }
+
+    /// Cluster: a player asked for `key`, which another node publishes. Starts one pull from
+    /// the owner that follows `origin` (the directory's owner) and ends when the entry does.
+    fn ensure_cluster_pull(&self, router: &Router, config: &Config, key: &StreamKey, pull: NodePull) {
+        let NodePull { owner: origin, linger } = pull;
+        let Some(owner) = origin.borrow().clone() else { return };
+        let Ok(app_url) = config::upstream_app(&format!("{owner}/{}", key.app)) else { return };
+        self.start_pull(router, config, key, app_url, linger, Some(origin));
+    }
 }
 
 /// Starts pushes and pulls and knows every running relay. Cheap to clone.
@@ -105,10 +164,12 @@ struct Inner {
     shutdown: watch::Receiver<bool>,
     /// Pulled streams batch their players' writes under load like published ones.
     load: Arc<Load>,
+    /// How pulled streams' fan-outs run (the session layer's RTMPE pairing).
+    scope: Scope,
 }
 
 impl RelayManager {
-    pub fn new(shutdown: watch::Receiver<bool>, load: Arc<Load>) -> Self {
+    pub fn new(shutdown: watch::Receiver<bool>, load: Arc<Load>, scope: Scope) -> Self {
         RelayManager {
             inner: Arc::new(Inner {
                 next_id: AtomicU64::new(1),
@@ -116,6 +177,7 @@ impl RelayManager {
                 pulls: Mutex::new(HashMap::new()),
                 shutdown,
                 load,
+                scope,
             }),
         }
     }
@@ -123,58 +185,6 @@ impl RelayManager {
     /// Every running relay, by id.
     pub fn states(&self) -> Vec<RelayState> {
         lock(&self.inner.relays).values().cloned().collect()
-    }
-
-    /// A client session started publishing `key`: starts its pushes. Call right after the
-    /// router accepted the publish; the relay players are primed from the router's caches.
-    pub fn start_pushes(&self, router: &Router, config: &Config, key: &StreamKey) {
-        let Some(app) = config.app(&key.app) else { return };
-        for target in app.push.iter().filter(|p| p.matches(&key.name)) {
-            let Ok(app_url) = config::upstream_app(&target.url) else { continue };
-            let remote_name = target.name.apply(&key.name);
-            let shown = config::redacted(&app_url, &remote_name, target.name.is_secret());
-            let status = self.register(key, Direction::Push, shown);
-            let session = SessionInfo { id: status.id, peer: status.url(), variant: "relay-push" };
-            let player =
-                router.play_with_queue_limit(key.clone(), session, config.relay.max_relay_queue_bytes);
-            let job = push::PushJob {
-                player,
-                app_url,
-                remote_name,
-                options: RelayOptions::new(&config.relay, config.timeouts.write()),
-                status,
-                shutdown: self.inner.shutdown.clone(),
-            };
-            tokio::spawn(job.run());
-        }
-    }
-
-    /// A player asked for `key`: starts the app's pull unless the stream is live or a pull runs.
-    /// Call after the player subscribed (the pull ends when the stream has no players).
-    pub fn ensure_pull(&self, router: &Router, config: &Config, key: &StreamKey) {
-        let Some(pull) = config.app(&key.app).and_then(|app| app.pull.as_ref()) else { return };
-        let Ok(app_url) = config::upstream_app(&pull.url) else { return };
-        self.start_pull(router, config, key, app_url, pull.linger(), None);
-    }
-
-    /// Whether a pull of `key` runs.
-    pub fn is_pulling(&self, key: &StreamKey) -> bool {
-        lock(&self.inner.pulls).contains_key(key)
-    }
-
-    /// Cluster: a player asked for `key`, which another node publishes. Starts one pull from
-    /// the owner that follows `origin` (the directory's owner) and ends when the entry does.
-    pub fn ensure_cluster_pull(
-        &self,
-        router: &Router,
-        config: &Config,
-        key: &StreamKey,
-        origin: watch::Receiver<Option<String>>,
-        linger: Duration,
-    ) {
-        let Some(owner) = origin.borrow().clone() else { return };
-        let Ok(app_url) = config::upstream_app(&format!("{owner}/{}", key.app)) else { return };
-        self.start_pull(router, config, key, app_url, linger, Some(origin));
     }
 
     /// Starts a pull of `key` from `app_url` unless the stream is live or a pull runs.
@@ -201,11 +211,12 @@ impl RelayManager {
             key: key.clone(),
             app_url,
             linger,
-            options: RelayOptions::new(&config.relay, config.timeouts.write()),
+            options: RelayOptions::new(&config.relay, config.timeouts.write),
             manager: self.clone(),
             status,
             shutdown: self.inner.shutdown.clone(),
-            batching: crate::session::Batching::new(&config.server, self.inner.load.clone()),
+            batching: Batching::new(&config.server, self.inner.load.clone()),
+            scope: self.inner.scope,
             origin,
         };
         tokio::spawn(job.run());
@@ -532,7 +543,7 @@ mod tests {
              [relay]\nbackoff_initial_ms = 10\nbackoff_max_ms = 20\n"
         ));
         let (_tx, rx) = watch::channel(false);
-        let manager = RelayManager::new(rx, Arc::default());
+        let manager = RelayManager::new(rx, Arc::default(), crate::fan_out::plain);
         let router = Router::new(Default::default());
         let info = SessionInfo { id: 1, peer: "p".into(), variant: "rtmp" };
 
@@ -576,7 +587,7 @@ mod tests {
              [relay]\nbackoff_initial_ms = 10\nbackoff_max_ms = 20\n"
         ));
         let (_tx, rx) = watch::channel(false);
-        let manager = RelayManager::new(rx, Arc::default());
+        let manager = RelayManager::new(rx, Arc::default(), crate::fan_out::plain);
         let router = Router::new(Default::default());
         let key = StreamKey::new("edge", "s");
         let info = SessionInfo { id: 1, peer: "p".into(), variant: "rtmp" };
@@ -645,7 +656,7 @@ mod tests {
              [relay]\nmax_relay_queue_bytes = 65536\nbackoff_initial_ms = 5000\n[timeouts]\nwrite_secs = 1\n"
         ));
         let (_tx, rx) = watch::channel(false);
-        let manager = RelayManager::new(rx, Arc::default());
+        let manager = RelayManager::new(rx, Arc::default(), crate::fan_out::plain);
         let mut router_config = rtmpx_router::RouterConfig::default();
         router_config.player_queue_bytes = 64 << 20;
         let router = Router::new(router_config);

@@ -10,7 +10,7 @@ use rtmpx_router::{Frame, Publisher, Router, SessionInfo, StreamKey};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::session::{Batching, FanOut};
+use crate::fan_out::{Batching, FanOut, Scope};
 
 use super::splice::{Splicer, Step};
 use super::{log_connected, log_retry, stream_url, Backoff, Direction, RelayManager, RelayOptions, Status};
@@ -29,6 +29,8 @@ pub(super) struct PullJob {
     pub(super) shutdown: watch::Receiver<bool>,
     /// Pulled streams batch their players' writes like published ones.
     pub(super) batching: Batching,
+    /// How the session layer runs a fan-out (RTMPE pairing).
+    pub(super) scope: Scope,
     /// Cluster pulls: the owning node's URL as the directory says (None: the entry is gone).
     pub(super) origin: Option<watch::Receiver<Option<String>>>,
 }
@@ -167,7 +169,7 @@ impl PullJob {
         state: &mut Pulling,
         tick: &mut tokio::time::Interval,
     ) -> Result<Stop, String> {
-        let mut fan_out = FanOut::new(self.batching.clone());
+        let mut fan_out = FanOut::new(self.batching.clone(), self.scope);
         let mut splicer = Splicer::new();
         let mut moving: Option<(Connecting, RtmpUrl)> = None;
         let mut next: Option<Upstream> = None;

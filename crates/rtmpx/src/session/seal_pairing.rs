@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use rtmpx_router::{DirectSend, PlayerWaker};
 
-use super::{IoState, SessionIo};
+use super::io::{IoState, SessionIo};
 
 thread_local! {
     static PAIRING: RefCell<Pairing> = const { RefCell::new(Pairing { active: false, parked: None }) };
@@ -58,6 +58,12 @@ impl Parked {
     }
 }
 
+/// The fan-out [`Scope`](crate::fan_out::Scope) of the gateway's sessions, also around each job
+/// a hot stream's shard delivers ([`rtmpx_router::ShardConfig`]).
+pub(crate) fn scope(fan_out: &mut dyn FnMut()) {
+    paired(fan_out)
+}
+
 /// Runs a fan-out with RTMPE players' encryption paired on this thread.
 pub(super) fn paired<R>(fan_out: impl FnOnce() -> R) -> R {
     /// Ends the pairing even if the fan-out panics (the parked player's task then writes).
@@ -79,11 +85,6 @@ pub(super) fn paired<R>(fan_out: impl FnOnce() -> R) -> R {
     PAIRING.with(|pairing| pairing.borrow_mut().active = true);
     let _end = End;
     fan_out()
-}
-
-/// [`paired`] around each frame a hot stream's fan-out shard delivers ([`rtmpx_router::ShardConfig`]).
-pub(crate) fn shard_scope(deliver: &mut dyn FnMut()) {
-    paired(deliver)
 }
 
 /// Offers an RTMPE player whose output was just encoded (`io`, locked; `me`, the same session for

@@ -22,12 +22,13 @@ use tracing::{debug, warn};
 
 use super::pipe::{pipe, PipeEnd};
 use super::table::{ConnectionId, OpenRefused, SessionId, TableLimits, TunnelIo};
+use super::TransportContext;
 use crate::budget::Charge;
 use crate::config::RtmptSection;
 use crate::flv::deadline::WriteDeadline;
 use crate::flv::http::{FlvBody, FlvConn};
-use crate::server::Shared;
 use crate::session::{self, Origin};
+use crate::sync::lock;
 
 /// Bytes buffered in each direction between the tunnel and its gateway session. A player that
 /// polls slowly fills the pipe; the session's writes then wait and its router queue drops to
@@ -49,7 +50,7 @@ const POLLING_STEPS: [u8; 6] = [0x01, 0x03, 0x05, 0x09, 0x11, 0x21];
 const SESSIONS_PER_CONNECTION: usize = 16;
 
 struct Ctx {
-    shared: Arc<Shared>,
+    transport: Arc<TransportContext>,
     peer: SocketAddr,
     origin: Origin,
     connection: ConnectionId,
@@ -60,7 +61,7 @@ struct Ctx {
 
 impl Ctx {
     fn served(&self, id: SessionId) {
-        let mut served = self.served.lock().unwrap_or_else(|p| p.into_inner());
+        let mut served = lock(&self.served);
         served.retain(|&s| s != id);
         if served.len() == SESSIONS_PER_CONNECTION {
             served.remove(0);
@@ -74,24 +75,24 @@ type AnyBody = Either<Full<Bytes>, FlvBody>;
 
 /// Serves HTTP requests on one HTTP/1.1 connection until the client closes it or shutdown; a
 /// WebSocket-FLV player then goes on on the same task.
-pub async fn serve_connection<S>(io: S, peer: SocketAddr, origin: Origin, shared: Arc<Shared>)
+pub async fn serve_connection<S>(io: S, peer: SocketAddr, origin: Origin, transport: Arc<TransportContext>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let config = shared.config();
-    let request_timeout = config.rtmpt.request_timeout();
-    let mut shutdown = shared.shutdown_signal();
-    let connection = shared.tunnels.connection();
+    let config = transport.session.config();
+    let request_timeout = config.rtmpt.request_timeout;
+    let mut shutdown = transport.session.shutdown_signal();
+    let connection = transport.tunnels.connection();
     let write_timed_out = Arc::default();
-    let io = WriteDeadline::new(io, config.timeouts.write(), Arc::clone(&write_timed_out));
+    let io = WriteDeadline::new(io, config.timeouts.write, Arc::clone(&write_timed_out));
     let flv = FlvConn {
-        shared: shared.clone(),
+        ctx: transport.session.clone(),
         peer,
         transport: origin.transport,
         write_timed_out,
         upgrade: Default::default(),
     };
-    let ctx = Arc::new(Ctx { shared, peer, origin, connection, served: Default::default(), flv });
+    let ctx = Arc::new(Ctx { transport, peer, origin, connection, served: Default::default(), flv });
     let service_ctx = ctx.clone();
     let service = service_fn(move |request| {
         let ctx = service_ctx.clone();
@@ -114,9 +115,9 @@ where
                 debug!(%peer, "http connection ended: {e}");
             }
             // librtmp's last request is a `send` (deleteStream) on a connection it then closes.
-            let served = std::mem::take(&mut *ctx.served.lock().unwrap_or_else(|p| p.into_inner()));
+            let served = std::mem::take(&mut *lock(&ctx.served));
             for id in served {
-                ctx.shared.tunnels.hung_up(id, ctx.connection);
+                ctx.transport.tunnels.hung_up(id, ctx.connection);
             }
         }
         _ = shutdown.changed() => {
@@ -125,7 +126,7 @@ where
         }
     }
     // Run here rather than on a task of its own: the connection keeps its place in the limits.
-    let upgraded = ctx.flv.upgrade.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let upgraded = lock(&ctx.flv.upgrade).take();
     if let Some(job) = upgraded {
         crate::flv::ws::run(job).await;
     }
@@ -136,7 +137,7 @@ where
 async fn handle(request: Request<Incoming>, ctx: &Ctx) -> Response<AnyBody> {
     // ACME HTTP-01 validations (tls.acme): one path prefix, answered apart from RTMPT and FLV.
     if let Some(token) = request.uri().path().strip_prefix(crate::acme::CHALLENGE_PATH) {
-        let challenges = ctx.shared.acme.get().map(|acme| acme.challenges());
+        let challenges = ctx.transport.acme.get().map(|acme| acme.challenges());
         return crate::acme::http01_response(challenges, request.method(), token).map(Either::Left);
     }
     if request.method() != Method::POST && ctx.origin.http_flv {
@@ -207,12 +208,12 @@ fn fcs(body: Bytes) -> Response<Full<Bytes>> {
 }
 
 async fn handle_rtmpt(request: Request<Incoming>, ctx: &Ctx) -> Response<Full<Bytes>> {
-    let config = ctx.shared.config();
+    let config = ctx.transport.session.config();
     let limits = &config.rtmpt;
     let route = route(request.method(), request.uri().path());
     // The body is always read (bounded) so the connection stays usable for the next request.
     // Its memory counts against the client address's budget until the request is answered.
-    let mut charge = ctx.shared.budgets.charge(ctx.peer.ip());
+    let mut charge = ctx.transport.session.budgets.charge(ctx.peer.ip());
     let budget = config.limits.max_memory_per_ip;
     let body = match read_body(request, limits, &mut charge, budget).await {
         Ok(body) => body,
@@ -227,12 +228,12 @@ async fn handle_rtmpt(request: Request<Incoming>, ctx: &Ctx) -> Response<Full<By
         None => empty(StatusCode::NOT_FOUND),
         Some(Route::Open) => open(ctx, limits),
         Some(Route::Session { command, id, seq }) => {
-            ctx.shared.metrics.rtmpt_poll();
-            match timeout(limits.request_timeout(), session_request(ctx, command, id, seq, body)).await {
+            ctx.transport.session.metrics.rtmpt_poll();
+            match timeout(limits.request_timeout, session_request(ctx, command, id, seq, body)).await {
                 Ok(response) => response,
                 Err(_) => {
                     // The session's byte stream may be cut mid-request: it cannot go on.
-                    ctx.shared.tunnels.remove(id);
+                    ctx.transport.tunnels.remove(id);
                     warn!(peer = %ctx.peer, "rtmpt request timed out; session closed");
                     empty(StatusCode::SERVICE_UNAVAILABLE)
                 }
@@ -277,7 +278,7 @@ async fn read_body(
         }
         Ok(first.unwrap_or_else(|| joined.freeze()))
     };
-    match timeout(limits.request_timeout(), collect).await {
+    match timeout(limits.request_timeout, collect).await {
         Err(_) => Err(StatusCode::REQUEST_TIMEOUT),
         Ok(result) => result,
     }
@@ -285,13 +286,13 @@ async fn read_body(
 
 fn open(ctx: &Ctx, limits: &RtmptSection) -> Response<Full<Bytes>> {
     // A tunnel session counts like a connection against max_connections(_per_ip).
-    let Some(admission) = ctx.shared.admit(ctx.peer.ip()) else {
+    let Some(admission) = ctx.transport.admissions.admit(ctx.peer.ip()) else {
         return empty(StatusCode::SERVICE_UNAVAILABLE);
     };
     let (gateway_end, tunnel_end) = pipe(PIPE_CAPACITY);
     let table_limits =
         TableLimits { max_sessions: limits.max_sessions, max_sessions_per_ip: limits.max_sessions_per_ip };
-    let session = match ctx.shared.tunnels.open(
+    let session = match ctx.transport.tunnels.open(
         ctx.peer.ip(),
         ctx.origin.transport,
         tunnel_end,
@@ -310,7 +311,7 @@ fn open(ctx: &Ctx, limits: &RtmptSection) -> Response<Full<Bytes>> {
     };
     debug!(peer = %ctx.peer, id = ?session.id, "rtmpt session opened");
     ctx.served(session.id);
-    let run = session::run(gateway_end, ctx.peer, ctx.origin, ctx.shared.clone());
+    let run = session::run(gateway_end, ctx.peer, ctx.origin, ctx.transport.session.clone());
     tokio::spawn(async move {
         let _admission = admission;
         run.await
@@ -326,7 +327,7 @@ async fn session_request(
     seq: u64,
     body: Bytes,
 ) -> Response<Full<Bytes>> {
-    let tunnels = &ctx.shared.tunnels;
+    let tunnels = &ctx.transport.tunnels;
     let Some(session) = tunnels.touch(id, ctx.origin.transport, ctx.connection) else {
         return empty(StatusCode::NOT_FOUND);
     };

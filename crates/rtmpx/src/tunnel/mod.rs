@@ -12,7 +12,7 @@ pub mod sniff;
 pub mod table;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -21,17 +21,49 @@ use tracing::{debug, info};
 pub use http::serve_connection as serve_http;
 pub use table::SessionTable;
 
-use crate::server::Shared;
-use crate::session::{self, Origin};
+use crate::acme::Acme;
+use crate::admission::Admissions;
+use crate::session::{self, Origin, SessionContext};
+
+/// What the transports share: the sessions' context, the RTMPT tunnel sessions, the connection
+/// limits and the ACME challenges the listeners answer.
+pub struct TransportContext {
+    pub session: Arc<SessionContext>,
+    /// RTMPT/RTMPTS sessions of every listener.
+    pub tunnels: SessionTable,
+    /// Connection limits (`limits.max_connections*`, the open-files limit).
+    pub admissions: Arc<Admissions>,
+    /// Certificates from an ACME CA, when `[tls.acme]` is set (its challenges are answered on
+    /// the listeners).
+    pub acme: OnceLock<Arc<Acme>>,
+}
+
+impl TransportContext {
+    pub fn new(session: Arc<SessionContext>) -> TransportContext {
+        let config = session.config();
+        let tunnel_tag = config.cluster.as_ref().and_then(|c| c.tunnel_tag_byte());
+        TransportContext {
+            tunnels: SessionTable::with_tag(tunnel_tag),
+            admissions: Arc::new(Admissions::new(session.config.clone(), session.metrics.clone())),
+            acme: OnceLock::new(),
+            session,
+        }
+    }
+}
 
 /// Serves a connection on a port that carries RTMP and RTMPT: RTMP bytes go to the session driver
 /// as `rtmp`, an HTTP request to the tunnel as `http`. Used by the `rtmp` listener (transports
 /// `Tcp`/`Http`) and, inside TLS, by the `rtmps` listener (`Tls`/`HttpTls`).
-pub async fn serve_sniffed<S>(stream: S, peer: SocketAddr, rtmp: Origin, http: Origin, shared: Arc<Shared>)
-where
+pub async fn serve_sniffed<S>(
+    stream: S,
+    peer: SocketAddr,
+    rtmp: Origin,
+    http: Origin,
+    transport: Arc<TransportContext>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let wait = shared.config().timeouts.handshake();
+    let wait = transport.session.config().timeouts.handshake;
     // An HTTP client has as long for its first request's head as an RTMP client for its first byte.
     let sniffed = async {
         match sniff::sniff(stream).await? {
@@ -51,18 +83,20 @@ where
     };
     // Boxed apart: a plain RTMP session's task does not carry the HTTP server's state.
     match stream {
-        (sniff::FirstByte::Http, stream) => Box::pin(serve_head_read(stream, peer, http, shared)).await,
-        (sniff::FirstByte::Rtmp, stream) => Box::pin(session::run(stream, peer, rtmp, shared)).await,
+        (sniff::FirstByte::Http, stream) => Box::pin(serve_head_read(stream, peer, http, transport)).await,
+        (sniff::FirstByte::Rtmp, stream) => {
+            Box::pin(session::run(stream, peer, rtmp, transport.session.clone())).await
+        }
     }
 }
 
 /// Serves a connection of an `rtmpt` listener (or the HTTP inside an `rtmpts` one): its first
-/// request head must arrive within the handshake timeout, as on a shared port.
-pub async fn serve_tunnel<S>(stream: S, peer: SocketAddr, http: Origin, shared: Arc<Shared>)
+/// request head must arrive within the handshake timeout, as on a transport port.
+pub async fn serve_tunnel<S>(stream: S, peer: SocketAddr, http: Origin, transport: Arc<TransportContext>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let wait = shared.config().timeouts.handshake();
+    let wait = transport.session.config().timeouts.handshake;
     let head = async {
         match sniff::sniff(stream).await? {
             Some((_, stream)) => sniff::read_head(stream).await.map(Some),
@@ -70,7 +104,7 @@ where
         }
     };
     match tokio::time::timeout(wait, head).await {
-        Ok(Ok(Some(stream))) => serve_head_read(stream, peer, http, shared).await,
+        Ok(Ok(Some(stream))) => serve_head_read(stream, peer, http, transport).await,
         Ok(Ok(None)) => {}
         Ok(Err::<_, std::io::Error>(e)) => debug!(%peer, "connection failed before its first request: {e}"),
         Err(_) => debug!(%peer, "no request head within the handshake timeout"),
@@ -79,8 +113,12 @@ where
 
 /// Serves an HTTP connection whose first request head is read: a plain HTTP-FLV `GET` outside
 /// hyper ([`crate::flv::direct`]: an idle player then costs no HTTP state), the rest with hyper.
-async fn serve_head_read<S>(stream: sniff::Prefixed<S>, peer: SocketAddr, http: Origin, shared: Arc<Shared>)
-where
+async fn serve_head_read<S>(
+    stream: sniff::Prefixed<S>,
+    peer: SocketAddr,
+    http: Origin,
+    transport: Arc<TransportContext>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let player = http.http_flv.then(|| crate::flv::direct::player_request(stream.buffered())).flatten();
@@ -88,9 +126,10 @@ where
     match player {
         Some(request) => {
             let io = stream.into_inner();
-            Box::pin(crate::flv::direct::serve(request, io, peer, http.transport, shared)).await
+            Box::pin(crate::flv::direct::serve(request, io, peer, http.transport, transport.session.clone()))
+                .await
         }
-        None => Box::pin(serve_http(stream, peer, http, shared)).await,
+        None => Box::pin(serve_http(stream, peer, http, transport)).await,
     }
 }
 
@@ -98,20 +137,20 @@ where
 /// client vanished without `/close`), and those whose client hung up the connection of its last
 /// request and did not come back within `rtmpt.hangup_timeout_ms`. Runs until the task is
 /// dropped.
-pub async fn reap_idle_sessions(shared: Arc<Shared>) {
+pub async fn reap_idle_sessions(transport: Arc<TransportContext>) {
     loop {
         let (idle, hung_up) = {
-            let config = shared.config();
-            (config.rtmpt.idle_timeout(), config.rtmpt.hangup_timeout())
+            let config = transport.session.config();
+            (config.rtmpt.idle_timeout, config.rtmpt.hangup_timeout)
         };
         let period = (idle.min(hung_up) / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
         tokio::time::sleep(period).await;
-        let expired = shared.tunnels.expire(idle, hung_up);
+        let expired = transport.tunnels.expire(idle, hung_up);
         if expired.idle > 0 {
             info!(
                 expired = expired.idle,
-                expired_total = shared.tunnels.expired_total(),
-                open = shared.tunnels.len(),
+                expired_total = transport.tunnels.expired_total(),
+                open = transport.tunnels.len(),
                 "rtmpt sessions expired after {}s without a request",
                 idle.as_secs()
             );
@@ -119,7 +158,7 @@ pub async fn reap_idle_sessions(shared: Arc<Shared>) {
         if expired.hung_up > 0 {
             info!(
                 closed = expired.hung_up,
-                open = shared.tunnels.len(),
+                open = transport.tunnels.len(),
                 "rtmpt sessions closed: their client hung up without /close"
             );
         }

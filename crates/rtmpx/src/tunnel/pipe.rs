@@ -7,9 +7,10 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
+use crate::sync::lock;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -50,10 +51,6 @@ pub fn pipe(capacity: usize) -> (PipeEnd, PipeEnd) {
     let channel = || Arc::new(Mutex::new(Channel { capacity, flushed: true, ..Channel::default() }));
     let (a, b) = (channel(), channel());
     (PipeEnd { rx: a.clone(), tx: b.clone() }, PipeEnd { rx: b, tx: a })
-}
-
-fn lock(channel: &Shared) -> MutexGuard<'_, Channel> {
-    channel.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl PipeEnd {

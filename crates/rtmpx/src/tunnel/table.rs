@@ -13,6 +13,7 @@ use rand::RngCore;
 
 use super::pipe::PipeEnd;
 use crate::session::Transport;
+use crate::sync::lock;
 
 /// A tunnel session id: 128 bits from the operating system's CSPRNG, written as 32 lowercase hex
 /// digits (clients copy it into URLs, so it stays within [0-9a-f]).
@@ -174,7 +175,7 @@ impl SessionTable {
             return Err(OpenRefused::TooManySessions);
         }
         {
-            let mut per_ip = self.per_ip.lock().expect("per-ip lock");
+            let mut per_ip = lock(&self.per_ip);
             let count = per_ip.entry(ip).or_insert(0);
             if *count >= limits.max_sessions_per_ip {
                 drop(per_ip);
@@ -251,7 +252,7 @@ impl SessionTable {
 
     fn release(&self, ip: IpAddr) {
         self.total.fetch_sub(1, Ordering::AcqRel);
-        let mut per_ip = self.per_ip.lock().expect("per-ip lock");
+        let mut per_ip = lock(&self.per_ip);
         if let Some(count) = per_ip.get_mut(&ip) {
             *count -= 1;
             if *count == 0 {
@@ -299,10 +300,6 @@ impl SessionTable {
 
     pub fn len(&self) -> usize {
         self.total.load(Ordering::Relaxed)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Sessions closed by [`SessionTable::expire`] for being idle, since start.

@@ -3,18 +3,26 @@
 //! `config/rtmpx.toml` documents every key; [`DEFAULT_CONFIG`] is what runs with no file.
 
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::acme::config::AcmeSection;
-use crate::auth::cidr::IpNet;
+pub mod acme;
+pub mod cidr;
+pub mod cluster;
+mod handle;
+pub mod relay;
+
+use self::acme::AcmeSection;
+use self::cidr::IpNet;
+use self::relay::{PullConfig, PushConfig, RelaySection};
 use crate::error::{Error, Result};
-use crate::relay::config::{PullConfig, PushConfig, RelaySection};
+pub use handle::ConfigHandle;
 
 /// The configuration used when no file is given (also `config/default.toml`).
-pub const DEFAULT_CONFIG: &str = include_str!("../../../config/default.toml");
+pub const DEFAULT_CONFIG: &str = include_str!("../../../../config/default.toml");
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -36,13 +44,13 @@ pub struct Config {
     pub http_flv: HttpFlvSection,
     #[serde(default)]
     pub tls: TlsSection,
-    /// Push/pull relays: upstream TLS trust, backoff, queue bound (see `relay::config`).
+    /// Push/pull relays: upstream TLS trust, backoff, queue bound (see `config/relay.rs`).
     #[serde(default)]
     pub relay: RelaySection,
     /// The admin HTTP listener (metrics, JSON API, status page); off without `[admin]`.
     pub admin: Option<AdminSection>,
     /// Several nodes sharing a stream directory in Redis; off without `[cluster]`.
-    pub cluster: Option<crate::cluster::config::ClusterSection>,
+    pub cluster: Option<cluster::ClusterSection>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -228,60 +236,160 @@ impl Encryption {
     }
 }
 
+/// One `[[app]]`: what clients may do there, grouped by concern (the TOML keys stay flat).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "AppFields")]
 pub struct AppConfig {
     pub name: String,
-    #[serde(default = "yes")]
     pub publish: bool,
-    #[serde(default = "yes")]
     pub play: bool,
-    // Authorisation (see `crate::auth` and config/rtmpx.toml).
+    /// Keys, tokens and address rules (see the auth module and config/rtmpx.toml).
+    pub auth: AppAuth,
+    /// nginx-rtmp compatible HTTP callbacks (http:// URLs).
+    pub callbacks: AppCallbacks,
+    pub limits: AppLimits,
+    pub relays: AppRelays,
+}
+
+/// Who may publish and play in an app.
+#[derive(Debug, Clone, Default)]
+pub struct AppAuth {
     /// Publishing needs one of these keys: as `?key=K` on the stream name, or as the name itself.
-    #[serde(default)]
     pub publish_keys: Vec<String>,
     /// Playing needs one of these keys, presented the same way.
-    #[serde(default)]
     pub play_keys: Vec<String>,
     /// Signed expiring tokens in the stream name's query.
-    #[serde(default)]
     pub token: Option<TokenConfig>,
-    #[serde(default)]
+    /// Addresses that may publish (any when empty), then those that may not.
     pub allow_publish: Vec<IpNet>,
-    #[serde(default)]
     pub deny_publish: Vec<IpNet>,
-    #[serde(default)]
+    /// Addresses that may play (any when empty), then those that may not.
     pub allow_play: Vec<IpNet>,
-    #[serde(default)]
     pub deny_play: Vec<IpNet>,
-    /// nginx-rtmp compatible HTTP callbacks (http:// URLs).
-    #[serde(default)]
+}
+
+/// The HTTP callbacks of an app and how long each may take.
+#[derive(Debug, Clone)]
+pub struct AppCallbacks {
+    /// Asked before a `connect` is accepted (a 3xx moves the client to another app).
     pub on_connect: Option<String>,
-    #[serde(default)]
+    /// Asked before a publish or a play is allowed (a 3xx renames the stream).
     pub on_publish: Option<String>,
-    #[serde(default)]
     pub on_play: Option<String>,
-    #[serde(default)]
+    /// Told when a publish or play ends (`on_done` for both).
     pub on_done: Option<String>,
-    #[serde(default)]
     pub on_publish_done: Option<String>,
-    #[serde(default)]
     pub on_play_done: Option<String>,
-    /// How long a callback may take; no answer in time denies.
-    #[serde(default = "default_callback_timeout_ms")]
-    pub callback_timeout_ms: u64,
-    /// Overrides `limits.max_publishers_per_app` for this app.
-    #[serde(default)]
+    /// `callback_timeout_ms`: no answer in time denies.
+    pub timeout: Duration,
+}
+
+/// Per-app overrides of `[limits]`.
+#[derive(Debug, Clone, Default)]
+pub struct AppLimits {
+    /// Overrides `limits.max_publishers_per_app`.
     pub max_publishers: Option<usize>,
-    /// Overrides `limits.max_players_per_stream` for this app.
-    #[serde(default)]
+    /// Overrides `limits.max_players_per_stream`.
     pub max_players_per_stream: Option<usize>,
+}
+
+/// An app's relays.
+#[derive(Debug, Clone, Default)]
+pub struct AppRelays {
     /// Upstreams every stream published here is republished to.
-    #[serde(default)]
     pub push: Vec<PushConfig>,
     /// Where streams that are not live here are pulled from when a player asks.
-    #[serde(default)]
     pub pull: Option<PullConfig>,
+}
+
+impl From<AppFields> for AppConfig {
+    fn from(f: AppFields) -> AppConfig {
+        AppConfig {
+            name: f.name,
+            publish: f.publish,
+            play: f.play,
+            auth: AppAuth {
+                publish_keys: f.publish_keys,
+                play_keys: f.play_keys,
+                token: f.token,
+                allow_publish: f.allow_publish,
+                deny_publish: f.deny_publish,
+                allow_play: f.allow_play,
+                deny_play: f.deny_play,
+            },
+            callbacks: AppCallbacks {
+                on_connect: f.on_connect,
+                on_publish: f.on_publish,
+                on_play: f.on_play,
+                on_done: f.on_done,
+                on_publish_done: f.on_publish_done,
+                on_play_done: f.on_play_done,
+                timeout: Duration::from_millis(f.callback_timeout_ms),
+            },
+            limits: AppLimits {
+                max_publishers: f.max_publishers,
+                max_players_per_stream: f.max_players_per_stream,
+            },
+            relays: AppRelays { push: f.push, pull: f.pull },
+        }
+    }
+}
+
+/// `[[app]]` as it is written: flat keys (grouped in [`AppConfig`]).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppFields {
+    name: String,
+    #[serde(default = "yes")]
+    publish: bool,
+    #[serde(default = "yes")]
+    play: bool,
+    // Authorisation (see the auth module and config/rtmpx.toml).
+    /// Publishing needs one of these keys: as `?key=K` on the stream name, or as the name itself.
+    #[serde(default)]
+    publish_keys: Vec<String>,
+    /// Playing needs one of these keys, presented the same way.
+    #[serde(default)]
+    play_keys: Vec<String>,
+    /// Signed expiring tokens in the stream name's query.
+    #[serde(default)]
+    token: Option<TokenConfig>,
+    #[serde(default)]
+    allow_publish: Vec<IpNet>,
+    #[serde(default)]
+    deny_publish: Vec<IpNet>,
+    #[serde(default)]
+    allow_play: Vec<IpNet>,
+    #[serde(default)]
+    deny_play: Vec<IpNet>,
+    /// nginx-rtmp compatible HTTP callbacks (http:// URLs).
+    #[serde(default)]
+    on_connect: Option<String>,
+    #[serde(default)]
+    on_publish: Option<String>,
+    #[serde(default)]
+    on_play: Option<String>,
+    #[serde(default)]
+    on_done: Option<String>,
+    #[serde(default)]
+    on_publish_done: Option<String>,
+    #[serde(default)]
+    on_play_done: Option<String>,
+    /// How long a callback may take; no answer in time denies.
+    #[serde(default = "default_callback_timeout_ms")]
+    callback_timeout_ms: u64,
+    /// Overrides `limits.max_publishers_per_app` for this app.
+    #[serde(default)]
+    max_publishers: Option<usize>,
+    /// Overrides `limits.max_players_per_stream` for this app.
+    #[serde(default)]
+    max_players_per_stream: Option<usize>,
+    /// Upstreams every stream published here is republished to.
+    #[serde(default)]
+    push: Vec<PushConfig>,
+    /// Where streams that are not live here are pulled from when a player asks.
+    #[serde(default)]
+    pull: Option<PullConfig>,
 }
 
 /// `[app.token]`: `?expires=UNIX&token=HEX(HMAC-SHA256(secret, "app/stream/expires"))`.
@@ -368,48 +476,51 @@ impl Default for Limits {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
-    /// From accept to a completed handshake and connect.
-    pub handshake_secs: u64,
-    /// A publisher (or a connection that neither plays nor publishes) that sends nothing.
-    pub idle_secs: u64,
-    /// A write that makes no progress (the peer stopped reading).
-    pub write_secs: u64,
-    /// A player of a stream that nobody publishes (each one holds a file descriptor); 0 waits
-    /// for ever, as nginx-rtmp does.
-    pub unpublished_play_secs: u64,
-    /// A message left incomplete this long closes the connection, however slowly its bytes
-    /// trickle in (each partial message is timed from its first chunk).
-    pub partial_message_secs: u64,
+    /// `handshake_secs`: from accept to a completed handshake and connect.
+    #[serde(rename = "handshake_secs", deserialize_with = "duration::secs")]
+    pub handshake: Duration,
+    /// `idle_secs`: a publisher (or a connection that neither plays nor publishes) that sends
+    /// nothing.
+    #[serde(rename = "idle_secs", deserialize_with = "duration::secs")]
+    pub idle: Duration,
+    /// `write_secs`: a write that makes no progress (the peer stopped reading).
+    #[serde(rename = "write_secs", deserialize_with = "duration::secs")]
+    pub write: Duration,
+    /// `unpublished_play_secs`: a player of a stream that nobody publishes (each one holds a
+    /// file descriptor); 0 waits for ever, as nginx-rtmp does.
+    #[serde(rename = "unpublished_play_secs", deserialize_with = "duration::secs")]
+    pub unpublished_play: Duration,
+    /// `partial_message_secs`: a message left incomplete this long closes the connection,
+    /// however slowly its bytes trickle in (each partial message is timed from its first chunk).
+    #[serde(rename = "partial_message_secs", deserialize_with = "duration::secs")]
+    pub partial_message: Duration,
 }
 
 impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
-            handshake_secs: 10,
-            idle_secs: 60,
-            write_secs: 30,
-            unpublished_play_secs: 60,
-            partial_message_secs: 30,
+            handshake: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+            write: Duration::from_secs(30),
+            unpublished_play: Duration::from_secs(60),
+            partial_message: Duration::from_secs(30),
         }
     }
 }
 
-impl Timeouts {
-    pub fn handshake(&self) -> Duration {
-        Duration::from_secs(self.handshake_secs)
-    }
-    pub fn idle(&self) -> Duration {
-        Duration::from_secs(self.idle_secs)
-    }
-    pub fn write(&self) -> Duration {
-        Duration::from_secs(self.write_secs)
-    }
-    pub fn unpublished_play(&self) -> Duration {
-        Duration::from_secs(self.unpublished_play_secs)
+/// Durations in the configuration, written as whole seconds (`*_secs` keys) or milliseconds
+/// (`*_ms` keys).
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn secs<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        u64::deserialize(deserializer).map(Duration::from_secs)
     }
 
-    pub fn partial_message(&self) -> Duration {
-        Duration::from_secs(self.partial_message_secs)
+    pub fn millis<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        u64::deserialize(deserializer).map(Duration::from_millis)
     }
 }
 
@@ -417,30 +528,35 @@ impl Timeouts {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RtmptSection {
-    /// A tunnel session with no request for this long is closed (the client vanished).
-    pub idle_timeout_secs: u64,
+    /// `idle_timeout_secs`: a tunnel session with no request for this long is closed (the
+    /// client vanished).
+    #[serde(rename = "idle_timeout_secs", deserialize_with = "duration::secs")]
+    pub idle_timeout: Duration,
     /// Open tunnel sessions in total.
     pub max_sessions: usize,
     /// Open tunnel sessions per client address (the proxy's address behind a reverse proxy).
     pub max_sessions_per_ip: usize,
     /// Largest request body accepted (one `send` of client bytes).
     pub max_request_body: usize,
-    /// Reading one request's headers and body, and waiting between keep-alive requests.
-    pub request_timeout_secs: u64,
-    /// A session whose client closed the connection of its last request ends when no request
-    /// arrives on another connection within this many milliseconds.
-    pub hangup_timeout_ms: u64,
+    /// `request_timeout_secs`: reading one request's headers and body, and waiting between
+    /// keep-alive requests.
+    #[serde(rename = "request_timeout_secs", deserialize_with = "duration::secs")]
+    pub request_timeout: Duration,
+    /// `hangup_timeout_ms`: a session whose client closed the connection of its last request
+    /// ends when no request arrives on another connection within this long.
+    #[serde(rename = "hangup_timeout_ms", deserialize_with = "duration::millis")]
+    pub hangup_timeout: Duration,
 }
 
 impl Default for RtmptSection {
     fn default() -> Self {
         RtmptSection {
-            idle_timeout_secs: 30,
+            idle_timeout: Duration::from_secs(30),
             max_sessions: 10_000,
             max_sessions_per_ip: 200,
             max_request_body: 1 << 20,
-            request_timeout_secs: 30,
-            hangup_timeout_ms: 2000,
+            request_timeout: Duration::from_secs(30),
+            hangup_timeout: Duration::from_millis(2000),
         }
     }
 }
@@ -469,12 +585,13 @@ pub struct TlsSection {
     pub cert_dir: PathBuf,
     /// Names the development certificate covers besides localhost, 127.0.0.1 and ::1.
     pub hosts: Vec<String>,
-    /// From TCP accept to a finished TLS handshake.
-    pub handshake_timeout_secs: u64,
+    /// `handshake_timeout_secs`: from TCP accept to a finished TLS handshake.
+    #[serde(rename = "handshake_timeout_secs", deserialize_with = "duration::secs")]
+    pub handshake_timeout: Duration,
     /// TLS 1.3 session tickets sent after each handshake. 0 keeps librtmp clients (rtmpdump)
     /// working: they fail on any record that carries no application data.
     pub tls13_session_tickets: usize,
-    /// Certificates from an ACME CA (`[tls.acme]`, see `acme::config`).
+    /// Certificates from an ACME CA (`[tls.acme]`, see `config/acme.rs`).
     pub acme: Option<AcmeSection>,
 }
 
@@ -483,28 +600,10 @@ impl Default for TlsSection {
         TlsSection {
             cert_dir: PathBuf::from("certs"),
             hosts: vec!["localhost".into()],
-            handshake_timeout_secs: 10,
+            handshake_timeout: Duration::from_secs(10),
             tls13_session_tickets: 0,
             acme: None,
         }
-    }
-}
-
-impl RtmptSection {
-    pub fn idle_timeout(&self) -> Duration {
-        Duration::from_secs(self.idle_timeout_secs)
-    }
-    pub fn request_timeout(&self) -> Duration {
-        Duration::from_secs(self.request_timeout_secs)
-    }
-    pub fn hangup_timeout(&self) -> Duration {
-        Duration::from_millis(self.hangup_timeout_ms)
-    }
-}
-
-impl TlsSection {
-    pub fn handshake_timeout(&self) -> Duration {
-        Duration::from_secs(self.handshake_timeout_secs)
     }
 }
 
@@ -578,46 +677,24 @@ impl Config {
                 return Err(format!("app[{i}].name: {:?} is defined twice", app.name));
             }
             validate_app_auth(i, app)?;
-            crate::relay::config::validate_app(i, &app.push, app.pull.as_ref())?;
+            self::relay::validate_app(i, &app.relays.push, app.relays.pull.as_ref())?;
         }
         if let Some(cluster) = &self.cluster {
             cluster.validate()?;
         }
         let s = &self.server;
-        if !(128..=65_536).contains(&s.chunk_size) {
-            return Err(format!("server.chunk_size: {} is outside 128..=65536", s.chunk_size));
-        }
-        if s.write_coalesce_ms > 1000 {
-            return Err(format!("server.write_coalesce_ms: {} is outside 0..=1000", s.write_coalesce_ms));
-        }
-        if s.write_coalesce_under_load_ms > 1000 {
-            return Err(format!(
-                "server.write_coalesce_under_load_ms: {} is outside 0..=1000",
-                s.write_coalesce_under_load_ms
-            ));
-        }
-        if s.worker_threads > 1024 {
-            return Err(format!("server.worker_threads: {} is outside 0..=1024", s.worker_threads));
-        }
+        in_range("server.chunk_size", s.chunk_size, 128..=65_536)?;
+        in_range("server.write_coalesce_ms", s.write_coalesce_ms, 0..=1000)?;
+        in_range("server.write_coalesce_under_load_ms", s.write_coalesce_under_load_ms, 0..=1000)?;
+        in_range("server.worker_threads", s.worker_threads, 0..=1024)?;
         if let Some(url) = &s.reconnect_url {
             validate_reconnect_url(url)?;
         }
         let l = &self.limits;
-        if !(128..=0x7FFF_FFFF).contains(&l.max_chunk_size) {
-            return Err(format!("limits.max_chunk_size: {} is outside 128..=2147483647", l.max_chunk_size));
-        }
-        if !(1024..=0xFF_FFFF).contains(&l.max_message_size) {
-            return Err(format!(
-                "limits.max_message_size: {} is outside 1024..=16777215",
-                l.max_message_size
-            ));
-        }
-        if !(4..=65_599).contains(&l.max_chunk_streams) {
-            return Err(format!("limits.max_chunk_streams: {} is outside 4..=65599", l.max_chunk_streams));
-        }
-        if !(2..=256).contains(&l.max_amf_depth) {
-            return Err(format!("limits.max_amf_depth: {} is outside 2..=256", l.max_amf_depth));
-        }
+        in_range("limits.max_chunk_size", l.max_chunk_size, 128..=0x7FFF_FFFF)?;
+        in_range("limits.max_message_size", l.max_message_size, 1024..=0xFF_FFFF)?;
+        in_range("limits.max_chunk_streams", l.max_chunk_streams, 4..=65_599)?;
+        in_range("limits.max_amf_depth", l.max_amf_depth, 2..=256)?;
         if l.player_queue_bytes < 64 * 1024 {
             return Err(format!("limits.player_queue_bytes: {} is below 65536", l.player_queue_bytes));
         }
@@ -636,25 +713,21 @@ impl Config {
             ));
         }
         let t = &self.timeouts;
-        if t.handshake_secs == 0 || t.idle_secs == 0 || t.write_secs == 0 || t.partial_message_secs == 0 {
+        if t.handshake.is_zero() || t.idle.is_zero() || t.write.is_zero() || t.partial_message.is_zero() {
             return Err("timeouts.*_secs must be at least 1".into());
         }
         let r = &self.rtmpt;
-        if r.idle_timeout_secs == 0 || r.request_timeout_secs == 0 {
+        if r.idle_timeout.is_zero() || r.request_timeout.is_zero() {
             return Err("rtmpt.idle_timeout_secs and rtmpt.request_timeout_secs must be at least 1".into());
         }
         if r.max_sessions == 0 || r.max_sessions_per_ip == 0 {
             return Err("rtmpt.max_sessions and rtmpt.max_sessions_per_ip must be at least 1".into());
         }
-        if !(100..=600_000).contains(&r.hangup_timeout_ms) {
-            return Err(format!("rtmpt.hangup_timeout_ms: {} is outside 100..=600000", r.hangup_timeout_ms));
-        }
-        if !(4096..=64 << 20).contains(&r.max_request_body) {
-            return Err(format!("rtmpt.max_request_body: {} is outside 4096..=67108864", r.max_request_body));
-        }
+        in_range("rtmpt.hangup_timeout_ms", r.hangup_timeout.as_millis(), 100..=600_000)?;
+        in_range("rtmpt.max_request_body", r.max_request_body, 4096..=64 << 20)?;
         self.relay.validate()?;
         let tls = &self.tls;
-        if tls.handshake_timeout_secs == 0 {
+        if tls.handshake_timeout.is_zero() {
             return Err("tls.handshake_timeout_secs must be at least 1".into());
         }
         if tls.tls13_session_tickets > 16 {
@@ -664,7 +737,7 @@ impl Config {
             admin.validate()?;
         }
         if let Some(acme) = &tls.acme {
-            crate::acme::validate(acme, &self.listeners)?;
+            self::acme::validate(acme, &self.listeners)?;
         }
         if let Some(bad) =
             tls.hosts.iter().find(|h| h.is_empty() || h.contains(|c: char| c.is_whitespace() || c == '/'))
@@ -693,26 +766,37 @@ fn sockets_clash(a: SocketAddr, b: SocketAddr) -> bool {
     x == y || covers(x, y) || covers(y, x)
 }
 
+/// The one range check of the configuration: `key: value is outside a..=b`.
+pub(crate) fn in_range<T>(key: &str, value: T, range: RangeInclusive<T>) -> std::result::Result<(), String>
+where
+    T: PartialOrd + std::fmt::Display,
+{
+    if range.contains(&value) {
+        return Ok(());
+    }
+    Err(format!("{key}: {value} is outside {}..={}", range.start(), range.end()))
+}
+
 fn validate_app_auth(i: usize, app: &AppConfig) -> std::result::Result<(), String> {
-    for (field, keys) in [("publish_keys", &app.publish_keys), ("play_keys", &app.play_keys)] {
+    for (field, keys) in [("publish_keys", &app.auth.publish_keys), ("play_keys", &app.auth.play_keys)] {
         if let Some(bad) = keys.iter().find(|k| k.is_empty() || k.contains(['?', '&', '/', ' '])) {
             return Err(format!(
                 "app[{i}].{field}: {bad:?} must be non-empty without '?', '&', '/' or spaces"
             ));
         }
     }
-    if let Some(token) = &app.token {
+    if let Some(token) = &app.auth.token {
         if token.secret.len() < 16 {
             return Err(format!("app[{i}].token.secret: use at least 16 characters"));
         }
     }
     let callbacks = [
-        ("on_connect", &app.on_connect),
-        ("on_publish", &app.on_publish),
-        ("on_play", &app.on_play),
-        ("on_done", &app.on_done),
-        ("on_publish_done", &app.on_publish_done),
-        ("on_play_done", &app.on_play_done),
+        ("on_connect", &app.callbacks.on_connect),
+        ("on_publish", &app.callbacks.on_publish),
+        ("on_play", &app.callbacks.on_play),
+        ("on_done", &app.callbacks.on_done),
+        ("on_publish_done", &app.callbacks.on_publish_done),
+        ("on_play_done", &app.callbacks.on_play_done),
     ];
     for (field, url) in callbacks {
         let Some(url) = url else { continue };
@@ -722,13 +806,8 @@ fn validate_app_auth(i: usize, app: &AppConfig) -> std::result::Result<(), Strin
             return Err(format!("app[{i}].{field}: {url:?} is not an http:// URL (https is not supported)"));
         }
     }
-    if !(100..=60_000).contains(&app.callback_timeout_ms) {
-        return Err(format!(
-            "app[{i}].callback_timeout_ms: {} is outside 100..=60000",
-            app.callback_timeout_ms
-        ));
-    }
-    if app.max_publishers == Some(0) || app.max_players_per_stream == Some(0) {
+    in_range(&format!("app[{i}].callback_timeout_ms"), app.callbacks.timeout.as_millis(), 100..=60_000)?;
+    if app.limits.max_publishers == Some(0) || app.limits.max_players_per_stream == Some(0) {
         return Err(format!("app[{i}].max_publishers and max_players_per_stream must be at least 1"));
     }
     Ok(())
@@ -777,7 +856,7 @@ mod tests {
 
     #[test]
     fn documented_example_is_valid() {
-        Config::from_toml(include_str!("../../../config/rtmpx.toml"), "rtmpx.toml").unwrap();
+        Config::from_toml(include_str!("../../../../config/rtmpx.toml"), "rtmpx.toml").unwrap();
     }
 
     #[test]
@@ -840,7 +919,7 @@ mod tests {
     #[test]
     fn relays_parse_and_bad_ones_name_the_key() {
         // The documented example's edge app is commented out (its origin does not exist).
-        let documented = include_str!("../../../config/rtmpx.toml");
+        let documented = include_str!("../../../../config/rtmpx.toml");
         let edge = documented.replace(
             "# [[app]]\n# name = \"edge\"\n# publish = false\n# pull =",
             "[[app]]\nname = \"edge\"\npublish = false\npull =",
@@ -848,7 +927,7 @@ mod tests {
         assert_ne!(edge, documented, "the example still shows an edge app");
         let c = Config::from_toml(&edge, "rtmpx.toml").unwrap();
         let edge = c.app("edge").expect("the uncommented edge app");
-        assert_eq!(edge.pull.as_ref().map(|p| p.linger_secs), Some(5));
+        assert_eq!(edge.relays.pull.as_ref().map(|p| p.linger_secs), Some(5));
         assert_eq!(c.relay.backoff_initial_ms, 500);
         let base = "[[listener]]\nproto = \"rtmp\"\naddr = \"127.0.0.1:0\"\n[[app]]\nname = \"live\"\n";
         let c = Config::from_toml(
@@ -856,7 +935,7 @@ mod tests {
             "t",
         )
         .unwrap();
-        assert_eq!(c.apps[0].push[0].name.apply("cam"), "cam_hd");
+        assert_eq!(c.apps[0].relays.push[0].name.apply("cam"), "cam_hd");
         let err = |text: &str| Config::from_toml(text, "t").unwrap_err().to_string();
         assert!(err(&format!("{base}push = [{{ url = \"ftp://h/a\" }}]\n")).contains("app[0].push[0].url"));
         assert!(
@@ -877,7 +956,7 @@ mod tests {
         assert_eq!(c.listeners[0].tls.len(), 2);
         assert_eq!(c.listeners[0].tls[1].key, PathBuf::from("b.key"));
         assert_eq!(c.tls.cert_dir, PathBuf::from("/tmp/x"));
-        assert_eq!(c.tls.handshake_timeout(), Duration::from_secs(3));
+        assert_eq!(c.tls.handshake_timeout, Duration::from_secs(3));
         assert_eq!(c.tls.hosts, ["localhost"]);
         assert_eq!(c.tls.tls13_session_tickets, 0);
     }
@@ -888,7 +967,7 @@ mod tests {
                     [rtmpt]\nidle_timeout_secs = 2\nmax_sessions_per_ip = 5\n";
         let c = Config::from_toml(text, "t").unwrap();
         assert_eq!(c.listeners[0].proto, Proto::Rtmpt);
-        assert_eq!(c.rtmpt.idle_timeout(), Duration::from_secs(2));
+        assert_eq!(c.rtmpt.idle_timeout, Duration::from_secs(2));
         assert_eq!(c.rtmpt.max_sessions_per_ip, 5);
         assert_eq!(c.rtmpt.max_sessions, 10_000);
         let tls = text

@@ -8,7 +8,6 @@ use std::time::Duration;
 use rtmpx_router::{Frame, Publisher};
 use tokio::time::Instant;
 
-use super::{seal_pairing, sleep_until_opt};
 use crate::config::ServerSection;
 use crate::load::Load;
 
@@ -36,16 +35,27 @@ impl Batching {
     }
 }
 
+/// Runs one fan-out (the router writing to every caught-up player from the publisher's task):
+/// the session layer pairs RTMPE players' encryption inside it.
+pub(crate) type Scope = fn(&mut dyn FnMut());
+
+/// A [`Scope`] that only runs the fan-out.
+#[cfg(test)]
+pub(crate) fn plain(fan_out: &mut dyn FnMut()) {
+    fan_out()
+}
+
 /// One publisher's fan-out and its batch window.
 pub(crate) struct FanOut {
     batching: Batching,
+    scope: Scope,
     /// When the running batch window ends.
     flush_at: Option<Instant>,
 }
 
 impl FanOut {
-    pub(crate) fn new(batching: Batching) -> FanOut {
-        FanOut { batching, flush_at: None }
+    pub(crate) fn new(batching: Batching, scope: Scope) -> FanOut {
+        FanOut { batching, scope, flush_at: None }
     }
 
     /// Hands a frame to the router, which writes it to every caught-up player from here (the
@@ -54,7 +64,13 @@ impl FanOut {
     /// "would block" and fall back to a task wake-up, so this runs unconstrained: it is bounded by
     /// the number of players and never waits. Starts a batch window when batching and none runs.
     pub(crate) async fn send(&mut self, publisher: &Publisher, frame: Frame) {
-        tokio::task::unconstrained(async { seal_pairing::paired(|| publisher.send(frame)) }).await;
+        let mut frame = Some(frame);
+        let mut send = || {
+            if let Some(frame) = frame.take() {
+                publisher.send(frame)
+            }
+        };
+        tokio::task::unconstrained(async { (self.scope)(&mut send) }).await;
         if self.flush_at.is_none() {
             let window = self.batching.window();
             if !window.is_zero() {
@@ -71,7 +87,15 @@ impl FanOut {
 
     /// Writes what the players' sessions hold, once for the whole stream (a window ended).
     pub(crate) async fn flush(&self, publisher: &Publisher) {
-        tokio::task::unconstrained(async { seal_pairing::paired(|| publisher.flush_direct()) }).await
+        tokio::task::unconstrained(async { (self.scope)(&mut || publisher.flush_direct()) }).await
+    }
+}
+
+/// Sleeps until `deadline`; never without one.
+pub(crate) async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -87,7 +111,7 @@ mod tests {
             write_coalesce_under_load_ms: under_load_ms,
             ..Default::default()
         };
-        FanOut::new(Batching::new(&server, load))
+        FanOut::new(Batching::new(&server, load), plain)
     }
 
     fn publisher(router: &Router) -> Publisher {

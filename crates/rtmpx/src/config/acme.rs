@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::{ListenerConfig, Proto};
+
 /// Let's Encrypt's production directory, the default CA.
 pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
 
@@ -110,18 +112,29 @@ impl AcmeSection {
         if self.retry_initial_secs == 0 || self.retry_max_secs < self.retry_initial_secs {
             return Err("tls.acme.retry_initial_secs must be at least 1 and at most retry_max_secs".into());
         }
-        if !(5..=3600).contains(&self.order_timeout_secs) {
-            return Err(format!(
-                "tls.acme.order_timeout_secs: {} is outside 5..=3600",
-                self.order_timeout_secs
-            ));
-        }
-        Ok(())
+        super::in_range("tls.acme.order_timeout_secs", self.order_timeout_secs, 5..=3600)
     }
 
     pub fn wants(&self, kind: ChallengeKind) -> bool {
         self.challenges.contains(&kind)
     }
+}
+
+/// `[tls.acme]` with the listeners that must answer its challenges.
+pub fn validate(settings: &AcmeSection, listeners: &[ListenerConfig]) -> std::result::Result<(), String> {
+    settings.validate()?;
+    let http = listeners.iter().any(|l| matches!(l.proto, Proto::Rtmp | Proto::Rtmpt));
+    let tls = listeners.iter().any(|l| l.proto == Proto::Rtmps);
+    let answerable = settings.challenges.iter().any(|kind| match kind {
+        ChallengeKind::Http01 => http,
+        ChallengeKind::TlsAlpn01 => tls,
+    });
+    if !answerable {
+        return Err("tls.acme.challenges: no listener can answer them (http-01 needs an rtmp or rtmpt \
+                    listener on port 80, tls-alpn-01 an rtmps listener on port 443)"
+            .into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
