@@ -88,8 +88,10 @@ fn assert_sound(run: &Value, variant: &str) {
     let (p50, p99) = (num("latency_ms_p50"), num("latency_ms_p99"));
     assert!(p50 > 0.0 && p50 <= p99 && p99 < 1000.0, "{label}: latency {p50} / {p99} ms");
     assert!(num("connect_ms_p50") > 0.0, "{label}: {run}");
-    // The server's CPU came from /proc/PID/stat.
-    assert!(num("server_cpu_secs_per_delivered_gb") > 0.0, "{label}: {run}");
+    // The server's CPU and memory came from /proc/PID (a light server may use less than one
+    // 10 ms clock tick over this small window, so its CPU may read 0, never null).
+    assert!(num("server_cpu_secs_per_delivered_gb") >= 0.0, "{label}: {run}");
+    assert!(num("server_rss_before_kib") > 0.0, "{label}: {run}");
 }
 
 #[test]
