@@ -77,7 +77,7 @@ pub async fn drain(
             "draining: asked the clients that follow Enhanced RTMP reconnect requests to move"
         );
     }
-    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    let grace = config.server.shutdown_grace;
     let live = ctx.sessions.entries().len();
     if live > 0 {
         // On the terminal too, not only in the log: whoever pressed Ctrl-C is waiting.

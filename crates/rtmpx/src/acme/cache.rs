@@ -124,9 +124,9 @@ mod tests {
             cache_dir: root.to_path_buf(),
             challenges: vec![super::super::config::ChallengeKind::Http01],
             dev_fallback: true,
-            retry_initial_secs: 1,
-            retry_max_secs: 2,
-            order_timeout_secs: 10,
+            retry_initial: std::time::Duration::from_secs(1),
+            retry_max: std::time::Duration::from_secs(2),
+            order_timeout: std::time::Duration::from_secs(10),
         };
         let staging = Cache::new(&settings("https://acme-staging-v02.api.letsencrypt.org/directory"));
         let production = Cache::new(&settings("https://acme-v02.api.letsencrypt.org/directory"));

@@ -170,7 +170,7 @@ impl Acme {
 
     /// Runs one order and puts its certificate in use (and in the cache). Counted either way.
     pub async fn renew(&self) -> Result<Arc<Issued>> {
-        let timeout = Duration::from_secs(self.settings.order_timeout_secs);
+        let timeout = self.settings.order_timeout;
         let result =
             match tokio::time::timeout(timeout, order::order(&self.settings, &self.cache, &self.challenges))
                 .await
@@ -205,7 +205,7 @@ impl Acme {
     /// Orders when there is no certificate and renews at two thirds of its lifetime, retrying
     /// failures with doubling waits; a failure keeps the certificate in use. Runs until dropped.
     pub async fn run(self: Arc<Self>) {
-        let initial = Duration::from_secs(self.settings.retry_initial_secs);
+        let initial = self.settings.retry_initial;
         let mut backoff = initial;
         loop {
             if let Some(current) = self.certificate() {
@@ -234,7 +234,7 @@ impl Acme {
                         wait.as_secs_f64()
                     );
                     tokio::time::sleep(wait).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(self.settings.retry_max_secs));
+                    backoff = (backoff * 2).min(self.settings.retry_max);
                 }
             }
         }

@@ -24,7 +24,7 @@ fn acme_type(kind: ChallengeKind) -> ChallengeType {
 
 /// Runs one order to its end; returns the certificate chain followed by its private key (PEM).
 pub async fn order(settings: &AcmeSection, cache: &Cache, challenges: &Challenges) -> Result<String, String> {
-    let request_timeout = Duration::from_secs(settings.order_timeout_secs.min(30));
+    let request_timeout = settings.order_timeout.min(Duration::from_secs(30));
     let http = || AcmeHttp::new(settings.ca_file.as_deref(), request_timeout).map(Box::new);
     let directory = settings.directory.clone();
     let acme = |step: &str| {
@@ -87,7 +87,7 @@ pub async fn order(settings: &AcmeSection, cache: &Cache, challenges: &Challenge
     let retries = RetryPolicy::new()
         .initial_delay(Duration::from_millis(250))
         .backoff(1.5)
-        .timeout(Duration::from_secs(settings.order_timeout_secs));
+        .timeout(settings.order_timeout);
     let status = order.poll_ready(&retries).await.map_err(acme("waiting for validation"))?;
     if status != OrderStatus::Ready {
         let mut why = Vec::new();

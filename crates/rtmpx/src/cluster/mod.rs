@@ -199,7 +199,7 @@ impl Cluster {
     }
 
     pub fn linger(&self) -> Duration {
-        self.inner.section.linger()
+        self.inner.section.linger
     }
 
     /// Registers `key`, just published here. Refused when another node owns it; accepted (and
@@ -308,7 +308,11 @@ impl Cluster {
     ) -> redis::RedisResult<Option<String>> {
         let mut redis = self.inner.redis.clone();
         let mut call = self.inner.claim_script.key(stream_key(key));
-        call.arg(self.node()).arg(&claim.token).arg(claim.started).arg(codecs).arg(self.inner.section.ttl_ms);
+        call.arg(self.node())
+            .arg(&claim.token)
+            .arg(claim.started)
+            .arg(codecs)
+            .arg(self.inner.section.ttl.as_millis() as u64);
         let owner: String = call.invoke_async(&mut redis).await?;
         Ok(Some(owner).filter(|o| !o.is_empty()))
     }
@@ -331,9 +335,9 @@ impl Cluster {
     }
 
     async fn heartbeat(self, mut shutdown: watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(self.inner.section.heartbeat());
+        let mut tick = tokio::time::interval(self.inner.section.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let limit = self.inner.section.heartbeat().max(CALL_TIMEOUT);
+        let limit = self.inner.section.heartbeat.max(CALL_TIMEOUT);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -383,7 +387,7 @@ impl Cluster {
             }
         }
         let mut redis = self.inner.redis.clone();
-        let ttl = self.inner.section.ttl_ms;
+        let ttl = self.inner.section.ttl.as_millis() as u64;
         redis::cmd("SET")
             .arg(format!("{NODE_PREFIX}{}", self.node()))
             .arg(unix_now())
@@ -397,8 +401,8 @@ impl Cluster {
             follows.retain(|_, sender| !sender.is_closed());
             follows.keys().cloned().collect()
         };
-        let ttl_passed = lock(&self.inner.answering_since)
-            .is_some_and(|since| since.elapsed() >= self.inner.section.ttl());
+        let ttl_passed =
+            lock(&self.inner.answering_since).is_some_and(|since| since.elapsed() >= self.inner.section.ttl);
         for key in followed {
             let owner: Option<String> =
                 redis::cmd("HGET").arg(stream_key(&key)).arg("node").query_async(&mut redis).await?;

@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use std::time::Duration;
+
 use serde::Deserialize;
 
 use super::{ListenerConfig, Proto};
@@ -34,14 +36,28 @@ pub struct AcmeSection {
     /// asking for a name the ACME certificate does not cover.
     #[serde(default = "yes")]
     pub dev_fallback: bool,
-    /// First wait after a failed order; doubles up to `retry_max_secs`.
-    #[serde(default = "default_retry_initial")]
-    pub retry_initial_secs: u64,
-    #[serde(default = "default_retry_max")]
-    pub retry_max_secs: u64,
-    /// Bounds one whole order (account, challenges, issuance) and each request in it.
-    #[serde(default = "default_order_timeout")]
-    pub order_timeout_secs: u64,
+    /// `retry_initial_secs`: first wait after a failed order; doubles up to `retry_max_secs`.
+    #[serde(
+        rename = "retry_initial_secs",
+        default = "default_retry_initial",
+        deserialize_with = "super::duration::secs"
+    )]
+    pub retry_initial: Duration,
+    /// `retry_max_secs`: the longest wait between two orders.
+    #[serde(
+        rename = "retry_max_secs",
+        default = "default_retry_max",
+        deserialize_with = "super::duration::secs"
+    )]
+    pub retry_max: Duration,
+    /// `order_timeout_secs`: bounds one whole order (account, challenges, issuance) and each
+    /// request in it.
+    #[serde(
+        rename = "order_timeout_secs",
+        default = "default_order_timeout",
+        deserialize_with = "super::duration::secs"
+    )]
+    pub order_timeout: Duration,
 }
 
 /// How the CA checks that rtmpx controls a name.
@@ -67,14 +83,14 @@ fn default_challenges() -> Vec<ChallengeKind> {
 fn yes() -> bool {
     true
 }
-fn default_retry_initial() -> u64 {
-    60
+fn default_retry_initial() -> Duration {
+    Duration::from_secs(60)
 }
-fn default_retry_max() -> u64 {
-    6 * 3600
+fn default_retry_max() -> Duration {
+    Duration::from_secs(6 * 3600)
 }
-fn default_order_timeout() -> u64 {
-    120
+fn default_order_timeout() -> Duration {
+    Duration::from_secs(120)
 }
 
 impl AcmeSection {
@@ -109,10 +125,10 @@ impl AcmeSection {
         if self.challenges.is_empty() {
             return Err("tls.acme.challenges: choose \"http-01\", \"tls-alpn-01\" or both".into());
         }
-        if self.retry_initial_secs == 0 || self.retry_max_secs < self.retry_initial_secs {
+        if self.retry_initial.is_zero() || self.retry_max < self.retry_initial {
             return Err("tls.acme.retry_initial_secs must be at least 1 and at most retry_max_secs".into());
         }
-        super::in_range("tls.acme.order_timeout_secs", self.order_timeout_secs, 5..=3600)
+        super::in_range("tls.acme.order_timeout_secs", self.order_timeout.as_secs(), 5..=3600)
     }
 
     pub fn wants(&self, kind: ChallengeKind) -> bool {

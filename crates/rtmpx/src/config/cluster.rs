@@ -11,46 +11,38 @@ pub struct ClusterSection {
     pub redis: String,
     /// How other nodes reach this one: `SCHEME://ADDRESS:PORT` (any variant, e.g. rtmps between sites).
     pub node: String,
-    /// Entries of live local streams are refreshed this often.
-    #[serde(default = "default_heartbeat_ms")]
-    pub heartbeat_ms: u64,
-    /// An entry not refreshed for this long vanishes (the node is gone).
-    #[serde(default = "default_ttl_ms")]
-    pub ttl_ms: u64,
-    /// A pull from another node stays up this long after its last local player left.
-    #[serde(default = "default_linger_secs")]
-    pub linger_secs: u64,
+    /// `heartbeat_ms`: entries of live local streams are refreshed this often.
+    #[serde(
+        rename = "heartbeat_ms",
+        default = "default_heartbeat",
+        deserialize_with = "super::duration::millis"
+    )]
+    pub heartbeat: Duration,
+    /// `ttl_ms`: an entry not refreshed for this long vanishes (the node is gone).
+    #[serde(rename = "ttl_ms", default = "default_ttl", deserialize_with = "super::duration::millis")]
+    pub ttl: Duration,
+    /// `linger_secs`: a pull from another node stays up this long after its last local player left.
+    #[serde(rename = "linger_secs", default = "default_linger", deserialize_with = "super::duration::secs")]
+    pub linger: Duration,
     /// Two hex digits every RTMPT session id of this node starts with, so that a balancer can
     /// send a tunnel's later requests to the node that opened it (README: "Cluster").
     #[serde(default)]
     pub tunnel_tag: Option<String>,
 }
 
-fn default_heartbeat_ms() -> u64 {
-    2000
+fn default_heartbeat() -> Duration {
+    Duration::from_millis(2000)
 }
 
-fn default_ttl_ms() -> u64 {
-    6000
+fn default_ttl() -> Duration {
+    Duration::from_millis(6000)
 }
 
-fn default_linger_secs() -> u64 {
-    5
+fn default_linger() -> Duration {
+    Duration::from_secs(5)
 }
 
 impl ClusterSection {
-    pub fn heartbeat(&self) -> Duration {
-        Duration::from_millis(self.heartbeat_ms)
-    }
-
-    pub fn ttl(&self) -> Duration {
-        Duration::from_millis(self.ttl_ms)
-    }
-
-    pub fn linger(&self) -> Duration {
-        Duration::from_secs(self.linger_secs)
-    }
-
     /// The first byte of this node's RTMPT session ids.
     pub fn tunnel_tag_byte(&self) -> Option<u8> {
         let tag = self.tunnel_tag.as_deref()?;
@@ -72,13 +64,14 @@ impl ClusterSection {
         if self.tunnel_tag.is_some() && self.tunnel_tag_byte().is_none() {
             return Err(format!("cluster.tunnel_tag: {:?}: two lowercase hex digits", self.tunnel_tag));
         }
-        if self.heartbeat_ms < 100 {
+        if self.heartbeat < Duration::from_millis(100) {
             return Err("cluster.heartbeat_ms: at least 100".into());
         }
-        if self.ttl_ms < 2 * self.heartbeat_ms {
+        if self.ttl < 2 * self.heartbeat {
             return Err(format!(
                 "cluster.ttl_ms: {} must be at least twice heartbeat_ms ({}), or entries of live streams expire",
-                self.ttl_ms, self.heartbeat_ms
+                self.ttl.as_millis(),
+                self.heartbeat.as_millis()
             ));
         }
         Ok(())
@@ -87,6 +80,8 @@ impl ClusterSection {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use crate::config::Config;
 
     fn check(cluster: &str) -> Result<Config, String> {
@@ -101,7 +96,10 @@ mod tests {
         let config =
             check("redis = \"redis://127.0.0.1:6379/0\"\nnode = \"rtmps://10.0.0.1:443\"\n").unwrap();
         let cluster = config.cluster.unwrap();
-        assert_eq!((cluster.heartbeat_ms, cluster.ttl_ms, cluster.linger_secs), (2000, 6000, 5));
+        assert_eq!(
+            (cluster.heartbeat, cluster.ttl, cluster.linger),
+            (Duration::from_millis(2000), Duration::from_millis(6000), Duration::from_secs(5))
+        );
         assert_eq!(cluster.tunnel_tag_byte(), None);
     }
 

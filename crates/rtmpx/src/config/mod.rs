@@ -60,8 +60,10 @@ pub struct ServerSection {
     pub chunk_size: u32,
     /// Cache the last GOP so players start at once.
     pub gop_cache: bool,
-    /// On SIGTERM/SIGINT: how long publishers and players may go on after the listeners close.
-    pub shutdown_grace_secs: u64,
+    /// `shutdown_grace_secs`: on SIGTERM/SIGINT, how long publishers and players may go on after
+    /// the listeners close.
+    #[serde(rename = "shutdown_grace_secs", deserialize_with = "duration::secs")]
+    pub shutdown_grace: Duration,
     /// Runtime worker threads; 0 means one per core.
     pub worker_threads: usize,
     /// Players' media may wait this long (ms) for more media to share its write: fewer,
@@ -110,7 +112,7 @@ impl Default for ServerSection {
         ServerSection {
             chunk_size: 4096,
             gop_cache: true,
-            shutdown_grace_secs: 30,
+            shutdown_grace: Duration::from_secs(30),
             worker_threads: 0,
             write_coalesce_ms: 0,
             write_coalesce_under_load_ms: 20,
@@ -927,8 +929,8 @@ mod tests {
         assert_ne!(edge, documented, "the example still shows an edge app");
         let c = Config::from_toml(&edge, "rtmpx.toml").unwrap();
         let edge = c.app("edge").expect("the uncommented edge app");
-        assert_eq!(edge.relays.pull.as_ref().map(|p| p.linger_secs), Some(5));
-        assert_eq!(c.relay.backoff_initial_ms, 500);
+        assert_eq!(edge.relays.pull.as_ref().map(|p| p.linger), Some(Duration::from_secs(5)));
+        assert_eq!(c.relay.backoff_initial, Duration::from_millis(500));
         let base = "[[listener]]\nproto = \"rtmp\"\naddr = \"127.0.0.1:0\"\n[[app]]\nname = \"live\"\n";
         let c = Config::from_toml(
             &format!("{base}push = [{{ url = \"rtmps://h/a\", name = \"rename:{{name}}_hd\", streams = \"c*\" }}]\n"),

@@ -32,19 +32,13 @@ impl PushConfig {
 pub struct PullConfig {
     /// The upstream app; the local stream name is played there.
     pub url: String,
-    /// How long the pull stays up after the last local player left.
-    #[serde(default = "default_linger_secs")]
-    pub linger_secs: u64,
+    /// `linger_secs`: how long the pull stays up after the last local player left.
+    #[serde(rename = "linger_secs", default = "default_linger", deserialize_with = "super::duration::secs")]
+    pub linger: Duration,
 }
 
-fn default_linger_secs() -> u64 {
-    5
-}
-
-impl PullConfig {
-    pub fn linger(&self) -> Duration {
-        Duration::from_secs(self.linger_secs)
-    }
+fn default_linger() -> Duration {
+    Duration::from_secs(5)
 }
 
 /// How a local stream name becomes the upstream one.
@@ -106,13 +100,18 @@ pub struct RelaySection {
     pub ca_file: Option<PathBuf>,
     /// Accept any upstream certificate (development only).
     pub insecure: bool,
-    /// First wait after a failed connection; doubles on each failure up to `backoff_max_ms`.
-    pub backoff_initial_ms: u64,
-    pub backoff_max_ms: u64,
+    /// `backoff_initial_ms`: first wait after a failed connection; doubles on each failure up to
+    /// `backoff_max_ms`.
+    #[serde(rename = "backoff_initial_ms", deserialize_with = "super::duration::millis")]
+    pub backoff_initial: Duration,
+    /// `backoff_max_ms`: the longest wait between two attempts.
+    #[serde(rename = "backoff_max_ms", deserialize_with = "super::duration::millis")]
+    pub backoff_max: Duration,
     /// Bound on media queued for one push relay; past it the relay drops to the next keyframe.
     pub max_relay_queue_bytes: usize,
-    /// Transport, handshake, connect and publish/play answer.
-    pub connect_timeout_secs: u64,
+    /// `connect_timeout_secs`: transport, handshake, connect and publish/play answer.
+    #[serde(rename = "connect_timeout_secs", deserialize_with = "super::duration::secs")]
+    pub connect_timeout: Duration,
     /// Announce Enhanced RTMP's Reconnect capability and move when an upstream asks.
     pub follow_reconnect: bool,
 }
@@ -122,10 +121,10 @@ impl Default for RelaySection {
         RelaySection {
             ca_file: None,
             insecure: false,
-            backoff_initial_ms: 500,
-            backoff_max_ms: 30_000,
+            backoff_initial: Duration::from_millis(500),
+            backoff_max: Duration::from_millis(30_000),
             max_relay_queue_bytes: 8 << 20,
-            connect_timeout_secs: 10,
+            connect_timeout: Duration::from_secs(10),
             follow_reconnect: true,
         }
     }
@@ -133,7 +132,7 @@ impl Default for RelaySection {
 
 impl RelaySection {
     pub fn validate(&self) -> Result<(), String> {
-        if self.backoff_initial_ms < 10 || self.backoff_max_ms < self.backoff_initial_ms {
+        if self.backoff_initial < Duration::from_millis(10) || self.backoff_max < self.backoff_initial {
             return Err(
                 "relay.backoff_initial_ms must be at least 10 and at most relay.backoff_max_ms".into()
             );
@@ -144,7 +143,7 @@ impl RelaySection {
                 self.max_relay_queue_bytes
             ));
         }
-        if self.connect_timeout_secs == 0 {
+        if self.connect_timeout.is_zero() {
             return Err("relay.connect_timeout_secs must be at least 1".into());
         }
         Ok(())
@@ -161,8 +160,8 @@ pub fn validate_app(index: usize, push: &[PushConfig], pull: Option<&PullConfig>
     }
     if let Some(pull) = pull {
         upstream_app(&pull.url).map_err(|e| format!("app[{index}].pull.url: {e}"))?;
-        if pull.linger_secs > 3600 {
-            return Err(format!("app[{index}].pull.linger_secs: {} is above 3600", pull.linger_secs));
+        if pull.linger > Duration::from_secs(3600) {
+            return Err(format!("app[{index}].pull.linger_secs: {} is above 3600", pull.linger.as_secs()));
         }
     }
     Ok(())
@@ -284,7 +283,11 @@ mod tests {
     #[test]
     fn relay_section_limits() {
         assert!(RelaySection::default().validate().is_ok());
-        let bad = RelaySection { backoff_initial_ms: 1000, backoff_max_ms: 10, ..RelaySection::default() };
+        let bad = RelaySection {
+            backoff_initial: Duration::from_millis(1000),
+            backoff_max: Duration::from_millis(10),
+            ..RelaySection::default()
+        };
         assert!(bad.validate().unwrap_err().contains("backoff"));
         let bad = RelaySection { max_relay_queue_bytes: 10, ..RelaySection::default() };
         assert!(bad.validate().unwrap_err().contains("max_relay_queue_bytes"));

@@ -132,7 +132,7 @@ impl Relays for RelayManager {
     fn ensure_pull(&self, router: &Router, config: &Config, key: &StreamKey) {
         let Some(pull) = config.app(&key.app).and_then(|app| app.relays.pull.as_ref()) else { return };
         let Ok(app_url) = config::upstream_app(&pull.url) else { return };
-        self.start_pull(router, config, key, app_url, pull.linger(), None);
+        self.start_pull(router, config, key, app_url, pull.linger, None);
     }
 
     /// Whether a pull of `key` runs.
@@ -350,7 +350,7 @@ struct RelayOptions {
 
 impl RelayOptions {
     fn new(section: &RelaySection, write_timeout: Duration) -> Self {
-        let connect_timeout = Duration::from_secs(section.connect_timeout_secs);
+        let connect_timeout = section.connect_timeout;
         let mut client = ClientOptions::default();
         client.tls.ca_file = section.ca_file.clone();
         client.tls.dangerous_accept_any_certificate = section.insecure;
@@ -361,8 +361,8 @@ impl RelayOptions {
         client.caps_ex = if section.follow_reconnect { rtmpx_client::CAPS_EX_RECONNECT } else { 0 };
         RelayOptions {
             client,
-            backoff_initial: Duration::from_millis(section.backoff_initial_ms),
-            backoff_max: Duration::from_millis(section.backoff_max_ms),
+            backoff_initial: section.backoff_initial,
+            backoff_max: section.backoff_max,
             write_timeout,
         }
     }
