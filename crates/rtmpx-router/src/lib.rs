@@ -672,7 +672,8 @@ impl Router {
     /// Claims the stream; fails with [`RouterError::AlreadyPublishing`] while another publisher is live.
     pub fn publish(&self, key: StreamKey, session: SessionInfo) -> Result<Publisher, RouterError> {
         let config = self.config();
-        let sharding = self.sharding();
+        // Resolved once per publish (not per frame): how many shards this runtime can use.
+        let sharding = self.sharding().resolved();
         let token = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (stream, takeover) = self.with_stream(&key, |stream, state| {
             if let Some(active) = &state.publisher {
@@ -948,7 +949,7 @@ impl StreamState {
     /// Shards a stream that grew past `min_players`, and serves one that shrank from here again.
     fn reshard(&mut self, sharding: &ShardConfig) {
         match &self.shards {
-            None if self.players.len() > sharding.min_players => {
+            None if sharding.shards > 1 && self.players.len() > sharding.min_players => {
                 self.shards = ShardSet::start(&self.players, sharding, self.shard_seq);
             }
             Some(shards) if shards.may_dissolve(self.players.len()) => {

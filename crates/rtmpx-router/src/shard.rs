@@ -62,6 +62,15 @@ impl Default for ShardConfig {
 }
 
 impl ShardConfig {
+    /// `shards: 0` turned into the worker count of the runtime the caller runs on (1 outside a
+    /// runtime), so the per-frame check is a comparison.
+    pub(crate) fn resolved(mut self) -> Self {
+        if self.shards == 0 {
+            self.shards = tokio::runtime::Handle::try_current().map_or(1, |h| h.metrics().num_workers());
+        }
+        self
+    }
+
     /// Shards to start now, from the publisher's task; `None`: do not shard.
     fn shard_count(&self) -> Option<(usize, tokio::runtime::Handle)> {
         let handle = tokio::runtime::Handle::try_current().ok()?;
