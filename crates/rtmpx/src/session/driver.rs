@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::ops::ControlFlow;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use rand::rngs::StdRng;
@@ -102,6 +103,45 @@ struct Driver<'a> {
     /// WRITE_BATCH bytes), the same window the publisher's direct writes use.
     batching: Batching,
     hold_until: Option<Instant>,
+    /// The session's deadline ([`Driver::deadline`]) and the partial message's.
+    deadline_timer: LazyTimer,
+    partial_timer: LazyTimer,
+}
+
+/// A timer that is only ever moved earlier. A deadline that moved later (the idle deadline moves
+/// with every read) is picked up when the timer fires, so a busy connection touches the runtime's
+/// timer wheel about once per timeout instead of once per read.
+#[derive(Default)]
+struct LazyTimer {
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// What `sleep` is set to.
+    set_to: Option<Instant>,
+}
+
+impl LazyTimer {
+    /// Resolves once `deadline` has passed; never without one.
+    async fn expired(&mut self, deadline: Option<Instant>) {
+        let Some(at) = deadline else { return std::future::pending().await };
+        loop {
+            match &mut self.sleep {
+                Some(sleep) if self.set_to.is_some_and(|set| set <= at) => sleep.as_mut().await,
+                Some(sleep) => {
+                    sleep.as_mut().reset(at);
+                    self.set_to = Some(at);
+                    sleep.as_mut().await
+                }
+                None => {
+                    self.set_to = Some(at);
+                    self.sleep.insert(Box::pin(tokio::time::sleep_until(at))).as_mut().await
+                }
+            }
+            if Instant::now() >= at {
+                return;
+            }
+            // It was set for an earlier deadline that has moved on since.
+            self.set_to = None;
+        }
+    }
 }
 
 impl<'a> Driver<'a> {
@@ -126,6 +166,8 @@ impl<'a> Driver<'a> {
             release_after_flush: false,
             batching: Batching::new(&config.server, ctx.load.clone()),
             hold_until: None,
+            deadline_timer: LazyTimer::default(),
+            partial_timer: LazyTimer::default(),
         }
     }
 
@@ -142,12 +184,25 @@ impl<'a> Driver<'a> {
             }
             Ok(())
         };
+        // Made once and kept across loop turns: registering with a Notify on every read shows up
+        // in the profile of a publisher's task (one loop turn per frame).
+        let entry = self.conn.registry.shared_entry();
+        let kicked = entry.kicked();
+        tokio::pin!(kicked);
+        let reconnect = entry.reconnect_requested();
+        tokio::pin!(reconnect);
+        let shutdown_changed = shutdown.changed();
+        tokio::pin!(shutdown_changed);
         loop {
             if self.hold_until.is_none() {
-                // A player that does not read waits here; its queue's bill may be refused meanwhile.
-                tokio::select! {
-                    written = flush(out, self.timeouts.write) => written?,
-                    () = player_over_budget(&self.conn.playing) => {}
+                if self.conn.playing.is_some() {
+                    // A player that does not read waits here; its queue's bill may be refused meanwhile.
+                    tokio::select! {
+                        written = flush(out, self.timeouts.write) => written?,
+                        () = player_over_budget(&self.conn.playing) => {}
+                    }
+                } else {
+                    flush(out, self.timeouts.write).await?;
                 }
             }
             if let Some(over) = self.conn.playing.as_ref().and_then(|p| p.queue_refused.get().copied()) {
@@ -166,8 +221,9 @@ impl<'a> Driver<'a> {
             }
             let deadline = self.deadline();
             let first_read = self.conn.bytes_in == 0;
+            let partial_deadline = self.partial.map(|(_, since)| since + self.timeouts.partial_message);
             let step = tokio::select! {
-                _ = shutdown.changed() => ControlFlow::Break(self.goodbye(Ok(())).await),
+                _ = &mut shutdown_changed => ControlFlow::Break(self.goodbye(Ok(())).await),
                 read = poll_fn(|cx| poll_read_into(out, cx, first_read.then_some(&admit_c0 as &dyn Fn(u8) -> Result<()>))) => {
                     let (n, verdict) = match read {
                         Ok(read) => read,
@@ -175,7 +231,7 @@ impl<'a> Driver<'a> {
                     };
                     self.on_input(n, verdict).await
                 }
-                _ = sleep_until_opt(self.partial.map(|(_, since)| since + self.timeouts.partial_message)) => {
+                () = self.partial_timer.expired(partial_deadline) => {
                     ControlFlow::Break(Err(Error::Timeout("a message left incomplete")))
                 }
                 _ = fan_out_window_end(&mut self.conn.publishing) => self.on_fan_out_window_end().await,
@@ -184,9 +240,12 @@ impl<'a> Driver<'a> {
                     self.hold_until = None;
                     ControlFlow::Continue(())
                 }
-                order = self.conn.registry.entry().reconnect_requested() => self.on_reconnect_order(order),
-                why = self.conn.registry.entry().kicked() => ControlFlow::Break(self.goodbye(Err(Error::Kicked(why))).await),
-                _ = sleep_until_opt(deadline.map(|(at, _)| at)) => {
+                order = &mut reconnect => {
+                    reconnect.set(entry.reconnect_requested());
+                    self.on_reconnect_order(order)
+                }
+                why = &mut kicked => ControlFlow::Break(self.goodbye(Err(Error::Kicked(why))).await),
+                () = self.deadline_timer.expired(deadline.map(|(at, _)| at)) => {
                     ControlFlow::Break(Err(Error::Timeout(deadline.map_or("", |(_, why)| why))))
                 }
             };
@@ -365,5 +424,43 @@ fn say_goodbye(session: &mut ServerSession, conn: &Connection) {
             "NetStream.Unpublish.Success",
             "Server is shutting down.",
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Whether `expired` resolves within `within` (paused time: advanced exactly).
+    async fn fires_within(timer: &mut LazyTimer, deadline: Option<Instant>, within: Duration) -> bool {
+        tokio::time::timeout(within, timer.expired(deadline)).await.is_ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lazy_timer_fires_at_the_latest_deadline_only() {
+        let mut timer = LazyTimer::default();
+        assert!(!fires_within(&mut timer, None, Duration::from_secs(60)).await, "no deadline, no fire");
+        let start = Instant::now();
+
+        // Armed for 10 s; the deadline then moves on (reads) without touching the timer.
+        assert!(
+            !fires_within(&mut timer, Some(start + Duration::from_secs(10)), Duration::from_secs(5)).await
+        );
+        let moved = start + Duration::from_secs(20);
+        assert!(
+            !fires_within(&mut timer, Some(moved), Duration::from_secs(10)).await,
+            "fired at the old deadline"
+        );
+        assert!(fires_within(&mut timer, Some(moved), Duration::from_secs(6)).await);
+        assert!(Instant::now() >= moved);
+
+        // A deadline earlier than the armed one takes effect at once.
+        let later = Instant::now() + Duration::from_secs(30);
+        assert!(!fires_within(&mut timer, Some(later), Duration::from_secs(1)).await);
+        let sooner = Instant::now() + Duration::from_secs(2);
+        assert!(fires_within(&mut timer, Some(sooner), Duration::from_secs(3)).await);
+        assert!(Instant::now() < later);
     }
 }
