@@ -27,5 +27,6 @@ pub mod server;
 pub(crate) mod session;
 pub(crate) mod shutdown;
 pub(crate) mod sync;
+pub(crate) mod task;
 pub(crate) mod tls;
 pub(crate) mod tunnel;

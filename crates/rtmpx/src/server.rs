@@ -22,6 +22,7 @@ use crate::relay;
 use crate::reload::Reloader;
 use crate::session::{Origin, Transport};
 use crate::shutdown;
+use crate::task;
 use crate::tls::{self, TlsAcceptor};
 use crate::tunnel::{self, TransportContext};
 
@@ -172,40 +173,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
                 let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
             }
             Some((stream, peer, listener, tls, admission)) = session_rx.recv() => {
-                let transports = transports.clone();
-                sessions.spawn(async move {
-                    let _admission = admission;
-                    let encryption = listener.encryption.policy();
-                    let http_flv = listener.http_flv;
-                    let origin = |transport| Origin { transport, encryption, http_flv };
-                    // Each protocol's future is boxed on its own: a task's memory is then what its
-                    // protocol needs, not the largest of them (TLS and HTTP states are big, and
-                    // memory per idle plain-RTMP player is a target).
-                    match listener.proto {
-                        Proto::Rtmp => {
-                            Box::pin(tunnel::serve_sniffed(stream, peer, origin(Transport::Tcp), origin(Transport::Http), transports)).await
-                        }
-                        Proto::Rtmpt => Box::pin(tunnel::serve_tunnel(stream, peer, origin(Transport::Http), transports)).await,
-                        Proto::Rtmps | Proto::Rtmpts => {
-                            let tls = tls.expect("TLS listeners have an acceptor");
-                            Box::pin(async move {
-                                match tls.accept(stream, peer).await {
-                                    Ok(stream) if listener.proto == Proto::Rtmps => {
-                                        let (rtmp, http) = (origin(Transport::Tls), origin(Transport::HttpTls));
-                                        tunnel::serve_sniffed(stream, peer, rtmp, http, transports).await
-                                    }
-                                    Ok(stream) => tunnel::serve_tunnel(stream, peer, origin(Transport::HttpTls), transports).await,
-                                    Err(Error::AcmeValidation) => {}
-                                    Err(e) => {
-                                        transports.session.metrics.handshake_failed(HandshakeFailure::Tls);
-                                        warn!(%peer, "{e}")
-                                    }
-                                }
-                            })
-                            .await
-                        }
-                    }
-                });
+                sessions.spawn(connection(stream, peer, &listener, tls, admission, transports.clone()));
             }
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
         }
@@ -216,6 +184,50 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     background.shutdown().await;
     info!("rtmpx stopped");
     Ok(())
+}
+
+/// A connection's task: its protocol's future, built in its own box ([`task::boxed`]), so that a
+/// task's memory is what its protocol needs (TLS and HTTP states are big, and memory per idle
+/// plain-RTMP player is a target). `admission` is held until the connection ends.
+fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: &ListenerConfig,
+    tls: Option<TlsAcceptor>,
+    admission: Admission,
+    transports: Arc<TransportContext>,
+) -> task::Boxed<'static> {
+    let (encryption, http_flv) = (listener.encryption.policy(), listener.http_flv);
+    let origin = move |transport| Origin { transport, encryption, http_flv };
+    match listener.proto {
+        Proto::Rtmp => task::boxed(move || async move {
+            let _admission = admission;
+            tunnel::serve_sniffed(stream, peer, origin(Transport::Tcp), origin(Transport::Http), transports)
+                .await
+        }),
+        Proto::Rtmpt => task::boxed(move || async move {
+            let _admission = admission;
+            tunnel::serve_tunnel(stream, peer, origin(Transport::Http), transports).await
+        }),
+        proto @ (Proto::Rtmps | Proto::Rtmpts) => task::boxed(move || async move {
+            let _admission = admission;
+            let tls = tls.expect("TLS listeners have an acceptor");
+            match tls.accept(stream, peer).await {
+                Ok(stream) if proto == Proto::Rtmps => {
+                    let (rtmp, http) = (origin(Transport::Tls), origin(Transport::HttpTls));
+                    tunnel::serve_sniffed(stream, peer, rtmp, http, transports).await
+                }
+                Ok(stream) => {
+                    tunnel::serve_tunnel(stream, peer, origin(Transport::HttpTls), transports).await
+                }
+                Err(Error::AcmeValidation) => {}
+                Err(e) => {
+                    transports.session.metrics.handshake_failed(HandshakeFailure::Tls);
+                    warn!(%peer, "{e}")
+                }
+            }
+        }),
+    }
 }
 
 /// `rtmpx cert --acme`: the cached certificate while it is not due for renewal, else one order,

@@ -392,7 +392,7 @@ fn deliver_queued(out: &SessionIo, conn: &mut Connection) -> bool {
     only_frames
 }
 
-async fn fan_out_window_end(publishing: &mut Option<Publishing>) {
+async fn fan_out_window_end(publishing: &mut Option<Box<Publishing>>) {
     match publishing {
         Some(p) => p.fan_out.window_end().await,
         None => std::future::pending().await,

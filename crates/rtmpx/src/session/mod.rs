@@ -113,7 +113,7 @@ struct Connection {
     client: Option<auth::Client>,
     stream_name: Option<String>,
     role: Role,
-    publishing: Option<Publishing>,
+    publishing: Option<Box<Publishing>>,
     playing: Option<Playing>,
     bytes_in: u64,
     bytes_out: u64,

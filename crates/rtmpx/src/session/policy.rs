@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use rtmpx_core::session::{
-    MediaKind, PlayRequest, PublishMode, ServerEvent, ServerSession, CAPS_EX_RECONNECT,
+    ConnectRequest, MediaKind, PlayRequest, PublishMode, ServerEvent, ServerSession, CAPS_EX_RECONNECT,
 };
 use rtmpx_router::{Frame, PlayOptions, PlayerEvent, StreamKey};
 use tracing::{debug, info, trace, warn};
@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::fan_out::{Batching, FanOut};
 use crate::logsafe::Escaped;
 use crate::metrics::{Denial, Role};
+use crate::task;
 
 pub(super) async fn handle_event(
     event: ServerEvent,
@@ -37,46 +38,16 @@ pub(super) async fn handle_event(
             };
             debug!(session = conn.id, ?requested, ?version, digest, "handshake complete");
         }
+        // Connect, publish and play are rare and their futures large (they may wait for HTTP
+        // callbacks): boxed, so the session's own future stays small (memory per idle player).
         ServerEvent::ConnectRequested(request) => {
-            // Queries (keys, tokens) stay out of the logs.
-            let app_name = auth::normalize_app(&request.app);
-            let tc_url = request.tc_url.as_deref().map(|u| auth::query::split_name(u).0);
-            debug!(
-                session = conn.id,
-                app = %Escaped(app_name),
-                tc_url = ?tc_url.map(Escaped),
-                flash_ver = ?request.flash_ver.as_deref().map(Escaped),
-                "connect"
-            );
-            let config = ctx.config();
-            match ctx.auth.connect(&config, conn.id, conn.peer, &request).await {
-                Ok(client) => {
-                    conn.registry.entry().set_app(&client.app);
-                    conn.registry.entry().set_reconnect_capable(request.caps_ex() & CAPS_EX_RECONNECT != 0);
-                    conn.app = Some(client.app.clone());
-                    conn.client = Some(client);
-                    *connected = true;
-                    let mut st = out.lock();
-                    let capabilities = st.session.peer_capabilities();
-                    if capabilities.is_enhanced() {
-                        debug!(session = conn.id, caps_ex = capabilities.caps_ex, fourcc = ?capabilities.fourcc_list, "client announced Enhanced RTMP");
-                    }
-                    conn.registry.entry().set_enhanced(capabilities.is_enhanced());
-                    st.session.accept_connect()?;
-                }
-                Err(denial) => {
-                    warn!(session = conn.id, peer = %conn.peer, app = %Escaped(app_name), "connect rejected: {}", Escaped(&denial.reason));
-                    ctx.metrics.denied(Denial::Connect);
-                    out.lock().session.reject_connect(&denial.reason)?;
-                    return Err(Error::Denied(denial.reason));
-                }
-            }
+            task::boxed(|| on_connect(request, out, conn, ctx, connected)).await?
         }
         ServerEvent::PublishRequested { stream_id, stream_name, mode } => {
-            on_publish(stream_id, &stream_name, mode, out, conn, ctx).await?
+            task::boxed(|| on_publish(stream_id, &stream_name, mode, out, conn, ctx)).await?
         }
         ServerEvent::PlayRequested { stream_id, stream_name, request } => {
-            on_play(stream_id, &stream_name, request, out, conn, ctx).await?
+            task::boxed(|| on_play(stream_id, &stream_name, request, out, conn, ctx)).await?
         }
         ServerEvent::Media(media) => {
             if let Some(p) = &mut conn.publishing {
@@ -104,6 +75,49 @@ pub(super) async fn handle_event(
             trace!(session = conn.id, stream_id, type_id, len, "skipped a message of an unhandled type");
         }
         _ => {}
+    }
+    Ok(())
+}
+
+async fn on_connect(
+    request: ConnectRequest,
+    out: &Arc<SessionIo>,
+    conn: &mut Connection,
+    ctx: &SessionContext,
+    connected: &mut bool,
+) -> Result<()> {
+    // Queries (keys, tokens) stay out of the logs.
+    let app_name = auth::normalize_app(&request.app);
+    let tc_url = request.tc_url.as_deref().map(|u| auth::query::split_name(u).0);
+    debug!(
+        session = conn.id,
+        app = %Escaped(app_name),
+        tc_url = ?tc_url.map(Escaped),
+        flash_ver = ?request.flash_ver.as_deref().map(Escaped),
+        "connect"
+    );
+    let config = ctx.config();
+    match ctx.auth.connect(&config, conn.id, conn.peer, &request).await {
+        Ok(client) => {
+            conn.registry.entry().set_app(&client.app);
+            conn.registry.entry().set_reconnect_capable(request.caps_ex() & CAPS_EX_RECONNECT != 0);
+            conn.app = Some(client.app.clone());
+            conn.client = Some(client);
+            *connected = true;
+            let mut st = out.lock();
+            let capabilities = st.session.peer_capabilities();
+            if capabilities.is_enhanced() {
+                debug!(session = conn.id, caps_ex = capabilities.caps_ex, fourcc = ?capabilities.fourcc_list, "client announced Enhanced RTMP");
+            }
+            conn.registry.entry().set_enhanced(capabilities.is_enhanced());
+            st.session.accept_connect()?;
+        }
+        Err(denial) => {
+            warn!(session = conn.id, peer = %conn.peer, app = %Escaped(app_name), "connect rejected: {}", Escaped(&denial.reason));
+            ctx.metrics.denied(Denial::Connect);
+            out.lock().session.reject_connect(&denial.reason)?;
+            return Err(Error::Denied(denial.reason));
+        }
     }
     Ok(())
 }
@@ -157,7 +171,7 @@ async fn on_publish(
             let fan_out = FanOut::new(Batching::new(&config.server, ctx.load.clone()), seal_pairing::scope);
             let takeover = publisher.is_takeover();
             conn.publishing =
-                Some(Publishing { stream_id, publisher, fan_out, _grant: grant, _claim: claim });
+                Some(Box::new(Publishing { stream_id, publisher, fan_out, _grant: grant, _claim: claim }));
             if takeover {
                 // A reconnecting client: it replaces the live publisher at its first keyframe, and
                 // the stream's pushes go on.

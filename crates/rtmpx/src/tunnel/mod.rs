@@ -24,6 +24,7 @@ pub use table::SessionTable;
 use crate::acme::Acme;
 use crate::admission::Admissions;
 use crate::session::{self, Origin, SessionContext};
+use crate::task;
 
 /// What the transports share: the sessions' context, the RTMPT tunnel sessions, the connection
 /// limits and the ACME challenges the listeners answer.
@@ -64,15 +65,16 @@ pub async fn serve_sniffed<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let wait = transport.session.config().timeouts.handshake;
-    // An HTTP client has as long for its first request's head as an RTMP client for its first byte.
-    let sniffed = async {
+    // An HTTP client has as long for its first request's head as an RTMP client for its first
+    // byte. Boxed apart: reading a head takes buffers the rest of the connection does not need.
+    let sniffed = task::boxed(move || async move {
         match sniff::sniff(stream).await? {
             Some((sniff::FirstByte::Http, stream)) => {
                 Ok(Some((sniff::FirstByte::Http, sniff::read_head(stream).await?)))
             }
             other => Ok(other),
         }
-    };
+    });
     let stream = match tokio::time::timeout(wait, sniffed).await {
         Ok(Ok(Some(sniffed))) => sniffed,
         Ok(Ok(None)) => return,
@@ -83,9 +85,12 @@ pub async fn serve_sniffed<S>(
     };
     // Boxed apart: a plain RTMP session's task does not carry the HTTP server's state.
     match stream {
-        (sniff::FirstByte::Http, stream) => Box::pin(serve_head_read(stream, peer, http, transport)).await,
+        (sniff::FirstByte::Http, stream) => {
+            task::boxed(move || serve_head_read(stream, peer, http, transport)).await
+        }
         (sniff::FirstByte::Rtmp, stream) => {
-            Box::pin(session::run(stream, peer, rtmp, transport.session.clone())).await
+            let ctx = transport.session.clone();
+            task::boxed(move || session::run(stream, peer, rtmp, ctx)).await
         }
     }
 }
@@ -97,14 +102,14 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let wait = transport.session.config().timeouts.handshake;
-    let head = async {
+    let head = task::boxed(move || async move {
         match sniff::sniff(stream).await? {
             Some((_, stream)) => sniff::read_head(stream).await.map(Some),
             None => Ok(None),
         }
-    };
+    });
     match tokio::time::timeout(wait, head).await {
-        Ok(Ok(Some(stream))) => serve_head_read(stream, peer, http, transport).await,
+        Ok(Ok(Some(stream))) => task::boxed(move || serve_head_read(stream, peer, http, transport)).await,
         Ok(Ok(None)) => {}
         Ok(Err::<_, std::io::Error>(e)) => debug!(%peer, "connection failed before its first request: {e}"),
         Err(_) => debug!(%peer, "no request head within the handshake timeout"),
@@ -125,11 +130,10 @@ async fn serve_head_read<S>(
     // Each boxed apart: the task of an idle player does not carry hyper's connection.
     match player {
         Some(request) => {
-            let io = stream.into_inner();
-            Box::pin(crate::flv::direct::serve(request, io, peer, http.transport, transport.session.clone()))
-                .await
+            let (io, ctx) = (stream.into_inner(), transport.session.clone());
+            task::boxed(move || crate::flv::direct::serve(request, io, peer, http.transport, ctx)).await
         }
-        None => Box::pin(serve_http(stream, peer, http, transport)).await,
+        None => task::boxed(move || serve_http(stream, peer, http, transport)).await,
     }
 }
 
