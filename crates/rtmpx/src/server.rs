@@ -378,3 +378,34 @@ impl Hangup {
         std::future::pending::<()>().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Memory per idle player is a target (BENCHMARKS.md, "Idle capacity"), and it once doubled
+    /// unnoticed: a connection's task kept room for futures it had boxed. Sizes of the futures a
+    /// plain RTMP connection lives in, with room for ordinary growth.
+    #[tokio::test]
+    async fn a_plain_rtmp_connection_lives_in_small_futures() {
+        let config = Arc::new(Config::embedded_default());
+        let listener_config =
+            config.listeners.iter().find(|l| l.proto == Proto::Rtmp).expect("an rtmp listener").clone();
+        let (_stop, shutdown) = watch::channel(false);
+        let transports =
+            Arc::new(TransportContext::new(Arc::new(relay::session_context(config, shutdown).0)));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let peer = listener.local_addr().expect("address");
+        let stream = TcpStream::connect(peer).await.expect("connect");
+        let admission = transports.admissions.admit(peer.ip()).expect("admitted");
+
+        let task = connection(stream, peer, &listener_config, None, admission, transports.clone());
+        let task_bytes = std::mem::size_of_val(&*task);
+        assert!(task_bytes <= 1024, "a connection's task state is {task_bytes} bytes");
+
+        let (_client, server) = tokio::io::duplex(1024);
+        let session = crate::session::run(server, peer, Transport::Tcp, transports.session.clone());
+        let session_bytes = std::mem::size_of_val(&session);
+        assert!(session_bytes <= 4096, "an RTMP session's future is {session_bytes} bytes");
+    }
+}
