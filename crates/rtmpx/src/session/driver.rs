@@ -114,32 +114,23 @@ struct Driver<'a> {
 #[derive(Default)]
 struct LazyTimer {
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// What `sleep` is set to.
-    set_to: Option<Instant>,
 }
 
 impl LazyTimer {
     /// Resolves once `deadline` has passed; never without one.
     async fn expired(&mut self, deadline: Option<Instant>) {
         let Some(at) = deadline else { return std::future::pending().await };
+        let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        if sleep.deadline() > at {
+            sleep.as_mut().reset(at);
+        }
         loop {
-            match &mut self.sleep {
-                Some(sleep) if self.set_to.is_some_and(|set| set <= at) => sleep.as_mut().await,
-                Some(sleep) => {
-                    sleep.as_mut().reset(at);
-                    self.set_to = Some(at);
-                    sleep.as_mut().await
-                }
-                None => {
-                    self.set_to = Some(at);
-                    self.sleep.insert(Box::pin(tokio::time::sleep_until(at))).as_mut().await
-                }
-            }
+            sleep.as_mut().await;
             if Instant::now() >= at {
                 return;
             }
-            // It was set for an earlier deadline that has moved on since.
-            self.set_to = None;
+            // It fired for an earlier deadline that has moved on since.
+            sleep.as_mut().reset(at);
         }
     }
 }
