@@ -70,16 +70,6 @@ impl ShardConfig {
         }
         self
     }
-
-    /// Shards to start now, from the publisher's task; `None`: do not shard.
-    fn shard_count(&self) -> Option<(usize, tokio::runtime::Handle)> {
-        let handle = tokio::runtime::Handle::try_current().ok()?;
-        let count = match self.shards {
-            0 => handle.metrics().num_workers(),
-            n => n,
-        };
-        (count > 1).then_some((count, handle))
-    }
 }
 
 /// What a job does to each player of a shard.
@@ -312,9 +302,11 @@ pub(crate) struct ShardSet {
 }
 
 impl ShardSet {
-    /// Shards `players` if the config and the runtime allow it.
+    /// Shards `players` into `config.shards` (resolved: [`ShardConfig::resolved`]) on the
+    /// publisher's runtime; `None` for fewer than two shards or outside a runtime.
     pub(crate) fn start(players: &[Arc<PlayerShared>], config: &ShardConfig, seq: u64) -> Option<ShardSet> {
-        let (count, handle) = config.shard_count()?;
+        let count = config.shards;
+        let handle = tokio::runtime::Handle::try_current().ok().filter(|_| count > 1)?;
         let shards: Vec<Arc<Shard>> = (0..count)
             .map(|i| {
                 let members: Vec<Arc<PlayerShared>> =
