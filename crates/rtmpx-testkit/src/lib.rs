@@ -17,6 +17,7 @@
 //! log lines as they arrive), `RTMPX_E2E_LOG` (the gateway's `RUST_LOG`), `RTMPX_FFMPEG9` (the
 //! FFmpeg 9 executable), `RTMPX_MPEGTS_JS` (mpegts.js's browser bundle).
 
+use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -61,9 +62,37 @@ pub fn exclusive() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// A loopback TCP port that was free a moment ago.
+/// A loopback TCP port that was free a moment ago, for a server a test starts (pebble, a
+/// fixed-port listener). It is never one this process handed out before, and it is drawn below
+/// the kernel's ephemeral range: the kernel's own picks for `bind(:0)` and for outgoing
+/// connections come from that range and may hand out a port again as soon as it is closed (a
+/// CI run once gave pebble and the gateway's RTMPS listener the same port).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("binding 127.0.0.1:0").port()
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let (low, high) = unclaimed_port_range();
+    for _ in 0..1000 {
+        let port = if low < high {
+            rand::Rng::gen_range(&mut rand::thread_rng(), low..high)
+        } else {
+            TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("binding 127.0.0.1:0").port()
+        };
+        if !handed_out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.insert(port);
+            return port;
+        }
+    }
+    panic!("no free loopback port in {low}..{high} after 1000 tries");
+}
+
+/// Ports below the kernel's ephemeral range (Linux: `ip_local_port_range`, 32768 by default)
+/// and above the ones services commonly use.
+fn unclaimed_port_range() -> (u16, u16) {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    (20000, ephemeral_low.max(20000))
 }
 
 fn env_flag(name: &str) -> bool {
@@ -79,4 +108,23 @@ fn workspace_root() -> PathBuf {
 /// The build folder: `CARGO_TARGET_DIR`, else the workspace's `target/`.
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_never_handed_out_twice_and_stay_below_the_ephemeral_range() {
+        let (_, ephemeral_low) = unclaimed_port_range();
+        let mut seen = BTreeSet::new();
+        for _ in 0..300 {
+            let port = free_port();
+            assert!(seen.insert(port), "port {port} was handed out twice");
+            assert!(port < ephemeral_low, "port {port} is in the kernel's ephemeral range");
+            // Bound and closed at once, as a test server's port would be: the kernel may now
+            // give the same number to anyone, but free_port must not.
+            drop(TcpListener::bind(("127.0.0.1", port)).unwrap());
+        }
+    }
 }
