@@ -27,25 +27,61 @@ pub const AUDIO_FOURCCS: [&str; 6] = ["mp4a", ".mp3", "Opus", "fLaC", "ac-3", "e
 /// At most this many FourCC entries are kept from a peer (the rest is ignored).
 const MAX_ENTRIES: usize = 32;
 
+/// A codec's FourCC as Enhanced RTMP names it (`"hvc1"`, `".mp3"`, or `"*"` for any other): 1 to
+/// 4 bytes kept inline, so a session holding a peer's list costs 4 bytes per entry, not a string.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FourCc([u8; 4]);
+
+impl FourCc {
+    /// `None` for an empty code, one longer than 4 bytes, or one with a NUL.
+    pub fn new(code: &str) -> Option<FourCc> {
+        let bytes = code.as_bytes();
+        if bytes.is_empty() || bytes.len() > 4 || bytes.contains(&0) {
+            return None;
+        }
+        let mut inline = [0u8; 4];
+        inline[..bytes.len()].copy_from_slice(bytes);
+        Some(FourCc(inline))
+    }
+
+    /// The code as announced.
+    pub fn as_str(&self) -> &str {
+        let len = self.0.iter().position(|&b| b == 0).unwrap_or(4);
+        // Made from a whole &str of at most 4 bytes: always valid.
+        std::str::from_utf8(&self.0[..len]).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for FourCc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+impl PartialEq<&str> for FourCc {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// What a peer announced. Empty: a legacy peer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EnhancedCapabilities {
     /// `fourCcList`: codecs the peer supports (any direction).
-    pub fourcc_list: Vec<String>,
+    pub fourcc_list: Vec<FourCc>,
     /// `videoFourCcInfoMap`: FourCC and `FOURCC_CAN_*` flags.
-    pub video_fourcc_info: Vec<(String, u32)>,
+    pub video_fourcc_info: Vec<(FourCc, u32)>,
     /// `audioFourCcInfoMap`: FourCC and `FOURCC_CAN_*` flags.
-    pub audio_fourcc_info: Vec<(String, u32)>,
+    pub audio_fourcc_info: Vec<(FourCc, u32)>,
     /// `capsEx` bits (`CAPS_EX_*`).
     pub caps_ex: u32,
 }
 
-fn fourcc_info(value: Option<&Amf0Value>) -> Vec<(String, u32)> {
+fn fourcc_info(value: Option<&Amf0Value>) -> Vec<(FourCc, u32)> {
     let Some(props) = value.and_then(Amf0Value::properties) else { return Vec::new() };
     props
         .iter()
-        .filter(|(key, _)| key.len() <= 4)
-        .filter_map(|(key, value)| Some((key.clone(), value.as_f64()? as u32)))
+        .filter_map(|(key, value)| Some((FourCc::new(key)?, value.as_f64()? as u32)))
         .take(MAX_ENTRIES)
         .collect()
 }
@@ -55,13 +91,9 @@ impl EnhancedCapabilities {
     pub fn from_properties(props: &Properties) -> Self {
         let get = |key: &str| props.iter().find(|(k, _)| k == key).map(|(_, v)| v);
         let fourcc_list = match get("fourCcList") {
-            Some(Amf0Value::StrictArray(items)) => items
-                .iter()
-                .filter_map(Amf0Value::as_str)
-                .filter(|code| code.len() <= 4)
-                .take(MAX_ENTRIES)
-                .map(str::to_owned)
-                .collect(),
+            Some(Amf0Value::StrictArray(items)) => {
+                items.iter().filter_map(Amf0Value::as_str).filter_map(FourCc::new).take(MAX_ENTRIES).collect()
+            }
             _ => Vec::new(),
         };
         let caps_ex = get("capsEx").and_then(Amf0Value::as_f64).map_or(0, |n| n as u32);
@@ -83,13 +115,15 @@ impl EnhancedCapabilities {
 
     /// rtmpx's own: it forwards every codec, parses multitrack, ModEx and the nano offset.
     pub fn gateway() -> Self {
+        let fourcc = |code: &str| FourCc::new(code).expect("a valid FourCC");
         let all = |list: &[&str]| {
-            std::iter::once(("*".to_owned(), FOURCC_CAN_FORWARD))
-                .chain(list.iter().map(|code| ((*code).to_owned(), FOURCC_CAN_FORWARD)))
+            std::iter::once("*")
+                .chain(list.iter().copied())
+                .map(|code| (fourcc(code), FOURCC_CAN_FORWARD))
                 .collect()
         };
         EnhancedCapabilities {
-            fourcc_list: VIDEO_FOURCCS.iter().chain(&AUDIO_FOURCCS).map(|code| (*code).to_owned()).collect(),
+            fourcc_list: VIDEO_FOURCCS.iter().chain(&AUDIO_FOURCCS).map(|code| fourcc(code)).collect(),
             video_fourcc_info: all(&VIDEO_FOURCCS),
             audio_fourcc_info: all(&AUDIO_FOURCCS),
             caps_ex: CAPS_EX_MULTITRACK | CAPS_EX_MOD_EX | CAPS_EX_TIMESTAMP_NANO_OFFSET,
@@ -98,13 +132,15 @@ impl EnhancedCapabilities {
 
     /// As properties of a `connect` object or `_result` object.
     pub fn to_properties(&self) -> Properties {
-        let map = |entries: &[(String, u32)]| {
-            Amf0Value::Object(entries.iter().map(|(k, v)| (k.clone(), f64::from(*v).into())).collect())
+        let map = |entries: &[(FourCc, u32)]| {
+            Amf0Value::Object(
+                entries.iter().map(|(k, v)| (k.as_str().to_owned(), f64::from(*v).into())).collect(),
+            )
         };
         vec![
             (
                 "fourCcList".to_owned(),
-                Amf0Value::StrictArray(self.fourcc_list.iter().map(|c| c.as_str().into()).collect()),
+                Amf0Value::StrictArray(self.fourcc_list.iter().map(|code| code.as_str().into()).collect()),
             ),
             ("videoFourCcInfoMap".to_owned(), map(&self.video_fourcc_info)),
             ("audioFourCcInfoMap".to_owned(), map(&self.audio_fourcc_info)),
@@ -142,6 +178,20 @@ mod tests {
         ];
         let caps = EnhancedCapabilities::from_properties(&props);
         assert_eq!(caps.caps_ex, CAPS_EX_MULTITRACK);
-        assert_eq!(caps.audio_fourcc_info, [("Opus".to_owned(), FOURCC_CAN_DECODE)]);
+        assert_eq!(caps.audio_fourcc_info, [(FourCc::new("Opus").unwrap(), FOURCC_CAN_DECODE)]);
+    }
+
+    #[test]
+    fn fourccs_are_one_to_four_bytes_kept_inline() {
+        assert_eq!(std::mem::size_of::<FourCc>(), 4);
+        for code in ["*", ".mp3", "hvc1", "ac-3", "é"] {
+            assert_eq!(FourCc::new(code).unwrap().as_str(), code);
+        }
+        for bad in ["", "toolong", "a\0b"] {
+            assert!(FourCc::new(bad).is_none(), "{bad:?}");
+        }
+        // A map key longer than four bytes is ignored, as in the list.
+        let props = vec![("videoFourCcInfoMap".to_owned(), Amf0Value::object([("hevc1", 1.0.into())]))];
+        assert!(EnhancedCapabilities::from_properties(&props).video_fourcc_info.is_empty());
     }
 }

@@ -18,7 +18,7 @@ mod server;
 #[cfg(test)]
 mod tests;
 
-pub use capabilities::EnhancedCapabilities;
+pub use capabilities::{EnhancedCapabilities, FourCc};
 pub use client::{ClientConfig, ClientEvent, ClientSession};
 pub use reconnect::{caps_ex, ReconnectRequest, CAPS_EX_RECONNECT, RECONNECT_REQUEST_CODE};
 pub use server::{
