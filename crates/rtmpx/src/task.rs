@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-/// A boxed future (a connection's, by default: `'static`).
+/// A boxed, sendable future (`T`: its output, `()` unless said).
 pub type Boxed<'a, T = ()> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Builds the future `make` returns directly in a box.
