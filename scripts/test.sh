@@ -55,6 +55,18 @@ fi
 RTMPX_FFMPEG9=$("$ff9_venv/bin/python" -c 'import imageio_ffmpeg as i; print(i.get_ffmpeg_exe())')
 export RTMPX_FFMPEG9
 
+# FFmpeg 7.0 (imageio-ffmpeg 0.6.0 ships 7.0.2): the last release whose own RTMPTS works, so every
+# variant is tested both ways with a FFmpeg >= 7; RTMPX_FFMPEG7.
+ff7_venv="${CARGO_TARGET_DIR:-$PWD/target}/ffmpeg7-venv"
+if ! "$ff7_venv/bin/python" -c 'import imageio_ffmpeg' >/dev/null 2>&1; then
+    echo "test.sh: installing FFmpeg 7.0 (imageio-ffmpeg 0.6.0) into $ff7_venv" >&2
+    rm -rf "$ff7_venv"
+    python3 -m venv "$ff7_venv"
+    "$ff7_venv/bin/pip" install --quiet --disable-pip-version-check 'imageio-ffmpeg==0.6.0'
+fi
+RTMPX_FFMPEG7=$("$ff7_venv/bin/python" -c 'import imageio_ffmpeg as i; print(i.get_ffmpeg_exe())')
+export RTMPX_FFMPEG7
+
 # mpegts.js for tests/http_flv.rs (Chromium plays HTTP-FLV and WebSocket-FLV with it), under target/.
 # `npm pack` fetches only the published package, whose dist/ bundle is self-contained (its own
 # dependencies include a git-hosted build tool that a registry-only machine cannot fetch).

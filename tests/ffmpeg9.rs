@@ -1,14 +1,18 @@
 //! A current FFmpeg (≥ 7; PyPI's imageio-ffmpeg ships 9.x with its own RTMP stack, RTMPE
 //! included) as publisher and player on every variant, recordings judged by ffprobe, and HEVC
 //! (Enhanced RTMP) over RTMPS to a player that joins late. RTMPS is verified against the
-//! development CA (FFmpeg ≥ 8 verifies certificates by default).
+//! development CA (FFmpeg ≥ 8 verifies certificates by default). FFmpeg 7.0 (imageio-ffmpeg
+//! 0.6.0) runs all six variants too, RTMPTS included, which FFmpeg 9's own tunnel breaks.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rtmpx_testkit::{assert_good_recording, exclusive, ffmpeg9, run_bounded, Gateway, Proc, TempDir};
+use rtmpx_testkit::{
+    assert_good_recording, certs::make_certs, exclusive, ffmpeg7, ffmpeg9, run_bounded, Gateway, Proc,
+    TempDir,
+};
 
 const CONFIG: &str = r#"
 [[listener]]
@@ -65,13 +69,18 @@ fn verify_args(gw: &Gateway, scheme: &str) -> Vec<String> {
 /// FFmpeg 9 encoding testsrc (320x240, 25 fps, keyframe every second) and a sine to AAC in real
 /// time for `seconds` and publishing it; `video` is the video encoder and its options.
 fn publish9(url: &str, seconds: f64, video: &[&str], extra: &[String]) -> Proc {
-    let mut cmd = Command::new(ffmpeg9());
+    publish_with(&ffmpeg9(), url, seconds, video, extra)
+}
+
+/// [`publish9`] by another FFmpeg executable.
+fn publish_with(ffmpeg: &Path, url: &str, seconds: f64, video: &[&str], extra: &[String]) -> Proc {
+    let mut cmd = Command::new(ffmpeg);
     cmd.args(["-hide_banner", "-nostdin", "-loglevel", "error", "-re"]);
     cmd.args(["-f", "lavfi", "-i", "testsrc=size=320x240:rate=25"]);
     cmd.args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"]);
     cmd.args(["-t", &seconds.to_string()]).args(video).args(["-pix_fmt", "yuv420p"]);
     cmd.args(["-c:a", "aac", "-b:a", "64k"]).args(extra).args(["-f", "flv", url]);
-    Proc::spawn("ffmpeg9-publish", cmd, None, Duration::from_secs_f64(seconds) + Duration::from_secs(30))
+    Proc::spawn("ffmpeg-publish", cmd, None, Duration::from_secs_f64(seconds) + Duration::from_secs(30))
 }
 
 const H264: [&str; 8] = ["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "25"];
@@ -79,10 +88,15 @@ const H264: [&str; 8] = ["-c:v", "libx264", "-preset", "ultrafast", "-tune", "ze
 /// FFmpeg 9 playing `url` and copying `seconds` of it into the FLV file `out`; waits up to 10 s
 /// for a publisher.
 fn record9(url: &str, out: &Path, seconds: f64, extra: &[String]) -> Proc {
-    let mut cmd = Command::new(ffmpeg9());
+    record_with(&ffmpeg9(), url, out, seconds, extra)
+}
+
+/// [`record9`] by another FFmpeg executable.
+fn record_with(ffmpeg: &Path, url: &str, out: &Path, seconds: f64, extra: &[String]) -> Proc {
+    let mut cmd = Command::new(ffmpeg);
     cmd.args(["-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-rw_timeout", "10000000"]);
     cmd.args(extra).args(["-i", url, "-t", &seconds.to_string(), "-c", "copy", "-f", "flv"]).arg(out);
-    Proc::spawn("ffmpeg9-record", cmd, None, Duration::from_secs_f64(seconds) + Duration::from_secs(30))
+    Proc::spawn("ffmpeg-record", cmd, None, Duration::from_secs_f64(seconds) + Duration::from_secs(30))
 }
 
 /// The gateway's close line for `role` of `stream` over `variant`, waiting up to 5 s.
@@ -147,9 +161,10 @@ fn ffmpeg9_publishes_and_plays_on_every_variant() {
     assert!(!log.contains("TLS handshake failed"), "{log}");
 }
 
-/// FFmpeg's RTMPTS cannot get past the RTMP handshake with any server: its tunnel sends the
+/// FFmpeg 9's RTMPTS cannot get past the RTMP handshake with any server: its tunnel sends the
 /// requests after `/open` with `http://` URLs over the HTTPS connection, and FFmpeg's HTTP
-/// client (7 and later) refuses that ("Cannot reuse HTTP connection for different protocol").
+/// client refuses that ("Cannot reuse HTTP connection for different protocol"). FFmpeg 7.0
+/// does not refuse it, and covers RTMPTS in `ffmpeg7_publishes_and_plays_on_all_six_variants`.
 /// This records that the gateway did its part (TLS verified, `/open` answered); when a FFmpeg
 /// release fixes it, this test fails and RTMPTS joins the test above. FFmpeg passes no TLS
 /// options to the tunnel; OpenSSL's `SSL_CERT_FILE` makes it trust the development CA.
@@ -166,6 +181,73 @@ fn ffmpeg9_rtmpts_fails_inside_ffmpeg() {
     assert!(stderr.contains("Cannot reuse HTTP connection for different protocol https vs http"), "{stderr}");
     assert!(gw.wait_for_log("TLS handshake complete", Duration::from_secs(5)), "{}", gw.logs());
     assert!(!gw.logs().contains("TLS handshake failed"), "{}", gw.logs());
+}
+
+/// FFmpeg 7.0 (the last release whose RTMPTS works) publishes over all six variants and an
+/// FFmpeg 7.0 player of the same variant, started first, records each stream; all six at once.
+/// Its RTMPS publisher verifies the development certificate (`-tls_verify 1 -ca_file`; 7.0 takes
+/// the option on output only), and a wrong trust anchor is refused.
+#[test]
+fn ffmpeg7_publishes_and_plays_on_all_six_variants() {
+    let _serial = exclusive();
+    let ffmpeg = ffmpeg7();
+    let gw = start("ffmpeg7-variants");
+    let dir = gw.dir().to_path_buf();
+    // A static build cannot resolve `localhost`: the development certificate names 127.0.0.1 too.
+    let url7 =
+        |scheme: &str, stream: &str| url(&gw, scheme, stream).replace("://localhost:", "://127.0.0.1:");
+    let ca = dir.join("certs/ca.pem").display().to_string();
+    let verify = |scheme: &str| -> Vec<String> {
+        match scheme {
+            "rtmps" => vec!["-tls_verify".into(), "1".into(), "-ca_file".into(), ca.clone()],
+            _ => Vec::new(),
+        }
+    };
+
+    // The check that verification is on: a publisher trusting another CA is refused.
+    let other = dir.join("other-ca");
+    std::fs::create_dir_all(&other).expect("a folder for another CA");
+    let other_ca = make_certs(&other).ca;
+    let wrong = ["-tls_verify".into(), "1".into(), "-ca_file".into(), other_ca.display().to_string()];
+    let mut refused = publish_with(&ffmpeg, &url7("rtmps", "wrong-ca"), 1.0, &H264, &wrong);
+    assert!(!refused.finish().success(), "FFmpeg 7 published while trusting another CA");
+    assert!(refused.describe().contains("Peer certificate failed verification"), "{}", refused.describe());
+    assert!(!gw.logs().contains("stream=live/wrong-ca"), "{}", gw.logs());
+
+    let variants = ["rtmp", "rtmps", "rtmpt", "rtmpts", "rtmpe", "rtmpte"];
+    let players: Vec<(&str, PathBuf, Proc)> = variants
+        .iter()
+        .map(|&scheme| {
+            let out = dir.join(format!("{scheme}.flv"));
+            (scheme, out.clone(), record_with(&ffmpeg, &url7(scheme, scheme), &out, 3.0, &[]))
+        })
+        .collect();
+    for scheme in variants {
+        let waiting = format!("variant=\"{scheme}\" stream=live/{scheme}");
+        assert!(gw.wait_for_log(&waiting, Duration::from_secs(15)), "no {scheme} player:\n{}", gw.logs());
+    }
+    let mut publishers: Vec<(&str, Proc)> = variants
+        .iter()
+        .map(|&scheme| (scheme, publish_with(&ffmpeg, &url7(scheme, scheme), 4.0, &H264, &verify(scheme))))
+        .collect();
+    for (scheme, publisher) in &mut publishers {
+        assert!(publisher.finish().success(), "{scheme}: {}", publisher.describe());
+    }
+    for (scheme, out, mut player) in players {
+        assert!(player.finish().success(), "{scheme}: {}", player.describe());
+        assert_good_recording(&format!("FFmpeg 7 over {scheme}"), &out, 70, 120);
+    }
+    for scheme in variants {
+        for role in ["publisher", "player"] {
+            let line = close_line(&gw, scheme, scheme, role);
+            let handshake = if scheme.starts_with("rtmpe") || scheme.starts_with("rtmpte") {
+                "handshake=rtmpe-6>8"
+            } else {
+                "handshake=digest"
+            };
+            assert!(line.contains(handshake), "{scheme} {role}: {line}");
+        }
+    }
 }
 
 /// What FFmpeg 9 reads from an FLV file (Debian's ffprobe 5.1 does not know Enhanced RTMP).

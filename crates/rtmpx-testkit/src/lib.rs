@@ -54,7 +54,7 @@ pub use metrics::{metrics, sample};
 pub use nginx::{NginxRtmp, NGINX_RTMP_MODULE};
 pub use process::{rss_kib_of, run_bounded, send_signal, Proc};
 pub use tmp::TempDir;
-pub use tools::{ffmpeg9, python3_with_librtmp, require_tool};
+pub use tools::{ffmpeg7, ffmpeg9, python3_with_librtmp, require_tool};
 
 /// Serialises heavy tests (encoders, many clients) within one test binary.
 pub fn exclusive() -> MutexGuard<'static, ()> {

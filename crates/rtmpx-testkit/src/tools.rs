@@ -8,7 +8,7 @@ use crate::nginx::NGINX_RTMP_MODULE;
 
 /// Panics unless `name` is installed and usable. Known names: `ffmpeg`, `ffprobe`, `rtmpdump`,
 /// `nginx` (with the RTMP module), `python3-librtmp` (a python3 that can `import librtmp`),
-/// `ffmpeg9` (see [`ffmpeg9`]).
+/// `ffmpeg9` and `ffmpeg7` (see [`ffmpeg9`], [`ffmpeg7`]).
 pub fn require_tool(name: &str) {
     let ok = match name {
         "ffmpeg" | "ffprobe" => runs(Command::new(name).arg("-version")),
@@ -22,6 +22,7 @@ pub fn require_tool(name: &str) {
         "openssl" => runs(Command::new("openssl").arg("version")),
         "curl" => runs(Command::new("curl").arg("--version")),
         "ffmpeg9" => ffmpeg9_lookup().is_some(),
+        "ffmpeg7" => ffmpeg7_lookup().is_some(),
         "redis-server" | "redis-cli" | "haproxy" => runs(Command::new(name).arg("-v")),
         other => panic!("require_tool: unknown tool {other:?}"),
     };
@@ -45,34 +46,49 @@ pub fn ffmpeg9() -> PathBuf {
     ffmpeg9_lookup().expect("checked by require_tool")
 }
 
+/// FFmpeg 7.0 (`imageio-ffmpeg` 0.6.0 ships 7.0.2, a static build with GnuTLS and gmp): the
+/// release whose RTMPTS still works (later ones refuse their own tunnel requests, see
+/// `tests/ffmpeg9.rs`). `scripts/test.sh` installs it beside FFmpeg 9 and sets `RTMPX_FFMPEG7`.
+/// Being static, it cannot resolve names through glibc's NSS: give it IP addresses.
+pub fn ffmpeg7() -> PathBuf {
+    require_tool("ffmpeg7");
+    ffmpeg7_lookup().expect("checked by require_tool")
+}
+
 fn ffmpeg9_lookup() -> Option<PathBuf> {
     static FOUND: OnceLock<Option<PathBuf>> = OnceLock::new();
-    FOUND
-        .get_or_init(|| {
-            let from_env = std::env::var_os("RTMPX_FFMPEG9").map(PathBuf::from);
-            // Without the variable (cargo test run by hand): the virtualenv test.sh made.
-            let from_venv = || {
-                let python = crate::target_dir().join("ffmpeg9-venv/bin/python");
-                let out = Command::new(python)
-                    .args(["-c", "import imageio_ffmpeg as i; print(i.get_ffmpeg_exe())"])
-                    .output()
-                    .ok()?;
-                out.status.success().then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-            };
-            let path = from_env.or_else(from_venv)?;
-            let out = Command::new(&path).arg("-version").output().ok()?;
-            let first = String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or_default().to_owned();
-            // "ffmpeg version n9.0.2-17-g..." or "ffmpeg version 7.1.1-..."
-            let major: u32 = first
-                .strip_prefix("ffmpeg version ")?
-                .trim_start_matches('n')
-                .split(|c: char| !c.is_ascii_digit())
-                .next()?
-                .parse()
-                .ok()?;
-            (major >= 7).then_some(path)
-        })
-        .clone()
+    FOUND.get_or_init(|| pypi_ffmpeg("RTMPX_FFMPEG9", "ffmpeg9-venv", |major| major >= 7)).clone()
+}
+
+fn ffmpeg7_lookup() -> Option<PathBuf> {
+    static FOUND: OnceLock<Option<PathBuf>> = OnceLock::new();
+    FOUND.get_or_init(|| pypi_ffmpeg("RTMPX_FFMPEG7", "ffmpeg7-venv", |major| major == 7)).clone()
+}
+
+/// The FFmpeg named by `env_var`, or else the one in the `imageio-ffmpeg` virtualenv `venv` under
+/// `target/` (cargo test run by hand), if its major version passes `wanted`.
+fn pypi_ffmpeg(env_var: &str, venv: &str, wanted: fn(u32) -> bool) -> Option<PathBuf> {
+    let from_env = std::env::var_os(env_var).map(PathBuf::from);
+    let from_venv = || {
+        let python = crate::target_dir().join(venv).join("bin/python");
+        let out = Command::new(python)
+            .args(["-c", "import imageio_ffmpeg as i; print(i.get_ffmpeg_exe())"])
+            .output()
+            .ok()?;
+        out.status.success().then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+    };
+    let path = from_env.or_else(from_venv)?;
+    let out = Command::new(&path).arg("-version").output().ok()?;
+    let first = String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or_default().to_owned();
+    // "ffmpeg version n9.0.2-17-g...", "ffmpeg version 7.0.2-static ..."
+    let major: u32 = first
+        .strip_prefix("ffmpeg version ")?
+        .trim_start_matches('n')
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()?;
+    wanted(major).then_some(path)
 }
 
 pub(crate) fn runs(cmd: &mut Command) -> bool {
