@@ -14,8 +14,8 @@
 //!
 //! Environment knobs: `RTMPX_BIN` (use this binary instead of building `rtmpx`),
 //! `RTMPX_E2E_KEEP` (keep temporary directories and logs), `RTMPX_E2E_VERBOSE` (echo gateway
-//! log lines as they arrive), `RTMPX_E2E_LOG` (the gateway's `RUST_LOG`), `RTMPX_FFMPEG9` (the
-//! FFmpeg 9 executable), `RTMPX_MPEGTS_JS` (mpegts.js's browser bundle).
+//! log lines as they arrive), `RTMPX_E2E_LOG` (the gateway's `RUST_LOG`), `RTMPX_FFMPEG9` and
+//! `RTMPX_FFMPEG7` (the FFmpeg 9 and 7.0 executables), `RTMPX_MPEGTS_JS` (mpegts.js's browser bundle).
 
 use std::collections::BTreeSet;
 use std::net::TcpListener;
