@@ -366,3 +366,55 @@ fn redis_outage_keeps_local_streams_and_lookups_recover_after_it() {
     let _ = second.stop();
     let _ = publisher.stop();
 }
+
+/// Players waiting on one node for a stream published nowhere yet get it once it is published on
+/// another node: the node looks the stream up again every heartbeat while its players wait. An
+/// HTTP-FLV player of a stream published on another node is served through a pull like an RTMP
+/// player, where one of a stream published nowhere gets 404 at once.
+#[test]
+fn waiting_players_and_http_flv_players_reach_a_stream_published_on_another_node() {
+    let _serial = exclusive();
+    require_tools();
+    let dir = TempDir::new("cluster-wait");
+    let redis_port = free_port();
+    let _redis = start_redis(redis_port);
+    let (nodes, ports) = start_nodes(3, redis_port);
+    let rtmp = |node: usize| format!("rtmp://127.0.0.1:{}/live/w", ports[node]);
+    let node_addr = |node: usize| std::net::SocketAddr::from(([127, 0, 0, 1], ports[node]));
+
+    // Published nowhere: an HTTP-FLV player gets 404 at once.
+    let reply = http(node_addr(2), "GET", "/live/w.flv", None);
+    assert_eq!(reply.status, 404, "{}", reply.body);
+
+    // Two players on node 1 wait for it through several heartbeats.
+    let ffmpeg_out = dir.file("waiting-ffmpeg.flv");
+    let ffmpeg_player = record_ffmpeg(&rtmp(1), &ffmpeg_out, 5.0);
+    let rtmpdump_out = dir.file("waiting-rtmpdump.flv");
+    let rtmpdump_player = record_rtmpdump(&rtmp(1), &rtmpdump_out, 10.0);
+    wait_until("two players wait on node 1", LOG_WAIT, || nodes[1].count_log("stream=live/w") >= 2);
+    thread::sleep(HEARTBEAT * 4);
+    assert_eq!(nodes[1].count_log("relay pull live/w"), 0, "nothing to pull yet:\n{}", nodes[1].logs());
+
+    // Published on node 0: node 1 finds it on its next look-up and pulls it for its players.
+    let mut publisher = publish_testsrc(&rtmp(0), 30.0);
+    let published = Instant::now();
+    let from_origin = format!("relay pull live/w <- rtmp://127.0.0.1:{}/live/w", ports[0]);
+    wait_line(&nodes[1], &[&from_origin, "connected over rtmp"]);
+    eprintln!("[e2e] the waiting players' node pulls {:?} after the publish", published.elapsed());
+
+    // Node 2 serves an HTTP-FLV player from a pull of its own.
+    thread::sleep(Duration::from_secs(1));
+    let flv_out = dir.file("http-flv.flv");
+    let flv_player = record_ffmpeg(&format!("http://127.0.0.1:{}/live/w.flv", ports[2]), &flv_out, 4.0);
+    for (label, mut player, out, video, audio) in [
+        ("ffmpeg waiting on node 1", ffmpeg_player, ffmpeg_out, 50, 80),
+        ("rtmpdump waiting on node 1", rtmpdump_player, rtmpdump_out, 30, 50),
+        ("HTTP-FLV player on node 2", flv_player, flv_out, 40, 60),
+    ] {
+        player.finish();
+        assert_good_recording(label, &out, video, audio);
+    }
+    wait_line(&nodes[2], &[&from_origin, "connected over rtmp"]);
+    wait_line(&nodes[2], &["playing", "variant=\"http-flv\"", "stream=live/w"]);
+    let _ = publisher.stop();
+}

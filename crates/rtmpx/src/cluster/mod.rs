@@ -12,7 +12,7 @@
 
 pub use crate::config::cluster as config;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -72,6 +72,8 @@ struct Inner {
     claims: Mutex<HashMap<StreamKey, LocalClaim>>,
     /// Streams pulled from other nodes: the owner as the heartbeat last saw it (None: gone).
     follows: Mutex<HashMap<StreamKey, watch::Sender<Option<String>>>>,
+    /// Streams that players here wait for and that are looked up every heartbeat (one loop each).
+    waiting: Mutex<HashSet<StreamKey>>,
     redis_up: AtomicBool,
     /// Since when Redis answers without a failure. An entry missing for less than a TTL after an
     /// outage may just not be registered again yet (Redis restarted empty).
@@ -151,6 +153,18 @@ impl Drop for Claim {
     }
 }
 
+/// A look-up loop for a stream players wait for here; dropping it ends the loop's claim on the key.
+pub struct Waiting {
+    cluster: Cluster,
+    key: StreamKey,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        lock(&self.cluster.inner.waiting).remove(&self.key);
+    }
+}
+
 fn timed_out(_: tokio::time::error::Elapsed) -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::Io, "timed out"))
 }
@@ -180,6 +194,7 @@ impl Cluster {
                 release_script: redis::Script::new(RELEASE_SCRIPT),
                 claims: Mutex::new(HashMap::new()),
                 follows: Mutex::new(HashMap::new()),
+                waiting: Mutex::new(HashSet::new()),
                 // Assumed up until a call fails, so the first failure is logged.
                 redis_up: AtomicBool::new(true),
                 answering_since: Mutex::new(Some(Instant::now())),
@@ -240,6 +255,23 @@ impl Cluster {
                 Err(())
             }
         }
+    }
+
+    /// Players here wait for `key`, not live here: the caller looks it up every heartbeat while
+    /// they wait. `None` when such a loop already runs for `key`.
+    pub fn wait_for(&self, key: &StreamKey) -> Option<Waiting> {
+        let new = lock(&self.inner.waiting).insert(key.clone());
+        new.then(|| Waiting { cluster: self.clone(), key: key.clone() })
+    }
+
+    /// How often the directory is refreshed and waiting players' streams are looked up again.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.inner.section.heartbeat
+    }
+
+    /// Whether Redis answered the last call (a look-up while it is away fails closed anyway).
+    pub fn redis_up(&self) -> bool {
+        self.inner.redis_up.load(Ordering::Relaxed)
     }
 
     /// The owner of `key` as each heartbeat sees it, for a pull from `owner` to follow.

@@ -26,7 +26,7 @@ use crate::budget::{OverBudget, QueueCharge};
 use crate::error::Error;
 use crate::metrics::{Denial, Role, Variant};
 use crate::registry::SessionGuard;
-use crate::session::{SessionContext, Transport};
+use crate::session::{pull_if_not_live, SessionContext, Transport};
 
 /// Output gathered before one write (one WebSocket message, or before the body yields).
 pub const WRITE_BATCH: usize = 64 * 1024;
@@ -34,6 +34,14 @@ pub const WRITE_BATCH: usize = 64 * 1024;
 /// Resolves once the gateway is shutting down (at once if it already is).
 pub async fn shutting_down(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|down| *down).await.is_ok();
+}
+
+/// Whether the cluster directory has `key` on another node (then it is pulled here, not a 404).
+async fn published_on_another_node(ctx: &SessionContext, key: &StreamKey) -> bool {
+    match &ctx.cluster {
+        Some(cluster) => matches!(cluster.locate(key).await, Ok(Some(_))),
+        None => false,
+    }
 }
 
 /// `/app/stream.flv` → (`app`, `stream`); `None` for any other path.
@@ -163,7 +171,8 @@ impl FlvSession {
         let key = StreamKey::new(&client.app, &grant.name);
         session.stream = key.to_string();
         let pulled = config.app(&client.app).is_some_and(|app| app.relays.pull.is_some());
-        if !ctx.router.is_live(&key) && !config.http_flv.wait_for_publisher && !pulled {
+        let waits = config.http_flv.wait_for_publisher || pulled;
+        if !waits && !ctx.router.is_live(&key) && !published_on_another_node(ctx, &key).await {
             grant.cancel();
             session.end = Some(Error::Kicked("the stream is not live"));
             return Err(Refusal::NotFound);
@@ -188,7 +197,7 @@ impl FlvSession {
         session.grant = Some(grant);
         session.registry.entry().set_role(Role::Player, &key.name);
         info!(session = id, %peer, variant = variant.name(), stream = %crate::logsafe::Escaped(&key), "playing");
-        ctx.relays.ensure_pull(&ctx.router, &config, &key);
+        pull_if_not_live(ctx, &config, &key);
         Ok(session)
     }
 

@@ -22,6 +22,7 @@ mod policy;
 mod seal_pairing;
 
 pub use context::{router_config, NodePull, Relays, SessionContext};
+pub(crate) use policy::pull_if_not_live;
 /// How the relays' pulls run a fan-out: with the sessions' RTMPE pairing.
 pub(crate) use seal_pairing::scope as fan_out_scope;
 pub(crate) use seal_pairing::seal_counts as rtmpe_seal_counts;

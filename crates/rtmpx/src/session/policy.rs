@@ -252,30 +252,58 @@ async fn on_play(
     conn.stream_name = Some(key.name.clone());
     conn.playing = Some(Playing { stream_id, player, unpublished_since, _grant: grant, queue_refused });
     info!(session = conn.id, peer = %conn.peer, variant = conn.variant().name(), stream = %Escaped(&key), legacy, "playing");
-    // Relays: a stream that is not live here is pulled from the app's upstream, if it has one.
-    ctx.relays.ensure_pull(&ctx.router, &config, &key);
-    pull_from_cluster(ctx, &config, &key);
+    pull_if_not_live(ctx, &config, &key);
     Ok(())
+}
+
+/// A player's stream that is not live here is pulled from the app's upstream, if it has one, or
+/// else from the cluster node that publishes it.
+pub(crate) fn pull_if_not_live(ctx: &SessionContext, config: &Arc<crate::config::Config>, key: &StreamKey) {
+    ctx.relays.ensure_pull(&ctx.router, config, key);
+    pull_from_cluster(ctx, config, key);
 }
 
 /// Cluster: a stream that is not live here (nor pulled from a configured upstream) is looked up
 /// in the directory and pulled from its node, in a task of its own so the play never waits.
+/// While players of it wait here (not published anywhere yet, or its pull ended because the
+/// publisher left), it is looked up again every heartbeat, so a publish on any node reaches them;
+/// one loop per stream, ending when its last player leaves.
 fn pull_from_cluster(ctx: &SessionContext, config: &Arc<crate::config::Config>, key: &StreamKey) {
     let Some(cluster) = ctx.cluster.clone() else { return };
     let static_pull = config.app(&key.app).is_some_and(|app| app.relays.pull.is_some());
     if static_pull || ctx.router.is_live(key) || ctx.relays.is_pulling(key) {
         return;
     }
+    let Some(waiting) = cluster.wait_for(key) else { return };
     let (router, relays, config, key) = (ctx.router.clone(), ctx.relays.clone(), config.clone(), key.clone());
     tokio::spawn(async move {
-        if let Ok(Some(owner)) = cluster.locate(&key).await {
-            let origin = cluster.follow(&key, &owner);
-            relays.ensure_cluster_pull(
-                &router,
-                &config,
-                &key,
-                NodePull { owner: origin, linger: cluster.linger() },
-            );
+        let _waiting = waiting;
+        let mut heartbeat = tokio::time::interval(cluster.heartbeat_interval());
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut looked_up = false;
+        loop {
+            // The first tick is at once: the first look-up does not wait.
+            heartbeat.tick().await;
+            if router.player_count(&key) == 0 {
+                return;
+            }
+            if router.is_live(&key) || relays.is_pulling(&key) {
+                continue;
+            }
+            // While Redis is away the look-up fails closed; the first one says so in the log.
+            if looked_up && !cluster.redis_up() {
+                continue;
+            }
+            looked_up = true;
+            if let Ok(Some(owner)) = cluster.locate(&key).await {
+                let origin = cluster.follow(&key, &owner);
+                relays.ensure_cluster_pull(
+                    &router,
+                    &config,
+                    &key,
+                    NodePull { owner: origin, linger: cluster.linger() },
+                );
+            }
         }
     });
 }
