@@ -418,3 +418,43 @@ fn waiting_players_and_http_flv_players_reach_a_stream_published_on_another_node
     wait_line(&nodes[2], &["playing", "variant=\"http-flv\"", "stream=live/w"]);
     let _ = publisher.stop();
 }
+
+/// When the directory names another owner while a pull runs (two nodes publish one name after a
+/// Redis split heals; here redis-cli hands the entry over), the pull moves to the new owner
+/// make-before-break, as for a reconnect request: its player goes on without a gap.
+#[test]
+fn a_running_pull_follows_the_directory_to_a_new_owner() {
+    let _serial = exclusive();
+    require_tools();
+    let dir = TempDir::new("cluster-move");
+    let redis_port = free_port();
+    let _redis = start_redis(redis_port);
+    let (nodes, ports) = start_nodes(3, redis_port);
+    let node_url = |node: usize| format!("rtmp://127.0.0.1:{}", ports[node]);
+    let rtmp = |node: usize| format!("{}/live/m", node_url(node));
+    let owner = || redis_cli(redis_port, &["HGET", "rtmpx:stream:live/m", "node"]);
+
+    let mut first = publish_testsrc(&rtmp(0), 40.0);
+    wait_until("node 0 owns live/m", LOG_WAIT, || owner() == node_url(0));
+    thread::sleep(Duration::from_secs(1));
+    let out = dir.file("across-the-move.flv");
+    let mut player = record_ffmpeg(&rtmp(2), &out, 12.0);
+    wait_line(&nodes[2], &[&format!("relay pull live/m <- {}", rtmp(0)), "connected over rtmp"]);
+    thread::sleep(Duration::from_secs(3));
+
+    // The entry goes to node 1, which then publishes the same name (its claim is its own now).
+    redis_cli(redis_port, &["HSET", "rtmpx:stream:live/m", "node", &node_url(1)]);
+    let mut second = publish_testsrc(&rtmp(1), 40.0);
+    wait_until("node 1 publishes live/m", LOG_WAIT, || publishes(&nodes[1], "live/m") > 0);
+    wait_line(&nodes[0], &["live/m is published here and on", &node_url(1)]);
+    let moved = wait_line(&nodes[2], &["relay pull live/m: moved to", &format!("{}/live ", node_url(1))]);
+    eprintln!("[e2e] {moved}");
+
+    player.finish();
+    let report = assert_good_recording("player on node 2 across the move", &out, 250, 400);
+    let gap = largest_video_gap(&report);
+    assert!(gap < 0.5, "the player's video stopped for {gap:.2}s when the pull moved");
+    assert_eq!(nodes[2].count_log("starting (a player asked for it)"), 1, "one pull, moved, not a new one");
+    let _ = second.stop();
+    let _ = first.stop();
+}

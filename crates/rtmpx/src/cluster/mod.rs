@@ -72,6 +72,8 @@ struct Inner {
     claims: Mutex<HashMap<StreamKey, LocalClaim>>,
     /// Streams pulled from other nodes: the owner as the heartbeat last saw it (None: gone).
     follows: Mutex<HashMap<StreamKey, watch::Sender<Option<String>>>>,
+    /// Streams published here whose directory entry names another node, and that node (warned once).
+    conflicts: Mutex<HashMap<StreamKey, String>>,
     /// Streams that players here wait for and that are looked up every heartbeat (one loop each).
     waiting: Mutex<HashSet<StreamKey>>,
     redis_up: AtomicBool,
@@ -195,6 +197,7 @@ impl Cluster {
                 claims: Mutex::new(HashMap::new()),
                 follows: Mutex::new(HashMap::new()),
                 waiting: Mutex::new(HashSet::new()),
+                conflicts: Mutex::new(HashMap::new()),
                 // Assumed up until a call fails, so the first failure is logged.
                 redis_up: AtomicBool::new(true),
                 answering_since: Mutex::new(Some(Instant::now())),
@@ -412,12 +415,23 @@ impl Cluster {
             lock(&self.inner.claims).iter().map(|(k, c)| (k.clone(), c.clone())).collect();
         for (key, claim) in &claims {
             let codecs = codecs.get(key).map(String::as_str).unwrap_or_default();
-            if let Some(owner) = self.run_claim(key, claim, codecs).await? {
-                warn!(
-                    "cluster: {key} is published here and on {owner} (registered there while Redis was away)"
-                );
+            let owner = self.run_claim(key, claim, codecs).await?;
+            // Said once per other owner, not every heartbeat.
+            let mut conflicts = lock(&self.inner.conflicts);
+            match owner {
+                Some(owner) if conflicts.get(key) != Some(&owner) => {
+                    warn!(
+                        "cluster: {key} is published here and on {owner} (registered there while Redis was away); the directory names {owner}"
+                    );
+                    conflicts.insert(key.clone(), owner);
+                }
+                Some(_) => {}
+                None => {
+                    conflicts.remove(key);
+                }
             }
         }
+        lock(&self.inner.conflicts).retain(|key, _| claims.iter().any(|(k, _)| k == key));
         let mut redis = self.inner.redis.clone();
         let ttl = self.inner.section.ttl.as_millis() as u64;
         redis::cmd("SET")

@@ -173,6 +173,9 @@ impl PullJob {
         let mut splicer = Splicer::new();
         let mut moving: Option<(Connecting, RtmpUrl)> = None;
         let mut next: Option<Upstream> = None;
+        // Cluster pulls: the owner the directory named when this connection started; a change
+        // moves the pull (make-before-break), as a reconnect request does.
+        let mut directory_owner = self.current_origin().flatten();
         let mut out = Vec::new();
         loop {
             let deadline = splicer.deadline();
@@ -272,6 +275,20 @@ impl PullJob {
                     self.status.bytes(upstream.conn.bytes_in());
                     if let Some(stop) = self.should_stop(state) {
                         return Ok(stop);
+                    }
+                    let owner = self.current_origin().flatten();
+                    if owner != directory_owner && moving.is_none() && next.is_none() {
+                        directory_owner.clone_from(&owner);
+                        if let Some(target) = owner.filter(|owner| *owner != upstream.target) {
+                            info!(
+                                "relay pull {}: the cluster directory moved the stream to {}: connecting there",
+                                self.key,
+                                super::redacted_url(&target)
+                            );
+                            let connecting = Box::pin(connect_owned(target.clone(), self.options.clone()));
+                            upstream.target = target.clone();
+                            moving = Some((connecting, target));
+                        }
                     }
                 }
                 _ = self.shutdown.changed() => return Ok(Stop::Shutdown),
