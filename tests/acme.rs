@@ -514,7 +514,7 @@ fn short_lived_certificates_renew_under_live_sessions_and_a_ca_outage_keeps_the_
     let text = metrics(admin_addr(&gw));
     assert_eq!(sample(&text, "rtmpx_sessions{variant=\"rtmps\",role=\"publisher\"}"), 1);
     assert_eq!(sample(&text, "rtmpx_sessions{variant=\"rtmps\",role=\"player\"}"), 1);
-    assert!(sample(&text, "rtmpx_tls_certificate_expiry_seconds{name=\"localhost\"}") <= 30);
+    assert!(sample(&text, "rtmpx_tls_certificate_expiry_seconds{name=\"localhost\",source=\"acme\"}") <= 30);
     let closed =
         gw.logs().lines().filter(|l| l.contains("closed: peer=") && !l.contains("role=none")).count();
     assert_eq!(closed, 0, "a media session closed during the renewals:\n{}", gw.logs());

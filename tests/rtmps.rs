@@ -8,8 +8,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rtmpx_testkit::{
-    assert_good_recording, exclusive, publish, record_ffmpeg, record_rtmpdump, require_tool, rtmpx_binary,
-    run_bounded, Gateway, PublishOptions, TempDir,
+    admin_addr, assert_good_recording, exclusive, metrics, publish, record_ffmpeg, record_rtmpdump,
+    require_tool, rtmpx_binary, run_bounded, sample, Gateway, PublishOptions, TempDir,
 };
 
 /// The TLS layer logs each handshake's version and failures at debug.
@@ -196,11 +196,24 @@ tls = [{ cert = "$DIR/live.pem", key = "$DIR/live.key" }]
 
 [[app]]
 name = "live"
+
+[admin]
+addr = "127.0.0.1:0"
 "#;
     let gw = Gateway::start_in(dir, config, TLS_LOG);
     let port = gw.addr("rtmps").port();
     assert_eq!(served_fingerprint(port, "media.example"), one);
     assert!(gw.logs().contains(&one), "the loaded fingerprint is logged");
+    // `/metrics` says when the certificate from files expires, for each name it serves
+    // (`rtmpx cert` makes leaves valid until midnight UTC 365 days from today).
+    let expiry = |name: &str| {
+        let series = format!("rtmpx_tls_certificate_expiry_seconds{{name=\"{name}\",source=\"file\"}}");
+        sample(&metrics(admin_addr(&gw)), &series)
+    };
+    for name in ["media.example", "localhost", "127.0.0.1", "::1"] {
+        let days = expiry(name) / 86_400;
+        assert!((363..=365).contains(&days), "{name}: {days} days to expiry");
+    }
 
     let url = gw.url("rtmps", "live", "rotating");
     let mut publisher = publish_with(&url, 10.0, &[]);
@@ -214,6 +227,7 @@ name = "live"
     gw.signal("HUP");
     assert!(gw.wait_for_log("TLS certificates reloaded", Duration::from_secs(5)), "{}", gw.logs());
     assert_eq!(served_fingerprint(port, "media.example"), two);
+    assert!(expiry("media.example") / 86_400 >= 363, "the reloaded certificate's expiry is shown");
 
     // A broken certificate is reported and the one in use stays.
     std::fs::write(&live_pem, "-----BEGIN CERTIFICATE-----\nbroken\n-----END CERTIFICATE-----\n").unwrap();

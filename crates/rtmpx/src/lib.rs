@@ -7,6 +7,7 @@ pub(crate) mod admin;
 pub(crate) mod admission;
 pub(crate) mod auth;
 pub(crate) mod budget;
+pub(crate) mod certinfo;
 pub(crate) mod cluster;
 pub mod config;
 pub(crate) mod descriptors;

@@ -255,8 +255,8 @@ pub struct MetricsView<'a> {
     pub cluster: String,
     pub rtmpt_sessions: usize,
     pub rtmpt_sessions_expired: u64,
-    /// The ACME certificates' lines, already in the text format (empty without ACME).
-    pub acme: String,
+    /// The certificates' expiry and the ACME orders, already in the text format.
+    pub tls: String,
 }
 
 impl<'a> MetricsView<'a> {
@@ -273,7 +273,7 @@ impl<'a> MetricsView<'a> {
             cluster: String::new(),
             rtmpt_sessions: 0,
             rtmpt_sessions_expired: 0,
-            acme: String::new(),
+            tls: String::new(),
         }
     }
 }
@@ -287,7 +287,7 @@ fn get(counter: &AtomicU64) -> u64 {
 }
 
 /// Escapes a label value (backslash, quote, newline) for the text format.
-fn label(value: &str) -> String {
+pub fn label_value(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
@@ -312,7 +312,7 @@ impl Out {
                 if i > 0 {
                     self.0.push(',');
                 }
-                let _ = write!(self.0, "{k}=\"{}\"", label(v));
+                let _ = write!(self.0, "{k}=\"{}\"", label_value(v));
             }
             self.0.push('}');
         }
@@ -487,7 +487,7 @@ pub fn render(view: &MetricsView) -> String {
     out.header("rtmpx_config_reloads_total", "counter", "Configuration reloads by result.");
     out.sample("rtmpx_config_reloads_total", &[("result", "ok")], get(&m.reloads_ok));
     out.sample("rtmpx_config_reloads_total", &[("result", "rejected")], get(&m.reloads_failed));
-    out.0.push_str(&view.acme);
+    out.0.push_str(&view.tls);
     out.0
 }
 

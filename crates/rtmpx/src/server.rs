@@ -91,6 +91,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         let _ = transports.acme.set(acme.clone());
     }
     let listener_tls = tls::listener_acceptors(&config, acme.as_ref())?;
+    let _ = transports.certificates.set(listener_tls.stores.clone());
     let mut hangup = Hangup::new()?;
     let mut listeners = Vec::new();
     for (lc, tls) in config.listeners.iter().zip(listener_tls.acceptors) {

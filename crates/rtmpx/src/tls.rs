@@ -23,6 +23,7 @@ use tokio_rustls::server::TlsStream;
 use tracing::{debug, info, warn};
 
 use crate::acme::Acme;
+use crate::certinfo::Expiry;
 use crate::config::acme::ChallengeKind;
 use crate::config::{CertPaths, Config, Proto, TlsSection};
 use crate::devcert;
@@ -41,6 +42,8 @@ struct LoadedCert {
     paths: CertPaths,
     key: Arc<CertifiedKey>,
     fingerprint: String,
+    /// Each name it serves and when it expires, for `/metrics`.
+    expiries: Vec<Expiry>,
 }
 
 /// The certificates of one TLS listener (or of the generated development certificate).
@@ -74,6 +77,11 @@ impl CertStore {
         }
         *write(&self.current) = Arc::new(certs);
         Ok(())
+    }
+
+    /// The names of the certificates in use and when each expires (`/metrics`).
+    pub fn expiries(&self) -> Vec<Expiry> {
+        read(&self.current).iter().flat_map(|c| c.expiries.iter().cloned()).collect()
     }
 
     /// SHA-256 fingerprints (`AB:CD:...`) of the leaf certificates in use, in configured order.
@@ -154,6 +162,14 @@ fn load_one(paths: &CertPaths) -> Result<LoadedCert> {
     webpki::EndEntityCert::try_from(leaf)
         .map_err(|e| cert_error(&paths.cert, format!("not a usable certificate: {e}")))?;
     let fingerprint = fingerprint(leaf);
+    let facts = crate::certinfo::leaf_facts(leaf.as_ref()).map_err(|e| cert_error(&paths.cert, e))?;
+    let not_after = facts.not_after;
+    let expiries = facts
+        .dns_names
+        .into_iter()
+        .chain(facts.ip_addresses)
+        .map(|name| Expiry { name, source: "file", not_after })
+        .collect();
 
     let key_pem = read_pem_file(&paths.key)?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
@@ -161,7 +177,7 @@ fn load_one(paths: &CertPaths) -> Result<LoadedCert> {
     })?;
     let key = CertifiedKey::from_der(chain, key, &provider())
         .map_err(|e| cert_error(&paths.key, format!("does not fit {}: {e}", paths.cert.display())))?;
-    Ok(LoadedCert { paths: paths.clone(), key: Arc::new(key), fingerprint })
+    Ok(LoadedCert { paths: paths.clone(), key: Arc::new(key), fingerprint, expiries })
 }
 
 /// SHA-256 of a certificate's DER, as `openssl x509 -fingerprint -sha256` prints it.

@@ -14,7 +14,7 @@ mod order;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -49,30 +49,13 @@ impl Issued {
         let private = PrivateKeyDer::from_pem_slice(pem).map_err(|e| format!("no private key: {e}"))?;
         let key = CertifiedKey::from_der(chain, private, &rustls::crypto::ring::default_provider())
             .map_err(|e| format!("key and certificate: {e}"))?;
-        let (_, x509) =
-            x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| format!("leaf: {e}"))?;
-        let validity = x509.validity();
-        let (not_before, not_after) = (validity.not_before.timestamp(), validity.not_after.timestamp());
-        let mut names = Vec::new();
-        if let Ok(Some(san)) = x509.subject_alternative_name() {
-            for name in &san.value.general_names {
-                if let x509_parser::extensions::GeneralName::DNSName(dns) = name {
-                    names.push(dns.to_ascii_lowercase());
-                }
-            }
-        }
+        let facts = crate::certinfo::leaf_facts(leaf.as_ref())?;
+        let (not_before, not_after, names) = (facts.not_before, facts.not_after, facts.dns_names);
         let lifetime = (not_after - not_before).max(1);
         // Up to 1/20 of the lifetime earlier, so many gateways do not renew in lockstep.
         let jitter = rand::random::<u64>() % (lifetime as u64 / 20 + 1);
         let renew_at = not_before + lifetime * 2 / 3 - jitter as i64;
-        Ok(Issued {
-            key: Arc::new(key),
-            names,
-            serial: x509.raw_serial_as_string(),
-            not_before,
-            not_after,
-            renew_at,
-        })
+        Ok(Issued { key: Arc::new(key), names, serial: facts.serial, not_before, not_after, renew_at })
     }
 
     /// Whether its renewal time has come.
@@ -90,9 +73,7 @@ impl Issued {
     }
 }
 
-fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
-}
+use crate::certinfo::unix_now as now;
 
 /// The ACME state of the gateway: settings, current certificate, challenges, counters.
 pub struct Acme {
@@ -240,23 +221,21 @@ impl Acme {
         }
     }
 
-    /// `rtmpx_tls_certificate_expiry_seconds{name}` and `rtmpx_acme_orders_total{result}`.
+    /// The names of the certificate in use and when it expires, for
+    /// `rtmpx_tls_certificate_expiry_seconds`.
+    pub fn expiries(&self) -> Vec<crate::certinfo::Expiry> {
+        let Some(current) = self.certificate() else { return Vec::new() };
+        let expiry = |name: &String| crate::certinfo::Expiry {
+            name: name.clone(),
+            source: "acme",
+            not_after: current.not_after,
+        };
+        current.names.iter().map(expiry).collect()
+    }
+
+    /// `rtmpx_acme_orders_total{result}`.
     pub fn render_metrics(&self, out: &mut String) {
         use std::fmt::Write as _;
-        let _ = writeln!(
-            out,
-            "# HELP rtmpx_tls_certificate_expiry_seconds Seconds until the ACME certificate for a name expires.\n\
-             # TYPE rtmpx_tls_certificate_expiry_seconds gauge"
-        );
-        if let Some(current) = self.certificate() {
-            for name in &current.names {
-                let _ = writeln!(
-                    out,
-                    "rtmpx_tls_certificate_expiry_seconds{{name=\"{name}\"}} {}",
-                    current.not_after - now()
-                );
-            }
-        }
         let _ = writeln!(
             out,
             "# HELP rtmpx_acme_orders_total ACME orders by result.\n# TYPE rtmpx_acme_orders_total counter\n\

@@ -126,9 +126,17 @@ pub fn render_metrics(transport: &TransportContext, relays: &RelayManager) -> St
     if let Some(directory) = &ctx.cluster {
         directory.render_metrics(&mut cluster);
     }
-    let mut acme = String::new();
-    if let Some(certificates) = transport.acme.get() {
-        certificates.render_metrics(&mut acme);
+    let mut tls = String::new();
+    let mut expiries = Vec::new();
+    for store in transport.certificates.get().into_iter().flatten() {
+        expiries.extend(store.expiries());
+    }
+    if let Some(acme) = transport.acme.get() {
+        expiries.extend(acme.expiries());
+    }
+    crate::certinfo::render_expiries(&mut tls, expiries);
+    if let Some(acme) = transport.acme.get() {
+        acme.render_metrics(&mut tls);
     }
     crate::metrics::render(&MetricsView {
         streams: ctx.router.streams(),
@@ -139,7 +147,7 @@ pub fn render_metrics(transport: &TransportContext, relays: &RelayManager) -> St
         cluster: cluster.into_string(),
         rtmpt_sessions: transport.tunnels.len(),
         rtmpt_sessions_expired: transport.tunnels.expired_total(),
-        acme,
+        tls,
         ..MetricsView::sessions(&ctx.metrics, ctx.sessions.live())
     })
 }

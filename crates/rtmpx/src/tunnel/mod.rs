@@ -37,6 +37,8 @@ pub struct TransportContext {
     /// Certificates from an ACME CA, when `[tls.acme]` is set (its challenges are answered on
     /// the listeners).
     pub acme: OnceLock<Arc<Acme>>,
+    /// The listeners' certificate stores (files and the development certificate), for `/metrics`.
+    pub certificates: OnceLock<Vec<Arc<crate::tls::CertStore>>>,
 }
 
 impl TransportContext {
@@ -47,6 +49,7 @@ impl TransportContext {
             tunnels: SessionTable::with_tag(tunnel_tag),
             admissions: Arc::new(Admissions::new(session.config.clone(), session.metrics.clone())),
             acme: OnceLock::new(),
+            certificates: OnceLock::new(),
             session,
         }
     }
