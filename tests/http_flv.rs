@@ -577,3 +577,61 @@ fn wss_flv_plays_through_an_rtmpts_listener() {
     drop(ws);
     publisher.stop();
 }
+
+/// Players that wait for a publisher (`wait_for_publisher`) are closed after
+/// `timeouts.unpublished_play_secs`, as RTMP players are: each holds a connection. HTTP-FLV
+/// (served outside hyper, and by hyper after a preflight) and WebSocket-FLV; a player whose
+/// stream is published in time is not.
+#[test]
+fn waiting_players_are_closed_when_nobody_publishes_in_time() {
+    let _serial = exclusive();
+    let config = CONFIG.replace("write_secs = 2", "write_secs = 2\nunpublished_play_secs = 2");
+    let gw = Gateway::start(&format!("{config}\n[http_flv]\nwait_for_publisher = true\n"));
+    let addr = gw.addr("rtmp");
+    let started = Instant::now();
+    let (mut plain, head) = get(addr, "/live/never.flv");
+    assert_eq!(head.status, 200, "{}", head.headers);
+    // A GET after a CORS preflight on the same connection is served by hyper's path.
+    let mut preflighted = TcpStream::connect(addr).unwrap();
+    write!(
+        preflighted,
+        "OPTIONS /live/never.flv HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://a.example\r\n\
+         Access-Control-Request-Method: GET\r\n\r\n"
+    )
+    .unwrap();
+    assert_eq!(read_head(&mut preflighted).status, 204);
+    write!(preflighted, "GET /live/never.flv HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    assert_eq!(read_head(&mut preflighted).status, 200);
+    let ws_stream = TcpStream::connect(addr).unwrap();
+    ws_stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (mut ws, answer) = tungstenite::client(format!("ws://{addr}/live/never.flv"), ws_stream).unwrap();
+    assert_eq!(answer.status(), 101);
+    // A player of a stream published in time stays.
+    let (mut served, head) = get(addr, "/live/soon.flv");
+    assert_eq!(head.status, 200, "{}", head.headers);
+    let mut publisher = publish(&gw.url("rtmp", "live", "soon"), &PublishOptions::new(8.0));
+
+    for (label, stream) in [("plain", &mut plain), ("preflighted", &mut preflighted)] {
+        let (bytes, closed) = read_for(stream, Duration::from_secs(6));
+        assert!(closed, "the {label} HTTP-FLV player was not closed");
+        assert!(bytes.len() < 64, "the {label} player got {} bytes", bytes.len());
+    }
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(1500), "closed after {waited:?}, before the limit");
+    match ws.read() {
+        Ok(Message::Close(Some(frame))) => {
+            assert_eq!(frame.code, CloseCode::Away);
+            assert_eq!(frame.reason, "the stream was not published");
+        }
+        other => panic!("the waiting WebSocket player got {other:?}"),
+    }
+    let needle = "stream=live/never role=player in=0B out=0B";
+    assert!(gw.wait_for_log_count(needle, 3, Duration::from_secs(5)), "{}", gw.logs());
+    let log = gw.logs();
+    let closes: Vec<&str> = log.lines().filter(|l| l.contains(needle)).collect();
+    assert!(closes.iter().all(|l| l.contains("reason=timed out: the stream was not published")), "{log}");
+    assert!(closes.iter().any(|l| l.contains("variant=ws-flv")), "{log}");
+    let (media, closed) = read_for(&mut served, Duration::from_secs(2));
+    assert!(!closed && media.len() > 10_000, "the served player got {} bytes, closed: {closed}", media.len());
+    publisher.stop();
+}

@@ -488,8 +488,9 @@ pub struct Timeouts {
     /// `write_secs`: a write that makes no progress (the peer stopped reading).
     #[serde(rename = "write_secs", deserialize_with = "duration::secs")]
     pub write: Duration,
-    /// `unpublished_play_secs`: a player of a stream that nobody publishes (each one holds a
-    /// file descriptor); 0 waits for ever, as nginx-rtmp does.
+    /// `unpublished_play_secs`: a player (RTMP, or a waiting HTTP-FLV/WebSocket-FLV one) of a
+    /// stream that nobody publishes (each one holds a file descriptor); 0 waits for ever, as
+    /// nginx-rtmp does.
     #[serde(rename = "unpublished_play_secs", deserialize_with = "duration::secs")]
     pub unpublished_play: Duration,
     /// `partial_message_secs`: a message left incomplete this long closes the connection,

@@ -124,8 +124,13 @@ where
         if !live {
             return true;
         }
+        let wait_deadline = session.wait_deadline();
         let Some(player) = session.player() else { return true };
         tokio::select! {
+            () = crate::fan_out::sleep_until_opt(wait_deadline.map(Into::into)) => {
+                session.wait_expired();
+                return true;
+            }
             why = entry.kicked() => {
                 session.end(Error::Kicked(why));
                 return true;

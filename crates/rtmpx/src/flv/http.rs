@@ -194,6 +194,8 @@ struct Streaming {
     changed: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     /// A kick from the admin API or the gateway shutting down.
     stop: Pin<Box<dyn Future<Output = &'static str> + Send>>,
+    /// The end of a wait for the stream's publisher ([`FlvSession::wait_deadline`]).
+    wait: Option<Pin<Box<tokio::time::Sleep>>>,
     write_timed_out: Arc<AtomicBool>,
     finished: bool,
 }
@@ -216,8 +218,10 @@ impl FlvBody {
                 _ = super::shutting_down(&mut shutdown) => "gateway shutting down",
             }
         });
+        let wait = session.wait_deadline().map(|at| Box::pin(tokio::time::sleep_until(at.into())));
         let streaming = Streaming {
             session,
+            wait,
             pending: VecDeque::new(),
             changed: None,
             stop,
@@ -246,6 +250,13 @@ impl Body for FlvBody {
             }
             if let Poll::Ready(why) = s.stop.as_mut().poll(cx) {
                 s.session.end(Error::Kicked(why));
+                s.finished = true;
+                continue;
+            }
+            if s.session.wait_deadline().is_none() {
+                s.wait = None;
+            } else if s.wait.as_mut().is_some_and(|wait| wait.as_mut().poll(cx).is_ready()) {
+                s.session.wait_expired();
                 s.finished = true;
                 continue;
             }

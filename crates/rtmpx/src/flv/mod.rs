@@ -96,6 +96,9 @@ pub struct FlvSession {
     /// Holds the player's limit slot; dropping it sends `on_play_done` when configured.
     grant: Option<Grant>,
     writer: FlvWriter,
+    /// When a player that waits for its stream's publisher is closed, as an RTMP player is after
+    /// `timeouts.unpublished_play_secs` (each one holds a connection); `None` once media flows.
+    wait_deadline: Option<Instant>,
     /// Tracks to announce in the FLV header (from the stream's codecs when it is live).
     tracks: (bool, bool),
     bytes_in: u64,
@@ -130,6 +133,7 @@ impl FlvSession {
             player: None,
             grant: None,
             writer: FlvWriter::new(),
+            wait_deadline: None,
             tracks: (true, true),
             bytes_in: 0,
             bytes_out: 0,
@@ -186,6 +190,10 @@ impl FlvSession {
                 session.tracks = (snapshot.audio_codec.is_some(), snapshot.video_codec.is_some());
             }
         }
+        let limit = config.timeouts.unpublished_play;
+        if !limit.is_zero() && !ctx.router.is_live(&key) {
+            session.wait_deadline = Some(Instant::now() + limit);
+        }
         let info = SessionInfo { id, peer: peer.to_string(), variant: variant.name() };
         let player = ctx.router.play(key.clone(), info);
         // What its queue holds counts against the address, as for RTMP players.
@@ -223,6 +231,16 @@ impl FlvSession {
         self.end.get_or_insert(why);
     }
 
+    /// When this player, still waiting for a publisher, is to be closed ([`Self::wait_expired`]).
+    pub fn wait_deadline(&self) -> Option<Instant> {
+        self.wait_deadline
+    }
+
+    /// Ends a player whose stream was not published in time.
+    pub fn wait_expired(&mut self) {
+        self.end(Error::Timeout("the stream was not published"));
+    }
+
     pub fn add_in(&mut self, n: usize) {
         self.bytes_in += n as u64;
         self.registry.entry().add_in(n);
@@ -254,7 +272,10 @@ impl FlvSession {
     /// Encodes one event; `None` when it ends the stream.
     fn encode(&mut self, event: PlayerEvent, out: &mut VecDeque<Bytes>) -> Option<usize> {
         let frame = match event {
-            PlayerEvent::PublishStarted => return Some(0),
+            PlayerEvent::PublishStarted => {
+                self.wait_deadline = None;
+                return Some(0);
+            }
             PlayerEvent::Unpublished => {
                 // A new publisher may change codecs mid-file, which FLV players do not follow:
                 // they reconnect instead.
@@ -264,6 +285,7 @@ impl FlvSession {
             PlayerEvent::Frame(frame) => frame,
             _ => return Some(0),
         };
+        self.wait_deadline = None;
         let mut n = 0;
         if !self.writer.started() {
             let header = self.writer.header(self.tracks.0, self.tracks.1);

@@ -57,8 +57,13 @@ pub async fn run(job: Job) {
         Message::Close(Some(CloseFrame { code, reason: reason.into() }))
     };
     let goodbye = loop {
+        let wait_deadline = session.wait_deadline();
         let Some(player) = session.player() else { break None };
         tokio::select! {
+            () = crate::fan_out::sleep_until_opt(wait_deadline.map(Into::into)) => {
+                session.wait_expired();
+                break Some(close(CloseCode::Away, "the stream was not published"));
+            }
             why = entry.kicked() => {
                 session.end(Error::Kicked(why));
                 break Some(close(CloseCode::Away, why));
