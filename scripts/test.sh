@@ -43,29 +43,24 @@ if [ ${#missing[@]} -gt 0 ]; then
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
 fi
 
-# FFmpeg 9 (its own RTMP stack: every variant, Enhanced RTMP v2, libx265/libsvtav1/libopus) from
-# PyPI's imageio-ffmpeg wheel, in a virtualenv under target/; the tests find it through RTMPX_FFMPEG9.
-ff9_venv="${CARGO_TARGET_DIR:-$PWD/target}/ffmpeg9-venv"
-if ! "$ff9_venv/bin/python" -c 'import imageio_ffmpeg' >/dev/null 2>&1; then
-    echo "test.sh: installing FFmpeg 9 (imageio-ffmpeg) into $ff9_venv" >&2
-    rm -rf "$ff9_venv"
-    python3 -m venv "$ff9_venv"
-    "$ff9_venv/bin/pip" install --quiet --disable-pip-version-check 'imageio-ffmpeg>=0.6'
-fi
-RTMPX_FFMPEG9=$("$ff9_venv/bin/python" -c 'import imageio_ffmpeg as i; print(i.get_ffmpeg_exe())')
-export RTMPX_FFMPEG9
-
-# FFmpeg 7.0 (imageio-ffmpeg 0.6.0 ships 7.0.2): the last release whose own RTMPTS works, so every
-# variant is tested both ways with a FFmpeg >= 7; RTMPX_FFMPEG7.
-ff7_venv="${CARGO_TARGET_DIR:-$PWD/target}/ffmpeg7-venv"
-if ! "$ff7_venv/bin/python" -c 'import imageio_ffmpeg' >/dev/null 2>&1; then
-    echo "test.sh: installing FFmpeg 7.0 (imageio-ffmpeg 0.6.0) into $ff7_venv" >&2
-    rm -rf "$ff7_venv"
-    python3 -m venv "$ff7_venv"
-    "$ff7_venv/bin/pip" install --quiet --disable-pip-version-check 'imageio-ffmpeg==0.6.0'
-fi
-RTMPX_FFMPEG7=$("$ff7_venv/bin/python" -c 'import imageio_ffmpeg as i; print(i.get_ffmpeg_exe())')
-export RTMPX_FFMPEG7
+# A FFmpeg from PyPI's imageio-ffmpeg wheel (a static build with its own RTMP stack), in a
+# virtualenv under target/: pypi_ffmpeg VENV PIP_SPEC LABEL prints the executable's path.
+pypi_ffmpeg() {
+    local venv="${CARGO_TARGET_DIR:-$PWD/target}/$1"
+    if ! "$venv/bin/python" -c 'import imageio_ffmpeg' >/dev/null 2>&1; then
+        echo "test.sh: installing $3 ($2) into $venv" >&2
+        rm -rf "$venv"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check "$2" >&2
+    fi
+    "$venv/bin/python" -c 'import imageio_ffmpeg as i; print(i.get_ffmpeg_exe())'
+}
+# FFmpeg 9: every variant, Enhanced RTMP v2, libx265/libsvtav1/libopus (RTMPX_FFMPEG9). FFmpeg 7.0
+# (imageio-ffmpeg 0.6.0 ships 7.0.2): the last release whose own RTMPTS works, so every variant is
+# tested both ways with a FFmpeg >= 7 (RTMPX_FFMPEG7).
+RTMPX_FFMPEG9=$(pypi_ffmpeg ffmpeg9-venv 'imageio-ffmpeg>=0.6' "FFmpeg 9")
+RTMPX_FFMPEG7=$(pypi_ffmpeg ffmpeg7-venv 'imageio-ffmpeg==0.6.0' "FFmpeg 7.0")
+export RTMPX_FFMPEG9 RTMPX_FFMPEG7
 
 # mpegts.js for tests/http_flv.rs (Chromium plays HTTP-FLV and WebSocket-FLV with it), under target/.
 # `npm pack` fetches only the published package, whose dist/ bundle is self-contained (its own

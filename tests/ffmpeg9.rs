@@ -111,20 +111,25 @@ fn close_line(gw: &Gateway, variant: &str, stream: &str, role: &str) -> String {
         .unwrap_or_else(|| panic!("no close line for the {variant} {role} of {stream}; log:\n{}", gw.logs()))
 }
 
-/// FFmpeg 9 publishes over each variant and an FFmpeg 9 player of the same variant, started
-/// first, records the stream; all five at once. RTMPTS is the exception: see
-/// `ffmpeg9_rtmpts_fails_inside_ffmpeg`.
-#[test]
-fn ffmpeg9_publishes_and_plays_on_every_variant() {
-    let _serial = exclusive();
-    let gw = start("ffmpeg9-variants");
+/// `ffmpeg` publishes over each of `variants` and a player of the same variant (the same
+/// FFmpeg), started first, records the stream; all at once. `url` gives each variant's URL (its
+/// stream is named after it), `play_args` and `publish_args` the clients' extra options. Every
+/// recording must be good and every close line show the handshake FFmpeg makes.
+fn publish_and_play_on(
+    gw: &Gateway,
+    ffmpeg: &Path,
+    label: &str,
+    variants: &[&str],
+    url: impl Fn(&str) -> String,
+    play_args: impl Fn(&str) -> Vec<String>,
+    publish_args: impl Fn(&str) -> Vec<String>,
+) {
     let dir = gw.dir().to_path_buf();
-    let variants = ["rtmp", "rtmps", "rtmpt", "rtmpe", "rtmpte"];
     let players: Vec<(&str, PathBuf, Proc)> = variants
         .iter()
         .map(|&scheme| {
             let out = dir.join(format!("{scheme}.flv"));
-            let player = record9(&url(&gw, scheme, scheme), &out, 3.0, &verify_args(&gw, scheme));
+            let player = record_with(ffmpeg, &url(scheme), &out, 3.0, &play_args(scheme));
             (scheme, out, player)
         })
         .collect();
@@ -134,27 +139,40 @@ fn ffmpeg9_publishes_and_plays_on_every_variant() {
     }
     let mut publishers: Vec<(&str, Proc)> = variants
         .iter()
-        .map(|&scheme| (scheme, publish9(&url(&gw, scheme, scheme), 4.0, &H264, &verify_args(&gw, scheme))))
+        .map(|&scheme| (scheme, publish_with(ffmpeg, &url(scheme), 4.0, &H264, &publish_args(scheme))))
         .collect();
     for (scheme, publisher) in &mut publishers {
-        assert!(publisher.finish().success(), "{scheme}: {}", publisher.describe());
+        assert!(publisher.finish().success(), "{label}, {scheme}: {}", publisher.describe());
     }
     for (scheme, out, mut player) in players {
-        assert!(player.finish().success(), "{scheme}: {}", player.describe());
+        assert!(player.finish().success(), "{label}, {scheme}: {}", player.describe());
         // 3 s of a 25 fps stream with 44.1 kHz AAC (43 frames/s), from its first keyframe.
-        assert_good_recording(&format!("FFmpeg 9 over {scheme}"), &out, 70, 120);
+        assert_good_recording(&format!("{label} over {scheme}"), &out, 70, 120);
     }
     for scheme in variants {
-        let publisher = close_line(&gw, scheme, scheme, "publisher");
-        let player = close_line(&gw, scheme, scheme, "player");
-        if scheme.starts_with("rtmpe") || scheme.starts_with("rtmpte") {
-            // FFmpeg asks for type 6 with FP10-style version bytes; rtmpx answers 8.
-            assert!(publisher.contains("handshake=rtmpe-6>8"), "{publisher}");
-            assert!(player.contains("handshake=rtmpe-6>8"), "{player}");
+        // FFmpeg asks for RTMPE type 6 with FP10-style version bytes; rtmpx answers 8.
+        let handshake = if scheme.starts_with("rtmpe") || scheme.starts_with("rtmpte") {
+            "handshake=rtmpe-6>8"
         } else {
-            assert!(publisher.contains("handshake=digest"), "{publisher}");
+            "handshake=digest"
+        };
+        for role in ["publisher", "player"] {
+            let line = close_line(gw, scheme, scheme, role);
+            assert!(line.contains(handshake), "{label}, {scheme} {role}: {line}");
         }
     }
+}
+
+/// FFmpeg 9 publishes over each variant and an FFmpeg 9 player of the same variant, started
+/// first, records the stream; all five at once. RTMPTS is the exception: see
+/// `ffmpeg9_rtmpts_fails_inside_ffmpeg`.
+#[test]
+fn ffmpeg9_publishes_and_plays_on_every_variant() {
+    let _serial = exclusive();
+    let gw = start("ffmpeg9-variants");
+    let variants = ["rtmp", "rtmps", "rtmpt", "rtmpe", "rtmpte"];
+    let (url, verify) = (|scheme: &str| url(&gw, scheme, scheme), |scheme: &str| verify_args(&gw, scheme));
+    publish_and_play_on(&gw, &ffmpeg9(), "FFmpeg 9", &variants, url, verify, verify);
     // FFmpeg verified the development certificate (one TLS session each way).
     let log = gw.logs();
     assert_eq!(log.matches("TLS handshake complete").count(), 2, "{log}");
@@ -215,39 +233,8 @@ fn ffmpeg7_publishes_and_plays_on_all_six_variants() {
     assert!(!gw.logs().contains("stream=live/wrong-ca"), "{}", gw.logs());
 
     let variants = ["rtmp", "rtmps", "rtmpt", "rtmpts", "rtmpe", "rtmpte"];
-    let players: Vec<(&str, PathBuf, Proc)> = variants
-        .iter()
-        .map(|&scheme| {
-            let out = dir.join(format!("{scheme}.flv"));
-            (scheme, out.clone(), record_with(&ffmpeg, &url7(scheme, scheme), &out, 3.0, &[]))
-        })
-        .collect();
-    for scheme in variants {
-        let waiting = format!("variant=\"{scheme}\" stream=live/{scheme}");
-        assert!(gw.wait_for_log(&waiting, Duration::from_secs(15)), "no {scheme} player:\n{}", gw.logs());
-    }
-    let mut publishers: Vec<(&str, Proc)> = variants
-        .iter()
-        .map(|&scheme| (scheme, publish_with(&ffmpeg, &url7(scheme, scheme), 4.0, &H264, &verify(scheme))))
-        .collect();
-    for (scheme, publisher) in &mut publishers {
-        assert!(publisher.finish().success(), "{scheme}: {}", publisher.describe());
-    }
-    for (scheme, out, mut player) in players {
-        assert!(player.finish().success(), "{scheme}: {}", player.describe());
-        assert_good_recording(&format!("FFmpeg 7 over {scheme}"), &out, 70, 120);
-    }
-    for scheme in variants {
-        for role in ["publisher", "player"] {
-            let line = close_line(&gw, scheme, scheme, role);
-            let handshake = if scheme.starts_with("rtmpe") || scheme.starts_with("rtmpte") {
-                "handshake=rtmpe-6>8"
-            } else {
-                "handshake=digest"
-            };
-            assert!(line.contains(handshake), "{scheme} {role}: {line}");
-        }
-    }
+    let url = |scheme: &str| url7(scheme, scheme);
+    publish_and_play_on(&gw, &ffmpeg, "FFmpeg 7", &variants, url, |_| Vec::new(), verify);
 }
 
 /// What FFmpeg 9 reads from an FLV file (Debian's ffprobe 5.1 does not know Enhanced RTMP).

@@ -223,10 +223,7 @@ impl PullJob {
                                     request.description,
                                     super::redacted_url(&target)
                                 );
-                                let connecting = Box::pin(connect_owned(target.clone(), self.options.clone()));
-                                // Should this connection end first, retries go there too.
-                                upstream.target = target.clone();
-                                moving = Some((connecting, target));
+                                moving = Some(self.start_move(upstream, target));
                             }
                             Err(e) => warn!("relay pull {key}: reconnect request with a bad tcUrl: {e}"),
                         }
@@ -285,9 +282,7 @@ impl PullJob {
                                 self.key,
                                 super::redacted_url(&target)
                             );
-                            let connecting = Box::pin(connect_owned(target.clone(), self.options.clone()));
-                            upstream.target = target.clone();
-                            moving = Some((connecting, target));
+                            moving = Some(self.start_move(upstream, target));
                         }
                     }
                 }
@@ -307,6 +302,14 @@ impl PullJob {
                 }
             }
         }
+    }
+
+    /// Starts a make-before-break move to `target`: its connection is made while `upstream`
+    /// plays on. Should `upstream` end first, retries go to `target` too.
+    fn start_move(&self, upstream: &mut Upstream, target: RtmpUrl) -> (Connecting, RtmpUrl) {
+        let connecting: Connecting = Box::pin(connect_owned(target.clone(), self.options.clone()));
+        upstream.target = target.clone();
+        (connecting, target)
     }
 
     /// The new connection replaces the current one, which closes in the background.
