@@ -735,7 +735,10 @@ impl Router {
             }
             Arc::clone(stream)
         });
-        Player { router: Arc::clone(&self.inner), stream, key, shared }
+        // Waiting until it receives a publish start (queued at once when the stream is live; a
+        // publish that ends before the player took its start is erased from the queue).
+        let unpublished_since = Some(std::time::Instant::now());
+        Player { router: Arc::clone(&self.inner), stream, key, shared, unpublished_since }
     }
 
     /// Whether the stream currently has a publisher.
@@ -1039,6 +1042,9 @@ pub struct Player {
     stream: Arc<Stream>,
     key: StreamKey,
     shared: Arc<PlayerShared>,
+    /// Since when the stream has had no publisher, as this player's events tell it (`None`
+    /// while one publishes).
+    unpublished_since: Option<std::time::Instant>,
 }
 
 impl Player {
@@ -1066,9 +1072,13 @@ impl Player {
             return Some(match entry {
                 Entry::PublishStarted => {
                     state.rebaser.publish_started();
+                    self.unpublished_since = None;
                     PlayerEvent::PublishStarted
                 }
-                Entry::Unpublished => PlayerEvent::Unpublished,
+                Entry::Unpublished => {
+                    self.unpublished_since = Some(std::time::Instant::now());
+                    PlayerEvent::Unpublished
+                }
                 Entry::PublisherReplaced => {
                     state.rebaser.publisher_replaced();
                     continue;
@@ -1079,6 +1089,14 @@ impl Player {
                 }
             });
         }
+    }
+
+    /// Since when the stream has had no publisher, as far as this player's events went: from
+    /// the play, and from each unpublish it received, until the next publish start it received
+    /// (for a live stream, the first event). Lets a transport close players of a stream nobody
+    /// publishes (each holds a connection).
+    pub fn unpublished_since(&self) -> Option<std::time::Instant> {
+        self.unpublished_since
     }
 
     /// Returns when something was queued since the last call, or a [`DirectSink`] asked for its

@@ -874,3 +874,34 @@ fn oversized_headers_reach_players_but_are_not_cached() {
         vec![Seen::Started, Seen::Meta(0), Seen::VideoHeader(0), Seen::AudioHeader(0)]
     );
 }
+
+/// A player knows since when its stream has had no publisher, from its own events: from the
+/// play until it receives a publish start, and from each unpublish it receives. A player whose
+/// stream's publisher left before it took the publish start is still waiting.
+#[test]
+fn players_know_since_when_their_stream_is_unpublished() {
+    let router = Router::new(RouterConfig::default());
+    let before = std::time::Instant::now();
+    let mut early = router.play(key(), session(2));
+    let since = early.unpublished_since().expect("a play of a stream nobody publishes waits");
+    assert!(since >= before);
+
+    let publisher = router.publish(key(), session(1)).unwrap();
+    assert_eq!(early.unpublished_since(), Some(since), "only what the player received counts");
+    assert!(matches!(early.try_recv(), Some(PlayerEvent::PublishStarted)));
+    assert_eq!(early.unpublished_since(), None);
+    let mut late = router.play(key(), session(3));
+    assert!(late.unpublished_since().is_some(), "until it takes the publish start");
+    assert!(matches!(late.try_recv(), Some(PlayerEvent::PublishStarted)));
+    assert_eq!(late.unpublished_since(), None, "a play of a live stream, once started");
+    let never_started = router.play(key(), session(4));
+
+    drop(publisher);
+    let left = std::time::Instant::now();
+    assert!(matches!(early.try_recv(), Some(PlayerEvent::Unpublished)));
+    assert!(early.unpublished_since().is_some_and(|since| since >= left));
+    assert!(matches!(late.try_recv(), Some(PlayerEvent::Unpublished)));
+    assert!(late.unpublished_since().is_some());
+    // Its publish start was erased with the publish: it waits from its play on.
+    assert!(never_started.unpublished_since().is_some_and(|since| since < left));
+}

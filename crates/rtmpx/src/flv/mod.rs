@@ -13,7 +13,7 @@ pub mod ws;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rtmpx_core::flv::{FlvWriter, TagKind};
@@ -96,9 +96,8 @@ pub struct FlvSession {
     /// Holds the player's limit slot; dropping it sends `on_play_done` when configured.
     grant: Option<Grant>,
     writer: FlvWriter,
-    /// When a player that waits for its stream's publisher is closed, as an RTMP player is after
-    /// `timeouts.unpublished_play_secs` (each one holds a connection); `None` once media flows.
-    wait_deadline: Option<Instant>,
+    /// `timeouts.unpublished_play_secs` when the player was opened (zero: waits for ever).
+    unpublished_play: Duration,
     /// Tracks to announce in the FLV header (from the stream's codecs when it is live).
     tracks: (bool, bool),
     bytes_in: u64,
@@ -133,7 +132,7 @@ impl FlvSession {
             player: None,
             grant: None,
             writer: FlvWriter::new(),
-            wait_deadline: None,
+            unpublished_play: Duration::ZERO,
             tracks: (true, true),
             bytes_in: 0,
             bytes_out: 0,
@@ -190,10 +189,7 @@ impl FlvSession {
                 session.tracks = (snapshot.audio_codec.is_some(), snapshot.video_codec.is_some());
             }
         }
-        let limit = config.timeouts.unpublished_play;
-        if !limit.is_zero() && !ctx.router.is_live(&key) {
-            session.wait_deadline = Some(Instant::now() + limit);
-        }
+        session.unpublished_play = config.timeouts.unpublished_play;
         let info = SessionInfo { id, peer: peer.to_string(), variant: variant.name() };
         let player = ctx.router.play(key.clone(), info);
         // What its queue holds counts against the address, as for RTMP players.
@@ -231,9 +227,11 @@ impl FlvSession {
         self.end.get_or_insert(why);
     }
 
-    /// When this player, still waiting for a publisher, is to be closed ([`Self::wait_expired`]).
+    /// When this player, waiting for a publisher, is to be closed ([`Self::wait_expired`]), as an
+    /// RTMP player is after `timeouts.unpublished_play_secs`: each one holds a connection.
     pub fn wait_deadline(&self) -> Option<Instant> {
-        self.wait_deadline
+        let since = self.player.as_ref()?.unpublished_since()?;
+        (!self.unpublished_play.is_zero()).then(|| since + self.unpublished_play)
     }
 
     /// Ends a player whose stream was not published in time.
@@ -272,10 +270,7 @@ impl FlvSession {
     /// Encodes one event; `None` when it ends the stream.
     fn encode(&mut self, event: PlayerEvent, out: &mut VecDeque<Bytes>) -> Option<usize> {
         let frame = match event {
-            PlayerEvent::PublishStarted => {
-                self.wait_deadline = None;
-                return Some(0);
-            }
+            PlayerEvent::PublishStarted => return Some(0),
             PlayerEvent::Unpublished => {
                 // A new publisher may change codecs mid-file, which FLV players do not follow:
                 // they reconnect instead.
@@ -285,7 +280,6 @@ impl FlvSession {
             PlayerEvent::Frame(frame) => frame,
             _ => return Some(0),
         };
-        self.wait_deadline = None;
         let mut n = 0;
         if !self.writer.started() {
             let header = self.writer.header(self.tracks.0, self.tracks.1);

@@ -12,7 +12,6 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rtmpx_core::handshake::{EncryptionPolicy, HandshakeVersion};
 use rtmpx_core::session::{ReconnectRequest, ServerConfig, ServerSession, StatusLevel};
-use rtmpx_router::PlayerEvent;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -255,9 +254,10 @@ impl<'a> Driver<'a> {
             // nobody publishes holds them only so long (each one holds a file descriptor).
             let limit = self.timeouts.unpublished_play;
             playing
-                .unpublished_since
+                .player
+                .unpublished_since()
                 .filter(|_| !limit.is_zero())
-                .map(|since| (since + limit, "the stream was not published"))
+                .map(|since| (Instant::from_std(since) + limit, "the stream was not published"))
         } else {
             Some((self.last_read + self.timeouts.idle, "no data from the client"))
         }
@@ -373,11 +373,6 @@ fn deliver_queued(out: &SessionIo, conn: &mut Connection) -> bool {
     let mut only_frames = true;
     while st.session.pending_output() < WRITE_BATCH {
         let Some(event) = playing.player.try_recv() else { break };
-        match event {
-            PlayerEvent::PublishStarted => playing.unpublished_since = None,
-            PlayerEvent::Unpublished => playing.unpublished_since = Some(tokio::time::Instant::now()),
-            _ => {}
-        }
         only_frames &= deliver(event, &mut st, playing.stream_id);
     }
     only_frames

@@ -84,8 +84,6 @@ impl From<Transport> for Origin {
 struct Playing {
     stream_id: u32,
     player: Player,
-    /// Since when the stream has had no publisher (`None` while it is live).
-    unpublished_since: Option<tokio::time::Instant>,
     /// Holds the player's limit slot; dropping it sends `on_done` when configured.
     _grant: auth::Grant,
     /// Set when the router refused to bill the player's queue to its address (then emptied).

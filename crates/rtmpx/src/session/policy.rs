@@ -224,16 +224,13 @@ async fn on_play(
     let (charge, queue_refused) =
         QueueCharge::new(ctx.budgets.charge(conn.peer.ip()), config.limits.max_memory_per_ip);
     player.set_memory_charge(Box::new(charge));
-    let mut unpublished_since = (!ctx.router.is_live(&key)).then(tokio::time::Instant::now);
     {
         let mut st = out.lock();
         st.session.accept_play(stream_id, &key.name)?;
         // A live stream announces itself at once and needs no PublishNotify; anything else that
         // is already queued is delivered as usual.
         match player.try_recv() {
-            // (It may have gone live since the look above.)
-            Some(PlayerEvent::PublishStarted) => unpublished_since = None,
-            None => {}
+            Some(PlayerEvent::PublishStarted) | None => {}
             Some(event) => {
                 deliver(event, &mut st, stream_id);
             }
@@ -250,7 +247,7 @@ async fn on_play(
     conn.role = Role::Player;
     conn.registry.entry().set_role(Role::Player, &key.name);
     conn.stream_name = Some(key.name.clone());
-    conn.playing = Some(Playing { stream_id, player, unpublished_since, _grant: grant, queue_refused });
+    conn.playing = Some(Playing { stream_id, player, _grant: grant, queue_refused });
     info!(session = conn.id, peer = %conn.peer, variant = conn.variant().name(), stream = %Escaped(&key), legacy, "playing");
     pull_if_not_live(ctx, &config, &key);
     Ok(())
