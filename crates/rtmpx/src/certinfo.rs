@@ -3,14 +3,17 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::metrics::Out;
+
 /// The facts of one leaf certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeafFacts {
-    /// DNS names of its subject alternative names (lower case), then its IP addresses.
+    /// DNS names among its subject alternative names (lower case).
     pub dns_names: Vec<String>,
+    /// IP addresses among its subject alternative names.
     pub ip_addresses: Vec<String>,
     pub serial: String,
-    /// Unix seconds.
+    /// Validity, in Unix seconds.
     pub not_before: i64,
     pub not_after: i64,
 }
@@ -69,23 +72,18 @@ pub struct Expiry {
 /// `rtmpx_tls_certificate_expiry_seconds{name,source}`: seconds until each certificate in use
 /// expires, per name it serves (a name served by several certificates of one source shows the
 /// one that expires first).
-pub fn render_expiries(out: &mut String, mut expiries: Vec<Expiry>) {
-    use std::fmt::Write as _;
+pub fn render_expiries(out: &mut Out, mut expiries: Vec<Expiry>) {
     expiries.sort();
     expiries.dedup_by(|later, earlier| later.name == earlier.name && later.source == earlier.source);
-    let _ = writeln!(
-        out,
-        "# HELP rtmpx_tls_certificate_expiry_seconds Seconds until the certificate in use for a name expires (source: acme or file).\n\
-         # TYPE rtmpx_tls_certificate_expiry_seconds gauge"
+    const NAME: &str = "rtmpx_tls_certificate_expiry_seconds";
+    out.header(
+        NAME,
+        "gauge",
+        "Seconds until the certificate in use for a name expires (source: acme or file).",
     );
     let now = unix_now();
-    for Expiry { name, source, not_after } in expiries {
-        let name = crate::metrics::label_value(&name);
-        let _ = writeln!(
-            out,
-            "rtmpx_tls_certificate_expiry_seconds{{name=\"{name}\",source=\"{source}\"}} {}",
-            not_after - now
-        );
+    for Expiry { name, source, not_after } in &expiries {
+        out.sample_signed(NAME, &[("name", name), ("source", source)], not_after - now);
     }
 }
 
@@ -107,10 +105,10 @@ mod tests {
         assert!(leaf_facts(b"not a certificate").is_err());
 
         let series = |name: &str, source, not_after| Expiry { name: name.into(), source, not_after };
-        let mut out = String::new();
+        let mut text = Out::default();
         let far = unix_now() + 1000;
         render_expiries(
-            &mut out,
+            &mut text,
             vec![
                 series("a", "file", far + 50),
                 series("a", "file", far),
@@ -118,6 +116,7 @@ mod tests {
                 series("b\"", "file", far),
             ],
         );
+        let out = text.into_string();
         let lines: Vec<&str> = out.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(lines.len(), 3, "{out}");
         assert!(

@@ -287,7 +287,7 @@ fn get(counter: &AtomicU64) -> u64 {
 }
 
 /// Escapes a label value (backslash, quote, newline) for the text format.
-pub fn label_value(value: &str) -> String {
+fn label_value(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
@@ -305,6 +305,15 @@ impl Out {
     }
 
     pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+        self.sample_of(name, labels, &value);
+    }
+
+    /// A sample that may be negative (e.g. seconds to an expiry that passed).
+    pub fn sample_signed(&mut self, name: &str, labels: &[(&str, &str)], value: i64) {
+        self.sample_of(name, labels, &value);
+    }
+
+    fn sample_of(&mut self, name: &str, labels: &[(&str, &str)], value: &dyn std::fmt::Display) {
         self.0.push_str(name);
         if !labels.is_empty() {
             self.0.push('{');

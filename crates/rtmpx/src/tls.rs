@@ -162,14 +162,18 @@ fn load_one(paths: &CertPaths) -> Result<LoadedCert> {
     webpki::EndEntityCert::try_from(leaf)
         .map_err(|e| cert_error(&paths.cert, format!("not a usable certificate: {e}")))?;
     let fingerprint = fingerprint(leaf);
-    let facts = crate::certinfo::leaf_facts(leaf.as_ref()).map_err(|e| cert_error(&paths.cert, e))?;
-    let not_after = facts.not_after;
-    let expiries = facts
-        .dns_names
-        .into_iter()
-        .chain(facts.ip_addresses)
-        .map(|name| Expiry { name, source: "file", not_after })
-        .collect();
+    // For `/metrics` only: a leaf rustls takes but x509-parser does not just shows no expiry.
+    let expiries = match crate::certinfo::leaf_facts(leaf.as_ref()) {
+        Ok(facts) => {
+            let not_after = facts.not_after;
+            let names = facts.dns_names.into_iter().chain(facts.ip_addresses);
+            names.map(|name| Expiry { name, source: "file", not_after }).collect()
+        }
+        Err(e) => {
+            warn!(cert = %paths.cert.display(), "no expiry for /metrics: {e}");
+            Vec::new()
+        }
+    };
 
     let key_pem = read_pem_file(&paths.key)?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {

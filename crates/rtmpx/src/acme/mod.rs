@@ -24,6 +24,7 @@ use tracing::{info, warn};
 pub use challenge::{http01_response, Challenges, ACME_TLS_ALPN, CHALLENGE_PATH};
 use config::AcmeSection;
 
+use crate::certinfo::unix_now as now;
 use crate::error::{Error, Result};
 use crate::sync::{read, write};
 
@@ -72,8 +73,6 @@ impl Issued {
         self.names.iter().any(|n| n.eq_ignore_ascii_case(name))
     }
 }
-
-use crate::certinfo::unix_now as now;
 
 /// The ACME state of the gateway: settings, current certificate, challenges, counters.
 pub struct Acme {

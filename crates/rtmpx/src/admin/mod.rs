@@ -126,16 +126,14 @@ pub fn render_metrics(transport: &TransportContext, relays: &RelayManager) -> St
     if let Some(directory) = &ctx.cluster {
         directory.render_metrics(&mut cluster);
     }
-    let mut tls = String::new();
-    let mut expiries = Vec::new();
-    for store in transport.certificates.get().into_iter().flatten() {
-        expiries.extend(store.expiries());
-    }
-    if let Some(acme) = transport.acme.get() {
-        expiries.extend(acme.expiries());
-    }
+    let mut expiries: Vec<_> =
+        transport.certificates.get().into_iter().flatten().flat_map(|s| s.expiries()).collect();
+    let acme = transport.acme.get();
+    expiries.extend(acme.into_iter().flat_map(|acme| acme.expiries()));
+    let mut tls = Out::default();
     crate::certinfo::render_expiries(&mut tls, expiries);
-    if let Some(acme) = transport.acme.get() {
+    let mut tls = tls.into_string();
+    if let Some(acme) = acme {
         acme.render_metrics(&mut tls);
     }
     crate::metrics::render(&MetricsView {
