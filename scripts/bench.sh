@@ -12,6 +12,10 @@
 # SERVERS ("nginx rtmpx"; rtmpx-cN = rtmpx with write_coalesce_ms N, rtmpx-nobatch = rtmpx that
 # never batches on load: write_coalesce_under_load_ms 0), SCENARIOS ("fanout idle ingest variants handshakes"; also idle-flv),
 # SERVER_CPU (0), TOOL_CPU (1), FLV (a file to publish instead of synthetic frames).
+# Scenario "fanout-ffmpeg" (in the default list): the fan-out of FANOUT_FFMPEG ("200 1000") players
+# with FFmpeg publishing (FFMPEG, default `ffmpeg`: -re, stream copy of a generated 2.5 Mbit/s
+# H.264/AAC file) instead of the load tool: a real encoder's write pattern, where frames often
+# arrive together. Latency there is each video frame's delay beyond the least seen (no stamps).
 # Scenario "hot" (not in the default list): one stream to HOT (2000) players on rtmpx with
 # --threads N for each N in HOT_THREADS ("1 2"), as each of HOT_SERVERS ("rtmpx rtmpx-nobatch"), server on HOT_SERVER_CPUS and the tool on
 # HOT_TOOL_CPUS (default: every CPU for both; give the server N cores of its own where there are
@@ -32,7 +36,9 @@ VARIANT_REPEAT=${VARIANT_REPEAT:-3}
 HANDSHAKES=${HANDSHAKES:-500}
 VARIANTS=${VARIANTS:-"rtmp rtmps rtmpt rtmpe"}
 SERVERS=${SERVERS:-"nginx rtmpx"}
-SCENARIOS=${SCENARIOS:-"fanout idle ingest variants handshakes"}
+SCENARIOS=${SCENARIOS:-"fanout fanout-ffmpeg idle ingest variants handshakes"}
+FANOUT_FFMPEG=${FANOUT_FFMPEG:-"200 1000"}
+FFMPEG=${FFMPEG:-ffmpeg}
 SERVER_CPU=${SERVER_CPU:-0}
 TOOL_CPU=${TOOL_CPU:-1}
 FLV=${FLV:-}
@@ -177,6 +183,13 @@ run_case() {
     shift 2
     echo "== $name" >&2
     start_server "$server" "$name"
+    local publisher=
+    if [ -n "${PUBLISH_FLV:-}" ]; then
+        taskset -c "${TOOL_CPUS:-$TOOL_CPU}" "$FFMPEG" -nostdin -v error -re -stream_loop -1 -i "$PUBLISH_FLV" \
+            -c copy -f flv "rtmp://127.0.0.1:$RTMP_PORT/live/bench" 2>"$OUT/$name.ffmpeg.log" &
+        publisher=$!
+        sleep 2
+    fi
     local input=()
     [ -n "$FLV" ] && input=(--flv "$FLV")
     local args=("$@")
@@ -191,6 +204,10 @@ run_case() {
     taskset -c "${TOOL_CPUS:-$TOOL_CPU}" "$BENCH" --label "$name" --server-pid "$SPID" --insecure \
         "${window[@]}" --json "$OUT/$name.json" "${input[@]}" "${args[@]}" 2>"$OUT/$name.progress.log" \
         | tee "$OUT/$name.txt" || echo "bench.sh: $name reported failures (see $OUT/$name.txt)" >&2
+    if [ -n "$publisher" ]; then
+        kill "$publisher" 2>/dev/null || true
+        wait "$publisher" 2>/dev/null || true
+    fi
     stop_server
 }
 
@@ -200,6 +217,18 @@ for scenario in $SCENARIOS; do
     fanout)
         for n in $FANOUT; do
             for s in $SERVERS; do run_case "fanout-$n-$s" "$s" --url "$URL" --players "$n"; done
+        done
+        ;;
+    fanout-ffmpeg)
+        command -v "$FFMPEG" >/dev/null || { echo "bench.sh: $FFMPEG not found (apt-get install ffmpeg)" >&2; exit 1; }
+        flv=$OUT/ffmpeg-publisher.flv
+        [ -f "$flv" ] || ffmpeg -nostdin -v error -y -f lavfi -i testsrc2=size=1280x720:rate=25 \
+            -f lavfi -i sine=frequency=440:sample_rate=44100 -t 40 -c:v libx264 -preset veryfast \
+            -b:v 2500k -maxrate 2500k -bufsize 5000k -g 50 -c:a aac -b:a 128k -f flv "$flv"
+        for n in $FANOUT_FFMPEG; do
+            for s in $SERVERS; do
+                PUBLISH_FLV=$flv run_case "ffpub-$n-$s" "$s" --url "$URL" --publishers 0 --players "$n"
+            done
         done
         ;;
     hot)

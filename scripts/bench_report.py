@@ -38,20 +38,25 @@ def servers_of(runs, prefix):
     return sorted(names, key=lambda n: (n != "nginx", n))
 
 
-def fanout_table(runs):
-    counts = sorted({int(k.split("-")[1]) for k in runs if k.startswith("fanout-")})
+def fanout_table(runs, prefix="fanout"):
+    counts = sorted({int(k.split("-")[1]) for k in runs if k.startswith(prefix + "-")})
     if not counts:
         return []
+    if prefix == "fanout":
+        title, latency = "### Fan-out: one 2.5 Mbit/s stream (+128 kbit/s audio) to N players", "latency p50 / p99 ms"
+    else:
+        title = "### Fan-out with FFmpeg publishing: `-re`, stream copy of a 2.5 Mbit/s H.264/AAC file"
+        latency = "delay beyond the least p50 / p99 ms"
     lines = [
-        "### Fan-out: one 2.5 Mbit/s stream (+128 kbit/s audio) to N players",
+        title,
         "",
-        "| players | server | delivered Mbit/s (offered) | server CPU | CPU s per delivered GB | rtmpx / nginx | frames dropped | latency p50 / p99 ms | load tool CPU |",
+        f"| players | server | delivered Mbit/s (offered) | server CPU | CPU s per delivered GB | rtmpx / nginx | frames dropped | {latency} | load tool CPU |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for n in counts:
-        nginx = runs.get(f"fanout-{n}-nginx")
-        for server in servers_of(runs, "fanout"):
-            r = runs.get(f"fanout-{n}-{server}")
+        nginx = runs.get(f"{prefix}-{n}-nginx")
+        for server in servers_of(runs, prefix):
+            r = runs.get(f"{prefix}-{n}-{server}")
             if not r:
                 continue
             rel = ""
@@ -269,7 +274,8 @@ def main():
     if os.path.exists(machine):
         with open(machine) as f:
             lines += ["```", f.read().rstrip(), "```", ""]
-    for table in (fanout_table, hot_table, idle_table, ingest_table, variant_table):
+    ffmpeg_table = lambda runs: fanout_table(runs, "ffpub")  # noqa: E731
+    for table in (fanout_table, ffmpeg_table, hot_table, idle_table, ingest_table, variant_table):
         lines += table(runs)
     errors = [(k, r["errors"], r.get("first_error")) for k, r in sorted(runs.items()) if r.get("errors")]
     if errors:

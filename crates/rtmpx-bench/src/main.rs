@@ -28,6 +28,9 @@ pub struct Args {
     /// Player j plays publisher j mod N's stream.
     #[arg(long)]
     pub play_url: Option<String>,
+    /// 0: the players play a stream another program (e.g. FFmpeg) publishes; without send
+    /// stamps, latency is each video frame's delay beyond the least seen (arrival time minus
+    /// RTMP timestamp), which shows what the server adds on top of the publisher's own pacing.
     #[arg(long, default_value_t = 1)]
     pub publishers: usize,
     #[arg(long, default_value_t = 0)]

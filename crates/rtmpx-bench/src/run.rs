@@ -406,7 +406,7 @@ async fn player(ctx: Arc<Ctx>, index: usize, permit: tokio::sync::OwnedSemaphore
         stats.rx_bytes.fetch_add(bytes - rx_last, Relaxed);
         rx_last = bytes;
         let ClientEvent::Media(frame) = event else { continue };
-        receiver.frame(frame.kind, &frame.payload);
+        receiver.frame(frame.kind, Some(frame.timestamp), &frame.payload);
     };
     stats.players_connected.fetch_sub(1, Relaxed);
     stats.players_ended.fetch_add(1, Relaxed);
@@ -442,7 +442,7 @@ async fn flv_player(
             9 => MediaKind::Video,
             _ => return,
         };
-        receiver.frame(kind, payload);
+        receiver.frame(kind, None, payload);
     };
     let outcome = crate::flv::play(url, stream, on_bytes, on_tag).await;
     if permit.is_some() {
@@ -463,17 +463,32 @@ struct Receiver<'a> {
     last_seq: Option<u64>,
     cursor: Option<u64>,
     side_table: Option<&'a SideTable>,
+    /// Another program publishes (`--publishers 0`): no stamps, so latency is each video
+    /// frame's delay beyond the least seen, from arrival time minus its RTMP timestamp.
+    external: bool,
+    least_offset_ns: i64,
 }
 
 impl<'a> Receiver<'a> {
     fn new(ctx: &'a Ctx, publisher: usize) -> Self {
         let side_table = ctx.side_tables.get(publisher).filter(|_| ctx.flv.is_some());
-        Receiver { ctx, last_seq: None, cursor: None, side_table }
+        let external = ctx.args.publishers == 0 && !ctx.args.idle;
+        Receiver { ctx, last_seq: None, cursor: None, side_table, external, least_offset_ns: i64::MAX }
     }
 
-    fn frame(&mut self, kind: MediaKind, payload: &[u8]) {
+    /// `timestamp`: the frame's RTMP timestamp (ms), where the transport gives one.
+    fn frame(&mut self, kind: MediaKind, timestamp: Option<u32>, payload: &[u8]) {
         let stats = &self.ctx.stats;
         stats.rx_frames.fetch_add(1, Relaxed);
+        if self.external {
+            let Some(timestamp) = timestamp.filter(|_| kind == MediaKind::Video) else { return };
+            let offset = self.ctx.now_ns() as i64 - i64::from(timestamp) * 1_000_000;
+            self.least_offset_ns = self.least_offset_ns.min(offset);
+            let delay_us = (offset - self.least_offset_ns) as u64 / 1000;
+            stats.latency.record(delay_us);
+            stats.latency_interval.record(delay_us);
+            return;
+        }
         let sent_ns = match self.side_table {
             Some(table) => {
                 if media::is_config(kind, payload) {
@@ -627,7 +642,7 @@ fn summarize(
     println!("{:<34} {frames} / {dropped}", "frames received / dropped");
     println!(
         "{:<34} p50 {:.2} p90 {:.2} p99 {:.2} max {:.2} ms ({} samples)",
-        "publish-to-play latency",
+        if args.publishers == 0 { "delay beyond the least (external)" } else { "publish-to-play latency" },
         ms(lat.quantile(0.5)),
         ms(lat.quantile(0.9)),
         ms(lat.quantile(0.99)),
