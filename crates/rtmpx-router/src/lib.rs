@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bytes::Bytes;
+use rtmpx_core::chunk::ChunkedBody;
 use rtmpx_core::media::enhanced::{ExTag, MediaType, PacketKind};
 use rtmpx_core::media::{inspect_audio, inspect_video, legacy_payload, Codec, LegacyForm, MediaInfo};
 use tokio::sync::Notify;
@@ -129,24 +130,33 @@ pub struct Frame {
     pub payload: Bytes,
     /// Codec, keyframe and sequence header, inspected once on arrival.
     pub info: MediaInfo,
+    /// The payload's chunked form, built by the first direct player that sends it and shared
+    /// by every player with the same chunk size.
+    pub chunked: ChunkedBody,
 }
 
 impl Frame {
     /// An audio frame, inspected for codec and sequence header.
     pub fn audio(timestamp: u32, payload: Bytes) -> Self {
         let info = inspect_audio(&payload);
-        Frame { kind: MediaKind::Audio, timestamp, payload, info }
+        Frame { kind: MediaKind::Audio, timestamp, payload, info, chunked: ChunkedBody::default() }
     }
 
     /// A video frame, inspected for codec, keyframe and sequence header.
     pub fn video(timestamp: u32, payload: Bytes) -> Self {
         let info = inspect_video(&payload);
-        Frame { kind: MediaKind::Video, timestamp, payload, info }
+        Frame { kind: MediaKind::Video, timestamp, payload, info, chunked: ChunkedBody::default() }
     }
 
     /// `payload` is the AMF0 body ("onMetaData", ECMA array); opaque to the router.
     pub fn metadata(timestamp: u32, payload: Bytes) -> Self {
-        Frame { kind: MediaKind::Data, timestamp, payload, info: MediaInfo::default() }
+        Frame {
+            kind: MediaKind::Data,
+            timestamp,
+            payload,
+            info: MediaInfo::default(),
+            chunked: ChunkedBody::default(),
+        }
     }
 
     /// Audio or video that is not a sequence header.
@@ -196,6 +206,7 @@ impl Frame {
                     timestamp: self.timestamp,
                     payload: Bytes::from(payload),
                     info,
+                    chunked: ChunkedBody::default(),
                 })
             }
         }
@@ -242,8 +253,10 @@ pub enum DirectSend {
 /// the player's session; must never block.
 pub trait DirectSink: Send + Sync {
     /// Offers `frame` with the player's own (rebased) `timestamp`. A sink that batches writes may
-    /// only encode it and write it on [`flush`](Self::flush).
-    fn try_send(&self, frame: &Frame, timestamp: u32) -> DirectSend;
+    /// only encode it and write it on [`flush`](Self::flush). `more`: the publisher has more
+    /// frames at hand that follow at once ([`Publisher::send_more`]), so this one may wait for
+    /// their write.
+    fn try_send(&self, frame: &Frame, timestamp: u32, more: bool) -> DirectSend;
 
     /// Writes what `try_send` held back ([`Publisher::flush_direct`]). `Refused`: the player's
     /// task must do it.
@@ -601,14 +614,14 @@ impl PlayerState {
     }
 
     /// Hands a live frame to the sink when nothing is queued before it; false if it must be queued.
-    fn try_direct(&mut self, frame: &Frame, notify: &Notify) -> bool {
+    fn try_direct(&mut self, frame: &Frame, more: bool, notify: &Notify) -> bool {
         let Some(sink) = &self.sink else { return false };
         if !self.queue.is_caught_up() {
             return false;
         }
         // Mapping is idempotent for the newest frame, so a refused frame maps the same when popped.
         let timestamp = self.rebaser.map(frame.kind, frame.is_media(), frame.timestamp);
-        match sink.try_send(frame, timestamp) {
+        match sink.try_send(frame, timestamp, more) {
             DirectSend::Sent => true,
             DirectSend::SentWakeTask => {
                 notify.notify_one();
@@ -616,6 +629,15 @@ impl PlayerState {
             }
             DirectSend::Refused => false,
         }
+    }
+}
+
+/// Lets a player's sink write what it holds; its task does it when the sink cannot.
+fn flush_sink(player: &PlayerShared) {
+    let player_state = lock(&player.state);
+    let Some(sink) = &player_state.sink else { return };
+    if sink.flush() != DirectSend::Sent {
+        player.notify.notify_one();
     }
 }
 
@@ -837,6 +859,19 @@ impl Publisher {
     /// Caches and fans out a frame. Never blocks on players and never awaits. Empty frames carry
     /// nothing (not even a codec byte) and are dropped.
     pub fn send(&self, frame: Frame) {
+        self.send_frame(frame, false)
+    }
+
+    /// [`send`](Self::send) for a frame that more follow at once (one read of the publisher's
+    /// socket held several): direct players may encode it and write it with the next, so the
+    /// frames of one read cost each player one write. The run ends with a `send`, and the
+    /// publisher then calls [`flush_direct`](Self::flush_direct) for the players that did not
+    /// take that last frame.
+    pub fn send_more(&self, frame: Frame) {
+        self.send_frame(frame, true)
+    }
+
+    fn send_frame(&self, frame: Frame, more: bool) {
         if frame.payload.is_empty() {
             return;
         }
@@ -853,10 +888,10 @@ impl Publisher {
                 return;
             }
             for header in state.take_over() {
-                state.fan_out(self.token, header);
+                state.fan_out(self.token, header, false);
             }
         }
-        state.fan_out(self.token, frame);
+        state.fan_out(self.token, frame, more);
     }
 
     /// Lets every player's sink write what it held back: with write batching the publisher's task
@@ -868,11 +903,7 @@ impl Publisher {
             return;
         }
         for player in &state.players {
-            let player_state = lock(&player.state);
-            let Some(sink) = &player_state.sink else { continue };
-            if sink.flush() != DirectSend::Sent {
-                player.notify.notify_one();
-            }
+            flush_sink(player);
         }
     }
 
@@ -913,7 +944,7 @@ fn same_header_class(a: &Frame, b: &Frame) -> bool {
 
 impl StreamState {
     /// Caches and fans out a frame of the publisher `token` (nothing if it is not the active one).
-    fn fan_out(&mut self, token: u64, frame: Frame) {
+    fn fan_out(&mut self, token: u64, frame: Frame, more: bool) {
         let Some(active) = self.publisher.as_ref().filter(|active| active.token == token) else {
             return;
         };
@@ -925,7 +956,7 @@ impl StreamState {
         let has_video = self.cache.has_video;
         self.reshard(&sharding);
         if let Some(shards) = &mut self.shards {
-            shards.push(Work::Frame { frame, has_video });
+            shards.push(Work::Frame { frame, has_video, more });
             return;
         }
         // Built once, on the first legacy player that needs it.
@@ -934,13 +965,19 @@ impl StreamState {
             let frame = if player.legacy {
                 match legacy_frame.get_or_insert_with(|| frame.for_legacy_player()) {
                     Some(legacy) => &*legacy,
-                    None => continue,
+                    None => {
+                        if !more {
+                            // It may hold frames of this run that it could read.
+                            flush_sink(player);
+                        }
+                        continue;
+                    }
                 }
             } else {
                 &frame
             };
             let mut player_state = lock(&player.state);
-            if player_state.over_budget || player_state.try_direct(frame, &player.notify) {
+            if player_state.over_budget || player_state.try_direct(frame, more, &player.notify) {
                 continue;
             }
             player_state.queue_billed(frame.clone(), has_video, player);
@@ -1011,7 +1048,7 @@ impl Drop for Publisher {
             // The old publisher left first: the standby takes over now.
             let token = state.standby.as_ref().map_or(0, |standby| standby.publisher.token);
             for header in state.take_over() {
-                state.fan_out(token, header);
+                state.fan_out(token, header, false);
             }
             return;
         }

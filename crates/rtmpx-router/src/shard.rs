@@ -78,6 +78,8 @@ pub(crate) enum Work {
     Frame {
         frame: Frame,
         has_video: bool,
+        /// More frames follow at once ([`Publisher::send_more`](crate::Publisher::send_more)).
+        more: bool,
     },
     Control(Control),
     /// A batch window ended: sinks write what they hold.
@@ -151,9 +153,14 @@ fn deliver(
     }
     state.delivered = seq;
     match work {
-        Work::Frame { has_video, .. } => {
-            let Some(frame) = frame.and_then(|frame| frame.for_player(player.legacy)) else { return false };
-            if state.over_budget || (!queue_only && state.try_direct(frame, &player.notify)) {
+        Work::Frame { has_video, more, .. } => {
+            let Some(frame) = frame.and_then(|frame| frame.for_player(player.legacy)) else {
+                // Nothing it can read; it may hold frames of this run that it could.
+                return !more
+                    && !queue_only
+                    && state.sink.as_ref().is_some_and(|sink| sink.flush() != DirectSend::Sent);
+            };
+            if state.over_budget || (!queue_only && state.try_direct(frame, *more, &player.notify)) {
                 return false;
             }
             state.queue_billed(frame.clone(), *has_video, player);

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rtmpx_router::{
-    DirectSend, DirectSink, Frame, MediaKind, Player, PlayerEvent, Router, RouterConfig, RouterError,
-    SessionInfo, StreamKey,
+    DirectSend, DirectSink, Frame, MediaKind, PlayOptions, Player, PlayerEvent, Router, RouterConfig,
+    RouterError, SessionInfo, StreamKey,
 };
 
 fn session(id: u64) -> SessionInfo {
@@ -629,7 +629,7 @@ impl RecordingSink {
 }
 
 impl DirectSink for RecordingSink {
-    fn try_send(&self, frame: &Frame, timestamp: u32) -> DirectSend {
+    fn try_send(&self, frame: &Frame, timestamp: u32, _more: bool) -> DirectSend {
         if !self.open.load(std::sync::atomic::Ordering::SeqCst) {
             return DirectSend::Refused;
         }
@@ -904,4 +904,56 @@ fn players_know_since_when_their_stream_is_unpublished() {
     assert!(late.unpublished_since().is_some());
     // Its publish start was erased with the publish: it waits from its play on.
     assert!(never_started.unpublished_since().is_some_and(|since| since < left));
+}
+
+/// Records whether each frame came with more behind it, and how often it was flushed.
+#[derive(Default)]
+struct RunSink {
+    more: std::sync::Mutex<Vec<bool>>,
+    flushes: std::sync::atomic::AtomicUsize,
+}
+
+impl DirectSink for RunSink {
+    fn try_send(&self, _frame: &Frame, _timestamp: u32, more: bool) -> DirectSend {
+        self.more.lock().unwrap().push(more);
+        DirectSend::Sent
+    }
+
+    fn flush(&self) -> DirectSend {
+        self.flushes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        DirectSend::Sent
+    }
+}
+
+impl RunSink {
+    fn seen(&self) -> (Vec<bool>, usize) {
+        (self.more.lock().unwrap().clone(), self.flushes.load(std::sync::atomic::Ordering::SeqCst))
+    }
+}
+
+#[test]
+fn frames_of_one_read_reach_sinks_as_a_run_and_a_player_that_skips_its_end_is_flushed() {
+    let router = Router::new(RouterConfig::default());
+    let publisher = router.publish(key(), session(1)).unwrap();
+    let mut player = router.play(key(), session(2));
+    let mut legacy = router.play_with(key(), session(3), PlayOptions::default().with_legacy(true));
+    assert_eq!(drain(&mut player), [Seen::Started]);
+    assert_eq!(drain(&mut legacy), [Seen::Started]);
+    let (sink, legacy_sink) =
+        (std::sync::Arc::new(RunSink::default()), std::sync::Arc::new(RunSink::default()));
+    player.set_direct_sink(Some(sink.clone()));
+    legacy.set_direct_sink(Some(legacy_sink.clone()));
+
+    publisher.send_more(keyframe(0, 100));
+    publisher.send_more(aac(10, 10));
+    publisher.send(inter(40, 50));
+    assert_eq!(sink.seen(), (vec![true, true, false], 0));
+    assert_eq!(legacy_sink.seen(), (vec![true, true, false], 0));
+
+    // The run ends with a frame a legacy player cannot read (AV1): it is told to write what it
+    // holds instead, so the frames it took do not wait for the next run.
+    publisher.send_more(inter(80, 50));
+    publisher.send(Frame::video(120, Bytes::from_static(b"\x93av01\x09")));
+    assert_eq!(sink.seen(), (vec![true, true, false, true, false], 0));
+    assert_eq!(legacy_sink.seen(), (vec![true, true, false, true], 1));
 }

@@ -53,7 +53,7 @@ struct Recorder {
 }
 
 impl DirectSink for Recorder {
-    fn try_send(&self, frame: &Frame, _timestamp: u32) -> DirectSend {
+    fn try_send(&self, frame: &Frame, _timestamp: u32, _more: bool) -> DirectSend {
         let Ok(mut seen) = self.seen.try_lock() else { return DirectSend::Refused };
         seen.push(number(frame));
         self.threads.lock().unwrap().insert(std::thread::current().id());
@@ -320,7 +320,7 @@ struct Batcher {
 }
 
 impl DirectSink for Batcher {
-    fn try_send(&self, frame: &Frame, _timestamp: u32) -> DirectSend {
+    fn try_send(&self, frame: &Frame, _timestamp: u32, _more: bool) -> DirectSend {
         self.held.lock().unwrap().push(number(frame));
         DirectSend::Sent
     }
@@ -357,6 +357,51 @@ async fn a_batch_flush_reaches_sharded_sinks_after_the_frames_before_it() {
     })
     .await;
     assert!(players.iter().all(|(_, sink)| sink.held.lock().unwrap().is_empty()));
+}
+
+/// Holds frames while more follow and writes the run with its last, as the gateway's sink does.
+#[derive(Default)]
+struct RunWriter {
+    held: Mutex<Vec<u32>>,
+    writes: Mutex<Vec<Vec<u32>>>,
+}
+
+impl DirectSink for RunWriter {
+    fn try_send(&self, frame: &Frame, _timestamp: u32, more: bool) -> DirectSend {
+        let mut held = self.held.lock().unwrap();
+        held.push(number(frame));
+        if !more {
+            self.writes.lock().unwrap().push(std::mem::take(&mut *held));
+        }
+        DirectSend::Sent
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_sinks_get_one_read_of_frames_as_one_run() {
+    let router = sharded_router(8, None);
+    let mut players: Vec<(Player, Arc<RunWriter>)> = (1..=20)
+        .map(|id| {
+            let player = router.play(key(), session(id));
+            let sink = Arc::new(RunWriter::default());
+            player.set_direct_sink(Some(sink.clone()));
+            (player, sink)
+        })
+        .collect();
+    let publisher = publish(&router);
+    for (player, _) in &mut players {
+        assert!(matches!(player.try_recv(), Some(PlayerEvent::PublishStarted)));
+    }
+    for n in 0..9 {
+        publisher.send_more(numbered(n, false));
+    }
+    publisher.send(numbered(9, false));
+    publisher.send(numbered(10, false));
+    let expected = vec![(0..10).collect::<Vec<u32>>(), vec![10]];
+    wait_for("every sink to write the run, then the single frame", || {
+        players.iter().all(|(_, sink)| *sink.writes.lock().unwrap() == expected)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -51,11 +51,30 @@ pub(crate) struct FanOut {
     scope: Scope,
     /// When the running batch window ends.
     flush_at: Option<Instant>,
+    /// The last frame [`offer`](Self::offer)ed: it goes out once it is known whether another
+    /// one of the same read follows.
+    offered: Option<Frame>,
 }
 
 impl FanOut {
     pub(crate) fn new(batching: Batching, scope: Scope) -> FanOut {
-        FanOut { batching, scope, flush_at: None }
+        FanOut { batching, scope, flush_at: None, offered: None }
+    }
+
+    /// Takes a frame of the read being handled; [`finish`](Self::finish) when the read is done.
+    /// When one read holds several frames, players write them all at once with the last one
+    /// (one system call per player and read, no added wait).
+    pub(crate) async fn offer(&mut self, publisher: &Publisher, frame: Frame) {
+        if let Some(previous) = self.offered.replace(frame) {
+            self.fan(publisher, previous, true).await;
+        }
+    }
+
+    /// Sends the last offered frame: the read is handled, or something other than media comes.
+    pub(crate) async fn finish(&mut self, publisher: &Publisher) {
+        if let Some(last) = self.offered.take() {
+            self.send(publisher, last).await;
+        }
     }
 
     /// Hands a frame to the router, which writes it to every caught-up player from here (the
@@ -64,11 +83,16 @@ impl FanOut {
     /// "would block" and fall back to a task wake-up, so this runs unconstrained: it is bounded by
     /// the number of players and never waits. Starts a batch window when batching and none runs.
     pub(crate) async fn send(&mut self, publisher: &Publisher, frame: Frame) {
+        self.fan(publisher, frame, false).await
+    }
+
+    /// [`send`](Self::send); `more`: players may hold it for the write of the next frame.
+    async fn fan(&mut self, publisher: &Publisher, frame: Frame, more: bool) {
         let mut frame = Some(frame);
-        let mut send = || {
-            if let Some(frame) = frame.take() {
-                publisher.send(frame)
-            }
+        let mut send = || match frame.take() {
+            Some(frame) if more => publisher.send_more(frame),
+            Some(frame) => publisher.send(frame),
+            None => {}
         };
         tokio::task::unconstrained(async { (self.scope)(&mut send) }).await;
         if self.flush_at.is_none() {
@@ -143,6 +167,39 @@ mod tests {
         assert!(!ends_within(&mut fan_out, Duration::from_secs(1)).await);
         fan_out.send(&publisher, audio(30)).await;
         assert!(ends_within(&mut fan_out, Duration::from_millis(20)).await);
+    }
+
+    /// Records whether each frame came with more behind it.
+    #[derive(Default)]
+    struct RunSink(std::sync::Mutex<Vec<(u32, bool)>>);
+
+    impl rtmpx_router::DirectSink for RunSink {
+        fn try_send(&self, frame: &Frame, _: u32, more: bool) -> rtmpx_router::DirectSend {
+            self.0.lock().unwrap().push((frame.timestamp, more));
+            rtmpx_router::DirectSend::Sent
+        }
+    }
+
+    #[tokio::test]
+    async fn offered_frames_go_out_with_more_behind_them_until_the_read_is_finished() {
+        let router = Router::new(Default::default());
+        let publisher = publisher(&router);
+        let mut player = router
+            .play(StreamKey::new("live", "s"), SessionInfo { id: 2, peer: "q".into(), variant: "rtmp" });
+        // Caught up (its queue empty), so frames go to its sink.
+        assert!(matches!(player.try_recv(), Some(rtmpx_router::PlayerEvent::PublishStarted)));
+        let sink = Arc::new(RunSink::default());
+        player.set_direct_sink(Some(sink.clone()));
+        let mut fan_out = fan_out(0, 0, Arc::default());
+        fan_out.offer(&publisher, audio(0)).await;
+        assert!(sink.0.lock().unwrap().is_empty(), "the first frame waits to know whether more follow");
+        fan_out.offer(&publisher, audio(10)).await;
+        fan_out.offer(&publisher, audio(20)).await;
+        fan_out.finish(&publisher).await;
+        fan_out.finish(&publisher).await; // nothing left: no second send
+        fan_out.offer(&publisher, audio(30)).await;
+        fan_out.finish(&publisher).await;
+        assert_eq!(*sink.0.lock().unwrap(), [(0, true), (10, true), (20, false), (30, false)]);
     }
 
     #[tokio::test(start_paused = true)]

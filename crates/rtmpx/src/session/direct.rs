@@ -22,15 +22,15 @@ pub(super) struct DirectPlayer {
 }
 
 impl DirectSink for DirectPlayer {
-    fn try_send(&self, frame: &Frame, timestamp: u32) -> DirectSend {
+    fn try_send(&self, frame: &Frame, timestamp: u32, more: bool) -> DirectSend {
         // Busy (the player's task is reading or delivering): queue it, never wait.
         let Ok(mut io) = self.io.state.try_lock() else { return DirectSend::Refused };
         if !io.publisher_may_write() {
             return DirectSend::Refused;
         }
-        io.encode(self.stream_id, frame, timestamp);
-        if !self.batching.window().is_zero() && io.session.pending_output() < WRITE_BATCH {
-            // Written by the publisher's next flush_direct.
+        io.encode(self.stream_id, frame, timestamp, true);
+        if (more || !self.batching.window().is_zero()) && io.session.pending_output() < WRITE_BATCH {
+            // Written with the publisher's next frame or by its next flush_direct.
             return DirectSend::Sent;
         }
         self.write(&mut io)

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rtmpx_core::handshake::{EncryptionPolicy, HandshakeVersion};
-use rtmpx_core::session::{ReconnectRequest, ServerConfig, ServerSession, StatusLevel};
+use rtmpx_core::session::{ReconnectRequest, ServerConfig, ServerEvent, ServerSession, StatusLevel};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -281,6 +281,10 @@ impl<'a> Driver<'a> {
         loop {
             let event = self.out.lock().session.poll_event();
             let Some(event) = event else { break };
+            if !matches!(event, ServerEvent::Media(_)) {
+                // Media offered so far goes out before anything else happens.
+                finish_fan_out(conn).await;
+            }
             // Connect/publish/play decisions may wait for an HTTP callback; meanwhile nothing
             // is read, and the session holds what the client pipelined.
             if let Err(e) = policy::handle_event(event, self.out, conn, self.ctx, &mut self.connected).await {
@@ -290,10 +294,12 @@ impl<'a> Driver<'a> {
             // One read may hold hundreds of small messages, each fanned out to every
             // player outside tokio's budget: let the worker's other sessions run now and then.
             if slice_started.elapsed() >= FAN_OUT_SLICE {
+                finish_fan_out(conn).await;
                 tokio::task::yield_now().await;
                 slice_started = std::time::Instant::now();
             }
         }
+        finish_fan_out(conn).await;
         if let Err(e) = outcome {
             // Whatever the session produced before the error (e.g. a reject) still goes out.
             let _ = flush(self.out, self.timeouts.write).await;
@@ -376,6 +382,13 @@ fn deliver_queued(out: &SessionIo, conn: &mut Connection) -> bool {
         only_frames &= deliver(event, &mut st, playing.stream_id);
     }
     only_frames
+}
+
+/// Sends the media the publisher offered from the read being handled.
+async fn finish_fan_out(conn: &mut Connection) {
+    if let Some(p) = &mut conn.publishing {
+        p.fan_out.finish(&p.publisher).await;
+    }
 }
 
 async fn fan_out_window_end(publishing: &mut Option<Box<Publishing>>) {

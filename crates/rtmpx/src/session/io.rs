@@ -143,10 +143,14 @@ impl IoState {
         }
     }
 
-    pub(super) fn encode(&mut self, stream_id: u32, frame: &Frame, timestamp: u32) {
+    /// Queues `frame` for this player. `build_chunked`: lay the payload's chunks out once for
+    /// every player of the fan-out ([`Frame::chunked`]); else use that layout only if another
+    /// player already built it (a GOP replay must not copy the whole GOP for each new player).
+    pub(super) fn encode(&mut self, stream_id: u32, frame: &Frame, timestamp: u32, build_chunked: bool) {
         let kind = frame.kind;
         if self.shared_payloads {
-            self.session.send_media_shared(stream_id, kind, timestamp, &frame.payload);
+            let chunked = Some(&frame.chunked).filter(|chunked| build_chunked || chunked.is_built());
+            self.session.send_media_shared(stream_id, kind, timestamp, &frame.payload, chunked);
         } else {
             self.session.send_media(stream_id, kind, timestamp, &frame.payload);
         }
@@ -234,7 +238,7 @@ pub(super) fn deliver(event: PlayerEvent, out: &mut IoState, stream_id: u32) -> 
             false
         }
         PlayerEvent::Frame(frame) => {
-            out.encode(stream_id, &frame, frame.timestamp);
+            out.encode(stream_id, &frame, frame.timestamp, false);
             true
         }
         _ => false,

@@ -57,7 +57,7 @@ pub(super) async fn handle_event(
                         MediaKind::Video => Frame::video(media.timestamp, media.payload),
                         MediaKind::Data => Frame::metadata(media.timestamp, media.payload),
                     };
-                    p.fan_out.send(&p.publisher, frame).await;
+                    p.fan_out.offer(&p.publisher, frame).await;
                 }
             }
         }
