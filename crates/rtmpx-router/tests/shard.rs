@@ -332,21 +332,29 @@ impl DirectSink for Batcher {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_flush_reaches_sharded_sinks_after_the_frames_before_it() {
-    let router = sharded_router(8, None);
-    let mut players: Vec<(Player, Arc<Batcher>)> = (1..=20)
+/// 20 players of a sharded stream, each with a sink of type `S`, told the publish started.
+fn players_with_sinks<S: DirectSink + Default + 'static>(
+    router: &Router,
+) -> (Vec<(Player, Arc<S>)>, Publisher) {
+    let mut players: Vec<(Player, Arc<S>)> = (1..=20)
         .map(|id| {
             let player = router.play(key(), session(id));
-            let sink = Arc::new(Batcher::default());
+            let sink = Arc::new(S::default());
             player.set_direct_sink(Some(sink.clone()));
             (player, sink)
         })
         .collect();
-    let publisher = publish(&router);
+    let publisher = publish(router);
     for (player, _) in &mut players {
         assert!(matches!(player.try_recv(), Some(PlayerEvent::PublishStarted)));
     }
+    (players, publisher)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_flush_reaches_sharded_sinks_after_the_frames_before_it() {
+    let router = sharded_router(8, None);
+    let (players, publisher) = players_with_sinks::<Batcher>(&router);
     for n in 0..100 {
         publisher.send(numbered(n, false));
     }
@@ -380,18 +388,7 @@ impl DirectSink for RunWriter {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sharded_sinks_get_one_read_of_frames_as_one_run() {
     let router = sharded_router(8, None);
-    let mut players: Vec<(Player, Arc<RunWriter>)> = (1..=20)
-        .map(|id| {
-            let player = router.play(key(), session(id));
-            let sink = Arc::new(RunWriter::default());
-            player.set_direct_sink(Some(sink.clone()));
-            (player, sink)
-        })
-        .collect();
-    let publisher = publish(&router);
-    for (player, _) in &mut players {
-        assert!(matches!(player.try_recv(), Some(PlayerEvent::PublishStarted)));
-    }
+    let (players, publisher) = players_with_sinks::<RunWriter>(&router);
     for n in 0..9 {
         publisher.send_more(numbered(n, false));
     }
