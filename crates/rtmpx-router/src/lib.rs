@@ -32,7 +32,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bytes::Bytes;
-use rtmpx_core::chunk::ChunkedBody;
 use rtmpx_core::media::enhanced::{ExTag, MediaType, PacketKind};
 use rtmpx_core::media::{inspect_audio, inspect_video, legacy_payload, Codec, LegacyForm, MediaInfo};
 use tokio::sync::Notify;
@@ -130,33 +129,24 @@ pub struct Frame {
     pub payload: Bytes,
     /// Codec, keyframe and sequence header, inspected once on arrival.
     pub info: MediaInfo,
-    /// The payload's chunked form, built by the first direct player that sends it and shared
-    /// by every player with the same chunk size.
-    pub chunked: ChunkedBody,
 }
 
 impl Frame {
     /// An audio frame, inspected for codec and sequence header.
     pub fn audio(timestamp: u32, payload: Bytes) -> Self {
         let info = inspect_audio(&payload);
-        Frame { kind: MediaKind::Audio, timestamp, payload, info, chunked: ChunkedBody::default() }
+        Frame { kind: MediaKind::Audio, timestamp, payload, info }
     }
 
     /// A video frame, inspected for codec, keyframe and sequence header.
     pub fn video(timestamp: u32, payload: Bytes) -> Self {
         let info = inspect_video(&payload);
-        Frame { kind: MediaKind::Video, timestamp, payload, info, chunked: ChunkedBody::default() }
+        Frame { kind: MediaKind::Video, timestamp, payload, info }
     }
 
     /// `payload` is the AMF0 body ("onMetaData", ECMA array); opaque to the router.
     pub fn metadata(timestamp: u32, payload: Bytes) -> Self {
-        Frame {
-            kind: MediaKind::Data,
-            timestamp,
-            payload,
-            info: MediaInfo::default(),
-            chunked: ChunkedBody::default(),
-        }
+        Frame { kind: MediaKind::Data, timestamp, payload, info: MediaInfo::default() }
     }
 
     /// Audio or video that is not a sequence header.
@@ -206,7 +196,6 @@ impl Frame {
                     timestamp: self.timestamp,
                     payload: Bytes::from(payload),
                     info,
-                    chunked: ChunkedBody::default(),
                 })
             }
         }
@@ -864,9 +853,9 @@ impl Publisher {
 
     /// [`send`](Self::send) for a frame that more follow at once (one read of the publisher's
     /// socket held several): direct players may encode it and write it with the next, so the
-    /// frames of one read cost each player one write. The run ends with a `send`, and the
-    /// publisher then calls [`flush_direct`](Self::flush_direct) for the players that did not
-    /// take that last frame.
+    /// frames of one read cost each player one write. The run ends with a `send`; a player that
+    /// cannot take that last frame (a legacy player, an unreadable frame) is told to write what
+    /// it holds.
     pub fn send_more(&self, frame: Frame) {
         self.send_frame(frame, true)
     }

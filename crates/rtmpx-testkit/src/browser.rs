@@ -118,6 +118,14 @@ impl Chromium {
 
     /// Calls a DevTools method and returns its result.
     pub fn call(&mut self, method: &str, params: Value) -> Value {
+        match self.try_call(method, params) {
+            Ok(result) => result,
+            Err(reply) => panic!("{method}: {reply}"),
+        }
+    }
+
+    /// Calls a DevTools method: its result, or the whole reply when it is an error.
+    fn try_call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
         let id = self.next_id;
         self.next_id += 1;
         let request = json!({ "id": id, "method": method, "params": params }).to_string();
@@ -126,17 +134,27 @@ impl Chromium {
             let Message::Text(text) = self.devtools.read().unwrap() else { continue };
             let reply: Value = serde_json::from_str(&text).unwrap();
             if reply["id"] == id {
-                assert!(reply["error"].is_null(), "{method}: {reply}");
-                return reply["result"].clone();
+                return if reply["error"].is_null() { Ok(reply["result"].clone()) } else { Err(reply) };
             }
         }
     }
 
-    /// The value of a JavaScript expression in the page.
+    /// The value of a JavaScript expression in the page. While the page navigates (a link was
+    /// just clicked) there is no context to evaluate in: it is asked again, for up to 10 s.
     pub fn eval(&mut self, expression: &str) -> Value {
-        let result =
-            self.call("Runtime.evaluate", json!({ "expression": expression, "returnByValue": true }));
-        result["result"]["value"].clone()
+        let params = json!({ "expression": expression, "returnByValue": true });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.try_call("Runtime.evaluate", params.clone()) {
+                Ok(result) => return result["result"]["value"].clone(),
+                Err(reply) => {
+                    let message = reply["error"]["message"].as_str().unwrap_or_default();
+                    let navigating = message.contains("navigated or closed") || message.contains("context");
+                    assert!(navigating && Instant::now() < deadline, "Runtime.evaluate: {reply}");
+                    thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
     }
 
     /// Polls `probe` (an expression giving `{t, frames, error}`) until media time has advanced by

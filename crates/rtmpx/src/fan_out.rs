@@ -65,6 +65,10 @@ impl FanOut {
     /// When one read holds several frames, players write them all at once with the last one
     /// (one system call per player and read, no added wait).
     pub(crate) async fn offer(&mut self, publisher: &Publisher, frame: Frame) {
+        if frame.payload.is_empty() {
+            // The router drops it: it must not be the one that ends a run.
+            return;
+        }
         if let Some(previous) = self.offered.replace(frame) {
             self.fan(publisher, previous, true).await;
         }
@@ -198,6 +202,8 @@ mod tests {
         fan_out.finish(&publisher).await;
         fan_out.finish(&publisher).await; // nothing left: no second send
         fan_out.offer(&publisher, audio(30)).await;
+        // Empty frames are dropped by the router: one must not be what ends the run.
+        fan_out.offer(&publisher, Frame::audio(35, Bytes::new())).await;
         fan_out.finish(&publisher).await;
         assert_eq!(*sink.0.lock().unwrap(), [(0, true), (10, true), (20, false), (30, false)]);
     }

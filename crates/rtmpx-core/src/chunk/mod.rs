@@ -3,12 +3,10 @@
 //! - [`ChunkDecoder`]: bytes → [`RawMessage`]s, bounded by [`ChunkLimits`].
 //! - [`ChunkEncoder`]: messages → bytes, with header compression per chunk stream.
 //! - [`header`]: the header layouts, for writers that send shared payloads themselves.
-//! - [`ChunkedBody`]: a shared payload's continuation chunks, laid out once for every player.
 
 mod decoder;
 mod encoder;
 pub mod header;
-mod shared;
 #[cfg(test)]
 mod tests;
 
@@ -17,7 +15,6 @@ use bytes::Bytes;
 pub use decoder::{ChunkDecoder, MAX_PIN_FACTOR};
 pub use encoder::{ChunkEncoder, ContinuationHeader};
 pub use header::{HeaderFormat, MessageHeader};
-pub use shared::ChunkedBody;
 
 /// Chunk size both sides start with.
 pub const DEFAULT_CHUNK_SIZE: u32 = 128;

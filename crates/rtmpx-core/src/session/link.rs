@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::amf::{encode_amf0, Amf0Value};
-use crate::chunk::{ChunkDecoder, ChunkEncoder, ChunkLimits, ChunkedBody, RawMessage};
+use crate::chunk::{ChunkDecoder, ChunkEncoder, ChunkLimits, RawMessage};
 use crate::handshake::{HandshakeOutcome, Rc4Pair};
 use crate::message::{type_id, BandwidthLimit, Command, UserControl};
 use crate::Result;
@@ -204,9 +204,7 @@ impl Link {
     }
 
     /// Like [`send_message`](Self::send_message), but the payload is not copied: its chunks go
-    /// out as slices of `payload` between header pieces or, given `chunked`, as the one body
-    /// every connection with this chunk size shares (built by the first that needs it). RTMPE
-    /// sessions and small payloads copy.
+    /// out as slices of `payload` between header pieces. RTMPE sessions and small payloads copy.
     pub(super) fn send_message_shared(
         &mut self,
         csid: u32,
@@ -214,7 +212,6 @@ impl Link {
         type_id: u8,
         stream_id: u32,
         payload: &Bytes,
-        chunked: Option<&ChunkedBody>,
     ) {
         if self.cipher.is_some() || payload.len() < SHARE_MIN_PAYLOAD {
             return self.send_message(csid, timestamp, type_id, stream_id, payload);
@@ -223,17 +220,7 @@ impl Link {
         self.reserve_header_room();
         let continuation =
             self.encoder.begin_message(csid, timestamp, type_id, stream_id, length, &mut self.output);
-        let chunk_size = self.encoder.chunk_size();
-        let body = chunked
-            .filter(|_| payload.len() > chunk_size as usize)
-            .and_then(|chunked| chunked.get_or_build(payload, chunk_size, continuation));
-        if let Some(body) = body {
-            let header = self.output.split().freeze();
-            self.push_piece(header);
-            self.push_piece(body.clone());
-            return;
-        }
-        let chunk_size = chunk_size as usize;
+        let chunk_size = self.encoder.chunk_size() as usize;
         let mut at = 0;
         while at < payload.len() {
             if at > 0 {

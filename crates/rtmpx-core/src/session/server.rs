@@ -7,7 +7,7 @@ use bytes::Bytes;
 use rand::RngCore;
 
 use crate::amf::{Amf0Value, AmfLimits, Properties};
-use crate::chunk::{ChunkLimits, ChunkedBody, RawMessage};
+use crate::chunk::{ChunkLimits, RawMessage};
 use crate::handshake::{EncryptionPolicy, HandshakeOutcome, HandshakeVersion, PeerResponse, ServerHandshake};
 use crate::media::{self, enhanced::MediaType};
 use crate::message::{self, read_u32_payload, type_id, BandwidthLimit, Command, UserControl};
@@ -1019,21 +1019,17 @@ impl ServerSession {
 
     /// [`send_media`](Self::send_media) without copying the payload: what
     /// [`poll_transmit`](Self::poll_transmit) returns then includes slices of `payload` between
-    /// chunk-header pieces, for vectored writes of one buffer shared by every player. With
-    /// `chunked` (kept next to `payload`), a message longer than one chunk goes out as this
-    /// session's first header and the body all players with this chunk size share
-    /// ([`ChunkedBody`]). RTMPE sessions (each player's own cipher) and small payloads are
-    /// copied as usual.
+    /// chunk-header pieces, for vectored writes of one buffer shared by every player. RTMPE
+    /// sessions (each player's own cipher) and small payloads are copied as usual.
     pub fn send_media_shared(
         &mut self,
         stream_id: u32,
         kind: MediaKind,
         timestamp: u32,
         payload: &Bytes,
-        chunked: Option<&ChunkedBody>,
     ) -> bool {
         let Some((csid, type_id)) = self.media_route(stream_id, kind, payload) else { return false };
-        self.link.send_message_shared(csid, timestamp, type_id, stream_id, payload, chunked);
+        self.link.send_message_shared(csid, timestamp, type_id, stream_id, payload);
         true
     }
 

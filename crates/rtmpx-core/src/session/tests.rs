@@ -6,7 +6,6 @@ use rand::SeedableRng;
 
 use super::*;
 use crate::amf::Amf0Value;
-use crate::chunk::ChunkedBody;
 use crate::handshake::HandshakeVersion;
 
 fn rng(seed: u64) -> StdRng {
@@ -228,7 +227,7 @@ fn shared_media_is_byte_identical_to_copied_media() {
     let mut payload_len = 0;
     for (kind, ts, payload) in sends {
         assert!(copying.send_media(id1, kind, ts, payload));
-        assert!(sharing.send_media_shared(id2, kind, ts, payload, None));
+        assert!(sharing.send_media_shared(id2, kind, ts, payload));
         payload_len += payload.len();
     }
     assert_eq!(copying.pending_output(), sharing.pending_output());
@@ -243,53 +242,11 @@ fn shared_media_is_byte_identical_to_copied_media() {
 }
 
 #[test]
-fn chunked_media_is_shared_by_sessions_and_byte_identical_to_copied_media() {
-    let (_p0, mut copying, id0) = playing_server();
-    let (mut player_a, mut a, id_a) = playing_server();
-    let (_pb, mut b, id_b) = playing_server();
-    for session in [&mut copying, &mut a, &mut b] {
-        drain(session);
-    }
-    let key = Bytes::from((0..10_000u32).map(|i| (i * 3) as u8).collect::<Vec<u8>>());
-    let one_chunk = Bytes::from(vec![0x27u8; 2_000]);
-    for (ts, payload) in [(0, &key), (40, &one_chunk), (80, &key)] {
-        let chunked = ChunkedBody::default();
-        assert!(copying.send_media(id0, MediaKind::Video, ts, payload));
-        assert!(a.send_media_shared(id_a, MediaKind::Video, ts, payload, Some(&chunked)));
-        assert!(b.send_media_shared(id_b, MediaKind::Video, ts, payload, Some(&chunked)));
-        // Laid out once, for messages longer than a chunk only.
-        assert_eq!(chunked.is_built(), payload.len() > 4096);
-    }
-    let (copied, _) = drain(&mut copying);
-    let pieces_a: Vec<Bytes> = std::iter::from_fn(|| a.poll_transmit()).collect();
-    let pieces_b: Vec<Bytes> = std::iter::from_fn(|| b.poll_transmit()).collect();
-    assert_eq!(pieces_a.concat(), copied);
-    assert_eq!(pieces_b.concat(), copied);
-    // Per long frame: this session's header and the shared body (the same memory in both).
-    assert_eq!(pieces_a.len(), 6, "{:?}", pieces_a.iter().map(Bytes::len).collect::<Vec<_>>());
-    assert_eq!(pieces_a[1].as_ptr(), pieces_b[1].as_ptr());
-    assert_eq!(pieces_a[1].len(), 10_000 + 2);
-    assert_eq!(media_payloads(&mut player_a, &copied), [key.clone(), one_chunk, key.clone()]);
-
-    // Extended timestamps repeat in every continuation header: a session at another timestamp
-    // cannot use the body laid out for the first, and slices the payload instead.
-    let chunked = ChunkedBody::default();
-    assert!(copying.send_media(id0, MediaKind::Video, 0x0200_0040, &key));
-    assert!(a.send_media_shared(id_a, MediaKind::Video, 0x0200_0000, &key, Some(&chunked)));
-    assert!(b.send_media_shared(id_b, MediaKind::Video, 0x0200_0040, &key, Some(&chunked)));
-    let (copied, _) = drain(&mut copying);
-    let (bytes_b, pieces_b) = drain(&mut b);
-    assert_eq!(bytes_b, copied);
-    assert_eq!(pieces_b, 6, "header and slice per chunk");
-    assert_eq!(drain(&mut a).1, 2);
-}
-
-#[test]
 fn shared_media_slices_the_payload_without_copying() {
     let (mut player, mut server, stream_id) = playing_server();
     drain(&mut server);
     let frame = Bytes::from(vec![0x17u8; 5_000]);
-    assert!(server.send_media_shared(stream_id, MediaKind::Video, 0, &frame, None));
+    assert!(server.send_media_shared(stream_id, MediaKind::Video, 0, &frame));
     let pieces: Vec<Bytes> = std::iter::from_fn(|| server.poll_transmit()).collect();
     let inside = |piece: &Bytes| {
         let range = frame.as_ptr() as usize..frame.as_ptr() as usize + frame.len();
@@ -318,7 +275,7 @@ fn rtmpe_sessions_copy_shared_media_and_encrypt_it() {
     };
     server.accept_play(stream_id, "cam").unwrap();
     let frame = Bytes::from(vec![0x17u8; 9_000]);
-    assert!(server.send_media_shared(stream_id, MediaKind::Video, 0, &frame, None));
+    assert!(server.send_media_shared(stream_id, MediaKind::Video, 0, &frame));
     let (bytes, pieces) = drain(&mut server);
     assert_eq!(pieces, 1, "RTMPE output is one encrypted buffer");
     player.handle_input(&bytes).unwrap();
@@ -342,18 +299,18 @@ fn paired_encryption_gives_each_rtmpe_player_its_own_stream() {
     let big = Bytes::from((0..9_000u32).map(|i| (i * 7) as u8).collect::<Vec<u8>>());
     let small = Bytes::from_static(b"\xaf\x01\x21");
     // Different amounts unsealed on each side, sealed in one pass, then more output after it.
-    assert!(a.send_media_shared(id_a, MediaKind::Video, 0, &big, None));
-    assert!(a.send_media_shared(id_a, MediaKind::Audio, 5, &small, None));
-    assert!(b.send_media_shared(id_b, MediaKind::Video, 0, &big, None));
+    assert!(a.send_media_shared(id_a, MediaKind::Video, 0, &big));
+    assert!(a.send_media_shared(id_a, MediaKind::Audio, 5, &small));
+    assert!(b.send_media_shared(id_b, MediaKind::Video, 0, &big));
     a.seal_output_paired(&mut b);
-    assert!(b.send_media_shared(id_b, MediaKind::Audio, 5, &small, None));
+    assert!(b.send_media_shared(id_b, MediaKind::Audio, 5, &small));
     let (bytes_a, _) = drain(&mut a);
     let (bytes_b, _) = drain(&mut b);
     assert_eq!(media_payloads(&mut player_a, &bytes_a), [big.clone(), small.clone()]);
     assert_eq!(media_payloads(&mut player_b, &bytes_b), [big.clone(), small.clone()]);
     // The streams carry on in step: a second paired round decodes too.
-    assert!(a.send_media_shared(id_a, MediaKind::Video, 40, &small, None));
-    assert!(b.send_media_shared(id_b, MediaKind::Video, 40, &big, None));
+    assert!(a.send_media_shared(id_a, MediaKind::Video, 40, &small));
+    assert!(b.send_media_shared(id_b, MediaKind::Video, 40, &big));
     b.seal_output_paired(&mut a);
     assert_eq!(media_payloads(&mut player_a, &drain(&mut a).0), [small]);
     assert_eq!(media_payloads(&mut player_b, &drain(&mut b).0), [big]);
@@ -364,8 +321,8 @@ fn pairing_leaves_plain_sessions_alone() {
     let (mut player_a, mut plain, id_a) = playing_server();
     let (mut player_b, mut rtmpe, id_b) = playing_server_over(HandshakeVersion::Rtmpe);
     let frame = Bytes::from(vec![0x17u8; 3_000]);
-    assert!(plain.send_media_shared(id_a, MediaKind::Video, 0, &frame, None));
-    assert!(rtmpe.send_media_shared(id_b, MediaKind::Video, 0, &frame, None));
+    assert!(plain.send_media_shared(id_a, MediaKind::Video, 0, &frame));
+    assert!(rtmpe.send_media_shared(id_b, MediaKind::Video, 0, &frame));
     plain.seal_output_paired(&mut rtmpe);
     assert_eq!(media_payloads(&mut player_a, &drain(&mut plain).0), std::slice::from_ref(&frame));
     assert_eq!(media_payloads(&mut player_b, &drain(&mut rtmpe).0), [frame]);
@@ -377,7 +334,7 @@ fn released_buffers_leave_the_session_working() {
     drain(&mut server);
     server.release_buffers();
     let frame = Bytes::from(vec![0x27u8; 3_000]);
-    assert!(server.send_media_shared(stream_id, MediaKind::Video, 0, &frame, None));
+    assert!(server.send_media_shared(stream_id, MediaKind::Video, 0, &frame));
     let (bytes, _) = drain(&mut server);
     server.release_buffers();
     player.handle_input(&bytes).unwrap();

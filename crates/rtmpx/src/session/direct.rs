@@ -28,7 +28,7 @@ impl DirectSink for DirectPlayer {
         if !io.publisher_may_write() {
             return DirectSend::Refused;
         }
-        io.encode(self.stream_id, frame, timestamp, true);
+        io.encode(self.stream_id, frame, timestamp);
         if (more || !self.batching.window().is_zero()) && io.session.pending_output() < WRITE_BATCH {
             // Written with the publisher's next frame or by its next flush_direct.
             return DirectSend::Sent;

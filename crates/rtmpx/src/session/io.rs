@@ -143,14 +143,10 @@ impl IoState {
         }
     }
 
-    /// Queues `frame` for this player. `build_chunked`: lay the payload's chunks out once for
-    /// every player of the fan-out ([`Frame::chunked`]); else use that layout only if another
-    /// player already built it (a GOP replay must not copy the whole GOP for each new player).
-    pub(super) fn encode(&mut self, stream_id: u32, frame: &Frame, timestamp: u32, build_chunked: bool) {
+    pub(super) fn encode(&mut self, stream_id: u32, frame: &Frame, timestamp: u32) {
         let kind = frame.kind;
         if self.shared_payloads {
-            let chunked = Some(&frame.chunked).filter(|chunked| build_chunked || chunked.is_built());
-            self.session.send_media_shared(stream_id, kind, timestamp, &frame.payload, chunked);
+            self.session.send_media_shared(stream_id, kind, timestamp, &frame.payload);
         } else {
             self.session.send_media(stream_id, kind, timestamp, &frame.payload);
         }
@@ -238,7 +234,7 @@ pub(super) fn deliver(event: PlayerEvent, out: &mut IoState, stream_id: u32) -> 
             false
         }
         PlayerEvent::Frame(frame) => {
-            out.encode(stream_id, &frame, frame.timestamp, false);
+            out.encode(stream_id, &frame, frame.timestamp);
             true
         }
         _ => false,
