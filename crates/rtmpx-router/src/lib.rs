@@ -602,6 +602,11 @@ impl PlayerState {
         }
     }
 
+    /// Lets the sink write what it holds; true when the player's task must do it instead.
+    fn flush_sink(&self) -> bool {
+        self.sink.as_ref().is_some_and(|sink| sink.flush() != DirectSend::Sent)
+    }
+
     /// Hands a live frame to the sink when nothing is queued before it; false if it must be queued.
     fn try_direct(&mut self, frame: &Frame, more: bool, notify: &Notify) -> bool {
         let Some(sink) = &self.sink else { return false };
@@ -623,9 +628,7 @@ impl PlayerState {
 
 /// Lets a player's sink write what it holds; its task does it when the sink cannot.
 fn flush_sink(player: &PlayerShared) {
-    let player_state = lock(&player.state);
-    let Some(sink) = &player_state.sink else { return };
-    if sink.flush() != DirectSend::Sent {
+    if lock(&player.state).flush_sink() {
         player.notify.notify_one();
     }
 }

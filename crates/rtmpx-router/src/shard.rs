@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use crate::queue::PlayerQueue;
-use crate::{lock, DirectSend, Frame, PlayerShared};
+use crate::{lock, Frame, PlayerShared};
 
 /// Jobs a shard may lag behind its publisher before the publisher spills it.
 pub const SHARD_QUEUE_JOBS: usize = 256;
@@ -156,9 +156,7 @@ fn deliver(
         Work::Frame { has_video, more, .. } => {
             let Some(frame) = frame.and_then(|frame| frame.for_player(player.legacy)) else {
                 // Nothing it can read; it may hold frames of this run that it could.
-                return !more
-                    && !queue_only
-                    && state.sink.as_ref().is_some_and(|sink| sink.flush() != DirectSend::Sent);
+                return !more && !queue_only && state.flush_sink();
             };
             if state.over_budget || (!queue_only && state.try_direct(frame, *more, &player.notify)) {
                 return false;
@@ -167,11 +165,8 @@ fn deliver(
         }
         Work::Control(control) => control.apply(&mut state.queue),
         Work::Flush => {
-            if queue_only {
-                return true;
-            }
-            let Some(sink) = &state.sink else { return false };
-            return sink.flush() != DirectSend::Sent;
+            // A spill leaves the writing to the player's task.
+            return queue_only || state.flush_sink();
         }
     }
     true
