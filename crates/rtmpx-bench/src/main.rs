@@ -86,6 +86,13 @@ pub struct Args {
     pub quiet: bool,
 }
 
+impl Args {
+    /// Players of a stream another program publishes (`--publishers 0`, not `--idle`).
+    pub fn external_publisher(&self) -> bool {
+        self.publishers == 0 && !self.idle
+    }
+}
+
 fn parse_rate(s: &str) -> Result<f64, String> {
     let s = s.trim();
     let (number, scale) = match s.as_bytes().last() {

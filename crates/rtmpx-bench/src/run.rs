@@ -472,7 +472,7 @@ struct Receiver<'a> {
 impl<'a> Receiver<'a> {
     fn new(ctx: &'a Ctx, publisher: usize) -> Self {
         let side_table = ctx.side_tables.get(publisher).filter(|_| ctx.flv.is_some());
-        let external = ctx.args.publishers == 0 && !ctx.args.idle;
+        let external = ctx.args.external_publisher();
         Receiver { ctx, last_seq: None, cursor: None, side_table, external, least_offset_ns: i64::MAX }
     }
 
@@ -642,7 +642,11 @@ fn summarize(
     println!("{:<34} {frames} / {dropped}", "frames received / dropped");
     println!(
         "{:<34} p50 {:.2} p90 {:.2} p99 {:.2} max {:.2} ms ({} samples)",
-        if args.publishers == 0 { "delay beyond the least (external)" } else { "publish-to-play latency" },
+        if args.external_publisher() {
+            "delay beyond the least (external)"
+        } else {
+            "publish-to-play latency"
+        },
         ms(lat.quantile(0.5)),
         ms(lat.quantile(0.9)),
         ms(lat.quantile(0.99)),
