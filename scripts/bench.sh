@@ -10,7 +10,7 @@
 # Knobs (environment): OUT, DURATION, WARMUP, FANOUT ("200 1000 5000"), IDLE (10000), IDLE_FLV (1000),
 # INGEST (200), VARIANT_PLAYERS (200), VARIANT_REPEAT (3), HANDSHAKES (500), VARIANTS ("rtmp rtmps rtmpt rtmpe"; also http-flv ws-flv),
 # SERVERS ("nginx rtmpx"; rtmpx-cN = rtmpx with write_coalesce_ms N, rtmpx-nobatch = rtmpx that
-# never batches on load: write_coalesce_under_load_ms 0), SCENARIOS ("fanout idle ingest variants handshakes"; also idle-flv),
+# never batches on load: write_coalesce_under_load_ms 0), SCENARIOS ("fanout fanout-ffmpeg idle ingest variants handshakes"; also idle-flv, hot),
 # SERVER_CPU (0), TOOL_CPU (1), FLV (a file to publish instead of synthetic frames).
 # Scenario "fanout-ffmpeg" (in the default list): the fan-out of FANOUT_FFMPEG ("200 1000") players
 # with FFmpeg publishing (FFMPEG, default `ffmpeg`: -re, stream copy of a generated 2.5 Mbit/s
@@ -222,6 +222,7 @@ for scenario in $SCENARIOS; do
     fanout-ffmpeg)
         command -v "$FFMPEG" >/dev/null || { echo "bench.sh: $FFMPEG not found (apt-get install ffmpeg)" >&2; exit 1; }
         flv=$OUT/ffmpeg-publisher.flv
+        # Generated with Debian's ffmpeg (libx264), whichever FFMPEG publishes it.
         [ -f "$flv" ] || ffmpeg -nostdin -v error -y -f lavfi -i testsrc2=size=1280x720:rate=25 \
             -f lavfi -i sine=frequency=440:sample_rate=44100 -t 40 -c:v libx264 -preset veryfast \
             -b:v 2500k -maxrate 2500k -bufsize 5000k -g 50 -c:a aac -b:a 128k -f flv "$flv"
