@@ -705,4 +705,135 @@ mod tests {
         assert!(state.bytes > 1 << 20, "{state:?}");
         drop(publisher);
     }
+
+    /// One pull's upstream, scripted: the connection's session and socket.
+    struct ScriptedUpstream {
+        tcp: tokio::net::TcpStream,
+        session: rtmpx_core::session::ServerSession,
+    }
+
+    impl ScriptedUpstream {
+        /// Accepts a connection and answers until the client asks to play; returns the stream
+        /// id, the play not yet accepted.
+        async fn accept_until_play(listener: &tokio::net::TcpListener) -> (ScriptedUpstream, u32) {
+            use rand::SeedableRng;
+            use rtmpx_core::session::{ServerConfig, ServerEvent, ServerSession};
+            use tokio::io::AsyncReadExt;
+            let (tcp, _) = listener.accept().await.unwrap();
+            let session =
+                ServerSession::new(ServerConfig::default(), &mut rand::rngs::StdRng::from_entropy());
+            let mut up = ScriptedUpstream { tcp, session };
+            let mut buf = vec![0; 16 * 1024];
+            loop {
+                let n = up.tcp.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the pull hung up before playing");
+                up.session.handle_input(&buf[..n]).unwrap();
+                let mut play = None;
+                while let Some(event) = up.session.poll_event() {
+                    match event {
+                        ServerEvent::ConnectRequested(_) => up.session.accept_connect().unwrap(),
+                        ServerEvent::PlayRequested { stream_id, .. } => play = Some(stream_id),
+                        _ => {}
+                    }
+                }
+                up.flush().await;
+                if let Some(stream_id) = play {
+                    return (up, stream_id);
+                }
+            }
+        }
+
+        /// Accepts the play and sends the AVC header and `frames` (timestamp, payload).
+        async fn play(&mut self, stream_id: u32, frames: &[(u32, &'static [u8])]) {
+            self.session.accept_play(stream_id, "s").unwrap();
+            self.send(stream_id, &[(0, &[0x17, 0x00, 0, 0, 0, 1, 0x64, 0, 0x1f])]).await;
+            self.send(stream_id, frames).await;
+        }
+
+        async fn send(&mut self, stream_id: u32, frames: &[(u32, &'static [u8])]) {
+            for &(timestamp, payload) in frames {
+                assert!(self.session.send_media(
+                    stream_id,
+                    rtmpx_core::session::MediaKind::Video,
+                    timestamp,
+                    payload
+                ));
+            }
+            self.flush().await;
+        }
+
+        async fn flush(&mut self) {
+            use tokio::io::AsyncWriteExt;
+            while let Some(bytes) = self.session.poll_transmit() {
+                self.tcp.write_all(&bytes).await.unwrap();
+            }
+        }
+    }
+
+    /// Waits for the next frame the local player gets; an unpublish fails the test.
+    async fn next_frame(player: &mut rtmpx_router::Player) -> Frame {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match player.try_recv() {
+                    Some(PlayerEvent::Frame(frame)) => return frame,
+                    Some(PlayerEvent::Unpublished) => panic!("the local players saw the stream end"),
+                    Some(_) => {}
+                    None => player.changed().await,
+                }
+            }
+        })
+        .await
+        .expect("no frame within 5 s")
+    }
+
+    /// A draining origin asks the pull to move, and its publisher (a push relay that moved
+    /// first) leaves before the pull's new connection plays: the local players keep the stream
+    /// and go on with the new upstream's frames (the race behind a flaky e2e run).
+    #[tokio::test]
+    async fn a_pull_moving_keeps_its_players_when_the_old_upstream_unpublishes_first() {
+        let old = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let new = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (old_port, new_port) = (old.local_addr().unwrap().port(), new.local_addr().unwrap().port());
+        let config = test_config(&format!(
+            "{BASE}[[app]]\nname = \"edge\"\npull = {{ url = \"rtmp://127.0.0.1:{old_port}/origin\" }}\n"
+        ));
+        let (_tx, rx) = watch::channel(false);
+        let manager = RelayManager::new(rx, Arc::default(), crate::fan_out::plain);
+        let router = Router::new(Default::default());
+        let key = StreamKey::new("edge", "s");
+        let mut local = router.play(key.clone(), SessionInfo { id: 1, peer: "p".into(), variant: "rtmp" });
+        manager.ensure_pull(&router, &config, &key);
+
+        let (mut a, a_id) = ScriptedUpstream::accept_until_play(&old).await;
+        a.play(a_id, &[(0, b"\x17\x01\0\0\0old-key"), (40, b"\x27\x01\0\0\0old-inter")]).await;
+        assert!(!next_frame(&mut local).await.is_media(), "the AVC header first");
+        assert_eq!(&next_frame(&mut local).await.payload[5..], b"old-key");
+        assert_eq!(&next_frame(&mut local).await.payload[5..], b"old-inter");
+
+        let request = rtmpx_core::session::ReconnectRequest {
+            tc_url: Some(format!("rtmp://127.0.0.1:{new_port}/origin")),
+            description: "draining".into(),
+        };
+        assert!(a.session.send_reconnect_request(&request), "relays announce the capability");
+        a.flush().await;
+        // The pull connects to the new upstream; before that one plays, the old one unpublishes.
+        let (mut b, b_id) = ScriptedUpstream::accept_until_play(&new).await;
+        a.session.notify_unpublish(a_id);
+        a.flush().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !matches!(local.try_recv(), Some(PlayerEvent::Unpublished)),
+            "the stream ended while the pull was moving"
+        );
+        b.play(b_id, &[(5000, b"\x17\x01\0\0\0new-key"), (5040, b"\x27\x01\0\0\0new-inter")]).await;
+        let key_frame = next_frame(&mut local).await;
+        assert_eq!(&key_frame.payload[5..], b"new-key");
+        assert!(
+            key_frame.timestamp > 40 && key_frame.timestamp < 1000,
+            "continues the timeline: {}",
+            key_frame.timestamp
+        );
+        assert_eq!(&next_frame(&mut local).await.payload[5..], b"new-inter");
+        assert_eq!(manager.states()[0].reconnects, 1, "{:?}", manager.states());
+    }
 }

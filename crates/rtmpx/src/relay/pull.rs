@@ -173,6 +173,9 @@ impl PullJob {
         let mut splicer = Splicer::new();
         let mut moving: Option<(Connecting, RtmpUrl)> = None;
         let mut next: Option<Upstream> = None;
+        // The current upstream's publisher left while a move was connecting (a draining origin's
+        // push relays move first): the new connection takes over as soon as it plays.
+        let mut left_while_moving = false;
         // Cluster pulls: the owner the directory named when this connection started; a change
         // moves the pull (make-before-break), as a reconnect request does.
         let mut directory_owner = self.current_origin().flatten();
@@ -199,6 +202,9 @@ impl PullJob {
                             if let Some(new) = next.take() {
                                 splicer.take_over(&mut out);
                                 self.switch(upstream, new);
+                            } else if moving.is_some() {
+                                // Players keep the stream: the move's connection continues it.
+                                left_while_moving = true;
                             } else {
                                 // The upstream publisher left: so do we, until media flows again.
                                 state.publisher = None;
@@ -233,6 +239,12 @@ impl PullJob {
                 outcome = pending_connect(&mut moving) => {
                     let (_, target) = moving.take().expect("polled");
                     match outcome {
+                        Ok(conn) if std::mem::take(&mut left_while_moving) => {
+                            info!("relay pull {}: playing at {}, taking over (the old upstream's publisher left)", self.key, super::redacted_url(&target));
+                            splicer.begin_move();
+                            splicer.take_over(&mut out);
+                            self.switch(upstream, Upstream { conn, target });
+                        }
                         Ok(conn) => {
                             info!("relay pull {}: playing at {}, switching on a common keyframe", self.key, super::redacted_url(&target));
                             next = Some(Upstream { conn, target });
@@ -241,6 +253,9 @@ impl PullJob {
                         Err(e) => {
                             // Stay; once this upstream goes, retries go to the new place.
                             warn!("relay pull {}: could not move to {}: {e}; staying", self.key, super::redacted_url(&target));
+                            if std::mem::take(&mut left_while_moving) {
+                                state.publisher = None;
+                            }
                         }
                     }
                 }
