@@ -73,6 +73,15 @@ if [ ! -f "$mpegts_dir/package/dist/mpegts.js" ]; then
 fi
 export RTMPX_MPEGTS_JS="$mpegts_dir/package/dist/mpegts.js"
 
+# The debug build of the workspace and its test binaries takes about 2.6 GB under target/; a
+# full disk shows up as the linker dying with SIGBUS, so say it up front.
+target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+mkdir -p "$target_dir"
+free_mib=$(df -Pm "$target_dir" | awk 'NR == 2 { print $4 }')
+if [ "${free_mib:-0}" -lt 4096 ]; then
+    echo "test.sh: warning: only ${free_mib} MiB free under $target_dir; the build needs about 2.6 GB" >&2
+fi
+
 cargo fmt --all -- --check
 # Cargo.toml's rust-version and the Dockerfile's rust image cover every locked dependency.
 python3 scripts/check_msrv.py
