@@ -43,10 +43,20 @@ if [ ${#missing[@]} -gt 0 ]; then
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
 fi
 
+# Everything built or installed below goes under target_dir. The debug build of the workspace and
+# its test binaries takes about 2.6 GB; a full disk shows up only as the linker dying with SIGBUS,
+# so say it up front.
+target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+mkdir -p "$target_dir"
+free_mib=$(df -Pm "$target_dir" | awk 'NR == 2 { print $4 }')
+if [ "${free_mib:-0}" -lt 4096 ]; then
+    echo "test.sh: warning: only ${free_mib} MiB free under $target_dir; the build needs about 2.6 GB" >&2
+fi
+
 # A FFmpeg from PyPI's imageio-ffmpeg wheel (a static build with its own RTMP stack), in a
 # virtualenv under target/: pypi_ffmpeg VENV PIP_SPEC LABEL prints the executable's path.
 pypi_ffmpeg() {
-    local venv="${CARGO_TARGET_DIR:-$PWD/target}/$1"
+    local venv="$target_dir/$1"
     if ! "$venv/bin/python" -c 'import imageio_ffmpeg' >/dev/null 2>&1; then
         echo "test.sh: installing $3 ($2) into $venv" >&2
         rm -rf "$venv"
@@ -65,7 +75,7 @@ export RTMPX_FFMPEG9 RTMPX_FFMPEG7
 # mpegts.js for tests/http_flv.rs (Chromium plays HTTP-FLV and WebSocket-FLV with it), under target/.
 # `npm pack` fetches only the published package, whose dist/ bundle is self-contained (its own
 # dependencies include a git-hosted build tool that a registry-only machine cannot fetch).
-mpegts_dir="${CARGO_TARGET_DIR:-$PWD/target}/npm/mpegts.js-1.8.0"
+mpegts_dir="$target_dir/npm/mpegts.js-1.8.0"
 if [ ! -f "$mpegts_dir/package/dist/mpegts.js" ]; then
     echo "test.sh: installing mpegts.js into $mpegts_dir" >&2
     mkdir -p "$mpegts_dir"
@@ -73,21 +83,12 @@ if [ ! -f "$mpegts_dir/package/dist/mpegts.js" ]; then
 fi
 export RTMPX_MPEGTS_JS="$mpegts_dir/package/dist/mpegts.js"
 
-# The debug build of the workspace and its test binaries takes about 2.6 GB under target/; a
-# full disk shows up as the linker dying with SIGBUS, so say it up front.
-target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
-mkdir -p "$target_dir"
-free_mib=$(df -Pm "$target_dir" | awk 'NR == 2 { print $4 }')
-if [ "${free_mib:-0}" -lt 4096 ]; then
-    echo "test.sh: warning: only ${free_mib} MiB free under $target_dir; the build needs about 2.6 GB" >&2
-fi
-
 cargo fmt --all -- --check
 # Cargo.toml's rust-version and the Dockerfile's rust image cover every locked dependency.
 python3 scripts/check_msrv.py
 cargo clippy --workspace --all-targets -- -D warnings
 # The end-to-end suites drive the real binary: build it once, outside any test process.
 cargo build -p rtmpx --bin rtmpx
-export RTMPX_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/rtmpx"
+export RTMPX_BIN="$target_dir/debug/rtmpx"
 # Every suite runs even after one fails, so one run reports every failure.
 cargo test --workspace --no-fail-fast
