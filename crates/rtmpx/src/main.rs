@@ -22,7 +22,8 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// GOP's pages every couple of seconds and allocates them again, and each page handed back costs a
 /// page fault and its clearing when it comes back.
 fn keep_freed_memory_for_reuse() {
-    // SAFETY: sets one integer option; mimalloc reads options at any time, from any thread.
+    // SAFETY: writes one integer in mimalloc's option table, which it reads when it purges;
+    // main calls this first, before any other thread exists.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 10_000) };
 }
 
