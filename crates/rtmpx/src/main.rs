@@ -10,23 +10,6 @@ use clap::{Args, Parser, Subcommand};
 use rtmpx::config::{self, Config};
 use rtmpx::{devcert, server};
 
-// Every message payload is allocated on ingest and freed when its GOP leaves the cache: a steady
-// churn that mimalloc serves at a fraction of glibc malloc's cost (BENCHMARKS.md, optimisation 16).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// `mi_option_purge_delay` in mimalloc's `mi_option_e` (the -sys crate has no constant for it).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// Freed memory goes back to the kernel after 10 s unused rather than 1 s: a GOP cache frees a
-/// GOP's pages every couple of seconds and allocates them again, and each page handed back costs a
-/// page fault and its clearing when it comes back.
-fn keep_freed_memory_for_reuse() {
-    // SAFETY: writes one integer in mimalloc's option table, which it reads when it purges;
-    // main calls this first, before any other thread exists.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 10_000) };
-}
-
 #[derive(Parser)]
 #[command(
     name = "rtmpx",
@@ -84,7 +67,6 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    keep_freed_memory_for_reuse();
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve(cli.serve)) {
         Command::Serve(ServeArgs { config: config_path, threads }) => {
@@ -223,19 +205,5 @@ mod tests {
         };
         assert_eq!(serve.config, Some(PathBuf::from("b.toml")));
         assert!(parse(&["rtmpx", "--config", "a.toml", "check-config", "a.toml"]).is_err());
-    }
-
-    #[test]
-    fn the_option_set_is_mimallocs_purge_delay() {
-        // Index 15 reads mimalloc v3's purge-delay default (1 s) before it is set; a version that
-        // moved the option would fail here rather than silently tune something else.
-        // SAFETY: reads and sets one integer option.
-        let default = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
-        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-            assert_eq!(default, 1_000);
-        }
-        keep_freed_memory_for_reuse();
-        // SAFETY: as above.
-        assert_eq!(unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) }, 10_000);
     }
 }
