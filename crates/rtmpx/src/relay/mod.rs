@@ -786,11 +786,17 @@ mod tests {
         .expect("no frame within 5 s")
     }
 
-    /// A draining origin asks the pull to move, and its publisher (a push relay that moved
-    /// first) leaves before the pull's new connection plays: the local players keep the stream
-    /// and go on with the new upstream's frames (the race behind a flaky e2e run).
-    #[tokio::test]
-    async fn a_pull_moving_keeps_its_players_when_the_old_upstream_unpublishes_first() {
+    /// How the old upstream stops while the pull's move is still connecting.
+    #[derive(Clone, Copy)]
+    enum OldUpstreamStops {
+        Unpublishes,
+        Closes,
+    }
+
+    /// A draining origin asks the pull to move and stops (its publisher, a push relay that moved
+    /// first, leaves; or it closes the connection) before the pull's new connection plays: the
+    /// local players keep the stream and go on with the new upstream's frames.
+    async fn a_pull_moving_keeps_its_players_when_the_old_upstream(stops: OldUpstreamStops) {
         let old = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let new = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (old_port, new_port) = (old.local_addr().unwrap().port(), new.local_addr().unwrap().port());
@@ -816,10 +822,15 @@ mod tests {
         };
         assert!(a.session.send_reconnect_request(&request), "relays announce the capability");
         a.flush().await;
-        // The pull connects to the new upstream; before that one plays, the old one unpublishes.
+        // The pull connects to the new upstream; before that one plays, the old one stops.
         let (mut b, b_id) = ScriptedUpstream::accept_until_play(&new).await;
-        a.session.notify_unpublish(a_id);
-        a.flush().await;
+        match stops {
+            OldUpstreamStops::Unpublishes => {
+                a.session.notify_unpublish(a_id);
+                a.flush().await;
+            }
+            OldUpstreamStops::Closes => drop(a),
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(
             !matches!(local.try_recv(), Some(PlayerEvent::Unpublished)),
@@ -835,5 +846,15 @@ mod tests {
         );
         assert_eq!(&next_frame(&mut local).await.payload[5..], b"new-inter");
         assert_eq!(manager.states()[0].reconnects, 1, "{:?}", manager.states());
+    }
+
+    #[tokio::test]
+    async fn a_pull_moving_keeps_its_players_when_the_old_upstream_unpublishes_first() {
+        a_pull_moving_keeps_its_players_when_the_old_upstream(OldUpstreamStops::Unpublishes).await;
+    }
+
+    #[tokio::test]
+    async fn a_pull_moving_keeps_its_players_when_the_old_upstream_closes_first() {
+        a_pull_moving_keeps_its_players_when_the_old_upstream(OldUpstreamStops::Closes).await;
     }
 }

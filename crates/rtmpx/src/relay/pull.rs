@@ -173,9 +173,11 @@ impl PullJob {
         let mut splicer = Splicer::new();
         let mut moving: Option<(Connecting, RtmpUrl)> = None;
         let mut next: Option<Upstream> = None;
-        // The current upstream's publisher left while a move was connecting (a draining origin's
-        // push relays move first): the new connection takes over as soon as it plays.
-        let mut left_while_moving = false;
+        // The current upstream stopped while a move was connecting (a draining origin's push
+        // relays move first, then it closes): the new connection takes over as soon as it plays.
+        let mut stopped_while_moving = false;
+        // That stop was the connection ending: nothing more to read from it.
+        let mut current_closed = false;
         // Cluster pulls: the owner the directory named when this connection started; a change
         // moves the pull (make-before-break), as a reconnect request does.
         let mut directory_owner = self.current_origin().flatten();
@@ -183,11 +185,14 @@ impl PullJob {
         loop {
             let deadline = splicer.deadline();
             tokio::select! {
-                event = upstream.conn.next_event() => match event {
+                event = upstream.conn.next_event(), if !current_closed => match event {
                     Ok(None) | Err(_) if next.is_some() => {
                         // The old connection went first: the new one takes over now.
-                        splicer.take_over(&mut out);
-                        self.switch(upstream, next.take().expect("checked"));
+                        self.take_over(&mut splicer, &mut out, upstream, next.take().expect("checked"));
+                    }
+                    Ok(None) | Err(_) if moving.is_some() => {
+                        // Players keep the stream: the move's connection continues it.
+                        (stopped_while_moving, current_closed) = (true, true);
                     }
                     Ok(None) => return Err("the upstream closed the connection".into()),
                     Err(e) => return Err(e.to_string()),
@@ -200,11 +205,10 @@ impl PullJob {
                         debug!(stream = %self.key, %code, "relay pull: status from the upstream");
                         if code.ends_with("UnpublishNotify") || code.ends_with("Play.Stop") {
                             if let Some(new) = next.take() {
-                                splicer.take_over(&mut out);
-                                self.switch(upstream, new);
+                                self.take_over(&mut splicer, &mut out, upstream, new);
                             } else if moving.is_some() {
                                 // Players keep the stream: the move's connection continues it.
-                                left_while_moving = true;
+                                stopped_while_moving = true;
                             } else {
                                 // The upstream publisher left: so do we, until media flows again.
                                 state.publisher = None;
@@ -239,11 +243,11 @@ impl PullJob {
                 outcome = pending_connect(&mut moving) => {
                     let (_, target) = moving.take().expect("polled");
                     match outcome {
-                        Ok(conn) if std::mem::take(&mut left_while_moving) => {
-                            info!("relay pull {}: playing at {}, taking over (the old upstream's publisher left)", self.key, super::redacted_url(&target));
+                        Ok(conn) if std::mem::take(&mut stopped_while_moving) => {
+                            info!("relay pull {}: playing at {}, taking over (the old upstream stopped)", self.key, super::redacted_url(&target));
                             splicer.begin_move();
-                            splicer.take_over(&mut out);
-                            self.switch(upstream, Upstream { conn, target });
+                            self.take_over(&mut splicer, &mut out, upstream, Upstream { conn, target });
+                            current_closed = false;
                         }
                         Ok(conn) => {
                             info!("relay pull {}: playing at {}, switching on a common keyframe", self.key, super::redacted_url(&target));
@@ -253,7 +257,10 @@ impl PullJob {
                         Err(e) => {
                             // Stay; once this upstream goes, retries go to the new place.
                             warn!("relay pull {}: could not move to {}: {e}; staying", self.key, super::redacted_url(&target));
-                            if std::mem::take(&mut left_while_moving) {
+                            if std::mem::take(&mut stopped_while_moving) {
+                                if current_closed {
+                                    return Err(format!("the upstream closed the connection and the move failed: {e}"));
+                                }
                                 state.publisher = None;
                             }
                         }
@@ -274,8 +281,7 @@ impl PullJob {
                 },
                 () = sleep_until_opt(deadline) => {
                     if let Some(new) = next.take() {
-                        splicer.take_over(&mut out);
-                        self.switch(upstream, new);
+                        self.take_over(&mut splicer, &mut out, upstream, new);
                     }
                 }
                 _ = fan_out.window_end() => {
@@ -325,6 +331,18 @@ impl PullJob {
         let connecting: Connecting = Box::pin(connect_owned(target.clone(), self.options.clone()));
         upstream.target = target.clone();
         (connecting, target)
+    }
+
+    /// The new connection takes over now: the splicer ends the move, then the connections swap.
+    fn take_over(
+        &mut self,
+        splicer: &mut Splicer,
+        out: &mut Vec<Frame>,
+        upstream: &mut Upstream,
+        new: Upstream,
+    ) {
+        splicer.take_over(out);
+        self.switch(upstream, new);
     }
 
     /// The new connection replaces the current one, which closes in the background.
