@@ -16,7 +16,7 @@
 //! payload that starts with exactly those 4 bytes after a writer that omits them, and ffmpeg's
 //! type-3 new message whose (over 4.6-hour) delta differs from the previous extended value.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use super::header::{parse_basic_header, read_u24, HeaderFormat, EXTENDED_TIMESTAMP};
 use super::{ChunkLimits, RawMessage, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE};
@@ -31,6 +31,45 @@ const INITIAL_CHUNKS_RESERVED: usize = 4;
 /// is at most this many times its size; smaller ones are copied out, so a tiny frame kept in a
 /// cache cannot pin a huge input buffer.
 pub const MAX_PIN_FACTOR: usize = 4;
+
+/// Where the decoder reads chunks from: the session's input buffer, whose bytes a one-chunk
+/// message may share, or bytes borrowed for one call (a read buffer), which it copies.
+pub trait ChunkInput {
+    /// The bytes not yet consumed.
+    fn unread(&self) -> &[u8];
+    /// Consumes `n` bytes (at most `unread().len()`).
+    fn consume(&mut self, n: usize);
+    /// Consumes `n` bytes and returns them without a copy, if this input can lend them.
+    fn lend(&mut self, n: usize) -> Option<Bytes>;
+}
+
+impl ChunkInput for BytesMut {
+    fn unread(&self) -> &[u8] {
+        self
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.advance(n);
+    }
+
+    fn lend(&mut self, n: usize) -> Option<Bytes> {
+        Some(self.split_to(n).freeze())
+    }
+}
+
+impl ChunkInput for &[u8] {
+    fn unread(&self) -> &[u8] {
+        self
+    }
+
+    fn consume(&mut self, n: usize) {
+        *self = &self[n..];
+    }
+
+    fn lend(&mut self, _n: usize) -> Option<Bytes> {
+        None
+    }
+}
 
 /// What one chunk stream remembers between chunks.
 #[derive(Debug)]
@@ -107,11 +146,13 @@ impl ChunkDecoder {
     /// Consumes whole chunks from the front of `buf` until a message completes (returned) or
     /// more bytes are needed (`Ok(None)`; a partial chunk stays in `buf`). Call again until `None`.
     ///
-    /// A message that arrives in one chunk shares `buf`'s memory; a longer one is assembled once.
+    /// A message that arrives in one chunk shares `buf`'s memory when `buf` can lend it (a
+    /// `BytesMut`); a longer one is assembled once. A borrowed `&[u8]` is consumed by moving its
+    /// start: what is left when this returns `Ok(None)` is an incomplete chunk the caller keeps.
     /// After an error the connection is beyond repair: drop the decoder.
-    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<RawMessage>> {
+    pub fn decode(&mut self, buf: &mut impl ChunkInput) -> Result<Option<RawMessage>> {
         loop {
-            let Some(plan) = self.plan_chunk(buf)? else {
+            let Some(plan) = self.plan_chunk(buf.unread())? else {
                 return Ok(None);
             };
             if let Some(message) = self.consume_chunk(buf, plan)? {
@@ -263,7 +304,7 @@ impl ChunkDecoder {
     }
 
     /// Takes a planned chunk off `buf`; returns the message it completes, if any.
-    fn consume_chunk(&mut self, buf: &mut BytesMut, plan: ChunkPlan) -> Result<Option<RawMessage>> {
+    fn consume_chunk(&mut self, buf: &mut impl ChunkInput, plan: ChunkPlan) -> Result<Option<RawMessage>> {
         let slot = match plan.slot {
             Some(slot) => slot,
             None => {
@@ -282,7 +323,7 @@ impl ChunkDecoder {
                 self.streams.len() - 1
             }
         };
-        buf.advance(plan.header_len);
+        buf.consume(plan.header_len);
         let state = &mut self.streams[slot];
 
         if plan.new_message {
@@ -308,14 +349,14 @@ impl ChunkDecoder {
 
             if plan.payload_len == plan.length as usize {
                 // The whole message is in this chunk: hand out the input's own bytes, unless
-                // they would keep a much larger buffer alive.
-                let payload = if plan.payload_len.saturating_mul(MAX_PIN_FACTOR) < self.input_allocation {
-                    let payload = bytes::Bytes::copy_from_slice(&buf[..plan.payload_len]);
-                    buf.advance(plan.payload_len);
+                // they would keep a much larger buffer alive or the input only lends them.
+                let small = plan.payload_len.saturating_mul(MAX_PIN_FACTOR) < self.input_allocation;
+                let shared = if small { None } else { buf.lend(plan.payload_len) };
+                let payload = shared.unwrap_or_else(|| {
+                    let payload = Bytes::copy_from_slice(&buf.unread()[..plan.payload_len]);
+                    buf.consume(plan.payload_len);
                     payload
-                } else {
-                    buf.split_to(plan.payload_len).freeze()
-                };
+                });
                 return Ok(Some(message_of(state, payload)));
             }
             let initial = plan.payload_len.saturating_mul(INITIAL_CHUNKS_RESERVED).min(plan.length as usize);
@@ -330,8 +371,8 @@ impl ChunkDecoder {
             return Err(Error::limit("buffered message bytes", buffered, self.limits.max_buffered_bytes));
         }
         self.buffered = buffered;
-        state.partial.extend_from_slice(&buf[..plan.payload_len]);
-        buf.advance(plan.payload_len);
+        state.partial.extend_from_slice(&buf.unread()[..plan.payload_len]);
+        buf.consume(plan.payload_len);
 
         if state.partial.len() < state.length as usize {
             return Ok(None);
@@ -374,7 +415,7 @@ impl ChunkDecoder {
     }
 }
 
-fn message_of(state: &StreamState, payload: bytes::Bytes) -> RawMessage {
+fn message_of(state: &StreamState, payload: Bytes) -> RawMessage {
     RawMessage {
         chunk_stream_id: state.chunk_stream_id,
         timestamp: state.timestamp,

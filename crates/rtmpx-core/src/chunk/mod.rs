@@ -12,7 +12,7 @@ mod tests;
 
 use bytes::Bytes;
 
-pub use decoder::{ChunkDecoder, MAX_PIN_FACTOR};
+pub use decoder::{ChunkDecoder, ChunkInput, MAX_PIN_FACTOR};
 pub use encoder::{ChunkEncoder, ContinuationHeader};
 pub use header::{HeaderFormat, MessageHeader};
 

@@ -594,16 +594,35 @@ proptest! {
         let mut decoder = ChunkDecoder::new(limits);
         let mut buf = BytesMut::new();
         let mut decoded = Vec::new();
+        // The same fragments as a session feeds them: decoded where they lie while nothing is
+        // buffered, what is left kept in a buffer and decoded from there.
+        let mut borrowing = ChunkDecoder::new(limits);
+        let mut kept = BytesMut::new();
+        let mut decoded_borrowed = Vec::new();
         let mut start = 0;
         for end in points {
-            buf.extend_from_slice(&out[start..end]);
+            let fragment = &out[start..end];
+            buf.extend_from_slice(fragment);
             start = end;
             decoded.extend(decode_all(&mut decoder, &mut buf).unwrap());
+            if kept.is_empty() {
+                let mut rest = fragment;
+                while let Some(message) = borrowing.decode(&mut rest).unwrap() {
+                    decoded_borrowed.push(message);
+                }
+                kept.extend_from_slice(rest);
+            } else {
+                kept.extend_from_slice(fragment);
+                decoded_borrowed.extend(decode_all(&mut borrowing, &mut kept).unwrap());
+            }
         }
         prop_assert!(buf.is_empty());
-        prop_assert_eq!(decoded, expected);
+        prop_assert!(kept.is_empty());
+        prop_assert_eq!(&decoded, &expected);
+        prop_assert_eq!(decoded_borrowed, expected);
         prop_assert_eq!(decoder.chunk_size(), chunk_size);
         prop_assert_eq!(decoder.buffered_bytes(), 0);
+        prop_assert_eq!(borrowing.buffered_bytes(), 0);
     }
 
     #[test]

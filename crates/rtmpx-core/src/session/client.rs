@@ -198,12 +198,28 @@ impl ClientSession {
         if matches!(self.phase, Phase::Closed) {
             return Err(Error::Closed);
         }
-        self.link.receive(data);
-        let result = self.process();
+        let result = if !matches!(self.phase, Phase::Handshake(_)) && self.link.can_decode_borrowed() {
+            self.process_borrowed(data)
+        } else {
+            self.link.receive(data);
+            self.process()
+        };
         if result.is_err() {
             self.phase = Phase::Closed;
         }
         result
+    }
+
+    /// [`process`](Self::process) over a read decoded where it lies (a relay's or player's
+    /// media copied once, as the server role does); what is not decoded stays in the input.
+    fn process_borrowed(&mut self, mut data: &[u8]) -> Result<()> {
+        self.link.count_received(data.len());
+        while let Some(msg) = self.link.next_message_from(&mut data)? {
+            self.handle_message(msg)?;
+        }
+        self.link.keep_unread(data);
+        self.link.acknowledge_if_due();
+        Ok(())
     }
 
     fn process(&mut self) -> Result<()> {

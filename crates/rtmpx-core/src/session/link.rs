@@ -84,6 +84,34 @@ impl Link {
         }
     }
 
+    /// Whether a read may be decoded where it lies ([`next_message_from`](Self::next_message_from)):
+    /// nothing waits in the input, and no cipher has to run over the bytes first.
+    pub(super) fn can_decode_borrowed(&self) -> bool {
+        self.input.is_empty() && self.cipher.is_none()
+    }
+
+    /// Counts `len` received bytes that are decoded where they lie.
+    pub(super) fn count_received(&mut self, len: usize) {
+        self.bytes_received += len as u64;
+    }
+
+    /// The next message from borrowed bytes; `data` moves past what it used. Each payload is
+    /// copied once, into its message (the input buffer is skipped).
+    pub(super) fn next_message_from(&mut self, data: &mut &[u8]) -> Result<Option<RawMessage>> {
+        let message = self.decoder.decode(data)?;
+        self.messages_decoded += u64::from(message.is_some());
+        Ok(message)
+    }
+
+    /// Keeps what is left of a borrowed read (an incomplete chunk, or messages waiting behind a
+    /// decision) in the input for the next call.
+    pub(super) fn keep_unread(&mut self, rest: &[u8]) {
+        if !rest.is_empty() {
+            self.reserve_input(rest.len());
+            self.input.extend_from_slice(rest);
+        }
+    }
+
     /// Makes room for `additional` input bytes and tells the decoder how large the input's
     /// allocation is: messages it hands out as slices of the input keep all of it alive.
     fn reserve_input(&mut self, additional: usize) {

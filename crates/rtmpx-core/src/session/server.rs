@@ -370,12 +370,34 @@ impl ServerSession {
         if matches!(self.phase, Phase::Closed) {
             return Err(Error::Closed);
         }
-        self.link.receive(data);
-        let result = self.process();
+        let result = if self.decodes_borrowed() {
+            self.process_borrowed(data)
+        } else {
+            self.link.receive(data);
+            self.process()
+        };
         if result.is_err() {
             self.phase = Phase::Closed;
         }
         result
+    }
+
+    /// A connected session with nothing buffered decodes a read where it lies: a publisher's
+    /// bytes are then copied once, into the messages they make, not into the input first.
+    fn decodes_borrowed(&self) -> bool {
+        matches!(self.phase, Phase::Connected) && self.link.can_decode_borrowed() && !self.decision_pending()
+    }
+
+    /// [`process`](Self::process) over borrowed bytes; what is not decoded stays in the input.
+    fn process_borrowed(&mut self, mut data: &[u8]) -> Result<()> {
+        self.link.count_received(data.len());
+        while !self.decision_pending() {
+            let Some(msg) = self.link.next_message_from(&mut data)? else { break };
+            self.handle_message(msg)?;
+        }
+        self.link.keep_unread(data);
+        self.link.acknowledge_if_due();
+        Ok(())
     }
 
     fn process(&mut self) -> Result<()> {

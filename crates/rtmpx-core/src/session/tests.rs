@@ -500,12 +500,48 @@ fn tiny_frames_do_not_pin_the_input_buffer() {
         assert!(m.payload.is_unique(), "a 2-byte frame shares a larger buffer");
         assert_eq!(&m.payload.split_to(2)[..], &[0xaf, 0x01]);
     }
-    // A frame as large as the buffer still shares it (zero copy).
+    // A frame that waited in the input buffer (its read ended mid-chunk) and is as large as it
+    // is handed out from it, not copied a second time.
     let big = vec![0x17u8; 1 << 20];
-    server.handle_input(&one_chunk(9, stream_id, &big)).unwrap();
+    let frame = one_chunk(9, stream_id, &big);
+    let (first, rest) = frame.split_at(1000);
+    server.handle_input(first).unwrap();
+    assert!(media_of(&mut server).is_empty());
+    server.handle_input(rest).unwrap();
     let media = media_of(&mut server);
     assert_eq!(media.len(), 1);
-    assert!(!media[0].payload.is_unique());
+    assert!(!media[0].payload.is_unique(), "a slice of the input buffer");
+    assert_eq!(media[0].payload, big);
+}
+
+#[test]
+fn a_read_of_whole_chunks_is_decoded_where_it_lies() {
+    let (mut server, stream_id) = publishing_server();
+    server.handle_input(&one_chunk(1, 0, &(64u32 << 10).to_be_bytes())).unwrap();
+    let frames: Vec<Vec<u8>> = (0..4u8).map(|n| vec![0x17 + n; 20_000 + usize::from(n)]).collect();
+    let read: Vec<u8> = frames.iter().flat_map(|f| one_chunk(9, stream_id, f)).collect();
+    let (received, held) = (server.bytes_received(), server.held_input_bytes());
+    server.handle_input(&read).unwrap();
+    let media = media_of(&mut server);
+    // Each frame is its own buffer (copied once, from the read), and the input keeps nothing.
+    assert_eq!(media.iter().map(|m| m.payload.to_vec()).collect::<Vec<_>>(), frames);
+    assert!(media.iter().all(|m| m.payload.is_unique()));
+    assert_eq!(server.held_input_bytes(), held, "the input buffer did not grow");
+    assert_eq!(server.bytes_received(), received + read.len() as u64);
+    assert_eq!(server.incomplete_input(), None);
+
+    // A read that ends inside a chunk keeps that chunk's start for the next read.
+    let frame = one_chunk(9, stream_id, &frames[0]);
+    let (first, rest) = frame.split_at(7_000);
+    server.handle_input(first).unwrap();
+    assert!(media_of(&mut server).is_empty());
+    assert!(server.held_input_bytes() >= first.len());
+    assert!(server.incomplete_input().is_some());
+    server.handle_input(rest).unwrap();
+    let media = media_of(&mut server);
+    assert_eq!(media.len(), 1);
+    assert_eq!(media[0].payload, frames[0]);
+    assert_eq!(server.incomplete_input(), None);
 }
 
 #[test]
