@@ -59,6 +59,30 @@ fn chunked<'a>(header: &'a [u8], continuation: &'a [u8], payload: &'a [u8]) -> V
     pieces
 }
 
+/// Edge-triggered epoll over a set of sockets, reporting them by index.
+struct Readable {
+    epoll: i32,
+    events: Vec<libc::epoll_event>,
+}
+
+impl Readable {
+    fn new(socks: &[TcpStream]) -> Self {
+        let epoll = unsafe { libc::epoll_create1(0) };
+        for (n, s) in socks.iter().enumerate() {
+            let mut event =
+                libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLET) as u32, u64: n as u64 };
+            unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, s.as_raw_fd(), &mut event) };
+        }
+        Readable { epoll, events: vec![libc::epoll_event { events: 0, u64: 0 }; 256] }
+    }
+
+    /// The sockets that became readable, waiting up to `timeout_ms` (-1: no limit).
+    fn wait(&mut self, timeout_ms: i32) -> Vec<usize> {
+        let ready = unsafe { libc::epoll_wait(self.epoll, self.events.as_mut_ptr(), 256, timeout_ms) };
+        self.events[..ready.max(0) as usize].iter().map(|e| e.u64 as usize).collect()
+    }
+}
+
 /// The child: connects `players` sockets and reads until the sender closes them.
 fn reader(port: u16, players: usize) {
     pin(READER_CPU);
@@ -69,18 +93,12 @@ fn reader(port: u16, players: usize) {
             s
         })
         .collect();
-    let epoll = unsafe { libc::epoll_create1(0) };
-    for (n, s) in socks.iter().enumerate() {
-        let mut event = libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLET) as u32, u64: n as u64 };
-        unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, s.as_raw_fd(), &mut event) };
-    }
+    let mut readable = Readable::new(&socks);
     let mut buf = vec![0u8; 256 * 1024];
-    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
     let mut open = players;
     while open > 0 {
-        let ready = unsafe { libc::epoll_wait(epoll, events.as_mut_ptr(), 256, -1) };
-        for event in &events[..ready.max(0) as usize] {
-            let s = &mut socks[event.u64 as usize];
+        for n in readable.wait(-1) {
+            let s = &mut socks[n];
             loop {
                 match s.read(&mut buf) {
                     Ok(0) => {
@@ -186,13 +204,8 @@ fn ingest_trial(publishers: usize, seconds: f64) -> f64 {
             s
         })
         .collect();
-    let epoll = unsafe { libc::epoll_create1(0) };
-    for (n, s) in socks.iter().enumerate() {
-        let mut event = libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLET) as u32, u64: n as u64 };
-        unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, s.as_raw_fd(), &mut event) };
-    }
+    let mut readable = Readable::new(&socks);
     let mut buf = vec![0u8; 16 * 1024];
-    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
     let start = Instant::now();
     let (mut bytes, mut cpu_at_start) = (0u64, None);
     while start.elapsed() < WARM_UP + Duration::from_secs_f64(seconds) {
@@ -200,9 +213,8 @@ fn ingest_trial(publishers: usize, seconds: f64) -> f64 {
             cpu_at_start = Some(cpu_seconds());
             bytes = 0;
         }
-        let ready = unsafe { libc::epoll_wait(epoll, events.as_mut_ptr(), 256, 100) };
-        for event in &events[..ready.max(0) as usize] {
-            let s = &mut socks[event.u64 as usize];
+        for n in readable.wait(100) {
+            let s = &mut socks[n];
             // As tokio does: a read that did not fill the buffer means the socket is drained.
             while let Ok(n @ 1..) = s.read(&mut buf) {
                 bytes += n as u64;
