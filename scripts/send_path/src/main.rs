@@ -24,7 +24,7 @@
 use std::io::{IoSlice, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const MODES: [&str; 4] = ["writev", "sendmsg", "uring-writev", "uring-sendmsg-fixed"];
@@ -83,16 +83,18 @@ impl Readable {
     }
 }
 
+/// The child's side of [`spawn_peer`]: on its own CPU, `count` sockets to the measured process.
+fn connect_to_parent(port: u16, count: usize) -> Vec<TcpStream> {
+    pin(READER_CPU);
+    (0..count).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect()
+}
+
 /// The child: connects `players` sockets and reads until the sender closes them.
 fn reader(port: u16, players: usize) {
-    pin(READER_CPU);
-    let mut socks: Vec<TcpStream> = (0..players)
-        .map(|_| {
-            let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-            s.set_nonblocking(true).unwrap();
-            s
-        })
-        .collect();
+    let mut socks = connect_to_parent(port, players);
+    for s in &socks {
+        s.set_nonblocking(true).unwrap();
+    }
     let mut readable = Readable::new(&socks);
     let mut buf = vec![0u8; 256 * 1024];
     let mut open = players;
@@ -145,14 +147,10 @@ fn payloads() -> [Vec<u8>; 3] {
 /// The ingest child: `publishers` sockets, each sending the stream with its clock shifted by
 /// its share of 40 ms, until `until` has passed.
 fn writer(port: u16, publishers: usize, until: Duration) {
-    pin(READER_CPU);
-    let mut socks: Vec<TcpStream> = (0..publishers)
-        .map(|_| {
-            let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-            s.set_nodelay(true).unwrap();
-            s
-        })
-        .collect();
+    let mut socks = connect_to_parent(port, publishers);
+    for s in &socks {
+        s.set_nodelay(true).unwrap();
+    }
     let (header, continuation) = ([0u8; 12], [0xc4u8; 1]);
     let payloads = payloads();
     let start = Instant::now();
@@ -187,85 +185,105 @@ fn writer(port: u16, publishers: usize, until: Duration) {
     }
 }
 
-/// One ingest trial: CPU seconds per received GB of a process that only reads.
-fn ingest_trial(publishers: usize, seconds: f64) -> f64 {
+/// Starts this program as the peer (`args`: its role and what follows the port) and accepts the
+/// `count` sockets it connects.
+fn spawn_peer(role: &str, count: usize, extra: &[String]) -> (Child, Vec<TcpStream>) {
     let listener = TcpListener::bind(("127.0.0.1", 0)).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let until = WARM_UP + Duration::from_secs_f64(seconds) + Duration::from_secs(1);
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["writer", &port.to_string(), &publishers.to_string(), &until.as_secs_f64().to_string()])
+    let port = listener.local_addr().unwrap().port().to_string();
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args([role, &port, &count.to_string()])
+        .args(extra)
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let mut socks: Vec<TcpStream> = (0..publishers)
-        .map(|_| {
-            let (s, _) = listener.accept().unwrap();
-            s.set_nonblocking(true).unwrap();
-            s
-        })
-        .collect();
+    let socks = (0..count).map(|_| listener.accept().unwrap().0).collect();
+    (child, socks)
+}
+
+/// The measured stretch of a trial: CPU and bytes count from the end of the warm-up on.
+struct Window {
+    start: Instant,
+    length: Duration,
+    cpu_at_start: Option<f64>,
+    bytes: u64,
+}
+
+impl Window {
+    fn new(seconds: f64) -> Self {
+        Window {
+            start: Instant::now(),
+            length: Duration::from_secs_f64(seconds),
+            cpu_at_start: None,
+            bytes: 0,
+        }
+    }
+
+    /// Whether the trial goes on; starts the count once the warm-up is over.
+    fn running(&mut self) -> bool {
+        let elapsed = self.start.elapsed();
+        if self.cpu_at_start.is_none() && elapsed >= WARM_UP {
+            self.cpu_at_start = Some(cpu_seconds());
+            self.bytes = 0;
+        }
+        elapsed < WARM_UP + self.length
+    }
+
+    /// CPU seconds per GB counted.
+    fn cpu_per_gb(&self) -> f64 {
+        (cpu_seconds() - self.cpu_at_start.expect("the window ran")) / (self.bytes as f64 / 1e9)
+    }
+}
+
+/// One ingest trial: CPU seconds per received GB of a process that only reads.
+fn ingest_trial(publishers: usize, seconds: f64) -> f64 {
+    let until = WARM_UP + Duration::from_secs_f64(seconds) + Duration::from_secs(1);
+    let (mut child, mut socks) = spawn_peer("writer", publishers, &[until.as_secs_f64().to_string()]);
+    for s in &socks {
+        s.set_nonblocking(true).unwrap();
+    }
     let mut readable = Readable::new(&socks);
     let mut buf = vec![0u8; 16 * 1024];
-    let start = Instant::now();
-    let (mut bytes, mut cpu_at_start) = (0u64, None);
-    while start.elapsed() < WARM_UP + Duration::from_secs_f64(seconds) {
-        if cpu_at_start.is_none() && start.elapsed() >= WARM_UP {
-            cpu_at_start = Some(cpu_seconds());
-            bytes = 0;
-        }
+    let mut window = Window::new(seconds);
+    while window.running() {
         for n in readable.wait(100) {
             let s = &mut socks[n];
             // As tokio does: a read that did not fill the buffer means the socket is drained.
             while let Ok(n @ 1..) = s.read(&mut buf) {
-                bytes += n as u64;
+                window.bytes += n as u64;
                 if n < buf.len() {
                     break;
                 }
             }
         }
     }
-    let cpu = cpu_seconds() - cpu_at_start.unwrap();
+    let cpu_per_gb = window.cpu_per_gb();
     drop(socks);
     child.wait().unwrap();
-    cpu / (bytes as f64 / 1e9)
+    cpu_per_gb
 }
 
 /// One trial: returns CPU seconds per delivered GB.
 fn trial(mode: &str, players: usize, seconds: f64) -> f64 {
-    let listener = TcpListener::bind(("127.0.0.1", 0)).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["reader", &port.to_string(), &players.to_string()])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut socks: Vec<TcpStream> = (0..players)
-        .map(|_| {
-            let (s, _) = listener.accept().unwrap();
-            s.set_nodelay(true).unwrap();
-            s
-        })
-        .collect();
+    let (mut child, mut socks) = spawn_peer("reader", players, &[]);
+    for s in &socks {
+        s.set_nodelay(true).unwrap();
+    }
     let (header, continuation) = ([0u8; 12], [0xc4u8; 1]);
     let payloads = payloads();
     let mut ring = io_uring::IoUring::new(4096).unwrap();
     let fds: Vec<i32> = socks.iter().map(|s| s.as_raw_fd()).collect();
     ring.submitter().register_files(&fds).unwrap();
 
-    let start = Instant::now();
+    let mut window = Window::new(seconds);
     let mut schedule = Schedule::new();
-    let (mut bytes, mut cpu_at_start, mut short) = (0u64, None, 0u64);
+    let mut short = 0u64;
     loop {
         let (at, kind) = schedule.next();
         let payload = &payloads[kind];
-        if let Some(wait) = at.checked_sub(start.elapsed()) {
+        if let Some(wait) = at.checked_sub(window.start.elapsed()) {
             std::thread::sleep(wait);
         }
-        if cpu_at_start.is_none() && start.elapsed() >= WARM_UP {
-            cpu_at_start = Some(cpu_seconds());
-            bytes = 0;
-        }
-        if start.elapsed() >= WARM_UP + Duration::from_secs_f64(seconds) {
+        if !window.running() {
             break;
         }
         let pieces = chunked(&header, &continuation, payload);
@@ -310,15 +328,15 @@ fn trial(mode: &str, players: usize, seconds: f64) -> f64 {
                 }
             }
         }
-        bytes += (total * players) as u64;
+        window.bytes += (total * players) as u64;
     }
-    let cpu = cpu_seconds() - cpu_at_start.unwrap();
+    let cpu_per_gb = window.cpu_per_gb();
     // The ring holds the registered sockets open: it goes first, so the reader sees them close.
     drop(ring);
     drop(socks);
     child.wait().unwrap();
     assert_eq!(short, 0, "{mode}: short writes (the reader fell behind); the figure would not compare");
-    cpu / (bytes as f64 / 1e9)
+    cpu_per_gb
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
